@@ -1,0 +1,18 @@
+//! Address translation for viopath: the layers an IO's address passes through, from a
+//! guest file down to sectors on the host's bottom block device.
+//!
+//! - [`guest`]: partition tables and ext4 inside the virtual disk (guest file ↔ guest LBA).
+//! - [`qcow2`]: qcow2 images and backing chains (guest offset ↔ host file offset).
+//! - [`host`]: FIEMAP extents and the block-device stack below a host file
+//!   (host file offset → sectors on every device down to the bottom one).
+//! - [`stack`]: all of the above composed into one answer.
+//!
+//! Everything here reads untrusted input (images and traces from the field): malformed
+//! data gives an error naming the field and offset, never a panic, and no table is
+//! allocated before its claimed size has been checked against the file.
+
+pub mod addr;
+pub mod qcow2;
+pub mod source;
+
+pub use addr::{DeviceSector, GuestLba, GuestOffset, HostFileOffset, SECTOR_SIZE};
