@@ -1,0 +1,494 @@
+//! The host side: where the bytes of a host file live on the host's block devices.
+//!
+//! A file offset goes through FIEMAP to a byte on the filesystem's device, then down the
+//! device stack read from sysfs: a partition adds its start, a loop device leads into its
+//! backing file (and that file's extents), device-mapper linear and striped targets remap
+//! to their underlying devices, until a device with nothing below it.
+
+pub mod dm;
+pub mod fiemap;
+
+pub use dm::{DmTarget, DmTargetKind};
+pub use fiemap::{ExtentState, FileExtent};
+
+use crate::addr::{DeviceSector, HostFileOffset, SECTOR_SIZE};
+use serde::{Serialize, Serializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+/// Loops of loop devices deeper than this are refused (they would be a cycle).
+const MAX_STACK_DEPTH: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is on {fs}, which has no single block device below it: device sectors cannot be resolved")]
+    NoBlockDevice { path: PathBuf, fs: String },
+    #[error("{path}: FIEMAP on {fs}: {why}")]
+    Fiemap { path: PathBuf, fs: String, why: String },
+    #[error("sysfs {path}: {problem}")]
+    Sysfs { path: PathBuf, problem: String },
+    #[error("dm table line {line} '{text}': {problem}")]
+    DmTable { line: usize, text: String, problem: String },
+    #[error("device-mapper device {name} ({dev}): cannot read its table: {why}")]
+    DmTableUnavailable { name: String, dev: DevId, why: String },
+    #[error("device stack deeper than {MAX_STACK_DEPTH} levels (a loop device backed by itself?)")]
+    TooDeep,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HostError + '_ {
+    move |source| HostError::Io { path: path.to_owned(), source }
+}
+
+/// A block device number, `major:minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevId {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DevId {
+    pub fn from_dev_t(dev: u64) -> DevId {
+        DevId { major: libc::major(dev), minor: libc::minor(dev) }
+    }
+}
+
+impl fmt::Display for DevId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl Serialize for DevId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for DevId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (a, b) = s.trim().split_once(':').ok_or(())?;
+        Ok(DevId { major: a.parse().map_err(|_| ())?, minor: b.parse().map_err(|_| ())? })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// Nothing below it that we know of: the bottom of the stack.
+    Disk,
+    Partition { parent: DevId, start: DeviceSector },
+    Loop { backing_file: Option<PathBuf>, offset: u64, sizelimit: u64 },
+    DeviceMapper { name: String, targets: Vec<DmTarget> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockDevice {
+    pub id: DevId,
+    /// Kernel name: `loop0p1`, `vda`, `dm-0`.
+    pub name: String,
+    pub kind: DeviceKind,
+    pub size_sectors: u64,
+}
+
+impl BlockDevice {
+    pub fn dev_path(&self) -> String {
+        format!("/dev/{}", self.name)
+    }
+}
+
+/// The host's block devices, read from sysfs on demand.
+pub struct Topology {
+    sysfs: PathBuf,
+    cache: HashMap<DevId, Arc<BlockDevice>>,
+    dm_tables: HashMap<String, Vec<DmTarget>>,
+}
+
+fn read_trim(p: &Path) -> Result<String, HostError> {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_owned())
+        .map_err(io_err(p))
+}
+
+fn read_num(p: &Path) -> Result<u64, HostError> {
+    let s = read_trim(p)?;
+    s.parse().map_err(|_| HostError::Sysfs { path: p.to_owned(), problem: format!("'{s}' is not a number") })
+}
+
+/// A device argument of a dm table: `major:minor` or a device node path.
+pub fn parse_dev_arg(s: &str) -> Result<DevId, HostError> {
+    if let Ok(id) = s.parse::<DevId>() {
+        return Ok(id);
+    }
+    let md = std::fs::metadata(s).map_err(io_err(Path::new(s)))?;
+    Ok(DevId::from_dev_t(md.rdev()))
+}
+
+impl Topology {
+    /// The running system's devices (`/sys`).
+    pub fn system() -> Topology {
+        Topology::with_sysfs("/sys")
+    }
+
+    /// Devices described by a sysfs tree rooted elsewhere (a copy, or a test fixture).
+    pub fn with_sysfs(root: impl Into<PathBuf>) -> Topology {
+        Topology { sysfs: root.into(), cache: HashMap::new(), dm_tables: HashMap::new() }
+    }
+
+    /// Use these dm tables (`dmsetup table` output, `name: ` prefixed lines) instead of
+    /// asking the kernel.
+    pub fn add_dm_tables(&mut self, text: &str) -> Result<(), HostError> {
+        for (name, t) in dm::parse_table(text, &parse_dev_arg)? {
+            if name.is_empty() {
+                return Err(HostError::DmTable {
+                    line: 0,
+                    text: format!("{} {} ...", t.start, t.len),
+                    problem: "lines need the 'name: ' prefix of 'dmsetup table'".into(),
+                });
+            }
+            self.dm_tables.entry(name).or_default().push(t);
+        }
+        Ok(())
+    }
+
+    pub fn device(&mut self, id: DevId) -> Result<Arc<BlockDevice>, HostError> {
+        if let Some(d) = self.cache.get(&id) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(self.read_device(id)?);
+        self.cache.insert(id, d.clone());
+        Ok(d)
+    }
+
+    fn read_device(&self, id: DevId) -> Result<BlockDevice, HostError> {
+        let link = self.sysfs.join(format!("dev/block/{id}"));
+        let dir = link.canonicalize().map_err(|e| HostError::Sysfs {
+            path: link.clone(),
+            problem: format!("no block device {id}: {e}"),
+        })?;
+        let name = std::fs::read_to_string(dir.join("uevent"))
+            .ok()
+            .and_then(|u| u.lines().find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned)))
+            .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| id.to_string());
+        let size_sectors = read_num(&dir.join("size")).unwrap_or(0);
+        let kind = if dir.join("partition").exists() {
+            let parent_dev = dir.parent().map(|p| p.join("dev")).unwrap_or_default();
+            let parent = read_trim(&parent_dev)?.parse().map_err(|_| HostError::Sysfs {
+                path: parent_dev.clone(),
+                problem: "not a major:minor".into(),
+            })?;
+            DeviceKind::Partition { parent, start: DeviceSector(read_num(&dir.join("start"))?) }
+        } else if dir.join("loop").is_dir() {
+            let bf = read_trim(&dir.join("loop/backing_file"))?;
+            DeviceKind::Loop {
+                backing_file: (!bf.is_empty()).then(|| PathBuf::from(bf)),
+                offset: read_num(&dir.join("loop/offset"))?,
+                sizelimit: read_num(&dir.join("loop/sizelimit")).unwrap_or(0),
+            }
+        } else if dir.join("dm/name").exists() {
+            let dm_name = read_trim(&dir.join("dm/name"))?;
+            let targets = match self.dm_tables.get(&dm_name) {
+                Some(t) => t.clone(),
+                None => dmsetup_table(&dm_name, id)?,
+            };
+            DeviceKind::DeviceMapper { name: dm_name, targets }
+        } else {
+            DeviceKind::Disk
+        };
+        Ok(BlockDevice { id, name, kind, size_sectors })
+    }
+}
+
+/// The kernel's table of a dm device, through `dmsetup` (which asks the kernel by ioctl).
+fn dmsetup_table(name: &str, id: DevId) -> Result<Vec<DmTarget>, HostError> {
+    let unavailable = |why: String| HostError::DmTableUnavailable { name: name.to_owned(), dev: id, why };
+    let out = Command::new("dmsetup")
+        .args(["table", "-j", &id.major.to_string(), "-m", &id.minor.to_string()])
+        .output()
+        .map_err(|e| unavailable(format!("cannot run dmsetup ({e}); install it or pass the 'dmsetup table' output with --dm-table")))?;
+    if !out.status.success() {
+        return Err(unavailable(format!("dmsetup: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(dm::parse_table(&text, &parse_dev_arg)?.into_iter().map(|(_, t)| t).collect())
+}
+
+/// How the resolution reached a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The filesystem holding the file above is on this device (FIEMAP).
+    Filesystem,
+    Partition,
+    DmLinear,
+    DmStriped,
+}
+
+/// One step down the stack for one piece of a host file range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "hop", rename_all = "snake_case")]
+pub enum Hop {
+    /// A byte offset in a host file (the image file, or a loop device's backing file).
+    File { path: PathBuf, offset: HostFileOffset, state: ExtentState },
+    /// A sector on a block device; `byte` is the exact byte offset on it.
+    Device { device: String, dev: DevId, sector: DeviceSector, byte: u64, via: Via },
+}
+
+/// The same hops `delta` bytes further on: used where a lower layer splits a range.
+fn advance(hops: &[Hop], delta: u64) -> Vec<Hop> {
+    hops.iter()
+        .map(|h| match h {
+            Hop::File { path, offset, state } => Hop::File {
+                path: path.clone(),
+                offset: HostFileOffset(offset.0 + delta),
+                state: *state,
+            },
+            Hop::Device { device, dev, byte, via, .. } => Hop::Device {
+                device: device.clone(),
+                dev: *dev,
+                sector: DeviceSector((byte + delta) / SECTOR_SIZE),
+                byte: byte + delta,
+                via: *via,
+            },
+        })
+        .collect()
+}
+
+/// A contiguous piece of a host file range and where it lives, top to bottom.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSegment {
+    /// Offset of the piece in the first hop's file (or byte on its device, when the
+    /// resolution started at a device).
+    pub offset: HostFileOffset,
+    pub len: u64,
+    pub hops: Vec<Hop>,
+    /// Why the chain ends above a bottom device, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+impl HostSegment {
+    /// The last device reached, if any.
+    pub fn bottom(&self) -> Option<(&str, DevId, DeviceSector)> {
+        self.hops.iter().rev().find_map(|h| match h {
+            Hop::Device { device, dev, sector, .. } => Some((device.as_str(), *dev, *sector)),
+            Hop::File { .. } => None,
+        })
+    }
+}
+
+/// What FIEMAP and stat say about one host file.
+#[derive(Debug)]
+pub struct FileMap {
+    pub path: PathBuf,
+    pub dev: DevId,
+    pub fs: String,
+    pub extents: Vec<FileExtent>,
+}
+
+fn fs_name(magic: i64) -> &'static str {
+    match magic as u32 {
+        0xEF53 => "ext2/3/4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x6969 => "nfs",
+        0xF2F5_2010 => "f2fs",
+        0x6573_5546 => "fuse",
+        0x2FC1_2FC1 => "zfs",
+        0x5346_544E => "ntfs",
+        _ => "an unrecognized filesystem",
+    }
+}
+
+impl FileMap {
+    pub fn load(path: &Path) -> Result<FileMap, HostError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let md = file.metadata().map_err(io_err(path))?;
+        // SAFETY: statfs writes into the zeroed struct we pass; the fd is valid.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let fs = if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&file), &mut st) } == 0 {
+            fs_name(st.f_type as i64).to_owned()
+        } else {
+            "an unknown filesystem".to_owned()
+        };
+        let dev = DevId::from_dev_t(md.dev());
+        if dev.major == 0 || fs == "btrfs" || fs == "zfs" {
+            return Err(HostError::NoBlockDevice { path: path.to_owned(), fs });
+        }
+        let extents = fiemap::fiemap(&file).map_err(|e| HostError::Fiemap {
+            path: path.to_owned(),
+            fs: fs.clone(),
+            why: e.to_string(),
+        })?;
+        Ok(FileMap { path: path.to_owned(), dev, fs, extents })
+    }
+}
+
+/// Resolves host file ranges to device sectors, caching extents and devices.
+pub struct HostResolver {
+    pub topology: Topology,
+    files: HashMap<PathBuf, Arc<FileMap>>,
+}
+
+impl HostResolver {
+    pub fn new(topology: Topology) -> HostResolver {
+        HostResolver { topology, files: HashMap::new() }
+    }
+
+    pub fn file_map(&mut self, path: &Path) -> Result<Arc<FileMap>, HostError> {
+        if let Some(f) = self.files.get(path) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(FileMap::load(path)?);
+        self.files.insert(path.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    /// Where `[offset, offset + len)` of `path` lives, split wherever any layer splits it.
+    pub fn resolve(&mut self, path: &Path, offset: HostFileOffset, len: u64) -> Result<Vec<HostSegment>, HostError> {
+        let mut out = Vec::new();
+        self.file_range(path, offset.0, len, Vec::new(), &mut out, 0)?;
+        Ok(out)
+    }
+
+    /// Where `[sector, sector + len)` of device `dev` lives, down to the bottom device.
+    pub fn resolve_device(&mut self, dev: DevId, sector: DeviceSector, len: u64) -> Result<Vec<HostSegment>, HostError> {
+        let mut out = Vec::new();
+        self.dev_range(dev, sector.0 * SECTOR_SIZE, len, Vec::new(), &mut out, 0, Via::Filesystem)?;
+        Ok(out)
+    }
+
+    fn file_range(
+        &mut self,
+        path: &Path,
+        off: u64,
+        len: u64,
+        hops: Vec<Hop>,
+        out: &mut Vec<HostSegment>,
+        depth: usize,
+    ) -> Result<(), HostError> {
+        if depth > MAX_STACK_DEPTH {
+            return Err(HostError::TooDeep);
+        }
+        let fm = self.file_map(path)?;
+        let end = off + len;
+        let mut pos = off;
+        while pos < end {
+            let (ext, n) = fiemap::piece_at(&fm.extents, pos, end - pos);
+            let mut h = advance(&hops, pos - off);
+            let state = ext.map_or(ExtentState::Hole, |e| e.state());
+            h.push(Hop::File { path: path.to_owned(), offset: HostFileOffset(pos), state });
+            match (ext, state) {
+                (Some(e), ExtentState::Mapped | ExtentState::Unwritten) => {
+                    let phys = e.physical + (pos - e.logical);
+                    self.dev_range(fm.dev, phys, n, h, out, depth + 1, Via::Filesystem)?;
+                }
+                _ => out.push(segment(h, n, Some(format!("{} in {}", state_word(state), path.display())))),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dev_range(
+        &mut self,
+        dev: DevId,
+        byte: u64,
+        len: u64,
+        mut hops: Vec<Hop>,
+        out: &mut Vec<HostSegment>,
+        depth: usize,
+        via: Via,
+    ) -> Result<(), HostError> {
+        if depth > MAX_STACK_DEPTH {
+            return Err(HostError::TooDeep);
+        }
+        let d = self.topology.device(dev)?;
+        hops.push(Hop::Device {
+            device: d.dev_path(),
+            dev,
+            sector: DeviceSector(byte / SECTOR_SIZE),
+            byte,
+            via,
+        });
+        match &d.kind {
+            DeviceKind::Disk => out.push(segment(hops, len, None)),
+            DeviceKind::Partition { parent, start } => {
+                self.dev_range(*parent, byte + start.0 * SECTOR_SIZE, len, hops, out, depth + 1, Via::Partition)?
+            }
+            DeviceKind::Loop { backing_file: Some(p), offset, .. } => {
+                let p = p.clone();
+                self.file_range(&p, byte + offset, len, hops, out, depth + 1)?
+            }
+            DeviceKind::Loop { backing_file: None, .. } => {
+                out.push(segment(hops, len, Some(format!("{} has no backing file", d.dev_path()))))
+            }
+            DeviceKind::DeviceMapper { name, targets } => {
+                let end = byte + len;
+                let mut pos = byte;
+                while pos < end {
+                    let sector = pos / SECTOR_SIZE;
+                    let within = pos % SECTOR_SIZE;
+                    let t = targets.iter().find(|t| t.start <= sector && sector < t.start + t.len);
+                    let Some(t) = t else {
+                        out.push(segment(advance(&hops, pos - byte), end - pos, Some(format!("sector {sector} is outside dm table of {name}"))));
+                        break;
+                    };
+                    let Some((to, to_sector, contiguous)) = t.remap(sector) else {
+                        let n = ((t.start + t.len) * SECTOR_SIZE - pos).min(end - pos);
+                        let target = match &t.kind {
+                            DmTargetKind::Other { target, .. } => target.as_str(),
+                            _ => "?",
+                        };
+                        out.push(segment(advance(&hops, pos - byte), n, Some(format!("dm target '{target}' of {name} is not remapped"))));
+                        pos += n;
+                        continue;
+                    };
+                    let n = (contiguous * SECTOR_SIZE - within).min(end - pos);
+                    let via = match t.kind {
+                        DmTargetKind::Striped { .. } => Via::DmStriped,
+                        _ => Via::DmLinear,
+                    };
+                    self.dev_range(to, to_sector * SECTOR_SIZE + within, n, advance(&hops, pos - byte), out, depth + 1, via)?;
+                    pos += n;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn state_word(s: ExtentState) -> &'static str {
+    match s {
+        ExtentState::Hole => "hole",
+        ExtentState::Delalloc => "delayed allocation (no block yet)",
+        ExtentState::NotOnDevice => "extent without a device address",
+        ExtentState::Mapped => "mapped",
+        ExtentState::Unwritten => "unwritten extent",
+    }
+}
+
+fn segment(hops: Vec<Hop>, len: u64, stopped: Option<String>) -> HostSegment {
+    let offset = match hops.first() {
+        Some(Hop::File { offset, .. }) => *offset,
+        Some(Hop::Device { byte, .. }) => HostFileOffset(*byte),
+        None => HostFileOffset(0),
+    };
+    HostSegment { offset, len, hops, stopped }
+}
