@@ -12,6 +12,7 @@
 //! allocated before its claimed size has been checked against the file.
 
 pub mod addr;
+pub mod guest;
 pub mod host;
 pub mod qcow2;
 pub mod source;

@@ -617,3 +617,16 @@ fn raw_runs(file: &std::fs::File, size: u64) -> io::Result<Vec<Run>> {
     }
     Ok(runs)
 }
+
+/// The chain is the guest's disk: reading it reads guest bytes.
+impl ReadAt for Chain {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_guest(buf, offset).map_err(|e| match e {
+            Qcow2Error::Io { source, .. } => source,
+            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+        })
+    }
+    fn len(&self) -> u64 {
+        self.virtual_size()
+    }
+}
