@@ -1,1 +1,47 @@
-fn main(){}
+//! viopath: where the time goes for every IO a virtual machine makes.
+//!
+//! This binary is glue: argument parsing and presentation. The work is in the
+//! workspace crates (`viopath-layouts` for address translation).
+
+mod demo;
+mod map;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "viopath", version, about = "Where the time goes for every IO a virtual machine makes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Map a disk image: its extents down to host device sectors, or one address
+    /// through every layer (guest file → guest disk → qcow2 → host file → devices)
+    Map(map::MapArgs),
+    /// Run viopath on an embedded example disk image and show what it finds
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = io::stdout().lock();
+    let result = match cli.cmd {
+        Cmd::Map(args) => map::run(&args, &mut out),
+        Cmd::Demo(args) => demo::run(&args, &mut out),
+    };
+    let result = result.and_then(|()| out.flush().map_err(Into::into));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `viopath map big.qcow2 | head` is not an error.
+        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viopath: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

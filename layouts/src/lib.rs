@@ -16,5 +16,6 @@ pub mod guest;
 pub mod host;
 pub mod qcow2;
 pub mod source;
+pub mod stack;
 
 pub use addr::{DeviceSector, GuestLba, GuestOffset, HostFileOffset, SECTOR_SIZE};

@@ -38,6 +38,11 @@ enum Layer {
         image_file: usize,
         /// Where data clusters live: `image_file`, or the external data file.
         data_file: usize,
+        /// Data and holes of the data file, when QEMU would look at them: it does so
+        /// when it believes the image has metadata preallocation (see
+        /// [`looks_metadata_preallocated`]); then data clusters over host-file holes
+        /// read as zeros in `qemu-img map`.
+        host_holes: Option<Vec<Run>>,
     },
     Raw {
         size: u64,
@@ -324,11 +329,20 @@ impl Chain {
             }
             None => image_file,
         };
+        let host_holes = if looks_metadata_preallocated(&image).unwrap_or(false) {
+            let path = &self.files[data_file].path;
+            let f = std::fs::File::open(path).map_err(|e| Qcow2Error::io(path, e))?;
+            let len = f.metadata().map_err(|e| Qcow2Error::io(path, e))?.len();
+            Some(raw_runs(&f, len).map_err(|e| Qcow2Error::io(path, e))?)
+        } else {
+            None
+        };
         self.layers.push(Layer::Qcow2 {
             image: Box::new(image),
             map,
             image_file,
             data_file,
+            host_holes,
         });
         Ok(())
     }
@@ -520,7 +534,20 @@ impl Chain {
         while pos < end {
             let mut l = self.locate(pos);
             l.len = l.len.min(end - pos);
-            let e = self.entry_for(pos, &l);
+            let mut e = self.entry_for(pos, &l);
+            if let (LocatedKind::Data { host }, Layer::Qcow2 { host_holes: Some(runs), .. }) = (l.kind, &self.layers[l.depth]) {
+                // QEMU's recursion into the host file: holes (and bytes past its end)
+                // in a data cluster read as zeros, and split the entry.
+                let i = runs.partition_point(|r| r.end() <= host);
+                match runs.get(i).filter(|r| r.guest <= host) {
+                    Some(r) => {
+                        l.len = l.len.min(r.end() - host);
+                        e.length = l.len;
+                        e.zero = matches!(r.kind, RunKind::ZeroAlloc { .. });
+                    }
+                    None => e.zero = true,
+                }
+            }
             pos += l.len;
             match out.last_mut() {
                 Some(last) if last.mergeable(&e) => last.length += e.length,
@@ -579,6 +606,31 @@ impl Chain {
             Layer::Raw { file, .. } => (None, *file, *file),
         }
     }
+}
+
+/// QEMU's test for metadata preallocation (qcow2_detect_metadata_preallocation): the
+/// image counts notably more refcounted clusters than its file has allocated on disk.
+fn looks_metadata_preallocated(image: &Qcow2Image) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(&image.path) else {
+        return Ok(false);
+    };
+    if md.len() != image.file_len() {
+        return Ok(false); // not the file we parsed (an in-memory image)
+    }
+    let cs = image.header.cluster_size();
+    let real_clusters = md.blocks() * 512 / cs;
+    let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+    let end = md.len().div_ceil(cs);
+    let mut count = 0;
+    let mut i = 0;
+    while i < end && count < threshold {
+        if image.refcount(i * cs)? > 0 {
+            count += 1;
+        }
+        i += 1;
+    }
+    Ok(count >= threshold)
 }
 
 /// The guest view of a raw image, the way QEMU's file-posix reports it: data regions
