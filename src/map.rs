@@ -54,15 +54,21 @@ pub struct MapArgs {
 
 pub fn run(args: &MapArgs, out: &mut dyn Write) -> Result<()> {
     let dm_tables = match &args.dm_table {
-        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read --dm-table {}", p.display()))?),
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read --dm-table {}", p.display()))?,
+        ),
         None => None,
     };
     let opts = StackOptions {
-        guest: args.guest_path.is_some() || args.guest_offset.is_some() || args.host_offset.is_some(),
+        guest: args.guest_path.is_some()
+            || args.guest_offset.is_some()
+            || args.host_offset.is_some(),
         host: !args.no_host,
         dm_tables,
     };
-    let mut stack = Stack::open(&args.image, &opts).with_context(|| format!("cannot map {}", args.image.display()))?;
+    let mut stack = Stack::open(&args.image, &opts)
+        .with_context(|| format!("cannot map {}", args.image.display()))?;
     for w in &stack.chain.warnings {
         eprintln!("viopath: warning: {w}");
     }
@@ -91,7 +97,11 @@ fn pick_file(chain: &Chain, which: Option<&str>) -> Result<usize> {
         if i < chain.files.len() {
             return Ok(i);
         }
-        bail!("--file {i}: the chain has {} files (0..{})", chain.files.len(), chain.files.len() - 1);
+        bail!(
+            "--file {i}: the chain has {} files (0..{})",
+            chain.files.len(),
+            chain.files.len() - 1
+        );
     }
     let want = std::fs::canonicalize(w).unwrap_or_else(|_| PathBuf::from(w));
     chain
@@ -99,7 +109,11 @@ fn pick_file(chain: &Chain, which: Option<&str>) -> Result<usize> {
         .iter()
         .position(|f| std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone()) == want)
         .with_context(|| {
-            let names: Vec<String> = chain.files.iter().map(|f| f.path.display().to_string()).collect();
+            let names: Vec<String> = chain
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect();
             format!("--file {w} is not in the chain ({})", names.join(", "))
         })
 }
@@ -107,7 +121,11 @@ fn pick_file(chain: &Chain, which: Option<&str>) -> Result<usize> {
 fn describe_chain(chain: &Chain) -> Vec<String> {
     let mut lines = Vec::new();
     for f in &chain.files {
-        let indent = if f.depth == 0 { String::new() } else { format!("{}└ ", "  ".repeat(f.depth - 1)) };
+        let indent = if f.depth == 0 {
+            String::new()
+        } else {
+            format!("{}└ ", "  ".repeat(f.depth - 1))
+        };
         let what = match (f.role, chain.image(f.depth)) {
             (FileRole::Qcow2, Some(img)) => {
                 let h = &img.header;
@@ -156,7 +174,9 @@ fn bottom_cells(segs: &[HostSegment]) -> String {
         .iter()
         .take(3)
         .map(|s| match s.bottom() {
-            Some((dev, _, sector)) if s.stopped.is_none() => format!("{dev} {}+{}", sector.0, s.len.div_ceil(SECTOR_SIZE)),
+            Some((dev, _, sector)) if s.stopped.is_none() => {
+                format!("{dev} {}+{}", sector.0, s.len.div_ceil(SECTOR_SIZE))
+            }
             _ => s.stopped.clone().unwrap_or_else(|| "-".into()),
         })
         .collect();
@@ -172,15 +192,20 @@ fn print_map(stack: &mut Stack, json_out: bool, out: &mut dyn Write) -> Result<(
     let mut rows = Vec::with_capacity(entries.len());
     for e in &entries {
         let segs = match (e.offset, e.file) {
-            (Some(off), Some(file)) if !failed.contains_key(&file) => match stack.host_segments(file, HostFileOffset(off), e.length) {
-                Some(Ok(s)) => Some(s),
-                Some(Err(err)) => {
-                    eprintln!("viopath: warning: no device sectors for {}: {err}", stack.chain.files[file].path.display());
-                    failed.insert(file, err.to_string());
-                    None
+            (Some(off), Some(file)) if !failed.contains_key(&file) => {
+                match stack.host_segments(file, HostFileOffset(off), e.length) {
+                    Some(Ok(s)) => Some(s),
+                    Some(Err(err)) => {
+                        eprintln!(
+                            "viopath: warning: no device sectors for {}: {err}",
+                            stack.chain.files[file].path.display()
+                        );
+                        failed.insert(file, err.to_string());
+                        None
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
             _ => None,
         };
         rows.push((e, segs));
@@ -205,14 +230,24 @@ fn print_map(stack: &mut Stack, json_out: bool, out: &mut dyn Write) -> Result<(
         writeln!(out, "{l}")?;
     }
     let mut b = Builder::default();
-    b.push_record(["start", "length", "depth", "kind", "file", "host offset", "device sectors (bottom)"]);
+    b.push_record([
+        "start",
+        "length",
+        "depth",
+        "kind",
+        "file",
+        "host offset",
+        "device sectors (bottom)",
+    ]);
     for (e, segs) in &rows {
         b.push_record([
             e.start.to_string(),
             human(e.length),
             e.depth.to_string(),
             entry_kind(e).to_string(),
-            e.file.map(|f| file_name(&stack.chain, f)).unwrap_or_default(),
+            e.file
+                .map(|f| file_name(&stack.chain, f))
+                .unwrap_or_default(),
             e.offset.map(|o| o.to_string()).unwrap_or_default(),
             segs.as_deref().map(bottom_cells).unwrap_or_default(),
         ]);
@@ -221,39 +256,73 @@ fn print_map(stack: &mut Stack, json_out: bool, out: &mut dyn Write) -> Result<(
     t.with(Style::sharp());
     writeln!(out, "{t}")?;
     let data: u64 = entries.iter().filter(|e| e.data).map(|e| e.length).sum();
-    writeln!(out, "{} extents, {} of guest data", entries.len(), human(data))?;
+    writeln!(
+        out,
+        "{} extents, {} of guest data",
+        entries.len(),
+        human(data)
+    )?;
     Ok(())
 }
 
 fn file_name(chain: &Chain, f: usize) -> String {
     let p = &chain.files[f].path;
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 fn owner_text(o: &GuestOwner) -> String {
-    let part = o.partition.map(|p| format!("partition {p}")).unwrap_or_else(|| "outside partitions".into());
+    let part = o
+        .partition
+        .map(|p| format!("partition {p}"))
+        .unwrap_or_else(|| "outside partitions".into());
     let what = match (&o.owner, &o.path, o.file_offset) {
-        (Some(Owner::File { inode, .. }), Some(path), Some(off)) => format!("{path} @ {off} (inode {inode})"),
+        (Some(Owner::File { inode, .. }), Some(path), Some(off)) => {
+            format!("{path} @ {off} (inode {inode})")
+        }
         (Some(other), _, _) => format!("{other:?}"),
         (None, ..) if o.partition.is_some() => "no file (free, or not an ext filesystem)".into(),
         _ => String::new(),
     };
-    if what.is_empty() { part } else { format!("{part}: {what}") }
+    if what.is_empty() {
+        part
+    } else {
+        format!("{part}: {what}")
+    }
 }
 
 fn hop_rows(seg: &HostSegment, rows: &mut Vec<[String; 3]>) {
     // The first hop is the chain file itself, already shown on the qcow2 row.
     for h in seg.hops.iter().skip(1) {
         rows.push(match h {
-            Hop::File { path, offset, state } => ["host file".into(), format!("{} @ {}", path.display(), offset.0), format!("loop backing file, {state:?}").to_lowercase()],
-            Hop::Device { device, dev, sector, via, .. } => {
+            Hop::File {
+                path,
+                offset,
+                state,
+            } => [
+                "host file".into(),
+                format!("{} @ {}", path.display(), offset.0),
+                format!("loop backing file, {state:?}").to_lowercase(),
+            ],
+            Hop::Device {
+                device,
+                dev,
+                sector,
+                via,
+                ..
+            } => {
                 let via = match via {
                     Via::Filesystem => "filesystem extent (FIEMAP)",
                     Via::Partition => "partition",
                     Via::DmLinear => "dm linear",
                     Via::DmStriped => "dm striped",
                 };
-                ["host device".into(), format!("{device} sector {}", sector.0), format!("{dev}, via {via}")]
+                [
+                    "host device".into(),
+                    format!("{device} sector {}", sector.0),
+                    format!("{dev}, via {via}"),
+                ]
             }
         });
     }
@@ -262,16 +331,32 @@ fn hop_rows(seg: &HostSegment, rows: &mut Vec<[String; 3]>) {
     }
 }
 
-fn print_translation(stack: &Stack, t: &Translation, json_out: bool, out: &mut dyn Write) -> Result<()> {
+fn print_translation(
+    stack: &Stack,
+    t: &Translation,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     if json_out {
         writeln!(out, "{}", serde_json::to_string_pretty(t)?)?;
         return Ok(());
     }
     let mut rows: Vec<[String; 3]> = Vec::new();
     if let Some(f) = &t.guest_file {
-        let part = f.partition.map(|p| format!(", partition {p}")).unwrap_or_default();
-        let unw = if f.unwritten { ", unwritten extent" } else { "" };
-        rows.push(["guest file".into(), format!("{} @ {}", f.path, f.file_offset), format!("inode {}{part}, fs block {}{unw}", f.inode, f.fs_block)]);
+        let part = f
+            .partition
+            .map(|p| format!(", partition {p}"))
+            .unwrap_or_default();
+        let unw = if f.unwritten {
+            ", unwritten extent"
+        } else {
+            ""
+        };
+        rows.push([
+            "guest file".into(),
+            format!("{} @ {}", f.path, f.file_offset),
+            format!("inode {}{part}, fs block {}{unw}", f.inode, f.fs_block),
+        ]);
     }
     rows.push([
         "guest disk".into(),
@@ -280,19 +365,51 @@ fn print_translation(stack: &Stack, t: &Translation, json_out: bool, out: &mut d
     ]);
     for (i, p) in t.pieces.iter().enumerate() {
         if t.pieces.len() > 1 {
-            rows.push([format!("piece {}", i + 1), format!("guest {}+{}", p.guest_offset.0, p.len), String::new()]);
+            rows.push([
+                format!("piece {}", i + 1),
+                format!("guest {}+{}", p.guest_offset.0, p.len),
+                String::new(),
+            ]);
         }
-        let name = p.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
-        let layer = stack.chain.files.iter().find(|f| Some(&f.path) == p.file.as_ref()).map(|f| f.role);
+        let name = p
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
+        let layer = stack
+            .chain
+            .files
+            .iter()
+            .find(|f| Some(&f.path) == p.file.as_ref())
+            .map(|f| f.role);
         let (addr, what) = match p.kind {
-            LocatedKind::Data { host } => (format!("{name} @ {host}"), format!("data, depth {}", p.depth)),
-            LocatedKind::ZeroAlloc { host } => (format!("{name} @ {host}"), format!("zeros (preallocated), depth {}", p.depth)),
-            LocatedKind::Zero => ("-".into(), format!("zeros (no host cluster), depth {}", p.depth)),
-            LocatedKind::Compressed { host, len, offset_in_cluster } => (
+            LocatedKind::Data { host } => (
                 format!("{name} @ {host}"),
-                format!("compressed: {len} bytes hold the cluster; byte {offset_in_cluster} of it, depth {}", p.depth),
+                format!("data, depth {}", p.depth),
             ),
-            LocatedKind::Unallocated { .. } => ("-".into(), "unallocated in every layer: reads as zeros".into()),
+            LocatedKind::ZeroAlloc { host } => (
+                format!("{name} @ {host}"),
+                format!("zeros (preallocated), depth {}", p.depth),
+            ),
+            LocatedKind::Zero => (
+                "-".into(),
+                format!("zeros (no host cluster), depth {}", p.depth),
+            ),
+            LocatedKind::Compressed {
+                host,
+                len,
+                offset_in_cluster,
+            } => (
+                format!("{name} @ {host}"),
+                format!(
+                    "compressed: {len} bytes hold the cluster; byte {offset_in_cluster} of it, depth {}",
+                    p.depth
+                ),
+            ),
+            LocatedKind::Unallocated { .. } => (
+                "-".into(),
+                "unallocated in every layer: reads as zeros".into(),
+            ),
         };
         let label = match layer {
             Some(FileRole::Raw) => "raw image",
@@ -329,16 +446,34 @@ fn print_lookup(l: &HostLookup, json_out: bool, out: &mut dyn Write) -> Result<(
         other => {
             let v: Value = serde_json::to_value(other)?;
             let kind = v["kind"].as_str().unwrap_or("?").replace('_', " ");
-            let rest: Vec<String> = v.as_object().into_iter().flatten().filter(|(k, _)| *k != "kind").map(|(k, v)| format!("{k} {v}")).collect();
-            if rest.is_empty() { kind } else { format!("{kind} ({})", rest.join(", ")) }
+            let rest: Vec<String> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| *k != "kind")
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if rest.is_empty() {
+                kind
+            } else {
+                format!("{kind} ({})", rest.join(", "))
+            }
         }
     };
     let mut b = Builder::default();
     b.push_record(["layer", "address", "detail"]);
-    b.push_record(["host file".into(), format!("{} @ {}", l.file.display(), l.offset.0), format!("in extent {}+{}", e.start, e.len)]);
+    b.push_record([
+        "host file".into(),
+        format!("{} @ {}", l.file.display(), l.offset.0),
+        format!("in extent {}+{}", e.start, e.len),
+    ]);
     b.push_record(["holds".into(), String::new(), holds]);
     if let Some(g) = l.guest_offset {
-        b.push_record(["guest disk".into(), format!("LBA {} (byte {})", g.lba().0, g.0), l.guest_owner.as_ref().map(owner_text).unwrap_or_default()]);
+        b.push_record([
+            "guest disk".into(),
+            format!("LBA {} (byte {})", g.lba().0, g.0),
+            l.guest_owner.as_ref().map(owner_text).unwrap_or_default(),
+        ]);
     }
     let mut t = b.build();
     t.with(Style::sharp());

@@ -8,7 +8,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (examples: 4096, 0x1000, 64k, 1G)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 4096, 0x1000, 64k, 1G)"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -18,13 +20,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "p" | "pb" | "pib" => 50,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use k, M, G, T)")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' does not fit in 64 bits"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' does not fit in 64 bits"))
 }
 
 /// `65536` → `64 KiB`; exact values only get a unit.
 pub fn human(n: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{} {unit}", n >> shift);
         }
     }

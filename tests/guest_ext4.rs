@@ -31,15 +31,30 @@ fn icheck_all(fs: &Path, blocks: u64) -> HashMap<u64, Option<u32>> {
     let all: Vec<u64> = (0..blocks).collect();
     let text: String = all
         .chunks(200)
-        .map(|c| format!("icheck {}\n", c.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" ")))
+        .map(|c| {
+            format!(
+                "icheck {}\n",
+                c.iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
         .collect();
     let list = dir_tmp_file(fs, "icheck.cmd", &text);
-    let out = run("debugfs", &["-f", list.to_str().unwrap(), fs.to_str().unwrap()]);
+    let out = run(
+        "debugfs",
+        &["-f", list.to_str().unwrap(), fs.to_str().unwrap()],
+    );
     let mut m = HashMap::new();
     for line in out.lines() {
         let mut f = line.split('\t');
-        let (Some(b), Some(i)) = (f.next(), f.next()) else { continue };
-        let Ok(b) = b.trim().parse::<u64>() else { continue };
+        let (Some(b), Some(i)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Ok(b) = b.trim().parse::<u64>() else {
+            continue;
+        };
         m.insert(b, i.trim().parse::<u32>().ok());
     }
     m
@@ -68,7 +83,12 @@ fn check_case(c: &Case) {
     let dir = tempfile::tempdir().unwrap();
     make_tree(dir.path());
     let fs = dir.path().join("fs.raw");
-    sh(&format!("cd {} && {} -q -F -d src {} 48M", dir.path().display(), c.mkfs, fs.display()));
+    sh(&format!(
+        "cd {} && {} -q -F -d src {} 48M",
+        dir.path().display(),
+        c.mkfs,
+        fs.display()
+    ));
     let disk = dir.path().join("disk.raw");
     sh(&format!(
         "truncate -s 64M {0} && printf '{1}' | sfdisk -q {0} && dd if={2} of={0} bs=512 seek={3} conv=notrunc status=none",
@@ -86,13 +106,27 @@ fn check_case(c: &Case) {
     let chain = Chain::open(&qcow).unwrap();
     let layout = GuestLayout::read(&chain).unwrap();
     // Partition table against sfdisk.
-    let sf: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", disk.to_str().unwrap()])).unwrap();
+    let sf: serde_json::Value =
+        serde_json::from_str(&run("sfdisk", &["-J", disk.to_str().unwrap()])).unwrap();
     let sfp = sf["partitiontable"]["partitions"].as_array().unwrap();
-    let mine: Vec<(u64, u64)> = layout.table.partitions.iter().map(|p| (p.start.0, p.sectors)).collect();
+    let mine: Vec<(u64, u64)> = layout
+        .table
+        .partitions
+        .iter()
+        .map(|p| (p.start.0, p.sectors))
+        .collect();
     // The extended partition is a container, not a partition holding data.
-    let theirs: Vec<(u64, u64)> = sfp.iter().filter(|p| p["type"] != "5").map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())).collect();
+    let theirs: Vec<(u64, u64)> = sfp
+        .iter()
+        .filter(|p| p["type"] != "5")
+        .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
+        .collect();
     assert_eq!(mine, theirs, "partitions");
-    let scheme = if c.table.contains("gpt") { Scheme::Gpt } else { Scheme::Mbr };
+    let scheme = if c.table.contains("gpt") {
+        Scheme::Gpt
+    } else {
+        Scheme::Mbr
+    };
     assert_eq!(layout.table.scheme, scheme);
     assert_eq!(layout.filesystems.len(), 1, "{:?}", layout.notes);
     let gfs = &layout.filesystems[0];
@@ -109,7 +143,9 @@ fn check_case(c: &Case) {
         let owner = layout.owner(viopath_layouts::GuestOffset(base + b * bs));
         assert_eq!(owner.partition, Some(c.part));
         let ino = match owner.owner {
-            Some(Owner::File { inode, .. }) | Some(Owner::ExtentTreeNode { inode }) | Some(Owner::IndirectBlock { inode }) => Some(inode),
+            Some(Owner::File { inode, .. })
+            | Some(Owner::ExtentTreeNode { inode })
+            | Some(Owner::IndirectBlock { inode }) => Some(inode),
             Some(Owner::ReservedGdt { .. }) => Some(7),
             _ => None,
         };
@@ -121,16 +157,35 @@ fn check_case(c: &Case) {
     assert!(file_blocks > 700, "only {file_blocks} file blocks");
 
     // Paths against ncheck, offsets against bmap, bytes against the source tree.
-    for path in ["/etc/hostname", "/var/lib/db/table", "/var/lib/db/big", "/sparse", "/etc/slow-link", "/many/file-with-a-long-name-300", "/many"] {
-        let f = gfs.map.file_by_path(path).unwrap_or_else(|| panic!("{path} not found"));
+    for path in [
+        "/etc/hostname",
+        "/var/lib/db/table",
+        "/var/lib/db/big",
+        "/sparse",
+        "/etc/slow-link",
+        "/many/file-with-a-long-name-300",
+        "/many",
+    ] {
+        let f = gfs
+            .map
+            .file_by_path(path)
+            .unwrap_or_else(|| panic!("{path} not found"));
         let nc = debugfs(&fs, &format!("ncheck {}", f.inode));
-        assert!(nc.lines().any(|l| l.ends_with(&format!("\t{path}")) || l.ends_with(path)), "ncheck {}: {nc}", f.inode);
+        assert!(
+            nc.lines()
+                .any(|l| l.ends_with(&format!("\t{path}")) || l.ends_with(path)),
+            "ncheck {}: {nc}",
+            f.inode
+        );
         let lblocks = f.size.div_ceil(bs).max(1);
         for lb in [0, lblocks / 2, lblocks - 1, 1500000 / bs] {
             if lb >= lblocks {
                 continue;
             }
-            let want: u64 = debugfs(&fs, &format!("bmap {path} {lb}")).trim().parse().unwrap();
+            let want: u64 = debugfs(&fs, &format!("bmap {path} {lb}"))
+                .trim()
+                .parse()
+                .unwrap();
             match layout.locate_file(path, lb * bs, None) {
                 Ok(loc) => {
                     assert_eq!(loc.fs_block, want, "{path} block {lb}");
@@ -142,7 +197,10 @@ fn check_case(c: &Case) {
                         let n = (content.len() as u64 - lb * bs).min(bs) as usize;
                         let mut got = vec![0u8; n];
                         chain.read_exact_at(&mut got, loc.offset.0).unwrap();
-                        assert!(got == content[(lb * bs) as usize..(lb * bs) as usize + n], "{path} block {lb} bytes");
+                        assert!(
+                            got == content[(lb * bs) as usize..(lb * bs) as usize + n],
+                            "{path} block {lb} bytes"
+                        );
                     }
                 }
                 Err(e) => assert_eq!(want, 0, "{path} block {lb}: {e}"),
@@ -150,7 +208,10 @@ fn check_case(c: &Case) {
         }
     }
     let hard = layout.locate_file("/var/hard", 0, None).unwrap();
-    assert_eq!(hard.inode, gfs.map.file_by_path("/etc/hostname").unwrap().inode);
+    assert_eq!(
+        hard.inode,
+        gfs.map.file_by_path("/etc/hostname").unwrap().inode
+    );
     assert!(layout.locate_file("/nope", 0, None).is_err());
 }
 

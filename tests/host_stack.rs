@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use viopath_layouts::host::{DevId, DmTargetKind, ExtentState, HostResolver, Hop, Topology, Via, dm, fiemap};
+use viopath_layouts::host::{
+    DevId, DmTargetKind, ExtentState, Hop, HostResolver, Topology, Via, dm, fiemap,
+};
 use viopath_layouts::{DeviceSector, HostFileOffset};
 
 /// Extents as filefrag prints them: (logical, physical, length) in bytes, and flags.
@@ -47,10 +49,18 @@ fn fiemap_matches_filefrag() {
     ));
     let mine = fiemap::fiemap(&std::fs::File::open(&p).unwrap()).unwrap();
     let theirs = filefrag(&p);
-    assert_eq!(mine.len(), theirs.len(), "ours {mine:?}\nfilefrag {theirs:?}");
+    assert_eq!(
+        mine.len(),
+        theirs.len(),
+        "ours {mine:?}\nfilefrag {theirs:?}"
+    );
     for (m, t) in mine.iter().zip(&theirs) {
         assert_eq!((m.logical, m.physical, m.length), (t.0, t.1, t.2));
-        assert_eq!(m.state() == ExtentState::Unwritten, t.3.contains("unwritten"), "{m:?} vs {t:?}");
+        assert_eq!(
+            m.state() == ExtentState::Unwritten,
+            t.3.contains("unwritten"),
+            "{m:?} vs {t:?}"
+        );
     }
     assert!(mine.iter().any(|e| e.state() == ExtentState::Unwritten));
     // A hole is reported as such, with no device below it.
@@ -98,7 +108,9 @@ fn dev_of(path: &Path) -> DevId {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
 }
 
 #[test]
@@ -111,9 +123,14 @@ fn partitioned_loop_device_down_to_the_bottom_disk() {
     let disk = dir.path().join("disk.img");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    sh(&format!("truncate -s 96M {0} && printf 'label: gpt\\nstart=2048, size=20480\\nstart=24576, size=131072\\n' | sfdisk -q {0}", disk.display()));
+    sh(&format!(
+        "truncate -s 96M {0} && printf 'label: gpt\\nstart=2048, size=20480\\nstart=24576, size=131072\\n' | sfdisk -q {0}",
+        disk.display()
+    ));
     let mut cleanup = Cleanup(Vec::new());
-    let loopdev = run("losetup", &["-P", "--show", "-f", disk.to_str().unwrap()]).trim().to_owned();
+    let loopdev = run("losetup", &["-P", "--show", "-f", disk.to_str().unwrap()])
+        .trim()
+        .to_owned();
     cleanup.0.push(format!("losetup -d {loopdev}"));
     let part = format!("{loopdev}p2");
     // No udev here: make the partition's node from sysfs when it does not appear.
@@ -133,8 +150,11 @@ fn partitioned_loop_device_down_to_the_bottom_disk() {
     sh("sync");
 
     // Oracles: the partition start from sfdisk, the file's extents from filefrag.
-    let table: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", disk.to_str().unwrap()])).unwrap();
-    let p2_start = table["partitiontable"]["partitions"][1]["start"].as_u64().unwrap();
+    let table: serde_json::Value =
+        serde_json::from_str(&run("sfdisk", &["-J", disk.to_str().unwrap()])).unwrap();
+    let p2_start = table["partitiontable"]["partitions"][1]["start"]
+        .as_u64()
+        .unwrap();
     assert_eq!(p2_start, 24576);
     let frag = filefrag(&file);
     let disk_frag = filefrag(&disk);
@@ -150,7 +170,12 @@ fn partitioned_loop_device_down_to_the_bottom_disk() {
             .hops
             .iter()
             .filter_map(|h| match h {
-                Hop::Device { device, sector, via, .. } => Some((device.clone(), sector.0, *via)),
+                Hop::Device {
+                    device,
+                    sector,
+                    via,
+                    ..
+                } => Some((device.clone(), sector.0, *via)),
                 _ => None,
             })
             .collect();
@@ -169,23 +194,56 @@ fn partitioned_loop_device_down_to_the_bottom_disk() {
         assert_eq!(devices[1].1, devices[0].1 + p2_start);
         assert_eq!(files[1].0, disk);
         assert_eq!(files[1].1, devices[1].1 * 512);
-        let fe = frag.iter().find(|f| f.0 <= s.offset.0 && s.offset.0 < f.0 + f.2).unwrap();
-        assert_eq!(devices[0].1 * 512, fe.1 + (s.offset.0 - fe.0), "partition sector vs filefrag");
+        let fe = frag
+            .iter()
+            .find(|f| f.0 <= s.offset.0 && s.offset.0 < f.0 + f.2)
+            .unwrap();
+        assert_eq!(
+            devices[0].1 * 512,
+            fe.1 + (s.offset.0 - fe.0),
+            "partition sector vs filefrag"
+        );
         // The strongest oracle: the bytes at the bottom sector are the file's bytes.
         let (bottom, _, sector) = s.bottom().unwrap();
-        assert_eq!(bottom, format!("/dev/{}", r.topology.device(dev_of(Path::new("/var/tmp"))).unwrap().name));
+        assert_eq!(
+            bottom,
+            format!(
+                "/dev/{}",
+                r.topology
+                    .device(dev_of(Path::new("/var/tmp")))
+                    .unwrap()
+                    .name
+            )
+        );
         let want = &content[s.offset.0 as usize..(s.offset.0 + s.len) as usize];
         // The bytes at the resolved offset of the loop's backing file are the file's bytes.
         let mut got = vec![0u8; s.len as usize];
-        std::fs::File::open(&disk).unwrap().read_exact_at(&mut got, files[1].1).unwrap();
-        assert!(got == want, "bytes at {} offset {} differ", disk.display(), files[1].1);
+        std::fs::File::open(&disk)
+            .unwrap()
+            .read_exact_at(&mut got, files[1].1)
+            .unwrap();
+        assert!(
+            got == want,
+            "bytes at {} offset {} differ",
+            disk.display(),
+            files[1].1
+        );
         // The bottom sector agrees with filefrag on the backing file ...
-        let de = disk_frag.iter().find(|f| f.0 <= files[1].1 && files[1].1 < f.0 + f.2).unwrap();
-        assert_eq!(sector.0 * 512, de.1 + (files[1].1 - de.0), "bottom sector vs filefrag of disk.img");
+        let de = disk_frag
+            .iter()
+            .find(|f| f.0 <= files[1].1 && files[1].1 < f.0 + f.2)
+            .unwrap();
+        assert_eq!(
+            sector.0 * 512,
+            de.1 + (files[1].1 - de.0),
+            "bottom sector vs filefrag of disk.img"
+        );
         // ... and, where the sandbox lets us open the host disk, holds the file's bytes.
         match read_device(bottom, sector.0, s.len as usize) {
             Some(bytes) => assert!(bytes == want, "bytes at {bottom} sector {sector} differ"),
-            None => eprintln!("note: {bottom} cannot be opened here; checked through disk.img and filefrag"),
+            None => eprintln!(
+                "note: {bottom} cannot be opened here; checked through disk.img and filefrag"
+            ),
         }
         covered += s.len;
     }
@@ -203,9 +261,17 @@ fn loop_device_with_an_offset() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     // An ext4 filesystem that starts 3 MiB into its file.
-    sh(&format!("truncate -s 40M {0} && mkfs.ext4 -q -F -E offset=3145728 {0} 32M", img.display()));
+    sh(&format!(
+        "truncate -s 40M {0} && mkfs.ext4 -q -F -E offset=3145728 {0} 32M",
+        img.display()
+    ));
     let mut cleanup = Cleanup(Vec::new());
-    let loopdev = run("losetup", &["--show", "-f", "-o", "3145728", img.to_str().unwrap()]).trim().to_owned();
+    let loopdev = run(
+        "losetup",
+        &["--show", "-f", "-o", "3145728", img.to_str().unwrap()],
+    )
+    .trim()
+    .to_owned();
     cleanup.0.push(format!("losetup -d {loopdev}"));
     sh(&format!("mount {loopdev} {}", mnt.display()));
     cleanup.0.push(format!("umount {}", mnt.display()));
@@ -214,7 +280,9 @@ fn loop_device_with_an_offset() {
     std::fs::write(&file, &content).unwrap();
     sh("sync");
     let mut r = HostResolver::new(Topology::system());
-    let segs = r.resolve(&file, HostFileOffset(0), content.len() as u64).unwrap();
+    let segs = r
+        .resolve(&file, HostFileOffset(0), content.len() as u64)
+        .unwrap();
     for s in &segs {
         let loop_sector = s.hops.iter().find_map(|h| match h {
             Hop::Device { device, sector, .. } if *device == loopdev => Some(sector.0),
@@ -226,7 +294,10 @@ fn loop_device_with_an_offset() {
         });
         assert_eq!(backing, Some(loop_sector.unwrap() * 512 + 3145728));
         let mut got = vec![0u8; s.len as usize];
-        std::fs::File::open(&img).unwrap().read_exact_at(&mut got, backing.unwrap()).unwrap();
+        std::fs::File::open(&img)
+            .unwrap()
+            .read_exact_at(&mut got, backing.unwrap())
+            .unwrap();
         assert!(got == content[s.offset.0 as usize..(s.offset.0 + s.len) as usize]);
     }
 }
@@ -239,7 +310,12 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
     let root = tempfile::tempdir().unwrap();
     let sys = root.path();
     std::fs::create_dir_all(sys.join("dev/block")).unwrap();
-    for (id, name, size) in [("7:100", "loop100", 65536), ("7:101", "loop101", 65536), ("253:0", "dm-0", 131072), ("253:1", "dm-1", 4096)] {
+    for (id, name, size) in [
+        ("7:100", "loop100", 65536),
+        ("7:101", "loop101", 65536),
+        ("253:0", "dm-0", 131072),
+        ("253:1", "dm-1", 4096),
+    ] {
         let d = sys.join(format!("devices/virtual/block/{name}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("dev"), format!("{id}\n")).unwrap();
@@ -260,12 +336,25 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
     .unwrap();
     let mut r = HostResolver::new(topo);
     // 200 KiB from dm-1 sector 100 crosses stripe chunks (64 KiB each).
-    let segs = r.resolve_device(DevId { major: 253, minor: 1 }, DeviceSector(100), 200 << 10).unwrap();
+    let segs = r
+        .resolve_device(
+            DevId {
+                major: 253,
+                minor: 1,
+            },
+            DeviceSector(100),
+            200 << 10,
+        )
+        .unwrap();
     let mut pos = 100u64 * 512;
     for s in &segs {
         let dm0 = 10000 + pos / 512;
         let chunk = dm0 / 128;
-        let (dev, base) = if chunk % 2 == 0 { ("/dev/loop100", 2048) } else { ("/dev/loop101", 0) };
+        let (dev, base) = if chunk.is_multiple_of(2) {
+            ("/dev/loop100", 2048)
+        } else {
+            ("/dev/loop101", 0)
+        };
         let want = base + (chunk / 2) * 128 + dm0 % 128;
         let (bottom, _, sector) = s.bottom().unwrap();
         assert_eq!((bottom, sector.0), (dev, want), "at dm-1 byte {pos}");
@@ -274,11 +363,27 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
     }
     assert_eq!(pos, 100 * 512 + (200 << 10));
     // A crypt target is named, not silently passed through.
-    let segs = r.resolve_device(DevId { major: 253, minor: 1 }, DeviceSector(3000), 4096).unwrap();
+    let segs = r
+        .resolve_device(
+            DevId {
+                major: 253,
+                minor: 1,
+            },
+            DeviceSector(3000),
+            4096,
+        )
+        .unwrap();
     assert!(segs[0].stopped.as_deref().unwrap().contains("'crypt'"));
     // Malformed table text is an error that names the line.
-    let err = dm::parse_table("x: 0 100 striped 2 0 7:1 0\n", &|s| Ok(s.parse().unwrap())).unwrap_err();
+    let err =
+        dm::parse_table("x: 0 100 striped 2 0 7:1 0\n", &|s| Ok(s.parse().unwrap())).unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
     let t = dm::parse_table("0 8 linear 7:3 16\n", &|s| Ok(s.parse().unwrap())).unwrap();
-    assert_eq!(t[0].1.kind, DmTargetKind::Linear { dev: DevId { major: 7, minor: 3 }, offset: 16 });
+    assert_eq!(
+        t[0].1.kind,
+        DmTargetKind::Linear {
+            dev: DevId { major: 7, minor: 3 },
+            offset: 16
+        }
+    );
 }

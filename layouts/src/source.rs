@@ -71,7 +71,7 @@ impl ReadAt for Vec<u8> {
 
 impl ReadAt for &[u8] {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(offset, buf.len(), self.len() as u64)?;
+        check_range(offset, buf.len(), self.len())?;
         let start = offset as usize;
         buf.copy_from_slice(&self[start..start + buf.len()]);
         Ok(())

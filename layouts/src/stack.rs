@@ -113,11 +113,22 @@ impl Stack {
         } else {
             None
         };
-        Ok(Stack { chain, guest, guest_error, host, reverse: HashMap::new() })
+        Ok(Stack {
+            chain,
+            guest,
+            guest_error,
+            host,
+            reverse: HashMap::new(),
+        })
     }
 
     /// Host device segments of `[offset, offset + len)` of chain file `file`, or why not.
-    pub fn host_segments(&mut self, file: usize, offset: HostFileOffset, len: u64) -> Option<std::result::Result<Vec<HostSegment>, HostError>> {
+    pub fn host_segments(
+        &mut self,
+        file: usize,
+        offset: HostFileOffset,
+        len: u64,
+    ) -> Option<std::result::Result<Vec<HostSegment>, HostError>> {
         let path = self.chain.files[file].path.clone();
         self.host.as_mut().map(|h| h.resolve(&path, offset, len))
     }
@@ -138,9 +149,15 @@ impl Stack {
             let l = self.chain.locate(pos);
             let n = l.len.min(end - pos);
             let (host_offset, host_len) = match l.kind {
-                LocatedKind::Data { host } | LocatedKind::ZeroAlloc { host } => (Some(HostFileOffset(host)), Some(n)),
-                LocatedKind::Compressed { host, len, .. } => (Some(HostFileOffset(host)), Some(len)),
-                LocatedKind::Unallocated { host: Some(host) } => (Some(HostFileOffset(host)), Some(n)),
+                LocatedKind::Data { host } | LocatedKind::ZeroAlloc { host } => {
+                    (Some(HostFileOffset(host)), Some(n))
+                }
+                LocatedKind::Compressed { host, len, .. } => {
+                    (Some(HostFileOffset(host)), Some(len))
+                }
+                LocatedKind::Unallocated { host: Some(host) } => {
+                    (Some(HostFileOffset(host)), Some(n))
+                }
                 _ => (None, None),
             };
             let mut piece = Piece {
@@ -166,16 +183,32 @@ impl Stack {
             pos += n;
         }
         let guest_owner = self.guest.as_ref().map(|g| g.owner(offset));
-        Ok(Translation { guest_file: None, guest_owner, guest_offset: offset, guest_lba: offset.lba(), len, pieces })
+        Ok(Translation {
+            guest_file: None,
+            guest_owner,
+            guest_offset: offset,
+            guest_lba: offset.lba(),
+            len,
+            pieces,
+        })
     }
 
     /// Translate `len` bytes at `file_offset` of guest file `path` (clipped to the
     /// file's contiguous extent).
-    pub fn translate_file(&mut self, path: &str, file_offset: u64, len: u64, partition: Option<u32>) -> Result<Translation> {
+    pub fn translate_file(
+        &mut self,
+        path: &str,
+        file_offset: u64,
+        len: u64,
+        partition: Option<u32>,
+    ) -> Result<Translation> {
         let guest = self.guest.as_ref().ok_or_else(|| {
             StackError::Range(format!(
                 "the guest filesystems could not be read{}",
-                self.guest_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                self.guest_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             ))
         })?;
         let loc = guest.locate_file(path, file_offset, partition)?;
@@ -187,22 +220,41 @@ impl Stack {
 
     /// What byte `offset` of chain file `file` holds, and the guest's view of it.
     pub fn lookup_host(&mut self, file: usize, offset: HostFileOffset) -> Result<HostLookup> {
-        let path = self.chain.files.get(file).map(|f| f.path.clone()).ok_or_else(|| StackError::Range(format!("no file {file} in the chain")))?;
+        let path = self
+            .chain
+            .files
+            .get(file)
+            .map(|f| f.path.clone())
+            .ok_or_else(|| StackError::Range(format!("no file {file} in the chain")))?;
         if !self.reverse.contains_key(&file) {
             let rm = self.chain.reverse_map(file)?;
             self.reverse.insert(file, rm);
         }
         let rm = &self.reverse[&file];
         let (extent, guest) = rm.lookup(offset.0).ok_or_else(|| {
-            StackError::Range(format!("offset {} is past the end of {} ({} bytes)", offset.0, path.display(), rm.file_len))
+            StackError::Range(format!(
+                "offset {} is past the end of {} ({} bytes)",
+                offset.0,
+                path.display(),
+                rm.file_len
+            ))
         })?;
         let guest_offset = guest.map(GuestOffset);
         // Only current guest data has a guest owner; snapshot data is another point in time.
-        let current = matches!(extent.content, Content::GuestData { .. } | Content::Compressed { .. } | Content::Preallocated { .. });
+        let current = matches!(
+            extent.content,
+            Content::GuestData { .. } | Content::Compressed { .. } | Content::Preallocated { .. }
+        );
         let guest_owner = match (&self.guest, guest_offset) {
             (Some(g), Some(o)) if current && o.0 < self.chain.virtual_size() => Some(g.owner(o)),
             _ => None,
         };
-        Ok(HostLookup { file: path, offset, extent: extent.clone(), guest_offset, guest_owner })
+        Ok(HostLookup {
+            file: path,
+            offset,
+            extent: extent.clone(),
+            guest_offset,
+            guest_owner,
+        })
     }
 }

@@ -38,7 +38,10 @@ pub fn is_root() -> bool {
 }
 
 pub fn qemu_img_map(image: &Path) -> Vec<Value> {
-    let out = run("qemu-img", &["map", "--output=json", image.to_str().unwrap()]);
+    let out = run(
+        "qemu-img",
+        &["map", "--output=json", image.to_str().unwrap()],
+    );
     serde_json::from_str(&out).expect("qemu-img map JSON")
 }
 
@@ -48,9 +51,8 @@ pub fn qemu_img_check(image: &Path) -> Value {
         .args(["check", "--output=json", image.to_str().unwrap()])
         .output()
         .expect("qemu-img");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("qemu-img check: {}", String::from_utf8_lossy(&out.stderr))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("qemu-img check: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 pub fn create(dir: &Path, name: &str, opts: &str, size: &str) -> PathBuf {
@@ -72,14 +74,20 @@ pub fn qemu_io(image: &Path, cmds: &[&str]) {
     }
     args.push(image.to_str().unwrap());
     let out = run("qemu-io", &args);
-    assert!(!out.contains("error") && !out.contains("failed"), "qemu-io: {out}");
+    assert!(
+        !out.contains("error") && !out.contains("failed"),
+        "qemu-io: {out}"
+    );
 }
 
 /// A tiny deterministic PRNG so tests need no extra crates and are reproducible.
 pub struct Lcg(pub u64);
 impl Lcg {
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     pub fn below(&mut self, n: u64) -> u64 {

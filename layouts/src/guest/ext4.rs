@@ -29,15 +29,34 @@ const MAX_EXTENT_DEPTH: u16 = 5;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Owner {
     /// Block `lblock` of the file (or directory, symlink, journal) with this inode.
-    File { inode: u32, lblock: u64 },
-    ExtentTreeNode { inode: u32 },
-    IndirectBlock { inode: u32 },
-    Superblock { group: u32 },
-    GroupDescriptors { group: u32 },
-    ReservedGdt { group: u32 },
-    BlockBitmap { group: u32 },
-    InodeBitmap { group: u32 },
-    InodeTable { group: u32 },
+    File {
+        inode: u32,
+        lblock: u64,
+    },
+    ExtentTreeNode {
+        inode: u32,
+    },
+    IndirectBlock {
+        inode: u32,
+    },
+    Superblock {
+        group: u32,
+    },
+    GroupDescriptors {
+        group: u32,
+    },
+    ReservedGdt {
+        group: u32,
+    },
+    BlockBitmap {
+        group: u32,
+    },
+    InodeBitmap {
+        group: u32,
+    },
+    InodeTable {
+        group: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -156,6 +175,9 @@ struct GroupDesc {
     inode_table: u64,
 }
 
+/// Metadata blocks found while mapping a file (tree nodes, indirect blocks) and who owns them.
+type MetaBlocks = Vec<(u64, Owner)>;
+
 struct Inode {
     mode: u16,
     size: u64,
@@ -171,7 +193,11 @@ pub struct Ext4Reader<'a> {
 }
 
 fn corrupt(what: impl Into<String>, offset: u64, problem: impl Into<String>) -> GuestError {
-    GuestError::Corrupt { what: what.into(), offset, problem: problem.into() }
+    GuestError::Corrupt {
+        what: what.into(),
+        offset,
+        problem: problem.into(),
+    }
 }
 
 impl<'a> Ext4Reader<'a> {
@@ -182,13 +208,18 @@ impl<'a> Ext4Reader<'a> {
             return Ok(None);
         }
         let mut b = vec![0u8; 1024];
-        src.read_exact_at(&mut b, 1024).map_err(|e| GuestError::io("ext4 superblock", e))?;
+        src.read_exact_at(&mut b, 1024)
+            .map_err(|e| GuestError::io("ext4 superblock", e))?;
         if le_u16(&b, 0x38) != MAGIC {
             return Ok(None);
         }
         let log = le_u32(&b, 0x18);
         if log > 6 {
-            return Err(corrupt("ext4 s_log_block_size", 1024 + 0x18, format!("{log} gives blocks over 64 KiB")));
+            return Err(corrupt(
+                "ext4 s_log_block_size",
+                1024 + 0x18,
+                format!("{log} gives blocks over 64 KiB"),
+            ));
         }
         let block_size = 1024u64 << log;
         let incompat = le_u32(&b, 0x60);
@@ -201,7 +232,10 @@ impl<'a> Ext4Reader<'a> {
         let inode_size = if rev == 0 { 128 } else { le_u16(&b, 0x58) };
         let desc_size = if is64 { le_u16(&b, 0xFE) } else { 32 };
         let label_raw = &b[0x78..0x88];
-        let label = String::from_utf8_lossy(&label_raw[..label_raw.iter().position(|&c| c == 0).unwrap_or(16)]).into_owned();
+        let label = String::from_utf8_lossy(
+            &label_raw[..label_raw.iter().position(|&c| c == 0).unwrap_or(16)],
+        )
+        .into_owned();
         let sb = Superblock {
             block_size,
             blocks_count,
@@ -222,39 +256,77 @@ impl<'a> Ext4Reader<'a> {
         };
         let at = |off: u64| 1024 + off;
         if sb.blocks_per_group == 0 || sb.blocks_per_group as u64 > block_size * 8 {
-            return Err(corrupt("ext4 s_blocks_per_group", at(0x20), format!("{} with {block_size}-byte blocks", sb.blocks_per_group)));
+            return Err(corrupt(
+                "ext4 s_blocks_per_group",
+                at(0x20),
+                format!("{} with {block_size}-byte blocks", sb.blocks_per_group),
+            ));
         }
         if sb.inodes_per_group == 0 || sb.inodes_count == 0 {
             return Err(corrupt("ext4 s_inodes_per_group", at(0x28), "zero inodes"));
         }
         if !(128..=block_size as u16).contains(&sb.inode_size) || !sb.inode_size.is_power_of_two() {
-            return Err(corrupt("ext4 s_inode_size", at(0x58), format!("{}", sb.inode_size)));
+            return Err(corrupt(
+                "ext4 s_inode_size",
+                at(0x58),
+                format!("{}", sb.inode_size),
+            ));
         }
-        if is64 && (sb.desc_size < 32 || !sb.desc_size.is_power_of_two() || sb.desc_size as u64 > block_size) {
-            return Err(corrupt("ext4 s_desc_size", at(0xFE), format!("{}", sb.desc_size)));
+        if is64
+            && (sb.desc_size < 32
+                || !sb.desc_size.is_power_of_two()
+                || sb.desc_size as u64 > block_size)
+        {
+            return Err(corrupt(
+                "ext4 s_desc_size",
+                at(0xFE),
+                format!("{}", sb.desc_size),
+            ));
         }
-        if sb.first_data_block as u64 >= blocks_count || blocks_count.saturating_mul(block_size) > src.len() {
+        if sb.first_data_block as u64 >= blocks_count
+            || blocks_count.saturating_mul(block_size) > src.len()
+        {
             return Err(corrupt(
                 "ext4 s_blocks_count",
                 at(0x04),
-                format!("{blocks_count} blocks of {block_size} bytes do not fit in the {}-byte partition", src.len()),
+                format!(
+                    "{blocks_count} blocks of {block_size} bytes do not fit in the {}-byte partition",
+                    src.len()
+                ),
             ));
         }
         if (sb.inodes_per_group as u64) * sb.groups() < sb.inodes_count as u64 {
-            return Err(corrupt("ext4 s_inodes_count", at(0), "more inodes than the groups hold"));
+            return Err(corrupt(
+                "ext4 s_inodes_count",
+                at(0),
+                "more inodes than the groups hold",
+            ));
         }
-        let mut r = Ext4Reader { src, sb, groups: Vec::new() };
+        let mut r = Ext4Reader {
+            src,
+            sb,
+            groups: Vec::new(),
+        };
         r.read_group_descriptors()?;
         Ok(Some(r))
     }
 
     fn read(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        self.src.read_exact_at(buf, at).map_err(|e| GuestError::io(format!("ext4 read at {at:#x}"), e))
+        self.src
+            .read_exact_at(buf, at)
+            .map_err(|e| GuestError::io(format!("ext4 read at {at:#x}"), e))
     }
 
     fn block(&self, n: u64) -> Result<Vec<u8>> {
         if n >= self.sb.blocks_count {
-            return Err(corrupt("ext4 block pointer", n * self.sb.block_size, format!("block {n} is past the filesystem end ({})", self.sb.blocks_count)));
+            return Err(corrupt(
+                "ext4 block pointer",
+                n * self.sb.block_size,
+                format!(
+                    "block {n} is past the filesystem end ({})",
+                    self.sb.blocks_count
+                ),
+            ));
         }
         let mut b = vec![0u8; self.sb.block_size as usize];
         self.read(&mut b, n * self.sb.block_size)?;
@@ -292,10 +364,17 @@ impl<'a> Ext4Reader<'a> {
                 });
             }
         }
-        let itable_blocks = (self.sb.inodes_per_group as u64 * self.sb.inode_size as u64).div_ceil(self.sb.block_size);
+        let itable_blocks = (self.sb.inodes_per_group as u64 * self.sb.inode_size as u64)
+            .div_ceil(self.sb.block_size);
         for (g, d) in out.iter().enumerate() {
-            if d.inode_table.saturating_add(itable_blocks) > self.sb.blocks_count || d.block_bitmap >= self.sb.blocks_count {
-                return Err(corrupt(format!("ext4 group descriptor {g}"), 0, "bitmap or inode table past the filesystem end"));
+            if d.inode_table.saturating_add(itable_blocks) > self.sb.blocks_count
+                || d.block_bitmap >= self.sb.blocks_count
+            {
+                return Err(corrupt(
+                    format!("ext4 group descriptor {g}"),
+                    0,
+                    "bitmap or inode table past the filesystem end",
+                ));
             }
         }
         self.groups = out;
@@ -304,12 +383,17 @@ impl<'a> Ext4Reader<'a> {
 
     fn inode(&self, ino: u32) -> Result<Inode> {
         if ino == 0 || ino > self.sb.inodes_count {
-            return Err(corrupt("ext4 inode number", 0, format!("{ino} is outside 1..={}", self.sb.inodes_count)));
+            return Err(corrupt(
+                "ext4 inode number",
+                0,
+                format!("{ino} is outside 1..={}", self.sb.inodes_count),
+            ));
         }
         let idx = (ino - 1) as u64;
         let g = idx / self.sb.inodes_per_group as u64;
         let within = idx % self.sb.inodes_per_group as u64;
-        let at = self.groups[g as usize].inode_table * self.sb.block_size + within * self.sb.inode_size as u64;
+        let at = self.groups[g as usize].inode_table * self.sb.block_size
+            + within * self.sb.inode_size as u64;
         let mut b = [0u8; 128];
         self.read(&mut b, at)?;
         let mut block = [0u8; 60];
@@ -324,20 +408,28 @@ impl<'a> Ext4Reader<'a> {
 
     /// The data extents of an inode and the metadata blocks (tree nodes, indirect
     /// blocks) that describe them.
-    fn inode_runs(&self, ino: u32, inode: &Inode) -> Result<(Vec<FileRun>, Vec<(u64, Owner)>)> {
+    fn inode_runs(&self, ino: u32, inode: &Inode) -> Result<(Vec<FileRun>, MetaBlocks)> {
         let mut runs = Vec::new();
         let mut meta = Vec::new();
         if inode.flags & INLINE_DATA_FL != 0 {
             return Ok((runs, meta));
         }
-        let is_fast_symlink = inode.mode & S_IFMT == S_IFLNK && inode.size < 60 && inode.flags & EXTENTS_FL == 0;
+        let is_fast_symlink =
+            inode.mode & S_IFMT == S_IFLNK && inode.size < 60 && inode.flags & EXTENTS_FL == 0;
         if is_fast_symlink {
             return Ok((runs, meta));
         }
         let max_lblocks = inode.size.div_ceil(self.sb.block_size);
         if inode.flags & EXTENTS_FL != 0 {
             let mut budget = self.sb.blocks_count;
-            self.extent_node(ino, &inode.block, MAX_EXTENT_DEPTH + 1, &mut runs, &mut meta, &mut budget)?;
+            self.extent_node(
+                ino,
+                &inode.block,
+                MAX_EXTENT_DEPTH + 1,
+                &mut runs,
+                &mut meta,
+                &mut budget,
+            )?;
         } else {
             let mut lblock = 0u64;
             for i in 0..12 {
@@ -346,11 +438,23 @@ impl<'a> Ext4Reader<'a> {
                 lblock += 1;
             }
             let per = self.sb.block_size / 4;
+            // Every allocated indirect block costs at most `per` steps, and there are no
+            // more of them than blocks: a map that needs more steps loops on itself.
+            let mut budget = self.sb.blocks_count.saturating_mul(per);
             for (level, i) in [(1u32, 12usize), (2, 13), (3, 14)] {
                 let p = le_u32(&inode.block, i * 4) as u64;
                 let span = per.pow(level);
                 if p != 0 && lblock < max_lblocks.max(1) {
-                    self.indirect(ino, p, level, lblock, max_lblocks, &mut runs, &mut meta)?;
+                    self.indirect(
+                        ino,
+                        p,
+                        level,
+                        lblock,
+                        max_lblocks,
+                        &mut runs,
+                        &mut meta,
+                        &mut budget,
+                    )?;
                 }
                 lblock += span;
             }
@@ -364,17 +468,38 @@ impl<'a> Ext4Reader<'a> {
             return Ok(());
         }
         if p >= self.sb.blocks_count {
-            return Err(corrupt(format!("ext4 inode {ino} block map"), 0, format!("block {p} is past the filesystem end")));
+            return Err(corrupt(
+                format!("ext4 inode {ino} block map"),
+                0,
+                format!("block {p} is past the filesystem end"),
+            ));
         }
         match runs.last_mut() {
-            Some(r) if r.lblock + r.len == lblock && r.pblock + r.len == p && !r.uninit => r.len += 1,
-            _ => runs.push(FileRun { lblock, pblock: p, len: 1, uninit: false }),
+            Some(r) if r.lblock + r.len == lblock && r.pblock + r.len == p && !r.uninit => {
+                r.len += 1
+            }
+            _ => runs.push(FileRun {
+                lblock,
+                pblock: p,
+                len: 1,
+                uninit: false,
+            }),
         }
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn indirect(&self, ino: u32, blk: u64, level: u32, first: u64, max: u64, runs: &mut Vec<FileRun>, meta: &mut Vec<(u64, Owner)>) -> Result<()> {
+    fn indirect(
+        &self,
+        ino: u32,
+        blk: u64,
+        level: u32,
+        first: u64,
+        max: u64,
+        runs: &mut Vec<FileRun>,
+        meta: &mut MetaBlocks,
+        budget: &mut u64,
+    ) -> Result<()> {
         let b = self.block(blk)?;
         meta.push((blk, Owner::IndirectBlock { inode: ino }));
         let per = self.sb.block_size / 4;
@@ -384,17 +509,33 @@ impl<'a> Ext4Reader<'a> {
             if l >= max {
                 break;
             }
+            if *budget == 0 {
+                return Err(corrupt(
+                    format!("ext4 inode {ino} block map"),
+                    blk * self.sb.block_size,
+                    "indirect blocks refer to each other in a loop",
+                ));
+            }
+            *budget -= 1;
             let p = le_u32(&b, (i * 4) as usize) as u64;
             if level == 1 {
                 self.push_data(ino, runs, l, p)?;
             } else if p != 0 {
-                self.indirect(ino, p, level - 1, l, max, runs, meta)?;
+                self.indirect(ino, p, level - 1, l, max, runs, meta, budget)?;
             }
         }
         Ok(())
     }
 
-    fn extent_node(&self, ino: u32, node: &[u8], max_depth: u16, runs: &mut Vec<FileRun>, meta: &mut Vec<(u64, Owner)>, budget: &mut u64) -> Result<()> {
+    fn extent_node(
+        &self,
+        ino: u32,
+        node: &[u8],
+        max_depth: u16,
+        runs: &mut Vec<FileRun>,
+        meta: &mut MetaBlocks,
+        budget: &mut u64,
+    ) -> Result<()> {
         let what = || format!("ext4 inode {ino} extent tree");
         if le_u16(node, 0) != 0xF30A {
             return Err(corrupt(what(), 0, "bad extent header magic"));
@@ -403,26 +544,47 @@ impl<'a> Ext4Reader<'a> {
         let max = le_u16(node, 4) as usize;
         let depth = le_u16(node, 6);
         if entries > max || 12 + max * 12 > node.len() || depth >= max_depth {
-            return Err(corrupt(what(), 0, format!("{entries} of {max} entries at depth {depth} do not fit")));
+            return Err(corrupt(
+                what(),
+                0,
+                format!("{entries} of {max} entries at depth {depth} do not fit"),
+            ));
         }
         for i in 0..entries {
             let e = &node[12 + i * 12..24 + i * 12];
             if *budget == 0 {
-                return Err(corrupt(what(), 0, "more tree nodes than blocks in the filesystem"));
+                return Err(corrupt(
+                    what(),
+                    0,
+                    "more tree nodes than blocks in the filesystem",
+                ));
             }
             *budget -= 1;
             if depth == 0 {
                 let lblock = le_u32(e, 0) as u64;
                 let raw_len = le_u16(e, 4) as u64;
-                let (len, uninit) = if raw_len > 32768 { (raw_len - 32768, true) } else { (raw_len, false) };
+                let (len, uninit) = if raw_len > 32768 {
+                    (raw_len - 32768, true)
+                } else {
+                    (raw_len, false)
+                };
                 let pblock = (le_u16(e, 6) as u64) << 32 | le_u32(e, 8) as u64;
                 if len == 0 {
                     continue;
                 }
                 if pblock.saturating_add(len) > self.sb.blocks_count {
-                    return Err(corrupt(what(), 0, format!("extent {pblock}+{len} is past the filesystem end")));
+                    return Err(corrupt(
+                        what(),
+                        0,
+                        format!("extent {pblock}+{len} is past the filesystem end"),
+                    ));
                 }
-                runs.push(FileRun { lblock, pblock, len, uninit });
+                runs.push(FileRun {
+                    lblock,
+                    pblock,
+                    len,
+                    uninit,
+                });
             } else {
                 let leaf = (le_u16(e, 8) as u64) << 32 | le_u32(e, 4) as u64;
                 let child = self.block(leaf)?;
@@ -447,14 +609,23 @@ impl<'a> Ext4Reader<'a> {
                 while at + 8 <= b.len() {
                     let ino = le_u32(&b, at);
                     let raw = le_u16(&b, at + 4) as usize;
-                    let rec_len = if raw == 65535 || raw == 0 { bs as usize } else { (raw & 65532) | ((raw & 3) << 16) };
-                    let name_len = if has_type { b[at + 6] as usize } else { le_u16(&b, at + 6) as usize };
+                    let rec_len = if raw == 65535 || raw == 0 {
+                        bs as usize
+                    } else {
+                        (raw & 65532) | ((raw & 3) << 16)
+                    };
+                    let name_len = if has_type {
+                        b[at + 6] as usize
+                    } else {
+                        le_u16(&b, at + 6) as usize
+                    };
                     if rec_len < 8 || at + rec_len > b.len() || 8 + name_len > rec_len {
                         // A damaged block: keep what was read, skip the rest of it.
                         break;
                     }
                     if ino != 0 && name_len > 0 {
-                        let name = String::from_utf8_lossy(&b[at + 8..at + 8 + name_len]).into_owned();
+                        let name =
+                            String::from_utf8_lossy(&b[at + 8..at + 8 + name_len]).into_owned();
                         if name != "." && name != ".." {
                             out.push((name, ino));
                         }
@@ -466,7 +637,7 @@ impl<'a> Ext4Reader<'a> {
         Ok(out)
     }
 
-    fn file_info(&self, ino: u32, path: String, meta: &mut Vec<(u64, Owner)>) -> Result<FileInfo> {
+    fn file_info(&self, ino: u32, path: String, meta: &mut MetaBlocks) -> Result<FileInfo> {
         let inode = self.inode(ino)?;
         let kind = match inode.mode & S_IFMT {
             _ if ino < 11 && ino != ROOT_INO => FileKind::Internal,
@@ -475,9 +646,20 @@ impl<'a> Ext4Reader<'a> {
             S_IFLNK => FileKind::Symlink,
             _ => FileKind::Special,
         };
-        let (runs, m) = if matches!(kind, FileKind::Special) { (vec![], vec![]) } else { self.inode_runs(ino, &inode)? };
+        let (runs, m) = if matches!(kind, FileKind::Special) {
+            (vec![], vec![])
+        } else {
+            self.inode_runs(ino, &inode)?
+        };
         meta.extend(m);
-        Ok(FileInfo { inode: ino, path, size: inode.size, kind, runs, inline: inode.flags & INLINE_DATA_FL != 0 })
+        Ok(FileInfo {
+            inode: ino,
+            path,
+            size: inode.size,
+            kind,
+            runs,
+            inline: inode.flags & INLINE_DATA_FL != 0,
+        })
     }
 
     /// Walk the whole filesystem from `/` and build the block map.
@@ -485,31 +667,82 @@ impl<'a> Ext4Reader<'a> {
         let sb = &self.sb;
         let mut owners: Vec<Owner> = Vec::new();
         let mut blocks: Vec<BlockRun> = Vec::new();
-        let add = |owners: &mut Vec<Owner>, blocks: &mut Vec<BlockRun>, pblock: u64, len: u64, owner: Owner| {
+        let add = |owners: &mut Vec<Owner>,
+                   blocks: &mut Vec<BlockRun>,
+                   pblock: u64,
+                   len: u64,
+                   owner: Owner| {
             if len > 0 {
                 owners.push(owner);
-                blocks.push(BlockRun { pblock, len, owner: owners.len() - 1 });
+                blocks.push(BlockRun {
+                    pblock,
+                    len,
+                    owner: owners.len() - 1,
+                });
             }
         };
         // Static metadata: superblocks, descriptors, reserved GDT, bitmaps, inode tables.
-        let itable_blocks = (sb.inodes_per_group as u64 * sb.inode_size as u64).div_ceil(sb.block_size);
+        let itable_blocks =
+            (sb.inodes_per_group as u64 * sb.inode_size as u64).div_ceil(sb.block_size);
         for g in 0..sb.groups() {
             let gi = g as u32;
             if sb.has_super(g) {
                 let first = sb.group_first_block(g);
                 // With 1 KiB blocks group 0's superblock is block 1; otherwise it shares block 0.
-                add(&mut owners, &mut blocks, first, 1, Owner::Superblock { group: gi });
+                add(
+                    &mut owners,
+                    &mut blocks,
+                    first,
+                    1,
+                    Owner::Superblock { group: gi },
+                );
                 if !sb.meta_bg() {
-                    add(&mut owners, &mut blocks, first + 1, sb.gdt_blocks(), Owner::GroupDescriptors { group: gi });
-                    add(&mut owners, &mut blocks, first + 1 + sb.gdt_blocks(), sb.reserved_gdt_blocks as u64, Owner::ReservedGdt { group: gi });
+                    add(
+                        &mut owners,
+                        &mut blocks,
+                        first + 1,
+                        sb.gdt_blocks(),
+                        Owner::GroupDescriptors { group: gi },
+                    );
+                    add(
+                        &mut owners,
+                        &mut blocks,
+                        first + 1 + sb.gdt_blocks(),
+                        sb.reserved_gdt_blocks as u64,
+                        Owner::ReservedGdt { group: gi },
+                    );
                 } else if sb.first_meta_bg > 0 {
-                    add(&mut owners, &mut blocks, first + 1, sb.first_meta_bg as u64, Owner::GroupDescriptors { group: gi });
+                    add(
+                        &mut owners,
+                        &mut blocks,
+                        first + 1,
+                        sb.first_meta_bg as u64,
+                        Owner::GroupDescriptors { group: gi },
+                    );
                 }
             }
             let d = self.groups[g as usize];
-            add(&mut owners, &mut blocks, d.block_bitmap, 1, Owner::BlockBitmap { group: gi });
-            add(&mut owners, &mut blocks, d.inode_bitmap, 1, Owner::InodeBitmap { group: gi });
-            add(&mut owners, &mut blocks, d.inode_table, itable_blocks, Owner::InodeTable { group: gi });
+            add(
+                &mut owners,
+                &mut blocks,
+                d.block_bitmap,
+                1,
+                Owner::BlockBitmap { group: gi },
+            );
+            add(
+                &mut owners,
+                &mut blocks,
+                d.inode_bitmap,
+                1,
+                Owner::InodeBitmap { group: gi },
+            );
+            add(
+                &mut owners,
+                &mut blocks,
+                d.inode_table,
+                itable_blocks,
+                Owner::InodeTable { group: gi },
+            );
         }
         if sb.meta_bg() {
             let per = sb.descs_per_block();
@@ -517,7 +750,13 @@ impl<'a> Ext4Reader<'a> {
                 let g0 = i * per;
                 for g in [g0, g0 + 1, g0 + per - 1] {
                     if g < sb.groups() {
-                        add(&mut owners, &mut blocks, sb.group_first_block(g) + sb.has_super(g) as u64, 1, Owner::GroupDescriptors { group: g as u32 });
+                        add(
+                            &mut owners,
+                            &mut blocks,
+                            sb.group_first_block(g) + sb.has_super(g) as u64,
+                            1,
+                            Owner::GroupDescriptors { group: g as u32 },
+                        );
                     }
                 }
             }
@@ -543,7 +782,11 @@ impl<'a> Ext4Reader<'a> {
             by_path.insert(path.clone(), ino);
             files.insert(ino, info);
             for (name, child) in entries {
-                let cpath = if path == "/" { format!("/{name}") } else { format!("{path}/{name}") };
+                let cpath = if path == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{path}/{name}")
+                };
                 if child > sb.inodes_count {
                     notes.push(format!("{cpath}: inode {child} out of range, skipped"));
                     continue;
@@ -580,14 +823,30 @@ impl<'a> Ext4Reader<'a> {
         }
         for f in files.values() {
             for r in &f.runs {
-                add(&mut owners, &mut blocks, r.pblock, r.len, Owner::File { inode: f.inode, lblock: r.lblock });
+                add(
+                    &mut owners,
+                    &mut blocks,
+                    r.pblock,
+                    r.len,
+                    Owner::File {
+                        inode: f.inode,
+                        lblock: r.lblock,
+                    },
+                );
             }
         }
         for (b, o) in meta {
             add(&mut owners, &mut blocks, b, 1, o);
         }
         blocks.sort_by_key(|b| b.pblock);
-        Ok(Ext4Map { sb: sb.clone(), owners, blocks, files, by_path, notes })
+        Ok(Ext4Map {
+            sb: sb.clone(),
+            owners,
+            blocks,
+            files,
+            by_path,
+            notes,
+        })
     }
 }
 
@@ -615,13 +874,20 @@ impl Ext4Map {
             .take(3)
             .find(|b| b.pblock <= pblock && pblock < b.pblock + b.len)
             .map(|b| match &self.owners[b.owner] {
-                Owner::File { inode, lblock } => Owner::File { inode: *inode, lblock: lblock + (pblock - b.pblock) },
+                Owner::File { inode, lblock } => Owner::File {
+                    inode: *inode,
+                    lblock: lblock + (pblock - b.pblock),
+                },
                 o => o.clone(),
             })
     }
 
     pub fn file_by_path(&self, path: &str) -> Option<&FileInfo> {
-        let p = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+        let p = if path.len() > 1 {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
         self.by_path.get(p).and_then(|i| self.files.get(i))
     }
 }

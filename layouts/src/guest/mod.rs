@@ -21,14 +21,21 @@ pub enum GuestError {
         source: io::Error,
     },
     #[error("corrupt {what} (guest byte {offset:#x}): {problem}")]
-    Corrupt { what: String, offset: u64, problem: String },
+    Corrupt {
+        what: String,
+        offset: u64,
+        problem: String,
+    },
     #[error("{0}")]
     NotFound(String),
 }
 
 impl GuestError {
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
-        GuestError::Io { what: what.into(), source }
+        GuestError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 
@@ -110,26 +117,53 @@ impl GuestLayout {
                 None => (0, disk.len()),
             };
             let len = len.min(disk.len().saturating_sub(start));
-            let win = Window { inner: disk, start, len };
-            let name = part.as_ref().map_or("whole disk".to_owned(), |p| format!("partition {}", p.number));
+            let win = Window {
+                inner: disk,
+                start,
+                len,
+            };
+            let name = part.as_ref().map_or("whole disk".to_owned(), |p| {
+                format!("partition {}", p.number)
+            });
             match ext4::Ext4Reader::open(&win)? {
                 Some(reader) => {
                     let map = reader.build_map()?;
                     notes.extend(map.notes.iter().map(|n| format!("{name}: {n}")));
-                    filesystems.push(GuestFs { partition: part, map });
+                    filesystems.push(GuestFs {
+                        partition: part,
+                        map,
+                    });
                 }
                 None => notes.push(format!("{name}: no ext2/3/4 filesystem")),
             }
         }
-        Ok(GuestLayout { table, filesystems, notes })
+        Ok(GuestLayout {
+            table,
+            filesystems,
+            notes,
+        })
     }
 
     /// Who owns the guest byte at `offset`.
     pub fn owner(&self, offset: GuestOffset) -> GuestOwner {
         let lba = offset.lba();
-        let partition = self.table.partitions.iter().find(|p| p.contains(lba)).map(|p| p.number);
-        let mut out = GuestOwner { partition, owner: None, path: None, file_offset: None };
-        let Some(fs) = self.filesystems.iter().find(|f| f.partition.as_ref().is_none_or(|p| p.contains(lba))) else {
+        let partition = self
+            .table
+            .partitions
+            .iter()
+            .find(|p| p.contains(lba))
+            .map(|p| p.number);
+        let mut out = GuestOwner {
+            partition,
+            owner: None,
+            path: None,
+            file_offset: None,
+        };
+        let Some(fs) = self
+            .filesystems
+            .iter()
+            .find(|f| f.partition.as_ref().is_none_or(|p| p.contains(lba)))
+        else {
             return out;
         };
         let rel = offset.0 - fs.start_byte();
@@ -146,26 +180,49 @@ impl GuestLayout {
 
     /// Where byte `file_offset` of guest file `path` is on the guest disk. With several
     /// filesystems, `partition` picks one; otherwise the path must exist in exactly one.
-    pub fn locate_file(&self, path: &str, file_offset: u64, partition: Option<u32>) -> Result<GuestFileLocation> {
+    pub fn locate_file(
+        &self,
+        path: &str,
+        file_offset: u64,
+        partition: Option<u32>,
+    ) -> Result<GuestFileLocation> {
         let matches: Vec<&GuestFs> = self
             .filesystems
             .iter()
-            .filter(|f| partition.is_none_or(|n| f.partition.as_ref().is_some_and(|p| p.number == n)))
+            .filter(|f| {
+                partition.is_none_or(|n| f.partition.as_ref().is_some_and(|p| p.number == n))
+            })
             .filter(|f| f.map.file_by_path(path).is_some())
             .collect();
         let fs = match matches.as_slice() {
             [one] => *one,
-            [] => return Err(GuestError::NotFound(format!("{path} is not in any guest ext filesystem{}", partition.map(|n| format!(" on partition {n}")).unwrap_or_default()))),
-            _ => return Err(GuestError::NotFound(format!("{path} exists on several partitions; pick one with --partition"))),
+            [] => {
+                return Err(GuestError::NotFound(format!(
+                    "{path} is not in any guest ext filesystem{}",
+                    partition
+                        .map(|n| format!(" on partition {n}"))
+                        .unwrap_or_default()
+                )));
+            }
+            _ => {
+                return Err(GuestError::NotFound(format!(
+                    "{path} exists on several partitions; pick one with --partition"
+                )));
+            }
         };
         let f = fs.map.file_by_path(path).expect("filtered");
         let bs = fs.map.sb.block_size;
         if f.inline {
-            return Err(GuestError::NotFound(format!("{path} keeps its data inside its inode: no disk blocks")));
+            return Err(GuestError::NotFound(format!(
+                "{path} keeps its data inside its inode: no disk blocks"
+            )));
         }
         let lblock = file_offset / bs;
         let (pblock, unwritten) = f.pblock(lblock).ok_or_else(|| {
-            GuestError::NotFound(format!("{path} has no block at offset {file_offset} (a hole, or past its {} bytes)", f.size))
+            GuestError::NotFound(format!(
+                "{path} has no block at offset {file_offset} (a hole, or past its {} bytes)",
+                f.size
+            ))
         })?;
         let i = f.runs.partition_point(|r| r.lblock + r.len <= lblock);
         let run = f.runs[i];

@@ -10,7 +10,10 @@ pub enum DmTargetKind {
     /// `linear <dev> <offset>`
     Linear { dev: DevId, offset: u64 },
     /// `striped <#stripes> <chunk sectors> (<dev> <offset>)+`
-    Striped { chunk_sectors: u64, stripes: Vec<(DevId, u64)> },
+    Striped {
+        chunk_sectors: u64,
+        stripes: Vec<(DevId, u64)>,
+    },
     /// Any other target: reported, not remapped.
     Other { target: String, args: String },
 }
@@ -32,12 +35,19 @@ impl DmTarget {
         let left = self.start + self.len - sector;
         match &self.kind {
             DmTargetKind::Linear { dev, offset } => Some((*dev, offset + rel, left)),
-            DmTargetKind::Striped { chunk_sectors, stripes } => {
+            DmTargetKind::Striped {
+                chunk_sectors,
+                stripes,
+            } => {
                 let chunk = rel / chunk_sectors;
                 let within = rel % chunk_sectors;
                 let n = stripes.len() as u64;
                 let (dev, offset) = stripes[(chunk % n) as usize];
-                Some((dev, offset + (chunk / n) * chunk_sectors + within, left.min(chunk_sectors - within)))
+                Some((
+                    dev,
+                    offset + (chunk / n) * chunk_sectors + within,
+                    left.min(chunk_sectors - within),
+                ))
             }
             DmTargetKind::Other { .. } => None,
         }
@@ -70,7 +80,10 @@ pub fn parse_table(
         if f.len() < 3 {
             return Err(bad("expected '<start> <length> <target> <args>'"));
         }
-        let num = |s: &str| s.parse::<u64>().map_err(|_| bad(&format!("'{s}' is not a number")));
+        let num = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| bad(&format!("'{s}' is not a number")))
+        };
         let start = num(f[0])?;
         let len = num(f[1])?;
         if len == 0 || start.checked_add(len).is_none() {
@@ -81,7 +94,10 @@ pub fn parse_table(
                 if f.len() != 5 {
                     return Err(bad("linear takes '<dev> <offset>'"));
                 }
-                DmTargetKind::Linear { dev: resolve_dev(f[3])?, offset: num(f[4])? }
+                DmTargetKind::Linear {
+                    dev: resolve_dev(f[3])?,
+                    offset: num(f[4])?,
+                }
             }
             "striped" => {
                 let stripes = num(f.get(3).ok_or_else(|| bad("missing stripe count"))?)?;
@@ -93,9 +109,15 @@ pub fn parse_table(
                 for i in 0..stripes as usize {
                     v.push((resolve_dev(f[5 + 2 * i])?, num(f[6 + 2 * i])?));
                 }
-                DmTargetKind::Striped { chunk_sectors: chunk, stripes: v }
+                DmTargetKind::Striped {
+                    chunk_sectors: chunk,
+                    stripes: v,
+                }
             }
-            other => DmTargetKind::Other { target: other.to_owned(), args: f[3..].join(" ") },
+            other => DmTargetKind::Other {
+                target: other.to_owned(),
+                args: f[3..].join(" "),
+            },
         };
         out.push((name, DmTarget { start, len, kind }));
     }

@@ -81,7 +81,8 @@ impl FileExtent {
     pub fn state(&self) -> ExtentState {
         if self.flags & FE_DELALLOC != 0 {
             ExtentState::Delalloc
-        } else if self.flags & (FE_UNKNOWN | FE_ENCODED | FE_INLINE | FE_TAIL | FE_NOT_ALIGNED) != 0 {
+        } else if self.flags & (FE_UNKNOWN | FE_ENCODED | FE_INLINE | FE_TAIL | FE_NOT_ALIGNED) != 0
+        {
             ExtentState::NotOnDevice
         } else if self.flags & FE_UNWRITTEN != 0 {
             ExtentState::Unwritten
@@ -112,7 +113,13 @@ pub fn fiemap(file: &File) -> io::Result<Vec<FileExtent>> {
         });
         // SAFETY: FS_IOC_FIEMAP reads the header and writes at most extent_count extents
         // into the array that follows it, which `req` holds.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut *req as *mut FiemapRequest) };
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                FS_IOC_FIEMAP as _,
+                &mut *req as *mut FiemapRequest,
+            )
+        };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }

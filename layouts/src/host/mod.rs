@@ -33,22 +33,39 @@ pub enum HostError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is on {fs}, which has no single block device below it: device sectors cannot be resolved")]
+    #[error(
+        "{path} is on {fs}, which has no single block device below it: device sectors cannot be resolved"
+    )]
     NoBlockDevice { path: PathBuf, fs: String },
     #[error("{path}: FIEMAP on {fs}: {why}")]
-    Fiemap { path: PathBuf, fs: String, why: String },
+    Fiemap {
+        path: PathBuf,
+        fs: String,
+        why: String,
+    },
     #[error("sysfs {path}: {problem}")]
     Sysfs { path: PathBuf, problem: String },
     #[error("dm table line {line} '{text}': {problem}")]
-    DmTable { line: usize, text: String, problem: String },
+    DmTable {
+        line: usize,
+        text: String,
+        problem: String,
+    },
     #[error("device-mapper device {name} ({dev}): cannot read its table: {why}")]
-    DmTableUnavailable { name: String, dev: DevId, why: String },
+    DmTableUnavailable {
+        name: String,
+        dev: DevId,
+        why: String,
+    },
     #[error("device stack deeper than {MAX_STACK_DEPTH} levels (a loop device backed by itself?)")]
     TooDeep,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HostError + '_ {
-    move |source| HostError::Io { path: path.to_owned(), source }
+    move |source| HostError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A block device number, `major:minor`.
@@ -60,7 +77,10 @@ pub struct DevId {
 
 impl DevId {
     pub fn from_dev_t(dev: u64) -> DevId {
-        DevId { major: libc::major(dev), minor: libc::minor(dev) }
+        DevId {
+            major: libc::major(dev),
+            minor: libc::minor(dev),
+        }
     }
 }
 
@@ -80,7 +100,10 @@ impl std::str::FromStr for DevId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
         let (a, b) = s.trim().split_once(':').ok_or(())?;
-        Ok(DevId { major: a.parse().map_err(|_| ())?, minor: b.parse().map_err(|_| ())? })
+        Ok(DevId {
+            major: a.parse().map_err(|_| ())?,
+            minor: b.parse().map_err(|_| ())?,
+        })
     }
 }
 
@@ -89,9 +112,19 @@ impl std::str::FromStr for DevId {
 pub enum DeviceKind {
     /// Nothing below it that we know of: the bottom of the stack.
     Disk,
-    Partition { parent: DevId, start: DeviceSector },
-    Loop { backing_file: Option<PathBuf>, offset: u64, sizelimit: u64 },
-    DeviceMapper { name: String, targets: Vec<DmTarget> },
+    Partition {
+        parent: DevId,
+        start: DeviceSector,
+    },
+    Loop {
+        backing_file: Option<PathBuf>,
+        offset: u64,
+        sizelimit: u64,
+    },
+    DeviceMapper {
+        name: String,
+        targets: Vec<DmTarget>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,7 +157,10 @@ fn read_trim(p: &Path) -> Result<String, HostError> {
 
 fn read_num(p: &Path) -> Result<u64, HostError> {
     let s = read_trim(p)?;
-    s.parse().map_err(|_| HostError::Sysfs { path: p.to_owned(), problem: format!("'{s}' is not a number") })
+    s.parse().map_err(|_| HostError::Sysfs {
+        path: p.to_owned(),
+        problem: format!("'{s}' is not a number"),
+    })
 }
 
 /// A device argument of a dm table: `major:minor` or a device node path.
@@ -144,7 +180,11 @@ impl Topology {
 
     /// Devices described by a sysfs tree rooted elsewhere (a copy, or a test fixture).
     pub fn with_sysfs(root: impl Into<PathBuf>) -> Topology {
-        Topology { sysfs: root.into(), cache: HashMap::new(), dm_tables: HashMap::new() }
+        Topology {
+            sysfs: root.into(),
+            cache: HashMap::new(),
+            dm_tables: HashMap::new(),
+        }
     }
 
     /// Use these dm tables (`dmsetup table` output, `name: ` prefixed lines) instead of
@@ -180,17 +220,25 @@ impl Topology {
         })?;
         let name = std::fs::read_to_string(dir.join("uevent"))
             .ok()
-            .and_then(|u| u.lines().find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned)))
+            .and_then(|u| {
+                u.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
+            })
             .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| id.to_string());
         let size_sectors = read_num(&dir.join("size")).unwrap_or(0);
         let kind = if dir.join("partition").exists() {
             let parent_dev = dir.parent().map(|p| p.join("dev")).unwrap_or_default();
-            let parent = read_trim(&parent_dev)?.parse().map_err(|_| HostError::Sysfs {
-                path: parent_dev.clone(),
-                problem: "not a major:minor".into(),
-            })?;
-            DeviceKind::Partition { parent, start: DeviceSector(read_num(&dir.join("start"))?) }
+            let parent = read_trim(&parent_dev)?
+                .parse()
+                .map_err(|_| HostError::Sysfs {
+                    path: parent_dev.clone(),
+                    problem: "not a major:minor".into(),
+                })?;
+            DeviceKind::Partition {
+                parent,
+                start: DeviceSector(read_num(&dir.join("start"))?),
+            }
         } else if dir.join("loop").is_dir() {
             let bf = read_trim(&dir.join("loop/backing_file"))?;
             DeviceKind::Loop {
@@ -204,26 +252,44 @@ impl Topology {
                 Some(t) => t.clone(),
                 None => dmsetup_table(&dm_name, id)?,
             };
-            DeviceKind::DeviceMapper { name: dm_name, targets }
+            DeviceKind::DeviceMapper {
+                name: dm_name,
+                targets,
+            }
         } else {
             DeviceKind::Disk
         };
-        Ok(BlockDevice { id, name, kind, size_sectors })
+        Ok(BlockDevice {
+            id,
+            name,
+            kind,
+            size_sectors,
+        })
     }
 }
 
 /// The kernel's table of a dm device, through `dmsetup` (which asks the kernel by ioctl).
 fn dmsetup_table(name: &str, id: DevId) -> Result<Vec<DmTarget>, HostError> {
-    let unavailable = |why: String| HostError::DmTableUnavailable { name: name.to_owned(), dev: id, why };
+    let unavailable = |why: String| HostError::DmTableUnavailable {
+        name: name.to_owned(),
+        dev: id,
+        why,
+    };
     let out = Command::new("dmsetup")
         .args(["table", "-j", &id.major.to_string(), "-m", &id.minor.to_string()])
         .output()
         .map_err(|e| unavailable(format!("cannot run dmsetup ({e}); install it or pass the 'dmsetup table' output with --dm-table")))?;
     if !out.status.success() {
-        return Err(unavailable(format!("dmsetup: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(unavailable(format!(
+            "dmsetup: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(dm::parse_table(&text, &parse_dev_arg)?.into_iter().map(|(_, t)| t).collect())
+    Ok(dm::parse_table(&text, &parse_dev_arg)?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
 }
 
 /// How the resolution reached a device.
@@ -242,21 +308,41 @@ pub enum Via {
 #[serde(tag = "hop", rename_all = "snake_case")]
 pub enum Hop {
     /// A byte offset in a host file (the image file, or a loop device's backing file).
-    File { path: PathBuf, offset: HostFileOffset, state: ExtentState },
+    File {
+        path: PathBuf,
+        offset: HostFileOffset,
+        state: ExtentState,
+    },
     /// A sector on a block device; `byte` is the exact byte offset on it.
-    Device { device: String, dev: DevId, sector: DeviceSector, byte: u64, via: Via },
+    Device {
+        device: String,
+        dev: DevId,
+        sector: DeviceSector,
+        byte: u64,
+        via: Via,
+    },
 }
 
 /// The same hops `delta` bytes further on: used where a lower layer splits a range.
 fn advance(hops: &[Hop], delta: u64) -> Vec<Hop> {
     hops.iter()
         .map(|h| match h {
-            Hop::File { path, offset, state } => Hop::File {
+            Hop::File {
+                path,
+                offset,
+                state,
+            } => Hop::File {
                 path: path.clone(),
                 offset: HostFileOffset(offset.0 + delta),
                 state: *state,
             },
-            Hop::Device { device, dev, byte, via, .. } => Hop::Device {
+            Hop::Device {
+                device,
+                dev,
+                byte,
+                via,
+                ..
+            } => Hop::Device {
                 device: device.clone(),
                 dev: *dev,
                 sector: DeviceSector((byte + delta) / SECTOR_SIZE),
@@ -284,7 +370,12 @@ impl HostSegment {
     /// The last device reached, if any.
     pub fn bottom(&self) -> Option<(&str, DevId, DeviceSector)> {
         self.hops.iter().rev().find_map(|h| match h {
-            Hop::Device { device, dev, sector, .. } => Some((device.as_str(), *dev, *sector)),
+            Hop::Device {
+                device,
+                dev,
+                sector,
+                ..
+            } => Some((device.as_str(), *dev, *sector)),
             Hop::File { .. } => None,
         })
     }
@@ -328,14 +419,22 @@ impl FileMap {
         };
         let dev = DevId::from_dev_t(md.dev());
         if dev.major == 0 || fs == "btrfs" || fs == "zfs" {
-            return Err(HostError::NoBlockDevice { path: path.to_owned(), fs });
+            return Err(HostError::NoBlockDevice {
+                path: path.to_owned(),
+                fs,
+            });
         }
         let extents = fiemap::fiemap(&file).map_err(|e| HostError::Fiemap {
             path: path.to_owned(),
             fs: fs.clone(),
             why: e.to_string(),
         })?;
-        Ok(FileMap { path: path.to_owned(), dev, fs, extents })
+        Ok(FileMap {
+            path: path.to_owned(),
+            dev,
+            fs,
+            extents,
+        })
     }
 }
 
@@ -347,7 +446,10 @@ pub struct HostResolver {
 
 impl HostResolver {
     pub fn new(topology: Topology) -> HostResolver {
-        HostResolver { topology, files: HashMap::new() }
+        HostResolver {
+            topology,
+            files: HashMap::new(),
+        }
     }
 
     pub fn file_map(&mut self, path: &Path) -> Result<Arc<FileMap>, HostError> {
@@ -360,16 +462,34 @@ impl HostResolver {
     }
 
     /// Where `[offset, offset + len)` of `path` lives, split wherever any layer splits it.
-    pub fn resolve(&mut self, path: &Path, offset: HostFileOffset, len: u64) -> Result<Vec<HostSegment>, HostError> {
+    pub fn resolve(
+        &mut self,
+        path: &Path,
+        offset: HostFileOffset,
+        len: u64,
+    ) -> Result<Vec<HostSegment>, HostError> {
         let mut out = Vec::new();
         self.file_range(path, offset.0, len, Vec::new(), &mut out, 0)?;
         Ok(out)
     }
 
     /// Where `[sector, sector + len)` of device `dev` lives, down to the bottom device.
-    pub fn resolve_device(&mut self, dev: DevId, sector: DeviceSector, len: u64) -> Result<Vec<HostSegment>, HostError> {
+    pub fn resolve_device(
+        &mut self,
+        dev: DevId,
+        sector: DeviceSector,
+        len: u64,
+    ) -> Result<Vec<HostSegment>, HostError> {
         let mut out = Vec::new();
-        self.dev_range(dev, sector.0 * SECTOR_SIZE, len, Vec::new(), &mut out, 0, Via::Filesystem)?;
+        self.dev_range(
+            dev,
+            sector.0 * SECTOR_SIZE,
+            len,
+            Vec::new(),
+            &mut out,
+            0,
+            Via::Filesystem,
+        )?;
         Ok(out)
     }
 
@@ -392,13 +512,21 @@ impl HostResolver {
             let (ext, n) = fiemap::piece_at(&fm.extents, pos, end - pos);
             let mut h = advance(&hops, pos - off);
             let state = ext.map_or(ExtentState::Hole, |e| e.state());
-            h.push(Hop::File { path: path.to_owned(), offset: HostFileOffset(pos), state });
+            h.push(Hop::File {
+                path: path.to_owned(),
+                offset: HostFileOffset(pos),
+                state,
+            });
             match (ext, state) {
                 (Some(e), ExtentState::Mapped | ExtentState::Unwritten) => {
                     let phys = e.physical + (pos - e.logical);
                     self.dev_range(fm.dev, phys, n, h, out, depth + 1, Via::Filesystem)?;
                 }
-                _ => out.push(segment(h, n, Some(format!("{} in {}", state_word(state), path.display())))),
+                _ => out.push(segment(
+                    h,
+                    n,
+                    Some(format!("{} in {}", state_word(state), path.display())),
+                )),
             }
             pos += n;
         }
@@ -429,25 +557,45 @@ impl HostResolver {
         });
         match &d.kind {
             DeviceKind::Disk => out.push(segment(hops, len, None)),
-            DeviceKind::Partition { parent, start } => {
-                self.dev_range(*parent, byte + start.0 * SECTOR_SIZE, len, hops, out, depth + 1, Via::Partition)?
-            }
-            DeviceKind::Loop { backing_file: Some(p), offset, .. } => {
+            DeviceKind::Partition { parent, start } => self.dev_range(
+                *parent,
+                byte + start.0 * SECTOR_SIZE,
+                len,
+                hops,
+                out,
+                depth + 1,
+                Via::Partition,
+            )?,
+            DeviceKind::Loop {
+                backing_file: Some(p),
+                offset,
+                ..
+            } => {
                 let p = p.clone();
                 self.file_range(&p, byte + offset, len, hops, out, depth + 1)?
             }
-            DeviceKind::Loop { backing_file: None, .. } => {
-                out.push(segment(hops, len, Some(format!("{} has no backing file", d.dev_path()))))
-            }
+            DeviceKind::Loop {
+                backing_file: None, ..
+            } => out.push(segment(
+                hops,
+                len,
+                Some(format!("{} has no backing file", d.dev_path())),
+            )),
             DeviceKind::DeviceMapper { name, targets } => {
                 let end = byte + len;
                 let mut pos = byte;
                 while pos < end {
                     let sector = pos / SECTOR_SIZE;
                     let within = pos % SECTOR_SIZE;
-                    let t = targets.iter().find(|t| t.start <= sector && sector < t.start + t.len);
+                    let t = targets
+                        .iter()
+                        .find(|t| t.start <= sector && sector < t.start + t.len);
                     let Some(t) = t else {
-                        out.push(segment(advance(&hops, pos - byte), end - pos, Some(format!("sector {sector} is outside dm table of {name}"))));
+                        out.push(segment(
+                            advance(&hops, pos - byte),
+                            end - pos,
+                            Some(format!("sector {sector} is outside dm table of {name}")),
+                        ));
                         break;
                     };
                     let Some((to, to_sector, contiguous)) = t.remap(sector) else {
@@ -456,7 +604,11 @@ impl HostResolver {
                             DmTargetKind::Other { target, .. } => target.as_str(),
                             _ => "?",
                         };
-                        out.push(segment(advance(&hops, pos - byte), n, Some(format!("dm target '{target}' of {name} is not remapped"))));
+                        out.push(segment(
+                            advance(&hops, pos - byte),
+                            n,
+                            Some(format!("dm target '{target}' of {name} is not remapped")),
+                        ));
                         pos += n;
                         continue;
                     };
@@ -465,7 +617,15 @@ impl HostResolver {
                         DmTargetKind::Striped { .. } => Via::DmStriped,
                         _ => Via::DmLinear,
                     };
-                    self.dev_range(to, to_sector * SECTOR_SIZE + within, n, advance(&hops, pos - byte), out, depth + 1, via)?;
+                    self.dev_range(
+                        to,
+                        to_sector * SECTOR_SIZE + within,
+                        n,
+                        advance(&hops, pos - byte),
+                        out,
+                        depth + 1,
+                        via,
+                    )?;
                     pos += n;
                 }
             }
@@ -490,5 +650,10 @@ fn segment(hops: Vec<Hop>, len: u64, stopped: Option<String>) -> HostSegment {
         Some(Hop::Device { byte, .. }) => HostFileOffset(*byte),
         None => HostFileOffset(0),
     };
-    HostSegment { offset, len, hops, stopped }
+    HostSegment {
+        offset,
+        len,
+        hops,
+        stopped,
+    }
 }

@@ -95,7 +95,11 @@ pub enum LocatedKind {
     Zero,
     /// Inside a compressed cluster: the compressed bytes are `[host, host + len)`, and the
     /// byte asked for is `offset_in_cluster` into the decompressed cluster.
-    Compressed { host: u64, len: u64, offset_in_cluster: u64 },
+    Compressed {
+        host: u64,
+        len: u64,
+        offset_in_cluster: u64,
+    },
     /// Allocated nowhere in the chain; reads as zeros. `host` is a reserved but unused
     /// host cluster at the bottom layer (extended L2), if any.
     Unallocated { host: Option<u64> },
@@ -149,7 +153,9 @@ pub struct Chain {
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chain").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("Chain")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -175,7 +181,11 @@ fn is_protocol_prefix(name: &str) -> bool {
     // does not start with a path component.
     match name.split_once(':') {
         Some((proto, _)) => {
-            !proto.is_empty() && !proto.contains('/') && proto.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+')
+            !proto.is_empty()
+                && !proto.contains('/')
+                && proto
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+')
         }
         None => false,
     }
@@ -187,7 +197,8 @@ fn is_qcow2(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     let mut m = [0u8; 4];
-    src.read_exact_at(&mut m, 0).map_err(|e| Qcow2Error::io(path, e))?;
+    src.read_exact_at(&mut m, 0)
+        .map_err(|e| Qcow2Error::io(path, e))?;
     Ok(u32::from_be_bytes(m) == MAGIC)
 }
 
@@ -224,7 +235,10 @@ impl Chain {
             }
             let image = Qcow2Image::open(&p)?;
             next = match &image.header.backing_file {
-                Some(name) => Some((resolve_relative(&p, name)?, image.header.backing_format.clone())),
+                Some(name) => Some((
+                    resolve_relative(&p, name)?,
+                    image.header.backing_format.clone(),
+                )),
                 None => None,
             };
             chain.push_qcow2(image, depth)?;
@@ -258,10 +272,14 @@ impl Chain {
 
     fn push_qcow2(&mut self, image: Qcow2Image, depth: usize) -> Result<()> {
         let data = if image.header.has_data_file() {
-            let name = image.header.data_file.clone().ok_or_else(|| Qcow2Error::Unsupported {
-                path: image.path.clone(),
-                what: "external data file without a name in the header".into(),
-            })?;
+            let name = image
+                .header
+                .data_file
+                .clone()
+                .ok_or_else(|| Qcow2Error::Unsupported {
+                    path: image.path.clone(),
+                    what: "external data file without a name in the header".into(),
+                })?;
             let dpath = self.resolve_data_file(&image.path, &name)?;
             let src = FileSource::open(&dpath).map_err(|e| Qcow2Error::io(&dpath, e))?;
             Some((dpath, src))
@@ -302,7 +320,8 @@ impl Chain {
             ));
         }
         if h.corrupt_flag() {
-            self.warnings.push(format!("{name}: QEMU marked this image corrupt"));
+            self.warnings
+                .push(format!("{name}: QEMU marked this image corrupt"));
         }
         if h.crypt_method != 0 {
             self.warnings.push(format!(
@@ -408,7 +427,12 @@ impl Chain {
         for (depth, layer) in self.layers.iter().enumerate() {
             if guest >= layer.size() {
                 if depth == 0 {
-                    return Located { depth, kind: LocatedKind::Zero, file: None, len: 0 };
+                    return Located {
+                        depth,
+                        kind: LocatedKind::Zero,
+                        file: None,
+                        len: 0,
+                    };
                 }
                 // Past the end of a shorter backing file: zeros, answered by the overlay
                 // but not allocated there (qemu-img: present false).
@@ -455,7 +479,12 @@ impl Chain {
                         LocatedKind::Zero => None,
                         _ => file,
                     };
-                    return Located { depth, kind, file, len };
+                    return Located {
+                        depth,
+                        kind,
+                        file,
+                        len,
+                    };
                 }
                 None => {
                     if let Some(next) = runs.get(i) {
@@ -476,7 +505,8 @@ impl Chain {
     }
 
     fn encrypted(&self, depth: usize) -> bool {
-        self.image(depth).is_some_and(|i| i.header.crypt_method != 0)
+        self.image(depth)
+            .is_some_and(|i| i.header.crypt_method != 0)
     }
 
     fn entry_for(&self, start: u64, l: &Located) -> MapEntry {
@@ -535,7 +565,14 @@ impl Chain {
             let mut l = self.locate(pos);
             l.len = l.len.min(end - pos);
             let mut e = self.entry_for(pos, &l);
-            if let (LocatedKind::Data { host }, Layer::Qcow2 { host_holes: Some(runs), .. }) = (l.kind, &self.layers[l.depth]) {
+            if let (
+                LocatedKind::Data { host },
+                Layer::Qcow2 {
+                    host_holes: Some(runs),
+                    ..
+                },
+            ) = (l.kind, &self.layers[l.depth])
+            {
                 // QEMU's recursion into the host file: holes (and bytes past its end)
                 // in a data cluster read as zeros, and split the entry.
                 let i = runs.partition_point(|r| r.end() <= host);
@@ -565,7 +602,10 @@ impl Chain {
                 &self.files[0].path,
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("guest read at {guest:#x}+{} is past the virtual size {size:#x}", buf.len()),
+                    format!(
+                        "guest read at {guest:#x}+{} is past the virtual size {size:#x}",
+                        buf.len()
+                    ),
                 ),
             ));
         }
@@ -582,8 +622,15 @@ impl Chain {
                         .read_exact_at(out, host)
                         .map_err(|e| Qcow2Error::io(&self.files[id].path, e))?;
                 }
-                LocatedKind::Compressed { host, len, offset_in_cluster } => {
-                    let mut cache = self.compressed_cache.lock().unwrap_or_else(|p| p.into_inner());
+                LocatedKind::Compressed {
+                    host,
+                    len,
+                    offset_in_cluster,
+                } => {
+                    let mut cache = self
+                        .compressed_cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     let hit = matches!(&*cache, Some((d, h, _)) if *d == l.depth && *h == host);
                     if !hit {
                         let image = self.image(l.depth).expect("compressed clusters are qcow2");
@@ -602,7 +649,12 @@ impl Chain {
 
     pub(crate) fn layer_parts(&self, depth: usize) -> (Option<&Qcow2Image>, usize, usize) {
         match &self.layers[depth] {
-            Layer::Qcow2 { image, image_file, data_file, .. } => (Some(image), *image_file, *data_file),
+            Layer::Qcow2 {
+                image,
+                image_file,
+                data_file,
+                ..
+            } => (Some(image), *image_file, *data_file),
             Layer::Raw { file, .. } => (None, *file, *file),
         }
     }
@@ -656,15 +708,27 @@ fn raw_runs(file: &std::fs::File, size: u64) -> io::Result<Vec<Run>> {
         };
         if data > pos {
             let end = data.min(size);
-            runs.push(Run { guest: pos, len: end - pos, kind: RunKind::ZeroAlloc { host: pos } });
+            runs.push(Run {
+                guest: pos,
+                len: end - pos,
+                kind: RunKind::ZeroAlloc { host: pos },
+            });
             pos = end;
             continue;
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { size } else { (hole as u64).min(size) };
+        let hole = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
         let end = hole.max(pos + 1).min(size);
-        runs.push(Run { guest: pos, len: end - pos, kind: RunKind::Data { host: pos } });
+        runs.push(Run {
+            guest: pos,
+            len: end - pos,
+            kind: RunKind::Data { host: pos },
+        });
         pos = end;
     }
     Ok(runs)

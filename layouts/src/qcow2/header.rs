@@ -186,7 +186,7 @@ impl Header {
             h.refcount_order = be_u32(&fixed, 96);
             h.header_length = be_u32(&fixed, 100);
             if h.header_length < V3_MIN_HEADER_LEN
-                || h.header_length % 8 != 0
+                || !h.header_length.is_multiple_of(8)
                 || h.header_length as u64 > cluster_size
             {
                 return Err(corrupt(
@@ -245,7 +245,9 @@ impl Header {
                 path,
                 "cluster_bits",
                 20,
-                format!("extended L2 entries need clusters of 16 KiB or more, not {cluster_size} B"),
+                format!(
+                    "extended L2 entries need clusters of 16 KiB or more, not {cluster_size} B"
+                ),
             ));
         }
         if h.crypt_method > 2 {
@@ -296,14 +298,25 @@ impl Header {
                 format!("{} entries exceed the 32 MiB L1 limit", self.l1_size),
             ));
         }
-        check_extent(path, "l1_table_offset", 40, self.l1_table_offset, l1_bytes, cs, file_len)?;
+        check_extent(
+            path,
+            "l1_table_offset",
+            40,
+            self.l1_table_offset,
+            l1_bytes,
+            cs,
+            file_len,
+        )?;
         let rt_bytes = self.refcount_table_clusters as u64 * cs;
         if rt_bytes > MAX_REFTABLE_BYTES {
             return Err(corrupt(
                 path,
                 "refcount_table_clusters",
                 56,
-                format!("{} clusters exceed the 8 MiB refcount table limit", self.refcount_table_clusters),
+                format!(
+                    "{} clusters exceed the 8 MiB refcount table limit",
+                    self.refcount_table_clusters
+                ),
             ));
         }
         check_extent(
@@ -367,7 +380,8 @@ impl Header {
             ));
         }
         let mut buf = vec![0u8; len as usize];
-        src.read_exact_at(&mut buf, off).map_err(|e| Qcow2Error::io(path, e))?;
+        src.read_exact_at(&mut buf, off)
+            .map_err(|e| Qcow2Error::io(path, e))?;
         self.backing_file = Some(string_field(path, "backing file name", off, &buf)?);
         Ok(())
     }
@@ -379,7 +393,8 @@ impl Header {
         let mut seen = Vec::new();
         while at + 8 <= end {
             let mut hdr = [0u8; 8];
-            src.read_exact_at(&mut hdr, at).map_err(|e| Qcow2Error::io(path, e))?;
+            src.read_exact_at(&mut hdr, at)
+                .map_err(|e| Qcow2Error::io(path, e))?;
             let kind = be_u32(&hdr, 0);
             let len = be_u32(&hdr, 4) as u64;
             if kind == EXT_END {
@@ -404,17 +419,24 @@ impl Header {
             }
             seen.push(kind);
             let mut data = vec![0u8; len as usize];
-            src.read_exact_at(&mut data, data_at).map_err(|e| Qcow2Error::io(path, e))?;
+            src.read_exact_at(&mut data, data_at)
+                .map_err(|e| Qcow2Error::io(path, e))?;
             match kind {
                 EXT_BACKING_FORMAT => {
-                    self.backing_format = Some(string_field(path, "backing format", data_at, &data)?)
+                    self.backing_format =
+                        Some(string_field(path, "backing format", data_at, &data)?)
                 }
                 EXT_DATA_FILE => {
                     self.data_file = Some(string_field(path, "data file name", data_at, &data)?)
                 }
                 EXT_BITMAPS => {
                     if len < 24 {
-                        return Err(corrupt(path, "bitmaps extension", at, format!("{len} bytes, need 24")));
+                        return Err(corrupt(
+                            path,
+                            "bitmaps extension",
+                            at,
+                            format!("{len} bytes, need 24"),
+                        ));
                     }
                     let ext = BitmapsExtension {
                         nb_bitmaps: be_u32(&data, 0),
@@ -445,10 +467,23 @@ impl Header {
                 }
                 EXT_CRYPTO => {
                     if len < 16 {
-                        return Err(corrupt(path, "encryption header extension", at, format!("{len} bytes, need 16")));
+                        return Err(corrupt(
+                            path,
+                            "encryption header extension",
+                            at,
+                            format!("{len} bytes, need 16"),
+                        ));
                     }
                     let (o, l) = (be_u64(&data, 0), be_u64(&data, 8));
-                    check_extent(path, "encryption header offset", data_at, o, l, self.cluster_size(), file_len)?;
+                    check_extent(
+                        path,
+                        "encryption header offset",
+                        data_at,
+                        o,
+                        l,
+                        self.cluster_size(),
+                        file_len,
+                    )?;
                     self.crypto_header = Some((o, l));
                 }
                 _ => {}
@@ -477,7 +512,7 @@ pub(crate) fn check_extent(
     if len == 0 {
         return Ok(());
     }
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(corrupt(
             path,
             field,
@@ -491,7 +526,9 @@ pub(crate) fn check_extent(
             path,
             field,
             field_at,
-            format!("table at {offset:#x} of {len} bytes runs past the end of the file ({file_len:#x})"),
+            format!(
+                "table at {offset:#x} of {len} bytes runs past the end of the file ({file_len:#x})"
+            ),
         )),
     }
 }

@@ -206,7 +206,12 @@ impl Qcow2Image {
         let header = Header::parse(src.as_ref(), &path)?;
         let file_len = src.len();
         let cs = header.cluster_size();
-        let l1 = read_table(src.as_ref(), &path, header.l1_table_offset, header.l1_size as u64)?;
+        let l1 = read_table(
+            src.as_ref(),
+            &path,
+            header.l1_table_offset,
+            header.l1_size as u64,
+        )?;
         let l1 = l1
             .into_iter()
             .enumerate()
@@ -222,7 +227,7 @@ impl Qcow2Image {
                 }
                 let off = e & L1_OFFSET_MASK;
                 if off != 0 {
-                    if off % cs != 0 {
+                    if !off.is_multiple_of(cs) {
                         return Err(corrupt(
                             &path,
                             &format!("L1[{i}]"),
@@ -253,14 +258,21 @@ impl Qcow2Image {
             let at = header.refcount_table_offset + i as u64 * 8;
             let field = || format!("refcount_table[{i}]");
             if e & REFTABLE_RESERVED != 0 {
-                return Err(corrupt(&path, &field(), at, format!("entry {e:#x} has reserved bits set")));
+                return Err(corrupt(
+                    &path,
+                    &field(),
+                    at,
+                    format!("entry {e:#x} has reserved bits set"),
+                ));
             }
             if e != 0 && (e % cs != 0 || e.checked_add(cs).is_none_or(|end| end > file_len)) {
                 return Err(corrupt(
                     &path,
                     &field(),
                     at,
-                    format!("refcount block offset {e:#x} is unaligned or past the end of the file ({file_len:#x})"),
+                    format!(
+                        "refcount block offset {e:#x} is unaligned or past the end of the file ({file_len:#x})"
+                    ),
                 ));
             }
         }
@@ -313,7 +325,13 @@ impl Qcow2Image {
     }
 
     /// Decode one L2 table covering L1 index `l1_index`, appending runs.
-    fn decode_l2(&self, l1_index: u64, l2_off: u64, table: &[u8], map: &mut LayerMap) -> Result<()> {
+    fn decode_l2(
+        &self,
+        l1_index: u64,
+        l2_off: u64,
+        table: &[u8],
+        map: &mut LayerMap,
+    ) -> Result<()> {
         let h = &self.header;
         let cs = h.cluster_size();
         let esz = h.l2_entry_size() as usize;
@@ -329,7 +347,11 @@ impl Qcow2Image {
             }
             let guest = base + j as u64 * cs;
             let at = l2_off + (j * esz) as u64;
-            let target = if guest < vsize { &mut map.runs } else { &mut map.vmstate };
+            let target = if guest < vsize {
+                &mut map.runs
+            } else {
+                &mut map.vmstate
+            };
             let clip = |g: u64, len: u64| if g < vsize { len.min(vsize - g) } else { len };
             let bad = |problem: String| {
                 corrupt(
@@ -341,10 +363,14 @@ impl Qcow2Image {
             };
             if e & L2_COMPRESSED != 0 {
                 if h.has_data_file() {
-                    return Err(bad("compressed cluster in an image with an external data file".into()));
+                    return Err(bad(
+                        "compressed cluster in an image with an external data file".into(),
+                    ));
                 }
                 if bitmap != 0 {
-                    return Err(bad("compressed cluster with a non-zero subcluster bitmap".into()));
+                    return Err(bad(
+                        "compressed cluster with a non-zero subcluster bitmap".into()
+                    ));
                 }
                 let csize_shift = 62 - (h.cluster_bits - 8);
                 let offset_mask = (1u64 << csize_shift) - 1;
@@ -352,9 +378,13 @@ impl Qcow2Image {
                 let sectors = ((e & !L2_COPIED & !L2_COMPRESSED) >> csize_shift) + 1;
                 let len = sectors * 512 - (host & 511);
                 if host >> 56 != 0 {
-                    return Err(bad(format!("compressed offset {host:#x} uses bits above 55")));
+                    return Err(bad(format!(
+                        "compressed offset {host:#x} uses bits above 55"
+                    )));
                 }
-                if host.saturating_add(len) > self.file_len().saturating_add(511) || host >= self.file_len() {
+                if host.saturating_add(len) > self.file_len().saturating_add(511)
+                    || host >= self.file_len()
+                {
                     return Err(bad(format!(
                         "compressed data at {host:#x}+{len} is past the end of the file ({:#x})",
                         self.file_len()
@@ -367,14 +397,18 @@ impl Qcow2Image {
                 });
                 continue;
             }
-            let reserved = if ext { L2_STD_RESERVED | L2_ZERO } else { L2_STD_RESERVED };
+            let reserved = if ext {
+                L2_STD_RESERVED | L2_ZERO
+            } else {
+                L2_STD_RESERVED
+            };
             if e & reserved != 0 {
                 return Err(bad(format!("entry {e:#018x} has reserved bits set")));
             }
             let host = e & L2_OFFSET_MASK;
             let allocated = host != 0 || (h.has_data_file() && e & L2_COPIED != 0);
             if allocated {
-                if host % cs != 0 {
+                if !host.is_multiple_of(cs) {
                     return Err(bad(format!("host offset {host:#x} is not cluster aligned")));
                 }
                 if h.has_data_file() {
@@ -394,13 +428,24 @@ impl Qcow2Image {
                 let kind = if e & L2_ZERO != 0 {
                     // QEMU treats an offset of 0 with the zero flag as a plain zero cluster,
                     // even with a data file.
-                    if host != 0 { RunKind::ZeroAlloc { host } } else { RunKind::ZeroPlain }
+                    if host != 0 {
+                        RunKind::ZeroAlloc { host }
+                    } else {
+                        RunKind::ZeroPlain
+                    }
                 } else if allocated {
                     RunKind::Data { host }
                 } else {
                     continue;
                 };
-                push_run(target, Run { guest, len: clip(guest, cs), kind });
+                push_run(
+                    target,
+                    Run {
+                        guest,
+                        len: clip(guest, cs),
+                        kind,
+                    },
+                );
                 continue;
             }
             let alloc_bits = bitmap as u32;
@@ -412,7 +457,9 @@ impl Qcow2Image {
                 )));
             }
             if !allocated && alloc_bits != 0 {
-                return Err(bad("subclusters allocated in a cluster with no host offset".into()));
+                return Err(bad(
+                    "subclusters allocated in a cluster with no host offset".into(),
+                ));
             }
             for sc in 0..32u64 {
                 let g = guest + sc * sc_size;
@@ -421,20 +468,37 @@ impl Qcow2Image {
                 }
                 let bit = 1u32 << sc;
                 let kind = if alloc_bits & bit != 0 {
-                    RunKind::Data { host: host + sc * sc_size }
+                    RunKind::Data {
+                        host: host + sc * sc_size,
+                    }
                 } else if zero_bits & bit != 0 {
                     if allocated {
-                        RunKind::ZeroAlloc { host: host + sc * sc_size }
+                        RunKind::ZeroAlloc {
+                            host: host + sc * sc_size,
+                        }
                     } else {
                         RunKind::ZeroPlain
                     }
                 } else if allocated {
-                    RunKind::UnallocAlloc { host: host + sc * sc_size }
+                    RunKind::UnallocAlloc {
+                        host: host + sc * sc_size,
+                    }
                 } else {
                     continue;
                 };
-                let target = if g < vsize { &mut map.runs } else { &mut map.vmstate };
-                push_run(target, Run { guest: g, len: clip(g, sc_size), kind });
+                let target = if g < vsize {
+                    &mut map.runs
+                } else {
+                    &mut map.vmstate
+                };
+                push_run(
+                    target,
+                    Run {
+                        guest: g,
+                        len: clip(g, sc_size),
+                        kind,
+                    },
+                );
             }
         }
         Ok(())
@@ -454,11 +518,14 @@ impl Qcow2Image {
             return Ok(0);
         }
         let index = cluster % per_block;
-        let mut cache = self.refblock_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if !cache.contains_key(&block_off) {
+        let mut cache = self
+            .refblock_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(block_off) {
             let mut block = vec![0u8; h.cluster_size() as usize];
             self.read(&mut block, block_off)?;
-            cache.insert(block_off, block);
+            e.insert(block);
         }
         let block = &cache[&block_off];
         let bit = index * bits;
@@ -481,7 +548,12 @@ impl Qcow2Image {
         for n in 0..h.nb_snapshots {
             let field = format!("snapshot table entry {n}");
             if at.checked_add(40).is_none_or(|e| e > file_len) {
-                return Err(corrupt(&self.path, &field, at, "runs past the end of the file".into()));
+                return Err(corrupt(
+                    &self.path,
+                    &field,
+                    at,
+                    "runs past the end of the file".into(),
+                ));
             }
             let mut fixed = [0u8; 40];
             self.read(&mut fixed, at)?;
@@ -514,9 +586,22 @@ impl Qcow2Image {
             let name = String::from_utf8_lossy(&var[e + id_len as usize..]).into_owned();
             let l1_bytes = l1_size as u64 * 8;
             if l1_bytes > header::MAX_L1_BYTES {
-                return Err(corrupt(&self.path, &field, at + 8, format!("L1 size {l1_size} exceeds the 32 MiB limit")));
+                return Err(corrupt(
+                    &self.path,
+                    &field,
+                    at + 8,
+                    format!("L1 size {l1_size} exceeds the 32 MiB limit"),
+                ));
             }
-            header::check_extent(&self.path, &field, at, l1_table_offset, l1_bytes, h.cluster_size(), file_len)?;
+            header::check_extent(
+                &self.path,
+                &field,
+                at,
+                l1_table_offset,
+                l1_bytes,
+                h.cluster_size(),
+                file_len,
+            )?;
             out.push(Snapshot {
                 id,
                 name,
@@ -567,23 +652,25 @@ impl Qcow2Image {
         let mut input = vec![0u8; len as usize];
         self.read(&mut input, host)?;
         let mut out = vec![0u8; cs];
-        let bad = |what: String| {
-            corrupt(&self.path, "compressed cluster", host, what)
-        };
+        let bad = |what: String| corrupt(&self.path, "compressed cluster", host, what);
         match self.header.compression {
             Compression::Zlib => {
                 let mut d = flate2::Decompress::new(false);
                 d.decompress(&input, &mut out, flate2::FlushDecompress::Finish)
                     .map_err(|e| bad(format!("deflate: {e}")))?;
                 if d.total_out() as usize != cs {
-                    return Err(bad(format!("inflated to {} bytes, not one cluster", d.total_out())));
+                    return Err(bad(format!(
+                        "inflated to {} bytes, not one cluster",
+                        d.total_out()
+                    )));
                 }
             }
             Compression::Zstd => {
                 let mut slice = input.as_slice();
                 let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut slice)
                     .map_err(|e| bad(format!("zstd: {e}")))?;
-                dec.read_exact(&mut out).map_err(|e| bad(format!("zstd: {e}")))?;
+                dec.read_exact(&mut out)
+                    .map_err(|e| bad(format!("zstd: {e}")))?;
             }
         }
         Ok(out)
@@ -599,10 +686,14 @@ fn read_table(src: &dyn ReadAt, path: &Path, offset: u64, entries: u64) -> Resul
                 path,
                 "table",
                 offset,
-                format!("{entries} entries run past the end of the file ({:#x})", src.len()),
+                format!(
+                    "{entries} entries run past the end of the file ({:#x})",
+                    src.len()
+                ),
             )
         })?;
     let mut raw = vec![0u8; bytes as usize];
-    src.read_exact_at(&mut raw, offset).map_err(|e| Qcow2Error::io(path, e))?;
+    src.read_exact_at(&mut raw, offset)
+        .map_err(|e| Qcow2Error::io(path, e))?;
     Ok(raw.chunks_exact(8).map(|c| be_u64(c, 0)).collect())
 }

@@ -10,34 +10,61 @@ use std::collections::HashSet;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Content {
     /// Guest data; `guest` is the guest offset of the range's first byte.
-    GuestData { guest: u64 },
+    GuestData {
+        guest: u64,
+    },
     /// A preallocated host cluster that reads as zeros (`zero`) or is not yet used
     /// (extended L2 subclusters that fall through to the backing file).
-    Preallocated { guest: u64, zero: bool },
+    Preallocated {
+        guest: u64,
+        zero: bool,
+    },
     /// Compressed data of the guest cluster at `guest`.
-    Compressed { guest: u64 },
+    Compressed {
+        guest: u64,
+    },
     /// VM state saved by `savevm`, stored past the virtual size.
-    VmState { offset: u64 },
+    VmState {
+        offset: u64,
+    },
     Header,
     L1Table,
-    L2Table { l1_index: u32, guest: u64 },
+    L2Table {
+        l1_index: u32,
+        guest: u64,
+    },
     RefcountTable,
-    RefcountBlock { index: u64 },
+    RefcountBlock {
+        index: u64,
+    },
     SnapshotTable,
-    SnapshotL1 { snapshot: String },
-    SnapshotL2 { snapshot: String },
+    SnapshotL1 {
+        snapshot: String,
+    },
+    SnapshotL2 {
+        snapshot: String,
+    },
     /// Guest data kept only by an internal snapshot.
-    SnapshotData { snapshot: String, guest: u64 },
+    SnapshotData {
+        snapshot: String,
+        guest: u64,
+    },
     BitmapDirectory,
-    BitmapTable { bitmap: String },
-    BitmapData { bitmap: String },
+    BitmapTable {
+        bitmap: String,
+    },
+    BitmapData {
+        bitmap: String,
+    },
     EncryptionHeader,
     /// The unused tail of a cluster whose head is in use (compressed data, metadata).
     Slack,
     /// Refcount 0.
     Free,
     /// Refcounted but referenced by nothing (a leak `qemu-img check -r leaks` repairs).
-    Leaked { refcount: u64 },
+    Leaked {
+        refcount: u64,
+    },
     /// Not used by any guest cluster (external data files are not refcounted).
     Unused,
 }
@@ -112,7 +139,11 @@ struct Builder {
 impl Builder {
     fn add(&mut self, start: u64, len: u64, content: Content) {
         if len > 0 {
-            self.primary.push(ReverseExtent { start, len, content });
+            self.primary.push(ReverseExtent {
+                start,
+                len,
+                content,
+            });
         }
     }
 }
@@ -124,8 +155,14 @@ fn round_up(v: u64, to: u64) -> u64 {
 fn data_content(run: &Run) -> Content {
     match run.kind {
         RunKind::Data { .. } => Content::GuestData { guest: run.guest },
-        RunKind::ZeroAlloc { .. } => Content::Preallocated { guest: run.guest, zero: true },
-        RunKind::UnallocAlloc { .. } => Content::Preallocated { guest: run.guest, zero: false },
+        RunKind::ZeroAlloc { .. } => Content::Preallocated {
+            guest: run.guest,
+            zero: true,
+        },
+        RunKind::UnallocAlloc { .. } => Content::Preallocated {
+            guest: run.guest,
+            zero: false,
+        },
         RunKind::Compressed { .. } => Content::Compressed { guest: run.guest },
         RunKind::ZeroPlain => unreachable!("plain zeros have no host bytes"),
     }
@@ -144,7 +181,10 @@ impl Chain {
         let cf = self.file(id);
         let (image, image_file, data_file) = self.layer_parts(cf.depth);
         let file_len = self.file_source(id).len();
-        let mut b = Builder { primary: Vec::new(), secondary: Vec::new() };
+        let mut b = Builder {
+            primary: Vec::new(),
+            secondary: Vec::new(),
+        };
         let map = self.layer_map(cf.depth);
         match cf.role {
             FileRole::Raw => b.add(0, file_len, Content::GuestData { guest: 0 }),
@@ -163,18 +203,36 @@ impl Chain {
         }
         let mut overlaps = Vec::new();
         let extents = finish(b, file_len, &mut overlaps);
-        let mut rm = ReverseMap { file: id, file_len, extents, overlaps };
+        let mut rm = ReverseMap {
+            file: id,
+            file_len,
+            extents,
+            overlaps,
+        };
         fill_gaps(&mut rm, image.filter(|_| cf.role == FileRole::Qcow2))?;
         Ok(rm)
     }
 }
 
-fn metadata(image: &Qcow2Image, map: &LayerMap, b: &mut Builder, internal_data: bool) -> Result<()> {
+fn metadata(
+    image: &Qcow2Image,
+    map: &LayerMap,
+    b: &mut Builder,
+    internal_data: bool,
+) -> Result<()> {
     let h = &image.header;
     let cs = h.cluster_size();
     b.add(0, cs.min(image.file_len()), Content::Header);
-    b.add(h.l1_table_offset, round_up(h.l1_size as u64 * 8, cs), Content::L1Table);
-    b.add(h.refcount_table_offset, h.refcount_table_clusters as u64 * cs, Content::RefcountTable);
+    b.add(
+        h.l1_table_offset,
+        round_up(h.l1_size as u64 * 8, cs),
+        Content::L1Table,
+    );
+    b.add(
+        h.refcount_table_offset,
+        h.refcount_table_clusters as u64 * cs,
+        Content::RefcountTable,
+    );
     for (i, &rb) in image.refcount_table().iter().enumerate() {
         if rb != 0 {
             b.add(rb, cs, Content::RefcountBlock { index: i as u64 });
@@ -183,7 +241,14 @@ fn metadata(image: &Qcow2Image, map: &LayerMap, b: &mut Builder, internal_data: 
     let mut active_l2 = HashSet::new();
     for &(l1_index, off) in &map.l2_tables {
         active_l2.insert(off);
-        b.add(off, cs, Content::L2Table { l1_index, guest: l1_index as u64 * h.l1_coverage() });
+        b.add(
+            off,
+            cs,
+            Content::L2Table {
+                l1_index,
+                guest: l1_index as u64 * h.l1_coverage(),
+            },
+        );
     }
     if internal_data {
         for run in &map.runs {
@@ -193,7 +258,13 @@ fn metadata(image: &Qcow2Image, map: &LayerMap, b: &mut Builder, internal_data: 
         }
         for run in &map.vmstate {
             if let Some(host) = run.kind.host() {
-                b.add(host, host_len(run), Content::VmState { offset: run.guest - h.virtual_size });
+                b.add(
+                    host,
+                    host_len(run),
+                    Content::VmState {
+                        offset: run.guest - h.virtual_size,
+                    },
+                );
             }
         }
     }
@@ -205,17 +276,32 @@ fn metadata(image: &Qcow2Image, map: &LayerMap, b: &mut Builder, internal_data: 
     Ok(())
 }
 
-fn snapshots(image: &Qcow2Image, active_l2: &HashSet<u64>, b: &mut Builder, internal_data: bool) -> Result<()> {
+fn snapshots(
+    image: &Qcow2Image,
+    active_l2: &HashSet<u64>,
+    b: &mut Builder,
+    internal_data: bool,
+) -> Result<()> {
     let snaps = image.snapshots()?;
     if snaps.is_empty() {
         return Ok(());
     }
     let h = &image.header;
     let cs = h.cluster_size();
-    b.add(h.snapshots_offset, round_up(image.snapshot_table_len(&snaps), cs), Content::SnapshotTable);
+    b.add(
+        h.snapshots_offset,
+        round_up(image.snapshot_table_len(&snaps), cs),
+        Content::SnapshotTable,
+    );
     let mut seen_l2 = active_l2.clone();
     for s in &snaps {
-        b.add(s.l1_table_offset, round_up(s.l1_size as u64 * 8, cs), Content::SnapshotL1 { snapshot: s.name.clone() });
+        b.add(
+            s.l1_table_offset,
+            round_up(s.l1_size as u64 * 8, cs),
+            Content::SnapshotL1 {
+                snapshot: s.name.clone(),
+            },
+        );
         let l1 = image.read_u64_table(s.l1_table_offset, s.l1_size as u64)?;
         let mut smap = LayerMap::default();
         let mut buf = vec![0u8; cs as usize];
@@ -224,7 +310,9 @@ fn snapshots(image: &Qcow2Image, active_l2: &HashSet<u64>, b: &mut Builder, inte
             if off == 0 || !seen_l2.insert(off) {
                 continue;
             }
-            if off % cs != 0 || off.checked_add(cs).is_none_or(|end| end > image.file_len()) {
+            if !off.is_multiple_of(cs)
+                || off.checked_add(cs).is_none_or(|end| end > image.file_len())
+            {
                 return Err(corrupt(
                     &image.path,
                     &format!("snapshot '{}' L1[{i}]", s.name),
@@ -232,7 +320,13 @@ fn snapshots(image: &Qcow2Image, active_l2: &HashSet<u64>, b: &mut Builder, inte
                     format!("L2 table offset {off:#x} is unaligned or past the end of the file"),
                 ));
             }
-            b.secondary.push(ReverseExtent { start: off, len: cs, content: Content::SnapshotL2 { snapshot: s.name.clone() } });
+            b.secondary.push(ReverseExtent {
+                start: off,
+                len: cs,
+                content: Content::SnapshotL2 {
+                    snapshot: s.name.clone(),
+                },
+            });
             image
                 .source()
                 .read_exact_at(&mut buf, off)
@@ -245,7 +339,10 @@ fn snapshots(image: &Qcow2Image, active_l2: &HashSet<u64>, b: &mut Builder, inte
                     b.secondary.push(ReverseExtent {
                         start: host,
                         len: host_len(run),
-                        content: Content::SnapshotData { snapshot: s.name.clone(), guest: run.guest },
+                        content: Content::SnapshotData {
+                            snapshot: s.name.clone(),
+                            guest: run.guest,
+                        },
                     });
                 }
             }
@@ -259,7 +356,11 @@ fn bitmaps(image: &Qcow2Image, b: &mut Builder) -> Result<()> {
         return Ok(());
     };
     let cs = image.header.cluster_size();
-    b.add(ext.directory_offset, round_up(ext.directory_size, cs), Content::BitmapDirectory);
+    b.add(
+        ext.directory_offset,
+        round_up(ext.directory_size, cs),
+        Content::BitmapDirectory,
+    );
     let mut dir = vec![0u8; ext.directory_size as usize];
     image
         .source()
@@ -270,7 +371,12 @@ fn bitmaps(image: &Qcow2Image, b: &mut Builder) -> Result<()> {
         let field = format!("bitmap directory entry {n}");
         let file_at = ext.directory_offset + at as u64;
         if at + 24 > dir.len() {
-            return Err(corrupt(&image.path, &field, file_at, "runs past the bitmap directory".into()));
+            return Err(corrupt(
+                &image.path,
+                &field,
+                file_at,
+                "runs past the bitmap directory".into(),
+            ));
         }
         let table_offset = be_u64(&dir, at);
         let table_size = be_u32(&dir, at + 8) as u64;
@@ -278,12 +384,35 @@ fn bitmaps(image: &Qcow2Image, b: &mut Builder) -> Result<()> {
         let extra = be_u32(&dir, at + 20) as usize;
         let var_end = (at + 24).saturating_add(extra).saturating_add(name_size);
         if var_end > dir.len() {
-            return Err(corrupt(&image.path, &field, file_at, "name runs past the bitmap directory".into()));
+            return Err(corrupt(
+                &image.path,
+                &field,
+                file_at,
+                "name runs past the bitmap directory".into(),
+            ));
         }
         let name = String::from_utf8_lossy(&dir[at + 24 + extra..var_end]).into_owned();
-        super::header::check_extent(&image.path, &field, file_at, table_offset, table_size * 8, cs, image.file_len())?;
-        b.add(table_offset, round_up(table_size * 8, cs), Content::BitmapTable { bitmap: name.clone() });
-        for (i, e) in image.read_u64_table(table_offset, table_size)?.into_iter().enumerate() {
+        super::header::check_extent(
+            &image.path,
+            &field,
+            file_at,
+            table_offset,
+            table_size * 8,
+            cs,
+            image.file_len(),
+        )?;
+        b.add(
+            table_offset,
+            round_up(table_size * 8, cs),
+            Content::BitmapTable {
+                bitmap: name.clone(),
+            },
+        );
+        for (i, e) in image
+            .read_u64_table(table_offset, table_size)?
+            .into_iter()
+            .enumerate()
+        {
             let off = e & 0x00ff_ffff_ffff_fe00;
             if off == 0 {
                 continue;
@@ -296,7 +425,13 @@ fn bitmaps(image: &Qcow2Image, b: &mut Builder) -> Result<()> {
                     format!("data cluster {off:#x} is unaligned or past the end of the file"),
                 ));
             }
-            b.add(off, cs, Content::BitmapData { bitmap: name.clone() });
+            b.add(
+                off,
+                cs,
+                Content::BitmapData {
+                    bitmap: name.clone(),
+                },
+            );
         }
         at = round_up((var_end) as u64, 8) as usize;
     }
@@ -359,7 +494,11 @@ fn finish(mut b: Builder, file_len: u64, overlaps: &mut Vec<String>) -> Vec<Reve
                             },
                             c => c.clone(),
                         };
-                        extra.push(ReverseExtent { start: pos, len: stop - pos, content });
+                        extra.push(ReverseExtent {
+                            start: pos,
+                            len: stop - pos,
+                            content,
+                        });
                         pos = stop;
                     }
                 }
@@ -405,7 +544,11 @@ fn fill_gaps(rm: &mut ReverseMap, image: Option<&Qcow2Image>) -> Result<()> {
     let extents = std::mem::take(&mut rm.extents);
     let push_gap = |from: u64, to: u64, filled: &mut Vec<ReverseExtent>| -> Result<()> {
         let Some(image) = image else {
-            filled.push(ReverseExtent { start: from, len: to - from, content: Content::Unused });
+            filled.push(ReverseExtent {
+                start: from,
+                len: to - from,
+                content: Content::Unused,
+            });
             return Ok(());
         };
         let cs = image.header.cluster_size();
@@ -413,7 +556,7 @@ fn fill_gaps(rm: &mut ReverseMap, image: Option<&Qcow2Image>) -> Result<()> {
         while p < to {
             let cluster_end = (p / cs + 1) * cs;
             let piece_end = cluster_end.min(to);
-            let content = if p % cs != 0 || piece_end < cluster_end.min(rm.file_len) {
+            let content = if !p.is_multiple_of(cs) || piece_end < cluster_end.min(rm.file_len) {
                 Content::Slack
             } else {
                 match image.refcount(p)? {
@@ -422,8 +565,16 @@ fn fill_gaps(rm: &mut ReverseMap, image: Option<&Qcow2Image>) -> Result<()> {
                 }
             };
             match filled.last_mut() {
-                Some(ReverseExtent { start, len, content: c }) if *start + *len == p && *c == content => *len += piece_end - p,
-                _ => filled.push(ReverseExtent { start: p, len: piece_end - p, content }),
+                Some(ReverseExtent {
+                    start,
+                    len,
+                    content: c,
+                }) if *start + *len == p && *c == content => *len += piece_end - p,
+                _ => filled.push(ReverseExtent {
+                    start: p,
+                    len: piece_end - p,
+                    content,
+                }),
             }
             p = piece_end;
         }

@@ -1,0 +1,257 @@
+//! The `viopath` binary end to end: `map` output against qemu-img, debugfs and filefrag;
+//! bad input gives a clear error and exit code 1, never a panic.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn viopath(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(args)
+        .output()
+        .expect("viopath runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = viopath(args);
+    assert!(
+        o.status.success(),
+        "viopath {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The demo's guest disk, copied where FIEMAP works.
+fn demo_images(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo");
+    for f in ["base.qcow2", "overlay.qcow2"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    dir.join("overlay.qcow2")
+}
+
+#[test]
+fn map_json_is_qemu_img_map_plus_host_sectors() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = demo_images(dir.path());
+    let ours: Vec<Value> =
+        serde_json::from_str(&ok(&["map", "--json", img.to_str().unwrap()])).unwrap();
+    let theirs = qemu_img_map(&img);
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        for k in [
+            "start",
+            "length",
+            "depth",
+            "present",
+            "zero",
+            "data",
+            "compressed",
+            "offset",
+        ] {
+            assert_eq!(o.get(k), t.get(k), "field {k} of {o}");
+        }
+        if let Some(off) = t["offset"].as_u64() {
+            // Host sectors: the first segment's filesystem device sector matches filefrag.
+            let file = PathBuf::from(o["filename"].as_str().unwrap());
+            let seg = &o["host"][0];
+            assert_eq!(seg["offset"].as_u64(), Some(off));
+            let hop = &seg["hops"][1];
+            let sector = hop["sector"].as_u64().unwrap();
+            let frag = run("filefrag", &["-s", "-v", "-b512", file.to_str().unwrap()]);
+            let found = frag.lines().any(|l| {
+                let f: Vec<&str> = l.split(':').map(str::trim).collect();
+                if f.len() < 4 || f[0].parse::<u32>().is_err() {
+                    return false;
+                }
+                let lo: u64 = f[1].split("..").next().unwrap().trim().parse().unwrap();
+                let po: u64 = f[2].split("..").next().unwrap().trim().parse().unwrap();
+                let len: u64 = f[3].parse().unwrap();
+                let s = off / 512;
+                lo <= s && s < lo + len && po + (s - lo) == sector
+            });
+            assert!(
+                found,
+                "sector {sector} for {}@{off} not in filefrag:\n{frag}",
+                file.display()
+            );
+        }
+    }
+    // The table form names every extent kind it prints.
+    let table = ok(&["map", img.to_str().unwrap()]);
+    assert!(
+        table.contains("unallocated") && table.contains("data") && table.contains("base.qcow2"),
+        "{table}"
+    );
+}
+
+#[test]
+fn guest_path_chain_agrees_with_debugfs_and_qemu_img() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = demo_images(dir.path());
+    // Oracle: the raw guest disk, its partition and debugfs on it.
+    let raw = dir.path().join("disk.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            img.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    let fs = dir.path().join("fs.raw");
+    sh(&format!(
+        "dd if={} of={} bs=512 skip=2048 status=none",
+        raw.display(),
+        fs.display()
+    ));
+    let qmap = qemu_img_map(&img);
+    for off in [0u64, 4096, 300_000] {
+        let pblk: u64 = run(
+            "debugfs",
+            &[
+                "-R",
+                &format!("bmap /var/lib/db/table {}", off / 4096),
+                fs.to_str().unwrap(),
+            ],
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        let t: Value = serde_json::from_str(&ok(&[
+            "map",
+            img.to_str().unwrap(),
+            "--json",
+            "--guest-path",
+            "/var/lib/db/table",
+            "--offset",
+            &off.to_string(),
+            "--length",
+            "512",
+        ]))
+        .unwrap();
+        let guest = 2048 * 512 + pblk * 4096 + off % 4096;
+        assert_eq!(t["guest_file"]["fs_block"].as_u64(), Some(pblk));
+        assert_eq!(t["guest_offset"].as_u64(), Some(guest));
+        assert_eq!(t["guest_lba"].as_u64(), Some(guest / 512));
+        let e = qmap
+            .iter()
+            .find(|e| {
+                e["start"].as_u64().unwrap() <= guest
+                    && guest < e["start"].as_u64().unwrap() + e["length"].as_u64().unwrap()
+            })
+            .unwrap();
+        let p = &t["pieces"][0];
+        assert_eq!(p["depth"], e["depth"]);
+        let want = e["offset"].as_u64().unwrap() + guest - e["start"].as_u64().unwrap();
+        assert_eq!(p["host_offset"].as_u64(), Some(want));
+        // The bytes at that host offset are the file's bytes.
+        let file = PathBuf::from(p["file"].as_str().unwrap());
+        let mut at_host = vec![0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&file).unwrap(),
+            &mut at_host,
+            want,
+        )
+        .unwrap();
+        let mut at_guest = vec![0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&raw).unwrap(),
+            &mut at_guest,
+            guest,
+        )
+        .unwrap();
+        assert!(at_host == at_guest);
+        // And back: the reverse map of that host offset gives the same guest offset and file.
+        let file_index = if file.ends_with("overlay.qcow2") {
+            "0"
+        } else {
+            "1"
+        };
+        let r: Value = serde_json::from_str(&ok(&[
+            "map",
+            img.to_str().unwrap(),
+            "--json",
+            "--host-offset",
+            &want.to_string(),
+            "--file",
+            file_index,
+        ]))
+        .unwrap();
+        assert_eq!(r["guest_offset"].as_u64(), Some(guest));
+        assert_eq!(r["guest_owner"]["path"], "/var/lib/db/table");
+        assert_eq!(r["guest_owner"]["file_offset"].as_u64(), Some(off));
+    }
+    // The guest-offset form gives the same chain.
+    let t = ok(&["map", img.to_str().unwrap(), "--guest-offset", "0x100000"]);
+    assert!(t.contains("guest disk") && t.contains("LBA 2048"), "{t}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.qcow2");
+    let img = create(dir.path(), "good.qcow2", "", "64M");
+    let mut b = std::fs::read(&img).unwrap();
+    b[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+    std::fs::write(&bad, &b).unwrap();
+    for (args, want) in [
+        (vec!["map", bad.to_str().unwrap()], "l1_size"),
+        (vec!["map", "/nonexistent.qcow2"], "No such file"),
+        (
+            vec!["map", img.to_str().unwrap(), "--guest-offset", "1T"],
+            "outside",
+        ),
+        (
+            vec!["map", img.to_str().unwrap(), "--guest-path", "/etc/passwd"],
+            "not in any guest ext filesystem",
+        ),
+        (
+            vec![
+                "map",
+                img.to_str().unwrap(),
+                "--host-offset",
+                "0",
+                "--file",
+                "7",
+            ],
+            "the chain has 1 files",
+        ),
+        (
+            vec!["map", img.to_str().unwrap(), "--guest-offset", "12q"],
+            "unknown unit",
+        ),
+    ] {
+        let o = viopath(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(err.contains(want), "{args:?}: expected '{want}' in: {err}");
+    }
+}
+
+#[test]
+fn demo_runs_on_its_embedded_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&["demo", "--dir", dir.path().to_str().unwrap()]);
+    assert!(
+        out.contains("/var/lib/db/table") && out.contains("depth 1") && out.contains("depth 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not built yet"),
+        "the demo must say what it does not do"
+    );
+    // The images it wrote are the embedded fixtures.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo/overlay.qcow2");
+    assert_eq!(
+        std::fs::read(dir.path().join("overlay.qcow2")).unwrap(),
+        std::fs::read(src).unwrap()
+    );
+}
