@@ -25,7 +25,10 @@ fn child(image: &Path) {
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -38,7 +41,16 @@ fn build(path: &Path, virtual_size: u64, big: u64, small: u64) {
     let tmp = path.with_extension("partial");
     let _ = std::fs::remove_file(&tmp);
     let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", tmp.to_str().unwrap(), &virtual_size.to_string()])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=65536",
+            tmp.to_str().unwrap(),
+            &virtual_size.to_string(),
+        ])
         .status()
         .expect("qemu-img");
     assert!(st.success());
@@ -72,7 +84,10 @@ fn measure(cmd: &mut Command) -> (Duration, u64) {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
     let took = start.elapsed();
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     (took, ru.ru_maxrss as u64)
 }
 
@@ -87,7 +102,11 @@ fn main() {
         child(Path::new(&args[i + 1]));
         return;
     }
-    let rounds: usize = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(7);
+    let rounds: usize = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(7);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-images");
     std::fs::create_dir_all(&dir).unwrap();
     let tib = 1u64 << 40;
@@ -125,15 +144,38 @@ fn main() {
     }
     let (mq, mo) = (median(tq), median(to));
     let file_size = std::fs::metadata(&main_img).unwrap().len();
-    println!("image: 1 TiB virtual, 64 KiB clusters, {:.2} GiB file, {rounds} alternating rounds", file_size as f64 / (1u64 << 30) as f64);
-    println!("qemu-img map --output=json     median {:>8.1} ms   peak RSS {:>7} KiB", mq.as_secs_f64() * 1e3, rq);
-    println!("viopath forward+reverse maps   median {:>8.1} ms   peak RSS {:>7} KiB", mo.as_secs_f64() * 1e3, ro);
-    println!("ratio viopath / qemu-img: {:.3} (goal: <= 0.5)", mo.as_secs_f64() / mq.as_secs_f64());
+    println!(
+        "image: 1 TiB virtual, 64 KiB clusters, {:.2} GiB file, {rounds} alternating rounds",
+        file_size as f64 / (1u64 << 30) as f64
+    );
+    println!(
+        "qemu-img map --output=json     median {:>8.1} ms   peak RSS {:>7} KiB",
+        mq.as_secs_f64() * 1e3,
+        rq
+    );
+    println!(
+        "viopath forward+reverse maps   median {:>8.1} ms   peak RSS {:>7} KiB",
+        mo.as_secs_f64() * 1e3,
+        ro
+    );
+    println!(
+        "ratio viopath / qemu-img: {:.3} (goal: <= 0.5)",
+        mo.as_secs_f64() / mq.as_secs_f64()
+    );
     println!();
     println!("peak RSS of viopath forward+reverse maps:");
-    for (name, img) in [("1 TiB, ~3 GiB data", &main_img), ("64 TiB, same data", &wide_img), ("1 TiB, 2x data", &dense_img)] {
+    for (name, img) in [
+        ("1 TiB, ~3 GiB data", &main_img),
+        ("64 TiB, same data", &wide_img),
+        ("1 TiB, 2x data", &dense_img),
+    ] {
         let (t, r) = measure(&mut ours(img));
         let size = std::fs::metadata(img).unwrap().len();
-        println!("  {name:<22} file {:>6.2} GiB   {:>7} KiB   {:>7.1} ms", size as f64 / (1u64 << 30) as f64, r, t.as_secs_f64() * 1e3);
+        println!(
+            "  {name:<22} file {:>6.2} GiB   {:>7} KiB   {:>7.1} ms",
+            size as f64 / (1u64 << 30) as f64,
+            r,
+            t.as_secs_f64() * 1e3
+        );
     }
 }
