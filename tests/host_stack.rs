@@ -327,6 +327,13 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
         }
         std::os::unix::fs::symlink(&d, sys.join(format!("dev/block/{id}"))).unwrap();
     }
+    // An md array over two disks: named, not mistaken for the bottom device.
+    let md = sys.join("devices/virtual/block/md0");
+    std::fs::create_dir_all(md.join("slaves/sda")).unwrap();
+    std::fs::create_dir_all(md.join("slaves/sdb")).unwrap();
+    std::fs::write(md.join("dev"), "9:0\n").unwrap();
+    std::fs::write(md.join("uevent"), "DEVNAME=md0\n").unwrap();
+    std::os::unix::fs::symlink(&md, sys.join("dev/block/9:0")).unwrap();
     let mut topo = Topology::with_sysfs(sys);
     topo.add_dm_tables(
         "vg-dm-0: 0 131072 striped 2 128 7:100 2048 7:101 0\n\
@@ -374,6 +381,17 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
         )
         .unwrap();
     assert!(segs[0].stopped.as_deref().unwrap().contains("'crypt'"));
+    let segs = r
+        .resolve_device(DevId { major: 9, minor: 0 }, DeviceSector(8), 4096)
+        .unwrap();
+    assert!(
+        segs[0]
+            .stopped
+            .as_deref()
+            .unwrap()
+            .contains("built on sda, sdb"),
+        "{segs:?}"
+    );
     // Malformed table text is an error that names the line.
     let err =
         dm::parse_table("x: 0 100 striped 2 0 7:1 0\n", &|s| Ok(s.parse().unwrap())).unwrap_err();

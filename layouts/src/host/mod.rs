@@ -125,6 +125,10 @@ pub enum DeviceKind {
         name: String,
         targets: Vec<DmTarget>,
     },
+    /// Built on other devices we do not remap (md RAID, bcache, ...): not the bottom.
+    Stacked {
+        slaves: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,7 +261,17 @@ impl Topology {
                 targets,
             }
         } else {
-            DeviceKind::Disk
+            let mut slaves: Vec<String> = std::fs::read_dir(dir.join("slaves"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect();
+            slaves.sort();
+            if slaves.is_empty() {
+                DeviceKind::Disk
+            } else {
+                DeviceKind::Stacked { slaves }
+            }
         };
         Ok(BlockDevice {
             id,
@@ -557,6 +571,15 @@ impl HostResolver {
         });
         match &d.kind {
             DeviceKind::Disk => out.push(segment(hops, len, None)),
+            DeviceKind::Stacked { slaves } => out.push(segment(
+                hops,
+                len,
+                Some(format!(
+                    "{} is built on {} and is not remapped further",
+                    d.dev_path(),
+                    slaves.join(", ")
+                )),
+            )),
             DeviceKind::Partition { parent, start } => self.dev_range(
                 *parent,
                 byte + start.0 * SECTOR_SIZE,
