@@ -5,6 +5,7 @@
 
 mod demo;
 mod map;
+mod record;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Cmd {
     /// Map a disk image: its extents down to host device sectors, or one address
     /// through every layer (guest file → guest disk → qcow2 → host file → devices)
     Map(map::MapArgs),
+    /// Record QEMU and host-kernel IO events into a trace file (needs root)
+    Record(record::RecordArgs),
     /// Run viopath on an embedded example disk image and show what it finds
     Demo(demo::DemoArgs),
 }
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Map(args) => map::run(&args, &mut out),
         Cmd::Demo(args) => demo::run(&args, &mut out),
+        Cmd::Record(args) => record::run(&args, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(Into::into));
     match result {

@@ -1,0 +1,387 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * viopath's kernel side: one object, one ring buffer, every probe the recorder can
+ * attach. Programs emit fixed 48-byte records (viopath.h) and filter in the kernel:
+ * block events only for the devices under the traced images, syscalls, direct IO and
+ * io_uring submissions only for the traced process, io_uring completions only for the
+ * rings that process submitted to.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "kernel.h"
+#include "viopath.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Set by the recorder before loading. */
+const volatile __u32 target_tgid = 0;
+const volatile __u32 filter_devices = 1;
+/* Wake the reader only when this much is waiting (it also polls on a timer). */
+const volatile __u64 wakeup_bytes = 256 * 1024;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+/* Events the ring buffer had no room for, per CPU and event type. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VP_MAX_TYPES);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Block devices (kernel dev_t) under the traced images. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} devices SEC(".maps");
+
+/* io_uring contexts the traced process submitted to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64);
+	__type(value, __u8);
+} rings SEC(".maps");
+
+/* QEMU uprobe argument specs, indexed by attach cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VP_MAX_USPECS);
+	__type(key, __u32);
+	__type(value, struct vp_uspec);
+} uspecs SEC(".maps");
+
+static __always_inline int traced(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == target_tgid;
+}
+
+static __always_inline int device_wanted(__u32 dev)
+{
+	return !filter_devices || bpf_map_lookup_elem(&devices, &dev);
+}
+
+static __always_inline void count_lost(__u32 type)
+{
+	__u64 *n = bpf_map_lookup_elem(&lost, &type);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void emit(__u8 type, __u8 sub, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
+{
+	struct vp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost(type);
+		return;
+	}
+	e->ts = bpf_ktime_get_ns();
+	e->tid = (__u32)bpf_get_current_pid_tgid();
+	e->type = type;
+	e->sub = sub;
+	e->cpu = (__u16)bpf_get_smp_processor_id();
+	e->a[0] = a0;
+	e->a[1] = a1;
+	e->a[2] = a2;
+	e->a[3] = a3;
+	/* Batched wakeups: a per-event wakeup costs ~1 us. */
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+/* ---- block layer ---- */
+
+static __always_inline __u32 bio_dev(struct bio *bio)
+{
+	return BPF_CORE_READ(bio, bi_bdev, bd_dev);
+}
+
+static __always_inline __u32 rq_dev(struct request *rq)
+{
+	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	if (!disk)
+		return 0;
+	return ((__u32)BPF_CORE_READ(disk, major) << 20) | (__u32)BPF_CORE_READ(disk, first_minor);
+}
+
+static __always_inline void bio_event(__u8 type, struct bio *bio, __u64 a3)
+{
+	__u32 dev = bio_dev(bio);
+	if (!device_wanted(dev))
+		return;
+	__u32 opf = BPF_CORE_READ(bio, bi_opf);
+	emit(type, opf & 0xff, (__u64)bio, BPF_CORE_READ(bio, bi_iter.bi_sector),
+	     ((__u64)dev << 32) | BPF_CORE_READ(bio, bi_iter.bi_size), a3);
+}
+
+static __always_inline void rq_event(__u8 type, struct request *rq, __u64 a3)
+{
+	__u32 dev = rq_dev(rq);
+	if (!device_wanted(dev))
+		return;
+	__u32 flags = BPF_CORE_READ(rq, cmd_flags);
+	emit(type, flags & 0xff, (__u64)rq, BPF_CORE_READ(rq, __sector),
+	     ((__u64)dev << 32) | BPF_CORE_READ(rq, __data_len), a3);
+}
+
+SEC("tp_btf/block_bio_queue")
+int BPF_PROG(bio_queue, struct bio *bio)
+{
+	bio_event(VP_BIO_QUEUE, bio, BPF_CORE_READ(bio, bi_opf));
+	return 0;
+}
+
+SEC("tp_btf/block_bio_remap")
+int BPF_PROG(bio_remap, struct bio *bio, dev_t old_dev, sector_t old_sector)
+{
+	__u32 dev = bio_dev(bio);
+	if (!device_wanted(dev) && !device_wanted(old_dev))
+		return 0;
+	emit(VP_BIO_REMAP, BPF_CORE_READ(bio, bi_opf) & 0xff, (__u64)bio,
+	     BPF_CORE_READ(bio, bi_iter.bi_sector),
+	     ((__u64)dev << 32) | BPF_CORE_READ(bio, bi_iter.bi_size),
+	     ((__u64)old_dev << 48) | (old_sector & 0xffffffffffffULL));
+	return 0;
+}
+
+SEC("tp_btf/block_split")
+int BPF_PROG(bio_split, struct bio *bio, unsigned int new_sector)
+{
+	bio_event(VP_BIO_SPLIT, bio, new_sector);
+	return 0;
+}
+
+SEC("tp_btf/block_bio_backmerge")
+int BPF_PROG(bio_backmerge, struct bio *bio)
+{
+	bio_event(VP_BIO_MERGE, bio, 1);
+	return 0;
+}
+
+SEC("tp_btf/block_bio_frontmerge")
+int BPF_PROG(bio_frontmerge, struct bio *bio)
+{
+	bio_event(VP_BIO_MERGE, bio, 2);
+	return 0;
+}
+
+SEC("tp_btf/block_bio_complete")
+int BPF_PROG(bio_complete, struct request_queue *q, struct bio *bio)
+{
+	bio_event(VP_BIO_COMPLETE, bio, 0);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_insert")
+int BPF_PROG(rq_insert, struct request *rq)
+{
+	rq_event(VP_RQ_INSERT, rq, (__u64)BPF_CORE_READ(rq, bio));
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(rq_issue, struct request *rq)
+{
+	rq_event(VP_RQ_ISSUE, rq, (__u64)BPF_CORE_READ(rq, bio));
+	return 0;
+}
+
+SEC("tp_btf/block_rq_merge")
+int BPF_PROG(rq_merge, struct request *rq)
+{
+	rq_event(VP_RQ_MERGE, rq, 0);
+	return 0;
+}
+
+/* tp_btf, not a plain tracepoint: completions run in IRQ context, where a plain
+ * tracepoint program misses events whenever another BPF program is running. */
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	rq_event(VP_RQ_COMPLETE, rq, ((__u64)error << 32) | nr_bytes);
+	return 0;
+}
+
+/* ---- syscalls of the traced process ---- */
+
+/* The syscalls/sys_enter_* tracepoint record: common header, nr, then six args. */
+struct sys_enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+#define SYSCALL_PAIR(name, id)                                                    \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                               \
+	int enter_##name(struct sys_enter_ctx *ctx)                               \
+	{                                                                         \
+		if (traced())                                                     \
+			emit(VP_SYS_ENTER, id, ctx->args[0], ctx->args[3],        \
+			     ctx->args[2], ctx->args[1]);                         \
+		return 0;                                                         \
+	}                                                                         \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
+	int exit_##name(struct sys_exit_ctx *ctx)                                 \
+	{                                                                         \
+		if (traced())                                                     \
+			emit(VP_SYS_EXIT, id, ctx->ret, 0, 0, 0);                 \
+		return 0;                                                         \
+	}
+
+/* io_submit has three arguments: its record ends before args[3], and a program that
+ * reads past a tracepoint's record does not attach to it. */
+SEC("tracepoint/syscalls/sys_enter_io_submit")
+int enter_io_submit(struct sys_enter_ctx *ctx)
+{
+	if (traced())
+		emit(VP_SYS_ENTER, VP_SC_IO_SUBMIT, ctx->args[0], 0, ctx->args[2], ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_io_submit")
+int exit_io_submit(struct sys_exit_ctx *ctx)
+{
+	if (traced())
+		emit(VP_SYS_EXIT, VP_SC_IO_SUBMIT, ctx->ret, 0, 0, 0);
+	return 0;
+}
+
+/* For pread64/pwrite64 the offset is args[3]; for preadv/pwritev(2) args[3] is the
+ * low half of pos (x86_64: the whole pos). a0 fd, a1 offset, a2 count, a3 buffer/iov. */
+SYSCALL_PAIR(pread64, VP_SC_PREAD64)
+SYSCALL_PAIR(pwrite64, VP_SC_PWRITE64)
+SYSCALL_PAIR(preadv, VP_SC_PREADV)
+SYSCALL_PAIR(pwritev, VP_SC_PWRITEV)
+SYSCALL_PAIR(preadv2, VP_SC_PREADV2)
+SYSCALL_PAIR(pwritev2, VP_SC_PWRITEV2)
+SYSCALL_PAIR(io_getevents, VP_SC_IO_GETEVENTS)
+SYSCALL_PAIR(io_pgetevents, VP_SC_IO_PGETEVENTS)
+/* io_uring_enter(fd, to_submit, min_complete, flags, ...): a0 fd, a1 flags, a2 min_complete, a3 to_submit. */
+SYSCALL_PAIR(io_uring_enter, VP_SC_IO_URING_ENTER)
+
+/* ---- io_uring ---- */
+
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(uring_submit, struct io_kiocb *req)
+{
+	if (!traced())
+		return 0;
+	__u64 ring = (__u64)BPF_CORE_READ(req, ctx);
+	__u8 one = 1;
+	bpf_map_update_elem(&rings, &ring, &one, BPF_ANY);
+	emit(VP_URING_SUBMIT, BPF_CORE_READ(req, opcode), BPF_CORE_READ(req, cqe.user_data),
+	     (__u64)req, ring, BPF_CORE_READ(req, opcode));
+	return 0;
+}
+
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(uring_complete, struct io_ring_ctx *ring, void *req, struct io_uring_cqe *cqe)
+{
+	__u64 c = (__u64)ring;
+	if (!bpf_map_lookup_elem(&rings, &c))
+		return 0;
+	emit(VP_URING_COMPLETE, 0, BPF_CORE_READ(cqe, user_data), (__u64)req, c,
+	     (__u64)(__s64)BPF_CORE_READ(cqe, res));
+	return 0;
+}
+
+/* ---- iomap direct IO: the filesystem's part of an O_DIRECT request ---- */
+
+SEC("tp_btf/iomap_dio_rw_begin")
+int BPF_PROG(dio_begin, struct kiocb *iocb, struct iov_iter *iter, unsigned int dio_flags, __u64 done_before)
+{
+	if (!traced())
+		return 0;
+	emit(VP_DIO_BEGIN, 0, (__u64)iocb, BPF_CORE_READ(iocb, ki_pos), BPF_CORE_READ(iter, count),
+	     BPF_CORE_READ(iocb, ki_filp, f_inode, i_ino));
+	return 0;
+}
+
+SEC("tp_btf/iomap_iter_dstmap")
+int BPF_PROG(dio_map, struct inode *inode, struct iomap *iomap)
+{
+	if (!traced())
+		return 0;
+	__u16 type = BPF_CORE_READ(iomap, type);
+	emit(VP_DIO_MAP, type, BPF_CORE_READ(inode, i_ino), BPF_CORE_READ(iomap, offset),
+	     BPF_CORE_READ(iomap, length), BPF_CORE_READ(iomap, addr));
+	return 0;
+}
+
+SEC("tp_btf/iomap_dio_complete")
+int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
+{
+	if (!traced())
+		return 0;
+	emit(VP_DIO_COMPLETE, 0, (__u64)iocb, ret, (__u64)(__s64)error, 0);
+	return 0;
+}
+
+/* ---- QEMU entry uprobes (never uretprobes: they crash QEMU's coroutines) ---- */
+
+/* The six argument registers, loaded at constant offsets: the verifier refuses a
+ * ctx access at a computed offset, which is what a switch on the index compiles to. */
+struct args6 {
+	__u64 r[6];
+};
+
+static __always_inline void load_args(struct pt_regs *ctx, struct args6 *a)
+{
+	a->r[0] = PT_REGS_PARM1(ctx);
+	a->r[1] = PT_REGS_PARM2(ctx);
+	a->r[2] = PT_REGS_PARM3(ctx);
+	a->r[3] = PT_REGS_PARM4(ctx);
+	a->r[4] = PT_REGS_PARM5(ctx);
+	a->r[5] = ctx->r9; /* 6th argument (x86-64); libbpf 1.1 has no PT_REGS_PARM6 */
+	/* Keep the copies: stop clang from folding them back into ctx loads. */
+	asm volatile("" : : "r"(a) : "memory");
+}
+
+static __always_inline __u64 read_arg(struct args6 *regs, struct vp_arg *a)
+{
+	__u64 reg = regs->r[a->reg < 6 ? a->reg : 5];
+	__u64 v = 0;
+	switch (a->kind) {
+	case VP_ARG_REG:
+		return reg;
+	case VP_ARG_DEREF64:
+		bpf_probe_read_user(&v, 8, (void *)(reg + a->off));
+		return v;
+	case VP_ARG_DEREF32:
+		bpf_probe_read_user(&v, 4, (void *)(reg + a->off));
+		return v;
+	default:
+		return 0;
+	}
+}
+
+SEC("uprobe")
+int qemu_entry(struct pt_regs *ctx)
+{
+	__u32 idx = (__u32)bpf_get_attach_cookie(ctx);
+	struct vp_uspec *s = bpf_map_lookup_elem(&uspecs, &idx);
+	if (!s)
+		return 0;
+	struct args6 regs;
+	load_args(ctx, &regs);
+	emit(VP_QEMU, s->probe, read_arg(&regs, &s->arg[0]), read_arg(&regs, &s->arg[1]),
+	     read_arg(&regs, &s->arg[2]), read_arg(&regs, &s->arg[3]));
+	return 0;
+}

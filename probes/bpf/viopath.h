@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The event ABI shared by the eBPF programs (viopath.bpf.c), the recorder and the
+ * reporter. Rust mirrors these definitions in probes/src/abi.rs with layout assertions;
+ * change both together and bump VP_ABI_VERSION.
+ */
+#ifndef VIOPATH_H
+#define VIOPATH_H
+
+#define VP_ABI_VERSION 1
+
+/* Every event is one fixed 48-byte record. */
+struct vp_event {
+	__u64 ts;      /* CLOCK_MONOTONIC, ns (bpf_ktime_get_ns) */
+	__u32 tid;     /* thread that hit the probe (in IRQ context: whoever ran) */
+	__u8 type;     /* enum vp_type */
+	__u8 sub;      /* type-specific: block op, QEMU probe id, syscall id */
+	__u16 cpu;
+	__u64 a[4];    /* type-specific payload, see enum vp_type */
+};
+
+/* Kernel dev_t encoding: major << 20 | minor. */
+enum vp_type {
+	/* Block layer (sub = REQ_OP). a2 = dev << 32 | bytes throughout. */
+	VP_BIO_QUEUE = 1,      /* a0 bio, a1 sector, a3 opf */
+	VP_BIO_REMAP = 2,      /* a0 bio, a1 new sector, a2 new dev << 32 | bytes, a3 old dev << 48 | old sector */
+	VP_BIO_SPLIT = 3,      /* a0 bio, a1 sector, a3 new_sector (split point) */
+	VP_BIO_MERGE = 4,      /* a0 bio, a1 sector, a3 1 = back merge, 2 = front merge */
+	VP_BIO_COMPLETE = 5,   /* a0 bio, a1 sector, a3 status */
+	VP_RQ_INSERT = 6,      /* a0 request, a1 sector, a3 first bio */
+	VP_RQ_ISSUE = 7,       /* a0 request, a1 sector, a3 first bio */
+	VP_RQ_COMPLETE = 8,    /* a0 request, a1 sector, a3 status << 32 | bytes completed */
+	VP_RQ_MERGE = 9,       /* a0 request absorbed into another, a1 sector, a3 0 */
+	/* Syscalls of the traced process (sub = enum vp_syscall). */
+	VP_SYS_ENTER = 16,     /* a0 fd, a1 offset (or ctx/to_submit), a2 count, a3 arg 3 */
+	VP_SYS_EXIT = 17,      /* a0 return value */
+	/* io_uring. */
+	VP_URING_SUBMIT = 18,  /* a0 user_data, a1 req, a2 ctx, a3 opcode */
+	VP_URING_COMPLETE = 19,/* a0 user_data, a1 req, a2 ctx, a3 res */
+	/* iomap direct IO (VFS + filesystem). */
+	VP_DIO_BEGIN = 20,     /* a0 kiocb, a1 pos, a2 count, a3 inode number */
+	VP_DIO_MAP = 21,       /* a0 inode number, a1 file offset, a2 length, a3 disk byte address (or ~0: hole) */
+	VP_DIO_COMPLETE = 22,  /* a0 kiocb, a1 ret, a2 error */
+	/* QEMU entry uprobes (sub = probe id, see the recorder's catalog). */
+	VP_QEMU = 32,          /* a0 key pointer, a1 offset, a2 bytes, a3 aux */
+};
+
+enum vp_syscall {
+	VP_SC_PREAD64 = 1,
+	VP_SC_PWRITE64 = 2,
+	VP_SC_PREADV = 3,
+	VP_SC_PWRITEV = 4,
+	VP_SC_PREADV2 = 5,
+	VP_SC_PWRITEV2 = 6,
+	VP_SC_IO_SUBMIT = 7,
+	VP_SC_IO_GETEVENTS = 8,
+	VP_SC_IO_URING_ENTER = 9,
+	VP_SC_IO_PGETEVENTS = 10,
+};
+
+/*
+ * How a QEMU uprobe reads its arguments: for each of the four payload slots, an
+ * argument register and optionally a dereference. Filled by the recorder from its
+ * per-QEMU-version table; the uprobe's attach cookie is the index of its spec.
+ */
+enum vp_arg_kind {
+	VP_ARG_NONE = 0,
+	VP_ARG_REG = 1,        /* the argument register itself */
+	VP_ARG_DEREF64 = 2,    /* *(u64 *)(reg + off) in QEMU's memory */
+	VP_ARG_DEREF32 = 3,    /* *(u32 *)(reg + off) */
+};
+
+struct vp_arg {
+	__u8 kind;
+	__u8 reg;              /* argument index 0..5 */
+	__u16 off;
+};
+
+struct vp_uspec {
+	__u32 probe;           /* becomes vp_event.sub */
+	__u32 pad;
+	struct vp_arg arg[4];
+};
+
+#define VP_MAX_USPECS 64
+#define VP_MAX_TYPES 64
+
+#endif

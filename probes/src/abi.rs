@@ -1,0 +1,294 @@
+//! Rust mirror of `bpf/viopath.h`: what one event record is and what its fields mean.
+//! The layout is asserted at compile time; the header's `VP_ABI_VERSION` and
+//! [`ABI_VERSION`] must move together.
+
+use serde::Serialize;
+
+pub const ABI_VERSION: u32 = 1;
+pub const MAX_USPECS: u32 = 64;
+pub const MAX_TYPES: u32 = 64;
+
+/// One event as the kernel writes it into the ring buffer (`struct vp_event`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RawEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts: u64,
+    pub tid: u32,
+    pub kind: u8,
+    pub sub: u8,
+    pub cpu: u16,
+    pub a: [u64; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<RawEvent>() == 48);
+const _: () = assert!(std::mem::offset_of!(RawEvent, tid) == 8);
+const _: () = assert!(std::mem::offset_of!(RawEvent, kind) == 12);
+const _: () = assert!(std::mem::offset_of!(RawEvent, sub) == 13);
+const _: () = assert!(std::mem::offset_of!(RawEvent, cpu) == 14);
+const _: () = assert!(std::mem::offset_of!(RawEvent, a) == 16);
+
+impl RawEvent {
+    pub const SIZE: usize = 48;
+
+    /// Decode a ring-buffer record; `None` if it is not exactly one event.
+    pub fn from_bytes(b: &[u8]) -> Option<RawEvent> {
+        if b.len() != Self::SIZE {
+            return None;
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        Some(RawEvent {
+            ts: u64_at(0),
+            tid: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            kind: b[12],
+            sub: b[13],
+            cpu: u16::from_le_bytes([b[14], b[15]]),
+            a: [u64_at(16), u64_at(24), u64_at(32), u64_at(40)],
+        })
+    }
+}
+
+/// `enum vp_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum EventKind {
+    BioQueue = 1,
+    BioRemap = 2,
+    BioSplit = 3,
+    BioMerge = 4,
+    BioComplete = 5,
+    RqInsert = 6,
+    RqIssue = 7,
+    RqComplete = 8,
+    RqMerge = 9,
+    SysEnter = 16,
+    SysExit = 17,
+    UringSubmit = 18,
+    UringComplete = 19,
+    DioBegin = 20,
+    DioMap = 21,
+    DioComplete = 22,
+    Qemu = 32,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 17] = [
+        EventKind::BioQueue,
+        EventKind::BioRemap,
+        EventKind::BioSplit,
+        EventKind::BioMerge,
+        EventKind::BioComplete,
+        EventKind::RqInsert,
+        EventKind::RqIssue,
+        EventKind::RqComplete,
+        EventKind::RqMerge,
+        EventKind::SysEnter,
+        EventKind::SysExit,
+        EventKind::UringSubmit,
+        EventKind::UringComplete,
+        EventKind::DioBegin,
+        EventKind::DioMap,
+        EventKind::DioComplete,
+        EventKind::Qemu,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<EventKind> {
+        Self::ALL.iter().copied().find(|k| *k as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::BioQueue => "bio_queue",
+            EventKind::BioRemap => "bio_remap",
+            EventKind::BioSplit => "bio_split",
+            EventKind::BioMerge => "bio_merge",
+            EventKind::BioComplete => "bio_complete",
+            EventKind::RqInsert => "rq_insert",
+            EventKind::RqIssue => "rq_issue",
+            EventKind::RqComplete => "rq_complete",
+            EventKind::RqMerge => "rq_merge",
+            EventKind::SysEnter => "sys_enter",
+            EventKind::SysExit => "sys_exit",
+            EventKind::UringSubmit => "io_uring_submit",
+            EventKind::UringComplete => "io_uring_complete",
+            EventKind::DioBegin => "dio_begin",
+            EventKind::DioMap => "dio_map",
+            EventKind::DioComplete => "dio_complete",
+            EventKind::Qemu => "qemu",
+        }
+    }
+}
+
+/// `enum vp_syscall`: the `sub` of SysEnter/SysExit events.
+pub const SYSCALLS: [(u8, &str); 10] = [
+    (1, "pread64"),
+    (2, "pwrite64"),
+    (3, "preadv"),
+    (4, "pwritev"),
+    (5, "preadv2"),
+    (6, "pwritev2"),
+    (7, "io_submit"),
+    (8, "io_getevents"),
+    (9, "io_uring_enter"),
+    (10, "io_pgetevents"),
+];
+
+/// A kernel `dev_t` (major << 20 | minor) as the events carry it.
+pub fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | minor
+}
+
+/// (major, minor) of a kernel `dev_t`.
+pub fn split_kernel_dev(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & 0xfffff)
+}
+
+/// `enum vp_arg_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum ArgKind {
+    None = 0,
+    Reg = 1,
+    Deref64 = 2,
+    Deref32 = 3,
+}
+
+/// `struct vp_arg`: where one payload slot of a QEMU event comes from.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Arg {
+    pub kind: u8,
+    pub reg: u8,
+    pub off: u16,
+}
+
+impl Arg {
+    pub const NONE: Arg = Arg {
+        kind: ArgKind::None as u8,
+        reg: 0,
+        off: 0,
+    };
+    /// Argument `reg` (0-based) itself.
+    pub const fn reg(reg: u8) -> Arg {
+        Arg {
+            kind: ArgKind::Reg as u8,
+            reg,
+            off: 0,
+        }
+    }
+    /// The u64 at `*(arg reg + off)` in the traced process.
+    pub const fn deref64(reg: u8, off: u16) -> Arg {
+        Arg {
+            kind: ArgKind::Deref64 as u8,
+            reg,
+            off,
+        }
+    }
+    pub const fn deref32(reg: u8, off: u16) -> Arg {
+        Arg {
+            kind: ArgKind::Deref32 as u8,
+            reg,
+            off,
+        }
+    }
+}
+
+/// `struct vp_uspec`: how the generic QEMU uprobe fills one event.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Uspec {
+    pub probe: u32,
+    pub pad: u32,
+    pub arg: [Arg; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<Arg>() == 4);
+const _: () = assert!(std::mem::size_of::<Uspec>() == 24);
+
+impl Uspec {
+    pub fn to_bytes(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&self.probe.to_le_bytes());
+        for (i, a) in self.arg.iter().enumerate() {
+            let o = 8 + i * 4;
+            b[o] = a.kind;
+            b[o + 1] = a.reg;
+            b[o + 2..o + 4].copy_from_slice(&a.off.to_le_bytes());
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `NAME = value` and `#define NAME value` in the C header.
+    fn header_constants() -> std::collections::HashMap<String, u64> {
+        let mut m = std::collections::HashMap::new();
+        for line in include_str!("../bpf/viopath.h").lines() {
+            let line = line.split("/*").next().unwrap().trim();
+            let (name, value) = if let Some(rest) = line.strip_prefix("#define ") {
+                let mut f = rest.split_whitespace();
+                (f.next(), f.next())
+            } else if let Some((n, v)) = line.split_once('=') {
+                (Some(n.trim()), Some(v.trim().trim_end_matches(',')))
+            } else {
+                continue;
+            };
+            if let (Some(n), Some(Ok(v))) = (name, value.map(str::parse::<u64>)) {
+                m.insert(n.to_owned(), v);
+            }
+        }
+        m
+    }
+
+    /// The C header and this file agree on every constant.
+    #[test]
+    fn header_and_mirror_agree() {
+        let c = header_constants();
+        let get = |n: &str| *c.get(n).unwrap_or_else(|| panic!("{n} not in viopath.h"));
+        assert_eq!(get("VP_ABI_VERSION"), ABI_VERSION as u64);
+        assert_eq!(get("VP_MAX_USPECS"), MAX_USPECS as u64);
+        assert_eq!(get("VP_MAX_TYPES"), MAX_TYPES as u64);
+        for k in EventKind::ALL {
+            let cname = match k {
+                EventKind::UringSubmit => "VP_URING_SUBMIT".to_owned(),
+                EventKind::UringComplete => "VP_URING_COMPLETE".to_owned(),
+                _ => format!("VP_{}", k.name().to_uppercase()),
+            };
+            assert_eq!(get(&cname), k as u64, "{cname}");
+        }
+        for (id, name) in SYSCALLS {
+            assert_eq!(
+                get(&format!("VP_SC_{}", name.to_uppercase())),
+                id as u64,
+                "{name}"
+            );
+        }
+        assert_eq!(get("VP_ARG_NONE"), ArgKind::None as u64);
+        assert_eq!(get("VP_ARG_REG"), ArgKind::Reg as u64);
+        assert_eq!(get("VP_ARG_DEREF64"), ArgKind::Deref64 as u64);
+        assert_eq!(get("VP_ARG_DEREF32"), ArgKind::Deref32 as u64);
+    }
+
+    #[test]
+    fn event_round_trip() {
+        let mut b = [0u8; 48];
+        b[0..8].copy_from_slice(&123u64.to_le_bytes());
+        b[8..12].copy_from_slice(&77u32.to_le_bytes());
+        b[12] = 7;
+        b[13] = 1;
+        b[14..16].copy_from_slice(&1u16.to_le_bytes());
+        b[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = RawEvent::from_bytes(&b).unwrap();
+        assert_eq!(
+            (e.ts, e.tid, e.kind, e.sub, e.cpu, e.a[3]),
+            (123, 77, 7, 1, 1, u64::MAX)
+        );
+        assert!(RawEvent::from_bytes(&b[..47]).is_none());
+        assert_eq!(split_kernel_dev(kernel_dev(259, 3)), (259, 3));
+    }
+}

@@ -1,0 +1,539 @@
+//! The probe catalog: every probe the recorder can attach, its layer, how it attaches,
+//! what it records and what stands in when it cannot attach.
+
+use serde::Serialize;
+use viopath_probes::abi::Arg;
+
+/// The layers of an IO's path, top to bottom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layer {
+    /// QEMU's virtio-blk device: guest requests.
+    Virtio,
+    /// QEMU's block backend and generic block layer.
+    QemuBlock,
+    /// QEMU's qcow2 driver.
+    Qcow2,
+    /// QEMU's file-posix driver: thread pool, linux-aio, io_uring submission.
+    FilePosix,
+    /// Host syscalls of the QEMU process.
+    Syscall,
+    /// Host io_uring.
+    IoUring,
+    /// The host filesystem's direct-IO path (iomap).
+    Filesystem,
+    /// The host block layer, every device down to the bottom one.
+    Block,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 8] = [
+        Layer::Virtio,
+        Layer::QemuBlock,
+        Layer::Qcow2,
+        Layer::FilePosix,
+        Layer::Syscall,
+        Layer::IoUring,
+        Layer::Filesystem,
+        Layer::Block,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Virtio => "virtio",
+            Layer::QemuBlock => "qemu-block",
+            Layer::Qcow2 => "qcow2",
+            Layer::FilePosix => "file-posix",
+            Layer::Syscall => "syscall",
+            Layer::IoUring => "io_uring",
+            Layer::Filesystem => "filesystem",
+            Layer::Block => "block",
+        }
+    }
+}
+
+/// How a kernel probe attaches.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KernelAttach {
+    /// BTF-typed tracepoint (typed pointers, safe in IRQ context).
+    TpBtf { event: &'static str },
+    /// Classic tracepoint.
+    Tracepoint {
+        category: &'static str,
+        event: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelProbe {
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    pub layer: Layer,
+    pub attach: KernelAttach,
+    pub records: &'static str,
+}
+
+const fn tp_btf(
+    program: &'static str,
+    event: &'static str,
+    layer: Layer,
+    records: &'static str,
+) -> KernelProbe {
+    KernelProbe {
+        program,
+        layer,
+        attach: KernelAttach::TpBtf { event },
+        records,
+    }
+}
+
+const fn syscall(program: &'static str, event: &'static str, records: &'static str) -> KernelProbe {
+    KernelProbe {
+        program,
+        layer: Layer::Syscall,
+        attach: KernelAttach::Tracepoint {
+            category: "syscalls",
+            event,
+        },
+        records,
+    }
+}
+
+pub const KERNEL_PROBES: &[KernelProbe] = &[
+    tp_btf(
+        "bio_queue",
+        "block_bio_queue",
+        Layer::Block,
+        "bio queued: bio, device, sector, bytes, op",
+    ),
+    tp_btf(
+        "bio_remap",
+        "block_bio_remap",
+        Layer::Block,
+        "bio remapped (partition, dm): old and new device and sector",
+    ),
+    tp_btf(
+        "bio_split",
+        "block_split",
+        Layer::Block,
+        "bio split: bio, split sector",
+    ),
+    tp_btf(
+        "bio_backmerge",
+        "block_bio_backmerge",
+        Layer::Block,
+        "bio merged into a request (back)",
+    ),
+    tp_btf(
+        "bio_frontmerge",
+        "block_bio_frontmerge",
+        Layer::Block,
+        "bio merged into a request (front)",
+    ),
+    tp_btf(
+        "bio_complete",
+        "block_bio_complete",
+        Layer::Block,
+        "bio completed (bio-based devices)",
+    ),
+    tp_btf(
+        "rq_insert",
+        "block_rq_insert",
+        Layer::Block,
+        "request inserted into the scheduler: request, first bio",
+    ),
+    tp_btf(
+        "rq_issue",
+        "block_rq_issue",
+        Layer::Block,
+        "request issued to the driver: request, first bio",
+    ),
+    tp_btf(
+        "rq_merge",
+        "block_rq_merge",
+        Layer::Block,
+        "request merged into another",
+    ),
+    tp_btf(
+        "rq_complete",
+        "block_rq_complete",
+        Layer::Block,
+        "request completed: request, status, bytes",
+    ),
+    syscall(
+        "enter_pread64",
+        "sys_enter_pread64",
+        "pread64: fd, offset, count",
+    ),
+    syscall("exit_pread64", "sys_exit_pread64", "pread64 return"),
+    syscall(
+        "enter_pwrite64",
+        "sys_enter_pwrite64",
+        "pwrite64: fd, offset, count",
+    ),
+    syscall("exit_pwrite64", "sys_exit_pwrite64", "pwrite64 return"),
+    syscall(
+        "enter_preadv",
+        "sys_enter_preadv",
+        "preadv: fd, offset, iovcnt",
+    ),
+    syscall("exit_preadv", "sys_exit_preadv", "preadv return"),
+    syscall(
+        "enter_pwritev",
+        "sys_enter_pwritev",
+        "pwritev: fd, offset, iovcnt",
+    ),
+    syscall("exit_pwritev", "sys_exit_pwritev", "pwritev return"),
+    syscall(
+        "enter_preadv2",
+        "sys_enter_preadv2",
+        "preadv2: fd, offset, iovcnt",
+    ),
+    syscall("exit_preadv2", "sys_exit_preadv2", "preadv2 return"),
+    syscall(
+        "enter_pwritev2",
+        "sys_enter_pwritev2",
+        "pwritev2: fd, offset, iovcnt",
+    ),
+    syscall("exit_pwritev2", "sys_exit_pwritev2", "pwritev2 return"),
+    syscall(
+        "enter_io_submit",
+        "sys_enter_io_submit",
+        "io_submit: aio context, number of iocbs",
+    ),
+    syscall("exit_io_submit", "sys_exit_io_submit", "io_submit return"),
+    syscall(
+        "enter_io_getevents",
+        "sys_enter_io_getevents",
+        "io_getevents",
+    ),
+    syscall(
+        "exit_io_getevents",
+        "sys_exit_io_getevents",
+        "io_getevents return: completions reaped",
+    ),
+    syscall(
+        "enter_io_pgetevents",
+        "sys_enter_io_pgetevents",
+        "io_pgetevents",
+    ),
+    syscall(
+        "exit_io_pgetevents",
+        "sys_exit_io_pgetevents",
+        "io_pgetevents return",
+    ),
+    syscall(
+        "enter_io_uring_enter",
+        "sys_enter_io_uring_enter",
+        "io_uring_enter: fd, to_submit, flags",
+    ),
+    syscall(
+        "exit_io_uring_enter",
+        "sys_exit_io_uring_enter",
+        "io_uring_enter return",
+    ),
+    tp_btf(
+        "uring_submit",
+        "io_uring_submit_req",
+        Layer::IoUring,
+        "io_uring SQE submitted: user_data, opcode, ring",
+    ),
+    tp_btf(
+        "uring_complete",
+        "io_uring_complete",
+        Layer::IoUring,
+        "io_uring CQE posted: user_data, result",
+    ),
+    tp_btf(
+        "dio_begin",
+        "iomap_dio_rw_begin",
+        Layer::Filesystem,
+        "direct IO enters the filesystem: kiocb, position, bytes, inode",
+    ),
+    tp_btf(
+        "dio_map",
+        "iomap_iter_dstmap",
+        Layer::Filesystem,
+        "extent the filesystem used: inode, file offset, length, disk address",
+    ),
+    tp_btf(
+        "dio_complete",
+        "iomap_dio_complete",
+        Layer::Filesystem,
+        "direct IO completes in the filesystem: kiocb, result",
+    ),
+];
+
+/// Which QEMU versions an argument layout applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Versions {
+    /// Stable across every version we know.
+    Any,
+    /// This major.minor only.
+    Exactly(u32, u32),
+}
+
+/// A QEMU function probed at entry (uretprobes crash QEMU's coroutines), and how its
+/// arguments fill the event's four slots (key pointer, offset, bytes, aux).
+#[derive(Debug, Clone, Serialize)]
+pub struct QemuProbe {
+    pub id: u8,
+    pub symbol: &'static str,
+    pub layer: Layer,
+    pub records: &'static str,
+    /// Argument layouts by version; a probe whose layout differs between versions is
+    /// attached only for the versions listed.
+    pub layouts: &'static [(Versions, [Arg; 4])],
+}
+
+// QEMUIOVector.size and RawPosixAIOData's fields, by offset (stable in 7.2 and 10.0).
+const QIOV_SIZE: u16 = 24;
+const AIO_TYPE_FD: u16 = 8;
+const AIO_OFFSET: u16 = 16;
+const AIO_NBYTES: u16 = 24;
+const MRB_NUM_REQS: u16 = 256;
+
+macro_rules! one {
+    ($a:expr) => {
+        &[(Versions::Any, $a)]
+    };
+}
+
+use Arg as A;
+
+pub const QEMU_PROBES: &[QemuProbe] = &[
+    QemuProbe {
+        id: 1,
+        symbol: "virtio_blk_handle_request",
+        layer: Layer::Virtio,
+        records: "guest request parsed: VirtIOBlockReq",
+        layouts: one!([A::reg(0), A::NONE, A::NONE, A::NONE]),
+    },
+    QemuProbe {
+        id: 2,
+        symbol: "virtio_blk_submit_multireq",
+        layer: Layer::Virtio,
+        records: "batch submitted: MultiReqBuffer, number of requests, first request",
+        layouts: one!([
+            A::reg(1),
+            A::deref32(1, MRB_NUM_REQS),
+            A::deref64(1, 0),
+            A::NONE
+        ]),
+    },
+    QemuProbe {
+        id: 3,
+        symbol: "virtio_blk_rw_complete",
+        layer: Layer::Virtio,
+        records: "block layer completed a request: VirtIOBlockReq, result",
+        layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
+    },
+    QemuProbe {
+        id: 4,
+        symbol: "virtio_blk_req_complete",
+        layer: Layer::Virtio,
+        records: "completion pushed to the guest: VirtIOBlockReq, status",
+        layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
+    },
+    QemuProbe {
+        id: 5,
+        symbol: "blk_aio_preadv",
+        layer: Layer::QemuBlock,
+        records: "async read from a device model: opaque (VirtIOBlockReq), offset, bytes, BlockBackend",
+        layouts: one!([A::reg(5), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 6,
+        symbol: "blk_aio_pwritev",
+        layer: Layer::QemuBlock,
+        records: "async write from a device model: opaque (VirtIOBlockReq), offset, bytes, BlockBackend",
+        layouts: one!([A::reg(5), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 7,
+        symbol: "blk_co_preadv_part",
+        layer: Layer::QemuBlock,
+        records: "block backend read: qiov, guest offset, bytes, BlockBackend",
+        layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 8,
+        symbol: "blk_co_pwritev_part",
+        layer: Layer::QemuBlock,
+        records: "block backend write: qiov, guest offset, bytes, BlockBackend",
+        layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 9,
+        symbol: "bdrv_co_preadv_part",
+        layer: Layer::QemuBlock,
+        records: "read on a block node (format or protocol): qiov, node offset, bytes, BdrvChild",
+        layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 10,
+        symbol: "bdrv_co_pwritev_part",
+        layer: Layer::QemuBlock,
+        records: "write on a block node (format or protocol): qiov, node offset, bytes, BdrvChild",
+        layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 11,
+        symbol: "qcow2_co_preadv_part",
+        layer: Layer::Qcow2,
+        records: "qcow2 read: qiov, guest offset, bytes, BlockDriverState",
+        layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 12,
+        symbol: "qcow2_co_pwritev_part",
+        layer: Layer::Qcow2,
+        records: "qcow2 write: qiov, guest offset, bytes, BlockDriverState",
+        layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: 13,
+        symbol: "qcow2_cache_get",
+        layer: Layer::Qcow2,
+        records: "L2/refcount table lookup: cache, table offset, -, BlockDriverState (misses show as file-layer reads of table offsets)",
+        layouts: one!([A::reg(1), A::reg(2), A::NONE, A::reg(0)]),
+    },
+    QemuProbe {
+        id: 14,
+        symbol: "raw_co_prw",
+        layer: Layer::FilePosix,
+        records: "file-posix request: qiov, host offset, bytes, type",
+        layouts: &[
+            // 10.0: raw_co_prw(bs, int64_t *offset_ptr, bytes, qiov, type, flags)
+            (
+                Versions::Exactly(10, 0),
+                [A::reg(3), A::deref64(1, 0), A::reg(2), A::reg(4)],
+            ),
+            // 7.2: raw_co_prw(bs, offset, bytes, qiov, type)
+            (
+                Versions::Exactly(7, 2),
+                [A::reg(3), A::reg(1), A::reg(2), A::reg(4)],
+            ),
+        ],
+    },
+    QemuProbe {
+        id: 15,
+        symbol: "thread_pool_submit_aio",
+        layer: Layer::FilePosix,
+        records: "thread-pool job (aio=threads): RawPosixAIOData, offset, bytes, type | fd << 32",
+        layouts: one!([
+            A::reg(1),
+            A::deref64(1, AIO_OFFSET),
+            A::deref64(1, AIO_NBYTES),
+            A::deref64(1, AIO_TYPE_FD)
+        ]),
+    },
+    QemuProbe {
+        id: 16,
+        symbol: "handle_aiocb_rw",
+        layer: Layer::FilePosix,
+        records: "thread-pool worker runs the job: RawPosixAIOData, offset, bytes, type | fd << 32 (its tid issues the syscall)",
+        layouts: one!([
+            A::reg(0),
+            A::deref64(0, AIO_OFFSET),
+            A::deref64(0, AIO_NBYTES),
+            A::deref64(0, AIO_TYPE_FD)
+        ]),
+    },
+    QemuProbe {
+        id: 17,
+        symbol: "laio_co_submit",
+        layer: Layer::FilePosix,
+        records: "linux-aio submission (aio=native): qiov, host offset, bytes, type",
+        layouts: &[
+            // 10.0: laio_co_submit(fd, offset, qiov, type, flags)
+            (
+                Versions::Exactly(10, 0),
+                [A::reg(2), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(3)],
+            ),
+            // 7.2: laio_co_submit(bs, s, fd, offset, qiov, type, dev_max_batch)
+            (
+                Versions::Exactly(7, 2),
+                [A::reg(4), A::reg(3), A::deref64(4, QIOV_SIZE), A::reg(5)],
+            ),
+        ],
+    },
+    QemuProbe {
+        id: 18,
+        symbol: "luring_co_submit",
+        layer: Layer::FilePosix,
+        records: "io_uring submission (aio=io_uring): qiov, host offset, bytes, type",
+        layouts: &[
+            // 10.0: luring_co_submit(bs, fd, offset, qiov, type, flags)
+            (
+                Versions::Exactly(10, 0),
+                [A::reg(3), A::reg(2), A::deref64(3, QIOV_SIZE), A::reg(4)],
+            ),
+            // 7.2: luring_co_submit(bs, s, fd, offset, qiov, type)
+            (
+                Versions::Exactly(7, 2),
+                [A::reg(4), A::reg(3), A::deref64(4, QIOV_SIZE), A::reg(5)],
+            ),
+        ],
+    },
+];
+
+impl QemuProbe {
+    /// The argument layout for QEMU `major.minor`, if known.
+    pub fn layout_for(&self, version: Option<(u32, u32)>) -> Option<[Arg; 4]> {
+        self.layouts.iter().find_map(|(v, a)| match (v, version) {
+            (Versions::Any, _) => Some(*a),
+            (Versions::Exactly(ma, mi), Some((x, y))) if (*ma, *mi) == (x, y) => Some(*a),
+            _ => None,
+        })
+    }
+
+    /// Versions with a known layout, for messages.
+    pub fn known_versions(&self) -> String {
+        self.layouts
+            .iter()
+            .map(|(v, _)| match v {
+                Versions::Any => "any".to_owned(),
+                Versions::Exactly(a, b) => format!("{a}.{b}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_is_consistent() {
+        let mut ids: Vec<u8> = QEMU_PROBES.iter().map(|p| p.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), QEMU_PROBES.len(), "probe ids are unique");
+        assert!(QEMU_PROBES.iter().all(|p| !p.layouts.is_empty()));
+        // Version-specific probes resolve only for their versions.
+        let laio = QEMU_PROBES
+            .iter()
+            .find(|p| p.symbol == "laio_co_submit")
+            .unwrap();
+        assert!(laio.layout_for(Some((10, 0))).is_some());
+        assert!(laio.layout_for(Some((8, 1))).is_none());
+        assert!(laio.layout_for(None).is_none());
+        let blk = QEMU_PROBES
+            .iter()
+            .find(|p| p.symbol == "blk_co_preadv_part")
+            .unwrap();
+        assert!(blk.layout_for(None).is_some());
+        // Every kernel program exists in the compiled object.
+        let obj = viopath_probes::object();
+        for p in KERNEL_PROBES {
+            assert!(
+                obj.windows(p.program.len())
+                    .any(|w| w == p.program.as_bytes()),
+                "{} not in the object",
+                p.program
+            );
+        }
+    }
+}

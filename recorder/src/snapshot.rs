@@ -1,0 +1,67 @@
+//! The layout snapshot stored at the end of a trace: what the reporter needs to join
+//! offline, on another machine: every image's chain and extent map with host device
+//! sectors, the reverse maps of the image files, and the block devices involved.
+
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use viopath_layouts::HostFileOffset;
+use viopath_layouts::host::{DevId, HostResolver, Topology};
+use viopath_layouts::qcow2::Chain;
+
+pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
+    let mut images = Vec::new();
+    let mut covered: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut errors = Vec::new();
+    let mut resolver = HostResolver::new(Topology::system());
+    // Open each file as the top of a chain unless an earlier chain already holds it.
+    for f in files {
+        if covered.contains(f) {
+            continue;
+        }
+        let chain = match Chain::open(f) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        for cf in &chain.files {
+            covered.insert(cf.path.canonicalize().unwrap_or_else(|_| cf.path.clone()));
+        }
+        let entries: Vec<Value> = chain
+            .map_entries()
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let (Some(off), Some(file)) = (e.offset, e.file) {
+                    v["filename"] = json!(chain.files[file].path);
+                    match resolver.resolve(&chain.files[file].path, HostFileOffset(off), e.length) {
+                        Ok(segs) => v["host"] = json!(segs),
+                        Err(err) => v["host_error"] = json!(err.to_string()),
+                    }
+                }
+                v
+            })
+            .collect();
+        let reverse: Vec<Value> = (0..chain.files.len())
+            .filter_map(|id| chain.reverse_map(id).ok())
+            .map(|rm| json!({"file": chain.files[rm.file].path, "file_len": rm.file_len, "extents": rm.extents}))
+            .collect();
+        images.push(json!({
+            "path": f,
+            "virtual_size": chain.virtual_size(),
+            "files": chain.files,
+            "warnings": chain.warnings,
+            "map": entries,
+            "reverse": reverse,
+        }));
+    }
+    let mut topo = Topology::system();
+    let devs: Vec<Value> = devices
+        .iter()
+        .filter_map(|d| topo.device(*d).ok())
+        .map(|d| json!(*d))
+        .collect();
+    json!({ "images": images, "devices": devs, "errors": errors })
+}

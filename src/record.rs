@@ -1,0 +1,142 @@
+//! `viopath record`: capture QEMU and host-kernel IO events into a trace file.
+
+use crate::units::human;
+use anyhow::{Result, bail};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use tabled::builder::Builder;
+use tabled::settings::Style;
+use viopath_recorder::{RecordOptions, Target};
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// Trace this running QEMU process
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Trace file to write (mode 0600)
+    #[arg(short, long, default_value = "viopath.trace")]
+    pub output: PathBuf,
+    /// Stop after this long: 500ms, 10s, 2m
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Attach only these layers or probes, comma-separated (layers: virtio, qemu-block,
+    /// qcow2, file-posix, syscall, io_uring, filesystem, block)
+    #[arg(long, value_delimiter = ',')]
+    pub probes: Option<Vec<String>>,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Command to start and trace from its first instruction (after --)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
+    let target = match (args.pid, args.command.is_empty()) {
+        (Some(pid), true) => Target::Pid(pid),
+        (None, false) => Target::Command(args.command.clone()),
+        (Some(_), false) => bail!("give either --pid or a command after --, not both"),
+        (None, true) => bail!(
+            "nothing to trace: give --pid PID or a command after -- (e.g. viopath record -- qemu-io ...)"
+        ),
+    };
+    let opts = RecordOptions {
+        target,
+        output: args.output.clone(),
+        duration: args.duration,
+        probes: args.probes.clone(),
+    };
+    let summary = viopath_recorder::record(&opts, &mut |line| eprintln!("viopath: {line}"))?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "recorded {} events in {:.2} s ({}), {} written to {}",
+        summary.events,
+        summary.duration_s,
+        summary.stop_reason,
+        human(summary.bytes),
+        summary.output.display()
+    )?;
+    if let Some(code) = summary.child_exit {
+        writeln!(out, "traced command exited with status {code}")?;
+    }
+    let mut b = Builder::default();
+    b.push_record(["probe", "events", "lost"]);
+    let mut names: Vec<&String> = summary
+        .events_by_probe
+        .keys()
+        .chain(summary.lost_by_probe.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        b.push_record([
+            n.clone(),
+            summary
+                .events_by_probe
+                .get(n)
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+            summary
+                .lost_by_probe
+                .get(n)
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+        ]);
+    }
+    let mut t = b.build();
+    t.with(Style::sharp());
+    writeln!(out, "{t}")?;
+    if summary.lost > 0 {
+        let per_cpu: Vec<String> = summary
+            .lost_by_cpu
+            .iter()
+            .map(|(c, n)| format!("cpu{c}: {n}"))
+            .collect();
+        writeln!(
+            out,
+            "LOST {} events (ring buffer full): {}",
+            summary.lost,
+            per_cpu.join(", ")
+        )?;
+    } else {
+        writeln!(out, "no events lost")?;
+    }
+    if !summary.missing_layers.is_empty() {
+        writeln!(
+            out,
+            "layers not traced: {}",
+            summary.missing_layers.join(", ")
+        )?;
+    }
+    Ok(())
+}
