@@ -147,9 +147,7 @@ int BPF_PROG(bio_remap, struct bio *bio, dev_t old_dev, sector_t old_sector)
 	if (!device_wanted(dev) && !device_wanted(old_dev))
 		return 0;
 	emit(VP_BIO_REMAP, BPF_CORE_READ(bio, bi_opf) & 0xff, (__u64)bio,
-	     BPF_CORE_READ(bio, bi_iter.bi_sector),
-	     ((__u64)dev << 32) | BPF_CORE_READ(bio, bi_iter.bi_size),
-	     ((__u64)old_dev << 48) | (old_sector & 0xffffffffffffULL));
+	     BPF_CORE_READ(bio, bi_iter.bi_sector), ((__u64)dev << 32) | old_dev, old_sector);
 	return 0;
 }
 

@@ -21,9 +21,9 @@ struct vp_event {
 
 /* Kernel dev_t encoding: major << 20 | minor. */
 enum vp_type {
-	/* Block layer (sub = REQ_OP). a2 = dev << 32 | bytes throughout. */
+	/* Block layer (sub = REQ_OP). a2 = dev << 32 | bytes, except for remaps. */
 	VP_BIO_QUEUE = 1,      /* a0 bio, a1 sector, a3 opf */
-	VP_BIO_REMAP = 2,      /* a0 bio, a1 new sector, a2 new dev << 32 | bytes, a3 old dev << 48 | old sector */
+	VP_BIO_REMAP = 2,      /* a0 bio, a1 new sector, a2 new dev << 32 | old dev, a3 old sector */
 	VP_BIO_SPLIT = 3,      /* a0 bio, a1 sector, a3 new_sector (split point) */
 	VP_BIO_MERGE = 4,      /* a0 bio, a1 sector, a3 1 = back merge, 2 = front merge */
 	VP_BIO_COMPLETE = 5,   /* a0 bio, a1 sector, a3 status */

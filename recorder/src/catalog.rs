@@ -287,7 +287,9 @@ pub struct QemuProbe {
 }
 
 // QEMUIOVector.size and RawPosixAIOData's fields, by offset (stable in 7.2 and 10.0).
-const QIOV_SIZE: u16 = 24;
+// QEMUIOVector is { iov; niov; union { { nalloc; struct iovec local_iov }; { pad[12]; size } } }:
+// the union is 8-aligned at 16, so size is at 16 + 12 rounded up to 8 = 32.
+const QIOV_SIZE: u16 = 32;
 const AIO_TYPE_FD: u16 = 8;
 const AIO_OFFSET: u16 = 16;
 const AIO_NBYTES: u16 = 24;

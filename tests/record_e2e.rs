@@ -1,0 +1,494 @@
+//! `viopath record` against a real QEMU on a real qcow2 on ext4 on a partitioned loop
+//! device (direct IO, so its IO reaches the host's disk while we record). Every request
+//! qemu-io issues must appear at every layer the host sees, with the offsets and lengths
+//! that `layouts` (checked against qemu-img, filefrag and debugfs elsewhere) predicts.
+//!
+//! Needs root (BPF, loop devices) and the QEMU built by tests/qemu/build.sh
+//! (VIOPATH_QEMU_PREFIX; .ci/run builds it). Skipped, saying so, otherwise.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use viopath_layouts::HostFileOffset;
+use viopath_layouts::host::{DevId, Hop, HostResolver, Topology};
+use viopath_layouts::qcow2::{Chain, LocatedKind};
+use viopath_probes::abi::{EventKind, RawEvent, kernel_dev};
+use viopath_probes::trace::{ChunkKind, chunks};
+
+fn qemu_prefix() -> Option<PathBuf> {
+    let p = PathBuf::from(
+        std::env::var("VIOPATH_QEMU_PREFIX")
+            .unwrap_or_else(|_| "/var/cache/viopath/qemu-10.0.2".into()),
+    );
+    p.join("bin/qemu-io").exists().then_some(p)
+}
+
+fn can_run() -> Option<PathBuf> {
+    if !is_root() {
+        eprintln!("SKIPPED: recording needs root");
+        return None;
+    }
+    let p = qemu_prefix();
+    if p.is_none() {
+        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+    }
+    p
+}
+
+/// Loop device (GPT, ext4 on partition 1, direct IO) mounted at `mnt`; undone on drop.
+struct Stack {
+    cleanup: Vec<String>,
+    pub mnt: PathBuf,
+    pub disk_img: PathBuf,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for c in self.cleanup.iter().rev() {
+            let _ = Command::new("sh").args(["-c", c]).status();
+        }
+    }
+}
+
+fn make_stack(dir: &Path) -> Stack {
+    let disk_img = dir.join("disk.img");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(&format!(
+        "truncate -s 160M {0} && printf 'label: gpt\\nstart=2048, size=300000\\n' | sfdisk -q {0}",
+        disk_img.display()
+    ));
+    let mut st = Stack {
+        cleanup: Vec::new(),
+        mnt,
+        disk_img,
+    };
+    let dev = run(
+        "losetup",
+        &[
+            "-P",
+            "--direct-io=on",
+            "--show",
+            "-f",
+            st.disk_img.to_str().unwrap(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    st.cleanup.push(format!("losetup -d {dev}"));
+    let part = format!("{dev}p1");
+    let name = part.trim_start_matches("/dev/");
+    sh(&format!(
+        "for i in $(seq 20); do [ -e /sys/class/block/{name}/dev ] && break; sleep 0.1; done; \
+         [ -e /sys/class/block/{name}/dev ] || partx -a {dev}; \
+         [ -b {part} ] || mknod {part} b $(tr ':' ' ' < /sys/class/block/{name}/dev); \
+         mkfs.ext4 -q -F {part} && mount {part} {}",
+        st.mnt.display()
+    ));
+    st.cleanup.push(format!("umount {}", st.mnt.display()));
+    st
+}
+
+struct Trace {
+    header: Value,
+    events: Vec<RawEvent>,
+    layout: Value,
+    end: Value,
+}
+
+fn read_trace(path: &Path) -> Trace {
+    let bytes = std::fs::read(path).unwrap();
+    let mut t = Trace {
+        header: Value::Null,
+        events: Vec::new(),
+        layout: Value::Null,
+        end: Value::Null,
+    };
+    for c in chunks(&bytes).unwrap() {
+        let c = c.unwrap_or_else(|e| panic!("trace damaged: {e}"));
+        match c.kind {
+            ChunkKind::Header => t.header = c.json().unwrap(),
+            ChunkKind::Events => t.events.extend(c.events()),
+            ChunkKind::Layout => t.layout = c.json().unwrap(),
+            ChunkKind::End => t.end = c.json().unwrap(),
+            ChunkKind::Losses => {}
+        }
+    }
+    t
+}
+
+const BDRV_READ: u8 = 9;
+const BDRV_WRITE: u8 = 10;
+const QCOW2_READ: u8 = 11;
+const QCOW2_WRITE: u8 = 12;
+const RAW_CO_PRW: u8 = 14;
+const HANDLE_AIOCB_RW: u8 = 16;
+const LAIO: u8 = 17;
+const LURING: u8 = 18;
+
+fn qemu(t: &Trace, probe: u8) -> Vec<&RawEvent> {
+    t.events
+        .iter()
+        .filter(|e| e.kind == EventKind::Qemu as u8 && e.sub == probe)
+        .collect()
+}
+
+fn has_qemu(t: &Trace, probe: u8, off: u64, len: u64) -> bool {
+    qemu(t, probe)
+        .iter()
+        .any(|e| e.a[1] == off && e.a[2] == len)
+}
+
+/// Do the block events of `kinds` on `dev` cover sectors [start, start + n)?
+fn covered(t: &Trace, dev: DevId, kinds: &[EventKind], start: u64, n: u64) -> bool {
+    let kdev = kernel_dev(dev.major, dev.minor) as u64;
+    let mut ranges: Vec<(u64, u64)> = t
+        .events
+        .iter()
+        .filter(|e| kinds.iter().any(|k| *k as u8 == e.kind) && e.a[2] >> 32 == kdev)
+        .map(|e| (e.a[1], e.a[1] + ((e.a[2] & 0xffff_ffff) / 512)))
+        .collect();
+    ranges.sort();
+    let mut pos = start;
+    for (s, e) in ranges {
+        if s <= pos && e > pos {
+            pos = e;
+        }
+        if pos >= start + n {
+            return true;
+        }
+    }
+    pos >= start + n
+}
+
+struct Req {
+    write: bool,
+    off: u64,
+    len: u64,
+}
+
+fn reqs() -> Vec<Req> {
+    vec![
+        Req {
+            write: true,
+            off: 0,
+            len: 65536,
+        },
+        Req {
+            write: true,
+            off: 1 << 20,
+            len: 4096,
+        },
+        Req {
+            write: true,
+            off: (2 << 20) + 65536,
+            len: 65536,
+        },
+        Req {
+            write: false,
+            off: 0,
+            len: 65536,
+        },
+        Req {
+            write: false,
+            off: 1 << 20,
+            len: 4096,
+        },
+        Req {
+            write: false,
+            off: (2 << 20) + 65536,
+            len: 65536,
+        },
+    ]
+}
+
+fn qemu_io_args(reqs: &[Req]) -> Vec<String> {
+    let mut v = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        v.push("-c".to_owned());
+        v.push(if r.write {
+            format!("write -P {} {} {}", i + 1, r.off, r.len)
+        } else {
+            format!("read {} {}", r.off, r.len)
+        });
+    }
+    v
+}
+
+fn record(trace: &Path, cmd: &[String]) -> Value {
+    let mut args = vec![
+        "record".to_owned(),
+        "--json".to_owned(),
+        "-o".to_owned(),
+        trace.display().to_string(),
+        "--".to_owned(),
+    ];
+    args.extend(cmd.iter().cloned());
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "viopath record failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json_start = stdout
+        .find("{\n")
+        .unwrap_or_else(|| panic!("no JSON summary in: {stdout}\n{stderr}"));
+    serde_json::from_str(&stdout[json_start..]).unwrap()
+}
+
+fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let st = make_stack(dir.path());
+    let img = st.mnt.join("vm.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=65536",
+            img.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    let trace = dir.path().join("run.trace");
+    let rq = reqs();
+    let mut cmd = vec![
+        qemu_io.display().to_string(),
+        "-f".into(),
+        "qcow2".into(),
+        "-t".into(),
+        "none".into(),
+        "-i".into(),
+        aio.into(),
+    ];
+    cmd.extend(qemu_io_args(&rq));
+    cmd.push(img.display().to_string());
+    let summary = record(&trace, &cmd);
+    assert_eq!(summary["child_exit"], 0, "qemu-io failed: {summary}");
+    assert_eq!(summary["lost"], 0, "events lost: {summary}");
+    let t = read_trace(&trace);
+    assert_eq!(t.end["events"], summary["events"]);
+    assert_eq!(t.events.len() as u64, summary["events"].as_u64().unwrap());
+    assert!(
+        t.layout["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["path"].as_str() == Some(img.to_str().unwrap())),
+        "layout snapshot lacks the image"
+    );
+    let probes = t.header["probes"].as_array().unwrap();
+    let attached = |name: &str| {
+        probes
+            .iter()
+            .any(|p| p["name"] == name && p["attached"] == true)
+    };
+
+    // Expectations from the image as it is after the run.
+    let chain = Chain::open(&img).unwrap();
+    let mut resolver = HostResolver::new(Topology::system());
+    for r in &rq {
+        let what = format!(
+            "{aio} {} {}+{}",
+            if r.write { "write" } else { "read" },
+            r.off,
+            r.len
+        );
+        let l = chain.locate(r.off);
+        let LocatedKind::Data { host } = l.kind else {
+            panic!("{what}: not allocated after the run: {l:?}")
+        };
+        assert!(l.len >= r.len, "{what}: not contiguous in the image");
+        let (bdrv, q2) = if r.write {
+            (BDRV_WRITE, QCOW2_WRITE)
+        } else {
+            (BDRV_READ, QCOW2_READ)
+        };
+        // QEMU: the format node sees the guest offset, the protocol node the host offset.
+        assert!(
+            has_qemu(&t, bdrv, r.off, r.len),
+            "{what}: no bdrv event at the guest offset"
+        );
+        assert!(
+            has_qemu(&t, bdrv, host, r.len),
+            "{what}: no bdrv event at host offset {host}"
+        );
+        if with_symbols {
+            assert!(has_qemu(&t, q2, r.off, r.len), "{what}: no qcow2 event");
+            assert!(
+                has_qemu(&t, RAW_CO_PRW, host, r.len),
+                "{what}: no raw_co_prw event"
+            );
+        }
+        match aio {
+            "threads" => {
+                if with_symbols {
+                    assert!(
+                        has_qemu(&t, HANDLE_AIOCB_RW, host, r.len),
+                        "{what}: no thread-pool worker event"
+                    );
+                }
+                // The worker's syscall: pread64/pwrite64 (a1 offset, a2 count), or a vector variant.
+                let sys = t.events.iter().any(|e| {
+                    e.kind == EventKind::SysEnter as u8
+                        && (1..=6).contains(&e.sub)
+                        && e.a[1] == host
+                });
+                assert!(sys, "{what}: no positioned read/write syscall at {host}");
+            }
+            "native" => {
+                assert!(
+                    has_qemu(&t, LAIO, host, r.len),
+                    "{what}: no laio_co_submit event"
+                );
+                assert!(
+                    t.events
+                        .iter()
+                        .any(|e| e.kind == EventKind::SysEnter as u8 && e.sub == 7),
+                    "{what}: no io_submit"
+                );
+            }
+            "io_uring" => {
+                assert!(
+                    has_qemu(&t, LURING, host, r.len),
+                    "{what}: no luring_co_submit event"
+                );
+                assert!(
+                    t.events
+                        .iter()
+                        .any(|e| e.kind == EventKind::UringSubmit as u8),
+                    "{what}: no io_uring submission"
+                );
+                assert!(
+                    t.events
+                        .iter()
+                        .any(|e| e.kind == EventKind::UringComplete as u8),
+                    "{what}: no io_uring completion"
+                );
+            }
+            _ => unreachable!(),
+        }
+        // The filesystem's direct-IO path: position and length.
+        if attached("iomap_dio_rw_begin") {
+            assert!(
+                t.events.iter().any(|e| e.kind == EventKind::DioBegin as u8
+                    && e.a[1] == host
+                    && e.a[2] == r.len),
+                "{what}: no iomap direct-IO event at {host}"
+            );
+        }
+        // Block layer: every device from the partition down to the bottom disk.
+        for seg in resolver.resolve(&img, HostFileOffset(host), r.len).unwrap() {
+            let devices: Vec<(DevId, u64)> = seg
+                .hops
+                .iter()
+                .filter_map(|h| match h {
+                    Hop::Device { dev, sector, .. } => Some((*dev, sector.0)),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                devices.len() >= 3,
+                "{what}: expected partition, loop and bottom device: {:?}",
+                seg.hops
+            );
+            let n = seg.len.div_ceil(512);
+            let (part, psec) = devices[0];
+            let (disk, dsec) = devices[1];
+            // Partition remap: a bio moves from the partition to its disk by the
+            // partition's start, and that bio covers our sector.
+            let kpart = kernel_dev(part.major, part.minor) as u64;
+            let remapped_bios: Vec<u64> = t
+                .events
+                .iter()
+                .filter(|e| {
+                    e.kind == EventKind::BioRemap as u8
+                        && e.a[2] & 0xffff_ffff == kpart
+                        && e.a[1] - e.a[3] == dsec - psec
+                })
+                .map(|e| e.a[0])
+                .collect();
+            let remapped = t.events.iter().any(|e| {
+                e.kind == EventKind::BioQueue as u8
+                    && remapped_bios.contains(&e.a[0])
+                    && e.a[1] <= dsec
+                    && dsec < e.a[1] + (e.a[2] & 0xffff_ffff).div_ceil(512)
+            });
+            assert!(
+                remapped,
+                "{what}: no partition remap of sector {psec} on {part} to {dsec} on {disk}"
+            );
+            assert!(
+                covered(&t, disk, &[EventKind::RqIssue], dsec, n),
+                "{what}: requests on {disk} do not cover sectors {dsec}+{n}"
+            );
+            let (bottom, bsec) = *devices.last().unwrap();
+            assert!(
+                covered(
+                    &t,
+                    bottom,
+                    &[EventKind::BioQueue, EventKind::RqIssue],
+                    bsec,
+                    n
+                ),
+                "{what}: IO on the bottom device {bottom} does not cover sectors {bsec}+{n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn records_every_layer_with_aio_threads_native_and_io_uring() {
+    let Some(prefix) = can_run() else { return };
+    let qemu_io = prefix.join("bin/qemu-io");
+    for aio in ["threads", "native", "io_uring"] {
+        check_aio_mode(&qemu_io, aio, true);
+    }
+}
+
+#[test]
+fn stripped_distro_qemu_io_gives_the_dynsym_layers() {
+    if !is_root() || !Path::new("/usr/bin/qemu-io").exists() {
+        eprintln!("SKIPPED: needs root and Debian's qemu-io (qemu-utils)");
+        return;
+    }
+    check_aio_mode(Path::new("/usr/bin/qemu-io"), "native", false);
+    // And the layers that need symbols say why they are missing.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = dir.path().join("s.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "16M"],
+    );
+    let trace = dir.path().join("s.trace");
+    record(
+        &trace,
+        &[
+            "/usr/bin/qemu-io".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-c".into(),
+            "read 0 4k".into(),
+            img.display().to_string(),
+        ],
+    );
+    let t = read_trace(&trace);
+    let q2 = t.header["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "qcow2_co_preadv_part")
+        .unwrap();
+    assert_eq!(q2["attached"], false);
+    assert!(
+        q2["note"].as_str().unwrap().contains("no symbol table"),
+        "{q2}"
+    );
+}
