@@ -492,3 +492,183 @@ fn stripped_distro_qemu_io_gives_the_dynsym_layers() {
         "{q2}"
     );
 }
+
+/// `--pid` on a running qemu-storage-daemon serving the image over NBD; IO arrives from
+/// a separate qemu-io client; SIGINT stops the recording cleanly.
+#[test]
+fn attaches_to_a_running_storage_daemon_and_stops_on_sigint() {
+    let Some(prefix) = can_run() else { return };
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let st = make_stack(dir.path());
+    let img = st.mnt.join("served.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "32M"],
+    );
+    let sock = dir.path().join("nbd.sock");
+    let qsd = Command::new(prefix.join("bin/qemu-storage-daemon"))
+        .args([
+            "--blockdev",
+            &format!(
+                "driver=file,node-name=f,filename={},cache.direct=on,aio=native",
+                img.display()
+            ),
+            "--blockdev",
+            "driver=qcow2,node-name=q,file=f",
+            "--nbd-server",
+            &format!("addr.type=unix,addr.path={}", sock.display()),
+            "--export",
+            "type=nbd,id=e,node-name=q,name=vm,writable=on",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends, before the loop device is torn down.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let qsd = Kill(qsd);
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(sock.exists(), "qemu-storage-daemon did not start");
+    let qsd_pid = qsd.0.id();
+    let trace = dir.path().join("pid.trace");
+    let mut rec = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args([
+            "record",
+            "--json",
+            "--pid",
+            &qsd_pid.to_string(),
+            "-o",
+            trace.to_str().unwrap(),
+            "--duration",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(rec.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "recorder exited early:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("recording pid") {
+            break;
+        }
+    }
+    let nbd = format!(
+        "driver=nbd,server.type=unix,server.path={},export=vm",
+        sock.display()
+    );
+    run(
+        "qemu-io",
+        &[
+            "--image-opts",
+            &nbd,
+            "-c",
+            "write -P 7 1M 64k",
+            "-c",
+            "read 1M 64k",
+            "-c",
+            "write -P 8 5M 4k",
+        ],
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    let out = rec.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "recorder failed: {stdout}");
+    let summary: Value = serde_json::from_str(&stdout[stdout.find("{\n").unwrap()..]).unwrap();
+    assert!(
+        summary["stop_reason"].as_str().unwrap().contains("SIGINT"),
+        "{summary}"
+    );
+    assert_eq!(summary["lost"], 0);
+    let t = read_trace(&trace);
+    assert!(t.end.is_object(), "no end chunk after SIGINT");
+    let chain = Chain::open(&img).unwrap();
+    for (write, off, len) in [
+        (true, 1u64 << 20, 65536u64),
+        (false, 1 << 20, 65536),
+        (true, 5 << 20, 4096),
+    ] {
+        let LocatedKind::Data { host } = chain.locate(off).kind else {
+            panic!("{off} not allocated")
+        };
+        let p = if write { BDRV_WRITE } else { BDRV_READ };
+        assert!(has_qemu(&t, p, off, len), "no bdrv event at guest {off}");
+        assert!(has_qemu(&t, p, host, len), "no bdrv event at host {host}");
+        assert!(
+            has_qemu(&t, LAIO, host, len),
+            "no linux-aio submission at host {host}"
+        );
+    }
+    drop(qsd);
+}
+
+/// The errors a user meets first say what is wrong and what to do.
+#[test]
+fn clear_errors() {
+    let viopath = env!("CARGO_BIN_EXE_viopath");
+    let err = |args: &[&str]| {
+        let o = Command::new(viopath).args(args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+        e
+    };
+    assert!(err(&["record"]).contains("nothing to trace"));
+    assert!(err(&["record", "--duration", "3x", "--", "true"]).contains("unknown unit"));
+    if !is_root() {
+        assert!(err(&["record", "--", "true"]).contains("needs root"));
+        eprintln!("SKIPPED: the rest needs root");
+        return;
+    }
+    if have("setpriv") {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                viopath,
+                "record",
+                "-o",
+                "/tmp/never",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("needs root"), "{e}");
+    }
+    assert!(err(&["record", "--pid", "999999999"]).contains("no process 999999999"));
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let e = err(&["record", "--pid", &sleeper.id().to_string()]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(e.contains("does not look like QEMU"), "{e}");
+    assert!(
+        err(&["record", "-o", "/proc/nonexistent/x.trace", "--", "true"]).contains("cannot write")
+    );
+    assert!(
+        err(&["record", "--probes", "bogus", "--", "true"])
+            .contains("unknown probe or layer 'bogus'")
+    );
+}

@@ -657,6 +657,10 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     if let Some(c) = child.as_mut() {
         c.release();
     }
+    log(&format!(
+        "recording pid {pid} into {} (Ctrl-C stops)",
+        opts.output.display()
+    ));
     let started = Instant::now();
     let mut counts: BTreeMap<(u8, u8), u64> = BTreeMap::new();
     let rt = tokio::runtime::Builder::new_current_thread()
