@@ -70,16 +70,6 @@ fn fiemap_matches_filefrag() {
     assert!(segs[0].bottom().is_none() && segs[0].stopped.as_deref().unwrap().contains("hole"));
 }
 
-/// Loop devices and mounts made by a test, undone even when it fails.
-struct Cleanup(Vec<String>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for cmd in self.0.iter().rev() {
-            let _ = std::process::Command::new("sh").args(["-c", cmd]).status();
-        }
-    }
-}
-
 /// Read `len` bytes at `sector` of a block device, bypassing its page cache; None where
 /// this sandbox forbids opening the device (the host's own disk).
 fn read_device(dev: &str, sector: u64, len: usize) -> Option<Vec<u8>> {
@@ -121,28 +111,15 @@ fn partitioned_loop_device_down_to_the_bottom_disk() {
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let disk = dir.path().join("disk.img");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(&format!(
-        "truncate -s 96M {0} && printf 'label: gpt\\nstart=2048, size=20480\\nstart=24576, size=131072\\n' | sfdisk -q {0}",
-        disk.display()
-    ));
-    let mut cleanup = Cleanup(Vec::new());
-    let loopdev = run("losetup", &["-P", "--show", "-f", disk.to_str().unwrap()])
-        .trim()
-        .to_owned();
-    cleanup.0.push(format!("losetup -d {loopdev}"));
-    let part = format!("{loopdev}p2");
-    // No udev here: make the partition's node from sysfs when it does not appear.
-    let name = part.trim_start_matches("/dev/");
-    sh(&format!(
-        "for i in $(seq 20); do [ -e /sys/class/block/{name}/dev ] && break; sleep 0.1; done; \
-         [ -e /sys/class/block/{name}/dev ] || partx -a {loopdev}; \
-         [ -b {part} ] || mknod {part} b $(tr ':' ' ' < /sys/class/block/{name}/dev); \
-         mkfs.ext4 -q -F {part} && mount {part} {}",
-        mnt.display()
-    ));
-    cleanup.0.push(format!("umount {}", mnt.display()));
+    let ml = mount_partitioned_loop(
+        &disk,
+        "96M",
+        "label: gpt\\nstart=2048, size=20480\\nstart=24576, size=131072\\n",
+        2,
+        false,
+        &dir.path().join("mnt"),
+    );
+    let (loopdev, part, mnt) = (ml.loopdev.clone(), ml.part.clone(), ml.mnt.clone());
 
     let file = mnt.join("data.bin");
     let content = pattern(3 << 20, 7);

@@ -38,58 +38,17 @@ fn can_run() -> Option<PathBuf> {
     p
 }
 
-/// Loop device (GPT, ext4 on partition 1, direct IO) mounted at `mnt`; undone on drop.
-struct Stack {
-    cleanup: Vec<String>,
-    pub mnt: PathBuf,
-    pub disk_img: PathBuf,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for c in self.cleanup.iter().rev() {
-            let _ = Command::new("sh").args(["-c", c]).status();
-        }
-    }
-}
-
-fn make_stack(dir: &Path) -> Stack {
-    let disk_img = dir.join("disk.img");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(&format!(
-        "truncate -s 160M {0} && printf 'label: gpt\\nstart=2048, size=300000\\n' | sfdisk -q {0}",
-        disk_img.display()
-    ));
-    let mut st = Stack {
-        cleanup: Vec::new(),
-        mnt,
-        disk_img,
-    };
-    let dev = run(
-        "losetup",
-        &[
-            "-P",
-            "--direct-io=on",
-            "--show",
-            "-f",
-            st.disk_img.to_str().unwrap(),
-        ],
+/// A qcow2's home: ext4 on GPT partition 1 of a loop device with direct IO, so the loop
+/// device's own IO reaches the host's disk while we record.
+fn make_stack(dir: &Path) -> MountedLoop {
+    mount_partitioned_loop(
+        &dir.join("disk.img"),
+        "160M",
+        "label: gpt\\nstart=2048, size=300000\\n",
+        1,
+        true,
+        &dir.join("mnt"),
     )
-    .trim()
-    .to_owned();
-    st.cleanup.push(format!("losetup -d {dev}"));
-    let part = format!("{dev}p1");
-    let name = part.trim_start_matches("/dev/");
-    sh(&format!(
-        "for i in $(seq 20); do [ -e /sys/class/block/{name}/dev ] && break; sleep 0.1; done; \
-         [ -e /sys/class/block/{name}/dev ] || partx -a {dev}; \
-         [ -b {part} ] || mknod {part} b $(tr ':' ' ' < /sys/class/block/{name}/dev); \
-         mkfs.ext4 -q -F {part} && mount {part} {}",
-        st.mnt.display()
-    ));
-    st.cleanup.push(format!("umount {}", st.mnt.display()));
-    st
 }
 
 struct Trace {

@@ -94,3 +94,71 @@ impl Lcg {
         self.next() % n
     }
 }
+
+/// Commands that undo what a test set up (mounts, loop devices), run in reverse order
+/// when dropped, so a failing test leaves nothing behind.
+pub struct Cleanup(pub Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for cmd in self.0.iter().rev() {
+            let _ = Command::new("sh").args(["-c", cmd]).status();
+        }
+    }
+}
+
+/// A partitioned image file attached as a loop device, ext4 on one partition, mounted.
+pub struct MountedLoop {
+    pub loopdev: String,
+    pub part: String,
+    pub mnt: PathBuf,
+    pub cleanup: Cleanup,
+}
+
+/// Write `table` (sfdisk script) to a new `size` image, attach it (`direct_io` for the
+/// loop device's own IO), make ext4 on partition `part` and mount it at `mnt`. There is
+/// no udev on these machines: partitions are scanned with partx when `losetup -P` does
+/// not, and their nodes are made from sysfs.
+pub fn mount_partitioned_loop(
+    img: &Path,
+    size: &str,
+    table: &str,
+    part: u32,
+    direct_io: bool,
+    mnt: &Path,
+) -> MountedLoop {
+    std::fs::create_dir_all(mnt).unwrap();
+    sh(&format!(
+        "truncate -s {size} {0} && printf '{table}' | sfdisk -q {0}",
+        img.display()
+    ));
+    let mut cleanup = Cleanup(Vec::new());
+    let dio = if direct_io {
+        "--direct-io=on"
+    } else {
+        "--direct-io=off"
+    };
+    let loopdev = run(
+        "losetup",
+        &["-P", dio, "--show", "-f", img.to_str().unwrap()],
+    )
+    .trim()
+    .to_owned();
+    cleanup.0.push(format!("losetup -d {loopdev}"));
+    let partdev = format!("{loopdev}p{part}");
+    let name = partdev.trim_start_matches("/dev/");
+    sh(&format!(
+        "for i in $(seq 20); do [ -e /sys/class/block/{name}/dev ] && break; sleep 0.1; done; \
+         [ -e /sys/class/block/{name}/dev ] || partx -a {loopdev}; \
+         [ -b {partdev} ] || mknod {partdev} b $(tr ':' ' ' < /sys/class/block/{name}/dev); \
+         mkfs.ext4 -q -F {partdev} && mount {partdev} {}",
+        mnt.display()
+    ));
+    cleanup.0.push(format!("umount {}", mnt.display()));
+    MountedLoop {
+        loopdev,
+        part: partdev,
+        mnt: mnt.to_owned(),
+        cleanup,
+    }
+}
