@@ -202,20 +202,7 @@ fn record(trace: &Path, cmd: &[String]) -> Value {
 fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let st = make_stack(dir.path());
-    let img = st.mnt.join("vm.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=65536",
-            img.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    let img = create(&st.mnt, "vm.qcow2", "cluster_size=65536", "64M");
     let trace = dir.path().join("run.trace");
     let rq = reqs();
     let mut cmd = vec![
@@ -623,6 +610,10 @@ fn clear_errors() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert!(e.contains("does not look like QEMU"), "{e}");
+    assert!(
+        !Path::new("viopath.trace").exists(),
+        "a failed record left its output file behind"
+    );
     assert!(
         err(&["record", "-o", "/proc/nonexistent/x.trace", "--", "true"]).contains("cannot write")
     );

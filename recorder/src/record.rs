@@ -234,11 +234,12 @@ impl GatedChild {
         let (r, w) = (fds[0], fds[1]);
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.args(["-c", GATE_SCRIPT, "viopath-gate"]).args(argv);
-        // SAFETY: only async-signal-safe calls between fork and exec; dup2 clears CLOEXEC
-        // on fd 3 so the shell inherits the read end.
+        // SAFETY: only async-signal-safe calls (dup2, fcntl, close) between fork and
+        // exec; fd 3 loses CLOEXEC so the shell inherits the read end.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(r, 3) < 0 {
+                // dup2(3, 3) is a no-op that keeps O_CLOEXEC, so clear it explicitly.
+                if libc::dup2(r, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 libc::close(w);
@@ -514,16 +515,20 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     check_kernel()?;
     validate_filter(&opts.probes)?;
     // Fail on an unwritable output before touching the target.
-    let header_probe = std::fs::OpenOptions::new()
+    let existed = opts.output.exists();
+    if let Err(source) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&opts.output);
-    if let Err(source) = header_probe {
+        .open(&opts.output)
+    {
         return Err(RecordError::Output {
             path: opts.output.clone(),
             source,
         });
     }
+    // Until the trace is written for real, an early failure must not leave an empty
+    // file behind.
+    let mut probe_file = (!existed).then(|| RemoveOnDrop(opts.output.clone()));
 
     let mut child = None;
     let (pid, binary, mut files) = match &opts.target {
@@ -651,6 +656,9 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
             path: opts.output.clone(),
             source,
         })?;
+    if let Some(p) = probe_file.as_mut() {
+        p.disarm();
+    }
 
     let ring = RingBuf::try_from(bpf.take_map("events").expect("events map"))
         .map_err(|e| RecordError::Load(e.to_string()))?;
@@ -662,7 +670,8 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         opts.output.display()
     ));
     let started = Instant::now();
-    let mut counts: BTreeMap<(u8, u8), u64> = BTreeMap::new();
+    // Events per (type, sub): a flat array, since it is bumped for every event.
+    let mut counts = vec![0u64; 256 * 256];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -742,10 +751,11 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         qemu: qemu_info.clone(),
         ..Default::default()
     };
-    for ((kind, sub), n) in &counts {
+    for (i, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let (kind, sub) = ((i >> 8) as u8, i as u8);
         *summary
             .events_by_probe
-            .entry(probe_name(*kind, *sub, &attached.qemu_names))
+            .entry(probe_name(kind, sub, &attached.qemu_names))
             .or_default() += n;
         summary.events += n;
     }
@@ -803,11 +813,11 @@ fn probe_name(kind: u8, sub: u8, qemu: &BTreeMap<u8, &'static str>) -> String {
 fn drain<T: std::borrow::Borrow<aya::maps::MapData>>(
     ring: &mut RingBuf<T>,
     writer: &mut TraceWriter<impl io::Write>,
-    counts: &mut BTreeMap<(u8, u8), u64>,
+    counts: &mut [u64],
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
         if let Some(e) = RawEvent::from_bytes(&item) {
-            *counts.entry((e.kind, e.sub)).or_default() += 1;
+            counts[(e.kind as usize) << 8 | e.sub as usize] += 1;
             writer.push(&e)?;
         }
     }
@@ -831,4 +841,21 @@ fn read_losses(bpf: &Ebpf) -> Vec<(u8, u32, u64)> {
         }
     }
     out
+}
+
+/// Removes a file when dropped, unless disarmed.
+struct RemoveOnDrop(PathBuf);
+
+impl RemoveOnDrop {
+    fn disarm(&mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
