@@ -28,6 +28,10 @@ pub struct RecordArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Measure what each eBPF program costs per run (turns on the kernel's BPF
+    /// statistics while recording, which itself adds a little per run)
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// Command to start and trace from its first instruction (after --)
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -69,6 +73,7 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         output: args.output.clone(),
         duration: args.duration,
         probes: args.probes.clone(),
+        bpf_stats: args.bpf_stats,
     };
     let summary = viopath_recorder::record(&opts, &mut |line| eprintln!("viopath: {line}"))?;
     if args.json {
@@ -130,6 +135,24 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         )?;
     } else {
         writeln!(out, "no events lost")?;
+    }
+    if !summary.bpf_cost.is_empty() {
+        let mut b = Builder::default();
+        b.push_record(["eBPF program", "runs", "mean ns/run", "total ms"]);
+        for c in &summary.bpf_cost {
+            b.push_record([
+                c.program.clone(),
+                c.runs.to_string(),
+                format!("{:.0}", c.mean_ns),
+                format!("{:.1}", c.run_time_ns as f64 / 1e6),
+            ]);
+        }
+        let mut t = b.build();
+        t.with(Style::sharp());
+        writeln!(
+            out,
+            "cost of the eBPF programs (kernel BPF statistics; a uprobe's trap into the kernel comes on top):\n{t}"
+        )?;
     }
     if !summary.missing_layers.is_empty() {
         writeln!(

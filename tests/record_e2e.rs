@@ -181,6 +181,7 @@ fn record(trace: &Path, cmd: &[String]) -> Value {
     let mut args = vec![
         "record".to_owned(),
         "--json".to_owned(),
+        "--bpf-stats".to_owned(),
         "-o".to_owned(),
         trace.display().to_string(),
         "--".to_owned(),
@@ -222,6 +223,26 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
     let t = read_trace(&trace);
     assert_eq!(t.end["events"], summary["events"]);
     assert_eq!(t.events.len() as u64, summary["events"].as_u64().unwrap());
+    // --bpf-stats: the kernel's run counts agree with the events in the file. The uprobe
+    // program emits exactly one event per run.
+    let cost = |prog: &str| {
+        summary["bpf_cost"]
+            .as_array()
+            .expect("bpf_cost with --bpf-stats")
+            .iter()
+            .find(|c| c["program"] == prog)
+            .map(|c| (c["runs"].as_u64().unwrap(), c["mean_ns"].as_f64().unwrap()))
+    };
+    let count = |kind: EventKind| t.events.iter().filter(|e| e.kind == kind as u8).count() as u64;
+    let (runs, mean) = cost("qemu_entry").expect("qemu_entry ran");
+    assert_eq!(runs, count(EventKind::Qemu), "uprobe runs vs QEMU events");
+    assert!(mean > 0.0);
+    // Kernel programs: runs usually exceed events (they also see other processes and
+    // devices, and filter in the kernel), but with several recorders running at once
+    // this kernel's run counts for tp_btf programs came out lower than the events they
+    // wrote, so only presence and a positive mean are checked for them.
+    let (runs, mean) = cost("rq_complete").expect("rq_complete ran");
+    assert!(runs > 0 && mean > 0.0 && count(EventKind::RqComplete) > 0);
     assert!(
         t.layout["images"]
             .as_array()

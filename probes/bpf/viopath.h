@@ -82,6 +82,9 @@ struct vp_uspec {
 	struct vp_arg arg[4];
 };
 
+/* Ring buffers events are spread over, by CPU number modulo this. */
+#define VP_RING_SHARDS 4
+
 #define VP_MAX_USPECS 64
 #define VP_MAX_TYPES 64
 

@@ -7,6 +7,9 @@ use serde::Serialize;
 pub const ABI_VERSION: u32 = 1;
 pub const MAX_USPECS: u32 = 64;
 pub const MAX_TYPES: u32 = 64;
+/// Ring buffers the events are spread over, by CPU number modulo this; their maps are
+/// `events0` … `events3`.
+pub const RING_SHARDS: u32 = 4;
 
 /// One event as the kernel writes it into the ring buffer (`struct vp_event`).
 #[repr(C)]
@@ -253,6 +256,7 @@ mod tests {
         assert_eq!(get("VP_ABI_VERSION"), ABI_VERSION as u64);
         assert_eq!(get("VP_MAX_USPECS"), MAX_USPECS as u64);
         assert_eq!(get("VP_MAX_TYPES"), MAX_TYPES as u64);
+        assert_eq!(get("VP_RING_SHARDS"), RING_SHARDS as u64);
         for k in EventKind::ALL {
             let cname = match k {
                 EventKind::UringSubmit => "VP_URING_SUBMIT".to_owned(),

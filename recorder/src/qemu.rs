@@ -2,12 +2,11 @@
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QemuInfo {
     pub binary: PathBuf,
-    /// The first line of `BINARY --version`.
+    /// The first line `BINARY --version` would print (read from the binary).
     pub version_line: String,
     /// major.minor.micro, when the line has one.
     pub version: Option<(u32, u32, u32)>,
@@ -30,13 +29,15 @@ pub fn parse_version(line: &str) -> Option<(u32, u32, u32)> {
 }
 
 impl QemuInfo {
+    /// Read the version from the binary's own `--version` text, without running it:
+    /// the recorder may be pointed at any command, and must not execute it twice.
     pub fn probe(binary: &Path) -> QemuInfo {
-        let version_line = Command::new(binary)
-            .arg("--version")
-            .output()
+        let version_line = std::fs::File::open(binary)
             .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.lines().next().map(str::to_owned))
+            // SAFETY: read-only map of a file we only read; a concurrent truncation
+            // could fault, which is the same risk every ELF reader takes.
+            .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+            .and_then(|m| version_text(&m, binary))
             .unwrap_or_default();
         let version = parse_version(&version_line);
         QemuInfo {
@@ -53,6 +54,29 @@ impl QemuInfo {
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("qemu"))
     }
+}
+
+/// Every QEMU program prints "NAME version X.Y.Z (PKGVERSION)" right before its
+/// copyright line, from one string literal: find that literal in the binary.
+fn version_text(data: &[u8], binary: &Path) -> Option<String> {
+    const COPYRIGHT: &[u8] = b"QEMU Project developers";
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for at in memchr::memmem::find_iter(data, COPYRIGHT) {
+        let window = &data[at.saturating_sub(256)..at];
+        // The literal starts after the previous NUL; its first line is the version.
+        let start = window.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&window[start..]);
+        let Some(line) = text.lines().find(|l| l.contains(" version ")) else {
+            continue;
+        };
+        if parse_version(line).is_some() {
+            return Some(line.replace("%s", &name).trim().to_owned());
+        }
+    }
+    None
 }
 
 /// Resolve a command name the way execvp would.
@@ -106,6 +130,7 @@ pub fn files_in_args(args: &[String]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn versions() {
@@ -122,6 +147,45 @@ mod tests {
             Some((9, 1, 50))
         );
         assert_eq!(parse_version("something else"), None);
+    }
+
+    #[test]
+    fn version_from_the_binary_text() {
+        let blob = b"\x7fELF junk\0%s version 7.2.15 (Debian 1:7.2+dfsg-7)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n\0more";
+        assert_eq!(
+            version_text(blob, Path::new("/usr/bin/qemu-img")).as_deref(),
+            Some("qemu-img version 7.2.15 (Debian 1:7.2+dfsg-7)")
+        );
+        let system = b"\0QEMU emulator version 10.0.2\nCopyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers\0";
+        assert_eq!(
+            version_text(system, Path::new("x")).as_deref(),
+            Some("QEMU emulator version 10.0.2")
+        );
+        assert_eq!(version_text(b"no version here", Path::new("x")), None);
+        // A copyright with no version before it is not enough.
+        assert_eq!(
+            version_text(b"\0the QEMU Project developers", Path::new("x")),
+            None
+        );
+    }
+
+    /// The static read agrees with what the program prints when run.
+    #[test]
+    fn version_matches_the_program_output() {
+        let Some(bin) = which("qemu-img") else {
+            eprintln!("skipped: no qemu-img on PATH");
+            return;
+        };
+        let out = Command::new(&bin).arg("--version").output().unwrap();
+        let first = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned();
+        let info = QemuInfo::probe(&bin);
+        assert_eq!(info.version_line, first);
+        assert_eq!(info.version, parse_version(&first));
+        assert!(info.is_qemu());
     }
 
     #[test]

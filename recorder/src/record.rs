@@ -83,6 +83,18 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// Layers or probe names to attach (default: all).
     pub probes: Option<Vec<String>>,
+    /// Turn on the kernel's BPF run-time statistics while recording and report what
+    /// each program cost (they are also reported when `kernel.bpf_stats_enabled` is on).
+    pub bpf_stats: bool,
+}
+
+/// What one eBPF program cost while recording, from the kernel's run-time statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+    pub mean_ns: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +120,9 @@ pub struct Summary {
     pub lost_by_cpu: BTreeMap<u32, u64>,
     pub probes: Vec<ProbeStatus>,
     pub missing_layers: Vec<String>,
+    /// Per-program cost, when BPF statistics were on (see `RecordOptions::bpf_stats`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf_cost: Vec<ProgramCost>,
     pub devices: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_exit: Option<i32>,
@@ -566,10 +581,34 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         None => None,
     };
 
+    // Held until the end: statistics stay on while this fd is open.
+    let _stats = if opts.bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log(&format!("cannot turn on BPF statistics: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let btf = Btf::from_sys_fs().map_err(|e| RecordError::Load(format!("BTF: {e}")))?;
-    let mut bpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
-        .override_global("target_tgid", &pid, true)
+        .override_global("target_tgid", &pid, true);
+    // Shards no CPU maps to get one page instead of the full ring.
+    let cpus =
+        aya::util::nr_cpus().map_err(|(p, e)| RecordError::Load(format!("{p}: {e}")))? as u32;
+    let ring_names: Vec<String> = (0..abi::RING_SHARDS)
+        .map(|i| format!("events{i}"))
+        .collect();
+    for (i, name) in ring_names.iter().enumerate() {
+        let used = (i as u32) < cpus;
+        loader.map_max_entries(name, if used { RING_BYTES } else { 4096 });
+    }
+    let mut bpf = loader
         .load(viopath_probes::object())
         .map_err(|e| RecordError::Load(e.to_string()))?;
     let mut devices = devices_for(&files);
@@ -660,8 +699,14 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         p.disarm();
     }
 
-    let ring = RingBuf::try_from(bpf.take_map("events").expect("events map"))
-        .map_err(|e| RecordError::Load(e.to_string()))?;
+    let mut rings = Vec::new();
+    for name in &ring_names {
+        let map = bpf
+            .take_map(name)
+            .ok_or_else(|| RecordError::Load(format!("no map {name}")))?;
+        rings.push(RingBuf::try_from(map).map_err(|e| RecordError::Load(e.to_string()))?);
+    }
+    let ready = RingSet::new(&rings)?;
     if let Some(c) = child.as_mut() {
         c.release();
     }
@@ -675,9 +720,10 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (stop_reason, ring) = rt.block_on(async {
-        // SAFETY: the ring buffer owns its fd and outlives the registration.
-        let mut afd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let stop_reason = rt.block_on(async {
+        // One epoll fd stands for all the shards.
+        // SAFETY: the epoll fd is owned by `ready`, which the registration owns.
+        let mut afd = unsafe { AsyncFd::register(ready) }.map_err(|e| e.into_parts().1)?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -688,11 +734,12 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
             tokio::select! {
                 r = afd.readable_mut() => {
                     let mut guard = r?;
-                    drain(guard.get_inner_mut(), &mut writer, &mut counts)?;
+                    drain(&mut rings, &mut writer, &mut counts)?;
+                    guard.get_inner_mut().clear();
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
-                    drain(afd.get_mut(), &mut writer, &mut counts)?;
+                    drain(&mut rings, &mut writer, &mut counts)?;
                     writer.flush_events()?;
                     if let Some(c) = child.as_mut() {
                         if let Some(st) = c.child.try_wait()? {
@@ -722,13 +769,13 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
                 _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => break "duration reached".to_owned(),
             }
         };
-        Ok::<_, io::Error>((reason, afd.into_inner()))
+        Ok::<_, io::Error>(reason)
     })?;
-    let mut ring = ring;
-    // Stop the probes, then take what is still in the ring.
+    // Stop the probes, then take what is still in the rings.
     let lost = read_losses(&bpf);
+    let bpf_cost = program_costs(&bpf);
     drop(bpf);
-    drain(&mut ring, &mut writer, &mut counts)?;
+    drain(&mut rings, &mut writer, &mut counts)?;
     let duration = started.elapsed();
 
     let mut child_exit = None;
@@ -746,6 +793,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         stop_reason,
         probes: attached.statuses.clone(),
         missing_layers,
+        bpf_cost,
         devices: devices.iter().map(|d| d.to_string()).collect(),
         child_exit,
         qemu: qemu_info.clone(),
@@ -811,17 +859,84 @@ fn probe_name(kind: u8, sub: u8, qemu: &BTreeMap<u8, &'static str>) -> String {
 }
 
 fn drain<T: std::borrow::Borrow<aya::maps::MapData>>(
-    ring: &mut RingBuf<T>,
+    rings: &mut [RingBuf<T>],
     writer: &mut TraceWriter<impl io::Write>,
     counts: &mut [u64],
 ) -> io::Result<()> {
-    while let Some(item) = ring.next() {
-        if let Some(e) = RawEvent::from_bytes(&item) {
-            counts[(e.kind as usize) << 8 | e.sub as usize] += 1;
-            writer.push(&e)?;
+    for ring in rings {
+        while let Some(item) = ring.next() {
+            if let Some(e) = RawEvent::from_bytes(&item) {
+                counts[(e.kind as usize) << 8 | e.sub as usize] += 1;
+                writer.push(&e)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Bytes per ring-buffer shard: ~170k events each, a third of a second of a
+/// one-CPU flood at full speed.
+const RING_BYTES: u32 = 8 << 20;
+
+/// An epoll instance watching every ring-buffer shard, so one readiness source wakes
+/// the reader whichever shard has data.
+struct RingSet(std::os::fd::OwnedFd);
+
+impl RingSet {
+    fn new<T: std::borrow::Borrow<aya::maps::MapData>>(rings: &[RingBuf<T>]) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 returns a new fd or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new, valid fd we own.
+        let set = RingSet(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        for (i, r) in rings.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: both fds are valid; ev lives across the call.
+            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut ev) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(set)
+    }
+
+    /// Consume the pending readiness (the shards themselves were drained).
+    fn clear(&mut self) {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        // SAFETY: evs has room for 8 events; timeout 0 never blocks.
+        unsafe { libc::epoll_wait(self.0.as_raw_fd(), evs.as_mut_ptr(), 8, 0) };
+    }
+}
+
+impl AsRawFd for RingSet {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Run counts and times of the programs that ran (all zero unless statistics are on).
+fn program_costs(bpf: &Ebpf) -> Vec<ProgramCost> {
+    let mut out: Vec<ProgramCost> = bpf
+        .programs()
+        .filter_map(|(name, prog)| {
+            let info = prog.info().ok()?;
+            let runs = info.run_count();
+            let ns = info.run_time().as_nanos() as u64;
+            (runs > 0).then(|| ProgramCost {
+                program: name.to_owned(),
+                runs,
+                run_time_ns: ns,
+                mean_ns: ns as f64 / runs as f64,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.program.cmp(&b.program));
+    out
 }
 
 /// (event kind, cpu, lost) for every non-zero loss counter.
