@@ -109,7 +109,9 @@ fn run(argv: &[String], cmds: &str) -> (f64, String) {
     );
     let secs = (marks[1] - marks[0]).as_secs_f64();
     // viopath's JSON summary follows the command's own output.
-    let json = rest.find("{\n  \"").map_or(String::new(), |i| rest[i..].to_owned());
+    let json = rest
+        .find("{\n  \"")
+        .map_or(String::new(), |i| rest[i..].to_owned());
     (READS as f64 / secs, json)
 }
 
@@ -150,7 +152,10 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
                     _ => ("nr_sector", "args->nr_sector"),
                 };
                 let filter = if name == "block_bio_remap" {
-                    format!("{dev_filter} || {}", dev_filter.replace("args->dev", "args->old_dev"))
+                    format!(
+                        "{dev_filter} || {}",
+                        dev_filter.replace("args->dev", "args->old_dev")
+                    )
                 } else {
                     dev_filter.clone()
                 };
@@ -169,6 +174,9 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
             ),
             _ if name.starts_with("iomap_") => format!(
                 "tracepoint:iomap:{name} /pid == cpid/ {{ printf(\"{name} %llu %d %llu\\n\", nsecs, tid, args->ino); }}"
+            ),
+            _ if name.starts_with("kvm_") => format!(
+                "tracepoint:kvm:{name} /pid == cpid/ {{ printf(\"{name} %llu %d\\n\", nsecs, tid); }}"
             ),
             other => panic!("no bpftrace equivalent for {other}"),
         };

@@ -21,8 +21,8 @@ pub struct RecordArgs {
     /// Stop after this long: 500ms, 10s, 2m
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Attach only these layers or probes, comma-separated (layers: virtio, qemu-block,
-    /// qcow2, file-posix, syscall, io_uring, filesystem, block)
+    /// Attach only these layers or probes, comma-separated (layers: kvm, virtio,
+    /// qemu-block, qcow2, file-posix, syscall, io_uring, filesystem, block)
     #[arg(long, value_delimiter = ',')]
     pub probes: Option<Vec<String>>,
     /// Print the summary as JSON

@@ -371,6 +371,59 @@ int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
 	return 0;
 }
 
+/* ---- KVM: the guest's notifications and the interrupts injected back ---- */
+
+/* Plain tracepoint records: the 8-byte common header, then the event's fields. */
+struct kvm_fast_mmio_ctx {
+	__u64 common;
+	__u64 gpa;
+};
+
+struct kvm_mmio_ctx {
+	__u64 common;
+	__u32 type;
+	__u32 len;
+	__u64 gpa;
+	__u64 val;
+};
+
+struct kvm_msi_ctx {
+	__u64 common;
+	__u64 address;
+	__u64 data;
+};
+
+#define KVM_TRACE_MMIO_WRITE 2
+
+/* A guest write to an ioeventfd-backed doorbell (virtio-pci notify), in the vCPU
+ * thread of the traced VM. */
+SEC("tracepoint/kvm/kvm_fast_mmio")
+int kvm_fast_mmio(struct kvm_fast_mmio_ctx *ctx)
+{
+	if (traced())
+		emit(VP_KVM_MMIO, 0, ctx->gpa, 0, 0, 0);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_mmio")
+int kvm_mmio(struct kvm_mmio_ctx *ctx)
+{
+	if (traced() && ctx->type == KVM_TRACE_MMIO_WRITE)
+		emit(VP_KVM_MMIO, 1, ctx->gpa, ctx->len, ctx->val, 0);
+	return 0;
+}
+
+/* An MSI injected into the guest (irqfd): the completion interrupt. Seen when the
+ * traced QEMU's thread signals the irqfd; injections deferred to a kernel worker run
+ * in another process and are filtered out. */
+SEC("tracepoint/kvm/kvm_msi_set_irq")
+int kvm_msi_set_irq(struct kvm_msi_ctx *ctx)
+{
+	if (traced())
+		emit(VP_KVM_MSI, 0, ctx->address, ctx->data, 0, 0);
+	return 0;
+}
+
 /* ---- QEMU entry uprobes (never uretprobes: they crash QEMU's coroutines) ---- */
 
 /* The six argument registers, loaded at constant offsets: the verifier refuses a

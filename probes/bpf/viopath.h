@@ -41,6 +41,9 @@ enum vp_type {
 	VP_DIO_BEGIN = 20,     /* a0 kiocb, a1 pos, a2 count, a3 inode number */
 	VP_DIO_MAP = 21,       /* a0 inode number, a1 file offset, a2 length, a3 disk byte address (or ~0: hole) */
 	VP_DIO_COMPLETE = 22,  /* a0 kiocb, a1 ret, a2 error */
+	/* KVM (the traced VM's vCPU and I/O threads). */
+	VP_KVM_MMIO = 24,      /* sub 0 fast MMIO (ioeventfd), 1 MMIO write; a0 guest physical address, a1 length, a2 value */
+	VP_KVM_MSI = 25,       /* a0 MSI address, a1 MSI data */
 	/* QEMU entry uprobes (sub = probe id, see the recorder's catalog). */
 	VP_QEMU = 32,          /* a0 key pointer, a1 offset, a2 bytes, a3 aux */
 };

@@ -72,11 +72,13 @@ pub enum EventKind {
     DioBegin = 20,
     DioMap = 21,
     DioComplete = 22,
+    KvmMmio = 24,
+    KvmMsi = 25,
     Qemu = 32,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::BioQueue,
         EventKind::BioRemap,
         EventKind::BioSplit,
@@ -93,6 +95,8 @@ impl EventKind {
         EventKind::DioBegin,
         EventKind::DioMap,
         EventKind::DioComplete,
+        EventKind::KvmMmio,
+        EventKind::KvmMsi,
         EventKind::Qemu,
     ];
 
@@ -118,6 +122,8 @@ impl EventKind {
             EventKind::DioBegin => "dio_begin",
             EventKind::DioMap => "dio_map",
             EventKind::DioComplete => "dio_complete",
+            EventKind::KvmMmio => "kvm_mmio",
+            EventKind::KvmMsi => "kvm_msi",
             EventKind::Qemu => "qemu",
         }
     }

@@ -8,6 +8,8 @@ use viopath_probes::abi::Arg;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layer {
+    /// KVM: the guest's doorbell writes (ioeventfd) and the interrupts injected back.
+    Kvm,
     /// QEMU's virtio-blk device: guest requests.
     Virtio,
     /// QEMU's block backend and generic block layer.
@@ -27,7 +29,8 @@ pub enum Layer {
 }
 
 impl Layer {
-    pub const ALL: [Layer; 8] = [
+    pub const ALL: [Layer; 9] = [
+        Layer::Kvm,
         Layer::Virtio,
         Layer::QemuBlock,
         Layer::Qcow2,
@@ -39,6 +42,7 @@ impl Layer {
     ];
     pub fn name(self) -> &'static str {
         match self {
+            Layer::Kvm => "kvm",
             Layer::Virtio => "virtio",
             Layer::QemuBlock => "qemu-block",
             Layer::Qcow2 => "qcow2",
@@ -99,7 +103,31 @@ const fn syscall(program: &'static str, event: &'static str, records: &'static s
     }
 }
 
+const fn kvm(program: &'static str, records: &'static str) -> KernelProbe {
+    KernelProbe {
+        program,
+        layer: Layer::Kvm,
+        attach: KernelAttach::Tracepoint {
+            category: "kvm",
+            event: program,
+        },
+        records,
+    }
+}
+
 pub const KERNEL_PROBES: &[KernelProbe] = &[
+    kvm(
+        "kvm_fast_mmio",
+        "guest doorbell write through an ioeventfd (virtio-pci notify): guest physical address",
+    ),
+    kvm(
+        "kvm_mmio",
+        "guest MMIO write: guest physical address, length, value",
+    ),
+    kvm(
+        "kvm_msi_set_irq",
+        "MSI injected into the guest (completion interrupt): address, data",
+    ),
     tp_btf(
         "bio_queue",
         "block_bio_queue",

@@ -50,7 +50,7 @@ pub enum RecordError {
     #[error("cannot write {path}: {source}")]
     Output { path: PathBuf, source: io::Error },
     #[error(
-        "--probes: unknown probe or layer '{0}' (layers: virtio, qemu-block, qcow2, file-posix, syscall, io_uring, filesystem, block; or a probe name from the catalog)"
+        "--probes: unknown probe or layer '{0}' (layers: kvm, virtio, qemu-block, qcow2, file-posix, syscall, io_uring, filesystem, block; or a probe name from the catalog)"
     )]
     UnknownProbe(String),
     #[error("--probes asked for {probe} ({layer}), which cannot attach: {why}")]
