@@ -44,6 +44,11 @@ enum vp_type {
 	/* KVM (the traced VM's vCPU and I/O threads). */
 	VP_KVM_MMIO = 24,      /* sub 0 fast MMIO (ioeventfd), 1 MMIO write; a0 guest physical address, a1 length, a2 value */
 	VP_KVM_MSI = 25,       /* a0 MSI address, a1 MSI data */
+	/* Filesystem and device-mapper internals (fentry/fexit or kprobes, where allowed). */
+	VP_FS_ENTER = 26,      /* sub 0 read, 1 write; a0 kiocb, a1 pos, a2 bytes, a3 inode number */
+	VP_FS_EXIT = 27,       /* sub 0 read, 1 write; a0 kiocb (0 from a kretprobe), a1 return value */
+	VP_DM_SUBMIT = 28,     /* bio entering a dm device; sub REQ_OP, a0 bio, a1 sector, a2 dev << 32 | bytes */
+	VP_DM_ENDIO = 29,      /* a dm clone bio completing; same fields */
 	/* QEMU entry uprobes (sub = probe id, see the recorder's catalog). */
 	VP_QEMU = 32,          /* a0 key pointer, a1 offset, a2 bytes, a3 aux */
 };

@@ -74,11 +74,15 @@ pub enum EventKind {
     DioComplete = 22,
     KvmMmio = 24,
     KvmMsi = 25,
+    FsEnter = 26,
+    FsExit = 27,
+    DmSubmit = 28,
+    DmEndio = 29,
     Qemu = 32,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::BioQueue,
         EventKind::BioRemap,
         EventKind::BioSplit,
@@ -97,6 +101,10 @@ impl EventKind {
         EventKind::DioComplete,
         EventKind::KvmMmio,
         EventKind::KvmMsi,
+        EventKind::FsEnter,
+        EventKind::FsExit,
+        EventKind::DmSubmit,
+        EventKind::DmEndio,
         EventKind::Qemu,
     ];
 
@@ -124,6 +132,10 @@ impl EventKind {
             EventKind::DioComplete => "dio_complete",
             EventKind::KvmMmio => "kvm_mmio",
             EventKind::KvmMsi => "kvm_msi",
+            EventKind::FsEnter => "fs_enter",
+            EventKind::FsExit => "fs_exit",
+            EventKind::DmSubmit => "dm_submit",
+            EventKind::DmEndio => "dm_endio",
             EventKind::Qemu => "qemu",
         }
     }

@@ -66,6 +66,25 @@ pub enum KernelAttach {
         category: &'static str,
         event: &'static str,
     },
+    /// fentry (or fexit, `exit`) on a kernel function; where the kernel refuses those,
+    /// the `fallback` program as a kprobe (kretprobe).
+    Function {
+        /// The probe's name in listings: the function, `.return` for the exit.
+        name: &'static str,
+        function: &'static str,
+        exit: bool,
+        fallback: &'static str,
+    },
+}
+
+impl KernelAttach {
+    /// The name a probe is listed and selected by.
+    pub fn event(&self) -> &'static str {
+        match *self {
+            KernelAttach::TpBtf { event } | KernelAttach::Tracepoint { event, .. } => event,
+            KernelAttach::Function { name, .. } => name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +134,28 @@ const fn kvm(program: &'static str, records: &'static str) -> KernelProbe {
     }
 }
 
+const fn function(
+    program: &'static str,
+    name: &'static str,
+    function: &'static str,
+    exit: bool,
+    fallback: &'static str,
+    layer: Layer,
+    records: &'static str,
+) -> KernelProbe {
+    KernelProbe {
+        program,
+        layer,
+        attach: KernelAttach::Function {
+            name,
+            function,
+            exit,
+            fallback,
+        },
+        records,
+    }
+}
+
 pub const KERNEL_PROBES: &[KernelProbe] = &[
     kvm(
         "kvm_fast_mmio",
@@ -127,6 +168,60 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
     kvm(
         "kvm_msi_set_irq",
         "MSI injected into the guest (completion interrupt): address, data",
+    ),
+    function(
+        "fs_read_enter",
+        "ext4_file_read_iter",
+        "ext4_file_read_iter",
+        false,
+        "fs_read_enter_kp",
+        Layer::Filesystem,
+        "ext4 read entered: kiocb, position, bytes, inode",
+    ),
+    function(
+        "fs_read_exit",
+        "ext4_file_read_iter.return",
+        "ext4_file_read_iter",
+        true,
+        "fs_read_exit_kp",
+        Layer::Filesystem,
+        "ext4 read returned: kiocb (fexit only), result",
+    ),
+    function(
+        "fs_write_enter",
+        "ext4_file_write_iter",
+        "ext4_file_write_iter",
+        false,
+        "fs_write_enter_kp",
+        Layer::Filesystem,
+        "ext4 write entered: kiocb, position, bytes, inode",
+    ),
+    function(
+        "fs_write_exit",
+        "ext4_file_write_iter.return",
+        "ext4_file_write_iter",
+        true,
+        "fs_write_exit_kp",
+        Layer::Filesystem,
+        "ext4 write returned: kiocb (fexit only), result",
+    ),
+    function(
+        "dm_submit",
+        "dm_submit_bio",
+        "dm_submit_bio",
+        false,
+        "dm_submit_kp",
+        Layer::Block,
+        "bio entering a device-mapper device: bio, sector, bytes",
+    ),
+    function(
+        "dm_endio",
+        "clone_endio",
+        "clone_endio",
+        false,
+        "dm_endio_kp",
+        Layer::Block,
+        "device-mapper clone bio completing: bio, sector, bytes",
     ),
     tp_btf(
         "bio_queue",

@@ -7,7 +7,7 @@ use crate::qemu::{self, QemuInfo};
 use crate::snapshot;
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-use aya::programs::{BtfTracePoint, TracePoint, UProbe};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -307,7 +307,9 @@ fn validate_filter(filter: &Option<Vec<String>>) -> Result<(), RecordError> {
     let Some(list) = filter else { return Ok(()) };
     for w in list {
         let known = Layer::ALL.iter().any(|l| l.name() == w)
-            || KERNEL_PROBES.iter().any(|p| p.program == w || matches!(p.attach, KernelAttach::TpBtf { event } | KernelAttach::Tracepoint { event, .. } if event == w))
+            || KERNEL_PROBES
+                .iter()
+                .any(|p| p.program == w || p.attach.event() == w)
             || QEMU_PROBES.iter().any(|p| p.symbol == w);
         if !known {
             return Err(RecordError::UnknownProbe(w.clone()));
@@ -332,30 +334,48 @@ fn attach_all(
 ) -> Result<Attached, RecordError> {
     let mut statuses = Vec::new();
     for p in KERNEL_PROBES {
-        let (kind, event) = match p.attach {
-            KernelAttach::TpBtf { event } => ("tp_btf", event),
-            KernelAttach::Tracepoint { event, .. } => ("tracepoint", event),
+        let event = p.attach.event();
+        let mut kind = match p.attach {
+            KernelAttach::TpBtf { .. } => "tp_btf",
+            KernelAttach::Tracepoint { .. } => "tracepoint",
+            KernelAttach::Function { exit: false, .. } => "fentry",
+            KernelAttach::Function { exit: true, .. } => "fexit",
         };
         if !wanted(filter, p.layer, &[p.program, event]) {
             continue;
         }
-        let result: Result<(), String> = (|| {
-            let prog = bpf.program_mut(p.program).ok_or("not in the eBPF object")?;
-            match p.attach {
-                KernelAttach::TpBtf { event } => {
-                    let prog: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-                    prog.load(event, btf).map_err(|e| format!("load: {e}"))?;
-                    prog.attach().map_err(|e| format!("attach: {e}"))?;
+        let result: Result<(), String> = match p.attach {
+            KernelAttach::Function {
+                function,
+                exit,
+                fallback,
+                ..
+            } => attach_function(bpf, btf, p.program, function, exit).or_else(|first| {
+                let fb = if exit { "kretprobe" } else { "kprobe" };
+                attach_kprobe(bpf, fallback, function)
+                    .map(|()| kind = fb)
+                    .map_err(|second| format!("{kind}: {first}; {fb} fallback: {second}"))
+            }),
+            _ => (|| {
+                let prog = bpf.program_mut(p.program).ok_or("not in the eBPF object")?;
+                match p.attach {
+                    KernelAttach::TpBtf { event } => {
+                        let prog: &mut BtfTracePoint =
+                            prog.try_into().map_err(|e| format!("{e}"))?;
+                        prog.load(event, btf).map_err(|e| format!("load: {e}"))?;
+                        prog.attach().map_err(|e| format!("attach: {e}"))?;
+                    }
+                    KernelAttach::Tracepoint { category, event } => {
+                        let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+                        prog.load().map_err(|e| format!("load: {e}"))?;
+                        prog.attach(category, event)
+                            .map_err(|e| format!("attach: {e}"))?;
+                    }
+                    KernelAttach::Function { .. } => unreachable!("handled above"),
                 }
-                KernelAttach::Tracepoint { category, event } => {
-                    let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-                    prog.load().map_err(|e| format!("load: {e}"))?;
-                    prog.attach(category, event)
-                        .map_err(|e| format!("attach: {e}"))?;
-                }
-            }
-            Ok(())
-        })();
+                Ok(())
+            })(),
+        };
         statuses.push(ProbeStatus {
             name: event.to_owned(),
             layer: p.layer,
@@ -487,6 +507,56 @@ fn attach_all(
         statuses,
         qemu_names,
     })
+}
+
+fn attach_function(
+    bpf: &mut Ebpf,
+    btf: &Btf,
+    program: &str,
+    function: &str,
+    exit: bool,
+) -> Result<(), String> {
+    let prog = bpf.program_mut(program).ok_or("not in the eBPF object")?;
+    if exit {
+        let prog: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load(function, btf)
+            .map_err(|e| function_load_error(function, &e.to_string()))?;
+        prog.attach().map_err(|e| format!("attach: {e}"))?;
+    } else {
+        let prog: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load(function, btf)
+            .map_err(|e| function_load_error(function, &e.to_string()))?;
+        prog.attach().map_err(|e| format!("attach: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Why fentry/fexit did not load, in a few words.
+fn function_load_error(function: &str, err: &str) -> String {
+    if err.contains("unknown BTF type") {
+        format!(
+            "{function} is not in the kernel's BTF (not built, a module not loaded, or inlined)"
+        )
+    } else if err.contains("Operation not permitted") {
+        "the kernel refused to load it (EPERM)".to_owned()
+    } else {
+        short_load_error(err)
+    }
+}
+
+fn attach_kprobe(bpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        return Err("this kernel has no kprobe PMU".to_owned());
+    }
+    let prog: &mut KProbe = bpf
+        .program_mut(program)
+        .ok_or("not in the eBPF object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| short_load_error(&e.to_string()))?;
+    prog.attach(function, 0)
+        .map_err(|e| format!("attach: {e}"))?;
+    Ok(())
 }
 
 /// A verifier log is hundreds of lines; keep what decides: its first line and the
