@@ -1,11 +1,13 @@
 //! viopath: where the time goes for every IO a virtual machine makes.
 //!
 //! This binary is glue: argument parsing and presentation. The work is in the
-//! workspace crates (`viopath-layouts` for address translation).
+//! workspace crates: `viopath-layouts` (address translation), `viopath-recorder`
+//! (probes → trace), `viopath-reporter` (trace → joined IOs → report).
 
 mod demo;
 mod map;
 mod record;
+mod report;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,8 @@ enum Cmd {
     Map(map::MapArgs),
     /// Record QEMU and host-kernel IO events into a trace file (needs root)
     Record(record::RecordArgs),
+    /// Join a trace and report per-layer latency for every guest IO
+    Report(report::ReportArgs),
     /// Run viopath on an embedded example disk image and show what it finds
     Demo(demo::DemoArgs),
 }
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Map(args) => map::run(&args, &mut out),
         Cmd::Demo(args) => demo::run(&args, &mut out),
         Cmd::Record(args) => record::run(&args, &mut out),
+        Cmd::Report(args) => report::run(&args, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(Into::into));
     match result {

@@ -15,6 +15,7 @@ pub mod addr;
 pub mod guest;
 pub mod host;
 pub mod qcow2;
+pub mod snapshot;
 pub mod source;
 pub mod stack;
 

@@ -314,3 +314,29 @@ mod tests {
         assert_eq!(split_kernel_dev(kernel_dev(259, 3)), (259, 3));
     }
 }
+
+/// QEMU probe ids (the `sub` of a [`EventKind::Qemu`] event), as the recorder's catalog
+/// assigns them; the catalog checks its table against these.
+pub mod qemu_probe {
+    pub const VIRTIO_HANDLE_REQUEST: u8 = 1;
+    pub const VIRTIO_SUBMIT_MULTIREQ: u8 = 2;
+    pub const VIRTIO_RW_COMPLETE: u8 = 3;
+    pub const VIRTIO_REQ_COMPLETE: u8 = 4;
+    pub const BLK_AIO_PREADV: u8 = 5;
+    pub const BLK_AIO_PWRITEV: u8 = 6;
+    pub const BLK_CO_PREADV_PART: u8 = 7;
+    pub const BLK_CO_PWRITEV_PART: u8 = 8;
+    pub const BDRV_CO_PREADV_PART: u8 = 9;
+    pub const BDRV_CO_PWRITEV_PART: u8 = 10;
+    pub const QCOW2_CO_PREADV_PART: u8 = 11;
+    pub const QCOW2_CO_PWRITEV_PART: u8 = 12;
+    pub const QCOW2_CACHE_GET: u8 = 13;
+    pub const RAW_CO_PRW: u8 = 14;
+    pub const THREAD_POOL_SUBMIT_AIO: u8 = 15;
+    pub const HANDLE_AIOCB_RW: u8 = 16;
+    pub const LAIO_CO_SUBMIT: u8 = 17;
+    pub const LURING_CO_SUBMIT: u8 = 18;
+    /// `raw_co_prw`'s type argument (QEMU_AIO_*).
+    pub const AIO_READ: u64 = 1;
+    pub const AIO_WRITE: u64 = 2;
+}

@@ -637,6 +637,31 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), QEMU_PROBES.len(), "probe ids are unique");
         assert!(QEMU_PROBES.iter().all(|p| !p.layouts.is_empty()));
+        // The reporter knows the probes by the ids in the shared ABI.
+        use viopath_probes::abi::qemu_probe as q;
+        for (id, symbol) in [
+            (q::VIRTIO_HANDLE_REQUEST, "virtio_blk_handle_request"),
+            (q::VIRTIO_SUBMIT_MULTIREQ, "virtio_blk_submit_multireq"),
+            (q::VIRTIO_RW_COMPLETE, "virtio_blk_rw_complete"),
+            (q::VIRTIO_REQ_COMPLETE, "virtio_blk_req_complete"),
+            (q::BLK_AIO_PREADV, "blk_aio_preadv"),
+            (q::BLK_AIO_PWRITEV, "blk_aio_pwritev"),
+            (q::BLK_CO_PREADV_PART, "blk_co_preadv_part"),
+            (q::BLK_CO_PWRITEV_PART, "blk_co_pwritev_part"),
+            (q::BDRV_CO_PREADV_PART, "bdrv_co_preadv_part"),
+            (q::BDRV_CO_PWRITEV_PART, "bdrv_co_pwritev_part"),
+            (q::QCOW2_CO_PREADV_PART, "qcow2_co_preadv_part"),
+            (q::QCOW2_CO_PWRITEV_PART, "qcow2_co_pwritev_part"),
+            (q::QCOW2_CACHE_GET, "qcow2_cache_get"),
+            (q::RAW_CO_PRW, "raw_co_prw"),
+            (q::THREAD_POOL_SUBMIT_AIO, "thread_pool_submit_aio"),
+            (q::HANDLE_AIOCB_RW, "handle_aiocb_rw"),
+            (q::LAIO_CO_SUBMIT, "laio_co_submit"),
+            (q::LURING_CO_SUBMIT, "luring_co_submit"),
+        ] {
+            let p = QEMU_PROBES.iter().find(|p| p.id == id).unwrap();
+            assert_eq!(p.symbol, symbol, "probe id {id}");
+        }
         // Version-specific probes resolve only for their versions.
         let laio = QEMU_PROBES
             .iter()

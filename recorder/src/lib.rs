@@ -7,6 +7,5 @@ pub mod catalog;
 pub mod elf;
 pub mod qemu;
 pub mod record;
-pub mod snapshot;
 
 pub use record::{RecordError, RecordOptions, Summary, Target, record};

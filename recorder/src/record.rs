@@ -4,7 +4,6 @@
 use crate::catalog::{KERNEL_PROBES, KernelAttach, Layer, QEMU_PROBES};
 use crate::elf::{Missing, Symbols};
 use crate::qemu::{self, QemuInfo};
-use crate::snapshot;
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint, UProbe};
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use viopath_layouts::host::{DevId, DeviceKind, FileMap, Topology};
+use viopath_layouts::snapshot;
 use viopath_probes::abi::{self, EventKind, RawEvent, Uspec};
 use viopath_probes::trace::{ChunkKind, TraceWriter};
 

@@ -1,14 +1,17 @@
 //! The layout snapshot stored at the end of a trace: what the reporter needs to join
 //! offline, on another machine: every image's chain and extent map with host device
-//! sectors, the reverse maps of the image files, and the block devices involved.
+//! sectors, the reverse maps of the image files, where each image file lives on the
+//! host's devices, and the block devices involved. The reporter takes the same
+//! snapshot from images directly for offline analysis where the images are at hand.
 
+use crate::HostFileOffset;
+use crate::host::{DevId, HostResolver, Topology};
+use crate::qcow2::Chain;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use viopath_layouts::HostFileOffset;
-use viopath_layouts::host::{DevId, HostResolver, Topology};
-use viopath_layouts::qcow2::Chain;
 
+/// Snapshot the chains whose files are `files` and the block devices `devices`.
 pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
     let mut images = Vec::new();
     let mut covered: BTreeSet<PathBuf> = BTreeSet::new();
@@ -48,6 +51,19 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
             .filter_map(|id| chain.reverse_map(id).ok())
             .map(|rm| json!({"file": chain.files[rm.file].path, "file_len": rm.file_len, "extents": rm.extents}))
             .collect();
+        // Every chain file, whole, down to the bottom device: block IO on any byte of
+        // it (metadata included) can then be joined by address.
+        let file_hosts: Vec<Value> = chain
+            .files
+            .iter()
+            .map(|cf| {
+                let len = std::fs::metadata(&cf.path).map(|m| m.len()).unwrap_or(0);
+                match resolver.resolve(&cf.path, HostFileOffset(0), len) {
+                    Ok(segs) => json!({"file": cf.path, "len": len, "host": segs}),
+                    Err(err) => json!({"file": cf.path, "len": len, "host_error": err.to_string()}),
+                }
+            })
+            .collect();
         images.push(json!({
             "path": f,
             "virtual_size": chain.virtual_size(),
@@ -55,6 +71,7 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
             "warnings": chain.warnings,
             "map": entries,
             "reverse": reverse,
+            "file_hosts": file_hosts,
         }));
     }
     let mut topo = Topology::system();

@@ -1,0 +1,1532 @@
+//! The join: events in timestamp order in, one [`IoRow`] per guest-visible IO out, plus
+//! [`OtherIo`] for IO no guest request caused. Streaming: state is kept only for
+//! requests in flight and dropped when they finish, so memory follows the queue depth,
+//! not the trace length.
+//!
+//! How events find their request (docs/layers.md has the full rules):
+//! - inside QEMU by pointers: the VirtIOBlockReq, then the QEMUIOVector every block
+//!   layer of one request shares, the thread-pool job, io_uring user_data; qcow2
+//!   metadata reads by the L2 cache lookup that precedes them on the same thread;
+//! - host syscalls by the thread-pool worker's thread id, or by offset and length;
+//! - direct IO by position and length, then by kiocb;
+//! - bios and requests by address: each host IO in flight registers the sectors it
+//!   covers on every device below the image file (from the layout), and a bio queued on
+//!   one of those sectors while it is in flight belongs to it; after that, by bio and
+//!   request pointer until completion. Merged requests belong to every IO they carry.
+//!
+//! Every key is removed when its request ends, so a reused pointer starts fresh.
+
+use crate::layers::{Boundaries, NB};
+use crate::layout::{DevRange, Layout};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use viopath_probes::abi::{EventKind, RawEvent, qemu_probe as q};
+
+/// A fast hasher for pointer and id keys (already well spread).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64)
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A slab with generation-checked references: a stale reference finds nothing.
+struct Slab<T> {
+    items: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ref {
+    idx: u32,
+    generation: u32,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+    fn insert(&mut self, t: T) -> Ref {
+        self.live += 1;
+        if let Some(idx) = self.free.pop() {
+            let slot = &mut self.items[idx as usize];
+            slot.0 = slot.0.wrapping_add(1);
+            slot.1 = Some(t);
+            Ref {
+                idx,
+                generation: slot.0,
+            }
+        } else {
+            self.items.push((0, Some(t)));
+            Ref {
+                idx: self.items.len() as u32 - 1,
+                generation: 0,
+            }
+        }
+    }
+    fn get(&self, r: Ref) -> Option<&T> {
+        match self.items.get(r.idx as usize) {
+            Some((g, Some(t))) if *g == r.generation => Some(t),
+            _ => None,
+        }
+    }
+    fn get_mut(&mut self, r: Ref) -> Option<&mut T> {
+        match self.items.get_mut(r.idx as usize) {
+            Some((g, Some(t))) if *g == r.generation => Some(t),
+            _ => None,
+        }
+    }
+    fn remove(&mut self, r: Ref) -> Option<T> {
+        match self.items.get_mut(r.idx as usize) {
+            Some((g, slot @ Some(_))) if *g == r.generation => {
+                self.free.push(r.idx);
+                self.live -= 1;
+                slot.take()
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Read,
+    Write,
+    Other,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Other => "other",
+        }
+    }
+}
+
+/// Which layer an IO was first seen at: the top of its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A virtio-blk request from the guest.
+    Virtio,
+    /// A QEMU block request (blk_aio_*, blk_co_*, bdrv_co_*): no virtio layer traced,
+    /// or QEMU's own user (qemu-io, a block job).
+    QemuBlock,
+}
+
+pub mod flags {
+    /// Its data went to the host as more than one IO (qcow2 cluster boundaries).
+    pub const SPLIT: u16 = 1;
+    /// A block request carried its data together with another IO's.
+    pub const MERGED: u16 = 2;
+    /// virtio-blk merged it into the request before it; times are that request's.
+    pub const VIRTIO_MERGED: u16 = 4;
+    /// A bio was split in the block layer.
+    pub const BIO_SPLIT: u16 = 8;
+}
+
+pub mod reasons {
+    pub const NO_HOST_IO: u16 = 1;
+    pub const HOST_IO_UNFINISHED: u16 = 2;
+    pub const NO_COMPLETION: u16 = 4;
+    pub const KEY_REUSED: u16 = 8;
+    pub const NO_DEVICE_IO: u16 = 16;
+    pub const NAMES: [(u16, &str); 5] = [
+        (
+            NO_HOST_IO,
+            "no host IO joined (events lost, or served from QEMU's cache)",
+        ),
+        (HOST_IO_UNFINISHED, "a host IO never completed in the trace"),
+        (
+            NO_COMPLETION,
+            "no completion seen (trace ended, or events lost)",
+        ),
+        (
+            KEY_REUSED,
+            "its pointer was reused before it completed (events lost)",
+        ),
+        (
+            NO_DEVICE_IO,
+            "host IO reached no bottom device (page cache, or block events lost)",
+        ),
+    ];
+}
+
+/// One guest-visible IO, joined.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoRow {
+    /// Order of arrival.
+    pub id: u64,
+    pub op: Op,
+    /// Guest offset (bytes), when a layer that knows it was traced.
+    pub offset: Option<u64>,
+    pub bytes: u64,
+    pub source: Source,
+    /// Boundary timestamps, ns; 0 = absent.
+    pub b: Boundaries,
+    /// Host IOs carrying its data, and qcow2 metadata IOs it caused.
+    pub host_ios: u32,
+    pub meta_ios: u32,
+    pub meta_ns: u64,
+    pub bios: u32,
+    pub requests: u32,
+    /// Bottom device (kernel dev_t), 0 if none.
+    pub bottom_dev: u32,
+    pub flags: u16,
+    /// Why the row is partial (see [`reasons`]); 0 = complete.
+    pub partial: u16,
+    /// For virtio-merged requests: the id of the request that carried it.
+    pub merged_into: Option<u64>,
+}
+
+/// What IO that belongs to no guest request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherClass {
+    /// QEMU file IO outside any guest request: qcow2 metadata flushes, header updates.
+    QemuInternal,
+    /// A positioned syscall of the QEMU process that no QEMU block event led to.
+    QemuSyscall,
+    /// Block IO on an image file's sectors that no traced request issued: page-cache
+    /// writeback or readahead of the image, or another process using the file.
+    ImageWriteback,
+    /// Block IO on the devices below the images, elsewhere: filesystem journal, other
+    /// files, other processes.
+    OtherDeviceIo,
+}
+
+impl OtherClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            OtherClass::QemuInternal => "qemu internal file IO (qcow2 metadata flush, header)",
+            OtherClass::QemuSyscall => "qemu syscall outside block requests",
+            OtherClass::ImageWriteback => "image file IO not from a request (writeback, readahead)",
+            OtherClass::OtherDeviceIo => "other IO on the same devices (journal, other files)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherIo {
+    pub class: OtherClass,
+    pub start: u64,
+    pub end: u64,
+    pub bytes: u64,
+    pub dev: u32,
+}
+
+pub trait Sink {
+    fn io(&mut self, row: &IoRow);
+    fn other(&mut self, other: &OtherIo);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HioKind {
+    Data,
+    Meta,
+    Internal,
+    Syscall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Unknown,
+    Threads,
+    Native,
+    Uring,
+}
+
+struct Hio {
+    root: Option<Ref>,
+    kind: HioKind,
+    api: Api,
+    offset: u64,
+    bytes: u64,
+    created: u64,
+    submit: u64,
+    complete: u64,
+    first_q: u64,
+    issue_any: u64,
+    done_any: u64,
+    issue_bottom: u64,
+    done_bottom: u64,
+    ranges: Vec<DevRange>,
+    has_kiocb: bool,
+    bios: u32,
+    requests: u32,
+    flags: u16,
+    bottom_dev: u32,
+    write: bool,
+}
+
+struct Root {
+    id: u64,
+    op: Op,
+    offset: Option<u64>,
+    bytes: u64,
+    source: Source,
+    top_probe: u8,
+    top_child: u64,
+    virtio_req: u64,
+    aio_opaque: u64,
+    qiovs: Vec<u64>,
+    b: Boundaries,
+    open_hios: u32,
+    data_hios: u32,
+    meta_hios: u32,
+    meta_ns: u64,
+    bios: u32,
+    requests: u32,
+    flags: u16,
+    partial: u16,
+    last: u64,
+    qcow2: bool,
+    bottom_dev: u32,
+    completed: bool,
+    merged_into: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum QiovBind {
+    Root(Ref),
+    Meta(Option<Ref>),
+}
+
+#[derive(Clone, Copy)]
+enum BioOwner {
+    Hio(Ref),
+    Other(u32),
+}
+
+/// A bio's owner, valid until the bio completes or its request does (blk-mq devices
+/// trace no bio completion). `remapped`: the next queue event for this pointer is the
+/// same bio moving down (partition remap), not a new bio at a reused address.
+#[derive(Clone, Copy)]
+struct BioEntry {
+    owner: BioOwner,
+    remapped: bool,
+}
+
+struct Req {
+    owners: Vec<Ref>,
+    bios: Vec<u64>,
+    other: Option<u32>,
+    dev: u32,
+    sector: u64,
+    sectors: u64,
+}
+
+struct OtherState {
+    io: OtherIo,
+}
+
+/// Trace time a QEMU-level request with no completion event (no virtio layer) is
+/// allowed to stay idle, all its host IO done, before it is considered finished.
+pub const IDLE_NS: u64 = 2_000_000;
+/// Requests with nothing happening for this long are finished as partial.
+pub const STALE_NS: u64 = 30_000_000_000;
+
+/// Counters for the summary.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct JoinStats {
+    pub events: u64,
+    pub ios: u64,
+    pub partial: u64,
+    pub other_ios: u64,
+    pub unknown_events: u64,
+    pub peak_in_flight: usize,
+}
+
+/// What the trace's header says about the probes, which changes how rows end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinConfig {
+    /// The KVM interrupt probe was attached: a completed virtio request waits for its
+    /// interrupt before it is reported.
+    pub await_msi: bool,
+    /// The images are qcow2 and the qcow2 probes were attached: a QEMU block request
+    /// that never reaches qcow2 is QEMU's own file IO (image open, header updates),
+    /// not a guest IO.
+    pub expect_qcow2: bool,
+}
+
+pub struct Join<'l, S: Sink> {
+    layout: &'l Layout,
+    pub sink: S,
+    pub stats: JoinStats,
+    cfg: JoinConfig,
+    roots: Slab<Root>,
+    hios: Slab<Hio>,
+    active: Vec<Ref>,
+    inflight: Vec<Ref>,
+    virtio: Map<u64, Ref>,
+    aio_opaque: Map<u64, Ref>,
+    qiov: Map<u64, QiovBind>,
+    pending_co: Map<u32, Ref>,
+    qcow2_ctx: Map<u32, Ref>,
+    meta_ctx: Map<u32, (Option<Ref>, u64)>,
+    file_children: Map<u64, ()>,
+    last_hio: Map<u32, Ref>,
+    aiocb: Map<u64, Ref>,
+    worker: Map<u32, Ref>,
+    laio_wait: Map<u32, Vec<Ref>>,
+    uring_wait: VecDeque<Ref>,
+    user_data: Map<u64, Ref>,
+    kiocb: Map<u64, Ref>,
+    dio_ctx: Map<u32, Ref>,
+    bios: Map<u64, BioEntry>,
+    reqs: Map<u64, Req>,
+    others: Slab<OtherState>,
+    other_ids: Map<u32, Ref>,
+    next_other: u32,
+    completion_batch: Map<u32, (u64, Boundaries, u64)>,
+    msi_wait: Vec<Ref>,
+    last_notify: u64,
+    next_id: u64,
+    now: u64,
+    next_sweep: u64,
+    scratch: Vec<DevRange>,
+}
+
+/// How deep in QEMU's block stack a probe is: a request never re-enters its own top
+/// level for the same node, so seeing that again with its qiov means a new request.
+fn level(probe: u8) -> u8 {
+    match probe {
+        q::BLK_AIO_PREADV | q::BLK_AIO_PWRITEV => 1,
+        q::BLK_CO_PREADV_PART | q::BLK_CO_PWRITEV_PART => 2,
+        q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART => 3,
+        q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART => 4,
+        _ => 0,
+    }
+}
+
+fn dev_bytes(a2: u64) -> (u32, u64) {
+    ((a2 >> 32) as u32, a2 & 0xffff_ffff)
+}
+
+fn min0(a: u64, b: u64) -> u64 {
+    if a == 0 {
+        b
+    } else if b == 0 {
+        a
+    } else {
+        a.min(b)
+    }
+}
+
+impl<'l, S: Sink> Join<'l, S> {
+    pub fn new(layout: &'l Layout, sink: S, cfg: JoinConfig) -> Self {
+        Join {
+            layout,
+            sink,
+            stats: JoinStats::default(),
+            cfg,
+            roots: Slab::new(),
+            hios: Slab::new(),
+            active: Vec::new(),
+            inflight: Vec::new(),
+            virtio: Map::default(),
+            aio_opaque: Map::default(),
+            qiov: Map::default(),
+            pending_co: Map::default(),
+            qcow2_ctx: Map::default(),
+            meta_ctx: Map::default(),
+            file_children: Map::default(),
+            last_hio: Map::default(),
+            aiocb: Map::default(),
+            worker: Map::default(),
+            laio_wait: Map::default(),
+            uring_wait: VecDeque::new(),
+            user_data: Map::default(),
+            kiocb: Map::default(),
+            dio_ctx: Map::default(),
+            bios: Map::default(),
+            reqs: Map::default(),
+            others: Slab::new(),
+            other_ids: Map::default(),
+            next_other: 0,
+            completion_batch: Map::default(),
+            msi_wait: Vec::new(),
+            last_notify: 0,
+            next_id: 0,
+            now: 0,
+            next_sweep: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Requests and host IOs currently held.
+    pub fn in_flight(&self) -> usize {
+        self.roots.live + self.hios.live + self.bios.len() + self.reqs.len()
+    }
+
+    pub fn event(&mut self, e: &RawEvent) {
+        self.stats.events += 1;
+        self.now = self.now.max(e.ts);
+        if self.now >= self.next_sweep {
+            self.sweep();
+            self.next_sweep = self.now.saturating_add(1_000_000);
+        }
+        const QEMU: u8 = EventKind::Qemu as u8;
+        const SYS_ENTER: u8 = EventKind::SysEnter as u8;
+        const SYS_EXIT: u8 = EventKind::SysExit as u8;
+        const BIO_QUEUE: u8 = EventKind::BioQueue as u8;
+        const BIO_REMAP: u8 = EventKind::BioRemap as u8;
+        const BIO_SPLIT: u8 = EventKind::BioSplit as u8;
+        const BIO_MERGE: u8 = EventKind::BioMerge as u8;
+        const BIO_COMPLETE: u8 = EventKind::BioComplete as u8;
+        const RQ_INSERT: u8 = EventKind::RqInsert as u8;
+        const RQ_ISSUE: u8 = EventKind::RqIssue as u8;
+        const RQ_COMPLETE: u8 = EventKind::RqComplete as u8;
+        const RQ_MERGE: u8 = EventKind::RqMerge as u8;
+        const URING_SUBMIT: u8 = EventKind::UringSubmit as u8;
+        const URING_COMPLETE: u8 = EventKind::UringComplete as u8;
+        const DIO_BEGIN: u8 = EventKind::DioBegin as u8;
+        const DIO_MAP: u8 = EventKind::DioMap as u8;
+        const DIO_COMPLETE: u8 = EventKind::DioComplete as u8;
+        const FS_ENTER: u8 = EventKind::FsEnter as u8;
+        const FS_EXIT: u8 = EventKind::FsExit as u8;
+        const KVM_MMIO: u8 = EventKind::KvmMmio as u8;
+        const KVM_MSI: u8 = EventKind::KvmMsi as u8;
+        const DM_SUBMIT: u8 = EventKind::DmSubmit as u8;
+        const DM_ENDIO: u8 = EventKind::DmEndio as u8;
+        match e.kind {
+            QEMU => self.qemu(e),
+            SYS_ENTER => self.sys_enter(e),
+            SYS_EXIT => self.sys_exit(e),
+            BIO_QUEUE => self.bio_queue(e),
+            BIO_REMAP => {
+                if let Some(b) = self.bios.get_mut(&e.a[0]) {
+                    b.remapped = true;
+                }
+            }
+            BIO_SPLIT => {
+                if let Some(BioOwner::Hio(h)) = self.bios.get(&e.a[0]).map(|b| b.owner)
+                    && let Some(h) = self.hios.get_mut(h)
+                {
+                    h.flags |= flags::BIO_SPLIT;
+                }
+            }
+            BIO_MERGE => self.bio_merge(e),
+            BIO_COMPLETE => self.bio_complete(e),
+            RQ_INSERT | RQ_ISSUE => self.rq_start(e),
+            RQ_COMPLETE => self.rq_complete(e),
+            RQ_MERGE => self.rq_merge(e),
+            URING_SUBMIT => self.uring_submit(e),
+            URING_COMPLETE => {
+                if let Some(h) = self.user_data.remove(&e.a[0]) {
+                    self.hio_done(h, e.ts);
+                }
+            }
+            DIO_BEGIN | FS_ENTER => self.dio_begin(e),
+            DIO_COMPLETE => {
+                if let Some(h) = self.kiocb.remove(&e.a[0])
+                    && let Some(hio) = self.hios.get_mut(h)
+                {
+                    hio.done_any = hio.done_any.max(e.ts);
+                    if hio.api == Api::Native {
+                        self.hio_done(h, e.ts);
+                    }
+                }
+            }
+            KVM_MMIO => self.last_notify = e.ts,
+            KVM_MSI => self.msi(e.ts),
+            DIO_MAP | FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
+            _ => self.stats.unknown_events += 1,
+        }
+        let in_flight = self.roots.live + self.hios.live;
+        if in_flight > self.stats.peak_in_flight {
+            self.stats.peak_in_flight = in_flight;
+        }
+    }
+
+    fn new_root(&mut self, e: &RawEvent, source: Source) -> Ref {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut b = [0; NB];
+        b[1] = e.ts;
+        let r = self.roots.insert(Root {
+            id,
+            op: Op::Other,
+            offset: None,
+            bytes: 0,
+            source,
+            top_probe: 0,
+            top_child: 0,
+            virtio_req: 0,
+            aio_opaque: 0,
+            qiovs: Vec::new(),
+            b,
+            open_hios: 0,
+            data_hios: 0,
+            meta_hios: 0,
+            meta_ns: 0,
+            bios: 0,
+            requests: 0,
+            flags: 0,
+            partial: 0,
+            last: e.ts,
+            qcow2: false,
+            bottom_dev: 0,
+            completed: false,
+            merged_into: None,
+        });
+        self.active.push(r);
+        r
+    }
+
+    fn set_io(&mut self, r: Ref, op: Op, offset: u64, bytes: u64) {
+        if let Some(root) = self.roots.get_mut(r)
+            && root.offset.is_none()
+        {
+            root.op = op;
+            root.offset = Some(offset);
+            root.bytes = bytes;
+        }
+    }
+
+    fn bind_qiov(&mut self, qiov: u64, r: Ref) {
+        self.qiov.insert(qiov, QiovBind::Root(r));
+        if let Some(root) = self.roots.get_mut(r) {
+            root.qiovs.push(qiov);
+        }
+    }
+
+    fn qemu(&mut self, e: &RawEvent) {
+        let [a0, a1, a2, a3] = e.a;
+        match e.sub {
+            q::VIRTIO_HANDLE_REQUEST => {
+                if let Some(old) = self.virtio.remove(&a0) {
+                    self.finish_root(old, reasons::KEY_REUSED);
+                }
+                let r = self.new_root(e, Source::Virtio);
+                let notify = self.last_notify;
+                if let Some(root) = self.roots.get_mut(r) {
+                    root.virtio_req = a0;
+                    // Requests popped by one handler run share the doorbell before them.
+                    if notify != 0 && notify <= e.ts && e.ts - notify < 10_000_000 {
+                        root.b[0] = notify;
+                    }
+                }
+                self.virtio.insert(a0, r);
+            }
+            q::BLK_AIO_PREADV | q::BLK_AIO_PWRITEV => {
+                let op = if e.sub == q::BLK_AIO_PREADV {
+                    Op::Read
+                } else {
+                    Op::Write
+                };
+                let r = match self.virtio.get(&a0) {
+                    Some(&r) => r,
+                    None => {
+                        if let Some(old) = self.aio_opaque.remove(&a0) {
+                            self.finish_root(old, 0);
+                        }
+                        let r = self.new_root(e, Source::QemuBlock);
+                        self.aio_opaque.insert(a0, r);
+                        if let Some(root) = self.roots.get_mut(r) {
+                            root.aio_opaque = a0;
+                            root.top_probe = e.sub;
+                            root.top_child = a3;
+                        }
+                        r
+                    }
+                };
+                self.set_io(r, op, a1, a2);
+                self.pending_co.insert(e.tid, r);
+            }
+            q::BLK_CO_PREADV_PART
+            | q::BLK_CO_PWRITEV_PART
+            | q::BDRV_CO_PREADV_PART
+            | q::BDRV_CO_PWRITEV_PART
+            | q::QCOW2_CO_PREADV_PART
+            | q::QCOW2_CO_PWRITEV_PART => self.qemu_block(e),
+            q::QCOW2_CACHE_GET => {
+                let ctx = self.qcow2_ctx.get(&e.tid).copied();
+                self.meta_ctx.insert(e.tid, (ctx, a1));
+            }
+            q::RAW_CO_PRW => {
+                let op = match a3 & 0xff {
+                    q::AIO_READ => Op::Read,
+                    q::AIO_WRITE => Op::Write,
+                    _ => Op::Other,
+                };
+                self.new_file_io(e, a0, a1, a2, op == Op::Write);
+            }
+            q::THREAD_POOL_SUBMIT_AIO => {
+                // Only read/write jobs reach handle_aiocb_rw (flush, discard... do not).
+                if matches!(a3 & 0xff, q::AIO_READ | q::AIO_WRITE) {
+                    let h = self.file_io_for(e, a1, a2, Api::Threads);
+                    self.aiocb.insert(a0, h);
+                }
+            }
+            q::HANDLE_AIOCB_RW => {
+                if let Some(h) = self.aiocb.remove(&a0) {
+                    self.worker.insert(e.tid, h);
+                }
+            }
+            q::LAIO_CO_SUBMIT => {
+                let h = self.file_io_for(e, a1, a2, Api::Native);
+                self.laio_wait.entry(e.tid).or_default().push(h);
+            }
+            q::LURING_CO_SUBMIT => {
+                let h = self.file_io_for(e, a1, a2, Api::Uring);
+                self.uring_wait.push_back(h);
+            }
+            q::VIRTIO_RW_COMPLETE => {
+                if let Some(&r) = self.virtio.get(&a0)
+                    && let Some(root) = self.roots.get_mut(r)
+                {
+                    root.b[7] = e.ts;
+                    root.last = e.ts;
+                    let snapshot = (root.id, root.b, e.ts);
+                    self.completion_batch.insert(e.tid, snapshot);
+                }
+            }
+            q::VIRTIO_REQ_COMPLETE => {
+                let Some(r) = self.virtio.remove(&a0) else {
+                    return;
+                };
+                let batch = self.completion_batch.get(&e.tid).copied();
+                let Some(root) = self.roots.get_mut(r) else {
+                    return;
+                };
+                root.b[8] = e.ts;
+                root.last = e.ts;
+                root.completed = true;
+                root.virtio_req = 0;
+                if root.offset.is_none()
+                    && root.data_hios == 0
+                    && root.open_hios == 0
+                    && let Some((id, b, at)) = batch
+                    && id != root.id
+                    && e.ts.saturating_sub(at) < 1_000_000
+                {
+                    // Merged by virtio-blk into the request completing before it on
+                    // this thread: it shares that request's path.
+                    root.b[2..8].copy_from_slice(&b[2..8]);
+                    root.flags |= flags::VIRTIO_MERGED;
+                    root.merged_into = Some(id);
+                }
+                if self.cfg.await_msi {
+                    self.msi_wait.push(r);
+                } else {
+                    self.finish_root(r, 0);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn qemu_block(&mut self, e: &RawEvent) {
+        let [qiov, off, bytes, child] = e.a;
+        let write = matches!(
+            e.sub,
+            q::BLK_CO_PWRITEV_PART | q::BDRV_CO_PWRITEV_PART | q::QCOW2_CO_PWRITEV_PART
+        );
+        let op = if write { Op::Write } else { Op::Read };
+        let is_qcow2 = matches!(e.sub, q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART);
+        if let Some(bind) = self.qiov.get(&qiov).copied() {
+            match bind {
+                QiovBind::Root(r) => {
+                    let reuse = match self.roots.get(r) {
+                        Some(root) => {
+                            level(root.top_probe) == level(e.sub)
+                                && root.top_child == child
+                                && root.open_hios == 0
+                        }
+                        None => true,
+                    };
+                    if !reuse {
+                        let root = self.roots.get_mut(r).expect("checked");
+                        root.last = e.ts;
+                        if is_qcow2 {
+                            root.qcow2 = true;
+                            self.qcow2_ctx.insert(e.tid, r);
+                        } else if root.qcow2
+                            && matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART)
+                        {
+                            self.file_children.insert(child, ());
+                        }
+                        return;
+                    }
+                    // The pointer is back for a new request: the old one is over.
+                    self.qiov.remove(&qiov);
+                    if self.roots.get(r).is_some() {
+                        self.finish_root(r, 0);
+                    }
+                }
+                QiovBind::Meta(_) => return,
+            }
+        }
+        // A qiov we have not seen: a metadata read after an L2 cache lookup, the block
+        // request a blk_aio_* event announced, QEMU's own file IO, or a new request.
+        if let Some((ctx, table)) = self.meta_ctx.get(&e.tid).copied()
+            && table == off
+        {
+            self.meta_ctx.remove(&e.tid);
+            self.qiov.insert(qiov, QiovBind::Meta(ctx));
+            if let Some(r) = ctx
+                && let Some(root) = self.roots.get_mut(r)
+            {
+                root.qiovs.push(qiov);
+            }
+            return;
+        }
+        if let Some(r) = self.pending_co.get(&e.tid).copied()
+            && let Some(root) = self.roots.get(r)
+            && root.offset == Some(off)
+            && root.bytes == bytes
+            && root.qiovs.is_empty()
+        {
+            self.pending_co.remove(&e.tid);
+            self.bind_qiov(qiov, r);
+            let root = self.roots.get_mut(r).expect("checked");
+            if root.top_probe == 0 || root.aio_opaque != 0 {
+                root.top_probe = e.sub;
+                root.top_child = child;
+            }
+            if is_qcow2 {
+                root.qcow2 = true;
+                self.qcow2_ctx.insert(e.tid, r);
+            }
+            return;
+        }
+        if self.file_children.contains_key(&child) {
+            let ctx = self
+                .qcow2_ctx
+                .get(&e.tid)
+                .copied()
+                .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed));
+            self.qiov.insert(qiov, QiovBind::Meta(ctx));
+            if let Some(r) = ctx
+                && let Some(root) = self.roots.get_mut(r)
+            {
+                root.qiovs.push(qiov);
+            }
+            return;
+        }
+        let r = self.new_root(e, Source::QemuBlock);
+        self.set_io(r, op, off, bytes);
+        self.bind_qiov(qiov, r);
+        let root = self.roots.get_mut(r).expect("just made");
+        root.top_probe = e.sub;
+        root.top_child = child;
+        if is_qcow2 {
+            root.qcow2 = true;
+            self.qcow2_ctx.insert(e.tid, r);
+        }
+    }
+
+    /// A file-posix request: a host IO is coming.
+    fn new_file_io(&mut self, e: &RawEvent, qiov: u64, off: u64, bytes: u64, write: bool) -> Ref {
+        let (root, kind) = match self.qiov.get(&qiov).copied() {
+            Some(QiovBind::Root(r)) if self.roots.get(r).is_some() => (Some(r), HioKind::Data),
+            Some(QiovBind::Meta(Some(r))) if self.roots.get(r).is_some() => {
+                (Some(r), HioKind::Meta)
+            }
+            _ => (None, HioKind::Internal),
+        };
+        let h = self.add_hio(root, kind, off, bytes, e.ts, write);
+        self.last_hio.insert(e.tid, h);
+        h
+    }
+
+    fn add_hio(
+        &mut self,
+        root: Option<Ref>,
+        kind: HioKind,
+        off: u64,
+        bytes: u64,
+        ts: u64,
+        write: bool,
+    ) -> Ref {
+        self.scratch.clear();
+        if bytes > 0 {
+            self.layout.dev_ranges(off, bytes, &mut self.scratch);
+        }
+        let ranges = std::mem::take(&mut self.scratch);
+        if let Some(r) = root
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            root.open_hios += 1;
+            root.last = ts;
+            if kind == HioKind::Data {
+                root.data_hios += 1;
+                if root.data_hios > 1 {
+                    root.flags |= flags::SPLIT;
+                }
+            }
+        }
+        let h = self.hios.insert(Hio {
+            root,
+            kind,
+            api: Api::Unknown,
+            offset: off,
+            bytes,
+            created: ts,
+            submit: 0,
+            complete: 0,
+            first_q: 0,
+            issue_any: 0,
+            done_any: 0,
+            issue_bottom: 0,
+            done_bottom: 0,
+            ranges,
+            has_kiocb: false,
+            bios: 0,
+            requests: 0,
+            flags: 0,
+            bottom_dev: 0,
+            write,
+        });
+        self.inflight.push(h);
+        h
+    }
+
+    /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
+    /// the file-posix request just made on this thread, or a new one from the qiov.
+    fn file_io_for(&mut self, e: &RawEvent, off: u64, bytes: u64, api: Api) -> Ref {
+        if let Some(h) = self.last_hio.get(&e.tid).copied()
+            && let Some(hio) = self.hios.get_mut(h)
+            && hio.offset == off
+            && hio.api == Api::Unknown
+        {
+            hio.api = api;
+            return h;
+        }
+        let write = e.a[3] & 0xff == q::AIO_WRITE;
+        let qiov = if api == Api::Threads { 0 } else { e.a[0] };
+        let h = self.new_file_io(e, qiov, off, bytes, write);
+        if let Some(hio) = self.hios.get_mut(h) {
+            hio.api = api;
+        }
+        h
+    }
+
+    fn sys_enter(&mut self, e: &RawEvent) {
+        match e.sub {
+            1..=6 => {
+                let h = match self.worker.get(&e.tid).copied() {
+                    Some(h) => h,
+                    None => {
+                        // No thread-pool probe: find the file IO by offset and length.
+                        let found = self.inflight.iter().copied().find(|&h| {
+                            self.hios.get(h).is_some_and(|x| {
+                                x.submit == 0
+                                    && x.offset == e.a[1]
+                                    && x.bytes == e.a[2]
+                                    && matches!(x.api, Api::Unknown | Api::Threads)
+                            })
+                        });
+                        let h = found.unwrap_or_else(|| {
+                            let write = matches!(e.sub, 2 | 4 | 6);
+                            let h =
+                                self.add_hio(None, HioKind::Syscall, e.a[1], e.a[2], e.ts, write);
+                            self.hios.get_mut(h).expect("new").api = Api::Threads;
+                            h
+                        });
+                        self.worker.insert(e.tid, h);
+                        h
+                    }
+                };
+                if let Some(hio) = self.hios.get_mut(h)
+                    && hio.submit == 0
+                {
+                    hio.submit = e.ts;
+                }
+            }
+            7 => {
+                if let Some(w) = self.laio_wait.get_mut(&e.tid) {
+                    for h in std::mem::take(w) {
+                        if let Some(hio) = self.hios.get_mut(h) {
+                            hio.submit = min0(hio.submit, e.ts);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sys_exit(&mut self, e: &RawEvent) {
+        if (1..=6).contains(&e.sub) {
+            self.dio_ctx.remove(&e.tid);
+            if let Some(h) = self.worker.remove(&e.tid) {
+                self.hio_done(h, e.ts);
+            }
+        } else if e.sub == 7 {
+            self.dio_ctx.remove(&e.tid);
+        }
+    }
+
+    fn uring_submit(&mut self, e: &RawEvent) {
+        let h = loop {
+            match self.uring_wait.pop_front() {
+                Some(h) if self.hios.get(h).is_some() => break h,
+                Some(_) => continue,
+                None => {
+                    let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts, false);
+                    self.hios.get_mut(h).expect("new").api = Api::Uring;
+                    break h;
+                }
+            }
+        };
+        if let Some(hio) = self.hios.get_mut(h) {
+            hio.submit = min0(hio.submit, e.ts);
+        }
+        self.user_data.insert(e.a[0], h);
+    }
+
+    fn dio_begin(&mut self, e: &RawEvent) {
+        let [kiocb, pos, count, _ino] = e.a;
+        let h = match self.worker.get(&e.tid).copied() {
+            Some(h) => Some(h),
+            None => self.inflight.iter().copied().find(|&h| {
+                self.hios.get(h).is_some_and(|x| {
+                    !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0
+                })
+            }),
+        };
+        let h = match h {
+            Some(h) => h,
+            None => {
+                // A direct IO no QEMU probe announced (probes missing, or not QEMU's).
+                let h = self.add_hio(None, HioKind::Syscall, pos, count, e.ts, false);
+                self.hios.get_mut(h).expect("new").api = Api::Native;
+                h
+            }
+        };
+        if let Some(hio) = self.hios.get_mut(h) {
+            hio.has_kiocb = true;
+            hio.submit = min0(hio.submit, e.ts);
+            if hio.ranges.is_empty() && hio.bytes == 0 {
+                hio.offset = pos;
+                hio.bytes = count;
+                self.layout.dev_ranges(pos, count, &mut hio.ranges);
+            }
+        }
+        self.kiocb.insert(kiocb, h);
+        self.dio_ctx.insert(e.tid, h);
+    }
+
+    /// Whose is a bio queued at `dev`/`sector`: a host IO in flight covering it.
+    fn owner_by_address(&self, dev: u32, sector: u64, sectors: u64) -> Option<Ref> {
+        let end = sector.saturating_add(sectors.max(1));
+        self.inflight.iter().copied().find(|&h| {
+            self.hios.get(h).is_some_and(|x| {
+                x.complete == 0
+                    && x.ranges
+                        .iter()
+                        .any(|r| r.dev == dev && r.start_sector < end && sector < r.end_sector)
+            })
+        })
+    }
+
+    fn is_bottom(hio: &Hio, dev: u32) -> Option<bool> {
+        if hio.ranges.is_empty() {
+            None
+        } else {
+            Some(hio.ranges.iter().any(|r| r.dev == dev && r.bottom))
+        }
+    }
+
+    fn bio_queue(&mut self, e: &RawEvent) {
+        let [bio, sector, a2, _] = e.a;
+        let (dev, bytes) = dev_bytes(a2);
+        let known = match self.bios.get(&bio) {
+            Some(b) if b.remapped => Some(b.owner),
+            _ => None,
+        };
+        let owner = match known {
+            Some(o) => Some(o),
+            None => self
+                .owner_by_address(dev, sector, bytes.div_ceil(512))
+                .or_else(|| {
+                    // Submitted synchronously by the thread doing a traced direct IO.
+                    self.dio_ctx
+                        .get(&e.tid)
+                        .copied()
+                        .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
+                })
+                .map(BioOwner::Hio),
+        };
+        let owner = match owner {
+            Some(o) => o,
+            None => {
+                let id = self.new_other(e.ts, dev, sector, bytes);
+                BioOwner::Other(id)
+            }
+        };
+        match owner {
+            BioOwner::Hio(h) => {
+                if let Some(hio) = self.hios.get_mut(h) {
+                    hio.first_q = min0(hio.first_q, e.ts);
+                    hio.bios += 1;
+                }
+            }
+            BioOwner::Other(id) => {
+                let _ = id;
+            }
+        }
+        self.bios.insert(
+            bio,
+            BioEntry {
+                owner,
+                remapped: false,
+            },
+        );
+    }
+
+    fn new_other(&mut self, ts: u64, dev: u32, sector: u64, bytes: u64) -> u32 {
+        let class = if self.layout.occupied(
+            dev,
+            sector,
+            sector.saturating_add(bytes.div_ceil(512).max(1)),
+        ) {
+            OtherClass::ImageWriteback
+        } else {
+            OtherClass::OtherDeviceIo
+        };
+        let id = self.next_other;
+        self.next_other = self.next_other.wrapping_add(1);
+        let r = self.others.insert(OtherState {
+            io: OtherIo {
+                class,
+                start: ts,
+                end: ts,
+                bytes,
+                dev,
+            },
+        });
+        self.other_ids.insert(id, r);
+        id
+    }
+
+    /// IO nobody claimed completed: report it.
+    fn other_done(&mut self, id: u32, ts: u64) {
+        let Some(r) = self.other_ids.remove(&id) else {
+            return;
+        };
+        if let Some(mut o) = self.others.remove(r) {
+            o.io.end = o.io.end.max(ts);
+            self.stats.other_ios += 1;
+            self.sink.other(&o.io);
+        }
+    }
+
+    fn bio_complete(&mut self, e: &RawEvent) {
+        match self.bios.remove(&e.a[0]).map(|b| b.owner) {
+            Some(BioOwner::Hio(h)) => {
+                if let Some(hio) = self.hios.get_mut(h) {
+                    hio.done_any = hio.done_any.max(e.ts);
+                }
+            }
+            Some(BioOwner::Other(id)) => self.other_done(id, e.ts),
+            None => {}
+        }
+    }
+
+    fn find_adjacent_rq(&self, dev: u32, sector: u64, sectors: u64) -> Option<u64> {
+        self.reqs.iter().find_map(|(&k, r)| {
+            (r.dev == dev
+                && (r.sector.saturating_add(r.sectors) == sector
+                    || sector.saturating_add(sectors) == r.sector))
+                .then_some(k)
+        })
+    }
+
+    fn bio_merge(&mut self, e: &RawEvent) {
+        let [bio, sector, a2, _] = e.a;
+        let (dev, bytes) = dev_bytes(a2);
+        let sectors = bytes.div_ceil(512);
+        let Some(owner) = self.bios.get(&bio).map(|b| b.owner) else {
+            return;
+        };
+        let Some(k) = self.find_adjacent_rq(dev, sector, sectors) else {
+            return;
+        };
+        let rq = self.reqs.get_mut(&k).expect("found");
+        rq.bios.push(bio);
+        if sector.saturating_add(sectors) == rq.sector {
+            rq.sector = sector;
+        }
+        rq.sectors = rq.sectors.saturating_add(sectors);
+        if let BioOwner::Hio(h) = owner
+            && !rq.owners.contains(&h)
+        {
+            rq.owners.push(h);
+            if rq.owners.len() > 1 {
+                for &o in &rq.owners {
+                    if let Some(x) = self.hios.get_mut(o) {
+                        x.flags |= flags::MERGED;
+                    }
+                }
+            }
+        }
+    }
+
+    fn rq_start(&mut self, e: &RawEvent) {
+        let [rq, sector, a2, first_bio] = e.a;
+        let (dev, bytes) = dev_bytes(a2);
+        if !self.reqs.contains_key(&rq) {
+            let mut owners = Vec::new();
+            let mut other = None;
+            match self.bios.get(&first_bio).map(|b| b.owner) {
+                Some(BioOwner::Hio(h)) if self.hios.get(h).is_some() => owners.push(h),
+                Some(BioOwner::Other(id)) => other = Some(id),
+                _ => {
+                    if let Some(h) = self.owner_by_address(dev, sector, bytes.div_ceil(512)) {
+                        owners.push(h);
+                    }
+                }
+            }
+            for &h in &owners {
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.requests += 1;
+                }
+            }
+            self.reqs.insert(
+                rq,
+                Req {
+                    owners,
+                    bios: vec![first_bio],
+                    other,
+                    dev,
+                    sector,
+                    sectors: bytes.div_ceil(512),
+                },
+            );
+        }
+        if e.kind == EventKind::RqIssue as u8 {
+            let r = self.reqs.get(&rq).expect("inserted");
+            for &h in &r.owners {
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.issue_any = min0(x.issue_any, e.ts);
+                    if Self::is_bottom(x, r.dev) == Some(true) {
+                        x.issue_bottom = min0(x.issue_bottom, e.ts);
+                        x.bottom_dev = r.dev;
+                    }
+                }
+            }
+        }
+    }
+
+    fn rq_complete(&mut self, e: &RawEvent) {
+        let Some(r) = self.reqs.remove(&e.a[0]) else {
+            return;
+        };
+        for &h in &r.owners {
+            if let Some(x) = self.hios.get_mut(h) {
+                x.done_any = x.done_any.max(e.ts);
+                if Self::is_bottom(x, r.dev) == Some(true) {
+                    x.done_bottom = x.done_bottom.max(e.ts);
+                }
+            }
+        }
+        for b in &r.bios {
+            self.bios.remove(b);
+        }
+        if let Some(id) = r.other {
+            self.other_done(id, e.ts);
+        }
+    }
+
+    fn rq_merge(&mut self, e: &RawEvent) {
+        let Some(absorbed) = self.reqs.remove(&e.a[0]) else {
+            return;
+        };
+        if let Some(k) = self.find_adjacent_rq(absorbed.dev, absorbed.sector, absorbed.sectors) {
+            let rq = self.reqs.get_mut(&k).expect("found");
+            if absorbed.sector.saturating_add(absorbed.sectors) == rq.sector {
+                rq.sector = absorbed.sector;
+            }
+            rq.sectors = rq.sectors.saturating_add(absorbed.sectors);
+            rq.bios.extend(absorbed.bios);
+            for h in absorbed.owners {
+                if !rq.owners.contains(&h) {
+                    rq.owners.push(h);
+                }
+            }
+            if rq.owners.len() > 1 {
+                for &o in &rq.owners {
+                    if let Some(x) = self.hios.get_mut(o) {
+                        x.flags |= flags::MERGED;
+                    }
+                }
+            }
+        }
+    }
+
+    fn msi(&mut self, ts: u64) {
+        for r in std::mem::take(&mut self.msi_wait) {
+            if let Some(root) = self.roots.get_mut(r) {
+                root.b[9] = ts;
+            }
+            self.finish_root(r, 0);
+        }
+    }
+
+    /// A host IO completed: fold it into its request.
+    fn hio_done(&mut self, h: Ref, ts: u64) {
+        let Some(mut hio) = self.hios.remove(h) else {
+            return;
+        };
+        hio.complete = ts;
+        if let Some(i) = self.inflight.iter().position(|&x| x == h) {
+            self.inflight.swap_remove(i);
+        }
+        let submit = if hio.submit != 0 {
+            hio.submit
+        } else {
+            hio.created
+        };
+        let root = hio
+            .root
+            .and_then(|r| self.roots.get_mut(r).map(|root| (r, root)));
+        match root {
+            Some((_, root)) => {
+                root.open_hios = root.open_hios.saturating_sub(1);
+                root.last = root.last.max(ts);
+                match hio.kind {
+                    HioKind::Data => {
+                        let b = &mut root.b;
+                        b[2] = min0(b[2], submit);
+                        b[3] = min0(b[3], hio.first_q);
+                        let (issue, done) = if hio.issue_bottom != 0 || hio.done_bottom != 0 {
+                            (hio.issue_bottom, hio.done_bottom)
+                        } else if hio.ranges.is_empty() {
+                            (hio.issue_any, hio.done_any)
+                        } else {
+                            (0, 0)
+                        };
+                        b[4] = min0(b[4], issue);
+                        b[5] = b[5].max(done);
+                        b[6] = b[6].max(ts);
+                        root.bios = root.bios.saturating_add(hio.bios);
+                        root.requests = root.requests.saturating_add(hio.requests);
+                        root.flags |= hio.flags;
+                        if hio.bottom_dev != 0 {
+                            root.bottom_dev = hio.bottom_dev;
+                        }
+                    }
+                    _ => {
+                        root.meta_hios += 1;
+                        root.meta_ns = root.meta_ns.saturating_add(ts.saturating_sub(submit));
+                    }
+                }
+            }
+            None => {
+                let class = match hio.kind {
+                    HioKind::Syscall => OtherClass::QemuSyscall,
+                    _ => OtherClass::QemuInternal,
+                };
+                self.stats.other_ios += 1;
+                self.sink.other(&OtherIo {
+                    class,
+                    start: submit,
+                    end: ts,
+                    bytes: hio.bytes,
+                    dev: hio.bottom_dev,
+                });
+            }
+        }
+        let _ = hio.write;
+    }
+
+    fn finish_root(&mut self, r: Ref, reason: u16) {
+        let Some(root) = self.roots.remove(r) else {
+            return;
+        };
+        for qv in &root.qiovs {
+            if let Some(QiovBind::Root(x) | QiovBind::Meta(Some(x))) = self.qiov.get(qv)
+                && *x == r
+            {
+                self.qiov.remove(qv);
+            }
+        }
+        if root.virtio_req != 0 && self.virtio.get(&root.virtio_req) == Some(&r) {
+            self.virtio.remove(&root.virtio_req);
+        }
+        if root.aio_opaque != 0 && self.aio_opaque.get(&root.aio_opaque) == Some(&r) {
+            self.aio_opaque.remove(&root.aio_opaque);
+        }
+        if self.cfg.expect_qcow2 && root.source == Source::QemuBlock && !root.qcow2 {
+            // QEMU reading or writing the image file itself (open, header, flush).
+            let end = root.b.iter().copied().max().unwrap_or(0);
+            self.stats.other_ios += 1;
+            self.sink.other(&OtherIo {
+                class: OtherClass::QemuInternal,
+                start: root.b[1],
+                end,
+                bytes: root.bytes,
+                dev: root.bottom_dev,
+            });
+            return;
+        }
+        let mut partial = root.partial | reason;
+        if root.flags & flags::VIRTIO_MERGED == 0 {
+            if root.data_hios == 0 {
+                partial |= reasons::NO_HOST_IO;
+            } else if root.b[4] == 0 && root.b[5] == 0 && root.b[3] == 0 && !self.layout.is_empty()
+            {
+                partial |= reasons::NO_DEVICE_IO;
+            }
+        }
+        if root.open_hios > 0 {
+            partial |= reasons::HOST_IO_UNFINISHED;
+        }
+        if root.source == Source::Virtio && root.b[8] == 0 {
+            partial |= reasons::NO_COMPLETION;
+        }
+        let row = IoRow {
+            id: root.id,
+            op: root.op,
+            offset: root.offset,
+            bytes: root.bytes,
+            source: root.source,
+            b: root.b,
+            host_ios: root.data_hios,
+            meta_ios: root.meta_hios,
+            meta_ns: root.meta_ns,
+            bios: root.bios,
+            requests: root.requests,
+            bottom_dev: root.bottom_dev,
+            flags: root.flags,
+            partial,
+            merged_into: root.merged_into,
+        };
+        self.stats.ios += 1;
+        if partial != 0 {
+            self.stats.partial += 1;
+        }
+        self.sink.io(&row);
+    }
+
+    /// Finish what is idle or stale.
+    fn sweep(&mut self) {
+        let now = self.now;
+        let mut done = Vec::new();
+        self.active.retain(|&r| {
+            let Some(root) = self.roots.get(r) else {
+                return false;
+            };
+            let idle = root.open_hios == 0
+                && root.source == Source::QemuBlock
+                && root.data_hios + root.meta_hios > 0
+                && now.saturating_sub(root.last) > IDLE_NS;
+            let stale = now.saturating_sub(root.last) > STALE_NS;
+            if idle || stale {
+                done.push((
+                    r,
+                    if stale && !idle {
+                        reasons::NO_COMPLETION
+                    } else {
+                        0
+                    },
+                ));
+                false
+            } else {
+                true
+            }
+        });
+        for (r, why) in done {
+            self.finish_root(r, why);
+        }
+        if self.msi_wait.iter().any(|&r| {
+            self.roots
+                .get(r)
+                .is_some_and(|x| now.saturating_sub(x.last) > IDLE_NS)
+        }) {
+            for r in std::mem::take(&mut self.msi_wait) {
+                self.finish_root(r, 0);
+            }
+        }
+        // Bios whose owner is gone (completion not traced for this device).
+        let hios = &self.hios;
+        let other_ids = &self.other_ids;
+        self.bios.retain(|_, b| match b.owner {
+            BioOwner::Hio(h) => hios.get(h).is_some(),
+            BioOwner::Other(id) => other_ids.contains_key(&id),
+        });
+        // Host IOs nothing will complete any more.
+        let stale_hios: Vec<Ref> = self
+            .inflight
+            .iter()
+            .copied()
+            .filter(|&h| {
+                self.hios
+                    .get(h)
+                    .is_some_and(|x| now.saturating_sub(x.created) > STALE_NS)
+            })
+            .collect();
+        for h in stale_hios {
+            if let Some(i) = self.inflight.iter().position(|&x| x == h) {
+                self.inflight.swap_remove(i);
+            }
+            self.hios.remove(h);
+        }
+    }
+
+    /// The trace ended: report everything still open as it is.
+    pub fn finish(mut self) -> (S, JoinStats) {
+        // Host IOs whose completion is known from the block layer (linux-aio without the
+        // direct-IO probe) complete there.
+        let open: Vec<Ref> = self.inflight.clone();
+        for h in open {
+            let done = self.hios.get(h).map(|x| x.done_any).unwrap_or(0);
+            if done != 0 {
+                self.hio_done(h, done);
+            }
+        }
+        for r in std::mem::take(&mut self.msi_wait) {
+            self.finish_root(r, 0);
+        }
+        let mut rest: Vec<(u64, Ref)> = self
+            .active
+            .iter()
+            .filter_map(|&r| self.roots.get(r).map(|x| (x.id, r)))
+            .collect();
+        rest.sort_unstable_by_key(|x| x.0);
+        for (_, r) in rest {
+            let reason = match self.roots.get(r) {
+                Some(x) if x.source == Source::Virtio && !x.completed => reasons::NO_COMPLETION,
+                _ => 0,
+            };
+            self.finish_root(r, reason);
+        }
+        let others: Vec<u32> = self.other_ids.keys().copied().collect();
+        for id in others {
+            if let Some(&r) = self.other_ids.get(&id)
+                && let Some(o) = self.others.remove(r)
+            {
+                self.stats.other_ios += 1;
+                self.sink.other(&o.io);
+            }
+        }
+        (self.sink, self.stats)
+    }
+}

@@ -1,0 +1,252 @@
+//! The address translation the join uses, built from a trace's layout snapshot (or one
+//! taken from the images now): where every byte of every image file lives on each
+//! block device below it, and what the image file holds there (guest data, L2 tables,
+//! refcount blocks...). Untrusted input: anything malformed is skipped and counted.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use viopath_probes::abi::kernel_dev;
+
+/// Where one piece of a host file range lies on one block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevRange {
+    /// Kernel encoding, as events carry it.
+    pub dev: u32,
+    pub start_sector: u64,
+    pub end_sector: u64,
+    /// The deepest device of this piece.
+    pub bottom: bool,
+}
+
+#[derive(Debug, Clone)]
+struct DevHop {
+    dev: u32,
+    byte: u64,
+    /// A partition's bios are traced with the whole disk's sector numbers: the same
+    /// range on the partition's dev_t at the disk's byte offset.
+    alias_byte: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    offset: u64,
+    len: u64,
+    hops: Vec<DevHop>,
+}
+
+/// What a byte of an image file holds, for attributing QEMU's own IO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    GuestData { guest: u64 },
+    L2Table { guest: u64 },
+    Refcount,
+    OtherMetadata,
+    Unused,
+}
+
+#[derive(Debug, Clone)]
+struct ReverseExtent {
+    start: u64,
+    len: u64,
+    holds: Holds,
+}
+
+#[derive(Debug, Default)]
+pub struct Layout {
+    files: Vec<(String, Vec<Segment>, Vec<ReverseExtent>)>,
+    /// Every device range any image file occupies, for classifying IO no request claims.
+    occupied: HashMap<u32, Vec<(u64, u64)>>,
+    pub device_names: HashMap<u32, String>,
+    /// L2 table coverage: guest bytes one L2 table maps (from the map, when known).
+    pub skipped: usize,
+}
+
+fn dev_of(v: &Value) -> Option<u32> {
+    let s = v.as_str()?;
+    let (a, b) = s.split_once(':')?;
+    Some(kernel_dev(a.parse().ok()?, b.parse().ok()?))
+}
+
+impl Layout {
+    /// Build from the layout JSON (trace format v1, Layout chunk).
+    pub fn from_snapshot(v: &Value) -> Layout {
+        let mut l = Layout::default();
+        for d in v["devices"].as_array().into_iter().flatten() {
+            if let (Some(dev), Some(name)) = (dev_of(&d["id"]), d["name"].as_str()) {
+                l.device_names.insert(dev, name.to_owned());
+            }
+        }
+        for img in v["images"].as_array().into_iter().flatten() {
+            let mut reverse_by_file: HashMap<String, Vec<ReverseExtent>> = HashMap::new();
+            for r in img["reverse"].as_array().into_iter().flatten() {
+                let file = r["file"].as_str().unwrap_or_default().to_owned();
+                let mut ext = Vec::new();
+                for e in r["extents"].as_array().into_iter().flatten() {
+                    let (Some(start), Some(len)) = (e["start"].as_u64(), e["len"].as_u64()) else {
+                        l.skipped += 1;
+                        continue;
+                    };
+                    let guest = e["guest"].as_u64();
+                    let holds = match (e["kind"].as_str().unwrap_or_default(), guest) {
+                        ("guest_data" | "preallocated" | "compressed", Some(g)) => {
+                            Holds::GuestData { guest: g }
+                        }
+                        ("l2_table", Some(g)) => Holds::L2Table { guest: g },
+                        ("refcount_table" | "refcount_block", _) => Holds::Refcount,
+                        ("free" | "unused" | "slack" | "leaked", _) => Holds::Unused,
+                        _ => Holds::OtherMetadata,
+                    };
+                    ext.push(ReverseExtent { start, len, holds });
+                }
+                ext.sort_by_key(|e| e.start);
+                reverse_by_file.insert(file, ext);
+            }
+            for fh in img["file_hosts"].as_array().into_iter().flatten() {
+                let file = fh["file"].as_str().unwrap_or_default().to_owned();
+                let mut segs = Vec::new();
+                for s in fh["host"].as_array().into_iter().flatten() {
+                    let (Some(offset), Some(len)) = (s["offset"].as_u64(), s["len"].as_u64())
+                    else {
+                        l.skipped += 1;
+                        continue;
+                    };
+                    let hops_json: Vec<&Value> =
+                        s["hops"].as_array().into_iter().flatten().collect();
+                    let mut hops = Vec::new();
+                    for (i, h) in hops_json.iter().enumerate() {
+                        if h["hop"] != "device" {
+                            continue;
+                        }
+                        let (Some(dev), Some(byte)) = (dev_of(&h["dev"]), h["byte"].as_u64())
+                        else {
+                            l.skipped += 1;
+                            continue;
+                        };
+                        if let Some(name) = h["device"].as_str() {
+                            l.device_names.entry(dev).or_insert_with(|| name.to_owned());
+                        }
+                        let alias_byte = hops_json
+                            .get(i + 1)
+                            .filter(|n| n["hop"] == "device" && n["via"] == "partition")
+                            .and_then(|n| n["byte"].as_u64());
+                        hops.push(DevHop {
+                            dev,
+                            byte,
+                            alias_byte,
+                        });
+                    }
+                    for h in &hops {
+                        let r = l.occupied.entry(h.dev).or_default();
+                        r.push((h.byte / 512, h.byte.saturating_add(len).div_ceil(512)));
+                        if let Some(a) = h.alias_byte {
+                            r.push((a / 512, a.saturating_add(len).div_ceil(512)));
+                        }
+                    }
+                    segs.push(Segment { offset, len, hops });
+                }
+                segs.sort_by_key(|s| s.offset);
+                let rev = reverse_by_file.remove(&file).unwrap_or_default();
+                l.files.push((file, segs, rev));
+            }
+        }
+        for r in l.occupied.values_mut() {
+            r.sort_unstable();
+            // Merge overlapping or touching ranges for binary search.
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+            for &(s, e) in r.iter() {
+                match merged.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => merged.push((s, e)),
+                }
+            }
+            *r = merged;
+        }
+        l
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Device ranges of host file bytes `[offset, offset + len)` of every image file
+    /// (the trace does not say which file a QEMU file IO went to; ranges of the wrong
+    /// file simply never match a bio).
+    pub fn dev_ranges(&self, offset: u64, len: u64, out: &mut Vec<DevRange>) {
+        let end = offset.saturating_add(len);
+        for (_, segs, _) in &self.files {
+            let first = segs.partition_point(|s| s.offset.saturating_add(s.len) <= offset);
+            for s in &segs[first..] {
+                if s.offset >= end {
+                    break;
+                }
+                let from = offset.max(s.offset);
+                let to = end.min(s.offset.saturating_add(s.len));
+                let n = s.hops.len();
+                for (i, h) in s.hops.iter().enumerate() {
+                    let d = from - s.offset;
+                    let mut push = |byte: u64| {
+                        out.push(DevRange {
+                            dev: h.dev,
+                            start_sector: byte.saturating_add(d) / 512,
+                            end_sector: byte
+                                .saturating_add(d)
+                                .saturating_add(to - from)
+                                .div_ceil(512),
+                            bottom: i + 1 == n,
+                        })
+                    };
+                    push(h.byte);
+                    if let Some(a) = h.alias_byte {
+                        push(a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether sectors `[start, end)` of `dev` hold some image file.
+    pub fn occupied(&self, dev: u32, start: u64, end: u64) -> bool {
+        let Some(r) = self.occupied.get(&dev) else {
+            return false;
+        };
+        let i = r.partition_point(|&(_, e)| e <= start);
+        r.get(i).is_some_and(|&(s, _)| s < end)
+    }
+
+    /// What byte `offset` of an image file holds (first file that knows).
+    pub fn holds(&self, offset: u64) -> Option<Holds> {
+        for (_, _, rev) in &self.files {
+            let i = rev.partition_point(|e| e.start.saturating_add(e.len) <= offset);
+            if let Some(e) = rev.get(i).filter(|e| e.start <= offset) {
+                return Some(match e.holds {
+                    Holds::GuestData { guest } => Holds::GuestData {
+                        guest: guest.saturating_add(offset - e.start),
+                    },
+                    h => h,
+                });
+            }
+        }
+        None
+    }
+
+    pub fn device_name(&self, dev: u32) -> String {
+        self.device_names.get(&dev).cloned().unwrap_or_else(|| {
+            let (ma, mi) = viopath_probes::abi::split_kernel_dev(dev);
+            format!("{ma}:{mi}")
+        })
+    }
+}
+
+impl Layout {
+    /// Whether some image file has qcow2 metadata (L2 tables).
+    pub fn has_qcow2(&self) -> bool {
+        self.files
+            .iter()
+            .any(|(_, _, rev)| rev.iter().any(|e| matches!(e.holds, Holds::L2Table { .. })))
+    }
+
+    /// Image files the layout covers.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}

@@ -1,0 +1,418 @@
+//! Reading a trace: memory-mapped, every chunk validated, events handed out in
+//! timestamp order with memory bounded by how far apart the recorder wrote them.
+//!
+//! Two passes over the map: the first walks chunk headers only (and checksums the JSON
+//! chunks) to find the header, layout snapshot, losses and end summary, which the join
+//! needs before the first event; the second streams the event chunks, checksumming each
+//! before use. A damaged or truncated file is read up to its last good chunk and the
+//! damage is reported, never hidden.
+
+use memmap2::{Advice, Mmap};
+use serde::Serialize;
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use viopath_probes::abi::RawEvent;
+use viopath_probes::trace::{
+    CHUNK_HEADER_SIZE, CHUNK_MAGIC, ChunkKind, FILE_EVENT_SIZE, MAGIC, MAX_CHUNK_PAYLOAD,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a viopath trace (no VIOPATH magic)")]
+    NotATrace { path: PathBuf },
+    #[error("{path}: no header chunk: {why}")]
+    NoHeader { path: PathBuf, why: String },
+    #[error("{path}: trace format {found} (this viopath reads format 1, event ABI 1)")]
+    Version { path: PathBuf, found: String },
+}
+
+/// Where and why reading stopped before the end of the file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset of the first chunk not read.
+    pub offset: u64,
+    pub problem: String,
+    /// Bytes from there to the end of the file, unread.
+    pub bytes_unread: u64,
+}
+
+/// What the trace says about itself, and what was lost before it reached us.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceInfo {
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    /// Event records in chunks that passed their checks.
+    pub events_in_file: u64,
+    /// Events the kernel had no ring-buffer room for (the last Losses chunk).
+    pub events_lost_in_kernel: u64,
+    /// The recording ended with an End chunk (else it was interrupted).
+    pub complete: bool,
+    /// Set when the file is damaged or truncated.
+    pub damage: Option<Damage>,
+    /// Event records in chunks after the damage that could not be trusted (an estimate
+    /// from the unread bytes, at 44 bytes an event).
+    pub events_unread_estimate: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EventChunk {
+    offset: usize,
+    len: usize,
+    base: u64,
+    crc: u32,
+}
+
+/// An open trace.
+pub struct Trace {
+    map: Mmap,
+    pub info: TraceInfo,
+    pub header: Value,
+    pub layout: Option<Value>,
+    pub end: Option<Value>,
+    pub losses: Option<Value>,
+    chunks: Vec<EventChunk>,
+}
+
+impl Trace {
+    pub fn open(path: &Path) -> Result<Trace, ReadError> {
+        let io = |source| ReadError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let f = File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only and private; a trace being appended to while we
+        // read only ever grows, and everything read is bounds-checked.
+        let map = unsafe { Mmap::map(&f) }.map_err(io)?;
+        let _ = map.advise(Advice::Sequential);
+        let mut t = Trace {
+            info: TraceInfo {
+                path: path.to_owned(),
+                file_bytes: map.len() as u64,
+                events_in_file: 0,
+                events_lost_in_kernel: 0,
+                complete: false,
+                damage: None,
+                events_unread_estimate: 0,
+            },
+            map,
+            header: Value::Null,
+            layout: None,
+            end: None,
+            losses: None,
+            chunks: Vec::new(),
+        };
+        t.scan()?;
+        if t.header.is_null() {
+            return Err(ReadError::NoHeader {
+                path: path.to_owned(),
+                why: t
+                    .info
+                    .damage
+                    .as_ref()
+                    .map(|d| format!("{} at byte {}", d.problem, d.offset))
+                    .unwrap_or_else(|| "the first chunk is not a header".into()),
+            });
+        }
+        let format = t.header["format"].as_u64();
+        let abi = t.header["abi"].as_u64();
+        if format != Some(1) || abi != Some(1) {
+            return Err(ReadError::Version {
+                path: path.to_owned(),
+                found: format!("{format:?}, ABI {abi:?}"),
+            });
+        }
+        Ok(t)
+    }
+
+    fn damage(&mut self, offset: usize, problem: String) {
+        let unread = (self.map.len() - offset) as u64;
+        self.info.damage = Some(Damage {
+            offset: offset as u64,
+            problem,
+            bytes_unread: unread,
+        });
+        self.info.events_unread_estimate = unread / FILE_EVENT_SIZE as u64;
+    }
+
+    /// Pass 1: chunk headers, JSON chunks.
+    fn scan(&mut self) -> Result<(), ReadError> {
+        let data: &[u8] = &self.map;
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            return Err(ReadError::NotATrace {
+                path: self.info.path.clone(),
+            });
+        }
+        let mut pos = MAGIC.len();
+        let mut first = true;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            if rest.len() < CHUNK_HEADER_SIZE {
+                let p = format!("truncated chunk header ({} bytes)", rest.len());
+                self.damage(pos, p);
+                break;
+            }
+            let u32_at = |o: usize| u32::from_le_bytes(rest[o..o + 4].try_into().expect("4"));
+            if u32_at(0) != CHUNK_MAGIC {
+                self.damage(pos, "no chunk magic".into());
+                break;
+            }
+            let kind_raw = u16::from_le_bytes([rest[4], rest[5]]);
+            let Some(kind) = ChunkKind::from_u16(kind_raw) else {
+                self.damage(pos, format!("unknown chunk kind {kind_raw}"));
+                break;
+            };
+            let len = u32_at(8) as usize;
+            if len > MAX_CHUNK_PAYLOAD {
+                self.damage(
+                    pos,
+                    format!("payload of {len} bytes is over the 64 MiB limit"),
+                );
+                break;
+            }
+            if rest.len() < CHUNK_HEADER_SIZE + len {
+                let p = format!(
+                    "truncated: {} of {len} payload bytes present",
+                    rest.len() - CHUNK_HEADER_SIZE
+                );
+                self.damage(pos, p);
+                break;
+            }
+            let crc = u32_at(12);
+            let base = u64::from_le_bytes(rest[16..24].try_into().expect("8"));
+            let payload = &rest[CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + len];
+            if kind == ChunkKind::Events {
+                if !len.is_multiple_of(FILE_EVENT_SIZE) {
+                    self.damage(
+                        pos,
+                        format!("event payload of {len} bytes is not whole events"),
+                    );
+                    break;
+                }
+                // Checksummed when streamed (pass 2), so the file is read once more, not twice.
+                self.chunks.push(EventChunk {
+                    offset: pos + CHUNK_HEADER_SIZE,
+                    len,
+                    base,
+                    crc,
+                });
+            } else {
+                if crc32fast::hash(payload) != crc {
+                    self.damage(pos, "checksum mismatch".into());
+                    break;
+                }
+                let v: Value = match serde_json::from_slice(payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.damage(pos, format!("{kind:?} chunk is not JSON: {e}"));
+                        break;
+                    }
+                };
+                match kind {
+                    ChunkKind::Header if first => self.header = v,
+                    ChunkKind::Header => {}
+                    ChunkKind::Layout => self.layout = Some(v),
+                    ChunkKind::Losses => {
+                        self.info.events_lost_in_kernel = v["total"].as_u64().unwrap_or(0);
+                        self.losses = Some(v);
+                    }
+                    ChunkKind::End => {
+                        self.info.complete = true;
+                        self.end = Some(v);
+                    }
+                    ChunkKind::Events => unreachable!(),
+                }
+            }
+            if first && kind != ChunkKind::Header {
+                self.damage(pos, "the first chunk is not a header".into());
+                break;
+            }
+            first = false;
+            pos += CHUNK_HEADER_SIZE + len;
+        }
+        self.info.events_in_file = self
+            .chunks
+            .iter()
+            .map(|c| (c.len / FILE_EVENT_SIZE) as u64)
+            .sum();
+        Ok(())
+    }
+
+    /// Pass 2: the events in timestamp order. Event chunks are checksummed as they are
+    /// reached; at the first bad one the stream ends and [`Events::damage`] says so.
+    pub fn events(&self) -> Events<'_> {
+        Events {
+            data: &self.map,
+            chunks: &self.chunks,
+            next_chunk: 0,
+            merge: Merger::default(),
+            damage: None,
+            events_read: 0,
+        }
+    }
+}
+
+/// Events in timestamp order.
+///
+/// The recorder writes each CPU's events in order but interleaves CPUs by drain cycle, so
+/// events are merged per CPU: an event is released once every CPU that has produced
+/// events has either a later event queued or is known to be past it. A CPU that goes
+/// quiet would hold everything back, so the buffer is capped at [`MAX_BUFFERED`] events,
+/// after which the oldest are released anyway (and any event that then arrives earlier
+/// than one already released is counted in [`Events::late`] and delivered as it is).
+pub struct Events<'a> {
+    data: &'a [u8],
+    chunks: &'a [EventChunk],
+    next_chunk: usize,
+    merge: Merger,
+    damage: Option<Damage>,
+    events_read: u64,
+}
+
+/// More than a recorder's drain cycle at full rate (4 rings × 8 MiB / 48 bytes).
+pub const MAX_BUFFERED: usize = 1 << 20;
+
+#[derive(Default)]
+struct Merger {
+    queues: Vec<VecDeque<RawEvent>>,
+    /// Last timestamp pushed per CPU.
+    last: Vec<u64>,
+    heads: BinaryHeap<Reverse<(u64, u16)>>,
+    buffered: usize,
+    released: u64,
+    late: u64,
+    draining: bool,
+    /// Cached [`Merger::floor`], lowered as queues run dry, recomputed when stuck.
+    floor: u64,
+}
+
+impl Merger {
+    fn push(&mut self, e: RawEvent) {
+        let c = e.cpu as usize;
+        if c >= self.queues.len() {
+            self.queues.resize_with(c + 1, VecDeque::new);
+            self.last.resize(c + 1, 0);
+        }
+        if e.ts < self.released {
+            self.late += 1;
+        }
+        let q = &mut self.queues[c];
+        if q.is_empty() {
+            self.heads.push(Reverse((e.ts, e.cpu)));
+        }
+        q.push_back(e);
+        self.last[c] = self.last[c].max(e.ts);
+        self.buffered += 1;
+    }
+
+    /// The lowest timestamp any CPU could still produce.
+    fn floor(&self) -> u64 {
+        let mut floor = u64::MAX;
+        for (q, &last) in self.queues.iter().zip(&self.last) {
+            if q.is_empty() && last != 0 {
+                floor = floor.min(last);
+            }
+        }
+        floor
+    }
+
+    fn pop(&mut self) -> Option<RawEvent> {
+        let &Reverse((ts, cpu)) = self.heads.peek()?;
+        if ts > self.floor && !self.draining && self.buffered < MAX_BUFFERED {
+            return None;
+        }
+        self.heads.pop();
+        let q = &mut self.queues[cpu as usize];
+        let e = q.pop_front().expect("a head is queued");
+        if let Some(n) = q.front() {
+            self.heads.push(Reverse((n.ts, n.cpu)));
+        } else {
+            self.floor = self.floor.min(self.last[cpu as usize]);
+        }
+        self.buffered -= 1;
+        self.released = self.released.max(e.ts);
+        Some(e)
+    }
+}
+
+impl Events<'_> {
+    /// Where the event stream stopped early, if it did.
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// Events delivered after a later one had already been released.
+    pub fn late(&self) -> u64 {
+        self.merge.late
+    }
+
+    pub fn events_read(&self) -> u64 {
+        self.events_read
+    }
+
+    fn load_chunk(&mut self) -> bool {
+        let Some(c) = self.chunks.get(self.next_chunk).copied() else {
+            return false;
+        };
+        self.next_chunk += 1;
+        let payload = &self.data[c.offset..c.offset + c.len];
+        if crc32fast::hash(payload) != c.crc {
+            let at = c.offset - CHUNK_HEADER_SIZE;
+            let rest: u64 = self.chunks[self.next_chunk - 1..]
+                .iter()
+                .map(|c| c.len as u64)
+                .sum();
+            self.damage = Some(Damage {
+                offset: at as u64,
+                problem: "event chunk checksum mismatch".into(),
+                bytes_unread: rest,
+            });
+            self.next_chunk = self.chunks.len();
+            return false;
+        }
+        for r in payload.chunks_exact(FILE_EVENT_SIZE) {
+            let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8"));
+            let delta = i32::from_le_bytes(r[0..4].try_into().expect("4"));
+            self.merge.push(RawEvent {
+                ts: c.base.wrapping_add_signed(delta as i64),
+                tid: u32::from_le_bytes(r[4..8].try_into().expect("4")),
+                kind: r[8],
+                sub: r[9],
+                cpu: u16::from_le_bytes([r[10], r[11]]),
+                a: [u64_at(12), u64_at(20), u64_at(28), u64_at(36)],
+            });
+        }
+        self.events_read += (c.len / FILE_EVENT_SIZE) as u64;
+        true
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = RawEvent;
+
+    #[inline]
+    fn next(&mut self) -> Option<RawEvent> {
+        loop {
+            if let Some(e) = self.merge.pop() {
+                return Some(e);
+            }
+            self.merge.floor = self.merge.floor();
+            if let Some(e) = self.merge.pop() {
+                return Some(e);
+            }
+            if !self.load_chunk() {
+                if self.merge.buffered == 0 {
+                    return None;
+                }
+                self.merge.draining = true;
+            }
+        }
+    }
+}

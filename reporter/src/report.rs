@@ -1,0 +1,652 @@
+//! From joined rows to the report: the per-layer latency table (polars: lazy group-by
+//! and quantiles over one compact row per IO), the slowest IOs, the partial ones and the
+//! IO no guest request caused; and the per-IO export (CSV or Parquet, streamed in
+//! batches so an export never holds the whole trace).
+
+use crate::join::{IoRow, JoinStats, Op, OtherClass, OtherIo, Sink, flags, reasons};
+use crate::layers::{BOUNDARY_NAMES, LAYER_NAMES, NL, split};
+use crate::layout::Layout;
+use polars::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("aggregation: {0}")]
+    Polars(#[from] PolarsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What to group the latency table by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    Op,
+    Size,
+    Device,
+}
+
+/// Per-IO export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Parquet,
+}
+
+/// A size class label: the power of two at or above `bytes` ("4K", "64K", "1M").
+pub fn size_class(bytes: u64) -> String {
+    let p = bytes.max(1).next_power_of_two();
+    match p {
+        p if p >= 1 << 30 => format!("{}G", p >> 30),
+        p if p >= 1 << 20 => format!("{}M", p >> 20),
+        p if p >= 1 << 10 => format!("{}K", p >> 10),
+        p => format!("{p}B"),
+    }
+}
+
+const BATCH: usize = 1 << 16;
+
+/// Streams rows to a CSV or Parquet file.
+struct Exporter {
+    rows: Vec<IoRow>,
+    writer: ExportWriter,
+    error: Option<PolarsError>,
+}
+
+type Out = BufWriter<Box<dyn Write + Send>>;
+
+enum ExportWriter {
+    Csv(polars::io::csv::write::BatchedWriter<Out>),
+    Parquet(polars::io::parquet::write::BatchedWriter<Out>),
+}
+
+fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
+    let n = rows.len();
+    let mut cols: Vec<Column> = Vec::with_capacity(16 + 2 * NL);
+    cols.push(Column::new(
+        "id".into(),
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "op".into(),
+        rows.iter().map(|r| r.op.name()).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "offset".into(),
+        rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "bytes".into(),
+        rows.iter().map(|r| r.bytes).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "source".into(),
+        rows.iter()
+            .map(|r| match r.source {
+                crate::join::Source::Virtio => "virtio",
+                crate::join::Source::QemuBlock => "qemu_block",
+            })
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "device".into(),
+        rows.iter()
+            .map(|r| (r.bottom_dev != 0).then(|| layout.device_name(r.bottom_dev)))
+            .collect::<Vec<_>>(),
+    ));
+    let mut e2e = Vec::with_capacity(n);
+    let mut layers: Vec<Vec<Option<u64>>> = vec![Vec::with_capacity(n); NL];
+    for r in rows {
+        let (l, t) = split(&r.b);
+        e2e.push(t);
+        for (i, v) in l.iter().enumerate() {
+            layers[i].push(*v);
+        }
+    }
+    cols.push(Column::new("e2e_ns".into(), e2e));
+    for (i, v) in layers.into_iter().enumerate() {
+        cols.push(Column::new(format!("{}_ns", LAYER_NAMES[i]).into(), v));
+    }
+    for (i, name) in BOUNDARY_NAMES.iter().enumerate() {
+        cols.push(Column::new(
+            format!("t_{name}").into(),
+            rows.iter()
+                .map(|r| (r.b[i] != 0).then_some(r.b[i]))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    cols.push(Column::new(
+        "host_ios".into(),
+        rows.iter().map(|r| r.host_ios).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "meta_ios".into(),
+        rows.iter().map(|r| r.meta_ios).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "meta_ns".into(),
+        rows.iter().map(|r| r.meta_ns).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "bios".into(),
+        rows.iter().map(|r| r.bios).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "requests".into(),
+        rows.iter().map(|r| r.requests).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "flags".into(),
+        rows.iter().map(|r| flag_names(r.flags)).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "partial".into(),
+        rows.iter()
+            .map(|r| reason_names(r.partial))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "merged_into".into(),
+        rows.iter().map(|r| r.merged_into).collect::<Vec<_>>(),
+    ));
+    DataFrame::new(n, cols)
+}
+
+pub fn flag_names(f: u16) -> String {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (flags::SPLIT, "split"),
+        (flags::MERGED, "merged"),
+        (flags::VIRTIO_MERGED, "virtio_merged"),
+        (flags::BIO_SPLIT, "bio_split"),
+    ] {
+        if f & bit != 0 {
+            v.push(name);
+        }
+    }
+    v.join(",")
+}
+
+pub fn reason_names(p: u16) -> String {
+    reasons::NAMES
+        .iter()
+        .filter(|(bit, _)| p & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Collects joined rows: compact columns for the aggregation, the N slowest, the
+/// partial ones by reason, other IO by class, and (optionally) the per-IO export.
+pub struct Collector<'l> {
+    layout: &'l Layout,
+    top_n: usize,
+    // One entry per complete IO.
+    op: Vec<u32>,
+    size: Vec<u32>,
+    dev: Vec<u32>,
+    e2e: Vec<u64>,
+    layer: Vec<Vec<u64>>,
+    layer_valid: Vec<Vec<bool>>,
+    slowest: BinaryHeap<std::cmp::Reverse<(u64, u64, RowBox)>>,
+    pub partial_by_reason: BTreeMap<String, u64>,
+    pub partial_examples: Vec<IoRow>,
+    pub other: BTreeMap<OtherClass, OtherAgg>,
+    first_ts: u64,
+    last_ts: u64,
+    bytes: u64,
+    ios: u64,
+    exporter: Option<Exporter>,
+}
+
+/// Ordering wrapper so rows can sit in a heap keyed by (e2e, id).
+#[derive(Debug, Clone)]
+struct RowBox(Box<IoRow>);
+impl PartialEq for RowBox {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.id == o.0.id
+    }
+}
+impl Eq for RowBox {}
+impl PartialOrd for RowBox {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for RowBox {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&o.0.id)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OtherAgg {
+    pub count: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+pub const PARTIAL_EXAMPLES: usize = 20;
+
+impl<'l> Collector<'l> {
+    pub fn new(layout: &'l Layout, top_n: usize) -> Self {
+        Collector {
+            layout,
+            top_n,
+            op: Vec::new(),
+            size: Vec::new(),
+            dev: Vec::new(),
+            e2e: Vec::new(),
+            layer: vec![Vec::new(); NL],
+            layer_valid: vec![Vec::new(); NL],
+            slowest: BinaryHeap::new(),
+            partial_by_reason: BTreeMap::new(),
+            partial_examples: Vec::new(),
+            other: BTreeMap::new(),
+            first_ts: u64::MAX,
+            last_ts: 0,
+            bytes: 0,
+            ios: 0,
+            exporter: None,
+        }
+    }
+
+    /// Also write every row to `path` (`-`: standard output).
+    pub fn export_to(&mut self, path: &Path, format: ExportFormat) -> Result<(), ReportError> {
+        let w: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(File::create(path)?)
+        };
+        let f = BufWriter::with_capacity(1 << 20, w);
+        let schema = export_frame(&[], self.layout)?.schema().as_ref().clone();
+        let writer = match format {
+            ExportFormat::Csv => ExportWriter::Csv(CsvWriter::new(f).batched(&schema)?),
+            ExportFormat::Parquet => ExportWriter::Parquet(ParquetWriter::new(f).batched(&schema)?),
+        };
+        self.exporter = Some(Exporter {
+            rows: Vec::with_capacity(BATCH),
+            writer,
+            error: None,
+        });
+        Ok(())
+    }
+
+    fn flush_export(&mut self) {
+        let layout = self.layout;
+        if let Some(x) = &mut self.exporter
+            && !x.rows.is_empty()
+            && x.error.is_none()
+        {
+            let r = export_frame(&x.rows, layout).and_then(|df| match &mut x.writer {
+                ExportWriter::Csv(w) => w.write_batch(&df),
+                ExportWriter::Parquet(w) => w.write_batch(&df),
+            });
+            if let Err(e) = r {
+                x.error = Some(e);
+            }
+            x.rows.clear();
+        }
+    }
+
+    /// Finish the export, if any.
+    pub fn finish_export(&mut self) -> Result<(), ReportError> {
+        self.flush_export();
+        if let Some(mut x) = self.exporter.take() {
+            if let Some(e) = x.error {
+                return Err(e.into());
+            }
+            match &mut x.writer {
+                ExportWriter::Csv(w) => w.finish()?,
+                ExportWriter::Parquet(w) => {
+                    w.finish()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Collector<'_> {
+    fn io(&mut self, row: &IoRow) {
+        self.ios += 1;
+        self.bytes = self.bytes.saturating_add(row.bytes);
+        let first = row.b.iter().copied().filter(|&t| t != 0).min().unwrap_or(0);
+        if first != 0 {
+            self.first_ts = self.first_ts.min(first);
+        }
+        self.last_ts = self.last_ts.max(row.b.iter().copied().max().unwrap_or(0));
+        if let Some(x) = &mut self.exporter {
+            x.rows.push(row.clone());
+            if x.rows.len() >= BATCH {
+                self.flush_export();
+            }
+        }
+        if row.partial != 0 {
+            *self
+                .partial_by_reason
+                .entry(reason_names(row.partial))
+                .or_default() += 1;
+            if self.partial_examples.len() < PARTIAL_EXAMPLES {
+                self.partial_examples.push(row.clone());
+            }
+            return;
+        }
+        let (layers, e2e) = split(&row.b);
+        self.op.push(row.op as u32);
+        self.size
+            .push(row.bytes.max(1).next_power_of_two().trailing_zeros());
+        self.dev.push(row.bottom_dev);
+        self.e2e.push(e2e);
+        for (i, l) in layers.iter().enumerate() {
+            self.layer[i].push(l.unwrap_or(0));
+            self.layer_valid[i].push(l.is_some());
+        }
+        if self.top_n > 0 {
+            let item = std::cmp::Reverse((e2e, u64::MAX - row.id, RowBox(Box::new(row.clone()))));
+            if self.slowest.len() < self.top_n {
+                self.slowest.push(item);
+            } else if self
+                .slowest
+                .peek()
+                .is_some_and(|m| (m.0.0, m.0.1) < (e2e, u64::MAX - row.id))
+            {
+                self.slowest.pop();
+                self.slowest.push(item);
+            }
+        }
+    }
+
+    fn other(&mut self, o: &OtherIo) {
+        let a = self.other.entry(o.class).or_default();
+        a.count += 1;
+        a.bytes = a.bytes.saturating_add(o.bytes);
+        let d = o.end.saturating_sub(o.start);
+        a.total_ns = a.total_ns.saturating_add(d);
+        a.max_ns = a.max_ns.max(d);
+    }
+}
+
+/// One line of the latency table: one layer (or the end-to-end time) in one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerStat {
+    pub group: BTreeMap<String, String>,
+    pub layer: String,
+    pub count: u64,
+    pub mean_ns: f64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    /// This layer's time as a share of the group's end-to-end time.
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowIo {
+    pub row: IoRow,
+    pub e2e_ns: u64,
+    pub layers: BTreeMap<&'static str, u64>,
+    pub device: Option<String>,
+    pub guest_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub ios: u64,
+    pub complete_ios: u64,
+    pub partial_ios: u64,
+    pub duration_ns: u64,
+    pub iops: f64,
+    pub bytes: u64,
+    pub events: u64,
+    pub events_lost_in_kernel: u64,
+    pub events_unread: u64,
+    pub events_late: u64,
+    pub trace_complete: bool,
+    pub damage: Option<crate::reader::Damage>,
+    pub layers_missing: Vec<String>,
+    pub peak_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherLine {
+    pub class: OtherClass,
+    pub what: &'static str,
+    #[serde(flatten)]
+    pub agg: OtherAgg,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub summary: Summary,
+    pub by: Vec<GroupBy>,
+    pub latency: Vec<LayerStat>,
+    pub slowest: Vec<SlowIo>,
+    pub partial: BTreeMap<String, u64>,
+    pub partial_examples: Vec<IoRow>,
+    pub other_io: Vec<OtherLine>,
+}
+
+fn u64_col(name: &str, v: Vec<u64>, valid: Option<Vec<bool>>) -> Column {
+    let bitmap = valid.map(|v| polars_arrow_bitmap(&v));
+    UInt64Chunked::from_vec_validity(name.into(), v, bitmap)
+        .into_series()
+        .into_column()
+}
+
+fn polars_arrow_bitmap(v: &[bool]) -> polars_arrow::bitmap::Bitmap {
+    polars_arrow::bitmap::Bitmap::from_iter(v.iter().copied())
+}
+
+impl Collector<'_> {
+    /// Aggregate and build the report. Consumes the compact columns.
+    pub fn report(
+        mut self,
+        by: &[GroupBy],
+        stats: &JoinStats,
+        mut summary: Summary,
+    ) -> Result<Report, ReportError> {
+        self.finish_export()?;
+        let n = self.e2e.len();
+        summary.ios = self.ios;
+        summary.complete_ios = n as u64;
+        summary.partial_ios = self.ios - n as u64;
+        summary.bytes = self.bytes;
+        summary.duration_ns = self.last_ts.saturating_sub(self.first_ts.min(self.last_ts));
+        summary.iops = if summary.duration_ns > 0 {
+            self.ios as f64 * 1e9 / summary.duration_ns as f64
+        } else {
+            0.0
+        };
+        summary.peak_in_flight = stats.peak_in_flight;
+
+        let latency = if n == 0 {
+            Vec::new()
+        } else {
+            let mut cols = vec![
+                Column::new("g_op".into(), std::mem::take(&mut self.op)),
+                Column::new("g_size".into(), std::mem::take(&mut self.size)),
+                Column::new("g_device".into(), std::mem::take(&mut self.dev)),
+                u64_col("e2e", std::mem::take(&mut self.e2e), None),
+            ];
+            for i in 0..NL {
+                let v = std::mem::take(&mut self.layer[i]);
+                let valid = std::mem::take(&mut self.layer_valid[i]);
+                cols.push(u64_col(LAYER_NAMES[i], v, Some(valid)));
+            }
+            let df = DataFrame::new(n, cols)?;
+            aggregate(df, by, self.layout)?
+        };
+        let mut slowest: Vec<SlowIo> = self
+            .slowest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|std::cmp::Reverse((e2e, _, RowBox(row)))| {
+                let (l, _) = split(&row.b);
+                SlowIo {
+                    layers: LAYER_NAMES
+                        .iter()
+                        .zip(l)
+                        .filter_map(|(n, v)| v.map(|v| (*n, v)))
+                        .collect(),
+                    e2e_ns: e2e,
+                    device: (row.bottom_dev != 0).then(|| self.layout.device_name(row.bottom_dev)),
+                    guest_file: None,
+                    row: *row,
+                }
+            })
+            .collect();
+        slowest.sort_by(|a, b| b.e2e_ns.cmp(&a.e2e_ns).then(a.row.id.cmp(&b.row.id)));
+        Ok(Report {
+            summary,
+            by: by.to_vec(),
+            latency,
+            slowest,
+            partial: self.partial_by_reason,
+            partial_examples: self.partial_examples,
+            other_io: self
+                .other
+                .into_iter()
+                .map(|(class, agg)| OtherLine {
+                    class,
+                    what: class.name(),
+                    agg,
+                })
+                .collect(),
+        })
+    }
+}
+
+const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
+
+fn aggregate(
+    df: DataFrame,
+    by: &[GroupBy],
+    layout: &Layout,
+) -> Result<Vec<LayerStat>, ReportError> {
+    let keys: Vec<Expr> = by
+        .iter()
+        .map(|g| {
+            col(match g {
+                GroupBy::Op => "g_op",
+                GroupBy::Size => "g_size",
+                GroupBy::Device => "g_device",
+            })
+        })
+        .collect();
+    let mut names: Vec<&str> = vec!["e2e"];
+    names.extend(LAYER_NAMES.iter());
+    let mut aggs = Vec::new();
+    for name in &names {
+        let c = || col(*name);
+        aggs.push(c().count().alias(format!("{name}:count")));
+        aggs.push(c().mean().alias(format!("{name}:mean")));
+        aggs.push(c().sum().alias(format!("{name}:sum")));
+        aggs.push(c().max().alias(format!("{name}:max")));
+        for (q, v) in QUANTILES {
+            aggs.push(
+                c().quantile(lit(v), QuantileMethod::Nearest)
+                    .cast(DataType::UInt64)
+                    .alias(format!("{name}:{q}")),
+            );
+        }
+    }
+    let lf = df.lazy();
+    let out = if keys.is_empty() {
+        lf.select(aggs).collect()?
+    } else {
+        lf.group_by(keys)
+            .agg(aggs)
+            .sort_by_exprs(
+                by.iter()
+                    .map(|g| {
+                        col(match g {
+                            GroupBy::Op => "g_op",
+                            GroupBy::Size => "g_size",
+                            GroupBy::Device => "g_device",
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+                SortMultipleOptions::default(),
+            )
+            .collect()?
+    };
+    let mut stats = Vec::new();
+    let get_u64 = |c: &str, i: usize| -> u64 {
+        out.column(c)
+            .ok()
+            .and_then(|s| s.cast(&DataType::UInt64).ok())
+            .and_then(|s| s.get(i).ok().and_then(|v| v.extract::<u64>()))
+            .unwrap_or(0)
+    };
+    let get_f64 = |c: &str, i: usize| -> f64 {
+        out.column(c)
+            .ok()
+            .and_then(|s| s.get(i).ok().and_then(|v| v.extract::<f64>()))
+            .unwrap_or(0.0)
+    };
+    for i in 0..out.height() {
+        let mut group = BTreeMap::new();
+        for g in by {
+            let (k, v) = match g {
+                GroupBy::Op => {
+                    let op = get_u64("g_op", i);
+                    let name = match op {
+                        x if x == Op::Read as u64 => "read",
+                        x if x == Op::Write as u64 => "write",
+                        _ => "other",
+                    };
+                    ("op", name.to_owned())
+                }
+                GroupBy::Size => ("size", size_class(1u64 << get_u64("g_size", i).min(63))),
+                GroupBy::Device => {
+                    let d = get_u64("g_device", i) as u32;
+                    (
+                        "device",
+                        if d == 0 {
+                            "-".to_owned()
+                        } else {
+                            layout.device_name(d)
+                        },
+                    )
+                }
+            };
+            group.insert(k.to_owned(), v);
+        }
+        let e2e_sum = get_u64("e2e:sum", i).max(1) as f64;
+        for name in &names {
+            let count = get_u64(&format!("{name}:count"), i);
+            if count == 0 {
+                continue;
+            }
+            stats.push(LayerStat {
+                group: group.clone(),
+                layer: (*name).to_owned(),
+                count,
+                mean_ns: get_f64(&format!("{name}:mean"), i),
+                p50_ns: get_u64(&format!("{name}:p50"), i),
+                p90_ns: get_u64(&format!("{name}:p90"), i),
+                p99_ns: get_u64(&format!("{name}:p99"), i),
+                p999_ns: get_u64(&format!("{name}:p999"), i),
+                max_ns: get_u64(&format!("{name}:max"), i),
+                share: get_u64(&format!("{name}:sum"), i) as f64 / e2e_sum,
+            });
+        }
+    }
+    Ok(stats)
+}
+
+/// Write `report` as JSON.
+pub fn write_json(report: &Report, out: &mut dyn Write) -> Result<(), ReportError> {
+    serde_json::to_writer_pretty(&mut *out, report).map_err(std::io::Error::other)?;
+    writeln!(out)?;
+    Ok(())
+}

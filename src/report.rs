@@ -1,0 +1,289 @@
+//! `viopath report`: join a trace and show where the time went, layer by layer.
+
+use crate::units::human;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use tabled::builder::Builder;
+use tabled::settings::Style;
+use viopath_reporter::layers::LAYER_NAMES;
+use viopath_reporter::report::{Report, flag_names, reason_names, write_json};
+use viopath_reporter::{ExportFormat, GroupBy, LayoutSource, Options};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The report, as tables for a terminal
+    Table,
+    /// The report as JSON
+    Json,
+    /// One row per IO, one column per layer and boundary
+    Csv,
+    /// One row per IO, as Parquet (needs -o)
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    Op,
+    Size,
+    Device,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Trace written by `viopath record`
+    pub trace: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Write to this file instead of standard output
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// How many of the slowest IOs to show
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Group the latency table by these, comma-separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "op")]
+    pub by: Vec<By>,
+    /// Take the layout from these images now, instead of the snapshot in the trace
+    /// (offline analysis where the images are at hand; repeat for several)
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
+    let by: Vec<GroupBy> = args
+        .by
+        .iter()
+        .map(|b| match b {
+            By::Op => GroupBy::Op,
+            By::Size => GroupBy::Size,
+            By::Device => GroupBy::Device,
+        })
+        .collect();
+    let export = match args.format {
+        Format::Csv => Some((
+            args.output.clone().unwrap_or_else(|| PathBuf::from("-")),
+            ExportFormat::Csv,
+        )),
+        Format::Parquet => match &args.output {
+            Some(p) => Some((p.clone(), ExportFormat::Parquet)),
+            None => bail!("--format parquet writes a file: give it with -o PATH"),
+        },
+        _ => None,
+    };
+    let opts = Options {
+        top_n: args.top,
+        by,
+        export: export.clone(),
+        images: args.images.clone(),
+    };
+    let (report, source) = viopath_reporter::analyze(&args.trace, &opts)
+        .with_context(|| format!("reporting on {}", args.trace.display()))?;
+    let mut file;
+    let w: &mut dyn Write = match (&args.output, args.format) {
+        (Some(p), Format::Table | Format::Json) => {
+            file = BufWriter::new(
+                File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            );
+            &mut file
+        }
+        _ => out,
+    };
+    match args.format {
+        Format::Table => table(&report, &source, &args.trace, w)?,
+        Format::Json => write_json(&report, w)?,
+        Format::Csv | Format::Parquet => {
+            // The rows went to the export; say what happened on stderr.
+            eprintln!(
+                "viopath: {} IOs ({} complete, {} partial) exported{}",
+                report.summary.ios,
+                report.summary.complete_ios,
+                report.summary.partial_ios,
+                match &export {
+                    Some((p, _)) if p != Path::new("-") => format!(" to {}", p.display()),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> Result<()> {
+    let s = &r.summary;
+    writeln!(w, "viopath report: {}", trace.display())?;
+    let mut b = Builder::default();
+    b.push_record([
+        "IOs".to_owned(),
+        format!(
+            "{} ({} complete, {} partial)",
+            s.ios, s.complete_ios, s.partial_ios
+        ),
+    ]);
+    b.push_record([
+        "duration".to_owned(),
+        format!("{:.3} s", s.duration_ns as f64 / 1e9),
+    ]);
+    b.push_record(["IOPS".to_owned(), format!("{:.0}", s.iops)]);
+    b.push_record(["bytes".to_owned(), human(s.bytes)]);
+    b.push_record([
+        "events".to_owned(),
+        format!(
+            "{} read, {} lost in the kernel, {} unread (damage), {} out of order",
+            s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
+        ),
+    ]);
+    if !s.trace_complete {
+        b.push_record([
+            "recording".to_owned(),
+            "interrupted (no end chunk): read up to the last good chunk".to_owned(),
+        ]);
+    }
+    if let Some(d) = &s.damage {
+        b.push_record([
+            "damage".to_owned(),
+            format!(
+                "at byte {}: {} ({} bytes not read)",
+                d.offset, d.problem, d.bytes_unread
+            ),
+        ]);
+    }
+    b.push_record([
+        "layers missing".to_owned(),
+        if s.layers_missing.is_empty() {
+            "none".to_owned()
+        } else {
+            s.layers_missing.join(", ")
+        },
+    ]);
+    b.push_record([
+        "layout".to_owned(),
+        format!(
+            "from {} ({} image files){}",
+            source.from,
+            source.files,
+            if source.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", source.errors.join("; "))
+            }
+        ),
+    ]);
+    writeln!(w, "{}", b.build().with(Style::sharp()))?;
+
+    if !r.latency.is_empty() {
+        writeln!(
+            w,
+            "\nLatency by layer (µs; complete IOs; share = layer time / end-to-end time)"
+        )?;
+        let mut b = Builder::default();
+        let keys: Vec<String> = r
+            .latency
+            .first()
+            .map(|l| l.group.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut head = keys.clone();
+        head.extend(
+            [
+                "layer", "count", "mean", "p50", "p90", "p99", "p99.9", "max", "share",
+            ]
+            .map(String::from),
+        );
+        b.push_record(head);
+        for l in &r.latency {
+            let mut row: Vec<String> = keys.iter().map(|k| l.group[k].clone()).collect();
+            row.extend([
+                if l.layer == "e2e" {
+                    "end-to-end".to_owned()
+                } else {
+                    l.layer.clone()
+                },
+                l.count.to_string(),
+                format!("{:.1}", l.mean_ns / 1000.0),
+                us(l.p50_ns),
+                us(l.p90_ns),
+                us(l.p99_ns),
+                us(l.p999_ns),
+                us(l.max_ns),
+                format!("{:.1}%", l.share * 100.0),
+            ]);
+            b.push_record(row);
+        }
+        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+    }
+
+    if !r.slowest.is_empty() {
+        writeln!(w, "\nSlowest {} IOs (µs)", r.slowest.len())?;
+        let mut b = Builder::default();
+        b.push_record(
+            [
+                "id", "op", "offset", "bytes", "e2e", "layers", "device", "flags",
+            ]
+            .map(String::from),
+        );
+        for x in &r.slowest {
+            let layers: Vec<String> = LAYER_NAMES
+                .iter()
+                .filter_map(|n| x.layers.get(n).map(|v| format!("{n} {}", us(*v))))
+                .collect();
+            b.push_record([
+                x.row.id.to_string(),
+                x.row.op.name().to_owned(),
+                x.row.offset.map(|o| o.to_string()).unwrap_or("-".into()),
+                x.row.bytes.to_string(),
+                us(x.e2e_ns),
+                layers.join(", "),
+                x.device.clone().unwrap_or("-".into()),
+                flag_names(x.row.flags),
+            ]);
+        }
+        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+    }
+
+    if !r.partial.is_empty() {
+        writeln!(w, "\nPartial IOs (not in the latency table)")?;
+        let mut b = Builder::default();
+        b.push_record(["reason", "IOs"]);
+        for (why, n) in &r.partial {
+            b.push_record([why.clone(), n.to_string()]);
+        }
+        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+        let mut b = Builder::default();
+        b.push_record(["id", "op", "offset", "bytes", "reason"]);
+        for x in r.partial_examples.iter().take(5) {
+            b.push_record([
+                x.id.to_string(),
+                x.op.name().to_owned(),
+                x.offset.map(|o| o.to_string()).unwrap_or("-".into()),
+                x.bytes.to_string(),
+                reason_names(x.partial),
+            ]);
+        }
+        writeln!(w, "examples:\n{}", b.build().with(Style::sharp()))?;
+    }
+
+    if !r.other_io.is_empty() {
+        writeln!(w, "\nIO not caused by a guest request")?;
+        let mut b = Builder::default();
+        b.push_record(["what", "count", "bytes", "total µs", "max µs"]);
+        for o in &r.other_io {
+            b.push_record([
+                o.what.to_owned(),
+                o.agg.count.to_string(),
+                human(o.agg.bytes),
+                us(o.agg.total_ns),
+                us(o.agg.max_ns),
+            ]);
+        }
+        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+    }
+    Ok(())
+}
