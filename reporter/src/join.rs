@@ -1361,6 +1361,17 @@ impl<'l, S: Sink> Join<'l, S> {
         let Some(root) = self.roots.remove(r) else {
             return;
         };
+        // Its host IOs that never completed (events lost) must not claim later bios.
+        if root.open_hios > 0 {
+            let hios = &mut self.hios;
+            self.inflight.retain(|&h| match hios.get(h) {
+                Some(x) if x.root == Some(r) => {
+                    hios.remove(h);
+                    false
+                }
+                _ => true,
+            });
+        }
         for qv in &root.qiovs {
             if let Some(QiovBind::Root(x) | QiovBind::Meta(Some(x))) = self.qiov.get(qv)
                 && *x == r

@@ -1,0 +1,202 @@
+//! The reporter against synthetic traces whose every answer is known: the generator
+//! (`viopath_reporter::synth`) says when each IO crossed each boundary; the join must
+//! recover exactly that from the trace file, for every IO it did not lose events of.
+
+use std::collections::HashMap;
+use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherClass, OtherIo, Sink, flags, reasons};
+use viopath_reporter::layers::{LAYER_NAMES, NB, split};
+use viopath_reporter::reader::Trace;
+use viopath_reporter::synth::{SynthConfig, Truth, generate};
+use viopath_reporter::{GroupBy, Options, analyze, load_layout};
+
+#[derive(Default)]
+struct Rows {
+    rows: Vec<IoRow>,
+    other: Vec<OtherIo>,
+}
+impl Sink for Rows {
+    fn io(&mut self, row: &IoRow) {
+        self.rows.push(row.clone());
+    }
+    fn other(&mut self, o: &OtherIo) {
+        self.other.push(o.clone());
+    }
+}
+
+fn make(cfg: &SynthConfig, dir: &std::path::Path) -> (std::path::PathBuf, Vec<Truth>, u64) {
+    let path = dir.join("synth.trace");
+    let mut truths = Vec::new();
+    let f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let (_, stats) = generate(cfg, f, |t| truths.push(t)).unwrap();
+    (path, truths, stats.lost)
+}
+
+fn join(path: &std::path::Path) -> (Rows, usize, u64) {
+    let trace = Trace::open(path).unwrap();
+    let (layout, _) = load_layout(&trace, &[]);
+    let cfg = JoinConfig {
+        await_msi: true,
+        expect_qcow2: layout.has_qcow2(),
+    };
+    let mut j = Join::new(&layout, Rows::default(), cfg);
+    let mut ev = trace.events();
+    for e in &mut ev {
+        j.event(&e);
+    }
+    let late = ev.late();
+    let (rows, stats) = j.finish();
+    (rows, stats.peak_in_flight, late)
+}
+
+#[test]
+fn recovers_every_boundary_of_every_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 20_000,
+        lose_every: 97,
+        ..SynthConfig::default()
+    };
+    let (path, truths, lost) = make(&cfg, dir.path());
+    assert!(lost > 0);
+    let (rows, peak, late) = join(&path);
+    // The per-CPU merge put every event back in order.
+    assert_eq!(late, 0);
+    assert_eq!(rows.rows.len(), truths.len(), "one row per guest IO");
+    // L2 reads belong to their requests; nothing else in the trace is QEMU's own.
+    assert!(
+        rows.other.iter().all(|o| o.class != OtherClass::QemuInternal),
+        "{:?}",
+        rows.other.first()
+    );
+    let by_offset: HashMap<u64, &IoRow> = rows
+        .rows
+        .iter()
+        .map(|r| (r.offset.expect("virtio rows have offsets"), r))
+        .collect();
+    let (mut exact, mut partial, mut splits, mut merges, mut misses) = (0, 0, 0, 0, 0);
+    for t in &truths {
+        let r = by_offset[&t.offset];
+        assert_eq!(r.bytes, t.bytes);
+        assert_eq!(r.op == viopath_reporter::join::Op::Write, t.write);
+        if t.lost {
+            assert!(
+                r.partial & reasons::HOST_IO_UNFINISHED != 0,
+                "IO at {} lost its syscall exit but is not partial: {r:?}",
+                t.offset
+            );
+            partial += 1;
+            continue;
+        }
+        assert_eq!(r.partial, 0, "IO at {}: {r:?}", t.offset);
+        assert_eq!(r.b, t.b, "IO at {}: boundaries differ", t.offset);
+        let (layers, e2e) = split(&r.b);
+        let (want, want_e2e) = split(&t.b);
+        assert_eq!(layers, want);
+        assert_eq!(e2e, want_e2e);
+        assert_eq!(layers.iter().flatten().sum::<u64>(), e2e);
+        assert_eq!(r.flags & flags::SPLIT != 0, t.split, "split at {}", t.offset);
+        assert_eq!(r.flags & flags::MERGED != 0, t.merged, "merge at {}", t.offset);
+        assert_eq!(r.meta_ios, t.l2_miss as u32, "L2 miss at {}", t.offset);
+        splits += t.split as u32;
+        merges += t.merged as u32;
+        misses += t.l2_miss as u32;
+        exact += 1;
+    }
+    assert!(exact > 19_000 && partial > 100 && splits > 500 && merges > 1000 && misses > 1000);
+    // Memory follows the queue depth, not the trace: 20,000 IOs, a few dozen held.
+    assert!(peak < 200, "peak in flight {peak}");
+    // Every boundary is there in a complete synthetic row.
+    assert!(truths.iter().all(|t| t.b.iter().all(|&x| x != 0)));
+    assert_eq!(NB, 10);
+}
+
+/// Nearest-rank quantile, computed here independently of polars.
+fn nearest(v: &mut [u64], q: f64) -> u64 {
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn latency_table_matches_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 5_000,
+        ..SynthConfig::default()
+    };
+    let (path, truths, _) = make(&cfg, dir.path());
+    let opts = Options {
+        top_n: 5,
+        by: vec![GroupBy::Op],
+        ..Options::default()
+    };
+    let (report, _) = analyze(&path, &opts).unwrap();
+    assert_eq!(report.summary.ios, truths.len() as u64);
+    assert_eq!(report.summary.partial_ios, 0);
+    for (op, write) in [("read", false), ("write", true)] {
+        let ts: Vec<&Truth> = truths.iter().filter(|t| t.write == write).collect();
+        for (li, name) in LAYER_NAMES.iter().enumerate() {
+            let mut v: Vec<u64> = ts.iter().filter_map(|t| split(&t.b).0[li]).collect();
+            let stat = report
+                .latency
+                .iter()
+                .find(|s| s.group["op"] == op && s.layer == *name)
+                .unwrap_or_else(|| panic!("no {op} {name} line"));
+            assert_eq!(stat.count, v.len() as u64, "{op} {name}");
+            let mean = v.iter().sum::<u64>() as f64 / v.len() as f64;
+            assert!((stat.mean_ns - mean).abs() < 1e-6 * mean.max(1.0), "{op} {name} mean");
+            assert_eq!(stat.max_ns, *v.iter().max().unwrap());
+            assert_eq!(stat.p50_ns, nearest(&mut v, 0.5), "{op} {name} p50");
+            assert_eq!(stat.p99_ns, nearest(&mut v, 0.99), "{op} {name} p99");
+            assert_eq!(stat.p999_ns, nearest(&mut v, 0.999), "{op} {name} p99.9");
+        }
+        // Shares add up to the whole.
+        let total: f64 = report
+            .latency
+            .iter()
+            .filter(|s| s.group["op"] == op && s.layer != "e2e")
+            .map(|s| s.share)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{op}: shares sum to {total}");
+    }
+    // The slowest IOs are the truth's slowest, slowest first.
+    let mut e2e: Vec<u64> = truths.iter().map(|t| split(&t.b).1).collect();
+    e2e.sort_unstable_by(|a, b| b.cmp(a));
+    let got: Vec<u64> = report.slowest.iter().map(|s| s.e2e_ns).collect();
+    assert_eq!(got, e2e[..5]);
+}
+
+#[test]
+fn a_damaged_trace_is_read_to_its_last_good_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 20_000,
+        ..SynthConfig::default()
+    };
+    let (path, truths, _) = make(&cfg, dir.path());
+    let full = std::fs::read(&path).unwrap();
+    let opts = Options::default();
+    // Truncated in the middle: no end, no layout; what was read is reported.
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    let (r, src) = analyze(&cut, &opts).unwrap();
+    assert!(!r.summary.trace_complete);
+    let d = r.summary.damage.as_ref().expect("damage reported");
+    assert!(d.problem.contains("truncated"), "{}", d.problem);
+    assert!(r.summary.ios > 1000 && r.summary.ios < truths.len() as u64);
+    assert_eq!(src.from, "none");
+    // A flipped byte in an event chunk: events stop there, the rest is still used.
+    let mut bad = full.clone();
+    let at = full.len() / 3;
+    bad[at] ^= 0x55;
+    let flipped = dir.path().join("flipped.trace");
+    std::fs::write(&flipped, &bad).unwrap();
+    let (r, _) = analyze(&flipped, &opts).unwrap();
+    let d = r.summary.damage.as_ref().expect("damage reported");
+    assert!(d.problem.contains("checksum") || d.problem.contains("magic"), "{}", d.problem);
+    assert!(r.summary.events_unread > 0);
+    // Garbage and empty files: clear errors.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"hello").unwrap();
+    let e = analyze(&junk, &opts).unwrap_err().to_string();
+    assert!(e.contains("not a viopath trace"), "{e}");
+}
