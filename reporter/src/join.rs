@@ -278,6 +278,8 @@ struct Hio {
     has_kiocb: bool,
     bios: u32,
     requests: u32,
+    /// Block requests carrying it not yet completed.
+    open_rqs: u32,
     flags: u16,
     bottom_dev: u32,
     write: bool,
@@ -899,6 +901,7 @@ impl<'l, S: Sink> Join<'l, S> {
             has_kiocb: false,
             bios: 0,
             requests: 0,
+            open_rqs: 0,
             flags: 0,
             bottom_dev: 0,
             write,
@@ -1179,6 +1182,9 @@ impl<'l, S: Sink> Join<'l, S> {
             && !rq.owners.contains(&h)
         {
             rq.owners.push(h);
+            if let Some(x) = self.hios.get_mut(h) {
+                x.open_rqs += 1;
+            }
             if rq.owners.len() > 1 {
                 for &o in &rq.owners {
                     if let Some(x) = self.hios.get_mut(o) {
@@ -1207,6 +1213,7 @@ impl<'l, S: Sink> Join<'l, S> {
             for &h in &owners {
                 if let Some(x) = self.hios.get_mut(h) {
                     x.requests += 1;
+                    x.open_rqs += 1;
                 }
             }
             self.reqs.insert(
@@ -1239,13 +1246,23 @@ impl<'l, S: Sink> Join<'l, S> {
         let Some(r) = self.reqs.remove(&e.a[0]) else {
             return;
         };
+        let mut finished = Vec::new();
         for &h in &r.owners {
             if let Some(x) = self.hios.get_mut(h) {
                 x.done_any = x.done_any.max(e.ts);
                 if Self::is_bottom(x, r.dev) == Some(true) {
                     x.done_bottom = x.done_bottom.max(e.ts);
                 }
+                x.open_rqs = x.open_rqs.saturating_sub(1);
+                // linux-aio: the kernel's completion runs in IRQ context, outside the
+                // traced process, so the last block completion is the host's.
+                if x.open_rqs == 0 && x.api == Api::Native && x.has_kiocb {
+                    finished.push(h);
+                }
             }
+        }
+        for h in finished {
+            self.hio_done(h, e.ts);
         }
         for b in &r.bios {
             self.bios.remove(b);
@@ -1266,6 +1283,14 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             rq.sectors = rq.sectors.saturating_add(absorbed.sectors);
             rq.bios.extend(absorbed.bios);
+            for &h in &absorbed.owners {
+                // Carried by the target now: counted once, for it.
+                if rq.owners.contains(&h)
+                    && let Some(x) = self.hios.get_mut(h)
+                {
+                    x.open_rqs = x.open_rqs.saturating_sub(1);
+                }
+            }
             for h in absorbed.owners {
                 if !rq.owners.contains(&h) {
                     rq.owners.push(h);

@@ -323,47 +323,119 @@ impl<W: Write> Gen<W> {
     fn emit_host(&mut self, h: &HostPlan, aiocb: u64, lose_exit: bool, merged: bool) {
         let tid = WORKER0 + h.worker as u32;
         let cpu = 1;
-        self.ev(h.run, tid, cpu, EventKind::Qemu, q::HANDLE_AIOCB_RW, [
-            aiocb,
-            h.host_off,
-            h.bytes,
-            (FD << 32) | if h.write { 2 } else { 1 },
-        ]);
+        self.ev(
+            h.run,
+            tid,
+            cpu,
+            EventKind::Qemu,
+            q::HANDLE_AIOCB_RW,
+            [
+                aiocb,
+                h.host_off,
+                h.bytes,
+                (FD << 32) | if h.write { 2 } else { 1 },
+            ],
+        );
         let sc = if h.write { 2 } else { 1 };
-        self.ev(h.enter, tid, cpu, EventKind::SysEnter, sc, [FD, h.host_off, h.bytes, 0x7f00_0000]);
+        self.ev(
+            h.enter,
+            tid,
+            cpu,
+            EventKind::SysEnter,
+            sc,
+            [FD, h.host_off, h.bytes, 0x7f00_0000],
+        );
         let kiocb = self.kiocbs.get();
-        self.ev(h.enter + 200, tid, cpu, EventKind::DioBegin, 0, [kiocb, h.host_off, h.bytes, INODE]);
+        self.ev(
+            h.enter + 200,
+            tid,
+            cpu,
+            EventKind::DioBegin,
+            0,
+            [kiocb, h.host_off, h.bytes, INODE],
+        );
         let disk_byte = FS_OFFSET + h.host_off + PART_START;
         let sector = disk_byte / 512;
         let op = h.write as u8;
         let bio = self.bios.get();
         let part = part_dev() as u64;
         let disk = disk_dev() as u64;
-        self.ev(h.queued, tid, cpu, EventKind::BioQueue, op, [bio, sector, (part << 32) | h.bytes, 0]);
-        self.ev(h.queued + 50, tid, cpu, EventKind::BioRemap, op, [
-            bio,
-            sector,
-            (disk << 32) | part,
-            sector - PART_START / 512,
-        ]);
-        self.ev(h.queued + 100, tid, cpu, EventKind::BioQueue, op, [bio, sector, (disk << 32) | h.bytes, 0]);
+        self.ev(
+            h.queued,
+            tid,
+            cpu,
+            EventKind::BioQueue,
+            op,
+            [bio, sector, (part << 32) | h.bytes, 0],
+        );
+        self.ev(
+            h.queued + 50,
+            tid,
+            cpu,
+            EventKind::BioRemap,
+            op,
+            [bio, sector, (disk << 32) | part, sector - PART_START / 512],
+        );
+        self.ev(
+            h.queued + 100,
+            tid,
+            cpu,
+            EventKind::BioQueue,
+            op,
+            [bio, sector, (disk << 32) | h.bytes, 0],
+        );
         match merged {
             false => {
                 let rq = self.rqs.get();
-                self.ev(h.queued + 300, tid, cpu, EventKind::RqInsert, op, [rq, sector, (disk << 32) | h.bytes, bio]);
-                self.ev(h.issue, tid, cpu, EventKind::RqIssue, op, [rq, sector, (disk << 32) | h.bytes, bio]);
+                self.ev(
+                    h.queued + 300,
+                    tid,
+                    cpu,
+                    EventKind::RqInsert,
+                    op,
+                    [rq, sector, (disk << 32) | h.bytes, bio],
+                );
+                self.ev(
+                    h.issue,
+                    tid,
+                    cpu,
+                    EventKind::RqIssue,
+                    op,
+                    [rq, sector, (disk << 32) | h.bytes, bio],
+                );
                 let icpu = self.irq_cpu;
                 self.irq_cpu ^= 1;
-                self.ev(h.done, 0, icpu, EventKind::RqComplete, op, [rq, sector, (disk << 32) | h.bytes, h.bytes]);
+                self.ev(
+                    h.done,
+                    0,
+                    icpu,
+                    EventKind::RqComplete,
+                    op,
+                    [rq, sector, (disk << 32) | h.bytes, h.bytes],
+                );
                 self.free_at(h.done + 1, 5, rq);
             }
             true => {
                 // Back-merged into the request ahead of it (emitted by the caller).
-                self.ev(h.queued + 200, tid, cpu, EventKind::BioMerge, op, [bio, sector, (disk << 32) | h.bytes, 1]);
+                self.ev(
+                    h.queued + 200,
+                    tid,
+                    cpu,
+                    EventKind::BioMerge,
+                    op,
+                    [bio, sector, (disk << 32) | h.bytes, 1],
+                );
             }
         }
         self.free_at(h.done + 1, 4, bio);
-        self.ev(h.done + 500, tid, cpu, EventKind::DioComplete, 0, [kiocb, h.bytes, 0, 0]);
+        self.ev(
+            h.done + 500,
+            tid,
+            cpu,
+            EventKind::DioComplete,
+            0,
+            [kiocb, h.bytes, 0, 0],
+        );
         self.free_at(h.done + 501, 3, kiocb);
         if lose_exit {
             self.stats.lost += 1;
@@ -482,7 +554,11 @@ pub fn generate<W: Write>(
         for k in 0..n {
             let id = i + k;
             let write = g.rng.next() % 3 == 0;
-            let bytes = if merge_pair { 4096 } else { 4096 << (g.rng.next() % 5) };
+            let bytes = if merge_pair {
+                4096
+            } else {
+                4096 << (g.rng.next() % 5)
+            };
             // Guest offsets are unique per IO so tests can match rows to truths.
             let offset = id * 2 * CLUSTER + if merge_pair { k * 4096 } else { 0 };
             let req = g.reqs.get();
@@ -544,15 +620,34 @@ pub fn generate<W: Write>(
                 vec![(host_base + k * 4096, bytes)]
             };
             for (j, &(hoff, len)) in pieces.iter().enumerate() {
-                let at = if j == 0 { ready } else { g.slot(ready + 1200, 3) };
+                let at = if j == 0 {
+                    ready
+                } else {
+                    g.slot(ready + 1200, 3)
+                };
                 let aiocb = g.aiocbs.get();
                 let ty = if write { 2 } else { 1 };
                 g.qemu(at, bdrv, [qiov, hoff, len, 0xf1]);
                 g.qemu(at + 300, q::RAW_CO_PRW, [qiov, hoff, len, ty]);
-                g.qemu(at + 600, q::THREAD_POOL_SUBMIT_AIO, [aiocb, hoff, len, (FD << 32) | ty]);
+                g.qemu(
+                    at + 600,
+                    q::THREAD_POOL_SUBMIT_AIO,
+                    [aiocb, hoff, len, (FD << 32) | ty],
+                );
                 kernel_todo.push((at + 600, hoff, len, write, aiocb, lost && j == 0));
             }
-            truths.push((req, qiov, b, write, offset, bytes, lost, split, l2_miss, pieces.len()));
+            truths.push((
+                req,
+                qiov,
+                b,
+                write,
+                offset,
+                bytes,
+                lost,
+                split,
+                l2_miss,
+                pieces.len(),
+            ));
         }
         let mut kernel: Vec<HostPlan> = Vec::new();
         if merge_pair {
@@ -589,7 +684,14 @@ pub fn generate<W: Write>(
             b[9] = back + 600;
             g.qemu(b[7], q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]);
             g.qemu(b[8], q::VIRTIO_REQ_COMPLETE, [req, 0, 0, 0]);
-            g.ev(b[9], IOTHREAD, 0, EventKind::KvmMsi, 0, [0xfee0_0000, 0x4021, 0, 0]);
+            g.ev(
+                b[9],
+                IOTHREAD,
+                0,
+                EventKind::KvmMsi,
+                0,
+                [0xfee0_0000, 0x4021, 0, 0],
+            );
             g.free_at(b[8] + 1, 0, req);
             g.free_at(b[8] + 1, 1, qiov);
             g.stats.bytes += bytes;
@@ -621,7 +723,9 @@ pub fn generate<W: Write>(
     }
     g.out.json_chunk(ChunkKind::Layout, &layout())?;
     let stats = g.stats.clone();
-    let w = g.out.finish(&json!({"stop": "synthetic", "events": stats.events}))?;
+    let w = g
+        .out
+        .finish(&json!({"stop": "synthetic", "events": stats.events}))?;
     Ok((w, stats))
 }
 

@@ -64,7 +64,9 @@ fn recovers_every_boundary_of_every_io() {
     assert_eq!(rows.rows.len(), truths.len(), "one row per guest IO");
     // L2 reads belong to their requests; nothing else in the trace is QEMU's own.
     assert!(
-        rows.other.iter().all(|o| o.class != OtherClass::QemuInternal),
+        rows.other
+            .iter()
+            .all(|o| o.class != OtherClass::QemuInternal),
         "{:?}",
         rows.other.first()
     );
@@ -94,8 +96,18 @@ fn recovers_every_boundary_of_every_io() {
         assert_eq!(layers, want);
         assert_eq!(e2e, want_e2e);
         assert_eq!(layers.iter().flatten().sum::<u64>(), e2e);
-        assert_eq!(r.flags & flags::SPLIT != 0, t.split, "split at {}", t.offset);
-        assert_eq!(r.flags & flags::MERGED != 0, t.merged, "merge at {}", t.offset);
+        assert_eq!(
+            r.flags & flags::SPLIT != 0,
+            t.split,
+            "split at {}",
+            t.offset
+        );
+        assert_eq!(
+            r.flags & flags::MERGED != 0,
+            t.merged,
+            "merge at {}",
+            t.offset
+        );
         assert_eq!(r.meta_ios, t.l2_miss as u32, "L2 miss at {}", t.offset);
         splits += t.split as u32;
         merges += t.merged as u32;
@@ -143,7 +155,10 @@ fn latency_table_matches_the_truth() {
                 .unwrap_or_else(|| panic!("no {op} {name} line"));
             assert_eq!(stat.count, v.len() as u64, "{op} {name}");
             let mean = v.iter().sum::<u64>() as f64 / v.len() as f64;
-            assert!((stat.mean_ns - mean).abs() < 1e-6 * mean.max(1.0), "{op} {name} mean");
+            assert!(
+                (stat.mean_ns - mean).abs() < 1e-6 * mean.max(1.0),
+                "{op} {name} mean"
+            );
             assert_eq!(stat.max_ns, *v.iter().max().unwrap());
             assert_eq!(stat.p50_ns, nearest(&mut v, 0.5), "{op} {name} p50");
             assert_eq!(stat.p99_ns, nearest(&mut v, 0.99), "{op} {name} p99");
@@ -192,7 +207,11 @@ fn a_damaged_trace_is_read_to_its_last_good_chunk() {
     std::fs::write(&flipped, &bad).unwrap();
     let (r, _) = analyze(&flipped, &opts).unwrap();
     let d = r.summary.damage.as_ref().expect("damage reported");
-    assert!(d.problem.contains("checksum") || d.problem.contains("magic"), "{}", d.problem);
+    assert!(
+        d.problem.contains("checksum") || d.problem.contains("magic"),
+        "{}",
+        d.problem
+    );
     assert!(r.summary.events_unread > 0);
     // Garbage and empty files: clear errors.
     let junk = dir.path().join("junk");

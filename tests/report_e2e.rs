@@ -1,0 +1,213 @@
+//! `viopath report` on real recordings: qemu-io (the QEMU built with symbols) on a
+//! qcow2 on ext4 on a GPT partition of a loop device with direct IO, whose own IO goes
+//! to the host's disk. Every request must be joined from QEMU's block layer down to that
+//! bottom disk, its layer times must add up exactly to its end-to-end time, and that
+//! end-to-end time must agree with qemu-io's own measurement of the request.
+//!
+//! Needs root and the QEMU from tests/qemu/build.sh; skipped, saying so, otherwise.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use viopath_layouts::host::Topology;
+use viopath_probes::abi::kernel_dev;
+use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherIo, Sink};
+use viopath_reporter::layers::split;
+use viopath_reporter::reader::Trace;
+
+fn qemu_io_bin() -> Option<PathBuf> {
+    let p = PathBuf::from(
+        std::env::var("VIOPATH_QEMU_PREFIX")
+            .unwrap_or_else(|_| "/var/cache/viopath/qemu-10.0.2".into()),
+    )
+    .join("bin/qemu-io");
+    p.exists().then_some(p)
+}
+
+#[derive(Default)]
+struct Rows(Vec<IoRow>, Vec<OtherIo>);
+impl Sink for Rows {
+    fn io(&mut self, r: &IoRow) {
+        self.0.push(r.clone());
+    }
+    fn other(&mut self, o: &OtherIo) {
+        self.1.push(o.clone());
+    }
+}
+
+/// qemu-io's own latency of each command: it prints "N ops; T sec (... and R ops/sec)"
+/// with R to four decimals, so 1/R is the request's time to well under 0.1%.
+fn qemu_io_latencies(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter(|l| l.contains(" ops; "))
+        .map(|l| {
+            let r = l.rsplit(" and ").next().unwrap();
+            let ops: f64 = r.trim_end_matches(" ops/sec)").trim().parse().unwrap();
+            1e9 / ops
+        })
+        .collect()
+}
+
+fn bottom_of(file: &Path) -> u32 {
+    // The loop device's backing file lives on the host's disk: that disk is the bottom.
+    let out = run("stat", &["-c", "%d", file.to_str().unwrap()]);
+    let dev: u64 = out.trim().parse().unwrap();
+    let (ma, mi) = (libc::major(dev), libc::minor(dev));
+    let mut topo = Topology::system();
+    let d = topo
+        .device(viopath_layouts::host::DevId {
+            major: ma,
+            minor: mi,
+        })
+        .unwrap();
+    let disk = match &d.kind {
+        viopath_layouts::host::DeviceKind::Partition { parent, .. } => *parent,
+        _ => d.id,
+    };
+    kernel_dev(disk.major, disk.minor)
+}
+
+fn check(aio: &str) {
+    let Some(qemu_io_path) = qemu_io_bin() else {
+        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+        return;
+    };
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let st = mount_partitioned_loop(
+        &dir.path().join("disk.img"),
+        "160M",
+        "label: gpt\\nstart=2048, size=300000\\n",
+        1,
+        true,
+        &dir.path().join("mnt"),
+    );
+    let img = create(&st.mnt, "vm.qcow2", "cluster_size=65536", "64M");
+    // Allocate first, untraced, so the traced requests are plain data IO.
+    qemu_io(&img, &["write -P 7 0 16M"]);
+    let reqs: Vec<(bool, u64, u64)> = vec![
+        (false, 0, 4096),
+        (false, 1 << 20, 65536),
+        (false, 2 << 20, 1 << 20),
+        (true, 4 << 20, 4096),
+        (true, 5 << 20, 65536),
+        (true, 6 << 20, 1 << 20),
+        (false, 8 << 20, 1 << 20),
+    ];
+    let trace = dir.path().join("run.trace");
+    let mut args: Vec<String> = vec![
+        "record".into(),
+        "-o".into(),
+        trace.display().to_string(),
+        "--".into(),
+        qemu_io_path.display().to_string(),
+        "-f".into(),
+        "qcow2".into(),
+        "-t".into(),
+        "none".into(),
+        "-i".into(),
+        aio.into(),
+    ];
+    for (w, off, len) in &reqs {
+        args.push("-c".into());
+        args.push(format!(
+            "{} {off} {len}",
+            if *w { "write -P 3" } else { "read" }
+        ));
+    }
+    args.push(img.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = qemu_io_latencies(&stdout);
+    assert_eq!(want.len(), reqs.len(), "qemu-io output: {stdout}");
+
+    let t = Trace::open(&trace).unwrap();
+    let (layout, src) = viopath_reporter::load_layout(&t, &[]);
+    assert_eq!(src.from, "trace");
+    let cfg = JoinConfig {
+        await_msi: false,
+        expect_qcow2: layout.has_qcow2(),
+    };
+    let mut j = Join::new(&layout, Rows::default(), cfg);
+    for e in t.events() {
+        j.event(&e);
+    }
+    let (Rows(mut rows, _other), _) = j.finish();
+    rows.sort_by_key(|r| r.id);
+    assert_eq!(
+        rows.len(),
+        reqs.len(),
+        "{aio}: one row per qemu-io request: {rows:#?}"
+    );
+    let bottom = bottom_of(&dir.path().join("disk.img"));
+    let mut worst: f64 = 0.0;
+    for ((w, off, len), (row, q)) in reqs.iter().zip(rows.iter().zip(&want)) {
+        let what = format!("{aio} {} {off}+{len}", if *w { "write" } else { "read" });
+        assert_eq!(row.offset, Some(*off), "{what}");
+        assert_eq!(row.bytes, *len, "{what}");
+        assert_eq!(row.partial, 0, "{what}: partial: {row:?}");
+        // Joined down to the bottom disk: every host boundary is there.
+        for i in 1..=6 {
+            assert_ne!(row.b[i], 0, "{what}: boundary {i} missing: {row:?}");
+        }
+        assert_eq!(row.bottom_dev, bottom, "{what}: bottom device");
+        assert!(row.bios >= 1 && row.requests >= 1, "{what}: {row:?}");
+        let (layers, e2e) = split(&row.b);
+        assert_eq!(layers.iter().flatten().sum::<u64>(), e2e, "{what}");
+        // qemu-io's clock runs from before blk_pread to after it returns: it also holds
+        // the coroutine entry before our first probe and QEMU's completion after the
+        // host IO, which entry-only probes do not see.
+        let diff = (*q - e2e as f64) / *q;
+        eprintln!(
+            "{what}: viopath {:.1} µs, qemu-io {:.1} µs, {:+.2}%",
+            e2e as f64 / 1e3,
+            q / 1e3,
+            diff * 100.0
+        );
+        worst = worst.max(diff.abs());
+        assert!(diff >= -0.001, "{what}: joined time exceeds qemu-io's");
+    }
+    eprintln!("{aio}: worst difference {:.2}%", worst * 100.0);
+    assert!(
+        worst < 0.05,
+        "{aio}: end-to-end differs from qemu-io by {:.1}%",
+        worst * 100.0
+    );
+}
+
+#[test]
+fn joins_qemu_io_requests_down_to_the_bottom_disk_aio_threads() {
+    if !is_root() {
+        eprintln!("SKIPPED: recording needs root");
+        return;
+    }
+    check("threads");
+}
+
+#[test]
+fn joins_qemu_io_requests_down_to_the_bottom_disk_aio_native() {
+    if !is_root() {
+        eprintln!("SKIPPED: recording needs root");
+        return;
+    }
+    check("native");
+}
+
+#[test]
+fn joins_qemu_io_requests_down_to_the_bottom_disk_io_uring() {
+    if !is_root() {
+        eprintln!("SKIPPED: recording needs root");
+        return;
+    }
+    check("io_uring");
+}
