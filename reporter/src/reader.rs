@@ -7,7 +7,7 @@
 //! before use. A damaged or truncated file is read up to its last good chunk and the
 //! damage is reported, never hidden.
 
-use memmap2::{Advice, Mmap};
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 use serde::Serialize;
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -249,7 +249,8 @@ impl Trace {
     /// reached; at the first bad one the stream ends and [`Events::damage`] says so.
     pub fn events(&self) -> Events<'_> {
         Events {
-            data: &self.map,
+            map: &self.map,
+            released: 0,
             chunks: &self.chunks,
             next_chunk: 0,
             merge: Merger::default(),
@@ -268,7 +269,9 @@ impl Trace {
 /// after which the oldest are released anyway (and any event that then arrives earlier
 /// than one already released is counted in [`Events::late`] and delivered as it is).
 pub struct Events<'a> {
-    data: &'a [u8],
+    map: &'a Mmap,
+    /// Bytes of the map already handed back to the kernel.
+    released: usize,
     chunks: &'a [EventChunk],
     next_chunk: usize,
     merge: Merger,
@@ -362,7 +365,7 @@ impl Events<'_> {
             return false;
         };
         self.next_chunk += 1;
-        let payload = &self.data[c.offset..c.offset + c.len];
+        let payload = &self.map[c.offset..c.offset + c.len];
         if crc32fast::hash(payload) != c.crc {
             let at = c.offset - CHUNK_HEADER_SIZE;
             let rest: u64 = self.chunks[self.next_chunk - 1..]
@@ -390,6 +393,21 @@ impl Events<'_> {
             });
         }
         self.events_read += (c.len / FILE_EVENT_SIZE) as u64;
+        // The chunk is decoded: drop its pages from this process (they stay in the page
+        // cache), so the mapping does not count against memory as the file is read.
+        let end = (c.offset + c.len) & !4095;
+        if end > self.released {
+            // SAFETY: MADV_DONTNEED on a read-only private file mapping only drops
+            // our view of pages we no longer borrow; re-reading them refaults the file.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    self.released,
+                    end - self.released,
+                )
+            };
+            self.released = end;
+        }
         true
     }
 }

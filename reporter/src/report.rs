@@ -61,7 +61,7 @@ type Out = BufWriter<Box<dyn Write + Send>>;
 
 enum ExportWriter {
     Csv(polars::io::csv::write::BatchedWriter<Out>),
-    Parquet(polars::io::parquet::write::BatchedWriter<Out>),
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<Out>>),
 }
 
 fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
@@ -99,7 +99,7 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
             .collect::<Vec<_>>(),
     ));
     let mut e2e = Vec::with_capacity(n);
-    let mut layers: Vec<Vec<Option<u64>>> = vec![Vec::with_capacity(n); NL];
+    let mut layers: Vec<Vec<Option<u64>>> = (0..NL).map(|_| Vec::with_capacity(n)).collect();
     for r in rows {
         let (l, t) = split(&r.b);
         e2e.push(t);
@@ -267,7 +267,9 @@ impl<'l> Collector<'l> {
         let schema = export_frame(&[], self.layout)?.schema().as_ref().clone();
         let writer = match format {
             ExportFormat::Csv => ExportWriter::Csv(CsvWriter::new(f).batched(&schema)?),
-            ExportFormat::Parquet => ExportWriter::Parquet(ParquetWriter::new(f).batched(&schema)?),
+            ExportFormat::Parquet => {
+                ExportWriter::Parquet(Box::new(ParquetWriter::new(f).batched(&schema)?))
+            }
         };
         self.exporter = Some(Exporter {
             rows: Vec::with_capacity(BATCH),
@@ -477,10 +479,10 @@ impl Collector<'_> {
                 Column::new("g_device".into(), std::mem::take(&mut self.dev)),
                 u64_col("e2e", std::mem::take(&mut self.e2e), None),
             ];
-            for i in 0..NL {
+            for (i, name) in LAYER_NAMES.iter().enumerate() {
                 let v = std::mem::take(&mut self.layer[i]);
                 let valid = std::mem::take(&mut self.layer_valid[i]);
-                cols.push(u64_col(LAYER_NAMES[i], v, Some(valid)));
+                cols.push(u64_col(name, v, Some(valid)));
             }
             let df = DataFrame::new(n, cols)?;
             aggregate(df, by, self.layout)?

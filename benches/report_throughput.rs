@@ -1,0 +1,138 @@
+//! The reporter on large synthetic traces: events per second through reader + join +
+//! aggregation, wall time against a plain sequential read of the same file, and the
+//! reporter's peak RSS, for 10M and 100M events.
+//!
+//!     cargo bench --bench report_throughput [-- MILLIONS...]     (default: 10 100)
+//!
+//! Traces come from `viopath_reporter::synth` (every layer, L2 misses, splits, merges,
+//! CPUs interleaved as the recorder writes them) and are written to /var/tmp (about
+//! 4.5 GB for 100M events; removed afterwards). Each size runs three rounds; in each,
+//! the plain read (read(2) in 1 MiB blocks into one buffer) and
+//! `viopath report TRACE --format json -o /dev/null` run back to back, so the ratio
+//! compares like with like on a noisy machine: once with the file in the page cache
+//! (warm) and, as root, once each from storage after dropping the page cache (cold). The reporter runs as a child process so
+//! its peak RSS (`wait4` rusage) is its own.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+use viopath_reporter::synth::{SynthConfig, generate};
+
+/// Events per synthetic IO (measured by generating once; close to the real mix).
+fn events_per_io(dir: &Path) -> f64 {
+    let cfg = SynthConfig {
+        ios: 20_000,
+        ..SynthConfig::default()
+    };
+    let p = dir.join("probe.trace");
+    let f = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
+    let (_, st) = generate(&cfg, f, |_| {}).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    st.events as f64 / cfg.ios as f64
+}
+
+fn plain_read(p: &Path) -> f64 {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf).unwrap();
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    std::hint::black_box(n);
+    t.elapsed().as_secs_f64()
+}
+
+/// Wall seconds and peak RSS (bytes) of `viopath report`.
+fn report(p: &Path) -> (f64, u64) {
+    let t = Instant::now();
+    // Reaped with wait4 below (for its rusage), not Child::wait.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args([
+            "report",
+            p.to_str().unwrap(),
+            "--format",
+            "json",
+            "-o",
+            "/dev/null",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills; pid is our child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(r, pid);
+    let st = std::process::ExitStatus::from_raw(status);
+    assert!(st.success(), "viopath report failed: {st}");
+    (secs, ru.ru_maxrss as u64 * 1024)
+}
+
+fn main() {
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![10, 100]
+    } else {
+        sizes
+    };
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let per_io = events_per_io(dir.path());
+    println!("synthetic mix: {per_io:.2} events per IO");
+    for m in sizes {
+        let target = m * 1_000_000;
+        let cfg = SynthConfig {
+            ios: (target as f64 / per_io).ceil() as u64,
+            seed: m,
+            ..SynthConfig::default()
+        };
+        let p = dir.path().join(format!("{m}M.trace"));
+        let t = Instant::now();
+        let f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&p).unwrap());
+        let (_, st) = generate(&cfg, f, |_| {}).unwrap();
+        let bytes = std::fs::metadata(&p).unwrap().len();
+        println!(
+            "\n{m}M: {} events, {} IOs, {:.2} GB, generated in {:.0} s",
+            st.events,
+            cfg.ios,
+            bytes as f64 / 1e9,
+            t.elapsed().as_secs_f64()
+        );
+        plain_read(&p); // warm the page cache
+        println!("round  cache  read_s  report_s  ratio  Mevents/s  peak_RSS_MiB");
+        for round in 1..=3 {
+            for cold in [false, true] {
+                // Cold: both start from storage (needs root to drop the page cache).
+                let drop = || cold && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+                if cold && !drop() {
+                    continue;
+                }
+                let r = plain_read(&p);
+                if cold {
+                    drop();
+                }
+                let (s, rss) = report(&p);
+                println!(
+                    "{round:>5}  {:>5}  {r:>6.2}  {s:>8.2}  {:>5.2}  {:>9.2}  {:>12.0}",
+                    if cold { "cold" } else { "warm" },
+                    s / r,
+                    st.events as f64 / s / 1e6,
+                    rss as f64 / (1 << 20) as f64
+                );
+            }
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+}
