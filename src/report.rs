@@ -114,6 +114,17 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     w.flush()?;
+    // For benchmarks: this process's own peak RSS (a parent's wait4 rusage also counts
+    // the pre-exec copy of the parent).
+    if std::env::var_os("VIOPATH_PEAK_RSS").is_some()
+        && let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(l) = status.lines().find(|l| l.starts_with("VmHWM:"))
+    {
+        eprintln!(
+            "viopath: peak RSS {}",
+            l.trim_start_matches("VmHWM:").trim()
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,136 @@
+//! `viopath report` as a user runs it, on a synthetic trace whose answers are known
+//! (`viopath_reporter::synth`): every output format, grouping, and clear errors.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use viopath_reporter::layers::split;
+use viopath_reporter::synth::{SynthConfig, Truth, generate};
+
+fn viopath(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn make(dir: &Path) -> (String, Vec<Truth>) {
+    let p = dir.join("s.trace");
+    let mut truths = Vec::new();
+    let cfg = SynthConfig {
+        ios: 3000,
+        ..SynthConfig::default()
+    };
+    let f = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
+    generate(&cfg, f, |t| truths.push(t)).unwrap();
+    (p.display().to_string(), truths)
+}
+
+#[test]
+fn csv_export_has_one_row_per_io_with_the_true_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, truths) = make(dir.path());
+    let csv = dir.path().join("ios.csv");
+    let out = viopath(&[
+        "report",
+        &trace,
+        "--format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let (off, e2e, dev) = (col("offset"), col("e2e_ns"), col("device_ns"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), truths.len());
+    let want: HashMap<u64, &Truth> = truths.iter().map(|t| (t.offset, t)).collect();
+    for r in &rows {
+        let t = want[&r[off].parse::<u64>().unwrap()];
+        let (layers, total) = split(&t.b);
+        assert_eq!(r[e2e].parse::<u64>().unwrap(), total);
+        assert_eq!(r[dev].parse::<u64>().unwrap(), layers[4].unwrap());
+    }
+    // Boundary columns are there too.
+    for b in ["t_notify", "t_dispatched", "t_interrupt"] {
+        col(b);
+    }
+}
+
+#[test]
+fn table_json_parquet_and_grouping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, truths) = make(dir.path());
+    let out = viopath(&["report", &trace, "--by", "op,size", "--top", "3"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "{} ({} complete, 0 partial)",
+            truths.len(),
+            truths.len()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("Latency by layer") && text.contains("Slowest 3 IOs"),
+        "{text}"
+    );
+    assert!(text.contains("│ 4K "), "size groups: {text}");
+
+    let out = viopath(&["report", &trace, "--format", "json", "--by", "device"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["ios"], truths.len() as u64);
+    assert!(
+        v["latency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["group"]["device"] == "sda"),
+        "every synthetic IO ends on sda"
+    );
+
+    let pq = dir.path().join("ios.parquet");
+    let out = viopath(&[
+        "report",
+        &trace,
+        "--format",
+        "parquet",
+        "-o",
+        pq.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&pq).unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+    assert!(bytes.len() > 10_000);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.trace");
+    std::fs::write(&junk, b"this is not a trace").unwrap();
+    let out = viopath(&["report", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a viopath trace"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = viopath(&["report", "/nonexistent/x.trace"]);
+    assert_eq!(out.status.code(), Some(1));
+    let (trace, _) = make(dir.path());
+    let out = viopath(&["report", &trace, "--format", "parquet"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-o PATH"));
+}
