@@ -282,7 +282,6 @@ struct Hio {
     open_rqs: u32,
     flags: u16,
     bottom_dev: u32,
-    write: bool,
 }
 
 struct Root {
@@ -410,7 +409,6 @@ pub struct Join<'l, S: Sink> {
     next_id: u64,
     now: u64,
     next_sweep: u64,
-    scratch: Vec<DevRange>,
 }
 
 /// How deep in QEMU's block stack a probe is: a request never re-enters its own top
@@ -476,7 +474,6 @@ impl<'l, S: Sink> Join<'l, S> {
             next_id: 0,
             now: 0,
             next_sweep: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -671,12 +668,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 self.meta_ctx.insert(e.tid, (ctx, a1));
             }
             q::RAW_CO_PRW => {
-                let op = match a3 & 0xff {
-                    q::AIO_READ => Op::Read,
-                    q::AIO_WRITE => Op::Write,
-                    _ => Op::Other,
-                };
-                self.new_file_io(e, a0, a1, a2, op == Op::Write);
+                self.new_file_io(e, a0, a1, a2);
             }
             q::THREAD_POOL_SUBMIT_AIO => {
                 // Only read/write jobs reach handle_aiocb_rw (flush, discard... do not).
@@ -844,7 +836,7 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     /// A file-posix request: a host IO is coming.
-    fn new_file_io(&mut self, e: &RawEvent, qiov: u64, off: u64, bytes: u64, write: bool) -> Ref {
+    fn new_file_io(&mut self, e: &RawEvent, qiov: u64, off: u64, bytes: u64) -> Ref {
         let (root, kind) = match self.qiov.get(&qiov).copied() {
             Some(QiovBind::Root(r)) if self.roots.get(r).is_some() => (Some(r), HioKind::Data),
             Some(QiovBind::Meta(Some(r))) if self.roots.get(r).is_some() => {
@@ -852,25 +844,16 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             _ => (None, HioKind::Internal),
         };
-        let h = self.add_hio(root, kind, off, bytes, e.ts, write);
+        let h = self.add_hio(root, kind, off, bytes, e.ts);
         self.last_hio.insert(e.tid, h);
         h
     }
 
-    fn add_hio(
-        &mut self,
-        root: Option<Ref>,
-        kind: HioKind,
-        off: u64,
-        bytes: u64,
-        ts: u64,
-        write: bool,
-    ) -> Ref {
-        self.scratch.clear();
+    fn add_hio(&mut self, root: Option<Ref>, kind: HioKind, off: u64, bytes: u64, ts: u64) -> Ref {
+        let mut ranges = Vec::new();
         if bytes > 0 {
-            self.layout.dev_ranges(off, bytes, &mut self.scratch);
+            self.layout.dev_ranges(off, bytes, &mut ranges);
         }
-        let ranges = std::mem::take(&mut self.scratch);
         if let Some(r) = root
             && let Some(root) = self.roots.get_mut(r)
         {
@@ -904,7 +887,6 @@ impl<'l, S: Sink> Join<'l, S> {
             open_rqs: 0,
             flags: 0,
             bottom_dev: 0,
-            write,
         });
         self.inflight.push(h);
         h
@@ -921,9 +903,8 @@ impl<'l, S: Sink> Join<'l, S> {
             hio.api = api;
             return h;
         }
-        let write = e.a[3] & 0xff == q::AIO_WRITE;
         let qiov = if api == Api::Threads { 0 } else { e.a[0] };
-        let h = self.new_file_io(e, qiov, off, bytes, write);
+        let h = self.new_file_io(e, qiov, off, bytes);
         if let Some(hio) = self.hios.get_mut(h) {
             hio.api = api;
         }
@@ -946,9 +927,7 @@ impl<'l, S: Sink> Join<'l, S> {
                             })
                         });
                         let h = found.unwrap_or_else(|| {
-                            let write = matches!(e.sub, 2 | 4 | 6);
-                            let h =
-                                self.add_hio(None, HioKind::Syscall, e.a[1], e.a[2], e.ts, write);
+                            let h = self.add_hio(None, HioKind::Syscall, e.a[1], e.a[2], e.ts);
                             self.hios.get_mut(h).expect("new").api = Api::Threads;
                             h
                         });
@@ -992,7 +971,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 Some(h) if self.hios.get(h).is_some() => break h,
                 Some(_) => continue,
                 None => {
-                    let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts, false);
+                    let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
                     self.hios.get_mut(h).expect("new").api = Api::Uring;
                     break h;
                 }
@@ -1018,7 +997,7 @@ impl<'l, S: Sink> Join<'l, S> {
             Some(h) => h,
             None => {
                 // A direct IO no QEMU probe announced (probes missing, or not QEMU's).
-                let h = self.add_hio(None, HioKind::Syscall, pos, count, e.ts, false);
+                let h = self.add_hio(None, HioKind::Syscall, pos, count, e.ts);
                 self.hios.get_mut(h).expect("new").api = Api::Native;
                 h
             }
@@ -1084,16 +1063,11 @@ impl<'l, S: Sink> Join<'l, S> {
                 BioOwner::Other(id)
             }
         };
-        match owner {
-            BioOwner::Hio(h) => {
-                if let Some(hio) = self.hios.get_mut(h) {
-                    hio.first_q = min0(hio.first_q, e.ts);
-                    hio.bios += 1;
-                }
-            }
-            BioOwner::Other(id) => {
-                let _ = id;
-            }
+        if let BioOwner::Hio(h) = owner
+            && let Some(hio) = self.hios.get_mut(h)
+        {
+            hio.first_q = min0(hio.first_q, e.ts);
+            hio.bios += 1;
         }
         self.bios.insert(
             bio,
@@ -1379,7 +1353,6 @@ impl<'l, S: Sink> Join<'l, S> {
                 });
             }
         }
-        let _ = hio.write;
     }
 
     fn finish_root(&mut self, r: Ref, reason: u16) {

@@ -82,6 +82,25 @@ fn probe_attached(header: &serde_json::Value, name: &str) -> bool {
         .any(|p| p["name"] == name && p["attached"] == true)
 }
 
+fn from_snapshot(v: &serde_json::Value, from: &'static str) -> (layout::Layout, LayoutSource) {
+    let l = layout::Layout::from_snapshot(v);
+    let errors = v["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect();
+    let files = l.file_count();
+    (
+        l,
+        LayoutSource {
+            from,
+            files,
+            errors,
+        },
+    )
+}
+
 /// The layout the join uses: from images (when given) or the trace's snapshot.
 pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout, LayoutSource) {
     if !images.is_empty() {
@@ -92,35 +111,10 @@ pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout
             .filter_map(|d| d.as_str()?.parse().ok())
             .collect();
         let snap = viopath_layouts::snapshot::take(images, &devices);
-        let l = layout::Layout::from_snapshot(&snap);
-        let errors = snap["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.as_str().map(str::to_owned))
-            .collect();
-        let files = l.file_count();
-        return (
-            l,
-            LayoutSource {
-                from: "images",
-                files,
-                errors,
-            },
-        );
+        return from_snapshot(&snap, "images");
     }
     match &trace.layout {
-        Some(v) => {
-            let l = layout::Layout::from_snapshot(v);
-            let errors = v["errors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect();
-            let files = l.file_count();
-            (l, LayoutSource { from: "trace", files, errors })
-        }
+        Some(v) => from_snapshot(v, "trace"),
         None => (
             layout::Layout::default(),
             LayoutSource {

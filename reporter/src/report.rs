@@ -349,18 +349,15 @@ impl Sink for Collector<'_> {
             self.layer[i].push(l.unwrap_or(0));
             self.layer_valid[i].push(l.is_some());
         }
-        if self.top_n > 0 {
-            let item = std::cmp::Reverse((e2e, u64::MAX - row.id, RowBox(Box::new(row.clone()))));
-            if self.slowest.len() < self.top_n {
-                self.slowest.push(item);
-            } else if self
-                .slowest
-                .peek()
-                .is_some_and(|m| (m.0.0, m.0.1) < (e2e, u64::MAX - row.id))
-            {
+        let key = (e2e, u64::MAX - row.id);
+        let full = self.slowest.len() >= self.top_n;
+        // A row is cloned only when it enters the N slowest, not for every IO.
+        if self.top_n > 0 && (!full || self.slowest.peek().is_some_and(|m| (m.0.0, m.0.1) < key)) {
+            if full {
                 self.slowest.pop();
-                self.slowest.push(item);
             }
+            let item = std::cmp::Reverse((key.0, key.1, RowBox(Box::new(row.clone()))));
+            self.slowest.push(item);
         }
     }
 
