@@ -180,9 +180,17 @@ pub struct Chunk<'a> {
     pub kind: ChunkKind,
     pub base: u64,
     pub payload: &'a [u8],
+    /// The checksum the chunk header claims.
+    pub crc: u32,
 }
 
 impl<'a> Chunk<'a> {
+    /// Whether the payload matches its checksum (for chunks read with
+    /// [`chunks_deferred`], whose event payloads are not checked up front).
+    pub fn verify(&self) -> bool {
+        crc32fast::hash(self.payload) == self.crc
+    }
+
     pub fn event_count(&self) -> usize {
         self.payload.len() / FILE_EVENT_SIZE
     }
@@ -218,6 +226,8 @@ pub struct Chunks<'a> {
     data: &'a [u8],
     pos: usize,
     done: bool,
+    /// Leave Events payloads unchecksummed (the caller verifies them when it reads them).
+    defer_events: bool,
 }
 
 /// Start reading a trace held in memory (a file's bytes or a memory map).
@@ -229,7 +239,17 @@ pub fn chunks(data: &[u8]) -> Result<Chunks<'_>, TraceError> {
         data,
         pos: MAGIC.len(),
         done: false,
+        defer_events: false,
     })
+}
+
+/// Like [`chunks`], but Events chunks are only checked for structure, not checksummed:
+/// a streaming reader verifies each ([`Chunk::verify`]) when it gets to it, so the file
+/// is read once for the JSON chunks' sake and once for the events, not twice for both.
+pub fn chunks_deferred(data: &[u8]) -> Result<Chunks<'_>, TraceError> {
+    let mut c = chunks(data)?;
+    c.defer_events = true;
+    Ok(c)
 }
 
 impl<'a> Chunks<'a> {
@@ -275,7 +295,9 @@ impl<'a> Iterator for Chunks<'a> {
             ));
         }
         let payload = &rest[CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + len];
-        if crc32fast::hash(payload) != u32_at(12) {
+        let crc = u32_at(12);
+        let deferred = self.defer_events && kind == ChunkKind::Events;
+        if !deferred && crc32fast::hash(payload) != crc {
             return bad("checksum mismatch".into());
         }
         if kind == ChunkKind::Events && !len.is_multiple_of(FILE_EVENT_SIZE) {
@@ -291,6 +313,7 @@ impl<'a> Iterator for Chunks<'a> {
             kind,
             base,
             payload,
+            crc,
         }))
     }
 }

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use viopath_probes::abi::RawEvent;
 use viopath_probes::trace::{
-    CHUNK_HEADER_SIZE, CHUNK_MAGIC, ChunkKind, FILE_EVENT_SIZE, MAGIC, MAX_CHUNK_PAYLOAD,
+    CHUNK_HEADER_SIZE, ChunkKind, FILE_EVENT_SIZE, TraceError, chunks_deferred,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -142,100 +142,63 @@ impl Trace {
         self.info.events_unread_estimate = unread / FILE_EVENT_SIZE as u64;
     }
 
-    /// Pass 1: chunk headers, JSON chunks.
+    /// Pass 1: chunk headers, JSON chunks (event payloads are checksummed in pass 2).
     fn scan(&mut self) -> Result<(), ReadError> {
         let data: &[u8] = &self.map;
-        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        let Ok(mut it) = chunks_deferred(data) else {
             return Err(ReadError::NotATrace {
                 path: self.info.path.clone(),
             });
-        }
-        let mut pos = MAGIC.len();
+        };
         let mut first = true;
-        while pos < data.len() {
-            let rest = &data[pos..];
-            if rest.len() < CHUNK_HEADER_SIZE {
-                let p = format!("truncated chunk header ({} bytes)", rest.len());
-                self.damage(pos, p);
-                break;
-            }
-            let u32_at = |o: usize| u32::from_le_bytes(rest[o..o + 4].try_into().expect("4"));
-            if u32_at(0) != CHUNK_MAGIC {
-                self.damage(pos, "no chunk magic".into());
-                break;
-            }
-            let kind_raw = u16::from_le_bytes([rest[4], rest[5]]);
-            let Some(kind) = ChunkKind::from_u16(kind_raw) else {
-                self.damage(pos, format!("unknown chunk kind {kind_raw}"));
-                break;
+        let mut damage = None;
+        for c in &mut it {
+            let c = match c {
+                Ok(c) => c,
+                Err(TraceError::BadChunk { offset, problem }) => {
+                    damage = Some((offset as usize, problem));
+                    break;
+                }
+                Err(TraceError::BadMagic) => unreachable!("checked when opened"),
             };
-            let len = u32_at(8) as usize;
-            if len > MAX_CHUNK_PAYLOAD {
-                self.damage(
-                    pos,
-                    format!("payload of {len} bytes is over the 64 MiB limit"),
-                );
-                break;
-            }
-            if rest.len() < CHUNK_HEADER_SIZE + len {
-                let p = format!(
-                    "truncated: {} of {len} payload bytes present",
-                    rest.len() - CHUNK_HEADER_SIZE
-                );
-                self.damage(pos, p);
-                break;
-            }
-            let crc = u32_at(12);
-            let base = u64::from_le_bytes(rest[16..24].try_into().expect("8"));
-            let payload = &rest[CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + len];
-            if kind == ChunkKind::Events {
-                if !len.is_multiple_of(FILE_EVENT_SIZE) {
-                    self.damage(
-                        pos,
-                        format!("event payload of {len} bytes is not whole events"),
-                    );
-                    break;
-                }
-                // Checksummed when streamed (pass 2), so the file is read once more, not twice.
-                self.chunks.push(EventChunk {
-                    offset: pos + CHUNK_HEADER_SIZE,
-                    len,
-                    base,
-                    crc,
-                });
-            } else {
-                if crc32fast::hash(payload) != crc {
-                    self.damage(pos, "checksum mismatch".into());
-                    break;
-                }
-                let v: Value = match serde_json::from_slice(payload) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.damage(pos, format!("{kind:?} chunk is not JSON: {e}"));
-                        break;
-                    }
-                };
-                match kind {
-                    ChunkKind::Header if first => self.header = v,
-                    ChunkKind::Header => {}
-                    ChunkKind::Layout => self.layout = Some(v),
-                    ChunkKind::Losses => {
-                        self.info.events_lost_in_kernel = v["total"].as_u64().unwrap_or(0);
-                        self.losses = Some(v);
-                    }
-                    ChunkKind::End => {
-                        self.info.complete = true;
-                        self.end = Some(v);
-                    }
-                    ChunkKind::Events => unreachable!(),
-                }
-            }
-            if first && kind != ChunkKind::Header {
-                self.damage(pos, "the first chunk is not a header".into());
+            if first && c.kind != ChunkKind::Header {
+                damage = Some((c.offset as usize, "the first chunk is not a header".into()));
                 break;
             }
             first = false;
-            pos += CHUNK_HEADER_SIZE + len;
+            if c.kind == ChunkKind::Events {
+                self.chunks.push(EventChunk {
+                    offset: c.offset as usize + CHUNK_HEADER_SIZE,
+                    len: c.payload.len(),
+                    base: c.base,
+                    crc: c.crc,
+                });
+                continue;
+            }
+            let v = match c.json() {
+                Ok(v) => v,
+                Err(TraceError::BadChunk { offset, problem }) => {
+                    damage = Some((offset as usize, problem));
+                    break;
+                }
+                Err(TraceError::BadMagic) => unreachable!(),
+            };
+            match c.kind {
+                ChunkKind::Header if self.header.is_null() => self.header = v,
+                ChunkKind::Layout => self.layout = Some(v),
+                ChunkKind::Losses => {
+                    self.info.events_lost_in_kernel = v["total"].as_u64().unwrap_or(0);
+                    self.losses = Some(v);
+                }
+                ChunkKind::End => {
+                    self.info.complete = true;
+                    self.end = Some(v);
+                }
+                _ => {}
+            }
+        }
+        if let Some((at, problem)) = damage {
+            self.damage(at, problem);
         }
         self.info.events_in_file = self
             .chunks
