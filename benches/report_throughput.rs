@@ -6,7 +6,7 @@
 //!
 //! Traces come from `viopath_reporter::synth` (every layer, L2 misses, splits, merges,
 //! CPUs interleaved as the recorder writes them) and are written to /var/tmp (about
-//! 4.5 GB for 100M events; removed afterwards). Each size runs three rounds; in each,
+//! 4.5 GB for 100M events; removed afterwards, or moved into `$VIOPATH_BENCH_KEEP`). Each size runs three rounds; in each,
 //! the plain read (read(2) in 1 MiB blocks into one buffer) and
 //! `viopath report TRACE --format json -o /dev/null` run back to back, so the ratio
 //! compares like with like on a noisy machine: once with the file in the page cache
@@ -131,6 +131,14 @@ fn main() {
                 );
             }
         }
-        std::fs::remove_file(&p).unwrap();
+        match std::env::var_os("VIOPATH_BENCH_KEEP") {
+            // Keep the trace for profiling the reporter by hand.
+            Some(keep) => {
+                let to = Path::new(&keep).join(format!("{m}M.trace"));
+                std::fs::rename(&p, &to).unwrap();
+                println!("kept {}", to.display());
+            }
+            None => std::fs::remove_file(&p).unwrap(),
+        }
     }
 }

@@ -234,27 +234,35 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
     if !r.slowest.is_empty() {
         writeln!(w, "\nSlowest {} IOs (µs)", r.slowest.len())?;
         let mut b = Builder::default();
-        b.push_record(
-            [
-                "id", "op", "offset", "bytes", "e2e", "layers", "device", "flags",
-            ]
-            .map(String::from),
-        );
+        // The guest file column only when the trace can name guest files.
+        let files = r.slowest.iter().any(|x| x.guest_file.is_some());
+        let mut head = vec!["id", "op", "offset", "bytes"];
+        if files {
+            head.push("guest file");
+        }
+        head.extend(["e2e", "layers", "device", "flags"]);
+        b.push_record(head);
         for x in &r.slowest {
             let layers: Vec<String> = LAYER_NAMES
                 .iter()
                 .filter_map(|n| x.layers.get(n).map(|v| format!("{n} {}", us(*v))))
                 .collect();
-            b.push_record([
+            let mut row = vec![
                 x.row.id.to_string(),
                 x.row.op.name().to_owned(),
                 x.row.offset.map(|o| o.to_string()).unwrap_or("-".into()),
                 x.row.bytes.to_string(),
+            ];
+            if files {
+                row.push(x.guest_file.clone().unwrap_or("-".into()));
+            }
+            row.extend([
                 us(x.e2e_ns),
                 layers.join(", "),
                 x.device.clone().unwrap_or("-".into()),
                 flag_names(x.row.flags),
             ]);
+            b.push_record(row);
         }
         writeln!(w, "{}", b.build().with(Style::sharp()))?;
     }

@@ -1,10 +1,12 @@
 //! The layout snapshot stored at the end of a trace: what the reporter needs to join
 //! offline, on another machine: every image's chain and extent map with host device
 //! sectors, the reverse maps of the image files, where each image file lives on the
-//! host's devices, and the block devices involved. The reporter takes the same
+//! host's devices, the guest's partitions and ext filesystems (which file owns which
+//! guest bytes), and the block devices involved. The reporter takes the same
 //! snapshot from images directly for offline analysis where the images are at hand.
 
 use crate::HostFileOffset;
+use crate::guest::GuestLayout;
 use crate::host::{DevId, HostResolver, Topology};
 use crate::qcow2::Chain;
 use serde_json::{Value, json};
@@ -64,8 +66,20 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
                 }
             })
             .collect();
+        // What the guest keeps where (its partitions and ext filesystems, read through
+        // the chain), so guest IO can be named by file without the image at hand.
+        let guest = match GuestLayout::read(&chain) {
+            Ok(g) if !g.filesystems.is_empty() => json!({
+                "partitions": g.table.partitions,
+                "extents": g.extents(),
+                "notes": g.notes,
+            }),
+            Ok(_) => Value::Null,
+            Err(e) => json!({ "error": e.to_string() }),
+        };
         images.push(json!({
             "path": f,
+            "guest": guest,
             "virtual_size": chain.virtual_size(),
             "files": chain.files,
             "warnings": chain.warnings,

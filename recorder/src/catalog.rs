@@ -417,6 +417,11 @@ const AIO_TYPE_FD: u16 = 8;
 const AIO_OFFSET: u16 = 16;
 const AIO_NBYTES: u16 = 24;
 const MRB_NUM_REQS: u16 = 256;
+// VirtIOBlockReq (7.2 and 10.0): VirtQueueElement (56 bytes), sector_num, dev, vq, two
+// IOVDiscardUndo (24 each), in, then the guest's request header `out` { le32 type;
+// le32 ioprio; le64 sector } and the data's qiov.
+const VBR_OUT: u16 = 0x88;
+const VBR_QIOV: u16 = 0x98;
 
 macro_rules! one {
     ($a:expr) => {
@@ -457,8 +462,13 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         id: 4,
         symbol: "virtio_blk_req_complete",
         layer: Layer::Virtio,
-        records: "completion pushed to the guest: VirtIOBlockReq, status",
-        layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
+        records: "completion pushed to the guest: VirtIOBlockReq, guest sector, request type (and ioprio), data bytes",
+        layouts: one!([
+            A::reg(0),
+            A::deref64(0, VBR_OUT + 8),
+            A::deref64(0, VBR_OUT),
+            A::deref64(0, VBR_QIOV + QIOV_SIZE)
+        ]),
     },
     QemuProbe {
         id: 5,

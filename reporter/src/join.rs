@@ -115,15 +115,55 @@ pub enum Op {
     Read,
     Write,
     Other,
+    /// virtio-blk FLUSH: QEMU flushes the image (qcow2 metadata, then fdatasync).
+    Flush,
+    /// virtio-blk DISCARD and WRITE_ZEROES.
+    Discard,
+    WriteZeroes,
+    /// virtio-blk GET_ID: answered by QEMU without IO.
+    GetId,
 }
 
 impl Op {
+    pub const ALL: [Op; 7] = [
+        Op::Read,
+        Op::Write,
+        Op::Other,
+        Op::Flush,
+        Op::Discard,
+        Op::WriteZeroes,
+        Op::GetId,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Op::Read => "read",
             Op::Write => "write",
             Op::Other => "other",
+            Op::Flush => "flush",
+            Op::Discard => "discard",
+            Op::WriteZeroes => "write_zeroes",
+            Op::GetId => "get_id",
         }
+    }
+
+    /// From a virtio-blk request header's type (VIRTIO_BLK_T_*; the old BARRIER bit
+    /// is ignored).
+    pub fn from_virtio(t: u32) -> Op {
+        match t & !0x8000_0000 {
+            0 => Op::Read,
+            1 => Op::Write,
+            4 => Op::Flush,
+            8 => Op::GetId,
+            11 => Op::Discard,
+            13 => Op::WriteZeroes,
+            _ => Op::Other,
+        }
+    }
+
+    /// Moves data between the guest and the image (so host IO is expected).
+    pub fn moves_data(self) -> bool {
+        matches!(self, Op::Read | Op::Write)
     }
 }
 
@@ -147,6 +187,9 @@ pub mod flags {
     pub const VIRTIO_MERGED: u16 = 4;
     /// A bio was split in the block layer.
     pub const BIO_SPLIT: u16 = 8;
+    /// Part of it read a hole or an unwritten extent of the image file: the host
+    /// filesystem returned zeros without device IO.
+    pub const FS_ZEROS: u16 = 16;
 }
 
 pub mod reasons {
@@ -553,7 +596,17 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             KVM_MMIO => self.last_notify = e.ts,
             KVM_MSI => self.msi(e.ts),
-            DIO_MAP | FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
+            DIO_MAP => {
+                // iomap type HOLE (0) or UNWRITTEN (3): the filesystem answers with
+                // zeros, no bio follows for that range.
+                if matches!(e.sub, 0 | 3)
+                    && let Some(&h) = self.dio_ctx.get(&e.tid)
+                    && let Some(hio) = self.hios.get_mut(h)
+                {
+                    hio.flags |= flags::FS_ZEROS;
+                }
+            }
+            FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
             _ => self.stats.unknown_events += 1,
         }
         let in_flight = self.roots.live + self.hios.live;
@@ -712,9 +765,22 @@ impl<'l, S: Sink> Join<'l, S> {
                 root.last = e.ts;
                 root.completed = true;
                 root.virtio_req = 0;
-                if root.offset.is_none()
+                // The request header the guest wrote: type and sector; and the data
+                // size. Zero in traces from recorders that did not read them.
+                let vop = Op::from_virtio(a2 as u32);
+                let known_type = a1 != 0 || a2 != 0 || a3 != 0;
+                let had_block = root.offset.is_some();
+                if !had_block && known_type {
+                    root.op = vop;
+                    if vop.moves_data() || vop == Op::Discard || vop == Op::WriteZeroes {
+                        root.offset = Some(a1.saturating_mul(512));
+                        root.bytes = a3;
+                    }
+                }
+                if !had_block
                     && root.data_hios == 0
                     && root.open_hios == 0
+                    && (!known_type || vop.moves_data())
                     && let Some((id, b, at)) = batch
                     && id != root.id
                     && e.ts.saturating_sub(at) < 1_000_000
@@ -1397,10 +1463,18 @@ impl<'l, S: Sink> Join<'l, S> {
             return;
         }
         let mut partial = root.partial | reason;
-        if root.flags & flags::VIRTIO_MERGED == 0 {
+        // Flush, GET_ID and the like carry no data: QEMU's part is all there is to see
+        // (the fdatasync of a flush is not traced).
+        if root.flags & flags::VIRTIO_MERGED == 0
+            && (root.op.moves_data() || root.source != Source::Virtio)
+        {
             if root.data_hios == 0 {
                 partial |= reasons::NO_HOST_IO;
-            } else if root.b[4] == 0 && root.b[5] == 0 && root.b[3] == 0 && !self.layout.is_empty()
+            } else if root.b[4] == 0
+                && root.b[5] == 0
+                && root.b[3] == 0
+                && root.flags & flags::FS_ZEROS == 0
+                && !self.layout.is_empty()
             {
                 partial |= reasons::NO_DEVICE_IO;
             }

@@ -51,8 +51,131 @@ struct ReverseExtent {
     holds: Holds,
 }
 
+/// Who owns a run of guest disk bytes (from the guest filesystem walk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestExtent {
+    pub offset: u64,
+    pub len: u64,
+    /// `file`, `journal`, `inode_table`, ... (see the layouts crate's `GuestExtent`).
+    pub what: String,
+    pub path: Option<String>,
+    pub file_offset: Option<u64>,
+}
+
+/// What the guest keeps where on its disk; [`GuestMap::name`] names a guest offset.
+#[derive(Debug, Default)]
+pub struct GuestMap {
+    /// Sorted by offset, not overlapping.
+    extents: Vec<GuestExtent>,
+    /// Partition (number, first byte, bytes), for offsets no extent covers.
+    partitions: Vec<(u32, u64, u64)>,
+    /// Images with a guest map: attribution is made only when exactly one has one
+    /// (the join does not know which disk a virtio request was for).
+    pub images_with_guest: Vec<String>,
+}
+
+/// A guest offset, named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestName {
+    /// A file's path, or what the filesystem keeps there in brackets:
+    /// `[journal]`, `[inode_table]`, `[free]` (no owner), `[outside partitions]`.
+    pub what: String,
+    pub file_offset: Option<u64>,
+}
+
+impl GuestMap {
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    pub fn name(&self, offset: u64) -> Option<GuestName> {
+        if self.extents.is_empty() {
+            return None;
+        }
+        let i = self.extents.partition_point(|e| e.offset + e.len <= offset);
+        if let Some(e) = self.extents.get(i)
+            && e.offset <= offset
+        {
+            return Some(match &e.path {
+                Some(p) => GuestName {
+                    what: p.clone(),
+                    file_offset: e.file_offset.map(|f| f + (offset - e.offset)),
+                },
+                None => GuestName {
+                    what: format!("[{}]", e.what),
+                    file_offset: None,
+                },
+            });
+        }
+        let inside = self
+            .partitions
+            .iter()
+            .any(|&(_, start, len)| start <= offset && offset < start + len);
+        Some(GuestName {
+            what: if inside {
+                "[free]"
+            } else {
+                "[outside partitions]"
+            }
+            .into(),
+            file_offset: None,
+        })
+    }
+
+    fn add(&mut self, image: &str, g: &Value) -> usize {
+        let mut skipped = 0;
+        let Some(list) = g["extents"].as_array() else {
+            return 0;
+        };
+        self.images_with_guest.push(image.to_owned());
+        for p in g["partitions"].as_array().into_iter().flatten() {
+            if let (Some(n), Some(start), Some(sectors)) = (
+                p["number"].as_u64(),
+                p["start"].as_u64(),
+                p["sectors"].as_u64(),
+            ) {
+                self.partitions.push((
+                    n as u32,
+                    start.saturating_mul(512),
+                    sectors.saturating_mul(512),
+                ));
+            }
+        }
+        for e in list {
+            match (e["offset"].as_u64(), e["len"].as_u64(), e["what"].as_str()) {
+                (Some(offset), Some(len), Some(what)) if len > 0 => {
+                    self.extents.push(GuestExtent {
+                        offset,
+                        len,
+                        what: what.to_owned(),
+                        path: e["path"].as_str().map(str::to_owned),
+                        file_offset: e["file_offset"].as_u64(),
+                    })
+                }
+                _ => skipped += 1,
+            }
+        }
+        self.extents.sort_by_key(|e| e.offset);
+        // Overlaps only come from a corrupt filesystem or a forged snapshot: keep the first.
+        let mut end = 0;
+        self.extents.retain(|e| {
+            let keep = e.offset >= end;
+            if keep {
+                end = e.offset + e.len;
+            } else {
+                skipped += 1;
+            }
+            keep
+        });
+        skipped
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Layout {
+    /// The guest's files, when the snapshot has exactly one image with a guest
+    /// filesystem.
+    pub guest: GuestMap,
     files: Vec<(String, Vec<Segment>, Vec<ReverseExtent>)>,
     /// Every device range any image file occupies, for classifying IO no request claims.
     occupied: HashMap<u32, Vec<(u64, u64)>>,
@@ -76,7 +199,12 @@ impl Layout {
                 l.device_names.insert(dev, name.to_owned());
             }
         }
+        let mut guests = GuestMap::default();
         for img in v["images"].as_array().into_iter().flatten() {
+            if img["guest"].is_object() && img["guest"]["extents"].is_array() {
+                let name = img["path"].as_str().unwrap_or("?");
+                l.skipped += guests.add(name, &img["guest"]);
+            }
             let mut reverse_by_file: HashMap<String, Vec<ReverseExtent>> = HashMap::new();
             for r in img["reverse"].as_array().into_iter().flatten() {
                 let file = r["file"].as_str().unwrap_or_default().to_owned();
@@ -161,6 +289,12 @@ impl Layout {
             }
             *r = merged;
         }
+        if guests.images_with_guest.len() > 1 {
+            // Which disk a virtio request was for is not traced: naming files from the
+            // wrong disk would be worse than not naming them.
+            guests.extents.clear();
+        }
+        l.guest = guests;
         l
     }
 

@@ -152,7 +152,18 @@ impl Trace {
         };
         let mut first = true;
         let mut damage = None;
+        // Touching a chunk header maps the cached pages around it too (fault-around, a
+        // whole large folio on a cold read): on a 4 GB trace that is the whole file unless
+        // the walked part is unmapped as the walk goes.
+        let mut released = 0;
         for c in &mut it {
+            if let Ok(c) = &c
+                && c.offset as usize >= released + RELEASE_EVERY
+            {
+                let to = c.offset as usize & !4095;
+                release(&self.map, released, to);
+                released = to;
+            }
             let c = match c {
                 Ok(c) => c,
                 Err(TraceError::BadChunk { offset, problem }) => {
@@ -200,6 +211,7 @@ impl Trace {
         if let Some((at, problem)) = damage {
             self.damage(at, problem);
         }
+        release(&self.map, released, self.map.len());
         self.info.events_in_file = self
             .chunks
             .iter()
@@ -360,18 +372,24 @@ impl Events<'_> {
         // cache), so the mapping does not count against memory as the file is read.
         let end = (c.offset + c.len) & !4095;
         if end > self.released {
-            // SAFETY: MADV_DONTNEED on a read-only private file mapping only drops
-            // our view of pages we no longer borrow; re-reading them refaults the file.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    UncheckedAdvice::DontNeed,
-                    self.released,
-                    end - self.released,
-                )
-            };
+            release(self.map, self.released, end);
             self.released = end;
         }
         true
+    }
+}
+
+/// How much of the map the header walk may hold mapped before unmapping it.
+const RELEASE_EVERY: usize = 32 << 20;
+
+/// Drop `[from, to)` of the map from this process's page tables; the pages stay in the
+/// page cache and refault if read again.
+fn release(map: &Mmap, from: usize, to: usize) {
+    let from = from & !4095;
+    if to > from {
+        // SAFETY: MADV_DONTNEED on a read-only private file mapping only drops our view
+        // of pages nothing borrows any more; reading them again refaults the file.
+        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from) };
     }
 }
 

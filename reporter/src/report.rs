@@ -98,6 +98,25 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
             .map(|r| (r.bottom_dev != 0).then(|| layout.device_name(r.bottom_dev)))
             .collect::<Vec<_>>(),
     ));
+    // The guest file (or filesystem structure) at the IO's first byte.
+    let names: Vec<Option<crate::layout::GuestName>> = rows
+        .iter()
+        .map(|r| r.offset.and_then(|o| layout.guest.name(o)))
+        .collect();
+    cols.push(Column::new(
+        "guest_file".into(),
+        names
+            .iter()
+            .map(|g| g.as_ref().map(|g| g.what.as_str()))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "guest_file_offset".into(),
+        names
+            .iter()
+            .map(|g| g.as_ref().and_then(|g| g.file_offset))
+            .collect::<Vec<_>>(),
+    ));
     let mut e2e = Vec::with_capacity(n);
     let mut layers: Vec<Vec<Option<u64>>> = (0..NL).map(|_| Vec::with_capacity(n)).collect();
     for r in rows {
@@ -163,6 +182,7 @@ pub fn flag_names(f: u16) -> String {
         (flags::MERGED, "merged"),
         (flags::VIRTIO_MERGED, "virtio_merged"),
         (flags::BIO_SPLIT, "bio_split"),
+        (flags::FS_ZEROS, "fs_zeros"),
     ] {
         if f & bit != 0 {
             v.push(name);
@@ -498,7 +518,13 @@ impl Collector<'_> {
                         .collect(),
                     e2e_ns: e2e,
                     device: (row.bottom_dev != 0).then(|| self.layout.device_name(row.bottom_dev)),
-                    guest_file: None,
+                    guest_file: row
+                        .offset
+                        .and_then(|o| self.layout.guest.name(o))
+                        .map(|g| match g.file_offset {
+                            Some(f) => format!("{} @{f}", g.what),
+                            None => g.what,
+                        }),
                     row: *row,
                 }
             })
@@ -598,11 +624,10 @@ fn aggregate(
             let (k, v) = match g {
                 GroupBy::Op => {
                     let op = get_u64("g_op", i);
-                    let name = match op {
-                        x if x == Op::Read as u64 => "read",
-                        x if x == Op::Write as u64 => "write",
-                        _ => "other",
-                    };
+                    let name = Op::ALL
+                        .iter()
+                        .find(|o| **o as u64 == op)
+                        .map_or("other", |o| o.name());
                     ("op", name.to_owned())
                 }
                 GroupBy::Size => ("size", size_class(1u64 << get_u64("g_size", i).min(63))),

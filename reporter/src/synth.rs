@@ -683,7 +683,12 @@ pub fn generate<W: Write>(
             b[8] = back + 300;
             b[9] = back + 600;
             g.qemu(b[7], q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]);
-            g.qemu(b[8], q::VIRTIO_REQ_COMPLETE, [req, 0, 0, 0]);
+            // The guest's request header as QEMU holds it: sector, type (0 IN, 1 OUT).
+            g.qemu(
+                b[8],
+                q::VIRTIO_REQ_COMPLETE,
+                [req, offset / 512, u64::from(write), bytes],
+            );
             g.ev(
                 b[9],
                 IOTHREAD,

@@ -882,6 +882,14 @@ impl Ext4Map {
             })
     }
 
+    /// Every owned run of blocks, in physical block order: (first block, blocks, owner
+    /// of the first block). For a file, later blocks of the run continue its `lblock`.
+    pub fn runs(&self) -> impl Iterator<Item = (u64, u64, &Owner)> {
+        self.blocks
+            .iter()
+            .map(|b| (b.pblock, b.len, &self.owners[b.owner]))
+    }
+
     pub fn file_by_path(&self, path: &str) -> Option<&FileInfo> {
         let p = if path.len() > 1 {
             path.trim_end_matches('/')

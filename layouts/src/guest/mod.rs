@@ -100,7 +100,62 @@ pub struct GuestFileLocation {
     pub unwritten: bool,
 }
 
+/// A run of guest disk bytes with one owner, flattened for a trace's layout snapshot
+/// (the reporter names each guest IO's file from these without the image at hand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestExtent {
+    pub offset: GuestOffset,
+    pub len: u64,
+    pub partition: Option<u32>,
+    /// `file`, `journal`, `inode_table`, `block_bitmap`, `inode_bitmap`, `superblock`,
+    /// `group_descriptors`, `reserved_gdt`, `extent_tree`, `indirect_block`, or
+    /// `unlinked_inode` (an inode no directory reaches).
+    pub what: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For file data: the file offset of the extent's first byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_offset: Option<u64>,
+}
+
 impl GuestLayout {
+    /// Every owned extent of every filesystem, by guest offset.
+    pub fn extents(&self) -> Vec<GuestExtent> {
+        let mut out = Vec::new();
+        for fs in &self.filesystems {
+            let bs = fs.map.sb.block_size;
+            let base = fs.start_byte();
+            let part = fs.partition.as_ref().map(|p| p.number);
+            for (pblock, len, owner) in fs.map.runs() {
+                let (what, path, file_offset) = match owner {
+                    Owner::File { inode, lblock } => match fs.map.files.get(inode) {
+                        Some(f) => ("file", Some(f.path.clone()), Some(lblock * bs)),
+                        None if *inode == fs.map.sb.journal_inum => ("journal", None, None),
+                        None => ("unlinked_inode", None, None),
+                    },
+                    Owner::ExtentTreeNode { .. } => ("extent_tree", None, None),
+                    Owner::IndirectBlock { .. } => ("indirect_block", None, None),
+                    Owner::Superblock { .. } => ("superblock", None, None),
+                    Owner::GroupDescriptors { .. } => ("group_descriptors", None, None),
+                    Owner::ReservedGdt { .. } => ("reserved_gdt", None, None),
+                    Owner::BlockBitmap { .. } => ("block_bitmap", None, None),
+                    Owner::InodeBitmap { .. } => ("inode_bitmap", None, None),
+                    Owner::InodeTable { .. } => ("inode_table", None, None),
+                };
+                out.push(GuestExtent {
+                    offset: GuestOffset(base + pblock * bs),
+                    len: len * bs,
+                    partition: part,
+                    what,
+                    path,
+                    file_offset,
+                });
+            }
+        }
+        out.sort_by_key(|e| e.offset);
+        out
+    }
+
     /// Read partitions and every ext filesystem on a guest disk.
     pub fn read(disk: &dyn ReadAt) -> Result<GuestLayout> {
         let table = partition::read_partitions(disk)?;
