@@ -1,43 +1,149 @@
-//! `viopath demo`: what viopath does, on a guest disk embedded in the binary.
+//! `viopath demo`: record a real VM doing IO and report where the time went.
 //!
-//! Recording and per-IO latency reports are not built yet; the demo runs what exists:
-//! the address translation that joins a guest IO to the host's devices.
+//! Where this machine can record (root, BPF, a qemu-system-x86_64 and the test guest
+//! from `tests/vm/guest.sh`), the demo boots that guest on the guest disk embedded in
+//! the binary (a qcow2 overlay on a base image: GPT, ext4), lets it read and write a
+//! known file, records it with `viopath record` and prints `viopath report`. Elsewhere
+//! it replays a trace this harness recorded (`fixtures/demo/vm.trace`) and says so.
 
-use crate::map::{self, MapArgs};
+use crate::report::{self, By, Format, ReportArgs};
+use crate::vm::{GuestAssets, qemu_args};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use viopath_layouts::stack::{Stack, StackOptions};
+use std::process::Command;
 
 const BASE: &[u8] = include_bytes!("../fixtures/demo/base.qcow2");
 const OVERLAY: &[u8] = include_bytes!("../fixtures/demo/overlay.qcow2");
+/// Recorded by `viopath demo --dir fixtures/demo-capture` on the test machine (see
+/// fixtures/demo/make.sh).
+const TRACE: &[u8] = include_bytes!("../fixtures/demo/vm.trace");
+
+/// What the demo guest does: O_DIRECT reads of /var/lib/db/table (its first 64 KiB are
+/// in the overlay, the rest in the base image), a buffered read of the log after
+/// dropping the guest's page cache, O_DIRECT writes into clusters still in the base
+/// image (qcow2 copy-on-write), and a buffered append made durable with sync.
+const WORKLOAD: &str = r#"#!/bin/sh
+mount -t ext4 /dev/vda1 /mnt || exit 1
+t=/mnt/var/lib/db/table
+dd if=$t of=/dev/null bs=4096 count=16 iflag=direct 2>/dev/null
+dd if=$t of=/dev/null bs=65536 skip=1 count=7 iflag=direct 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+cat /mnt/var/log/app.log > /dev/null
+dd if=/dev/urandom of=$t bs=4096 seek=40 count=8 oflag=direct conv=notrunc 2>/dev/null
+echo "demo line" >> /mnt/var/log/app.log && sync
+umount /mnt
+echo "viopath-demo: guest workload done"
+"#;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Write the demo images here and keep them (default: a temporary directory)
+    /// Keep the demo's images and trace here (default: a temporary directory)
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Replay the shipped trace even where this machine could record
+    #[arg(long)]
+    pub replay: bool,
 }
 
-fn map_args(image: &Path) -> MapArgs {
-    MapArgs {
-        image: image.to_owned(),
-        guest_offset: None,
-        guest_path: None,
-        offset: 0,
-        length: 512,
-        partition: None,
-        host_offset: None,
-        file: None,
-        json: false,
-        no_host: false,
-        dm_table: None,
+/// Why this machine cannot record the demo VM, or the QEMU and guest to record.
+fn live_setup() -> std::result::Result<(PathBuf, GuestAssets), String> {
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        });
+    if euid.as_deref() != Some("0") {
+        return Err("recording needs root (BPF)".into());
+    }
+    let qemu = qemu_system().ok_or(
+        "no qemu-system-x86_64 with symbols (set VIOPATH_QEMU_PREFIX, or run tests/qemu/build.sh)",
+    )?;
+    let assets =
+        GuestAssets::find().ok_or("no test guest kernel and initramfs (run tests/vm/guest.sh)")?;
+    Ok((qemu, assets))
+}
+
+/// `$VIOPATH_QEMU_PREFIX/bin`, else the newest `qemu-*` build in the cache.
+fn qemu_system() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VIOPATH_QEMU_PREFIX") {
+        let q = Path::new(&p).join("bin/qemu-system-x86_64");
+        return q.is_file().then_some(q);
+    }
+    let cache = std::env::var_os("VIOPATH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/viopath".into());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin/qemu-system-x86_64"))
+        .filter(|q| q.is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn report_args(trace: &Path) -> ReportArgs {
+    ReportArgs {
+        trace: trace.to_owned(),
+        format: Format::Table,
+        output: None,
+        top: 8,
+        by: vec![By::Op],
+        images: Vec::new(),
     }
 }
 
+/// Record the guest; on failure, the reason (the recorder's last words).
+fn record(
+    dir: &Path,
+    qemu: &Path,
+    assets: &GuestAssets,
+    out: &mut dyn Write,
+) -> Result<PathBuf, String> {
+    for (name, bytes) in [("base.qcow2", BASE), ("overlay.qcow2", OVERLAY)] {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    let trace = dir.join("demo.trace");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(qemu)
+        .args(qemu_args(
+            assets,
+            &dir.join("overlay.qcow2"),
+            "threads",
+            WORKLOAD,
+        ));
+    let _ = writeln!(
+        out,
+        "Recording: viopath record -o {} -- {} ... (guest {}, TCG)\n",
+        trace.display(),
+        qemu.display(),
+        assets.dir.display()
+    );
+    let o = cmd.output().map_err(|e| e.to_string())?;
+    let serial = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() || !serial.contains("viopath-demo: guest workload done") {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("the guest did not finish its workload");
+        return Err(format!("recording failed: {last}"));
+    }
+    Ok(trace)
+}
+
 pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
-    // A disk-backed directory, so FIEMAP can show real device sectors.
     let tmp;
     let dir = match &args.dir {
         Some(d) => {
@@ -45,6 +151,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
             d.clone()
         }
         None => {
+            // Disk-backed, so the host file's extents are real device sectors.
             let parent = ["/var/tmp", "/tmp"]
                 .iter()
                 .map(Path::new)
@@ -54,89 +161,56 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
             tmp.0.clone()
         }
     };
-    let overlay = dir.join("overlay.qcow2");
-    for (name, bytes) in [("base.qcow2", BASE), ("overlay.qcow2", OVERLAY)] {
-        let p = dir.join(name);
-        std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
-    }
     writeln!(
         out,
-        "viopath demo: a 64 MiB guest disk (GPT, ext4 on partition 1) as a qcow2 overlay"
-    )?;
-    writeln!(out, "on a base image, written to {}.", dir.display())?;
-    writeln!(
-        out,
-        "The guest rewrote the first 64 KiB of /var/lib/db/table after the base was taken.\n"
-    )?;
-
-    writeln!(
-        out,
-        "1. The virtual disk's extents, down to host device sectors (viopath map overlay.qcow2):\n"
-    )?;
-    map::run(&map_args(&overlay), out)?;
-
-    writeln!(
-        out,
-        "\n2. A guest file offset in the rewritten part lives in the overlay"
+        "viopath demo: a VM reads and writes files on its virtio-blk disk (a qcow2 overlay on a"
     )?;
     writeln!(
         out,
-        "   (viopath map overlay.qcow2 --guest-path /var/lib/db/table --offset 4096 --length 4096):\n"
+        "base image; GPT, ext4); viopath records every layer and reports where the time went.\n"
     )?;
-    let mut a = map_args(&overlay);
-    a.guest_path = Some("/var/lib/db/table".into());
-    a.offset = 4096;
-    a.length = 4096;
-    map::run(&a, out)?;
-
+    let live = if args.replay {
+        Err("--replay was given".to_owned())
+    } else {
+        live_setup()
+    };
+    let recorded = match live {
+        Ok((qemu, assets)) => record(&dir, &qemu, &assets, out),
+        Err(why) => Err(why),
+    };
+    let trace = match recorded {
+        Ok(t) => {
+            writeln!(out, "Recorded a live run on this machine.\n")?;
+            t
+        }
+        Err(why) => {
+            let t = dir.join("demo.trace");
+            std::fs::write(&t, TRACE).with_context(|| format!("cannot write {}", t.display()))?;
+            writeln!(
+                out,
+                "Not recording here ({why}): replaying a trace this demo recorded on a test"
+            )?;
+            writeln!(
+                out,
+                "machine (2-core VM, QEMU 10.0.2 under TCG, qcow2 on ext4 on a virtual disk).\n"
+            )?;
+            t
+        }
+    };
+    report::run(&report_args(&trace), out)?;
     writeln!(
         out,
-        "\n3. Further into the same file the data still comes from the backing image (depth 1):\n"
-    )?;
-    a.offset = 256 << 10;
-    map::run(&a, out)?;
-
-    // Where step 2 landed in the overlay file, looked up backwards.
-    let mut stack = Stack::open(
-        &overlay,
-        &StackOptions {
-            guest: true,
-            host: false,
-            dm_tables: None,
-        },
-    )?;
-    let host = stack
-        .translate_file("/var/lib/db/table", 4096, 4096, None)?
-        .pieces[0]
-        .host_offset
-        .context("the demo image lost its overlay data")?;
-    writeln!(
-        out,
-        "\n4. And back: what is at that offset of the overlay file (viopath map overlay.qcow2 --host-offset {}):\n",
-        host.0
-    )?;
-    let mut r = map_args(&overlay);
-    r.host_offset = Some(host.0);
-    map::run(&r, out)?;
-
-    writeln!(
-        out,
-        "\nThis is the address translation viopath's reporter uses to join one guest IO across"
-    )?;
-    writeln!(
-        out,
-        "layers. Recording IOs (viopath record) and per-layer latency reports (viopath report)"
-    )?;
-    writeln!(
-        out,
-        "are not built yet; when they are, this demo will record and report a real workload."
+        "\nEach row of the table is a layer between the guest's request and its completion;\n\
+         `viopath report {} --format csv -o -` gives one row per IO, with the guest file it\n\
+         touched. See docs/walkthrough.md for how to read this.",
+        if args.dir.is_some() {
+            trace.display().to_string()
+        } else {
+            "TRACE".into()
+        }
     )?;
     if args.dir.is_some() {
-        writeln!(
-            out,
-            "The images stay in {} for you to explore with viopath map.",
-            dir.display()
-        )?;
+        writeln!(out, "The trace and images stay in {}.", dir.display())?;
     }
     Ok(())
 }

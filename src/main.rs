@@ -9,6 +9,7 @@ mod map;
 mod record;
 mod report;
 mod units;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use std::io::{self, Write};

@@ -45,29 +45,12 @@ impl GuestAssets {
     }
 }
 
-/// How QEMU does the disk's host IO (`-drive aio=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aio {
-    Threads,
-    Native,
-    IoUring,
-}
-
-impl Aio {
-    pub fn name(self) -> &'static str {
-        match self {
-            Aio::Threads => "threads",
-            Aio::Native => "native",
-            Aio::IoUring => "io_uring",
-        }
-    }
-}
-
 /// The qemu-system arguments (without the program) that boot the guest with `disk`
 /// (qcow2) as its virtio-blk disk /dev/vda, opened with O_DIRECT (`cache=none`) so
-/// every guest request reaches the host's block devices, and run `workload` (a busybox
-/// sh script) as root in the guest, which then powers off.
-pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: Aio, workload: &str) -> Vec<String> {
+/// every guest request reaches the host's block devices, with QEMU's `aio` mode
+/// (threads, native, io_uring), and run `workload` (a busybox sh script) as root in the
+/// guest, which then powers off.
+pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: &str, workload: &str) -> Vec<String> {
     let d = &assets.dir;
     let append = format!(
         "console=ttyS0 quiet panic=-1 viopath.run={}",
@@ -99,7 +82,7 @@ pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: Aio, workload: &str) ->
         &format!(
             "file={},if=none,id=d0,format=qcow2,cache=none,aio={}",
             disk.display(),
-            aio.name()
+            aio
         ),
         "-device",
         "virtio-blk-pci,drive=d0",

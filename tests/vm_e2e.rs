@@ -185,7 +185,7 @@ fn a_real_guest_is_joined_to_the_bottom_disk_and_named_by_guest_file() {
         "--".into(),
         qemu.display().to_string(),
     ];
-    args.extend(vm::qemu_args(&assets, &disk, vm::Aio::Threads, WORKLOAD));
+    args.extend(vm::qemu_args(&assets, &disk, "threads", WORKLOAD));
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)
         .output()
