@@ -9,10 +9,8 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use viopath_layouts::host::Topology;
-use viopath_probes::abi::kernel_dev;
 use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherIo, Sink};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
@@ -49,25 +47,6 @@ fn qemu_io_latencies(stdout: &str) -> Vec<f64> {
             1e9 / ops
         })
         .collect()
-}
-
-fn bottom_of(file: &Path) -> u32 {
-    // The loop device's backing file lives on the host's disk: that disk is the bottom.
-    let out = run("stat", &["-c", "%d", file.to_str().unwrap()]);
-    let dev: u64 = out.trim().parse().unwrap();
-    let (ma, mi) = (libc::major(dev), libc::minor(dev));
-    let mut topo = Topology::system();
-    let d = topo
-        .device(viopath_layouts::host::DevId {
-            major: ma,
-            minor: mi,
-        })
-        .unwrap();
-    let disk = match &d.kind {
-        viopath_layouts::host::DeviceKind::Partition { parent, .. } => *parent,
-        _ => d.id,
-    };
-    kernel_dev(disk.major, disk.minor)
 }
 
 fn check(aio: &str) {
@@ -149,7 +128,7 @@ fn check(aio: &str) {
         reqs.len(),
         "{aio}: one row per qemu-io request: {rows:#?}"
     );
-    let bottom = bottom_of(&dir.path().join("disk.img"));
+    let bottom = bottom_disk_of(&dir.path().join("disk.img"));
     let mut worst: f64 = 0.0;
     let mut gaps = Vec::new();
     for ((w, off, len), (row, q)) in reqs.iter().zip(rows.iter().zip(&want)) {

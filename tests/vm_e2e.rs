@@ -19,7 +19,6 @@ use common::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use viopath_probes::abi::kernel_dev;
 use viopath_reporter::join::{IoRow, Join, JoinConfig, Op, OtherIo, Sink, Source};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
@@ -77,22 +76,6 @@ fn guest_ops(serial: &str) -> Vec<GuestOp> {
             }
         })
         .collect()
-}
-
-fn bottom_disk_of(file: &Path) -> u32 {
-    let out = run("stat", &["-c", "%d", file.to_str().unwrap()]);
-    let dev: u64 = out.trim().parse().unwrap();
-    let id = viopath_layouts::host::DevId {
-        major: libc::major(dev),
-        minor: libc::minor(dev),
-    };
-    let mut topo = viopath_layouts::host::Topology::system();
-    let d = topo.device(id).unwrap();
-    let disk = match &d.kind {
-        viopath_layouts::host::DeviceKind::Partition { parent, .. } => *parent,
-        _ => d.id,
-    };
-    kernel_dev(disk.major, disk.minor)
 }
 
 /// The guest disk: GPT, ext4 (4 KiB blocks) on partition 1 from 1 MiB, with known

@@ -162,3 +162,21 @@ pub fn mount_partitioned_loop(
         cleanup,
     }
 }
+
+/// The disk (kernel dev_t encoding, as trace events carry it) under the filesystem
+/// holding `file`: for a loop device's backing file, the bottom of the stack.
+pub fn bottom_disk_of(file: &Path) -> u32 {
+    let out = run("stat", &["-c", "%d", file.to_str().unwrap()]);
+    let dev: u64 = out.trim().parse().unwrap();
+    let id = viopath_layouts::host::DevId {
+        major: libc::major(dev),
+        minor: libc::minor(dev),
+    };
+    let mut topo = viopath_layouts::host::Topology::system();
+    let d = topo.device(id).unwrap();
+    let disk = match &d.kind {
+        viopath_layouts::host::DeviceKind::Partition { parent, .. } => *parent,
+        _ => d.id,
+    };
+    viopath_probes::abi::kernel_dev(disk.major, disk.minor)
+}
