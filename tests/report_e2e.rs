@@ -9,31 +9,10 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
-use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherIo, Sink};
+use viopath_reporter::join::{Join, JoinConfig};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
-
-fn qemu_io_bin() -> Option<PathBuf> {
-    let p = PathBuf::from(
-        std::env::var("VIOPATH_QEMU_PREFIX")
-            .unwrap_or_else(|_| "/var/cache/viopath/qemu-10.0.2".into()),
-    )
-    .join("bin/qemu-io");
-    p.exists().then_some(p)
-}
-
-#[derive(Default)]
-struct Rows(Vec<IoRow>, Vec<OtherIo>);
-impl Sink for Rows {
-    fn io(&mut self, r: &IoRow) {
-        self.0.push(r.clone());
-    }
-    fn other(&mut self, o: &OtherIo) {
-        self.1.push(o.clone());
-    }
-}
 
 /// qemu-io's own latency of each command: it prints "N ops; T sec (... and R ops/sec)"
 /// with R to four decimals, so 1/R is the request's time to well under 0.1%.
@@ -50,7 +29,7 @@ fn qemu_io_latencies(stdout: &str) -> Vec<f64> {
 }
 
 fn check(aio: &str) {
-    let Some(qemu_io_path) = qemu_io_bin() else {
+    let Some(qemu_io_path) = qemu_bin("qemu-io") else {
         eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return;
     };

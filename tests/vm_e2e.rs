@@ -11,28 +11,16 @@
 //! (run here if missing; it downloads Debian packages); skipped, saying so, otherwise.
 
 mod common;
-#[allow(dead_code)]
 #[path = "../src/vm.rs"]
 mod vm;
 
 use common::*;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use viopath_reporter::join::{IoRow, Join, JoinConfig, Op, OtherIo, Sink, Source};
+use viopath_reporter::join::{IoRow, Join, JoinConfig, Op, Source};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
-
-#[derive(Default)]
-struct Rows(Vec<IoRow>, Vec<OtherIo>);
-impl Sink for Rows {
-    fn io(&mut self, r: &IoRow) {
-        self.0.push(r.clone());
-    }
-    fn other(&mut self, o: &OtherIo) {
-        self.1.push(o.clone());
-    }
-}
 
 /// What the guest's script says it did: one `viopath-io` line per operation.
 #[derive(Debug, Clone)]
@@ -109,15 +97,6 @@ fn debugfs_bmap(part: &Path, path: &str, lblock: u64) -> u64 {
         .unwrap_or_else(|_| panic!("debugfs bmap {path} {lblock}: {out}"))
 }
 
-fn qemu_system() -> Option<PathBuf> {
-    let p = PathBuf::from(
-        std::env::var("VIOPATH_QEMU_PREFIX")
-            .unwrap_or_else(|_| "/var/cache/viopath/qemu-10.0.2".into()),
-    )
-    .join("bin/qemu-system-x86_64");
-    p.exists().then_some(p)
-}
-
 fn guest_assets() -> Option<vm::GuestAssets> {
     if let Some(a) = vm::GuestAssets::find() {
         return Some(a);
@@ -140,7 +119,7 @@ fn a_real_guest_is_joined_to_the_bottom_disk_and_named_by_guest_file() {
         eprintln!("SKIPPED: needs root (BPF, loop devices)");
         return;
     }
-    let Some(qemu) = qemu_system() else {
+    let Some(qemu) = qemu_bin("qemu-system-x86_64") else {
         eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return;
     };

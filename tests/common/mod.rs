@@ -180,3 +180,31 @@ pub fn bottom_disk_of(file: &Path) -> u32 {
     };
     viopath_probes::abi::kernel_dev(disk.major, disk.minor)
 }
+
+/// A binary of the QEMU built with symbols by tests/qemu/build.sh
+/// (`$VIOPATH_QEMU_PREFIX`, default its cache directory), if it is there.
+pub fn qemu_bin(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(
+        std::env::var("VIOPATH_QEMU_PREFIX")
+            .unwrap_or_else(|_| "/var/cache/viopath/qemu-10.0.2".into()),
+    )
+    .join("bin")
+    .join(name);
+    p.exists().then_some(p)
+}
+
+/// A join sink that keeps every row and every other-IO record.
+#[derive(Default)]
+pub struct Rows(
+    pub Vec<viopath_reporter::join::IoRow>,
+    pub Vec<viopath_reporter::join::OtherIo>,
+);
+
+impl viopath_reporter::join::Sink for Rows {
+    fn io(&mut self, r: &viopath_reporter::join::IoRow) {
+        self.0.push(r.clone());
+    }
+    fn other(&mut self, o: &viopath_reporter::join::OtherIo) {
+        self.1.push(o.clone());
+    }
+}
