@@ -16,8 +16,7 @@ use std::process::Command;
 
 const BASE: &[u8] = include_bytes!("../fixtures/demo/base.qcow2");
 const OVERLAY: &[u8] = include_bytes!("../fixtures/demo/overlay.qcow2");
-/// Recorded by `viopath demo --dir fixtures/demo-capture` on the test machine (see
-/// fixtures/demo/make.sh).
+/// Recorded by this demo on the test machine (how: fixtures/demo/make.sh).
 const TRACE: &[u8] = include_bytes!("../fixtures/demo/vm.trace");
 
 /// What the demo guest does: O_DIRECT reads of /var/lib/db/table (its first 64 KiB are

@@ -1463,11 +1463,14 @@ impl<'l, S: Sink> Join<'l, S> {
             return;
         }
         let mut partial = root.partial | reason;
-        // Flush, GET_ID and the like carry no data: QEMU's part is all there is to see
-        // (the fdatasync of a flush is not traced).
-        if root.flags & flags::VIRTIO_MERGED == 0
-            && (root.op.moves_data() || root.source != Source::Virtio)
-        {
+        // Flush, GET_ID, discard carry no data the host reads or writes: QEMU's part is
+        // all there is to see (their fdatasync / fallocate is not traced). `Other` is
+        // also what a trace without request types gives, so it still expects host IO.
+        let no_data = matches!(
+            root.op,
+            Op::Flush | Op::GetId | Op::Discard | Op::WriteZeroes
+        );
+        if root.flags & flags::VIRTIO_MERGED == 0 && !no_data {
             if root.data_hios == 0 {
                 partial |= reasons::NO_HOST_IO;
             } else if root.b[4] == 0

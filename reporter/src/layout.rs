@@ -53,13 +53,12 @@ struct ReverseExtent {
 
 /// Who owns a run of guest disk bytes (from the guest filesystem walk).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestExtent {
-    pub offset: u64,
-    pub len: u64,
-    /// `file`, `journal`, `inode_table`, ... (see the layouts crate's `GuestExtent`).
-    pub what: String,
-    pub path: Option<String>,
-    pub file_offset: Option<u64>,
+struct GuestExtent {
+    offset: u64,
+    len: u64,
+    /// The file's path, or the filesystem structure in brackets (`[inode_table]`).
+    label: String,
+    file_offset: Option<u64>,
 }
 
 /// What the guest keeps where on its disk; [`GuestMap::name`] names a guest offset.
@@ -67,19 +66,19 @@ pub struct GuestExtent {
 pub struct GuestMap {
     /// Sorted by offset, not overlapping.
     extents: Vec<GuestExtent>,
-    /// Partition (number, first byte, bytes), for offsets no extent covers.
-    partitions: Vec<(u32, u64, u64)>,
+    /// Partitions (first byte, bytes), for offsets no extent covers.
+    partitions: Vec<(u64, u64)>,
     /// Images with a guest map: attribution is made only when exactly one has one
     /// (the join does not know which disk a virtio request was for).
     pub images_with_guest: Vec<String>,
 }
 
 /// A guest offset, named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestName {
-    /// A file's path, or what the filesystem keeps there in brackets:
-    /// `[journal]`, `[inode_table]`, `[free]` (no owner), `[outside partitions]`.
-    pub what: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestName<'a> {
+    /// A file's path, or what the filesystem keeps there in brackets: `[inode_table]`,
+    /// `[superblock]`, ..., `[free]` (no owner), `[outside partitions]`.
+    pub what: &'a str,
     pub file_offset: Option<u64>,
 }
 
@@ -88,7 +87,7 @@ impl GuestMap {
         self.extents.is_empty()
     }
 
-    pub fn name(&self, offset: u64) -> Option<GuestName> {
+    pub fn name(&self, offset: u64) -> Option<GuestName<'_>> {
         if self.extents.is_empty() {
             return None;
         }
@@ -96,28 +95,21 @@ impl GuestMap {
         if let Some(e) = self.extents.get(i)
             && e.offset <= offset
         {
-            return Some(match &e.path {
-                Some(p) => GuestName {
-                    what: p.clone(),
-                    file_offset: e.file_offset.map(|f| f + (offset - e.offset)),
-                },
-                None => GuestName {
-                    what: format!("[{}]", e.what),
-                    file_offset: None,
-                },
+            return Some(GuestName {
+                what: &e.label,
+                file_offset: e.file_offset.map(|f| f + (offset - e.offset)),
             });
         }
         let inside = self
             .partitions
             .iter()
-            .any(|&(_, start, len)| start <= offset && offset < start + len);
+            .any(|&(start, len)| start <= offset && offset < start + len);
         Some(GuestName {
             what: if inside {
                 "[free]"
             } else {
                 "[outside partitions]"
-            }
-            .into(),
+            },
             file_offset: None,
         })
     }
@@ -129,16 +121,9 @@ impl GuestMap {
         };
         self.images_with_guest.push(image.to_owned());
         for p in g["partitions"].as_array().into_iter().flatten() {
-            if let (Some(n), Some(start), Some(sectors)) = (
-                p["number"].as_u64(),
-                p["start"].as_u64(),
-                p["sectors"].as_u64(),
-            ) {
-                self.partitions.push((
-                    n as u32,
-                    start.saturating_mul(512),
-                    sectors.saturating_mul(512),
-                ));
+            if let (Some(start), Some(sectors)) = (p["start"].as_u64(), p["sectors"].as_u64()) {
+                self.partitions
+                    .push((start.saturating_mul(512), sectors.saturating_mul(512)));
             }
         }
         for e in list {
@@ -147,8 +132,10 @@ impl GuestMap {
                     self.extents.push(GuestExtent {
                         offset,
                         len,
-                        what: what.to_owned(),
-                        path: e["path"].as_str().map(str::to_owned),
+                        label: match e["path"].as_str() {
+                            Some(p) => p.to_owned(),
+                            None => format!("[{what}]"),
+                        },
                         file_offset: e["file_offset"].as_u64(),
                     })
                 }

@@ -84,12 +84,19 @@ fn probe_attached(header: &serde_json::Value, name: &str) -> bool {
 
 fn from_snapshot(v: &serde_json::Value, from: &'static str) -> (layout::Layout, LayoutSource) {
     let l = layout::Layout::from_snapshot(v);
-    let errors = v["errors"]
+    let mut errors: Vec<String> = v["errors"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|e| e.as_str().map(str::to_owned))
         .collect();
+    if l.guest.images_with_guest.len() > 1 {
+        errors.push(format!(
+            "guest files are not named: {} images hold guest filesystems ({}) and the trace does not say which disk each request was for",
+            l.guest.images_with_guest.len(),
+            l.guest.images_with_guest.join(", ")
+        ));
+    }
     let files = l.file_count();
     (
         l,

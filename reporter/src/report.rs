@@ -107,7 +107,7 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
         "guest_file".into(),
         names
             .iter()
-            .map(|g| g.as_ref().map(|g| g.what.as_str()))
+            .map(|g| g.as_ref().map(|g| g.what))
             .collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
@@ -523,7 +523,7 @@ impl Collector<'_> {
                         .and_then(|o| self.layout.guest.name(o))
                         .map(|g| match g.file_offset {
                             Some(f) => format!("{} @{f}", g.what),
-                            None => g.what,
+                            None => g.what.to_owned(),
                         }),
                     row: *row,
                 }
