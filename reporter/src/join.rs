@@ -354,10 +354,23 @@ struct Root {
     merged_into: Option<u64>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum QiovBind {
     Root(Ref),
     Meta(Option<Ref>),
+    /// qcow2's copy-on-write buffer for an allocating write: reading the old cluster
+    /// (from the backing file) is that write's metadata-like IO; writing the buffer
+    /// out carries the write's data.
+    Cow(Ref),
+}
+
+impl QiovBind {
+    fn root(self) -> Option<Ref> {
+        match self {
+            QiovBind::Root(r) | QiovBind::Cow(r) | QiovBind::Meta(Some(r)) => Some(r),
+            QiovBind::Meta(None) => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -433,6 +446,10 @@ pub struct Join<'l, S: Sink> {
     qcow2_ctx: Map<u32, Ref>,
     meta_ctx: Map<u32, (Option<Ref>, u64)>,
     file_children: Map<u64, ()>,
+    /// The last bdrv_co_p{read,write}v_part on a thread whose qiov is known: its
+    /// file-posix request follows in the same coroutine, with a slice of that qiov
+    /// (a new pointer) when it covers only part of it.
+    last_bdrv: Map<u32, (QiovBind, u64, u64)>,
     last_hio: Map<u32, Ref>,
     aiocb: Map<u64, Ref>,
     worker: Map<u32, Ref>,
@@ -498,6 +515,7 @@ impl<'l, S: Sink> Join<'l, S> {
             qcow2_ctx: Map::default(),
             meta_ctx: Map::default(),
             file_children: Map::default(),
+            last_bdrv: Map::default(),
             last_hio: Map::default(),
             aiocb: Map::default(),
             worker: Map::default(),
@@ -809,52 +827,77 @@ impl<'l, S: Sink> Join<'l, S> {
         );
         let op = if write { Op::Write } else { Op::Read };
         let is_qcow2 = matches!(e.sub, q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART);
-        if let Some(bind) = self.qiov.get(&qiov).copied() {
-            match bind {
-                QiovBind::Root(r) => {
-                    let reuse = match self.roots.get(r) {
-                        Some(root) => {
-                            level(root.top_probe) == level(e.sub)
-                                && root.top_child == child
-                                && root.open_hios == 0
-                        }
-                        None => true,
-                    };
-                    if !reuse {
-                        let root = self.roots.get_mut(r).expect("checked");
-                        root.last = e.ts;
-                        if is_qcow2 {
-                            root.qcow2 = true;
-                            self.qcow2_ctx.insert(e.tid, r);
-                        } else if root.qcow2
-                            && matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART)
-                        {
-                            self.file_children.insert(child, ());
-                        }
-                        return;
+        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
+        let bound = self.qiov.get(&qiov).copied();
+        let bind = match bound {
+            Some(QiovBind::Root(r)) => {
+                let reuse = match self.roots.get(r) {
+                    Some(root) => {
+                        level(root.top_probe) == level(e.sub)
+                            && root.top_child == child
+                            && root.open_hios == 0
                     }
+                    None => true,
+                };
+                if reuse {
                     // The pointer is back for a new request: the old one is over.
                     self.qiov.remove(&qiov);
                     if self.roots.get(r).is_some() {
                         self.finish_root(r, 0);
                     }
+                    None
+                } else {
+                    let root = self.roots.get_mut(r).expect("checked");
+                    root.last = e.ts;
+                    if is_qcow2 {
+                        root.qcow2 = true;
+                        self.qcow2_ctx.insert(e.tid, r);
+                    } else if root.qcow2 && is_bdrv {
+                        self.file_children.insert(child, ());
+                    }
+                    bound
                 }
-                QiovBind::Meta(_) => return,
             }
+            // Metadata and copy-on-write buffers live on coroutine stacks, so their
+            // addresses come back for other purposes: after its owner is gone, as a
+            // table read that a cache lookup announces, or (a metadata buffer) as
+            // qcow2's own copy-on-write read.
+            Some(b @ (QiovBind::Meta(_) | QiovBind::Cow(_)))
+                if b.root()
+                    .is_some_and(|r| self.roots.get(r).is_none_or(|x| x.completed))
+                    || (is_qcow2 && matches!(b, QiovBind::Meta(_)))
+                    || self.meta_ctx.get(&e.tid).is_some_and(|&(_, t)| t == off) =>
+            {
+                self.qiov.remove(&qiov);
+                None
+            }
+            other => other,
+        };
+        let bind = bind.or_else(|| self.bind_new_qiov(e, qiov, op, is_qcow2));
+        if is_bdrv && let Some(b) = bind {
+            self.last_bdrv.insert(e.tid, (b, off, bytes));
         }
-        // A qiov we have not seen: a metadata read after an L2 cache lookup, the block
-        // request a blk_aio_* event announced, QEMU's own file IO, or a new request.
+    }
+
+    /// A qiov not seen before: a metadata read after an L2 cache lookup, the block
+    /// request a blk_aio_* event announced, a copy-on-write buffer, QEMU's own file IO,
+    /// or a new request. Returns how it was bound.
+    fn bind_new_qiov(
+        &mut self,
+        e: &RawEvent,
+        qiov: u64,
+        op: Op,
+        is_qcow2: bool,
+    ) -> Option<QiovBind> {
+        let [_, off, bytes, child] = e.a;
         if let Some((ctx, table)) = self.meta_ctx.get(&e.tid).copied()
             && table == off
         {
             self.meta_ctx.remove(&e.tid);
-            self.qiov.insert(qiov, QiovBind::Meta(ctx));
-            if let Some(r) = ctx
-                && let Some(root) = self.roots.get_mut(r)
-            {
-                root.qiovs.push(qiov);
-            }
-            return;
+            // Tables live in the image file: this child is one (needed when no guest
+            // data has gone to it yet, as in a fresh overlay).
+            self.file_children.insert(child, ());
+            return Some(self.bind_to(qiov, QiovBind::Meta(ctx)));
         }
         if let Some(r) = self.pending_co.get(&e.tid).copied()
             && let Some(root) = self.roots.get(r)
@@ -873,7 +916,10 @@ impl<'l, S: Sink> Join<'l, S> {
                 root.qcow2 = true;
                 self.qcow2_ctx.insert(e.tid, r);
             }
-            return;
+            return Some(QiovBind::Root(r));
+        }
+        if is_qcow2 && let Some(r) = self.cow_owner(e.tid, off, bytes) {
+            return Some(self.bind_to(qiov, QiovBind::Cow(r)));
         }
         if self.file_children.contains_key(&child) {
             let ctx = self
@@ -881,13 +927,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 .get(&e.tid)
                 .copied()
                 .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed));
-            self.qiov.insert(qiov, QiovBind::Meta(ctx));
-            if let Some(r) = ctx
-                && let Some(root) = self.roots.get_mut(r)
-            {
-                root.qiovs.push(qiov);
-            }
-            return;
+            return Some(self.bind_to(qiov, QiovBind::Meta(ctx)));
         }
         let r = self.new_root(e, Source::QemuBlock);
         self.set_io(r, op, off, bytes);
@@ -899,14 +939,52 @@ impl<'l, S: Sink> Join<'l, S> {
             root.qcow2 = true;
             self.qcow2_ctx.insert(e.tid, r);
         }
+        Some(QiovBind::Root(r))
+    }
+
+    fn bind_to(&mut self, qiov: u64, b: QiovBind) -> QiovBind {
+        self.qiov.insert(qiov, b);
+        if let Some(r) = b.root()
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            root.qiovs.push(qiov);
+        }
+        b
+    }
+
+    /// The allocating write a qcow2 request with a fresh buffer is the copy-on-write
+    /// of: qcow2 calls its own read entry point (no block layer above it) for the
+    /// parts of the new cluster the write does not cover, on the thread of the write
+    /// it is serving, inside that write's cluster (2 MiB, qcow2's largest).
+    fn cow_owner(&self, tid: u32, off: u64, bytes: u64) -> Option<Ref> {
+        const MAX_CLUSTER: u64 = 2 << 20;
+        let r = *self.qcow2_ctx.get(&tid)?;
+        let root = self.roots.get(r)?;
+        let start = root.offset?;
+        let lo = start / MAX_CLUSTER * MAX_CLUSTER;
+        let hi = start.saturating_add(root.bytes).div_ceil(MAX_CLUSTER) * MAX_CLUSTER;
+        (root.op == Op::Write && !root.completed && off >= lo && off.saturating_add(bytes) <= hi)
+            .then_some(r)
     }
 
     /// A file-posix request: a host IO is coming.
     fn new_file_io(&mut self, e: &RawEvent, qiov: u64, off: u64, bytes: u64) -> Ref {
-        let (root, kind) = match self.qiov.get(&qiov).copied() {
-            Some(QiovBind::Root(r)) if self.roots.get(r).is_some() => (Some(r), HioKind::Data),
-            Some(QiovBind::Meta(Some(r))) if self.roots.get(r).is_some() => {
-                (Some(r), HioKind::Meta)
+        let bdrv = self.last_bdrv.remove(&e.tid);
+        let bind = self.qiov.get(&qiov).copied().or_else(|| {
+            // A slice of the block layer's qiov (this IO covers part of it).
+            bdrv.filter(|&(_, o, n)| o == off && n == bytes)
+                .map(|(b, _, _)| b)
+        });
+        let live = |r: Ref| self.roots.get(r).is_some();
+        let (root, kind) = match bind {
+            Some(QiovBind::Root(r)) if live(r) => (Some(r), HioKind::Data),
+            Some(QiovBind::Meta(Some(r))) if live(r) => (Some(r), HioKind::Meta),
+            Some(QiovBind::Cow(r)) if live(r) => {
+                if e.a[3] & 0xff == q::AIO_WRITE {
+                    (Some(r), HioKind::Data)
+                } else {
+                    (Some(r), HioKind::Meta)
+                }
             }
             _ => (None, HioKind::Internal),
         };
@@ -1437,8 +1515,8 @@ impl<'l, S: Sink> Join<'l, S> {
             });
         }
         for qv in &root.qiovs {
-            if let Some(QiovBind::Root(x) | QiovBind::Meta(Some(x))) = self.qiov.get(qv)
-                && *x == r
+            if let Some(b) = self.qiov.get(qv)
+                && b.root() == Some(r)
             {
                 self.qiov.remove(qv);
             }

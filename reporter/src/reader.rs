@@ -21,7 +21,8 @@ use viopath_probes::trace::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("{path}: {source}")]
+    // The cause is the error's source: `{:#}` at the binary prints it after this.
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
