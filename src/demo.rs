@@ -3,8 +3,10 @@
 //! Where this machine can record (root, BPF, a qemu-system-x86_64 and the test guest
 //! from `tests/vm/guest.sh`), the demo boots that guest on the guest disk embedded in
 //! the binary (a qcow2 overlay on a base image: GPT, ext4), lets it read and write a
-//! known file, records it with `viopath record` and prints `viopath report`. Elsewhere
-//! it replays a trace this harness recorded (`fixtures/demo/vm.trace`) and says so.
+//! known file, records it with `viopath record` and prints `viopath report`. As root
+//! with only `qemu-io` (no qemu-system or no guest), qemu-io does the guest's reads and
+//! writes on the same image instead. Elsewhere it replays a trace this harness recorded
+//! (`fixtures/demo/vm.trace`) and says so. It always says which of the three it did.
 
 use crate::report::{self, By, Format, ReportArgs};
 use crate::vm::{GuestAssets, qemu_args};
@@ -46,8 +48,16 @@ pub struct DemoArgs {
     pub replay: bool,
 }
 
-/// Why this machine cannot record the demo VM, or the QEMU and guest to record.
-fn live_setup() -> std::result::Result<(PathBuf, GuestAssets), String> {
+/// What this machine can record.
+enum Live {
+    /// The VM: qemu-system-x86_64 and the test guest.
+    Vm(PathBuf, GuestAssets),
+    /// No qemu-system or no guest: qemu-io doing the guest's IO on the same disk image.
+    QemuIo(PathBuf, String),
+}
+
+/// What this machine can record, or why it cannot record at all.
+fn live_setup() -> std::result::Result<Live, String> {
     let euid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -58,18 +68,26 @@ fn live_setup() -> std::result::Result<(PathBuf, GuestAssets), String> {
     if euid.as_deref() != Some("0") {
         return Err("recording needs root (BPF)".into());
     }
-    let qemu = qemu_system().ok_or(
-        "no qemu-system-x86_64 with symbols (set VIOPATH_QEMU_PREFIX, or run tests/qemu/build.sh)",
-    )?;
-    let assets =
-        GuestAssets::find().ok_or("no test guest kernel and initramfs (run tests/vm/guest.sh)")?;
-    Ok((qemu, assets))
+    let no_vm = match (qemu_bin("qemu-system-x86_64"), GuestAssets::find()) {
+        (Some(qemu), Some(assets)) if std::env::var_os("VIOPATH_DEMO_NO_VM").is_none() => {
+            return Ok(Live::Vm(qemu, assets));
+        }
+        (None, _) => {
+            "no qemu-system-x86_64 with symbols (set VIOPATH_QEMU_PREFIX, or run tests/qemu/build.sh)"
+        }
+        (_, None) => "no test guest kernel and initramfs (run tests/vm/guest.sh)",
+        _ => "VIOPATH_DEMO_NO_VM is set",
+    };
+    match qemu_bin("qemu-io") {
+        Some(q) => Ok(Live::QemuIo(q, no_vm.to_owned())),
+        None => Err(format!("{no_vm}; and no qemu-io with symbols either")),
+    }
 }
 
-/// `$VIOPATH_QEMU_PREFIX/bin`, else the newest `qemu-*` build in the cache.
-fn qemu_system() -> Option<PathBuf> {
+/// `$VIOPATH_QEMU_PREFIX/bin/NAME`, else the newest `qemu-*` build in the cache.
+fn qemu_bin(name: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("VIOPATH_QEMU_PREFIX") {
-        let q = Path::new(&p).join("bin/qemu-system-x86_64");
+        let q = Path::new(&p).join("bin").join(name);
         return q.is_file().then_some(q);
     }
     let cache = std::env::var_os("VIOPATH_CACHE")
@@ -78,11 +96,46 @@ fn qemu_system() -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
         .ok()?
         .flatten()
-        .map(|e| e.path().join("bin/qemu-system-x86_64"))
+        .map(|e| e.path().join("bin").join(name))
         .filter(|q| q.is_file())
         .collect();
     found.sort();
     found.pop()
+}
+
+/// The guest's workload as qemu-io commands on the disk image: the same reads and
+/// writes of /var/lib/db/table at the guest disk offsets its ext4 gives them (so the
+/// report still names the file), without a guest. Pieces follow the file's extents.
+fn qemu_io_commands(overlay: &Path) -> std::result::Result<Vec<String>, String> {
+    const TABLE: &str = "/var/lib/db/table";
+    let chain = viopath_layouts::qcow2::Chain::open(overlay).map_err(|e| e.to_string())?;
+    let guest = viopath_layouts::guest::GuestLayout::read(&chain).map_err(|e| e.to_string())?;
+    // (write, file offset, bytes per request, requests), as the guest's dd calls.
+    let ops = [
+        (false, 0, 4096, 16),
+        (false, 65536, 65536, 7),
+        (true, 40 * 4096, 4096, 8),
+    ];
+    let mut cmds = Vec::new();
+    for (write, start, len, count) in ops {
+        for i in 0..count {
+            let mut at = start + i * len;
+            let end = at + len;
+            while at < end {
+                let loc = guest
+                    .locate_file(TABLE, at, None)
+                    .map_err(|e| e.to_string())?;
+                let n = loc.contiguous.min(end - at);
+                if n == 0 {
+                    return Err(format!("{TABLE} has no data at {at}"));
+                }
+                let verb = if write { "write -P 0x5a" } else { "read" };
+                cmds.push(format!("{verb} {} {n}", loc.offset.0));
+                at += n;
+            }
+        }
+    }
+    Ok(cmds)
 }
 
 fn report_args(trace: &Path) -> ReportArgs {
@@ -96,41 +149,52 @@ fn report_args(trace: &Path) -> ReportArgs {
     }
 }
 
-/// Record the guest; on failure, the reason (the recorder's last words).
-fn record(
-    dir: &Path,
-    qemu: &Path,
-    assets: &GuestAssets,
-    out: &mut dyn Write,
-) -> Result<PathBuf, String> {
+/// Record the guest (or qemu-io); on failure, the reason (the recorder's last words).
+fn record(dir: &Path, live: &Live, out: &mut dyn Write) -> Result<PathBuf, String> {
     for (name, bytes) in [("base.qcow2", BASE), ("overlay.qcow2", OVERLAY)] {
         let p = dir.join(name);
         std::fs::write(&p, bytes).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     }
+    let overlay = dir.join("overlay.qcow2");
     let trace = dir.join("demo.trace");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--")
-        .arg(qemu)
-        .args(qemu_args(
-            assets,
-            &dir.join("overlay.qcow2"),
-            "threads",
-            WORKLOAD,
-        ));
-    let _ = writeln!(
-        out,
-        "Recording: viopath record -o {} -- {} ... (guest {}, TCG)\n",
-        trace.display(),
-        qemu.display(),
-        assets.dir.display()
-    );
+    cmd.arg("record").arg("-o").arg(&trace).arg("--");
+    let done = match live {
+        Live::Vm(qemu, assets) => {
+            cmd.arg(qemu)
+                .args(qemu_args(assets, &overlay, "threads", WORKLOAD));
+            let _ = writeln!(
+                out,
+                "Recording: viopath record -o {} -- {} ... (guest {}, TCG)\n",
+                trace.display(),
+                qemu.display(),
+                assets.dir.display()
+            );
+            "viopath-demo: guest workload done"
+        }
+        Live::QemuIo(qemu_io, why) => {
+            cmd.arg(qemu_io)
+                .args(["-f", "qcow2", "-t", "none", "-i", "threads"]);
+            for c in qemu_io_commands(&overlay)? {
+                cmd.arg("-c").arg(c);
+            }
+            cmd.arg(&overlay);
+            let _ = writeln!(
+                out,
+                "No VM here ({why}): qemu-io does the guest's reads and writes of\n\
+                 /var/lib/db/table on the same disk image instead (no virtio layer).\n\
+                 Recording: viopath record -o {} -- {} -t none -i threads -c ... overlay.qcow2\n",
+                trace.display(),
+                qemu_io.display(),
+            );
+            // qemu-io prints a summary line per request: "read 4096/4096 bytes at ...".
+            "bytes at offset"
+        }
+    };
     let o = cmd.output().map_err(|e| e.to_string())?;
     let serial = String::from_utf8_lossy(&o.stdout);
-    if !o.status.success() || !serial.contains("viopath-demo: guest workload done") {
+    if !o.status.success() || !serial.contains(done) {
         let err = String::from_utf8_lossy(&o.stderr);
         let last = err
             .lines()
@@ -173,13 +237,17 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
     } else {
         live_setup()
     };
-    let recorded = match live {
-        Ok((qemu, assets)) => record(&dir, &qemu, &assets, out),
-        Err(why) => Err(why),
+    let recorded = match &live {
+        Ok(l) => record(&dir, l, out),
+        Err(why) => Err(why.clone()),
     };
     let trace = match recorded {
         Ok(t) => {
-            writeln!(out, "Recorded a live run on this machine.\n")?;
+            let what = match live {
+                Ok(Live::Vm(..)) => "the VM",
+                _ => "qemu-io",
+            };
+            writeln!(out, "Recorded a live run of {what} on this machine.\n")?;
             t
         }
         Err(why) => {

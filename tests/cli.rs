@@ -275,3 +275,88 @@ fn demo_records_a_live_vm_where_it_can() {
     assert!(out.contains("/var/lib/db/table @"), "{out}");
     assert!(dir.path().join("demo.trace").is_file());
 }
+
+/// As root with qemu-io but no VM (forced by VIOPATH_DEMO_NO_VM), the demo records
+/// qemu-io doing the guest's IO on the same image. The file offsets it names are
+/// checked against debugfs's block map of the guest filesystem, read back through
+/// qemu-img (independent of viopath's qcow2 and ext4 code).
+#[test]
+fn demo_records_qemu_io_when_there_is_no_vm() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (BPF)");
+        return;
+    }
+    let Some(qemu_io) = qemu_bin("qemu-io") else {
+        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+        return;
+    };
+    let prefix = qemu_io.parent().unwrap().parent().unwrap();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["demo", "--dir", dir.path().to_str().unwrap()])
+        .env("VIOPATH_DEMO_NO_VM", "1")
+        .env("VIOPATH_QEMU_PREFIX", prefix)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Recorded a live run of qemu-io"), "{text}");
+    // 16 + 7 + 8 requests, as the guest's dd calls (no extent boundary splits them).
+    assert!(text.contains("│ 31 (31 complete, 0 partial)"), "{text}");
+
+    let csv = dir.path().join("ios.csv");
+    ok(&[
+        "report",
+        dir.path().join("demo.trace").to_str().unwrap(),
+        "--format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    let raw = dir.path().join("disk.raw");
+    let part = dir.path().join("p1.img");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            dir.path().join("overlay.qcow2").to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    // The demo disk's partition 1 starts at sector 2048 (fixtures/demo/make.sh).
+    sh(&format!(
+        "dd if={} of={} bs=1M skip=1 status=none",
+        raw.display(),
+        part.display()
+    ));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
+    let (c_off, c_file, c_foff) = (col("offset"), col("guest_file"), col("guest_file_offset"));
+    let mut checked = 0;
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f[c_file], "/var/lib/db/table", "{l}");
+        let off: u64 = f[c_off].parse().unwrap();
+        let foff: u64 = f[c_foff].parse().unwrap();
+        let bmap = run(
+            "debugfs",
+            &[
+                "-R",
+                &format!("bmap /var/lib/db/table {}", foff / 4096),
+                part.to_str().unwrap(),
+            ],
+        );
+        let pblock: u64 = bmap.trim().parse().unwrap();
+        assert_eq!(off, (1 << 20) + pblock * 4096 + foff % 4096, "{l}");
+        checked += 1;
+    }
+    assert_eq!(checked, 31);
+}
