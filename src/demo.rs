@@ -146,6 +146,8 @@ fn report_args(trace: &Path) -> ReportArgs {
         top: 8,
         by: vec![By::Op],
         images: Vec::new(),
+        host: None,
+        run: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! workspace crates: `viopath-layouts` (address translation), `viopath-recorder`
 //! (probes → trace), `viopath-reporter` (trace → joined IOs → report).
 
+mod compare;
 mod demo;
 mod map;
 mod record;
@@ -35,6 +36,9 @@ enum Cmd {
     Record(record::RecordArgs),
     /// Join a trace and report per-layer latency for every guest IO
     Report(report::ReportArgs),
+    /// Compare runs: per op and layer, how mean and quantiles moved, with confidence
+    /// intervals; `--fail-on` thresholds for CI
+    Compare(compare::CompareArgs),
     /// Run viopath on an embedded example disk image and show what it finds
     Demo(demo::DemoArgs),
 }
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo::run(&args, &mut out),
         Cmd::Record(args) => record::run(&args, &mut out),
         Cmd::Report(args) => report::run(&args, &mut out),
+        Cmd::Compare(args) => compare::run(&args, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(Into::into));
     match result {
@@ -57,6 +62,11 @@ fn main() -> ExitCode {
                 .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
         {
             ExitCode::SUCCESS
+        }
+        // A comparison that breaks a --fail-on threshold: distinct from an error.
+        Err(e) if e.downcast_ref::<compare::Broken>().is_some() => {
+            eprintln!("viopath: {e:#}");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("viopath: {e:#}");

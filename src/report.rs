@@ -20,7 +20,10 @@ pub enum Format {
     Json,
     /// One row per IO, one column per layer and boundary
     Csv,
-    /// One row per IO, as Parquet (needs -o)
+    /// One row per IO, as Parquet (needs -o). When -o is a directory (or ends in /),
+    /// the file goes to DIR/host=HOST/run=RUN/ios.parquet, a hive-partitioned fleet
+    /// directory that DuckDB, Spark, Trino and polars read as one table (and
+    /// `viopath compare` as runs)
     Parquet,
 }
 
@@ -51,6 +54,14 @@ pub struct ReportArgs {
     /// (offline analysis where the images are at hand; repeat for several)
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
+    /// Partition key `host` of a Parquet export into a directory (default: the host
+    /// the trace was recorded on)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Partition key `run` of a Parquet export into a directory (default: the UTC time
+    /// recording started, e.g. 20261122T101530Z)
+    #[arg(long)]
+    pub run: Option<String>,
 }
 
 fn us(ns: u64) -> String {
@@ -81,8 +92,12 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     let opts = Options {
         top_n: args.top,
         by,
-        export: export.clone(),
+        export,
         images: args.images.clone(),
+        partition: viopath_reporter::Partition {
+            host: args.host.clone(),
+            run: args.run.clone(),
+        },
     };
     let (report, source) = viopath_reporter::analyze(&args.trace, &opts)
         .with_context(|| format!("reporting on {}", args.trace.display()))?;
@@ -106,8 +121,8 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
                 report.summary.ios,
                 report.summary.complete_ios,
                 report.summary.partial_ios,
-                match &export {
-                    Some((p, _)) if p != Path::new("-") => format!(" to {}", p.display()),
+                match &report.exported_to {
+                    Some(p) if p != Path::new("-") => format!(" to {}", p.display()),
                     _ => String::new(),
                 }
             );

@@ -7,6 +7,7 @@
 //! non-guest IO; per-IO export). [`layers`] defines the boundaries an IO's time is cut
 //! at; [`synth`] writes synthetic traces with known answers for tests and benchmarks.
 
+pub mod compare;
 pub mod join;
 pub mod layers;
 pub mod layout;
@@ -37,6 +38,78 @@ pub struct Options {
     pub export: Option<(PathBuf, ExportFormat)>,
     /// Take the layout from these images now instead of the trace's snapshot.
     pub images: Vec<PathBuf>,
+    /// Partition keys when a Parquet export goes to a directory.
+    pub partition: Partition,
+}
+
+/// Hive-style partition keys of a Parquet export into a fleet directory:
+/// `DIR/host=HOST/run=RUN/ios.parquet`.
+#[derive(Debug, Clone, Default)]
+pub struct Partition {
+    /// Default: the host the trace was recorded on (its header).
+    pub host: Option<String>,
+    /// Default: the UTC time recording started, e.g. `20261122T101530Z`.
+    pub run: Option<String>,
+}
+
+/// A partition value safe in a path and in every engine's hive parser.
+fn partition_value(s: &str) -> String {
+    let v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if v.is_empty() || v.chars().all(|c| c == '.') {
+        "unknown".into()
+    } else {
+        v
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` for nanoseconds since the Unix epoch.
+fn utc_stamp(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The file a Parquet export into directory `dir` goes to, from the trace's header
+/// and the keys given.
+pub fn partition_path(dir: &Path, header: &serde_json::Value, p: &Partition) -> PathBuf {
+    let host = p
+        .host
+        .clone()
+        .or_else(|| header["host"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let run = p.run.clone().unwrap_or_else(|| {
+        header["realtime_ns_at_start"]
+            .as_u64()
+            .map(utc_stamp)
+            .unwrap_or_default()
+    });
+    dir.join(format!("host={}", partition_value(&host)))
+        .join(format!("run={}", partition_value(&run)))
+        .join("ios.parquet")
 }
 
 impl Default for Options {
@@ -46,6 +119,7 @@ impl Default for Options {
             by: vec![GroupBy::Op],
             export: None,
             images: Vec::new(),
+            partition: Partition::default(),
         }
     }
 }
@@ -133,20 +207,36 @@ pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout
     }
 }
 
+/// How rows end, from which probes the trace's header says were attached.
+pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::JoinConfig {
+    join::JoinConfig {
+        await_msi: probe_attached(&trace.header, "kvm_msi_set_irq"),
+        expect_qcow2: layout.has_qcow2()
+            && (probe_attached(&trace.header, "qcow2_co_preadv_part")
+                || probe_attached(&trace.header, "qcow2_co_pwritev_part")),
+    }
+}
+
 /// Read, join and report.
 pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Error> {
     let trace = reader::Trace::open(path)?;
     let (layout, source) = load_layout(&trace, &opts.images);
     let mut collector = report::Collector::new(&layout, opts.top_n);
+    let mut exported_to = None;
     if let Some((p, f)) = &opts.export {
-        collector.export_to(p, *f)?;
+        let mut p = p.clone();
+        if *f == ExportFormat::Parquet
+            && (p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/'))
+        {
+            p = partition_path(&p, &trace.header, &opts.partition);
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).map_err(report::ReportError::Io)?;
+            }
+        }
+        collector.export_to(&p, *f)?;
+        exported_to = Some(p);
     }
-    let cfg = join::JoinConfig {
-        await_msi: probe_attached(&trace.header, "kvm_msi_set_irq"),
-        expect_qcow2: layout.has_qcow2()
-            && (probe_attached(&trace.header, "qcow2_co_preadv_part")
-                || probe_attached(&trace.header, "qcow2_co_pwritev_part")),
-    };
+    let cfg = join_config(&trace, &layout);
     let mut join = join::Join::new(&layout, collector, cfg);
     let mut events = trace.events();
     for e in &mut events {
@@ -178,6 +268,28 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         layers_missing: layers_missing(&trace.header),
         peak_in_flight: 0,
     };
-    let report = collector.report(&opts.by, &stats, summary)?;
+    let mut report = collector.report(&opts.by, &stats, summary)?;
+    report.exported_to = exported_to;
     Ok((report, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_match_known_dates() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        // date -u -d @1795350930 +%Y%m%dT%H%M%SZ
+        assert_eq!(utc_stamp(1_795_350_930_000_000_000), "20261122T123530Z");
+        assert_eq!(utc_stamp(951_782_400_000_000_000), "20000229T000000Z");
+    }
+
+    #[test]
+    fn partition_values_are_path_safe() {
+        assert_eq!(partition_value("db-01.example"), "db-01.example");
+        assert_eq!(partition_value("a/b=c d"), "a_b_c_d");
+        assert_eq!(partition_value(".."), "unknown");
+        assert_eq!(partition_value(""), "unknown");
+    }
 }

@@ -452,6 +452,9 @@ pub struct Report {
     pub partial: BTreeMap<String, u64>,
     pub partial_examples: Vec<IoRow>,
     pub other_io: Vec<OtherLine>,
+    /// Where the per-IO export went (a directory export resolves to a partition file).
+    #[serde(skip)]
+    pub exported_to: Option<std::path::PathBuf>,
 }
 
 fn u64_col(name: &str, v: Vec<u64>, valid: Option<Vec<bool>>) -> Column {
@@ -546,6 +549,7 @@ impl Collector<'_> {
                     agg,
                 })
                 .collect(),
+            exported_to: None,
         })
     }
 }
