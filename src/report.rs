@@ -25,6 +25,9 @@ pub enum Format {
     /// directory that DuckDB, Spark, Trino and polars read as one table (and
     /// `viopath compare` as runs)
     Parquet,
+    /// A timeline for the Perfetto UI (ui.perfetto.dev) or chrome://tracing: each IO a
+    /// slice with a child per layer, a track per layer, per QEMU thread, per device
+    Perfetto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +72,9 @@ fn us(ns: u64) -> String {
 }
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
+    if args.format == Format::Perfetto {
+        return perfetto(args, out);
+    }
     let by: Vec<GroupBy> = args
         .by
         .iter()
@@ -114,6 +120,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     match args.format {
         Format::Table => table(&report, &source, &args.trace, w)?,
         Format::Json => write_json(&report, w)?,
+        Format::Perfetto => unreachable!("written before the report"),
         Format::Csv | Format::Parquet => {
             // The rows went to the export; say what happened on stderr.
             eprintln!(
@@ -319,5 +326,34 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
         }
         writeln!(w, "{}", b.build().with(Style::sharp()))?;
     }
+    Ok(())
+}
+
+fn perfetto(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
+    let mut file;
+    let w: &mut dyn Write = match &args.output {
+        Some(p) => {
+            file = BufWriter::with_capacity(
+                1 << 20,
+                File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            );
+            &mut file
+        }
+        None => out,
+    };
+    let stats = viopath_reporter::perfetto::write(&args.trace, w)
+        .with_context(|| format!("timeline of {}", args.trace.display()))?;
+    w.flush()?;
+    eprintln!(
+        "viopath: timeline of {} IOs ({} layer slices, {} syscalls, {} device requests){}; open it at https://ui.perfetto.dev",
+        stats.ios,
+        stats.layer_slices,
+        stats.syscalls,
+        stats.requests,
+        args.output
+            .as_ref()
+            .map(|p| format!(" in {}", p.display()))
+            .unwrap_or_default()
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod compare;
 pub mod join;
 pub mod layers;
 pub mod layout;
+pub mod perfetto;
 pub mod reader;
 pub mod report;
 pub mod synth;
