@@ -1,6 +1,7 @@
 //! `viopath compare`: base runs against new runs, per op and layer, in the manner of
 //! benchstat.
 
+use crate::ui::Bar;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -74,7 +75,11 @@ fn method(opts: &CompareOptions) -> String {
 fn load_side(paths: &[PathBuf]) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for p in paths {
-        runs.extend(compare::load(p).with_context(|| format!("reading {}", p.display()))?);
+        let bar = Bar::new(&format!("reading {}", p.display()));
+        runs.extend(
+            compare::load(p, Some(&bar.progress()))
+                .with_context(|| format!("reading {}", p.display()))?,
+        );
     }
     Ok(runs)
 }

@@ -9,6 +9,7 @@ mod demo;
 mod map;
 mod record;
 mod report;
+mod ui;
 mod units;
 mod vm;
 
@@ -23,6 +24,9 @@ use std::process::ExitCode;
     about = "Where the time goes for every IO a virtual machine makes"
 )]
 struct Cli {
+    /// No progress bars or notes on stderr (errors still go there)
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -45,6 +49,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ui::set_quiet(cli.quiet);
     let mut out = io::stdout().lock();
     let result = match cli.cmd {
         Cmd::Map(args) => map::run(&args, &mut out),

@@ -1,5 +1,6 @@
 //! `viopath report`: join a trace and show where the time went, layer by layer.
 
+use crate::ui::{Bar, note};
 use crate::units::human;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
@@ -104,9 +105,16 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
             host: args.host.clone(),
             run: args.run.clone(),
         },
+        progress: None,
+    };
+    let bar = Bar::new("joining");
+    let opts = Options {
+        progress: Some(bar.progress()),
+        ..opts
     };
     let (report, source) = viopath_reporter::analyze(&args.trace, &opts)
         .with_context(|| format!("reporting on {}", args.trace.display()))?;
+    drop(bar);
     let mut file;
     let w: &mut dyn Write = match (&args.output, args.format) {
         (Some(p), Format::Table | Format::Json) => {
@@ -123,7 +131,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         Format::Perfetto => unreachable!("written before the report"),
         Format::Csv | Format::Parquet => {
             // The rows went to the export; say what happened on stderr.
-            eprintln!(
+            note!(
                 "viopath: {} IOs ({} complete, {} partial) exported{}",
                 report.summary.ios,
                 report.summary.complete_ios,
@@ -341,10 +349,12 @@ fn perfetto(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         }
         None => out,
     };
-    let stats = viopath_reporter::perfetto::write(&args.trace, w)
+    let bar = Bar::new("timeline");
+    let stats = viopath_reporter::perfetto::write(&args.trace, w, Some(&bar.progress()))
         .with_context(|| format!("timeline of {}", args.trace.display()))?;
+    drop(bar);
     w.flush()?;
-    eprintln!(
+    note!(
         "viopath: timeline of {} IOs ({} layer slices, {} syscalls, {} device requests){}; open it at https://ui.perfetto.dev",
         stats.ios,
         stats.layer_slices,

@@ -360,3 +360,29 @@ fn demo_records_qemu_io_when_there_is_no_vm() {
     }
     assert_eq!(checked, 31);
 }
+
+/// `--quiet`: no notes (or progress bars) on stderr, the same output on stdout.
+#[test]
+fn quiet_silences_notes_but_not_output() {
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo/vm.trace");
+    let run = |quiet: bool| {
+        let mut args = vec!["report", trace.to_str().unwrap(), "--format", "csv"];
+        if quiet {
+            args.insert(0, "--quiet");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out
+    };
+    let (loud, quiet) = (run(false), run(true));
+    assert!(String::from_utf8_lossy(&loud.stderr).contains("exported"));
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    assert_eq!(loud.stdout, quiet.stdout);
+}

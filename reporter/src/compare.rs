@@ -203,7 +203,10 @@ impl Sink for RunSink {
 }
 
 /// Join a trace into a run (with its own layout snapshot).
-pub fn run_from_trace(path: &Path) -> Result<Run, CompareError> {
+pub fn run_from_trace(
+    path: &Path,
+    progress: Option<&crate::Progress>,
+) -> Result<Run, CompareError> {
     let trace = crate::reader::Trace::open(path)?;
     let (layout, _) = crate::load_layout(&trace, &[]);
     let cfg = crate::join_config(&trace, &layout);
@@ -212,9 +215,7 @@ pub fn run_from_trace(path: &Path) -> Result<Run, CompareError> {
         ..Run::default()
     });
     let mut join = crate::join::Join::new(&layout, sink, cfg);
-    for e in trace.events() {
-        join.event(&e);
-    }
+    crate::for_each_event(&trace, progress, |e| join.event(e));
     let (sink, _) = join.finish();
     Ok(sink.0)
 }
@@ -297,7 +298,7 @@ pub fn run_from_export(path: &Path) -> Result<Run, CompareError> {
 
 /// The runs at `path`: a trace, an export file, or a directory holding `.parquet`
 /// exports at any depth (a hive-partitioned fleet directory; each file is one run).
-pub fn load(path: &Path) -> Result<Vec<Run>, CompareError> {
+pub fn load(path: &Path, progress: Option<&crate::Progress>) -> Result<Vec<Run>, CompareError> {
     let io = |source| CompareError::Io {
         path: path.to_owned(),
         source,
@@ -330,7 +331,7 @@ pub fn load(path: &Path) -> Result<Vec<Run>, CompareError> {
         f.read(&mut magic).map_err(io)?
     };
     if n >= 7 && magic.starts_with(b"VIOPATH") {
-        return Ok(vec![run_from_trace(path)?]);
+        return Ok(vec![run_from_trace(path, progress)?]);
     }
     Ok(vec![run_from_export(path)?])
 }

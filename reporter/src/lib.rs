@@ -30,6 +30,42 @@ pub enum Error {
     Report(#[from] report::ReportError),
 }
 
+/// Called while a trace is read with (bytes of events read, bytes in the trace), a few
+/// hundred times at most: for progress bars.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
+
+/// Feed a trace's events to `each`, telling `progress` how far it got now and then.
+pub fn for_each_event<'t>(
+    trace: &'t reader::Trace,
+    progress: Option<&Progress>,
+    mut each: impl FnMut(&viopath_probes::abi::RawEvent),
+) -> reader::Events<'t> {
+    let mut events = trace.events();
+    let mut n = 0u32;
+    while let Some(e) = events.next() {
+        each(&e);
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(1 << 18)
+            && let Some(p) = progress
+        {
+            let (done, total) = events.position();
+            (p.0)(done, total);
+        }
+    }
+    if let Some(p) = progress {
+        let (_, total) = events.position();
+        (p.0)(total, total);
+    }
+    events
+}
+
 /// How to make a report.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -41,6 +77,7 @@ pub struct Options {
     pub images: Vec<PathBuf>,
     /// Partition keys when a Parquet export goes to a directory.
     pub partition: Partition,
+    pub progress: Option<Progress>,
 }
 
 /// Hive-style partition keys of a Parquet export into a fleet directory:
@@ -121,6 +158,7 @@ impl Default for Options {
             export: None,
             images: Vec::new(),
             partition: Partition::default(),
+            progress: None,
         }
     }
 }
@@ -239,10 +277,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
     }
     let cfg = join_config(&trace, &layout);
     let mut join = join::Join::new(&layout, collector, cfg);
-    let mut events = trace.events();
-    for e in &mut events {
-        join.event(&e);
-    }
+    let events = for_each_event(&trace, opts.progress.as_ref(), |e| join.event(e));
     let damage = events
         .damage()
         .cloned()

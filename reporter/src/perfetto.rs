@@ -265,7 +265,11 @@ impl Raw {
 }
 
 /// Write the timeline of the trace at `path` to `w`.
-pub fn write(path: &Path, w: &mut dyn Write) -> Result<PerfettoStats, PerfettoError> {
+pub fn write(
+    path: &Path,
+    w: &mut dyn Write,
+    progress: Option<&crate::Progress>,
+) -> Result<PerfettoStats, PerfettoError> {
     let trace = crate::reader::Trace::open(path)?;
     let (layout, _) = crate::load_layout(&trace, &[]);
     let cfg = crate::join_config(&trace, &layout);
@@ -328,10 +332,10 @@ pub fn write(path: &Path, w: &mut dyn Write) -> Result<PerfettoStats, PerfettoEr
             layout: &layout,
         };
         let mut join = crate::join::Join::new(&layout, sink, cfg);
-        for e in trace.events() {
-            join.event(&e);
-            raw.event(join.sink.out, &layout, &e);
-        }
+        crate::for_each_event(&trace, progress, |e| {
+            join.event(e);
+            raw.event(join.sink.out, &layout, e);
+        });
         join.finish();
     }
     if let Some(e) = out.error.take() {

@@ -336,6 +336,16 @@ impl Events<'_> {
         self.events_read
     }
 
+    /// Bytes of event chunks loaded so far, and in the whole trace (for progress).
+    pub fn position(&self) -> (u64, u64) {
+        let total: usize = self.chunks.iter().map(|c| c.len).sum();
+        let done: usize = self.chunks[..self.next_chunk.min(self.chunks.len())]
+            .iter()
+            .map(|c| c.len)
+            .sum();
+        (done as u64, total as u64)
+    }
+
     fn load_chunk(&mut self) -> bool {
         let Some(c) = self.chunks.get(self.next_chunk).copied() else {
             return false;

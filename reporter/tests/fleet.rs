@@ -78,8 +78,8 @@ fn a_multi_host_directory_reads_back_as_one_table() {
     }
 
     // `viopath compare` takes the directory, or one host's part of it, as runs.
-    let all = compare::load(&fleet).unwrap();
+    let all = compare::load(&fleet, None).unwrap();
     assert_eq!(all.len(), 3);
-    let db1 = compare::load(&fleet.join("host=db-1")).unwrap();
+    let db1 = compare::load(&fleet.join("host=db-1"), None).unwrap();
     assert_eq!(db1.len(), 2);
 }
