@@ -209,12 +209,23 @@ fn tables(
         ios(new)
     );
     if md {
-        writeln!(w, "### {head}\n\n{}.\n", method(opts))?;
+        writeln!(w, "### {head}\n\n{}.", method(opts))?;
     } else {
         writeln!(w, "{head}\n{}.", method(opts))?;
         writeln!(
             w,
             "~ : the interval contains 0 (no change beyond noise); latencies in µs."
+        )?;
+    }
+    let tested = changes
+        .iter()
+        .filter(|c| c.verdict != Verdict::TooFew)
+        .count();
+    if tested > 0 {
+        writeln!(
+            w,
+            "{tested} statistics tested: about {:.0} of them may be marked by chance alone.",
+            tested as f64 * (1.0 - opts.confidence)
         )?;
     }
     let shown: Vec<&Change> = changes

@@ -347,7 +347,7 @@ pub enum Verdict {
     /// The interval contains zero.
     NoChange,
     /// Too few IOs on a side for this statistic: fewer than 5 beyond the quantile, or
-    /// fewer than 10 in all.
+    /// fewer than 30 in all.
     TooFew,
 }
 
@@ -429,10 +429,11 @@ impl Rng {
     }
 }
 
-/// Whether `n` IOs are enough for statistic `m` (METRICS index): at least 10 IOs, and
-/// at least 5 beyond the quantile.
+/// Whether `n` IOs are enough for statistic `m` (METRICS index): at least 30 IOs, and
+/// at least 5 beyond the quantile. (The percentile bootstrap is too confident on
+/// smaller samples: one outlier among a dozen IOs would read as a change.)
 fn enough(n: u64, m: usize) -> bool {
-    if n < 10 {
+    if n < 30 {
         return false;
     }
     match m {
