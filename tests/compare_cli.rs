@@ -6,17 +6,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const LAYERS: [&str; 9] = [
-    "virtio_front",
-    "qemu",
-    "host_fs",
-    "block_queue",
-    "device",
-    "host_completion",
-    "qemu_completion",
-    "virtio_completion",
-    "irq",
-];
+use viopath_reporter::layers::LAYER_NAMES as LAYERS;
 
 /// A per-IO export with `n` reads: qemu 20–40 µs, device 50–100 µs times `device_scale`.
 /// Returns the device times.

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod perfetto;
 pub mod reader;
 pub mod report;
+mod rng;
 pub mod synth;
 
 use std::collections::BTreeSet;

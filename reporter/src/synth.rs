@@ -14,6 +14,7 @@
 //! CPUs; and lost events (a worker's syscall exit dropped, counted in a Losses chunk).
 
 use crate::layers::{Boundaries, NB};
+use crate::rng::Rng;
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -90,21 +91,6 @@ pub fn part_dev() -> u32 {
 }
 pub fn disk_dev() -> u32 {
     kernel_dev(8, 0)
-}
-
-/// splitmix64: small, fast, good enough for test data.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
 }
 
 /// A pool of pointers handed out lowest-free-first, so they are reused at once.
