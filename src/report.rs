@@ -365,5 +365,23 @@ fn perfetto(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
             .map(|p| format!(" in {}", p.display()))
             .unwrap_or_default()
     );
+    // Said even with --quiet: the timeline is not the whole recording.
+    if let Some(d) = &stats.damage {
+        eprintln!(
+            "viopath: warning: the trace is damaged at byte {} ({}): the timeline stops there, {} bytes unread",
+            d.offset, d.problem, d.bytes_unread
+        );
+    }
+    if stats.interrupted {
+        eprintln!(
+            "viopath: warning: the recording was interrupted (no end chunk): the timeline ends where the trace does"
+        );
+    }
+    if stats.events_lost_in_kernel > 0 {
+        eprintln!(
+            "viopath: warning: {} events were lost in the kernel while recording: some IOs may be missing or partial",
+            stats.events_lost_in_kernel
+        );
+    }
     Ok(())
 }

@@ -155,3 +155,29 @@ fn the_timeline_follows_the_trace_event_format() {
     assert_eq!(n, ios.len());
     assert!(n > 50);
 }
+
+/// A truncated trace still gives a well-formed timeline, up to its last good chunk,
+/// and says so.
+#[test]
+fn a_truncated_trace_gives_a_valid_timeline_and_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo/vm.trace"))
+        .unwrap();
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
+    let json = dir.path().join("t.json");
+    let out = viopath(&[
+        "--quiet",
+        "report",
+        cut.to_str().unwrap(),
+        "--format",
+        "perfetto",
+        "-o",
+        json.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("damaged at byte"), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(v["traceEvents"].as_array().unwrap().len() > 100);
+}

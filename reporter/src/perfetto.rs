@@ -43,6 +43,12 @@ pub struct PerfettoStats {
     pub syscalls: u64,
     pub requests: u64,
     pub instants: u64,
+    /// Why the timeline stops short, if it does: a damaged or truncated trace is read
+    /// to its last good chunk.
+    pub damage: Option<crate::reader::Damage>,
+    /// The recording was interrupted (no end chunk).
+    pub interrupted: bool,
+    pub events_lost_in_kernel: u64,
 }
 
 struct Out<'w> {
@@ -332,12 +338,19 @@ pub fn write(
             layout: &layout,
         };
         let mut join = crate::join::Join::new(&layout, sink, cfg);
-        crate::for_each_event(&trace, progress, |e| {
+        let events = crate::for_each_event(&trace, progress, |e| {
             join.event(e);
             raw.event(join.sink.out, &layout, e);
         });
+        let damage = events
+            .damage()
+            .cloned()
+            .or_else(|| trace.info.damage.clone());
         join.finish();
+        out.stats.damage = damage;
     }
+    out.stats.interrupted = !trace.info.complete;
+    out.stats.events_lost_in_kernel = trace.info.events_lost_in_kernel;
     if let Some(e) = out.error.take() {
         return Err(e.into());
     }
