@@ -354,7 +354,7 @@ struct Root {
     merged_into: Option<u64>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum QiovBind {
     Root(Ref),
     Meta(Option<Ref>),
@@ -873,22 +873,19 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             other => other,
         };
-        let bind = bind.or_else(|| self.bind_new_qiov(e, qiov, op, is_qcow2));
-        if is_bdrv && let Some(b) = bind {
-            self.last_bdrv.insert(e.tid, (b, off, bytes));
+        let bind = match bind {
+            Some(b) => b,
+            None => self.bind_new_qiov(e, qiov, op, is_qcow2),
+        };
+        if is_bdrv {
+            self.last_bdrv.insert(e.tid, (bind, off, bytes));
         }
     }
 
     /// A qiov not seen before: a metadata read after an L2 cache lookup, the block
     /// request a blk_aio_* event announced, a copy-on-write buffer, QEMU's own file IO,
     /// or a new request. Returns how it was bound.
-    fn bind_new_qiov(
-        &mut self,
-        e: &RawEvent,
-        qiov: u64,
-        op: Op,
-        is_qcow2: bool,
-    ) -> Option<QiovBind> {
+    fn bind_new_qiov(&mut self, e: &RawEvent, qiov: u64, op: Op, is_qcow2: bool) -> QiovBind {
         let [_, off, bytes, child] = e.a;
         if let Some((ctx, table)) = self.meta_ctx.get(&e.tid).copied()
             && table == off
@@ -897,7 +894,7 @@ impl<'l, S: Sink> Join<'l, S> {
             // Tables live in the image file: this child is one (needed when no guest
             // data has gone to it yet, as in a fresh overlay).
             self.file_children.insert(child, ());
-            return Some(self.bind_to(qiov, QiovBind::Meta(ctx)));
+            return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
         if let Some(r) = self.pending_co.get(&e.tid).copied()
             && let Some(root) = self.roots.get(r)
@@ -916,10 +913,10 @@ impl<'l, S: Sink> Join<'l, S> {
                 root.qcow2 = true;
                 self.qcow2_ctx.insert(e.tid, r);
             }
-            return Some(QiovBind::Root(r));
+            return QiovBind::Root(r);
         }
         if is_qcow2 && let Some(r) = self.cow_owner(e.tid, off, bytes) {
-            return Some(self.bind_to(qiov, QiovBind::Cow(r)));
+            return self.bind_to(qiov, QiovBind::Cow(r));
         }
         if self.file_children.contains_key(&child) {
             let ctx = self
@@ -927,7 +924,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 .get(&e.tid)
                 .copied()
                 .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed));
-            return Some(self.bind_to(qiov, QiovBind::Meta(ctx)));
+            return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
         let r = self.new_root(e, Source::QemuBlock);
         self.set_io(r, op, off, bytes);
@@ -939,7 +936,7 @@ impl<'l, S: Sink> Join<'l, S> {
             root.qcow2 = true;
             self.qcow2_ctx.insert(e.tid, r);
         }
-        Some(QiovBind::Root(r))
+        QiovBind::Root(r)
     }
 
     fn bind_to(&mut self, qiov: u64, b: QiovBind) -> QiovBind {
