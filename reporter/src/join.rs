@@ -1550,7 +1550,8 @@ impl<'l, S: Sink> Join<'l, S> {
                 partial |= reasons::NO_HOST_IO;
             } else if root.b[4] == 0
                 && root.b[5] == 0
-                && root.b[3] == 0
+                // Bios queued but none seen on the bottom device is no device time
+                // either: reporting it complete would charge that time to queueing.
                 && root.flags & flags::FS_ZEROS == 0
                 && !self.layout.is_empty()
             {
