@@ -50,6 +50,10 @@ pub struct CompareArgs {
     /// Show every statistic, not only those that changed beyond noise
     #[arg(long)]
     pub all: bool,
+    /// Also write the comparison as one self-contained HTML page with charts (each
+    /// change with its interval, base and new latency distributions per layer)
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// The thresholds that a comparison broke (the binary exits with 2).
@@ -131,6 +135,18 @@ pub fn run(args: &CompareArgs, out: &mut dyn Write) -> Result<()> {
         })
         .collect();
 
+    if let Some(path) = &args.html {
+        let page = viopath_reporter::html::compare_page(&viopath_reporter::html::ComparePage {
+            base: &base,
+            new: &new,
+            changes: &changes,
+            method: &method(&opts),
+            confidence: opts.confidence,
+            broken: &broken,
+        });
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+        crate::ui::note!("viopath: HTML comparison in {}", path.display());
+    }
     let mut file;
     let w: &mut dyn Write = match &args.output {
         Some(p) => {

@@ -46,6 +46,9 @@ pub struct DemoArgs {
     /// Replay the shipped trace even where this machine could record
     #[arg(long)]
     pub replay: bool,
+    /// Also write the report as a self-contained HTML page with charts
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// What this machine can record.
@@ -138,7 +141,7 @@ fn qemu_io_commands(overlay: &Path) -> std::result::Result<Vec<String>, String> 
     Ok(cmds)
 }
 
-fn report_args(trace: &Path) -> ReportArgs {
+fn report_args(trace: &Path, html: Option<PathBuf>) -> ReportArgs {
     ReportArgs {
         trace: trace.to_owned(),
         format: Format::Table,
@@ -148,6 +151,7 @@ fn report_args(trace: &Path) -> ReportArgs {
         images: Vec::new(),
         host: None,
         run: None,
+        html,
     }
 }
 
@@ -266,7 +270,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
             t
         }
     };
-    report::run(&report_args(&trace), out)?;
+    report::run(&report_args(&trace, args.html.clone()), out)?;
     writeln!(
         out,
         "\nEach row of the table is a layer between the guest's request and its completion;\n\

@@ -66,6 +66,10 @@ pub struct ReportArgs {
     /// recording started, e.g. 20261122T101530Z)
     #[arg(long)]
     pub run: Option<String>,
+    /// Also write the report as one self-contained HTML page with charts (per-layer
+    /// breakdown, latency histograms, the slowest IOs, IOPS and latency over time)
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 fn us(ns: u64) -> String {
@@ -74,6 +78,11 @@ fn us(ns: u64) -> String {
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     if args.format == Format::Perfetto {
+        if args.html.is_some() {
+            bail!(
+                "--html and --format perfetto each read the whole trace: run `viopath report` once for each"
+            );
+        }
         return perfetto(args, out);
     }
     let by: Vec<GroupBy> = args
@@ -106,6 +115,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
             run: args.run.clone(),
         },
         progress: None,
+        pictures: args.html.is_some(),
     };
     let bar = Bar::new("joining");
     let opts = Options {
@@ -115,6 +125,16 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     let (report, source) = viopath_reporter::analyze(&args.trace, &opts)
         .with_context(|| format!("reporting on {}", args.trace.display()))?;
     drop(bar);
+    if let Some(path) = &args.html {
+        let page = viopath_reporter::html::report_page(
+            &report,
+            report.pictures.as_ref().expect("asked for pictures"),
+            &args.trace.display().to_string(),
+            &layout_note(&source),
+        );
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+        note!("viopath: HTML report in {}", path.display());
+    }
     let mut file;
     let w: &mut dyn Write = match (&args.output, args.format) {
         (Some(p), Format::Table | Format::Json) => {
@@ -156,6 +176,19 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn layout_note(source: &LayoutSource) -> String {
+    format!(
+        "from {} ({} image files){}",
+        source.from,
+        source.files,
+        if source.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", source.errors.join("; "))
+        }
+    )
 }
 
 fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> Result<()> {
@@ -205,19 +238,7 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
             s.layers_missing.join(", ")
         },
     ]);
-    b.push_record([
-        "layout".to_owned(),
-        format!(
-            "from {} ({} image files){}",
-            source.from,
-            source.files,
-            if source.errors.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", source.errors.join("; "))
-            }
-        ),
-    ]);
+    b.push_record(["layout".to_owned(), layout_note(source)]);
     writeln!(w, "{}", b.build().with(Style::sharp()))?;
 
     if !r.latency.is_empty() {

@@ -134,3 +134,55 @@ fn bad_input_gets_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-o PATH"));
 }
+
+#[test]
+fn html_pages_say_what_is_missing_and_refuse_conflicting_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, _) = make(dir.path());
+    // Half a trace: the page is written, from what could be read, and says so.
+    let bytes = std::fs::read(&trace).unwrap();
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let page = dir.path().join("cut.html");
+    let out = viopath(&[
+        "report",
+        cut.to_str().unwrap(),
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("class=\"warn\">The recording was interrupted"),
+        "no warning in the page"
+    );
+    assert!(html.contains("svg class=\"chart\""));
+    // Self-contained: nothing to fetch.
+    for bad in [
+        "<script", "src=", "href=", "url(", "@import", "http://", "https://",
+    ] {
+        assert!(!html.contains(bad), "the page contains {bad}");
+    }
+
+    let out = viopath(&[
+        "report",
+        &trace,
+        "--format",
+        "perfetto",
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `viopath report` once for each"));
+
+    // An unwritable destination is an error, not a panic.
+    let out = viopath(&["report", &trace, "--html", "/nonexistent/dir/r.html"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writing /nonexistent/dir/r.html"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

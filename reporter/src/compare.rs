@@ -89,6 +89,11 @@ impl Hist {
         self.n += 1;
     }
 
+    /// (middle of the bucket in ns, IOs), fastest first: for drawing.
+    pub fn counts(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        self.buckets.iter().map(|(&b, &(c, _))| (bucket_mid(b), c))
+    }
+
     fn dense(&self) -> Vec<Bucket> {
         self.buckets
             .iter()
@@ -150,7 +155,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn add(&mut self, op: &str, e2e: u64, layers: &[Option<u64>]) {
+    pub(crate) fn add(&mut self, op: &str, e2e: u64, layers: &[Option<u64>]) {
         self.ios += 1;
         self.hist(op, E2E).add(e2e);
         for (i, l) in layers.iter().enumerate() {

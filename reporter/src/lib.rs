@@ -4,10 +4,12 @@
 //! Data flow: [`reader`] (memory-mapped trace → events in timestamp order) →
 //! [`join`] (events → one row per guest IO, using [`layout`] to follow addresses
 //! into the block layer) → [`report`] (rows → latency table, slowest IOs, partial and
-//! non-guest IO; per-IO export). [`layers`] defines the boundaries an IO's time is cut
+//! non-guest IO; per-IO export) → [`html`] and [`perfetto`] (pictures of it);
+//! [`compare`] sets runs against each other. [`layers`] defines the boundaries an IO's time is cut
 //! at; [`synth`] writes synthetic traces with known answers for tests and benchmarks.
 
 pub mod compare;
+pub mod html;
 pub mod join;
 pub mod layers;
 pub mod layout;
@@ -79,6 +81,8 @@ pub struct Options {
     /// Partition keys when a Parquet export goes to a directory.
     pub partition: Partition,
     pub progress: Option<Progress>,
+    /// Also collect what the HTML report draws ([`html::Pictures`]).
+    pub pictures: bool,
 }
 
 /// Hive-style partition keys of a Parquet export into a fleet directory:
@@ -160,6 +164,7 @@ impl Default for Options {
             images: Vec::new(),
             partition: Partition::default(),
             progress: None,
+            pictures: false,
         }
     }
 }
@@ -262,6 +267,9 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
     let trace = reader::Trace::open(path)?;
     let (layout, source) = load_layout(&trace, &opts.images);
     let mut collector = report::Collector::new(&layout, opts.top_n);
+    if opts.pictures {
+        collector = collector.with_pictures();
+    }
     let mut exported_to = None;
     if let Some((p, f)) = &opts.export {
         let mut p = p.clone();

@@ -221,6 +221,7 @@ pub struct Collector<'l> {
     bytes: u64,
     ios: u64,
     exporter: Option<Exporter>,
+    pictures: Option<crate::html::Pictures>,
 }
 
 /// Ordering wrapper so rows can sit in a heap keyed by (e2e, id).
@@ -273,7 +274,14 @@ impl<'l> Collector<'l> {
             bytes: 0,
             ios: 0,
             exporter: None,
+            pictures: None,
         }
+    }
+
+    /// Also collect what the HTML report draws (histograms, time series).
+    pub fn with_pictures(mut self) -> Self {
+        self.pictures = Some(crate::html::Pictures::default());
+        self
     }
 
     /// Also write every row to `path` (`-`: standard output).
@@ -358,6 +366,9 @@ impl Sink for Collector<'_> {
                 self.partial_examples.push(row.clone());
             }
             return;
+        }
+        if let Some(p) = &mut self.pictures {
+            p.add(row);
         }
         let (layers, e2e) = split(&row.b);
         self.op.push(row.op as u32);
@@ -455,6 +466,9 @@ pub struct Report {
     /// Where the per-IO export went (a directory export resolves to a partition file).
     #[serde(skip)]
     pub exported_to: Option<std::path::PathBuf>,
+    /// Histograms and time series for the HTML report, when asked for.
+    #[serde(skip)]
+    pub pictures: Option<crate::html::Pictures>,
 }
 
 fn u64_col(name: &str, v: Vec<u64>, valid: Option<Vec<bool>>) -> Column {
@@ -550,6 +564,7 @@ impl Collector<'_> {
                 })
                 .collect(),
             exported_to: None,
+            pictures: self.pictures,
         })
     }
 }
