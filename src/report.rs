@@ -178,6 +178,13 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+fn quantile_note() -> String {
+    format!(
+        "from log buckets, within 0.4% (more than {} complete IOs: folded into histograms so memory stays bounded; means and maxima exact)",
+        viopath_reporter::report::EXACT_IOS
+    )
+}
+
 fn layout_note(source: &LayoutSource) -> String {
     format!(
         "from {} ({} image files){}",
@@ -239,6 +246,9 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
         },
     ]);
     b.push_record(["layout".to_owned(), layout_note(source)]);
+    if !s.exact_quantiles {
+        b.push_record(["quantiles".to_owned(), quantile_note()]);
+    }
     writeln!(w, "{}", b.build().with(Style::sharp()))?;
 
     if !r.latency.is_empty() {

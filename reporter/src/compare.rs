@@ -89,6 +89,38 @@ impl Hist {
         self.n += 1;
     }
 
+    /// Add another histogram's IOs.
+    pub fn merge(&mut self, o: &Hist) {
+        for (&b, &(c, sum)) in &o.buckets {
+            let e = self.buckets.entry(b).or_default();
+            e.0 += c;
+            e.1 += sum;
+        }
+        self.n += o.n;
+    }
+
+    /// The sum of the latencies (exact up to f64 rounding).
+    pub fn sum(&self) -> f64 {
+        self.buckets.values().map(|b| b.1).sum()
+    }
+
+    /// The `q` quantile by nearest rank (the first value with at least ⌈q·n⌉ values at or
+    /// below it), as the middle of its bucket: within 0.4%.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let want = ((q * self.n as f64).ceil() as u64).max(1);
+        let mut acc = 0;
+        for (&b, &(c, _)) in &self.buckets {
+            acc += c;
+            if acc >= want {
+                return bucket_mid(b);
+            }
+        }
+        self.buckets
+            .keys()
+            .next_back()
+            .map_or(0.0, |&b| bucket_mid(b))
+    }
+
     /// (middle of the bucket in ns, IOs), fastest first: for drawing.
     pub fn counts(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         self.buckets.iter().map(|(&b, &(c, _))| (bucket_mid(b), c))

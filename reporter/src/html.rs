@@ -672,6 +672,15 @@ pub fn report_page(
         },
     );
     kv("layout", layout_note.to_owned());
+    if !s.exact_quantiles {
+        kv(
+            "quantiles",
+            format!(
+                "from log buckets, within 0.4% (more than {} complete IOs; means and maxima exact)",
+                crate::report::EXACT_IOS
+            ),
+        );
+    }
     b.push_str("</table>");
 
     if report.latency.is_empty() {

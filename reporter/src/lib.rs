@@ -312,6 +312,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         damage,
         layers_missing: layers_missing(&trace.header),
         peak_in_flight: 0,
+        exact_quantiles: true,
     };
     let mut report = collector.report(&opts.by, &stats, summary)?;
     report.exported_to = exported_to;
