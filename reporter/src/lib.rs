@@ -45,28 +45,53 @@ impl std::fmt::Debug for Progress {
 }
 
 /// Feed a trace's events to `each`, telling `progress` how far it got now and then.
+///
+/// Reading (checksums, decoding, the merge of the CPUs' streams into timestamp order)
+/// runs on a thread of its own and hands events over in batches, so it overlaps with
+/// `each` (the join): each costs about half the time per event.
 pub fn for_each_event<'t>(
     trace: &'t reader::Trace,
     progress: Option<&Progress>,
     mut each: impl FnMut(&viopath_probes::abi::RawEvent),
 ) -> reader::Events<'t> {
-    let mut events = trace.events();
-    let mut n = 0u32;
-    while let Some(e) = events.next() {
-        each(&e);
-        n = n.wrapping_add(1);
-        if n.is_multiple_of(1 << 18)
-            && let Some(p) = progress
-        {
-            let (done, total) = events.position();
-            (p.0)(done, total);
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<Vec<viopath_probes::abi::RawEvent>>(4);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<viopath_probes::abi::RawEvent>>(6);
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(move || {
+            let mut events = trace.events();
+            let mut batches = 0u32;
+            loop {
+                let mut batch = empty_rx.try_recv().unwrap_or_default();
+                if !events.next_batch(&mut batch) {
+                    break;
+                }
+                if full_tx.send(batch).is_err() {
+                    break;
+                }
+                batches = batches.wrapping_add(1);
+                if let Some(p) = progress
+                    && batches.is_multiple_of(64)
+                {
+                    let (done, total) = events.position();
+                    (p.0)(done, total);
+                }
+            }
+            if let Some(p) = progress {
+                let (_, total) = events.position();
+                (p.0)(total, total);
+            }
+            events
+        });
+        for batch in full_rx.iter() {
+            for e in &batch {
+                each(e);
+            }
+            // The reader makes a new one when none comes back in time.
+            let _ = empty_tx.try_send(batch);
         }
-    }
-    if let Some(p) = progress {
-        let (_, total) = events.position();
-        (p.0)(total, total);
-    }
-    events
+        reading.join().expect("the trace reader does not panic")
+    })
 }
 
 /// How to make a report.

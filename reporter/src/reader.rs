@@ -10,8 +10,6 @@
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use serde::Serialize;
 use serde_json::Value;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use viopath_probes::abi::RawEvent;
@@ -258,66 +256,104 @@ pub struct Events<'a> {
 /// More than a recorder's drain cycle at full rate (4 rings × 8 MiB / 48 bytes).
 pub const MAX_BUFFERED: usize = 1 << 20;
 
+/// Merges the CPUs' event streams into timestamp order.
+///
+/// Each CPU's events arrive in its own order; an event may be released once no CPU can
+/// still produce an earlier one, i.e. once its timestamp is at or below every CPU's
+/// latest. Released events are gathered in batches, a prefix of each CPU's queue, and
+/// put in order with one stable sort (the batch is a few sorted runs, which the sort
+/// merges), rather than one heap operation per event.
 #[derive(Default)]
 struct Merger {
-    queues: Vec<VecDeque<RawEvent>>,
-    /// Last timestamp pushed per CPU.
+    /// Per CPU, its events not yet released: `.0[.1..]`.
+    queues: Vec<(Vec<RawEvent>, usize)>,
+    /// Latest timestamp pushed per CPU (0: none yet).
     last: Vec<u64>,
-    heads: BinaryHeap<Reverse<(u64, u16)>>,
     buffered: usize,
     released: u64,
     late: u64,
     draining: bool,
-    /// Cached [`Merger::floor`], lowered as queues run dry, recomputed when stuck.
-    floor: u64,
+    /// The batch being handed out, in order, and how far.
+    ready: Vec<RawEvent>,
+    next: usize,
 }
 
 impl Merger {
     fn push(&mut self, e: RawEvent) {
         let c = e.cpu as usize;
         if c >= self.queues.len() {
-            self.queues.resize_with(c + 1, VecDeque::new);
+            self.queues.resize_with(c + 1, Default::default);
             self.last.resize(c + 1, 0);
         }
         if e.ts < self.released {
             self.late += 1;
         }
-        let q = &mut self.queues[c];
-        if q.is_empty() {
-            self.heads.push(Reverse((e.ts, e.cpu)));
-        }
-        q.push_back(e);
+        self.queues[c].0.push(e);
         self.last[c] = self.last[c].max(e.ts);
         self.buffered += 1;
     }
 
-    /// The lowest timestamp any CPU could still produce.
-    fn floor(&self) -> u64 {
-        let mut floor = u64::MAX;
-        for (q, &last) in self.queues.iter().zip(&self.last) {
-            if q.is_empty() && last != 0 {
-                floor = floor.min(last);
-            }
-        }
-        floor
+    #[inline]
+    fn pop(&mut self) -> Option<RawEvent> {
+        let e = self.ready.get(self.next).copied()?;
+        self.next += 1;
+        Some(e)
     }
 
-    fn pop(&mut self) -> Option<RawEvent> {
-        let &Reverse((ts, cpu)) = self.heads.peek()?;
-        if ts > self.floor && !self.draining && self.buffered < MAX_BUFFERED {
-            return None;
-        }
-        self.heads.pop();
-        let q = &mut self.queues[cpu as usize];
-        let e = q.pop_front().expect("a head is queued");
-        if let Some(n) = q.front() {
-            self.heads.push(Reverse((n.ts, n.cpu)));
+    /// Gather the next batch of events that can be released; false if none can yet.
+    fn refill(&mut self) -> bool {
+        self.ready.clear();
+        self.next = 0;
+        // Every CPU's future events come after its latest one.
+        let safe = if self.draining {
+            u64::MAX
         } else {
-            self.floor = self.floor.min(self.last[cpu as usize]);
+            self.last
+                .iter()
+                .copied()
+                .filter(|&l| l != 0)
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        self.take_up_to(safe);
+        if self.ready.is_empty() && self.buffered >= MAX_BUFFERED {
+            // A CPU went quiet long ago and holds `safe` back: let the buffer bound the
+            // reordering window instead, releasing the earliest queued events.
+            let earliest = self
+                .queues
+                .iter()
+                .filter_map(|(q, head)| q.get(*head).map(|e| e.ts))
+                .min()
+                .unwrap_or(u64::MAX);
+            self.take_up_to(earliest);
         }
-        self.buffered -= 1;
-        self.released = self.released.max(e.ts);
-        Some(e)
+        if self.ready.is_empty() {
+            return false;
+        }
+        // Stable: a CPU's events with equal timestamps keep their order, and ties across
+        // CPUs go to the lower CPU.
+        self.ready.sort_by_key(|e| e.ts);
+        self.buffered -= self.ready.len();
+        if let Some(e) = self.ready.last() {
+            self.released = self.released.max(e.ts);
+        }
+        true
+    }
+
+    /// Move each queue's prefix at or below `t` into `ready`.
+    fn take_up_to(&mut self, t: u64) {
+        for (q, head) in &mut self.queues {
+            let n = q[*head..].iter().take_while(|e| e.ts <= t).count();
+            self.ready.extend_from_slice(&q[*head..*head + n]);
+            *head += n;
+            if *head == q.len() {
+                q.clear();
+                *head = 0;
+            } else if *head > q.len() / 2 {
+                q.drain(..*head);
+                *head = 0;
+            }
+        }
     }
 }
 
@@ -404,6 +440,37 @@ fn release(map: &Mmap, from: usize, to: usize) {
     }
 }
 
+impl Events<'_> {
+    /// The next events in order, at least one, into `out` (cleared first; its buffer
+    /// may be swapped for the reader's own): false at the end. Faster than one event at
+    /// a time, for callers that hand events on in batches.
+    pub fn next_batch(&mut self, out: &mut Vec<RawEvent>) -> bool {
+        out.clear();
+        loop {
+            let m = &mut self.merge;
+            if m.next < m.ready.len() {
+                if m.next == 0 {
+                    std::mem::swap(out, &mut m.ready);
+                } else {
+                    out.extend_from_slice(&m.ready[m.next..]);
+                }
+                m.ready.clear();
+                m.next = 0;
+                return true;
+            }
+            if m.refill() {
+                continue;
+            }
+            if !self.load_chunk() {
+                if self.merge.buffered == 0 {
+                    return false;
+                }
+                self.merge.draining = true;
+            }
+        }
+    }
+}
+
 impl Iterator for Events<'_> {
     type Item = RawEvent;
 
@@ -413,9 +480,8 @@ impl Iterator for Events<'_> {
             if let Some(e) = self.merge.pop() {
                 return Some(e);
             }
-            self.merge.floor = self.merge.floor();
-            if let Some(e) = self.merge.pop() {
-                return Some(e);
+            if self.merge.refill() {
+                continue;
             }
             if !self.load_chunk() {
                 if self.merge.buffered == 0 {

@@ -219,3 +219,31 @@ fn a_damaged_trace_is_read_to_its_last_good_chunk() {
     let e = analyze(&junk, &opts).unwrap_err().to_string();
     assert!(e.contains("not a viopath trace"), "{e}");
 }
+
+#[test]
+fn the_threaded_batch_reader_delivers_what_the_iterator_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 30_000,
+        ..SynthConfig::default()
+    };
+    let (path, _, _) = make(&cfg, dir.path());
+    let trace = Trace::open(&path).unwrap();
+    let one_by_one: Vec<_> = trace.events().collect();
+    let mut batched = Vec::with_capacity(one_by_one.len());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = calls.clone();
+    let progress = viopath_reporter::Progress(std::sync::Arc::new(move |done, total| {
+        assert!(done <= total);
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    let ev = viopath_reporter::for_each_event(&trace, Some(&progress), |e| batched.push(*e));
+    assert_eq!(ev.events_read(), one_by_one.len() as u64);
+    assert!(calls.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(batched.len(), one_by_one.len());
+    assert!(batched == one_by_one, "same events in the same order");
+    // CPUs interleaved in the file, in timestamp order out of the reader.
+    assert!(batched.windows(2).all(|w| w[0].ts <= w[1].ts));
+    let cpus: std::collections::BTreeSet<u16> = batched.iter().map(|e| e.cpu).collect();
+    assert!(cpus.len() > 1, "{cpus:?}");
+}
