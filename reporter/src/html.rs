@@ -1577,23 +1577,7 @@ mod tests {
     #[test]
     fn timelines_stay_bounded_and_keep_every_io() {
         let mut t = Timeline::default();
-        let mut row = IoRow {
-            id: 0,
-            op: crate::join::Op::Read,
-            offset: Some(0),
-            bytes: 4096,
-            source: crate::join::Source::Virtio,
-            b: [0; crate::layers::NB],
-            host_ios: 1,
-            meta_ios: 0,
-            meta_ns: 0,
-            bios: 1,
-            requests: 1,
-            bottom_dev: 0,
-            flags: 0,
-            partial: 0,
-            merged_into: None,
-        };
+        let mut row = IoRow::example();
         for i in 0..10_000u64 {
             // Ten hours of IOs, one every 3.6 s.
             row.b[1] = 1 + i * 3_600_000_000;

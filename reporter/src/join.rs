@@ -246,6 +246,30 @@ pub struct IoRow {
     pub merged_into: Option<u64>,
 }
 
+impl IoRow {
+    /// A complete 4 KiB virtio read with one host IO, for tests to vary.
+    #[cfg(test)]
+    pub(crate) fn example() -> IoRow {
+        IoRow {
+            id: 0,
+            op: Op::Read,
+            offset: Some(0),
+            bytes: 4096,
+            source: Source::Virtio,
+            b: [0; NB],
+            host_ios: 1,
+            meta_ios: 0,
+            meta_ns: 0,
+            bios: 1,
+            requests: 1,
+            bottom_dev: 0,
+            flags: 0,
+            partial: 0,
+            merged_into: None,
+        }
+    }
+}
+
 /// What IO that belongs to no guest request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

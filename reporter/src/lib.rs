@@ -320,12 +320,6 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
     let read = events.events_read();
     let (collector, stats) = join.finish();
     let summary = report::Summary {
-        ios: 0,
-        complete_ios: 0,
-        partial_ios: 0,
-        duration_ns: 0,
-        iops: 0.0,
-        bytes: 0,
         events: read,
         events_lost_in_kernel: trace.info.events_lost_in_kernel,
         events_unread: match &damage {
@@ -336,8 +330,8 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         trace_complete: trace.info.complete,
         damage,
         layers_missing: layers_missing(&trace.header),
-        peak_in_flight: 0,
         exact_quantiles: true,
+        ..report::Summary::default()
     };
     let mut report = collector.report(&opts.by, &stats, summary)?;
     report.exported_to = exported_to;

@@ -503,7 +503,8 @@ pub struct SlowIo {
     pub guest_file: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The counts are filled in by [`Collector::report`]; the rest comes from the trace.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     pub ios: u64,
     pub complete_ios: u64,
@@ -845,26 +846,14 @@ pub fn write_json(report: &Report, out: &mut dyn Write) -> Result<(), ReportErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::join::{IoRow, Source};
+    use crate::join::IoRow;
     use crate::layers::NB;
 
     fn summary() -> Summary {
         Summary {
-            ios: 0,
-            complete_ios: 0,
-            partial_ios: 0,
-            duration_ns: 0,
-            iops: 0.0,
-            bytes: 0,
-            events: 0,
-            events_lost_in_kernel: 0,
-            events_unread: 0,
-            events_late: 0,
             trace_complete: true,
-            damage: None,
-            layers_missing: Vec::new(),
-            peak_in_flight: 0,
             exact_quantiles: true,
+            ..Summary::default()
         }
     }
 
@@ -892,17 +881,9 @@ mod tests {
                 op: if next(3) == 0 { Op::Write } else { Op::Read },
                 offset: Some(id * 4096),
                 bytes: if next(2) == 0 { 4096 } else { 65536 },
-                source: Source::Virtio,
                 b,
-                host_ios: 1,
-                meta_ios: 0,
-                meta_ns: 0,
-                bios: 1,
-                requests: 1,
-                bottom_dev: 0,
-                flags: 0,
                 partial: if id == 7 { reasons::NO_COMPLETION } else { 0 },
-                merged_into: None,
+                ..IoRow::example()
             };
             c.io(&row);
         }
