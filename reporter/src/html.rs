@@ -802,7 +802,11 @@ fn breakdown(report: &Report) -> String {
             y + 15.0,
             "start",
             "lbl",
-            &format!("{} mean, {n} IOs", fmt_ns(*mean)),
+            &format!(
+                "{} mean, {n} IO{}",
+                fmt_ns(*mean),
+                if *n == 1 { "" } else { "s" }
+            ),
         );
     }
     let used: BTreeSet<usize> = groups
