@@ -83,6 +83,9 @@ pub fn for_each_event<'t>(
             }
             events
         });
+        // Owned here, so that if `each` panics the receiver drops while unwinding and the
+        // reader, blocked on a full channel, stops instead of holding the scope forever.
+        let full_rx = full_rx;
         for batch in full_rx.iter() {
             for e in &batch {
                 each(e);

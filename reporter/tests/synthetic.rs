@@ -247,3 +247,20 @@ fn the_threaded_batch_reader_delivers_what_the_iterator_does() {
     let cpus: std::collections::BTreeSet<u16> = batched.iter().map(|e| e.cpu).collect();
     assert!(cpus.len() > 1, "{cpus:?}");
 }
+
+#[test]
+fn a_panic_in_the_consumer_stops_the_reader_thread_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 20_000,
+        ..SynthConfig::default()
+    };
+    let (path, _, _) = make(&cfg, dir.path());
+    let trace = Trace::open(&path).unwrap();
+    // The reader fills the channel long before the trace ends; the consumer panics on
+    // its first event. Before the receiver was owned by the scope, this hung.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        viopath_reporter::for_each_event(&trace, None, |_| panic!("consumer fails"))
+    }));
+    assert!(r.is_err());
+}
