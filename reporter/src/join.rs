@@ -17,8 +17,9 @@
 //! Every key is removed when its request ends, so a reused pointer starts fresh.
 
 use crate::layers::{Boundaries, NB};
-use crate::layout::{DevRange, Layout};
+use crate::layout::{DevRanges, Layout};
 use serde::Serialize;
+use smallvec::{SmallVec, smallvec};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use viopath_probes::abi::{EventKind, RawEvent, qemu_probe as q};
@@ -341,7 +342,7 @@ struct Hio {
     done_any: u64,
     issue_bottom: u64,
     done_bottom: u64,
-    ranges: Vec<DevRange>,
+    ranges: DevRanges,
     has_kiocb: bool,
     bios: u32,
     requests: u32,
@@ -361,7 +362,9 @@ struct Root {
     top_child: u64,
     virtio_req: u64,
     aio_opaque: u64,
-    qiovs: Vec<u64>,
+    /// Inline: a request has one to a few, and a heap allocation per request shows
+    /// in the join's profile.
+    qiovs: SmallVec<[u64; 4]>,
     b: Boundaries,
     open_hios: u32,
     data_hios: u32,
@@ -413,8 +416,8 @@ struct BioEntry {
 }
 
 struct Req {
-    owners: Vec<Ref>,
-    bios: Vec<u64>,
+    owners: SmallVec<[Ref; 2]>,
+    bios: SmallVec<[u64; 4]>,
     other: Option<u32>,
     dev: u32,
     sector: u64,
@@ -423,6 +426,103 @@ struct Req {
 
 struct OtherState {
     io: OtherIo,
+}
+
+/// What one thread is in the middle of. These were one map per field keyed by thread
+/// id; most events touch two or three of them on the same thread, so one lookup of
+/// the thread (usually the same as the last event's) replaces several hash inserts.
+#[derive(Default)]
+struct ThreadCtx {
+    /// The blk_aio_* request this coroutine thread announced, waiting for its qiov.
+    pending_co: Option<Ref>,
+    /// The request qcow2 is serving on this thread.
+    qcow2: Option<Ref>,
+    /// An L2/refcount cache lookup (owner, table offset): a read of that table follows.
+    meta: Option<(Option<Ref>, u64)>,
+    /// The last bdrv_co_p{read,write}v_part whose qiov is known: its file-posix
+    /// request follows in the same coroutine, with a slice of that qiov (a new
+    /// pointer) when it covers only part of it.
+    last_bdrv: Option<(QiovBind, u64, u64)>,
+    /// The file-posix request just made here: the submission probe refers to it.
+    last_hio: Option<Ref>,
+    /// The host IO this thread-pool worker is running synchronously.
+    worker: Option<Ref>,
+    /// linux-aio requests queued, submitted by this thread's next io_submit.
+    laio_wait: SmallVec<[Ref; 4]>,
+    /// The direct IO this thread is inside (bios it queues are that IO's).
+    dio: Option<Ref>,
+    /// The last virtio request completed here: (id, boundaries, time).
+    completion_batch: Option<(u64, Boundaries, u64)>,
+    /// Trace time of the last event that changed this context.
+    seen: u64,
+}
+
+/// Per-thread contexts, with the last thread looked up remembered.
+#[derive(Default)]
+struct Threads {
+    index: Map<u32, u32>,
+    ctx: Vec<(u32, ThreadCtx)>,
+    last: std::cell::Cell<Option<(u32, u32)>>,
+}
+
+impl Threads {
+    fn find(&self, tid: u32) -> Option<usize> {
+        if let Some((t, i)) = self.last.get()
+            && t == tid
+        {
+            return Some(i as usize);
+        }
+        let i = *self.index.get(&tid)?;
+        self.last.set(Some((tid, i)));
+        Some(i as usize)
+    }
+
+    fn get(&self, tid: u32) -> Option<&ThreadCtx> {
+        self.find(tid).map(|i| &self.ctx[i].1)
+    }
+
+    fn get_mut(&mut self, tid: u32) -> Option<&mut ThreadCtx> {
+        self.find(tid).map(|i| &mut self.ctx[i].1)
+    }
+
+    /// The thread's context, made if it has none; `ts` marks it as in use.
+    fn at(&mut self, tid: u32, ts: u64) -> &mut ThreadCtx {
+        let i = match self.find(tid) {
+            Some(i) => i,
+            None => {
+                let i = self.ctx.len();
+                self.ctx.push((tid, ThreadCtx::default()));
+                self.index.insert(tid, i as u32);
+                self.last.set(Some((tid, i as u32)));
+                i
+            }
+        };
+        let c = &mut self.ctx[i].1;
+        c.seen = c.seen.max(ts);
+        c
+    }
+
+    /// Forget threads idle since before `before`: whatever they were in the middle of
+    /// has been finished as stale by then, and exited threads must not pile up.
+    fn forget_idle(&mut self, before: u64) {
+        let mut i = 0;
+        while i < self.ctx.len() {
+            if self.ctx[i].1.seen < before {
+                let (tid, _) = self.ctx.swap_remove(i);
+                self.index.remove(&tid);
+                if let Some((moved, _)) = self.ctx.get(i) {
+                    self.index.insert(*moved, i as u32);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.last.set(None);
+    }
+
+    fn len(&self) -> usize {
+        self.ctx.len()
+    }
 }
 
 /// Trace time a QEMU-level request with no completion event (no virtio layer) is
@@ -466,28 +566,18 @@ pub struct Join<'l, S: Sink> {
     virtio: Map<u64, Ref>,
     aio_opaque: Map<u64, Ref>,
     qiov: Map<u64, QiovBind>,
-    pending_co: Map<u32, Ref>,
-    qcow2_ctx: Map<u32, Ref>,
-    meta_ctx: Map<u32, (Option<Ref>, u64)>,
+    /// What each thread is in the middle of (see `ThreadCtx`).
+    threads: Threads,
     file_children: Map<u64, ()>,
-    /// The last bdrv_co_p{read,write}v_part on a thread whose qiov is known: its
-    /// file-posix request follows in the same coroutine, with a slice of that qiov
-    /// (a new pointer) when it covers only part of it.
-    last_bdrv: Map<u32, (QiovBind, u64, u64)>,
-    last_hio: Map<u32, Ref>,
     aiocb: Map<u64, Ref>,
-    worker: Map<u32, Ref>,
-    laio_wait: Map<u32, Vec<Ref>>,
     uring_wait: VecDeque<Ref>,
     user_data: Map<u64, Ref>,
     kiocb: Map<u64, Ref>,
-    dio_ctx: Map<u32, Ref>,
     bios: Map<u64, BioEntry>,
     reqs: Map<u64, Req>,
     others: Slab<OtherState>,
     other_ids: Map<u32, Ref>,
     next_other: u32,
-    completion_batch: Map<u32, (u64, Boundaries, u64)>,
     msi_wait: Vec<Ref>,
     last_notify: u64,
     next_id: u64,
@@ -535,25 +625,17 @@ impl<'l, S: Sink> Join<'l, S> {
             virtio: Map::default(),
             aio_opaque: Map::default(),
             qiov: Map::default(),
-            pending_co: Map::default(),
-            qcow2_ctx: Map::default(),
-            meta_ctx: Map::default(),
             file_children: Map::default(),
-            last_bdrv: Map::default(),
-            last_hio: Map::default(),
             aiocb: Map::default(),
-            worker: Map::default(),
-            laio_wait: Map::default(),
+            threads: Threads::default(),
             uring_wait: VecDeque::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
-            dio_ctx: Map::default(),
             bios: Map::default(),
             reqs: Map::default(),
             others: Slab::new(),
             other_ids: Map::default(),
             next_other: 0,
-            completion_batch: Map::default(),
             msi_wait: Vec::new(),
             last_notify: 0,
             next_id: 0,
@@ -564,7 +646,7 @@ impl<'l, S: Sink> Join<'l, S> {
 
     /// Requests and host IOs currently held.
     pub fn in_flight(&self) -> usize {
-        self.roots.live + self.hios.live + self.bios.len() + self.reqs.len()
+        self.roots.live + self.hios.live + self.bios.len() + self.reqs.len() + self.threads.len()
     }
 
     pub fn event(&mut self, e: &RawEvent) {
@@ -642,7 +724,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 // iomap type HOLE (0) or UNWRITTEN (3): the filesystem answers with
                 // zeros, no bio follows for that range.
                 if matches!(e.sub, 0 | 3)
-                    && let Some(&h) = self.dio_ctx.get(&e.tid)
+                    && let Some(h) = self.threads.get(e.tid).and_then(|t| t.dio)
                     && let Some(hio) = self.hios.get_mut(h)
                 {
                     hio.flags |= flags::FS_ZEROS;
@@ -672,7 +754,7 @@ impl<'l, S: Sink> Join<'l, S> {
             top_child: 0,
             virtio_req: 0,
             aio_opaque: 0,
-            qiovs: Vec::new(),
+            qiovs: SmallVec::new(),
             b,
             open_hios: 0,
             data_hios: 0,
@@ -750,7 +832,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     }
                 };
                 self.set_io(r, op, a1, a2);
-                self.pending_co.insert(e.tid, r);
+                self.threads.at(e.tid, e.ts).pending_co = Some(r);
             }
             q::BLK_CO_PREADV_PART
             | q::BLK_CO_PWRITEV_PART
@@ -759,8 +841,8 @@ impl<'l, S: Sink> Join<'l, S> {
             | q::QCOW2_CO_PREADV_PART
             | q::QCOW2_CO_PWRITEV_PART => self.qemu_block(e),
             q::QCOW2_CACHE_GET => {
-                let ctx = self.qcow2_ctx.get(&e.tid).copied();
-                self.meta_ctx.insert(e.tid, (ctx, a1));
+                let t = self.threads.at(e.tid, e.ts);
+                t.meta = Some((t.qcow2, a1));
             }
             q::RAW_CO_PRW => {
                 self.new_file_io(e, a0, a1, a2);
@@ -774,12 +856,12 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             q::HANDLE_AIOCB_RW => {
                 if let Some(h) = self.aiocb.remove(&a0) {
-                    self.worker.insert(e.tid, h);
+                    self.threads.at(e.tid, e.ts).worker = Some(h);
                 }
             }
             q::LAIO_CO_SUBMIT => {
                 let h = self.file_io_for(e, a1, a2, Api::Native);
-                self.laio_wait.entry(e.tid).or_default().push(h);
+                self.threads.at(e.tid, e.ts).laio_wait.push(h);
             }
             q::LURING_CO_SUBMIT => {
                 let h = self.file_io_for(e, a1, a2, Api::Uring);
@@ -792,14 +874,14 @@ impl<'l, S: Sink> Join<'l, S> {
                     root.b[7] = e.ts;
                     root.last = e.ts;
                     let snapshot = (root.id, root.b, e.ts);
-                    self.completion_batch.insert(e.tid, snapshot);
+                    self.threads.at(e.tid, e.ts).completion_batch = Some(snapshot);
                 }
             }
             q::VIRTIO_REQ_COMPLETE => {
                 let Some(r) = self.virtio.remove(&a0) else {
                     return;
                 };
-                let batch = self.completion_batch.get(&e.tid).copied();
+                let batch = self.threads.get(e.tid).and_then(|t| t.completion_batch);
                 let Some(root) = self.roots.get_mut(r) else {
                     return;
                 };
@@ -875,7 +957,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     root.last = e.ts;
                     if is_qcow2 {
                         root.qcow2 = true;
-                        self.qcow2_ctx.insert(e.tid, r);
+                        self.threads.at(e.tid, e.ts).qcow2 = Some(r);
                     } else if root.qcow2 && is_bdrv {
                         self.file_children.insert(child, ());
                     }
@@ -890,7 +972,11 @@ impl<'l, S: Sink> Join<'l, S> {
                 if b.root()
                     .is_some_and(|r| self.roots.get(r).is_none_or(|x| x.completed))
                     || (is_qcow2 && matches!(b, QiovBind::Meta(_)))
-                    || self.meta_ctx.get(&e.tid).is_some_and(|&(_, t)| t == off) =>
+                    || self
+                        .threads
+                        .get(e.tid)
+                        .and_then(|t| t.meta)
+                        .is_some_and(|(_, t)| t == off) =>
             {
                 self.qiov.remove(&qiov);
                 None
@@ -902,7 +988,7 @@ impl<'l, S: Sink> Join<'l, S> {
             None => self.bind_new_qiov(e, qiov, op, is_qcow2),
         };
         if is_bdrv {
-            self.last_bdrv.insert(e.tid, (bind, off, bytes));
+            self.threads.at(e.tid, e.ts).last_bdrv = Some((bind, off, bytes));
         }
     }
 
@@ -911,22 +997,22 @@ impl<'l, S: Sink> Join<'l, S> {
     /// or a new request. Returns how it was bound.
     fn bind_new_qiov(&mut self, e: &RawEvent, qiov: u64, op: Op, is_qcow2: bool) -> QiovBind {
         let [_, off, bytes, child] = e.a;
-        if let Some((ctx, table)) = self.meta_ctx.get(&e.tid).copied()
+        if let Some((ctx, table)) = self.threads.get(e.tid).and_then(|t| t.meta)
             && table == off
         {
-            self.meta_ctx.remove(&e.tid);
+            self.threads.at(e.tid, e.ts).meta = None;
             // Tables live in the image file: this child is one (needed when no guest
             // data has gone to it yet, as in a fresh overlay).
             self.file_children.insert(child, ());
             return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
-        if let Some(r) = self.pending_co.get(&e.tid).copied()
+        if let Some(r) = self.threads.get(e.tid).and_then(|t| t.pending_co)
             && let Some(root) = self.roots.get(r)
             && root.offset == Some(off)
             && root.bytes == bytes
             && root.qiovs.is_empty()
         {
-            self.pending_co.remove(&e.tid);
+            self.threads.at(e.tid, e.ts).pending_co = None;
             self.bind_qiov(qiov, r);
             let root = self.roots.get_mut(r).expect("checked");
             if root.top_probe == 0 || root.aio_opaque != 0 {
@@ -935,7 +1021,7 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             if is_qcow2 {
                 root.qcow2 = true;
-                self.qcow2_ctx.insert(e.tid, r);
+                self.threads.at(e.tid, e.ts).qcow2 = Some(r);
             }
             return QiovBind::Root(r);
         }
@@ -944,9 +1030,9 @@ impl<'l, S: Sink> Join<'l, S> {
         }
         if self.file_children.contains_key(&child) {
             let ctx = self
-                .qcow2_ctx
-                .get(&e.tid)
-                .copied()
+                .threads
+                .get(e.tid)
+                .and_then(|t| t.qcow2)
                 .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed));
             return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
@@ -958,7 +1044,7 @@ impl<'l, S: Sink> Join<'l, S> {
         root.top_child = child;
         if is_qcow2 {
             root.qcow2 = true;
-            self.qcow2_ctx.insert(e.tid, r);
+            self.threads.at(e.tid, e.ts).qcow2 = Some(r);
         }
         QiovBind::Root(r)
     }
@@ -979,7 +1065,7 @@ impl<'l, S: Sink> Join<'l, S> {
     /// it is serving, inside that write's cluster (2 MiB, qcow2's largest).
     fn cow_owner(&self, tid: u32, off: u64, bytes: u64) -> Option<Ref> {
         const MAX_CLUSTER: u64 = 2 << 20;
-        let r = *self.qcow2_ctx.get(&tid)?;
+        let r = self.threads.get(tid)?.qcow2?;
         let root = self.roots.get(r)?;
         let start = root.offset?;
         let lo = start / MAX_CLUSTER * MAX_CLUSTER;
@@ -990,7 +1076,7 @@ impl<'l, S: Sink> Join<'l, S> {
 
     /// A file-posix request: a host IO is coming.
     fn new_file_io(&mut self, e: &RawEvent, qiov: u64, off: u64, bytes: u64) -> Ref {
-        let bdrv = self.last_bdrv.remove(&e.tid);
+        let bdrv = self.threads.at(e.tid, e.ts).last_bdrv.take();
         let bind = self.qiov.get(&qiov).copied().or_else(|| {
             // A slice of the block layer's qiov (this IO covers part of it).
             bdrv.filter(|&(_, o, n)| o == off && n == bytes)
@@ -1010,12 +1096,12 @@ impl<'l, S: Sink> Join<'l, S> {
             _ => (None, HioKind::Internal),
         };
         let h = self.add_hio(root, kind, off, bytes, e.ts);
-        self.last_hio.insert(e.tid, h);
+        self.threads.at(e.tid, e.ts).last_hio = Some(h);
         h
     }
 
     fn add_hio(&mut self, root: Option<Ref>, kind: HioKind, off: u64, bytes: u64, ts: u64) -> Ref {
-        let mut ranges = Vec::new();
+        let mut ranges = DevRanges::new();
         if bytes > 0 {
             self.layout.dev_ranges(off, bytes, &mut ranges);
         }
@@ -1060,7 +1146,7 @@ impl<'l, S: Sink> Join<'l, S> {
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
     /// the file-posix request just made on this thread, or a new one from the qiov.
     fn file_io_for(&mut self, e: &RawEvent, off: u64, bytes: u64, api: Api) -> Ref {
-        if let Some(h) = self.last_hio.get(&e.tid).copied()
+        if let Some(h) = self.threads.get(e.tid).and_then(|t| t.last_hio)
             && let Some(hio) = self.hios.get_mut(h)
             && hio.offset == off
             && hio.api == Api::Unknown
@@ -1079,7 +1165,7 @@ impl<'l, S: Sink> Join<'l, S> {
     fn sys_enter(&mut self, e: &RawEvent) {
         match e.sub {
             1..=6 => {
-                let h = match self.worker.get(&e.tid).copied() {
+                let h = match self.threads.get(e.tid).and_then(|t| t.worker) {
                     Some(h) => h,
                     None => {
                         // No thread-pool probe: find the file IO by offset and length.
@@ -1096,7 +1182,7 @@ impl<'l, S: Sink> Join<'l, S> {
                             self.hios.get_mut(h).expect("new").api = Api::Threads;
                             h
                         });
-                        self.worker.insert(e.tid, h);
+                        self.threads.at(e.tid, e.ts).worker = Some(h);
                         h
                     }
                 };
@@ -1107,8 +1193,8 @@ impl<'l, S: Sink> Join<'l, S> {
                 }
             }
             7 => {
-                if let Some(w) = self.laio_wait.get_mut(&e.tid) {
-                    for h in std::mem::take(w) {
+                if let Some(t) = self.threads.get_mut(e.tid) {
+                    for h in std::mem::take(&mut t.laio_wait) {
                         if let Some(hio) = self.hios.get_mut(h) {
                             hio.submit = min0(hio.submit, e.ts);
                         }
@@ -1121,12 +1207,17 @@ impl<'l, S: Sink> Join<'l, S> {
 
     fn sys_exit(&mut self, e: &RawEvent) {
         if (1..=6).contains(&e.sub) {
-            self.dio_ctx.remove(&e.tid);
-            if let Some(h) = self.worker.remove(&e.tid) {
+            let worker = self.threads.get_mut(e.tid).and_then(|t| {
+                t.dio = None;
+                t.worker.take()
+            });
+            if let Some(h) = worker {
                 self.hio_done(h, e.ts);
             }
-        } else if e.sub == 7 {
-            self.dio_ctx.remove(&e.tid);
+        } else if e.sub == 7
+            && let Some(t) = self.threads.get_mut(e.tid)
+        {
+            t.dio = None;
         }
     }
 
@@ -1150,7 +1241,7 @@ impl<'l, S: Sink> Join<'l, S> {
 
     fn dio_begin(&mut self, e: &RawEvent) {
         let [kiocb, pos, count, _ino] = e.a;
-        let h = match self.worker.get(&e.tid).copied() {
+        let h = match self.threads.get(e.tid).and_then(|t| t.worker) {
             Some(h) => Some(h),
             None => self.inflight.iter().copied().find(|&h| {
                 self.hios.get(h).is_some_and(|x| {
@@ -1177,7 +1268,7 @@ impl<'l, S: Sink> Join<'l, S> {
             }
         }
         self.kiocb.insert(kiocb, h);
-        self.dio_ctx.insert(e.tid, h);
+        self.threads.at(e.tid, e.ts).dio = Some(h);
     }
 
     /// Whose is a bio queued at `dev`/`sector`: a host IO in flight covering it.
@@ -1214,9 +1305,9 @@ impl<'l, S: Sink> Join<'l, S> {
                 .owner_by_address(dev, sector, bytes.div_ceil(512))
                 .or_else(|| {
                     // Submitted synchronously by the thread doing a traced direct IO.
-                    self.dio_ctx
-                        .get(&e.tid)
-                        .copied()
+                    self.threads
+                        .get(e.tid)
+                        .and_then(|t| t.dio)
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
                 })
                 .map(BioOwner::Hio),
@@ -1338,7 +1429,7 @@ impl<'l, S: Sink> Join<'l, S> {
         let [rq, sector, a2, first_bio] = e.a;
         let (dev, bytes) = dev_bytes(a2);
         if !self.reqs.contains_key(&rq) {
-            let mut owners = Vec::new();
+            let mut owners = SmallVec::new();
             let mut other = None;
             match self.bios.get(&first_bio).map(|b| b.owner) {
                 Some(BioOwner::Hio(h)) if self.hios.get(h).is_some() => owners.push(h),
@@ -1359,7 +1450,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 rq,
                 Req {
                     owners,
-                    bios: vec![first_bio],
+                    bios: smallvec![first_bio],
                     other,
                     dev,
                     sector,
@@ -1673,6 +1764,7 @@ impl<'l, S: Sink> Join<'l, S> {
             if let Some(i) = self.inflight.iter().position(|&x| x == h) {
                 self.inflight.swap_remove(i);
             }
+            self.threads.forget_idle(now.saturating_sub(STALE_NS));
             self.hios.remove(h);
         }
     }
@@ -1714,5 +1806,37 @@ impl<'l, S: Sink> Join<'l, S> {
             }
         }
         (self.sink, self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(idx: u32) -> Ref {
+        Ref { idx, generation: 0 }
+    }
+
+    #[test]
+    fn thread_contexts_survive_forgetting_others() {
+        let mut t = Threads::default();
+        for tid in 1..=5u32 {
+            t.at(tid, tid as u64 * 100).worker = Some(r(tid));
+        }
+        // Threads 1 and 2 idle since before 250: forgotten; 3..=5 keep their state
+        // under their own ids although their slots moved.
+        t.forget_idle(250);
+        assert_eq!(t.len(), 3);
+        assert!(t.get(1).is_none() && t.get(2).is_none());
+        for tid in 3..=5u32 {
+            assert_eq!(t.get(tid).and_then(|c| c.worker), Some(r(tid)), "tid {tid}");
+        }
+        // A forgotten thread starts over empty.
+        assert!(t.at(1, 600).worker.is_none());
+        assert_eq!(t.get(5).and_then(|c| c.worker), Some(r(5)));
+        // The remembered last lookup does not leak one thread's state to another.
+        t.get_mut(4).expect("kept").worker = None;
+        assert_eq!(t.get(3).and_then(|c| c.worker), Some(r(3)));
+        assert!(t.get(4).and_then(|c| c.worker).is_none());
     }
 }

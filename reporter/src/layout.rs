@@ -7,6 +7,11 @@ use serde_json::Value;
 use std::collections::HashMap;
 use viopath_probes::abi::kernel_dev;
 
+/// The pieces of one host IO on every device of its stack: a partition and its disk,
+/// or a dm device and what it maps to, so usually two; inline to spare the join an
+/// allocation per host IO.
+pub type DevRanges = smallvec::SmallVec<[DevRange; 3]>;
+
 /// Where one piece of a host file range lies on one block device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DevRange {
@@ -292,7 +297,7 @@ impl Layout {
     /// Device ranges of host file bytes `[offset, offset + len)` of every image file
     /// (the trace does not say which file a QEMU file IO went to; ranges of the wrong
     /// file simply never match a bio).
-    pub fn dev_ranges(&self, offset: u64, len: u64, out: &mut Vec<DevRange>) {
+    pub fn dev_ranges(&self, offset: u64, len: u64, out: &mut DevRanges) {
         let end = offset.saturating_add(len);
         for (_, segs, _) in &self.files {
             let first = segs.partition_point(|s| s.offset.saturating_add(s.len) <= offset);
