@@ -424,6 +424,17 @@ struct Req {
     sectors: u64,
 }
 
+/// A bio that merged into a request not seen yet: one still on the submitting task's
+/// plug list, whose insert is traced only when the plug is flushed (and then covers
+/// this bio's sectors).
+struct PluggedBio {
+    bio: u64,
+    owner: Ref,
+    dev: u32,
+    sector: u64,
+    sectors: u64,
+}
+
 struct OtherState {
     io: OtherIo,
 }
@@ -575,6 +586,7 @@ pub struct Join<'l, S: Sink> {
     kiocb: Map<u64, Ref>,
     bios: Map<u64, BioEntry>,
     reqs: Map<u64, Req>,
+    plugged: Vec<PluggedBio>,
     others: Slab<OtherState>,
     other_ids: Map<u32, Ref>,
     next_other: u32,
@@ -633,6 +645,7 @@ impl<'l, S: Sink> Join<'l, S> {
             kiocb: Map::default(),
             bios: Map::default(),
             reqs: Map::default(),
+            plugged: Vec::new(),
             others: Slab::new(),
             other_ids: Map::default(),
             next_other: 0,
@@ -1400,6 +1413,15 @@ impl<'l, S: Sink> Join<'l, S> {
             return;
         };
         let Some(k) = self.find_adjacent_rq(dev, sector, sectors) else {
+            if let BioOwner::Hio(h) = owner {
+                self.plugged.push(PluggedBio {
+                    bio,
+                    owner: h,
+                    dev,
+                    sector,
+                    sectors,
+                });
+            }
             return;
         };
         let rq = self.reqs.get_mut(&k).expect("found");
@@ -1457,6 +1479,9 @@ impl<'l, S: Sink> Join<'l, S> {
                     sectors: bytes.div_ceil(512),
                 },
             );
+            if !self.plugged.is_empty() {
+                self.attach_plugged(rq);
+            }
         }
         if e.kind == EventKind::RqIssue as u8 {
             let r = self.reqs.get(&rq).expect("inserted");
@@ -1467,6 +1492,38 @@ impl<'l, S: Sink> Join<'l, S> {
                         x.issue_bottom = min0(x.issue_bottom, e.ts);
                         x.bottom_dev = r.dev;
                     }
+                }
+            }
+        }
+    }
+
+    /// A request just inserted takes the bios that merged into it while it was plugged:
+    /// they lie inside its sectors on its device. Their host IOs wait for it as if the
+    /// merge had found it, and are marked merged.
+    fn attach_plugged(&mut self, k: u64) {
+        let Some(rq) = self.reqs.get_mut(&k) else {
+            return;
+        };
+        let (dev, lo, hi) = (rq.dev, rq.sector, rq.sector.saturating_add(rq.sectors));
+        let hios = &mut self.hios;
+        let before = rq.owners.len();
+        self.plugged.retain(|p| {
+            if p.dev != dev || p.sector < lo || p.sector.saturating_add(p.sectors) > hi {
+                return true;
+            }
+            rq.bios.push(p.bio);
+            if !rq.owners.contains(&p.owner) {
+                rq.owners.push(p.owner);
+                if let Some(x) = hios.get_mut(p.owner) {
+                    x.open_rqs += 1;
+                }
+            }
+            false
+        });
+        if rq.owners.len() > 1 && rq.owners.len() > before {
+            for &o in &rq.owners {
+                if let Some(x) = hios.get_mut(o) {
+                    x.flags |= flags::MERGED;
                 }
             }
         }
@@ -1749,6 +1806,10 @@ impl<'l, S: Sink> Join<'l, S> {
             BioOwner::Hio(h) => hios.get(h).is_some(),
             BioOwner::Other(id) => other_ids.contains_key(&id),
         });
+        // Plugged bios whose host IO is over or whose bio is gone: no insert claimed them.
+        let bios = &self.bios;
+        self.plugged
+            .retain(|p| hios.get(p.owner).is_some() && bios.contains_key(&p.bio));
         // Host IOs nothing will complete any more.
         let stale_hios: Vec<Ref> = self
             .inflight

@@ -10,7 +10,8 @@
 //!
 //! What it exercises: every layer; qcow2 L2 cache misses (a metadata read inside the
 //! request); IOs split across two host extents (1:N); two IOs merged into one block
-//! request (N:1); pointers reused as soon as they are free; events out of order across
+//! request (N:1), half of them while that request still sits on the submitter's plug
+//! list (the merge is traced before the request's insert); pointers reused as soon as they are free; events out of order across
 //! CPUs; and lost events (a worker's syscall exit dropped, counted in a Losses chunk).
 
 use crate::layers::{Boundaries, NB};
@@ -305,8 +306,18 @@ impl<W: Write> Gen<W> {
         }
     }
 
-    /// Emit the worker side of a host IO; `rq` is its own request unless merged.
-    fn emit_host(&mut self, h: &HostPlan, aiocb: u64, lose_exit: bool, merged: bool) {
+    /// Emit the worker side of a host IO: its bio gets a request of its own, or
+    /// (`merged`) back-merges into the one ahead of it. `plugged`: (insert time, request
+    /// bytes) when this IO's request is held on the plug list and inserted only after
+    /// another bio merged into it, so its insert carries both.
+    fn emit_host(
+        &mut self,
+        h: &HostPlan,
+        aiocb: u64,
+        lose_exit: bool,
+        merged: bool,
+        plugged: Option<(u64, u64)>,
+    ) {
         let tid = WORKER0 + h.worker as u32;
         let cpu = 1;
         self.ev(
@@ -373,13 +384,14 @@ impl<W: Write> Gen<W> {
         match merged {
             false => {
                 let rq = self.rqs.get();
+                let (insert, rq_bytes) = plugged.unwrap_or((h.queued + 300, h.bytes));
                 self.ev(
-                    h.queued + 300,
+                    insert,
                     tid,
                     cpu,
                     EventKind::RqInsert,
                     op,
-                    [rq, sector, (disk << 32) | h.bytes, bio],
+                    [rq, sector, (disk << 32) | rq_bytes, bio],
                 );
                 self.ev(
                     h.issue,
@@ -387,7 +399,7 @@ impl<W: Write> Gen<W> {
                     cpu,
                     EventKind::RqIssue,
                     op,
-                    [rq, sector, (disk << 32) | h.bytes, bio],
+                    [rq, sector, (disk << 32) | rq_bytes, bio],
                 );
                 let icpu = self.irq_cpu;
                 self.irq_cpu ^= 1;
@@ -397,7 +409,7 @@ impl<W: Write> Gen<W> {
                     icpu,
                     EventKind::RqComplete,
                     op,
-                    [rq, sector, (disk << 32) | h.bytes, h.bytes],
+                    [rq, sector, (disk << 32) | rq_bytes, rq_bytes],
                 );
                 self.free_at(h.done + 1, 5, rq);
             }
@@ -593,7 +605,7 @@ pub fn generate<W: Write>(
                     [ma, l2_off, CLUSTER, (FD << 32) | 1],
                 );
                 let h = g.plan_host(ready + 600, l2_off, CLUSTER, false);
-                g.emit_host(&h, ma, false, false);
+                g.emit_host(&h, ma, false, false, None);
                 g.free_at(h.run + 1, 2, ma);
                 g.free_at(h.exit + 2_000, 1, mq);
                 // The coroutine resumes after the read.
@@ -639,8 +651,12 @@ pub fn generate<W: Write>(
         if merge_pair {
             let (a, b2) = (kernel_todo[0], kernel_todo[1]);
             let (h1, h2) = g.plan_merge(a.0, b2.0, a.1, b2.1, a.2, a.3, b2.3);
-            g.emit_host(&h1, a.4, a.5, false);
-            g.emit_host(&h2, b2.4, b2.5, true);
+            // Every other pair: the first request is still plugged when the second bio
+            // merges, and is inserted (with both bios) after the merge.
+            let plugged = (i / cfg.merge_every.max(1)) % 2 == 1;
+            let plug = plugged.then_some((h2.queued + 300, h1.bytes + h2.bytes));
+            g.emit_host(&h1, a.4, a.5, false, plug);
+            g.emit_host(&h2, b2.4, b2.5, true, None);
             g.free_at(h1.run + 1, 2, a.4);
             g.free_at(h2.run + 1, 2, b2.4);
             kernel.push(h1);
@@ -648,7 +664,7 @@ pub fn generate<W: Write>(
         } else {
             for &(ready, hoff, len, write, aiocb, lose) in &kernel_todo {
                 let h = g.plan_host(ready, hoff, len, write);
-                g.emit_host(&h, aiocb, lose, false);
+                g.emit_host(&h, aiocb, lose, false, None);
                 g.free_at(h.run + 1, 2, aiocb);
                 kernel.push(h);
             }
