@@ -11,6 +11,10 @@
 //! `viopath report TRACE --format json -o /dev/null` run back to back, so the ratio
 //! compares like with like on a noisy machine: once with the file in the page cache
 //! (warm) and, as root, once each from storage after dropping the page cache (cold).
+//!
+//! `VIOPATH_BENCH_BASELINE=/path/to/viopath` (another build, e.g. of an earlier commit)
+//! also runs that binary in every round, in the same cache state, and prints its time
+//! and the ratio of this build's time to it: a before/after comparison in one run.
 
 use std::io::Read;
 use std::path::Path;
@@ -47,10 +51,10 @@ fn plain_read(p: &Path) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Wall seconds and peak RSS (bytes) of `viopath report`.
-fn report(p: &Path) -> (f64, u64) {
+/// Wall seconds and peak RSS (bytes) of `viopath report` by the binary `bin`.
+fn report(bin: &Path, p: &Path) -> (f64, u64) {
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+    let out = Command::new(bin)
         .args([
             "report",
             p.to_str().unwrap(),
@@ -86,6 +90,16 @@ fn main() {
     } else {
         sizes
     };
+    let this = Path::new(env!("CARGO_BIN_EXE_viopath"));
+    let baseline = std::env::var_os("VIOPATH_BENCH_BASELINE").map(std::path::PathBuf::from);
+    if let Some(b) = &baseline {
+        assert!(
+            b.is_file(),
+            "VIOPATH_BENCH_BASELINE: no such file {}",
+            b.display()
+        );
+        println!("baseline: {}", b.display());
+    }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let per_io = events_per_io(dir.path());
     println!("synthetic mix: {per_io:.2} events per IO");
@@ -109,7 +123,15 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
         plain_read(&p); // warm the page cache
-        println!("round  cache  read_s  report_s  ratio  Mevents/s  peak_RSS_MiB");
+        print!("round  cache  read_s  report_s  ratio  Mevents/s  peak_RSS_MiB");
+        println!(
+            "{}",
+            if baseline.is_some() {
+                "  base_s  this/base"
+            } else {
+                ""
+            }
+        );
         for round in 1..=3 {
             for cold in [false, true] {
                 // Cold: both start from storage (needs root to drop the page cache).
@@ -121,14 +143,22 @@ fn main() {
                 if cold {
                     drop();
                 }
-                let (s, rss) = report(&p);
-                println!(
+                let (s, rss) = report(this, &p);
+                print!(
                     "{round:>5}  {:>5}  {r:>6.2}  {s:>8.2}  {:>5.2}  {:>9.2}  {:>12.0}",
                     if cold { "cold" } else { "warm" },
                     s / r,
                     st.events as f64 / s / 1e6,
                     rss as f64 / (1 << 20) as f64
                 );
+                if let Some(b) = &baseline {
+                    if cold {
+                        drop();
+                    }
+                    let (bs, _) = report(b, &p);
+                    print!("  {bs:>6.2}  {:>9.3}", s / bs);
+                }
+                println!();
             }
         }
         match std::env::var_os("VIOPATH_BENCH_KEEP") {
