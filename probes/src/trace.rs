@@ -252,6 +252,58 @@ pub fn chunks_deferred(data: &[u8]) -> Result<Chunks<'_>, TraceError> {
     Ok(c)
 }
 
+/// Like [`chunks_deferred`], over the chunks in `data[from..to]`: `from` must be where
+/// a chunk starts (the end of one already read), and offsets stay those of `data`.
+pub fn chunks_deferred_between(data: &[u8], from: usize, to: usize) -> Chunks<'_> {
+    let to = to.min(data.len());
+    Chunks {
+        data: &data[..to],
+        pos: from.min(to),
+        done: false,
+        defer_events: true,
+    }
+}
+
+/// The chunk that ends exactly at `end` and starts at or after `from`, if there is one
+/// whose checksum holds. Chunks link forward only, so this searches back from `end` for
+/// the chunk magic (payloads are not aligned) and takes the nearest header whose length
+/// reaches `end` and whose payload matches its checksum. It lets a reader take the
+/// chunks at the end of a trace (losses, layout, end) without walking the whole file.
+pub fn chunk_ending_at(data: &[u8], end: usize, from: usize) -> Option<Chunk<'_>> {
+    let end = end.min(data.len());
+    let lowest = from.max(end.saturating_sub(CHUNK_HEADER_SIZE + MAX_CHUNK_PAYLOAD));
+    let magic = CHUNK_MAGIC.to_le_bytes();
+    let mut p = end.checked_sub(CHUNK_HEADER_SIZE)?;
+    loop {
+        if p < lowest {
+            return None;
+        }
+        if data[p..p + 4] == magic {
+            let h = &data[p..p + CHUNK_HEADER_SIZE];
+            let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+            let kind = ChunkKind::from_u16(u16::from_le_bytes([h[4], h[5]]));
+            let len = u32_at(8) as usize;
+            if let Some(kind) = kind
+                && p + CHUNK_HEADER_SIZE + len == end
+            {
+                let payload = &data[p + CHUNK_HEADER_SIZE..end];
+                if crc32fast::hash(payload) == u32_at(12)
+                    && (kind != ChunkKind::Events || len.is_multiple_of(FILE_EVENT_SIZE))
+                {
+                    return Some(Chunk {
+                        offset: p as u64,
+                        kind,
+                        base: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+                        payload,
+                        crc: u32_at(12),
+                    });
+                }
+            }
+        }
+        p = p.checked_sub(1)?;
+    }
+}
+
 impl<'a> Chunks<'a> {
     /// Bytes read so far (the end of the last good chunk).
     pub fn position(&self) -> usize {
@@ -371,6 +423,51 @@ mod tests {
             "{} bytes/event",
             bytes.len() as f64 / evs.len() as f64
         );
+    }
+
+    #[test]
+    fn chunks_are_found_back_from_the_end() {
+        let (mut data, _) = sample(20_000);
+        // The forward walk is the oracle: every chunk's start and end.
+        let all: Vec<(usize, usize, ChunkKind)> = chunks(&data)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .map(|c| {
+                (
+                    c.offset as usize,
+                    c.offset as usize + CHUNK_HEADER_SIZE + c.payload.len(),
+                    c.kind,
+                )
+            })
+            .collect();
+        assert!(all.len() > 3, "{} chunks", all.len());
+        let from = all[0].1;
+        // Every chunk after the header is found from its end, walking back to the first.
+        let mut end = data.len();
+        for &(start, stop, kind) in all[1..].iter().rev() {
+            assert_eq!(stop, end);
+            let c = chunk_ending_at(&data, end, from).expect("found");
+            assert_eq!((c.offset as usize, c.kind), (start, kind));
+            end = start;
+        }
+        assert_eq!(end, from);
+        assert!(
+            chunk_ending_at(&data, from, from).is_none(),
+            "nothing before `from`"
+        );
+        // The walk between two chunk boundaries sees the chunks in between, offsets kept.
+        let (a, b) = (all[1].0, all[all.len() - 1].0);
+        let between: Vec<usize> = chunks_deferred_between(&data, a, b)
+            .map(|c| c.unwrap().offset as usize)
+            .collect();
+        let expect: Vec<usize> = all[1..all.len() - 1].iter().map(|c| c.0).collect();
+        assert_eq!(between, expect);
+        // Not at a chunk's end (a truncated file), or a payload that fails its checksum:
+        // nothing is found there.
+        assert!(chunk_ending_at(&data, data.len() - 1, from).is_none());
+        let last = all[all.len() - 1];
+        data[last.0 + CHUNK_HEADER_SIZE] ^= 1;
+        assert!(chunk_ending_at(&data, data.len(), from).is_none());
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Reading a trace: memory-mapped, every chunk validated, events handed out in
 //! timestamp order with memory bounded by how far apart the recorder wrote them.
 //!
-//! Two passes over the map: the first walks chunk headers only (and checksums the JSON
-//! chunks) to find the header, layout snapshot, losses and end summary, which the join
-//! needs before the first event; the second streams the event chunks, checksumming each
-//! before use. A damaged or truncated file is read up to its last good chunk and the
-//! damage is reported, never hidden.
+//! The join needs the header, layout snapshot, losses and end summary before the first
+//! event, and the recorder writes all but the header at the end. A trace that ended
+//! properly gives them from its tail (found back from the end of the file, each chunk
+//! checked by length and checksum), and its event chunks are walked as they are read:
+//! one pass over the file, so a trace on storage is read while it is joined. Any other
+//! trace (interrupted, truncated, damaged at the end) takes two passes: the first walks
+//! every chunk header (and checksums the JSON chunks), the second streams the event
+//! chunks, checksumming each before use. A damaged or truncated file is read up to its
+//! last good chunk and the damage is reported, never hidden.
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use serde::Serialize;
@@ -14,7 +18,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use viopath_probes::abi::RawEvent;
 use viopath_probes::trace::{
-    CHUNK_HEADER_SIZE, ChunkKind, FILE_EVENT_SIZE, TraceError, chunks_deferred,
+    CHUNK_HEADER_SIZE, ChunkKind, Chunks, FILE_EVENT_SIZE, TraceError, chunk_ending_at,
+    chunks_deferred, chunks_deferred_between,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +53,9 @@ pub struct Damage {
 pub struct TraceInfo {
     pub path: PathBuf,
     pub file_bytes: u64,
-    /// Event records in chunks that passed their checks.
+    /// Event records in chunks that passed their checks; for a trace read tail first
+    /// (see the module), an upper bound from the bytes between header and tail, as its
+    /// event chunks are only walked while they are read.
     pub events_in_file: u64,
     /// Events the kernel had no ring-buffer room for (the last Losses chunk).
     pub events_lost_in_kernel: u64,
@@ -78,6 +85,8 @@ pub struct Trace {
     pub end: Option<Value>,
     pub losses: Option<Value>,
     chunks: Vec<EventChunk>,
+    /// Read tail first: the event chunks lie in these bytes, walked as they are read.
+    lazy: Option<(usize, usize)>,
 }
 
 impl Trace {
@@ -107,8 +116,11 @@ impl Trace {
             end: None,
             losses: None,
             chunks: Vec::new(),
+            lazy: None,
         };
-        t.scan()?;
+        if !t.open_tail_first() {
+            t.scan()?;
+        }
         if t.header.is_null() {
             return Err(ReadError::NoHeader {
                 path: path.to_owned(),
@@ -139,6 +151,61 @@ impl Trace {
             bytes_unread: unread,
         });
         self.info.events_unread_estimate = unread / FILE_EVENT_SIZE as u64;
+    }
+
+    /// A trace that ended properly: its header from the front, the Losses, Layout and
+    /// End chunks back from the end, and the bytes in between left for the event pass
+    /// to walk. False (nothing changed) when the trace does not end with a good End
+    /// chunk preceded by its tail, or does not start with a good header.
+    fn open_tail_first(&mut self) -> bool {
+        let data: &[u8] = &self.map;
+        let Ok(mut it) = chunks_deferred(data) else {
+            return false;
+        };
+        let header = match it.next() {
+            Some(Ok(c)) if c.kind == ChunkKind::Header => c,
+            _ => return false,
+        };
+        let Ok(header_json) = header.json() else {
+            return false;
+        };
+        let from = it.position();
+        let mut end = data.len();
+        let (mut layout, mut losses, mut end_json) = (None, None, None);
+        while let Some(c) = chunk_ending_at(data, end, from) {
+            match c.kind {
+                ChunkKind::End if end_json.is_none() && end == data.len() => {}
+                ChunkKind::Layout if layout.is_none() && end_json.is_some() => {}
+                ChunkKind::Losses if losses.is_none() && end_json.is_some() => {}
+                _ => break,
+            }
+            let Ok(v) = c.json() else {
+                return false;
+            };
+            match c.kind {
+                ChunkKind::End => end_json = Some(v),
+                ChunkKind::Layout => layout = Some(v),
+                _ => losses = Some(v),
+            }
+            end = c.offset as usize;
+        }
+        let Some(end_json) = end_json else {
+            return false;
+        };
+        self.header = header_json;
+        self.info.complete = true;
+        self.end = Some(end_json);
+        self.layout = layout;
+        if let Some(v) = losses {
+            self.info.events_lost_in_kernel = v["total"].as_u64().unwrap_or(0);
+            self.losses = Some(v);
+        }
+        self.info.events_in_file = (end - from) as u64 / FILE_EVENT_SIZE as u64;
+        self.lazy = Some((from, end));
+        // Only the header's and the tail's pages were touched; drop them as the walk does.
+        release(&self.map, 0, from & !4095);
+        release(&self.map, end, self.map.len());
+        true
     }
 
     /// Pass 1: chunk headers, JSON chunks (event payloads are checksummed in pass 2).
@@ -227,6 +294,9 @@ impl Trace {
             released: 0,
             chunks: &self.chunks,
             next_chunk: 0,
+            walk: self
+                .lazy
+                .map(|(from, to)| (chunks_deferred_between(&self.map[..], from, to), from, to)),
             merge: Merger::default(),
             damage: None,
             events_read: 0,
@@ -248,6 +318,8 @@ pub struct Events<'a> {
     released: usize,
     chunks: &'a [EventChunk],
     next_chunk: usize,
+    /// A trace read tail first: its event chunks, walked here, within these bytes.
+    walk: Option<(Chunks<'a>, usize, usize)>,
     merge: Merger,
     damage: Option<Damage>,
     events_read: u64,
@@ -374,6 +446,9 @@ impl Events<'_> {
 
     /// Bytes of event chunks loaded so far, and in the whole trace (for progress).
     pub fn position(&self) -> (u64, u64) {
+        if let Some((w, from, to)) = &self.walk {
+            return ((w.position() - from) as u64, (to - from) as u64);
+        }
         let total: usize = self.chunks.iter().map(|c| c.len).sum();
         let done: usize = self.chunks[..self.next_chunk.min(self.chunks.len())]
             .iter()
@@ -382,18 +457,59 @@ impl Events<'_> {
         (done as u64, total as u64)
     }
 
+    /// The next event chunk: from the list the first pass made, or walked here.
+    fn next_event_chunk(&mut self) -> Option<EventChunk> {
+        if self.damage.is_some() {
+            return None;
+        }
+        if let Some(c) = self.chunks.get(self.next_chunk).copied() {
+            self.next_chunk += 1;
+            return Some(c);
+        }
+        let (walk, _, to) = self.walk.as_mut()?;
+        loop {
+            match walk.next()? {
+                Ok(c) if c.kind == ChunkKind::Events => {
+                    return Some(EventChunk {
+                        offset: c.offset as usize + CHUNK_HEADER_SIZE,
+                        len: c.payload.len(),
+                        base: c.base,
+                        crc: c.crc,
+                    });
+                }
+                // JSON chunks among the events: everything the join needs came from
+                // the tail.
+                Ok(_) => {}
+                Err(e) => {
+                    let (offset, problem) = match e {
+                        TraceError::BadChunk { offset, problem } => (offset, problem),
+                        TraceError::BadMagic => (0, e.to_string()),
+                    };
+                    self.damage = Some(Damage {
+                        offset,
+                        problem,
+                        bytes_unread: (*to as u64).saturating_sub(offset),
+                    });
+                    return None;
+                }
+            }
+        }
+    }
+
     fn load_chunk(&mut self) -> bool {
-        let Some(c) = self.chunks.get(self.next_chunk).copied() else {
+        let Some(c) = self.next_event_chunk() else {
             return false;
         };
-        self.next_chunk += 1;
         let payload = &self.map[c.offset..c.offset + c.len];
         if crc32fast::hash(payload) != c.crc {
             let at = c.offset - CHUNK_HEADER_SIZE;
-            let rest: u64 = self.chunks[self.next_chunk - 1..]
-                .iter()
-                .map(|c| c.len as u64)
-                .sum();
+            let rest: u64 = match &self.walk {
+                Some((_, _, to)) => (to - at) as u64,
+                None => self.chunks[self.next_chunk - 1..]
+                    .iter()
+                    .map(|c| c.len as u64)
+                    .sum(),
+            };
             self.damage = Some(Damage {
                 offset: at as u64,
                 problem: "event chunk checksum mismatch".into(),

@@ -264,3 +264,91 @@ fn a_panic_in_the_consumer_stops_the_reader_thread_instead_of_hanging() {
     }));
     assert!(r.is_err());
 }
+
+/// Where each chunk of a trace file starts, its kind and its event count, by walking it
+/// forward with the recorder crate's own reader (the oracle for reading tail first).
+fn chunk_map(data: &[u8]) -> Vec<(usize, viopath_probes::trace::ChunkKind, usize)> {
+    viopath_probes::trace::chunks(data)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .map(|c| {
+            let n = match c.kind {
+                viopath_probes::trace::ChunkKind::Events => c.event_count(),
+                _ => 0,
+            };
+            (c.offset as usize, c.kind, n)
+        })
+        .collect()
+}
+
+#[test]
+fn a_complete_trace_is_read_tail_first_with_what_the_full_walk_gives() {
+    use viopath_probes::trace::ChunkKind;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 30_000,
+        lose_every: 50,
+        ..SynthConfig::default()
+    };
+    let (path, _, lost) = make(&cfg, dir.path());
+    assert!(lost > 0);
+    let data = std::fs::read(&path).unwrap();
+    let map = chunk_map(&data);
+    let (end_at, kind, _) = *map.last().unwrap();
+    assert_eq!(kind, ChunkKind::End);
+    // Without its End chunk the same trace can only be read by walking every chunk.
+    let walked = dir.path().join("no-end.trace");
+    std::fs::write(&walked, &data[..end_at]).unwrap();
+
+    let tail = Trace::open(&path).unwrap();
+    let full = Trace::open(&walked).unwrap();
+    assert!(tail.info.complete && !full.info.complete);
+    assert!(full.info.damage.is_none(), "{:?}", full.info.damage);
+    assert_eq!(tail.header, full.header);
+    assert!(tail.layout.is_some());
+    assert_eq!(tail.layout, full.layout);
+    assert_eq!(tail.losses, full.losses);
+    assert_eq!(tail.info.events_lost_in_kernel, lost);
+    assert_eq!(full.info.events_lost_in_kernel, lost);
+    let in_chunks: usize = map.iter().map(|c| c.2).sum();
+    assert_eq!(full.info.events_in_file, in_chunks as u64);
+    // Tail first, the count is a bound from the bytes (chunk headers counted as events).
+    let bound = tail.info.events_in_file;
+    assert!(bound >= in_chunks as u64 && bound - (in_chunks as u64) < map.len() as u64);
+
+    let mut a = tail.events();
+    let from_tail: Vec<_> = (&mut a).collect();
+    let mut b = full.events();
+    let from_walk: Vec<_> = (&mut b).collect();
+    assert_eq!(from_tail.len(), in_chunks);
+    assert!(from_tail == from_walk, "same events in the same order");
+    assert!(a.damage().is_none() && b.damage().is_none());
+    let (done, total) = a.position();
+    assert_eq!(done, total);
+    assert!(total > 0);
+
+    // A broken chunk header in the middle of a complete trace: the tail (layout, losses,
+    // end) is still read, and the events stop at that chunk and say so.
+    let events_chunks: Vec<_> = map.iter().filter(|c| c.1 == ChunkKind::Events).collect();
+    let victim = events_chunks[events_chunks.len() / 2];
+    let before: usize = map.iter().take_while(|c| c.0 < victim.0).map(|c| c.2).sum();
+    let mut bad = data.clone();
+    bad[victim.0] ^= 0xff; // its magic
+    let broken = dir.path().join("broken.trace");
+    std::fs::write(&broken, &bad).unwrap();
+    let t = Trace::open(&broken).unwrap();
+    assert!(t.info.complete && t.layout.is_some());
+    let mut ev = t.events();
+    let got = (&mut ev).count();
+    assert_eq!(got, before);
+    let d = ev.damage().expect("damage reported");
+    assert_eq!(d.offset, victim.0 as u64);
+    assert!(d.problem.contains("magic"), "{}", d.problem);
+    assert!(d.bytes_unread > 0);
+    // And the report says so.
+    let (r, _) = analyze(&broken, &Options::default()).unwrap();
+    assert_eq!(
+        r.summary.damage.as_ref().map(|d| d.offset),
+        Some(victim.0 as u64)
+    );
+}
