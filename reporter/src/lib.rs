@@ -97,6 +97,54 @@ pub fn for_each_event<'t>(
     })
 }
 
+/// What the join emits, in order.
+enum Joined {
+    Io(join::IoRow),
+    Other(join::OtherIo),
+}
+
+/// A join sink that hands what it gets to another thread, in batches.
+struct Handoff {
+    batch: Vec<Joined>,
+    tx: std::sync::mpsc::SyncSender<Vec<Joined>>,
+}
+
+impl Handoff {
+    const BATCH: usize = 1024;
+
+    fn new(tx: std::sync::mpsc::SyncSender<Vec<Joined>>) -> Handoff {
+        Handoff {
+            batch: Vec::with_capacity(Self::BATCH),
+            tx,
+        }
+    }
+
+    fn push(&mut self, j: Joined) {
+        self.batch.push(j);
+        if self.batch.len() >= Self::BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let b = std::mem::replace(&mut self.batch, Vec::with_capacity(Self::BATCH));
+            // The receiver only goes away if the collector panicked, which the scope's
+            // join reports.
+            let _ = self.tx.send(b);
+        }
+    }
+}
+
+impl join::Sink for Handoff {
+    fn io(&mut self, row: &join::IoRow) {
+        self.push(Joined::Io(row.clone()));
+    }
+    fn other(&mut self, other: &join::OtherIo) {
+        self.push(Joined::Other(other.clone()));
+    }
+}
+
 /// How to make a report.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -313,15 +361,36 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         exported_to = Some(p);
     }
     let cfg = join_config(&trace, &layout);
-    let mut join = join::Join::new(&layout, collector, cfg);
-    let events = for_each_event(&trace, opts.progress.as_ref(), |e| join.event(e));
+    // The collector (columns, histograms, export) runs on a thread of its own: the join
+    // sets the pace, and this takes about an eighth of its work away.
+    let (events, collector, stats) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Joined>>(8);
+        let collecting = scope.spawn(move || {
+            let mut collector = collector;
+            for batch in rx {
+                for j in &batch {
+                    match j {
+                        Joined::Io(row) => join::Sink::io(&mut collector, row),
+                        Joined::Other(o) => join::Sink::other(&mut collector, o),
+                    }
+                }
+            }
+            collector
+        });
+        let mut join = join::Join::new(&layout, Handoff::new(tx), cfg);
+        let events = for_each_event(&trace, opts.progress.as_ref(), |e| join.event(e));
+        let (mut handoff, stats) = join.finish();
+        handoff.flush();
+        drop(handoff);
+        let collector = collecting.join().expect("the collector does not panic");
+        (events, collector, stats)
+    });
     let damage = events
         .damage()
         .cloned()
         .or_else(|| trace.info.damage.clone());
     let late = events.late();
     let read = events.events_read();
-    let (collector, stats) = join.finish();
     let summary = report::Summary {
         events: read,
         events_lost_in_kernel: trace.info.events_lost_in_kernel,
