@@ -524,11 +524,12 @@ impl Threads {
                 if let Some((moved, _)) = self.ctx.get(i) {
                     self.index.insert(*moved, i as u32);
                 }
+                // Slots moved: the remembered lookup may point at the wrong one.
+                self.last.set(None);
             } else {
                 i += 1;
             }
         }
-        self.last.set(None);
     }
 
     fn len(&self) -> usize {
@@ -657,7 +658,7 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
-    /// Requests and host IOs currently held.
+    /// Requests, host IOs, bios, block requests and thread contexts currently held.
     pub fn in_flight(&self) -> usize {
         self.roots.live + self.hios.live + self.bios.len() + self.reqs.len() + self.threads.len()
     }
@@ -1825,9 +1826,9 @@ impl<'l, S: Sink> Join<'l, S> {
             if let Some(i) = self.inflight.iter().position(|&x| x == h) {
                 self.inflight.swap_remove(i);
             }
-            self.threads.forget_idle(now.saturating_sub(STALE_NS));
             self.hios.remove(h);
         }
+        self.threads.forget_idle(now.saturating_sub(STALE_NS));
     }
 
     /// The trace ended: report everything still open as it is.
@@ -1899,5 +1900,48 @@ mod tests {
         t.get_mut(4).expect("kept").worker = None;
         assert_eq!(t.get(3).and_then(|c| c.worker), Some(r(3)));
         assert!(t.get(4).and_then(|c| c.worker).is_none());
+    }
+
+    struct Nothing;
+    impl Sink for Nothing {
+        fn io(&mut self, _: &IoRow) {}
+        fn other(&mut self, _: &OtherIo) {}
+    }
+
+    #[test]
+    fn contexts_of_threads_gone_quiet_are_dropped() {
+        // Direct IO by many short-lived processes (no QEMU probes): each thread gets a
+        // context, and once quiet for STALE_NS it must be gone, not kept forever.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Nothing, JoinConfig::default());
+        let ev = |ts: u64, tid: u32, kind: EventKind, sub: u8, a: [u64; 4]| RawEvent {
+            ts,
+            tid,
+            kind: kind as u8,
+            sub,
+            cpu: 0,
+            a,
+        };
+        for i in 0..1000u32 {
+            let ts = 1_000_000 + u64::from(i) * 1_000;
+            j.event(&ev(
+                ts,
+                10_000 + i,
+                EventKind::DioBegin,
+                0,
+                [0x1000 + u64::from(i), 0, 4096, 7],
+            ));
+            j.event(&ev(
+                ts + 10,
+                10_000 + i,
+                EventKind::DioComplete,
+                0,
+                [0x1000 + u64::from(i), 0, 0, 0],
+            ));
+        }
+        assert!(j.threads.len() >= 1000, "{} contexts", j.threads.len());
+        // Later, one event from one thread.
+        j.event(&ev(2_000_000 + STALE_NS, 1, EventKind::KvmMmio, 0, [0; 4]));
+        assert_eq!(j.threads.len(), 0);
     }
 }
