@@ -11,8 +11,9 @@
 //! What it exercises: every layer; qcow2 L2 cache misses (a metadata read inside the
 //! request); IOs split across two host extents (1:N); two IOs merged into one block
 //! request (N:1), half of them while that request still sits on the submitter's plug
-//! list (the merge is traced before the request's insert); pointers reused as soon as they are free; events out of order across
-//! CPUs; and lost events (a worker's syscall exit dropped, counted in a Losses chunk).
+//! list (the merge is traced before the request's insert); pointers reused as soon as
+//! they are free; events out of order across CPUs; and lost events (a worker's syscall
+//! exit dropped, counted in a Losses chunk).
 
 use crate::layers::{Boundaries, NB};
 use crate::rng::Rng;
