@@ -222,6 +222,15 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
             s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
         ),
     ]);
+    if s.requests_completion_lost > 0 {
+        b.push_record([
+            "block requests".to_owned(),
+            format!(
+                "{} whose completion event was lost",
+                s.requests_completion_lost
+            ),
+        ]);
+    }
     if !s.trace_complete {
         b.push_record([
             "recording".to_owned(),

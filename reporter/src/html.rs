@@ -663,6 +663,15 @@ pub fn report_page(
             s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
         ),
     );
+    if s.requests_completion_lost > 0 {
+        kv(
+            "block requests",
+            format!(
+                "{} whose completion event was lost",
+                s.requests_completion_lost
+            ),
+        );
+    }
     kv(
         "layers missing",
         if s.layers_missing.is_empty() {

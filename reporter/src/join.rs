@@ -422,6 +422,9 @@ struct Req {
     dev: u32,
     sector: u64,
     sectors: u64,
+    /// When it was inserted or issued: one whose completion was lost is dropped once
+    /// it is older than any real request.
+    since: u64,
 }
 
 /// A bio that merged into a request not seen yet: one still on the submitting task's
@@ -552,6 +555,9 @@ pub struct JoinStats {
     pub other_ios: u64,
     pub unknown_events: u64,
     pub peak_in_flight: usize,
+    /// Block requests whose completion never came (event lost): dropped when their
+    /// pointer came back for a new request, or when they were older than any real one.
+    pub requests_lost: u64,
 }
 
 /// What the trace's header says about the probes, which changes how rows end.
@@ -1451,7 +1457,22 @@ impl<'l, S: Sink> Join<'l, S> {
     fn rq_start(&mut self, e: &RawEvent) {
         let [rq, sector, a2, first_bio] = e.a;
         let (dev, bytes) = dev_bytes(a2);
-        if !self.reqs.contains_key(&rq) {
+        // The same request again (issued after insert, re-dispatched when the driver
+        // was busy, requeued) starts where it did with the bios it had. Anything else
+        // at this pointer is a new request: the old one's completion was lost.
+        let new = match self.reqs.get(&rq) {
+            None => true,
+            Some(old)
+                if old.dev == dev && old.sector == sector && old.bios.contains(&first_bio) =>
+            {
+                false
+            }
+            Some(_) => {
+                self.drop_req(rq);
+                true
+            }
+        };
+        if new {
             let mut owners = SmallVec::new();
             let mut other = None;
             match self.bios.get(&first_bio).map(|b| b.owner) {
@@ -1478,6 +1499,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     dev,
                     sector,
                     sectors: bytes.div_ceil(512),
+                    since: e.ts,
                 },
             );
             if !self.plugged.is_empty() {
@@ -1557,6 +1579,34 @@ impl<'l, S: Sink> Join<'l, S> {
         }
         if let Some(id) = r.other {
             self.other_done(id, e.ts);
+        }
+    }
+
+    /// Forget a request whose completion will never come (its event was lost): its host
+    /// IOs stop waiting for it, IO of no guest request is reported as far as it got.
+    /// Its bios go with it, unless their pointers already carry new bios of others.
+    fn drop_req(&mut self, k: u64) {
+        let Some(r) = self.reqs.remove(&k) else {
+            return;
+        };
+        self.stats.requests_lost += 1;
+        for b in &r.bios {
+            let ours = match self.bios.get(b).map(|x| x.owner) {
+                Some(BioOwner::Hio(h)) => r.owners.contains(&h),
+                Some(BioOwner::Other(id)) => r.other == Some(id),
+                None => false,
+            };
+            if ours {
+                self.bios.remove(b);
+            }
+        }
+        for &h in &r.owners {
+            if let Some(x) = self.hios.get_mut(h) {
+                x.open_rqs = x.open_rqs.saturating_sub(1);
+            }
+        }
+        if let Some(id) = r.other {
+            self.other_done(id, 0);
         }
     }
 
@@ -1811,6 +1861,16 @@ impl<'l, S: Sink> Join<'l, S> {
         let bios = &self.bios;
         self.plugged
             .retain(|p| hios.get(p.owner).is_some() && bios.contains_key(&p.bio));
+        // Requests whose completion was lost (no device takes this long).
+        let old: Vec<u64> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| now.saturating_sub(r.since) > STALE_NS)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in old {
+            self.drop_req(k);
+        }
         // Host IOs nothing will complete any more.
         let stale_hios: Vec<Ref> = self
             .inflight
@@ -1874,6 +1934,7 @@ impl<'l, S: Sink> Join<'l, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use viopath_probes::abi::kernel_dev;
 
     fn r(idx: u32) -> Ref {
         Ref { idx, generation: 0 }
@@ -1906,6 +1967,130 @@ mod tests {
     impl Sink for Nothing {
         fn io(&mut self, _: &IoRow) {}
         fn other(&mut self, _: &OtherIo) {}
+    }
+
+    #[derive(Default)]
+    struct Others(Vec<OtherIo>);
+    impl Sink for Others {
+        fn io(&mut self, _: &IoRow) {}
+        fn other(&mut self, o: &OtherIo) {
+            self.0.push(o.clone());
+        }
+    }
+
+    fn ev(ts: u64, tid: u32, kind: EventKind, a: [u64; 4]) -> RawEvent {
+        RawEvent {
+            ts,
+            tid,
+            kind: kind as u8,
+            sub: 0,
+            cpu: 0,
+            a,
+        }
+    }
+
+    #[test]
+    fn a_request_pointer_back_after_a_lost_completion_is_a_new_request() {
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
+        let dev = u64::from(kernel_dev(254, 0)) << 32;
+        let (rq, bio_a, bio_b) = (
+            0xffff_8881_0253_9a80,
+            0xffff_8881_2219_ad80,
+            0xffff_8881_2219_a840,
+        );
+        // Someone else's 512-byte write: queued, inserted, issued; its completion lost.
+        j.event(&ev(
+            1_000,
+            5,
+            EventKind::BioQueue,
+            [bio_a, 100, dev | 512, 0],
+        ));
+        j.event(&ev(
+            1_100,
+            5,
+            EventKind::RqInsert,
+            [rq, 100, dev | 512, bio_a],
+        ));
+        j.event(&ev(
+            1_200,
+            5,
+            EventKind::RqIssue,
+            [rq, 100, dev | 512, bio_a],
+        ));
+        // Issued again as it was (the driver was busy): still the same request.
+        j.event(&ev(
+            1_300,
+            5,
+            EventKind::RqIssue,
+            [rq, 100, dev | 512, bio_a],
+        ));
+        assert_eq!(j.stats.requests_lost, 0);
+        // Much later a traced direct IO's bio gets a request at the same pointer.
+        j.event(&ev(5_000_000, 7, EventKind::DioBegin, [0x77, 0, 4096, 12]));
+        j.event(&ev(
+            5_000_100,
+            7,
+            EventKind::BioQueue,
+            [bio_b, 200, dev | 4096, 0],
+        ));
+        j.event(&ev(
+            5_000_200,
+            7,
+            EventKind::RqInsert,
+            [rq, 200, dev | 4096, bio_b],
+        ));
+        j.event(&ev(
+            5_000_300,
+            7,
+            EventKind::RqIssue,
+            [rq, 200, dev | 4096, bio_b],
+        ));
+        assert_eq!(j.stats.requests_lost, 1);
+        assert!(!j.bios.contains_key(&bio_a) && j.bios.contains_key(&bio_b));
+        let h = j.threads.get(7).and_then(|t| t.dio).expect("direct IO");
+        assert_eq!(j.reqs.get(&rq).map(|r| r.owners.to_vec()), Some(vec![h]));
+        let hio = j.hios.get(h).expect("in flight");
+        assert_eq!(
+            (hio.requests, hio.open_rqs, hio.issue_any),
+            (1, 1, 5_000_300)
+        );
+        j.event(&ev(
+            5_090_000,
+            0,
+            EventKind::RqComplete,
+            [rq, 200, dev | 4096, 4096],
+        ));
+        // A direct IO no QEMU probe announced ends with its last block request.
+        assert!(j.hios.get(h).is_none());
+        let dio: Vec<&OtherIo> = j.sink.0.iter().filter(|o| o.start == 5_000_000).collect();
+        assert_eq!(dio.len(), 1, "{:?}", j.sink.0);
+        assert_eq!(dio[0].end, 5_090_000);
+        // The lost one is reported as far as it was seen, not with the new completion.
+        let stale: Vec<&OtherIo> = j.sink.0.iter().filter(|o| o.start == 1_000).collect();
+        assert_eq!(stale.len(), 1, "{:?}", j.sink.0);
+        assert!(stale[0].end < 5_000_000, "{:?}", stale[0]);
+    }
+
+    #[test]
+    fn requests_that_never_complete_are_dropped_in_time() {
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
+        let dev = u64::from(kernel_dev(254, 0)) << 32;
+        for i in 0..100u64 {
+            let (ts, bio, rq) = (1_000 + i * 10_000, 0x1000 + i, 0x9000 + i);
+            j.event(&ev(ts, 5, EventKind::BioQueue, [bio, i * 8, dev | 4096, 0]));
+            j.event(&ev(
+                ts + 10,
+                5,
+                EventKind::RqIssue,
+                [rq, i * 8, dev | 4096, bio],
+            ));
+        }
+        assert_eq!(j.reqs.len(), 100);
+        j.event(&ev(2_000_000 + STALE_NS, 1, EventKind::KvmMmio, [0; 4]));
+        assert_eq!((j.reqs.len(), j.stats.requests_lost), (0, 100));
+        assert_eq!(j.sink.0.len(), 100);
     }
 
     #[test]

@@ -520,6 +520,9 @@ pub struct Summary {
     pub damage: Option<crate::reader::Damage>,
     pub layers_missing: Vec<String>,
     pub peak_in_flight: usize,
+    /// Block requests whose completion event was lost: their pointer came back for a
+    /// new request, or they outlived any real request (30 s of trace time).
+    pub requests_completion_lost: u64,
     /// Quantiles are exact (false: more than [`EXACT_IOS`] complete IOs, so they come
     /// from log buckets, within 0.4%).
     pub exact_quantiles: bool,
@@ -584,6 +587,7 @@ impl Collector<'_> {
             0.0
         };
         summary.peak_in_flight = stats.peak_in_flight;
+        summary.requests_completion_lost = stats.requests_lost;
 
         let latency = if let Some(f) = self.folded.take() {
             aggregate_folded(f, by, self.layout)
