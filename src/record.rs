@@ -92,6 +92,13 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(code) = summary.child_exit {
         writeln!(out, "traced command exited with status {code}")?;
     }
+    if summary.events_outside_window > 0 {
+        writeln!(
+            out,
+            "left out {} events from while probes were being attached or detached",
+            summary.events_outside_window
+        )?;
+    }
     let mut b = Builder::default();
     b.push_record(["probe", "events", "lost"]);
     let mut names: Vec<&String> = summary

@@ -187,6 +187,7 @@ fn record(trace: &Path, cmd: &[String]) -> Value {
         "--".to_owned(),
     ];
     args.extend(cmd.iter().cloned());
+    let _one = one_recorder();
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)
         .output()
@@ -223,6 +224,32 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
     let t = read_trace(&trace);
     assert_eq!(t.end["events"], summary["events"]);
     assert_eq!(t.events.len() as u64, summary["events"].as_u64().unwrap());
+    // One window in which every probe was attached: nothing from before the start, and
+    // every block request issued (but for the last second) seen completing, which fails
+    // when the completion probe is detached while the others still record.
+    let start = t.header["monotonic_ns_at_start"].as_u64().unwrap();
+    assert!(
+        t.events.iter().all(|e| e.ts >= start),
+        "events before the start"
+    );
+    assert!(t.end["events_outside_window"].is_u64(), "{}", t.end);
+    let last = t.events.iter().map(|e| e.ts).max().unwrap_or(0);
+    let completed: std::collections::HashSet<(u64, u64)> = t
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::RqComplete as u8)
+        .map(|e| (e.a[0], e.a[1]))
+        .collect();
+    let unfinished: Vec<&RawEvent> = t
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::RqIssue as u8 && e.ts + 1_000_000_000 < last)
+        .filter(|e| !completed.contains(&(e.a[0], e.a[1])))
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "{aio}: issued, never completed: {unfinished:?}"
+    );
     // --bpf-stats: the kernel's run counts agree with the events in the file. The uprobe
     // program emits exactly one event per run.
     let cost = |prog: &str| {
@@ -494,6 +521,7 @@ fn stripped_distro_qemu_io_gives_the_dynsym_layers() {
 fn attaches_to_a_running_storage_daemon_and_stops_on_sigint() {
     let Some(prefix) = can_run() else { return };
     use std::io::{BufRead, BufReader};
+    let _one = one_recorder();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let st = make_stack(dir.path());
     let img = st.mnt.join("served.qcow2");

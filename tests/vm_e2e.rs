@@ -139,6 +139,7 @@ fn run_guest(backing: bool) {
         eprintln!("SKIPPED: no guest kernel and initramfs; run tests/vm/guest.sh (CI does)");
         return;
     };
+    let _one = one_recorder();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let st = mount_partitioned_loop(
         &dir.path().join("host.img"),
@@ -218,7 +219,13 @@ fn run_guest(backing: bool) {
     for e in t.events() {
         join.event(&e);
     }
-    let (Rows(rows, _other), _) = join.finish();
+    let (Rows(rows, _other), stats) = join.finish();
+    // Every block request the trace saw start it saw end: the recorder keeps only what
+    // came while all its probes were attached.
+    assert_eq!(
+        stats.requests_lost, 0,
+        "block requests whose completion is missing from the trace"
+    );
     // The loop device's backing file lives on the host's disk: that disk is the bottom.
     let bottom = bottom_disk_of(&dir.path().join("host.img"));
     let virtio: Vec<&IoRow> = rows.iter().filter(|r| r.source == Source::Virtio).collect();

@@ -118,6 +118,11 @@ pub struct Summary {
     pub lost: u64,
     pub lost_by_probe: BTreeMap<String, u64>,
     pub lost_by_cpu: BTreeMap<u32, u64>,
+    /// Events left out because probes were still being attached (before the trace's
+    /// start) or already being detached (after its stop): detaching takes seconds, and
+    /// a completion probe gone while the issue probe still records would leave
+    /// requests without an end.
+    pub events_outside_window: u64,
     pub probes: Vec<ProbeStatus>,
     pub missing_layers: Vec<String>,
     /// Per-program cost, when BPF statistics were on (see `RecordOptions::bpf_stats`).
@@ -777,6 +782,13 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         rings.push(RingBuf::try_from(map).map_err(|e| RecordError::Load(e.to_string()))?);
     }
     let ready = RingSet::new(&rings)?;
+    // The trace holds what happened while every probe was attached: from here (the
+    // header's start) to the stop, whatever the rings still hold from either side.
+    let mut window = Window {
+        start: mono0,
+        end: u64::MAX,
+        outside: 0,
+    };
     if let Some(c) = child.as_mut() {
         c.release();
     }
@@ -804,12 +816,12 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
             tokio::select! {
                 r = afd.readable_mut() => {
                     let mut guard = r?;
-                    drain(&mut rings, &mut writer, &mut counts)?;
+                    drain(&mut rings, &mut writer, &mut counts, &mut window)?;
                     guard.get_inner_mut().clear();
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
-                    drain(&mut rings, &mut writer, &mut counts)?;
+                    drain(&mut rings, &mut writer, &mut counts, &mut window)?;
                     writer.flush_events()?;
                     if let Some(c) = child.as_mut() {
                         if let Some(st) = c.child.try_wait()? {
@@ -841,11 +853,12 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         };
         Ok::<_, io::Error>(reason)
     })?;
-    // Stop the probes, then take what is still in the rings.
+    // Stop the probes, then take what is still in the rings up to the stop.
+    window.end = now_ns(libc::CLOCK_MONOTONIC);
     let lost = read_losses(&bpf);
     let bpf_cost = program_costs(&bpf);
     drop(bpf);
-    drain(&mut rings, &mut writer, &mut counts)?;
+    drain(&mut rings, &mut writer, &mut counts, &mut window)?;
     let duration = started.elapsed();
 
     let mut child_exit = None;
@@ -867,6 +880,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         devices: devices.iter().map(|d| d.to_string()).collect(),
         child_exit,
         qemu: qemu_info.clone(),
+        events_outside_window: window.outside,
         ..Default::default()
     };
     for (i, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
@@ -928,14 +942,26 @@ fn probe_name(kind: u8, sub: u8, qemu: &BTreeMap<u8, &'static str>) -> String {
     }
 }
 
+/// The monotonic-clock span the trace keeps, and how many events fell outside it.
+struct Window {
+    start: u64,
+    end: u64,
+    outside: u64,
+}
+
 fn drain<T: std::borrow::Borrow<aya::maps::MapData>>(
     rings: &mut [RingBuf<T>],
     writer: &mut TraceWriter<impl io::Write>,
     counts: &mut [u64],
+    window: &mut Window,
 ) -> io::Result<()> {
     for ring in rings {
         while let Some(item) = ring.next() {
             if let Some(e) = RawEvent::from_bytes(&item) {
+                if e.ts < window.start || e.ts > window.end {
+                    window.outside += 1;
+                    continue;
+                }
                 counts[(e.kind as usize) << 8 | e.sub as usize] += 1;
                 writer.push(&e)?;
             }
