@@ -531,10 +531,12 @@ impl Events<'_> {
             });
         }
         self.events_read += (c.len / FILE_EVENT_SIZE) as u64;
-        // The chunk is decoded: drop its pages from this process (they stay in the page
-        // cache), so the mapping does not count against memory as the file is read.
+        // Decoded chunks: drop their pages from this process (they stay in the page
+        // cache), so the mapping does not count against memory as the file is read. In
+        // 32 MiB steps: each drop interrupts the other threads' CPUs to flush their TLBs,
+        // and per 1 MiB chunk that cost 2–11% more kernel and ~2.5% more user cycles.
         let end = (c.offset + c.len) & !4095;
-        if end > self.released {
+        if end >= self.released + RELEASE_EVERY {
             release(self.map, self.released, end);
             self.released = end;
         }
@@ -542,7 +544,8 @@ impl Events<'_> {
     }
 }
 
-/// How much of the map the header walk may hold mapped before unmapping it.
+/// How much of the map the header walk, or the event reading, may hold mapped before
+/// unmapping it.
 const RELEASE_EVERY: usize = 32 << 20;
 
 /// Drop `[from, to)` of the map from this process's page tables; the pages stay in the
