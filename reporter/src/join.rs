@@ -1989,6 +1989,36 @@ mod tests {
         }
     }
 
+    /// A bio queued at `ts` and the block request made of it, inserted and issued.
+    fn block_request<S: Sink>(
+        j: &mut Join<S>,
+        ts: u64,
+        tid: u32,
+        bio: u64,
+        rq: u64,
+        sector: u64,
+        dev_bytes: u64,
+    ) {
+        j.event(&ev(
+            ts,
+            tid,
+            EventKind::BioQueue,
+            [bio, sector, dev_bytes, 0],
+        ));
+        j.event(&ev(
+            ts + 100,
+            tid,
+            EventKind::RqInsert,
+            [rq, sector, dev_bytes, bio],
+        ));
+        j.event(&ev(
+            ts + 200,
+            tid,
+            EventKind::RqIssue,
+            [rq, sector, dev_bytes, bio],
+        ));
+    }
+
     #[test]
     fn a_request_pointer_back_after_a_lost_completion_is_a_new_request() {
         let layout = Layout::default();
@@ -2000,24 +2030,7 @@ mod tests {
             0xffff_8881_2219_a840,
         );
         // Someone else's 512-byte write: queued, inserted, issued; its completion lost.
-        j.event(&ev(
-            1_000,
-            5,
-            EventKind::BioQueue,
-            [bio_a, 100, dev | 512, 0],
-        ));
-        j.event(&ev(
-            1_100,
-            5,
-            EventKind::RqInsert,
-            [rq, 100, dev | 512, bio_a],
-        ));
-        j.event(&ev(
-            1_200,
-            5,
-            EventKind::RqIssue,
-            [rq, 100, dev | 512, bio_a],
-        ));
+        block_request(&mut j, 1_000, 5, bio_a, rq, 100, dev | 512);
         // Issued again as it was (the driver was busy): still the same request.
         j.event(&ev(
             1_300,
@@ -2028,24 +2041,7 @@ mod tests {
         assert_eq!(j.stats.requests_lost, 0);
         // Much later a traced direct IO's bio gets a request at the same pointer.
         j.event(&ev(5_000_000, 7, EventKind::DioBegin, [0x77, 0, 4096, 12]));
-        j.event(&ev(
-            5_000_100,
-            7,
-            EventKind::BioQueue,
-            [bio_b, 200, dev | 4096, 0],
-        ));
-        j.event(&ev(
-            5_000_200,
-            7,
-            EventKind::RqInsert,
-            [rq, 200, dev | 4096, bio_b],
-        ));
-        j.event(&ev(
-            5_000_300,
-            7,
-            EventKind::RqIssue,
-            [rq, 200, dev | 4096, bio_b],
-        ));
+        block_request(&mut j, 5_000_100, 7, bio_b, rq, 200, dev | 4096);
         assert_eq!(j.stats.requests_lost, 1);
         assert!(!j.bios.contains_key(&bio_a) && j.bios.contains_key(&bio_b));
         let h = j.threads.get(7).and_then(|t| t.dio).expect("direct IO");
@@ -2079,13 +2075,7 @@ mod tests {
         let dev = u64::from(kernel_dev(254, 0)) << 32;
         for i in 0..100u64 {
             let (ts, bio, rq) = (1_000 + i * 10_000, 0x1000 + i, 0x9000 + i);
-            j.event(&ev(ts, 5, EventKind::BioQueue, [bio, i * 8, dev | 4096, 0]));
-            j.event(&ev(
-                ts + 10,
-                5,
-                EventKind::RqIssue,
-                [rq, i * 8, dev | 4096, bio],
-            ));
+            block_request(&mut j, ts, 5, bio, rq, i * 8, dev | 4096);
         }
         assert_eq!(j.reqs.len(), 100);
         j.event(&ev(2_000_000 + STALE_NS, 1, EventKind::KvmMmio, [0; 4]));
