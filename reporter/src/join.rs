@@ -2089,34 +2089,18 @@ mod tests {
         // context, and once quiet for STALE_NS it must be gone, not kept forever.
         let layout = Layout::default();
         let mut j = Join::new(&layout, Nothing, JoinConfig::default());
-        let ev = |ts: u64, tid: u32, kind: EventKind, sub: u8, a: [u64; 4]| RawEvent {
-            ts,
-            tid,
-            kind: kind as u8,
-            sub,
-            cpu: 0,
-            a,
-        };
         for i in 0..1000u32 {
-            let ts = 1_000_000 + u64::from(i) * 1_000;
-            j.event(&ev(
-                ts,
+            let (ts, tid, kiocb) = (
+                1_000_000 + u64::from(i) * 1_000,
                 10_000 + i,
-                EventKind::DioBegin,
-                0,
-                [0x1000 + u64::from(i), 0, 4096, 7],
-            ));
-            j.event(&ev(
-                ts + 10,
-                10_000 + i,
-                EventKind::DioComplete,
-                0,
-                [0x1000 + u64::from(i), 0, 0, 0],
-            ));
+                0x1000 + u64::from(i),
+            );
+            j.event(&ev(ts, tid, EventKind::DioBegin, [kiocb, 0, 4096, 7]));
+            j.event(&ev(ts + 10, tid, EventKind::DioComplete, [kiocb, 0, 0, 0]));
         }
         assert!(j.threads.len() >= 1000, "{} contexts", j.threads.len());
         // Later, one event from one thread.
-        j.event(&ev(2_000_000 + STALE_NS, 1, EventKind::KvmMmio, 0, [0; 4]));
+        j.event(&ev(2_000_000 + STALE_NS, 1, EventKind::KvmMmio, [0; 4]));
         assert_eq!(j.threads.len(), 0);
     }
 }
