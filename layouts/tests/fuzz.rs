@@ -4,10 +4,18 @@
 //! never panic or run away. `cargo bolero test` runs the same targets with a fuzzing
 //! engine where one is installed.
 
+#[path = "../../tests/common/mutate.rs"]
+mod mutate;
+
+use mutate::{Hot, mutate};
+
 use std::path::{Path, PathBuf};
 use viopath_layouts::guest::GuestLayout;
 use viopath_layouts::qcow2::{Chain, Qcow2Image};
 use viopath_layouts::source::ReadAt;
+
+/// Headers and tables: the first 8 KiB.
+const HEAD: Hot = Hot::Head(8192);
 
 fn seeds(kind: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,26 +29,6 @@ fn seeds(kind: &str) -> Vec<Vec<u8>> {
     v.sort();
     assert!(!v.is_empty(), "no seeds in {}", dir.display());
     v.into_iter().map(|(_, b)| b).collect()
-}
-
-/// Apply up to four byte overwrites, half of them in the first 8 KiB (headers and
-/// tables), and truncate one input in eight. Few mutations keep most inputs valid
-/// enough to reach the deep code (L2 decoding, reverse maps, directory walks).
-fn mutate(seed: &[u8], muts: &[(u32, u8)], cut: Option<u32>) -> Vec<u8> {
-    let mut b = seed.to_vec();
-    for &(pos, val) in muts.iter().take(4) {
-        let p = if pos & 1 == 0 {
-            (pos >> 1) as usize % 8192
-        } else {
-            (pos >> 1) as usize
-        };
-        let i = p % b.len();
-        b[i] = val;
-    }
-    if let Some(c) = cut.filter(|c| c % 8 == 0) {
-        b.truncate((c / 8) as usize % (b.len() + 1));
-    }
-    b
 }
 
 fn qcow2_target(bytes: Vec<u8>) {
@@ -82,7 +70,12 @@ fn fuzz_qcow2() {
         .with_type::<(u8, Vec<(u32, u8)>, Option<u32>)>()
         .with_iterations(20000)
         .for_each(|(pick, muts, cut)| {
-            qcow2_target(mutate(&seeds[*pick as usize % seeds.len()], muts, *cut))
+            qcow2_target(mutate(
+                &seeds[*pick as usize % seeds.len()],
+                muts,
+                *cut,
+                HEAD,
+            ))
         });
 }
 
@@ -100,6 +93,11 @@ fn fuzz_ext4() {
         .with_type::<(u8, Vec<(u32, u8)>, Option<u32>)>()
         .with_iterations(20000)
         .for_each(|(pick, muts, cut)| {
-            ext4_target(mutate(&seeds[*pick as usize % seeds.len()], muts, *cut))
+            ext4_target(mutate(
+                &seeds[*pick as usize % seeds.len()],
+                muts,
+                *cut,
+                HEAD,
+            ))
         });
 }

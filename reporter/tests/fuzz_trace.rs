@@ -5,6 +5,10 @@
 //! reading every event and joining them must return, with a value or an error, and
 //! never panic, nor give more events than the file has room for.
 
+#[path = "../../tests/common/mutate.rs"]
+mod mutate;
+
+use mutate::{Hot, mutate};
 use viopath_probes::trace::FILE_EVENT_SIZE;
 use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherIo, Sink};
 use viopath_reporter::load_layout;
@@ -26,23 +30,6 @@ fn seed() -> Vec<u8> {
     let mut out = Vec::new();
     generate(&cfg, &mut out, |_| {}).unwrap();
     out
-}
-
-fn mutate(seed: &[u8], muts: &[(u32, u8)], cut: Option<u32>) -> Vec<u8> {
-    let mut b = seed.to_vec();
-    for &(pos, val) in muts.iter().take(4) {
-        let p = if pos & 1 == 0 {
-            b.len().saturating_sub(16384) + (pos >> 1) as usize % 16384
-        } else {
-            (pos >> 1) as usize
-        };
-        let i = p % b.len();
-        b[i] = val;
-    }
-    if let Some(c) = cut.filter(|c| c % 8 == 0) {
-        b.truncate((c / 8) as usize % (b.len() + 1));
-    }
-    b
 }
 
 fn target(bytes: &[u8], dir: &std::path::Path) {
@@ -81,5 +68,5 @@ fn fuzz_trace_reader() {
     bolero::check!()
         .with_type::<(Vec<(u32, u8)>, Option<u32>)>()
         .with_iterations(3000)
-        .for_each(|(muts, cut)| target(&mutate(&seed, muts, *cut), dir.path()));
+        .for_each(|(muts, cut)| target(&mutate(&seed, muts, *cut, Hot::Tail(16384)), dir.path()));
 }
