@@ -38,7 +38,11 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Both halves of the 128-bit product, folded: hashbrown picks the bucket from
+        // the low bits, and those of a plain product depend only on the key's low
+        // bits, which are all zero in aligned pointers (every key in one bucket).
+        let p = (v as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
     }
     fn write_u32(&mut self, v: u32) {
         self.write_u64(v as u64)
@@ -49,15 +53,30 @@ type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// A slab with generation-checked references: a stale reference finds nothing.
 struct Slab<T> {
+    /// Generation (never 0) and item.
     items: Vec<(u32, Option<T>)>,
     free: Vec<u32>,
     live: usize,
 }
 
+/// A slab slot and its generation in one word (generation high, never 0): an
+/// `Option<Ref>` is then one word too, written and read whole. Two halves written
+/// apart and read as one word cannot be forwarded from the store buffer, and that
+/// stall showed in the join's profile wherever a context field was set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Ref {
-    idx: u32,
-    generation: u32,
+struct Ref(std::num::NonZeroU64);
+
+impl Ref {
+    fn new(idx: u32, generation: u32) -> Ref {
+        let g = std::num::NonZeroU64::new((generation as u64) << 32).expect("generation 0");
+        Ref(g | idx as u64)
+    }
+    fn idx(self) -> usize {
+        self.0.get() as u32 as usize
+    }
+    fn generation(self) -> u32 {
+        (self.0.get() >> 32) as u32
+    }
 }
 
 impl<T> Slab<T> {
@@ -72,40 +91,44 @@ impl<T> Slab<T> {
         self.live += 1;
         if let Some(idx) = self.free.pop() {
             let slot = &mut self.items[idx as usize];
-            slot.0 = slot.0.wrapping_add(1);
+            slot.0 = slot.0.checked_add(1).unwrap_or(1);
             slot.1 = Some(t);
-            Ref {
-                idx,
-                generation: slot.0,
-            }
+            Ref::new(idx, slot.0)
         } else {
-            self.items.push((0, Some(t)));
-            Ref {
-                idx: self.items.len() as u32 - 1,
-                generation: 0,
-            }
+            self.items.push((1, Some(t)));
+            Ref::new(self.items.len() as u32 - 1, 1)
         }
     }
     fn get(&self, r: Ref) -> Option<&T> {
-        match self.items.get(r.idx as usize) {
-            Some((g, Some(t))) if *g == r.generation => Some(t),
+        match self.items.get(r.idx()) {
+            Some((g, Some(t))) if *g == r.generation() => Some(t),
             _ => None,
         }
     }
     fn get_mut(&mut self, r: Ref) -> Option<&mut T> {
-        match self.items.get_mut(r.idx as usize) {
-            Some((g, Some(t))) if *g == r.generation => Some(t),
+        match self.items.get_mut(r.idx()) {
+            Some((g, Some(t))) if *g == r.generation() => Some(t),
             _ => None,
         }
     }
     fn remove(&mut self, r: Ref) -> Option<T> {
-        match self.items.get_mut(r.idx as usize) {
-            Some((g, slot @ Some(_))) if *g == r.generation => {
-                self.free.push(r.idx);
+        match self.items.get_mut(r.idx()) {
+            Some((g, slot @ Some(_))) if *g == r.generation() => {
+                self.free.push(r.idx() as u32);
                 self.live -= 1;
                 slot.take()
             }
             _ => None,
+        }
+    }
+    /// Remove without handing the item back: dropped where it is.
+    fn discard(&mut self, r: Ref) {
+        if let Some((g, slot @ Some(_))) = self.items.get_mut(r.idx())
+            && *g == r.generation()
+        {
+            *slot = None;
+            self.free.push(r.idx() as u32);
+            self.live -= 1;
         }
     }
 }
@@ -400,6 +423,15 @@ impl QiovBind {
     }
 }
 
+/// One device range of a host IO in flight.
+#[derive(Clone, Copy)]
+struct InflightRange {
+    dev: u32,
+    start: u64,
+    end: u64,
+    hio: Ref,
+}
+
 #[derive(Clone, Copy)]
 enum BioOwner {
     Hio(Ref),
@@ -581,6 +613,10 @@ pub struct Join<'l, S: Sink> {
     hios: Slab<Hio>,
     active: Vec<Ref>,
     inflight: Vec<Ref>,
+    /// The device ranges of the host IOs in flight, flat: a queued bio's owner is
+    /// looked up by address for every bio, and visiting each host IO for it showed.
+    /// Entries of host IOs gone are dropped when they go (or skipped if missed).
+    inflight_at: Vec<InflightRange>,
     virtio: Map<u64, Ref>,
     aio_opaque: Map<u64, Ref>,
     qiov: Map<u64, QiovBind>,
@@ -641,6 +677,7 @@ impl<'l, S: Sink> Join<'l, S> {
             hios: Slab::new(),
             active: Vec::new(),
             inflight: Vec::new(),
+            inflight_at: Vec::new(),
             virtio: Map::default(),
             aio_opaque: Map::default(),
             qiov: Map::default(),
@@ -891,9 +928,13 @@ impl<'l, S: Sink> Join<'l, S> {
                 if let Some(&r) = self.virtio.get(&a0)
                     && let Some(root) = self.roots.get_mut(r)
                 {
+                    // Copied before the store, not after: a wide read of a word just
+                    // written waits for the store to retire.
+                    let mut b = root.b;
+                    b[7] = e.ts;
                     root.b[7] = e.ts;
                     root.last = e.ts;
-                    let snapshot = (root.id, root.b, e.ts);
+                    let snapshot = (root.id, b, e.ts);
                     self.threads.at(e.tid, e.ts).completion_batch = Some(snapshot);
                 }
             }
@@ -1160,7 +1201,31 @@ impl<'l, S: Sink> Join<'l, S> {
             bottom_dev: 0,
         });
         self.inflight.push(h);
+        self.index_ranges(h);
         h
+    }
+
+    fn index_ranges(&mut self, h: Ref) {
+        if let Some(x) = self.hios.get(h) {
+            self.inflight_at
+                .extend(x.ranges.iter().map(|r| InflightRange {
+                    dev: r.dev,
+                    start: r.start_sector,
+                    end: r.end_sector,
+                    hio: h,
+                }));
+        }
+    }
+
+    /// A host IO's ranges were indexed together, so they sit side by side.
+    fn unindex(&mut self, h: Ref) {
+        if let Some(i) = self.inflight_at.iter().position(|x| x.hio == h) {
+            let n = self.inflight_at[i..]
+                .iter()
+                .take_while(|x| x.hio == h)
+                .count();
+            self.inflight_at.drain(i..i + n);
+        }
     }
 
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
@@ -1285,6 +1350,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 hio.offset = pos;
                 hio.bytes = count;
                 self.layout.dev_ranges(pos, count, &mut hio.ranges);
+                self.index_ranges(h);
             }
         }
         self.kiocb.insert(kiocb, h);
@@ -1292,16 +1358,30 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     /// Whose is a bio queued at `dev`/`sector`: a host IO in flight covering it.
-    fn owner_by_address(&self, dev: u32, sector: u64, sectors: u64) -> Option<Ref> {
+    /// When several cover it (IO to the same blocks in flight at once), the one the
+    /// queueing thread is inside, if it is one of them: a direct IO queues its bios
+    /// from its own syscall. Otherwise the oldest.
+    fn owner_by_address(&self, tid: u32, dev: u32, sector: u64, sectors: u64) -> Option<Ref> {
         let end = sector.saturating_add(sectors.max(1));
-        self.inflight.iter().copied().find(|&h| {
-            self.hios.get(h).is_some_and(|x| {
-                x.complete == 0
-                    && x.ranges
-                        .iter()
-                        .any(|r| r.dev == dev && r.start_sector < end && sector < r.end_sector)
-            })
-        })
+        let mine = self.threads.get(tid).and_then(|t| t.dio.or(t.worker));
+        let mut first = None;
+        for h in self
+            .inflight_at
+            .iter()
+            .filter(|r| r.dev == dev && r.start < end && sector < r.end)
+            .map(|r| r.hio)
+        {
+            if Some(h) == mine && self.hios.get(h).is_some_and(|x| x.complete == 0) {
+                return mine;
+            }
+            if first.is_none() && self.hios.get(h).is_some_and(|x| x.complete == 0) {
+                first = Some(h);
+                if mine.is_none() {
+                    break;
+                }
+            }
+        }
+        first
     }
 
     fn is_bottom(hio: &Hio, dev: u32) -> Option<bool> {
@@ -1322,7 +1402,7 @@ impl<'l, S: Sink> Join<'l, S> {
         let owner = match known {
             Some(o) => Some(o),
             None => self
-                .owner_by_address(dev, sector, bytes.div_ceil(512))
+                .owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
                 .or_else(|| {
                     // Submitted synchronously by the thread doing a traced direct IO.
                     self.threads
@@ -1479,7 +1559,8 @@ impl<'l, S: Sink> Join<'l, S> {
                 Some(BioOwner::Hio(h)) if self.hios.get(h).is_some() => owners.push(h),
                 Some(BioOwner::Other(id)) => other = Some(id),
                 _ => {
-                    if let Some(h) = self.owner_by_address(dev, sector, bytes.div_ceil(512)) {
+                    if let Some(h) = self.owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
+                    {
                         owners.push(h);
                     }
                 }
@@ -1662,6 +1743,7 @@ impl<'l, S: Sink> Join<'l, S> {
         if let Some(i) = self.inflight.iter().position(|&x| x == h) {
             self.inflight.swap_remove(i);
         }
+        self.unindex(h);
         let submit = if hio.submit != 0 {
             hio.submit
         } else {
@@ -1720,11 +1802,16 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     fn finish_root(&mut self, r: Ref, reason: u16) {
-        let Some(root) = self.roots.remove(r) else {
+        // Read in place and dropped in place: moving the record out of the slab cost
+        // more than the rest of this (a few hundred bytes copied per IO).
+        let Some(root) = self.roots.get_mut(r) else {
             return;
         };
+        let qiovs = std::mem::take(&mut root.qiovs);
+        let (open_hios, virtio_req, aio_opaque) =
+            (root.open_hios, root.virtio_req, root.aio_opaque);
         // Its host IOs that never completed (events lost) must not claim later bios.
-        if root.open_hios > 0 {
+        if open_hios > 0 {
             let hios = &mut self.hios;
             self.inflight.retain(|&h| match hios.get(h) {
                 Some(x) if x.root == Some(r) => {
@@ -1733,20 +1820,23 @@ impl<'l, S: Sink> Join<'l, S> {
                 }
                 _ => true,
             });
+            let hios = &self.hios;
+            self.inflight_at.retain(|x| hios.get(x.hio).is_some());
         }
-        for qv in &root.qiovs {
+        for qv in &qiovs {
             if let Some(b) = self.qiov.get(qv)
                 && b.root() == Some(r)
             {
                 self.qiov.remove(qv);
             }
         }
-        if root.virtio_req != 0 && self.virtio.get(&root.virtio_req) == Some(&r) {
-            self.virtio.remove(&root.virtio_req);
+        if virtio_req != 0 && self.virtio.get(&virtio_req) == Some(&r) {
+            self.virtio.remove(&virtio_req);
         }
-        if root.aio_opaque != 0 && self.aio_opaque.get(&root.aio_opaque) == Some(&r) {
-            self.aio_opaque.remove(&root.aio_opaque);
+        if aio_opaque != 0 && self.aio_opaque.get(&aio_opaque) == Some(&r) {
+            self.aio_opaque.remove(&aio_opaque);
         }
+        let root = self.roots.get(r).expect("looked up above");
         if self.cfg.expect_qcow2 && root.source == Source::QemuBlock && !root.qcow2 {
             // QEMU reading or writing the image file itself (open, header, flush).
             let end = root.b.iter().copied().max().unwrap_or(0);
@@ -1758,6 +1848,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 bytes: root.bytes,
                 dev: root.bottom_dev,
             });
+            self.roots.discard(r);
             return;
         }
         let mut partial = root.partial | reason;
@@ -1804,6 +1895,7 @@ impl<'l, S: Sink> Join<'l, S> {
             partial,
             merged_into: root.merged_into,
         };
+        self.roots.discard(r);
         self.stats.ios += 1;
         if partial != 0 {
             self.stats.partial += 1;
@@ -1888,6 +1980,8 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             self.hios.remove(h);
         }
+        let hios = &self.hios;
+        self.inflight_at.retain(|x| hios.get(x.hio).is_some());
         self.threads.forget_idle(now.saturating_sub(STALE_NS));
     }
 
@@ -1937,7 +2031,7 @@ mod tests {
     use viopath_probes::abi::kernel_dev;
 
     fn r(idx: u32) -> Ref {
-        Ref { idx, generation: 0 }
+        Ref::new(idx, 1)
     }
 
     #[test]
@@ -2066,6 +2160,52 @@ mod tests {
         let stale: Vec<&OtherIo> = j.sink.0.iter().filter(|o| o.start == 1_000).collect();
         assert_eq!(stale.len(), 1, "{:?}", j.sink.0);
         assert!(stale[0].end < 5_000_000, "{:?}", stale[0]);
+    }
+
+    #[test]
+    fn a_bio_covered_by_two_host_ios_goes_to_the_one_queueing_it() {
+        // Two direct IOs to the same host blocks at once (one thread re-reading what
+        // another reads): the bio belongs to the IO of the thread that queues it, not
+        // to whichever came first.
+        let layout = Layout::from_snapshot(&crate::synth::layout());
+        let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
+        let (pos, len) = (0x20_0000, 4096);
+        let mut ranges = DevRanges::new();
+        layout.dev_ranges(pos, len, &mut ranges);
+        let bottom = ranges.iter().find(|r| r.bottom).expect("bottom range");
+        let dev_bytes = (u64::from(bottom.dev) << 32) | len;
+        j.event(&ev(1_000, 7, EventKind::DioBegin, [0x71, pos, len, 12]));
+        j.event(&ev(1_100, 8, EventKind::DioBegin, [0x81, pos, len, 12]));
+        let first = j.threads.get(7).and_then(|t| t.dio).expect("7's IO");
+        let second = j.threads.get(8).and_then(|t| t.dio).expect("8's IO");
+        block_request(
+            &mut j,
+            1_200,
+            8,
+            0xb8,
+            0x9008,
+            bottom.start_sector,
+            dev_bytes,
+        );
+        assert_eq!(
+            j.reqs.get(&0x9008).map(|r| r.owners.to_vec()),
+            Some(vec![second])
+        );
+        // The other's bio, queued by a thread inside neither (a driver's worker), goes
+        // to the oldest IO covering it.
+        block_request(
+            &mut j,
+            1_300,
+            99,
+            0xb7,
+            0x9007,
+            bottom.start_sector,
+            dev_bytes,
+        );
+        assert_eq!(
+            j.reqs.get(&0x9007).map(|r| r.owners.to_vec()),
+            Some(vec![first])
+        );
     }
 
     #[test]

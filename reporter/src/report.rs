@@ -603,7 +603,10 @@ impl Collector<'_> {
             for (i, name) in LAYER_NAMES.iter().enumerate() {
                 let v = std::mem::take(&mut self.layer[i]);
                 let valid = std::mem::take(&mut self.layer_valid[i]);
-                cols.push(u64_col(name, v, Some(valid)));
+                // No validity at all when every value is there: polars then takes its
+                // null-free paths (a quantile need not drop nulls first).
+                let valid = (!valid.iter().all(|&x| x)).then_some(valid);
+                cols.push(u64_col(name, v, valid));
             }
             let df = DataFrame::new(n, cols)?;
             aggregate(df, by, self.layout)?
