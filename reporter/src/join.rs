@@ -1360,7 +1360,7 @@ impl<'l, S: Sink> Join<'l, S> {
     /// Whose is a bio queued at `dev`/`sector`: a host IO in flight covering it.
     /// When several cover it (IO to the same blocks in flight at once), the one the
     /// queueing thread is inside, if it is one of them: a direct IO queues its bios
-    /// from its own syscall. Otherwise the oldest.
+    /// from its own syscall. Otherwise the first registered.
     fn owner_by_address(&self, tid: u32, dev: u32, sector: u64, sectors: u64) -> Option<Ref> {
         let end = sector.saturating_add(sectors.max(1));
         let mine = self.threads.get(tid).and_then(|t| t.dio.or(t.worker));
@@ -2178,34 +2178,16 @@ mod tests {
         j.event(&ev(1_100, 8, EventKind::DioBegin, [0x81, pos, len, 12]));
         let first = j.threads.get(7).and_then(|t| t.dio).expect("7's IO");
         let second = j.threads.get(8).and_then(|t| t.dio).expect("8's IO");
-        block_request(
-            &mut j,
-            1_200,
-            8,
-            0xb8,
-            0x9008,
-            bottom.start_sector,
-            dev_bytes,
-        );
-        assert_eq!(
-            j.reqs.get(&0x9008).map(|r| r.owners.to_vec()),
-            Some(vec![second])
-        );
-        // The other's bio, queued by a thread inside neither (a driver's worker), goes
-        // to the oldest IO covering it.
-        block_request(
-            &mut j,
-            1_300,
-            99,
-            0xb7,
-            0x9007,
-            bottom.start_sector,
-            dev_bytes,
-        );
-        assert_eq!(
-            j.reqs.get(&0x9007).map(|r| r.owners.to_vec()),
-            Some(vec![first])
-        );
+        // 8 queues its own bio; then a thread inside neither (a driver's worker) queues
+        // one, which goes to the first registered.
+        for (ts, tid, bio, rq, want) in [
+            (1_200, 8, 0xb8, 0x9008, second),
+            (1_300, 99, 0xb7, 0x9007, first),
+        ] {
+            block_request(&mut j, ts, tid, bio, rq, bottom.start_sector, dev_bytes);
+            let owners = j.reqs.get(&rq).map(|r| r.owners.to_vec());
+            assert_eq!(owners, Some(vec![want]), "bio queued by thread {tid}");
+        }
     }
 
     #[test]
