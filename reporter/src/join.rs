@@ -615,7 +615,7 @@ pub struct Join<'l, S: Sink> {
     inflight: Vec<Ref>,
     /// The device ranges of the host IOs in flight, flat: a queued bio's owner is
     /// looked up by address for every bio, and visiting each host IO for it showed.
-    /// Entries of host IOs gone are dropped when they go (or skipped if missed).
+    /// Kept in step with `hios` by `forget_hio`.
     inflight_at: Vec<InflightRange>,
     virtio: Map<u64, Ref>,
     aio_opaque: Map<u64, Ref>,
@@ -1217,8 +1217,14 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
-    /// A host IO's ranges were indexed together, so they sit side by side.
-    fn unindex(&mut self, h: Ref) {
+    /// The one way a host IO leaves: out of the slab, the in-flight list and the
+    /// address index together.
+    fn forget_hio(&mut self, h: Ref) -> Option<Hio> {
+        let hio = self.hios.remove(h)?;
+        if let Some(i) = self.inflight.iter().position(|&x| x == h) {
+            self.inflight.swap_remove(i);
+        }
+        // Its ranges were indexed together, so they sit side by side.
         if let Some(i) = self.inflight_at.iter().position(|x| x.hio == h) {
             let n = self.inflight_at[i..]
                 .iter()
@@ -1226,6 +1232,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 .count();
             self.inflight_at.drain(i..i + n);
         }
+        Some(hio)
     }
 
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
@@ -1736,14 +1743,10 @@ impl<'l, S: Sink> Join<'l, S> {
 
     /// A host IO completed: fold it into its request.
     fn hio_done(&mut self, h: Ref, ts: u64) {
-        let Some(mut hio) = self.hios.remove(h) else {
+        let Some(mut hio) = self.forget_hio(h) else {
             return;
         };
         hio.complete = ts;
-        if let Some(i) = self.inflight.iter().position(|&x| x == h) {
-            self.inflight.swap_remove(i);
-        }
-        self.unindex(h);
         let submit = if hio.submit != 0 {
             hio.submit
         } else {
@@ -1812,16 +1815,15 @@ impl<'l, S: Sink> Join<'l, S> {
             (root.open_hios, root.virtio_req, root.aio_opaque);
         // Its host IOs that never completed (events lost) must not claim later bios.
         if open_hios > 0 {
-            let hios = &mut self.hios;
-            self.inflight.retain(|&h| match hios.get(h) {
-                Some(x) if x.root == Some(r) => {
-                    hios.remove(h);
-                    false
-                }
-                _ => true,
-            });
-            let hios = &self.hios;
-            self.inflight_at.retain(|x| hios.get(x.hio).is_some());
+            let open: SmallVec<[Ref; 4]> = self
+                .inflight
+                .iter()
+                .copied()
+                .filter(|&h| self.hios.get(h).is_some_and(|x| x.root == Some(r)))
+                .collect();
+            for h in open {
+                self.forget_hio(h);
+            }
         }
         for qv in &qiovs {
             if let Some(b) = self.qiov.get(qv)
@@ -1975,13 +1977,8 @@ impl<'l, S: Sink> Join<'l, S> {
             })
             .collect();
         for h in stale_hios {
-            if let Some(i) = self.inflight.iter().position(|&x| x == h) {
-                self.inflight.swap_remove(i);
-            }
-            self.hios.remove(h);
+            self.forget_hio(h);
         }
-        let hios = &self.hios;
-        self.inflight_at.retain(|x| hios.get(x.hio).is_some());
         self.threads.forget_idle(now.saturating_sub(STALE_NS));
     }
 
