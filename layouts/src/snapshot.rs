@@ -59,10 +59,16 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
             .files
             .iter()
             .map(|cf| {
-                let len = std::fs::metadata(&cf.path).map(|m| m.len()).unwrap_or(0);
+                use std::os::unix::fs::MetadataExt;
+                let md = std::fs::metadata(&cf.path).ok();
+                let len = md.as_ref().map_or(0, |m| m.len());
+                // The inode number names the file to the kernel's direct-IO and
+                // filesystem probes, which carry it: the join keeps a host IO to the
+                // sectors of the file it went to.
+                let ino = md.as_ref().map(|m| m.ino());
                 match resolver.resolve(&cf.path, HostFileOffset(0), len) {
-                    Ok(segs) => json!({"file": cf.path, "len": len, "host": segs}),
-                    Err(err) => json!({"file": cf.path, "len": len, "host_error": err.to_string()}),
+                    Ok(segs) => json!({"file": cf.path, "len": len, "ino": ino, "host": segs}),
+                    Err(err) => json!({"file": cf.path, "len": len, "ino": ino, "host_error": err.to_string()}),
                 }
             })
             .collect();

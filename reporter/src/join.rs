@@ -1224,6 +1224,23 @@ impl<'l, S: Sink> Join<'l, S> {
         if let Some(i) = self.inflight.iter().position(|&x| x == h) {
             self.inflight.swap_remove(i);
         }
+        self.unindex_ranges(h);
+        Some(hio)
+    }
+
+    /// The host IO in flight made first of those `pick` accepts. The in-flight list's
+    /// own order is shuffled by removals; QEMU's thread pool, linux-aio and io_uring
+    /// take requests in the order QEMU made them.
+    fn earliest_in_flight(&self, pick: impl Fn(&Hio) -> bool) -> Option<Ref> {
+        self.inflight
+            .iter()
+            .filter_map(|&h| self.hios.get(h).map(|x| (h, x)))
+            .filter(|(_, x)| pick(x))
+            .min_by_key(|(_, x)| x.created)
+            .map(|(h, _)| h)
+    }
+
+    fn unindex_ranges(&mut self, h: Ref) {
         // Its ranges were indexed together, so they sit side by side.
         if let Some(i) = self.inflight_at.iter().position(|x| x.hio == h) {
             let n = self.inflight_at[i..]
@@ -1232,7 +1249,6 @@ impl<'l, S: Sink> Join<'l, S> {
                 .count();
             self.inflight_at.drain(i..i + n);
         }
-        Some(hio)
     }
 
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
@@ -1261,13 +1277,11 @@ impl<'l, S: Sink> Join<'l, S> {
                     Some(h) => h,
                     None => {
                         // No thread-pool probe: find the file IO by offset and length.
-                        let found = self.inflight.iter().copied().find(|&h| {
-                            self.hios.get(h).is_some_and(|x| {
-                                x.submit == 0
-                                    && x.offset == e.a[1]
-                                    && x.bytes == e.a[2]
-                                    && matches!(x.api, Api::Unknown | Api::Threads)
-                            })
+                        let found = self.earliest_in_flight(|x| {
+                            x.submit == 0
+                                && x.offset == e.a[1]
+                                && x.bytes == e.a[2]
+                                && matches!(x.api, Api::Unknown | Api::Threads)
                         });
                         let h = found.unwrap_or_else(|| {
                             let h = self.add_hio(None, HioKind::Syscall, e.a[1], e.a[2], e.ts);
@@ -1332,13 +1346,11 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     fn dio_begin(&mut self, e: &RawEvent) {
-        let [kiocb, pos, count, _ino] = e.a;
+        let [kiocb, pos, count, ino] = e.a;
         let h = match self.threads.get(e.tid).and_then(|t| t.worker) {
             Some(h) => Some(h),
-            None => self.inflight.iter().copied().find(|&h| {
-                self.hios.get(h).is_some_and(|x| {
-                    !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0
-                })
+            None => self.earliest_in_flight(|x| {
+                !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0
             }),
         };
         let h = match h {
@@ -1357,6 +1369,23 @@ impl<'l, S: Sink> Join<'l, S> {
                 hio.offset = pos;
                 hio.bytes = count;
                 self.layout.dev_ranges(pos, count, &mut hio.ranges);
+                self.index_ranges(h);
+            }
+        }
+        // The kernel names the file: keep only its sectors, so that IO to the same
+        // offset of another image file in flight at once does not take this one's bios,
+        // nor this one theirs.
+        if self.layout.file_count() > 1
+            && let Some(hio) = self.hios.get_mut(h)
+        {
+            let mut ranges = DevRanges::new();
+            if self
+                .layout
+                .dev_ranges_of_inode(ino, hio.offset, hio.bytes, &mut ranges)
+                && ranges != hio.ranges
+            {
+                hio.ranges = ranges;
+                self.unindex_ranges(h);
                 self.index_ranges(h);
             }
         }
@@ -2185,6 +2214,113 @@ mod tests {
             let owners = j.reqs.get(&rq).map(|r| r.owners.to_vec());
             assert_eq!(owners, Some(vec![want]), "bio queued by thread {tid}");
         }
+    }
+
+    /// Two image files (inodes 11 and 12) on one partition of sda, each 1 GiB, the
+    /// second right after the first.
+    fn two_file_layout(with_inodes: bool) -> Layout {
+        let file = |name: &str, ino: u64, part_byte: u64| {
+            let disk_byte = part_byte + (2048 * 512);
+            serde_json::json!({
+                "file": name,
+                "len": 1u64 << 30,
+                "ino": if with_inodes { Some(ino) } else { None },
+                "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
+                    {"hop": "file", "path": name, "offset": 0, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/sda1", "dev": "8:1", "byte": part_byte, "via": "filesystem"},
+                    {"hop": "device", "device": "/dev/sda", "dev": "8:0", "byte": disk_byte, "via": "partition"}
+                ]}]
+            })
+        };
+        Layout::from_snapshot(&serde_json::json!({
+            "images": [{
+                "path": "/vm/a.qcow2",
+                "file_hosts": [file("/vm/a.qcow2", 11, 1 << 30), file("/vm/b.qcow2", 12, 2 << 30)]
+            }],
+            "devices": []
+        }))
+    }
+
+    #[test]
+    fn a_host_io_keeps_to_the_sectors_of_the_file_the_kernel_names() {
+        // Direct IOs to the same offset of two image files at once (two disks of a VM):
+        // QEMU's probes do not say which file, so each IO first covers both files'
+        // sectors. Once the kernel's probe names the file, a bio queued at the second
+        // file's sectors by a thread inside neither IO (a loop or dm worker) is the
+        // second IO's. Without inode numbers it stays with the first registered.
+        for with_inodes in [true, false] {
+            let layout = two_file_layout(with_inodes);
+            let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
+            let (pos, len) = (0x20_0000, 4096);
+            let mut both = DevRanges::new();
+            layout.dev_ranges(pos, len, &mut both);
+            // Per file: the partition, the partition at the disk's sector numbers (as
+            // its bios are traced), the disk.
+            assert_eq!(both.len(), 6, "{both:?}");
+            j.event(&ev(1_000, 7, EventKind::DioBegin, [0x71, pos, len, 11]));
+            j.event(&ev(1_100, 8, EventKind::DioBegin, [0x81, pos, len, 12]));
+            let first = j.threads.get(7).and_then(|t| t.dio).expect("7's IO");
+            let second = j.threads.get(8).and_then(|t| t.dio).expect("8's IO");
+            let ranges = |h| j.hios.get(h).map(|x| x.ranges.len());
+            assert_eq!(
+                (ranges(first), ranges(second)),
+                if with_inodes {
+                    (Some(3), Some(3))
+                } else {
+                    (Some(6), Some(6))
+                }
+            );
+            // The second file's sectors on the disk: 2 GiB into the partition.
+            let sda = kernel_dev(8, 0);
+            let sector = ((2u64 << 30) + 2048 * 512 + pos) / 512;
+            let dev_bytes = (u64::from(sda) << 32) | len;
+            block_request(&mut j, 1_300, 99, 0xb8, 0x9008, sector, dev_bytes);
+            let want = if with_inodes { second } else { first };
+            assert_eq!(
+                j.reqs.get(&0x9008).map(|r| r.owners.to_vec()),
+                Some(vec![want]),
+                "inode numbers known: {with_inodes}"
+            );
+        }
+    }
+
+    #[test]
+    fn linux_aio_direct_ios_pair_with_host_ios_in_submission_order() {
+        // Two linux-aio requests at the same offset and length (two disks of a VM) are
+        // submitted in one io_submit; the kernel begins their direct IOs in that order.
+        // The in-flight list's order is shuffled when another IO leaves it first.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Nothing, JoinConfig::default());
+        let qemu = |ts: u64, sub: u8, a: [u64; 4]| RawEvent {
+            sub,
+            ..ev(ts, 5, EventKind::Qemu, a)
+        };
+        let (pos, len) = (0x20_0000u64, 4096u64);
+        let mut made = Vec::new();
+        for (i, off) in [0x90_0000, pos, pos].into_iter().enumerate() {
+            let ts = 1_000 + i as u64 * 100;
+            j.event(&qemu(ts, q::RAW_CO_PRW, [0x1000 + i as u64, off, len, 0]));
+            j.event(&qemu(
+                ts + 10,
+                q::LAIO_CO_SUBMIT,
+                [0x1000 + i as u64, off, len, 0],
+            ));
+            made.push(j.threads.get(5).and_then(|t| t.last_hio).expect("host IO"));
+        }
+        // The first (another offset) begins and completes: the list is now [3rd, 2nd].
+        j.event(&ev(
+            1_500,
+            5,
+            EventKind::DioBegin,
+            [0xa0, 0x90_0000, len, 7],
+        ));
+        j.event(&ev(1_600, 5, EventKind::DioComplete, [0xa0, 0, 0, 0]));
+        assert!(j.hios.get(made[0]).is_none());
+        for (ts, kiocb) in [(1_700, 0xa1), (1_710, 0xa2)] {
+            j.event(&ev(ts, 5, EventKind::DioBegin, [kiocb, pos, len, 7]));
+        }
+        assert_eq!(j.kiocb.get(&0xa1), Some(&made[1]));
+        assert_eq!(j.kiocb.get(&0xa2), Some(&made[2]));
     }
 
     #[test]

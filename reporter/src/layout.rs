@@ -163,17 +163,59 @@ impl GuestMap {
     }
 }
 
+/// One image file: where its bytes lie and what they hold.
+#[derive(Debug)]
+struct ImageFile {
+    /// Its inode number when the snapshot has it: the kernel's direct-IO and
+    /// filesystem probes name files by it.
+    ino: Option<u64>,
+    segs: Vec<Segment>,
+    rev: Vec<ReverseExtent>,
+}
+
 #[derive(Debug, Default)]
 pub struct Layout {
     /// The guest's files, when the snapshot has exactly one image with a guest
     /// filesystem.
     pub guest: GuestMap,
-    files: Vec<(String, Vec<Segment>, Vec<ReverseExtent>)>,
+    files: Vec<ImageFile>,
     /// Every device range any image file occupies, for classifying IO no request claims.
     occupied: HashMap<u32, Vec<(u64, u64)>>,
     pub device_names: HashMap<u32, String>,
     /// L2 table coverage: guest bytes one L2 table maps (from the map, when known).
     pub skipped: usize,
+}
+
+/// Append the device ranges of bytes `[offset, offset + len)` of one file.
+fn push_ranges(segs: &[Segment], offset: u64, len: u64, out: &mut DevRanges) {
+    let end = offset.saturating_add(len);
+    let first = segs.partition_point(|s| s.offset.saturating_add(s.len) <= offset);
+    for s in &segs[first..] {
+        if s.offset >= end {
+            break;
+        }
+        let from = offset.max(s.offset);
+        let to = end.min(s.offset.saturating_add(s.len));
+        let n = s.hops.len();
+        for (i, h) in s.hops.iter().enumerate() {
+            let d = from - s.offset;
+            let mut push = |byte: u64| {
+                out.push(DevRange {
+                    dev: h.dev,
+                    start_sector: byte.saturating_add(d) / 512,
+                    end_sector: byte
+                        .saturating_add(d)
+                        .saturating_add(to - from)
+                        .div_ceil(512),
+                    bottom: i + 1 == n,
+                })
+            };
+            push(h.byte);
+            if let Some(a) = h.alias_byte {
+                push(a);
+            }
+        }
+    }
 }
 
 fn dev_of(v: &Value) -> Option<u32> {
@@ -266,7 +308,11 @@ impl Layout {
                 }
                 segs.sort_by_key(|s| s.offset);
                 let rev = reverse_by_file.remove(&file).unwrap_or_default();
-                l.files.push((file, segs, rev));
+                l.files.push(ImageFile {
+                    ino: fh["ino"].as_u64(),
+                    segs,
+                    rev,
+                });
             }
         }
         for r in l.occupied.values_mut() {
@@ -294,40 +340,37 @@ impl Layout {
         self.files.is_empty()
     }
 
-    /// Device ranges of host file bytes `[offset, offset + len)` of every image file
-    /// (the trace does not say which file a QEMU file IO went to; ranges of the wrong
-    /// file simply never match a bio).
+    /// Device ranges of host file bytes `[offset, offset + len)` of every image file:
+    /// QEMU's probes do not say which file a file IO goes to. The kernel's do (see
+    /// [`Layout::dev_ranges_of_inode`]); until then an IO's ranges include other
+    /// files' at the same offset, which a bio of another IO in flight there can match.
     pub fn dev_ranges(&self, offset: u64, len: u64, out: &mut DevRanges) {
-        let end = offset.saturating_add(len);
-        for (_, segs, _) in &self.files {
-            let first = segs.partition_point(|s| s.offset.saturating_add(s.len) <= offset);
-            for s in &segs[first..] {
-                if s.offset >= end {
-                    break;
-                }
-                let from = offset.max(s.offset);
-                let to = end.min(s.offset.saturating_add(s.len));
-                let n = s.hops.len();
-                for (i, h) in s.hops.iter().enumerate() {
-                    let d = from - s.offset;
-                    let mut push = |byte: u64| {
-                        out.push(DevRange {
-                            dev: h.dev,
-                            start_sector: byte.saturating_add(d) / 512,
-                            end_sector: byte
-                                .saturating_add(d)
-                                .saturating_add(to - from)
-                                .div_ceil(512),
-                            bottom: i + 1 == n,
-                        })
-                    };
-                    push(h.byte);
-                    if let Some(a) = h.alias_byte {
-                        push(a);
-                    }
-                }
-            }
+        for f in &self.files {
+            push_ranges(&f.segs, offset, len, out);
         }
+    }
+
+    /// Device ranges of bytes `[offset, offset + len)` of the image file with inode
+    /// number `ino`: false, leaving `out` alone, when no file is known by it (a
+    /// snapshot without inode numbers, or a file that is no image).
+    pub fn dev_ranges_of_inode(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        out: &mut DevRanges,
+    ) -> bool {
+        let mut found = false;
+        // Inode numbers are unique per filesystem only: files on two filesystems may
+        // share one, and then both are kept.
+        for f in self.files.iter().filter(|f| f.ino == Some(ino)) {
+            if !found {
+                out.clear();
+                found = true;
+            }
+            push_ranges(&f.segs, offset, len, out);
+        }
+        found
     }
 
     /// Whether sectors `[start, end)` of `dev` hold some image file.
@@ -341,7 +384,7 @@ impl Layout {
 
     /// What byte `offset` of an image file holds (first file that knows).
     pub fn holds(&self, offset: u64) -> Option<Holds> {
-        for (_, _, rev) in &self.files {
+        for ImageFile { rev, .. } in &self.files {
             let i = rev.partition_point(|e| e.start.saturating_add(e.len) <= offset);
             if let Some(e) = rev.get(i).filter(|e| e.start <= offset) {
                 return Some(match e.holds {
@@ -366,9 +409,11 @@ impl Layout {
 impl Layout {
     /// Whether some image file has qcow2 metadata (L2 tables).
     pub fn has_qcow2(&self) -> bool {
-        self.files
-            .iter()
-            .any(|(_, _, rev)| rev.iter().any(|e| matches!(e.holds, Holds::L2Table { .. })))
+        self.files.iter().any(|f| {
+            f.rev
+                .iter()
+                .any(|e| matches!(e.holds, Holds::L2Table { .. }))
+        })
     }
 
     /// Image files the layout covers.
