@@ -93,27 +93,9 @@ fn check(aio: &str) -> Vec<(f64, f64)> {
 
     let t = Trace::open(&trace).unwrap();
     // The snapshot names the image file by its inode number, as the kernel's probes
-    // do (stat is the oracle).
-    let stat = Command::new("stat")
-        .args(["-c", "%i"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    let ino: u64 = String::from_utf8_lossy(&stat.stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    let snap = t.layout.as_ref().expect("layout snapshot");
-    let hosts = snap["images"][0]["file_hosts"]
-        .as_array()
-        .expect("file_hosts");
-    assert_eq!(hosts.len(), 1, "{hosts:?}");
-    assert_eq!(
-        hosts[0]["ino"].as_u64(),
-        Some(ino),
-        "{:?}",
-        hosts[0]["file"]
-    );
+    // do.
+    let files = snapshot_files_with_inodes(t.layout.as_ref().expect("layout snapshot"));
+    assert_eq!(files, vec![img.display().to_string()]);
     let (layout, src) = viopath_reporter::load_layout(&t, &[]);
     assert_eq!(src.from, "trace");
     let cfg = JoinConfig {

@@ -205,32 +205,11 @@ fn run_guest(backing: bool) {
     ));
 
     let t = Trace::open(&trace).unwrap();
-    // Every chain file is named by its inode number, as the kernel's probes name it
-    // (stat is the oracle): the join keeps each host IO to its own file's sectors.
-    let snap = t.layout.as_ref().expect("layout snapshot");
-    let hosts: Vec<&serde_json::Value> = snap["images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["file_hosts"].as_array().into_iter().flatten())
-        .collect();
-    let qcow2s = hosts
-        .iter()
-        .filter(|h| h["file"].as_str().is_some_and(|f| f.ends_with(".qcow2")))
-        .count();
-    assert_eq!(qcow2s, if backing { 2 } else { 1 }, "{hosts:?}");
-    for h in &hosts {
-        let file = h["file"].as_str().expect("file");
-        let stat = Command::new("stat")
-            .args(["-c", "%i", file])
-            .output()
-            .unwrap();
-        let ino: u64 = String::from_utf8_lossy(&stat.stdout)
-            .trim()
-            .parse()
-            .unwrap();
-        assert_eq!(h["ino"].as_u64(), Some(ino), "{file}");
-    }
+    // Every chain file is named by its inode number, as the kernel's probes name it:
+    // the join keeps each host IO to its own file's sectors.
+    let files = snapshot_files_with_inodes(t.layout.as_ref().expect("layout snapshot"));
+    let qcow2s = files.iter().filter(|f| f.ends_with(".qcow2")).count();
+    assert_eq!(qcow2s, if backing { 2 } else { 1 }, "{files:?}");
     let (layout, src) = viopath_reporter::load_layout(&t, &[]);
     assert_eq!(src.from, "trace");
     assert!(

@@ -181,6 +181,21 @@ pub fn bottom_disk_of(file: &Path) -> u32 {
     viopath_probes::abi::kernel_dev(disk.major, disk.minor)
 }
 
+/// The files of a trace's layout snapshot (`file_hosts` of every image), each checked
+/// to carry its inode number as stat gives it: the kernel's probes name files by it.
+pub fn snapshot_files_with_inodes(snap: &Value) -> Vec<String> {
+    let mut files = Vec::new();
+    for img in snap["images"].as_array().into_iter().flatten() {
+        for h in img["file_hosts"].as_array().into_iter().flatten() {
+            let file = h["file"].as_str().expect("file").to_owned();
+            let ino: u64 = run("stat", &["-c", "%i", &file]).trim().parse().unwrap();
+            assert_eq!(h["ino"].as_u64(), Some(ino), "{file}");
+            files.push(file);
+        }
+    }
+    files
+}
+
 /// A binary of the QEMU built with symbols by tests/qemu/build.sh
 /// (`$VIOPATH_QEMU_PREFIX`, default its cache directory), if it is there.
 pub fn qemu_bin(name: &str) -> Option<PathBuf> {
