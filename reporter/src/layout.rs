@@ -1,7 +1,8 @@
 //! The address translation the join uses, built from a trace's layout snapshot (or one
 //! taken from the images now): where every byte of every image file lives on each
-//! block device below it, and what the image file holds there (guest data, L2 tables,
-//! refcount blocks...). Untrusted input: anything malformed is skipped and counted.
+//! block device below it (and which file it is, by inode number), whether it has qcow2
+//! L2 tables, and which guest file owns a guest offset. Untrusted input: anything
+//! malformed is skipped and counted.
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -37,23 +38,6 @@ struct Segment {
     offset: u64,
     len: u64,
     hops: Vec<DevHop>,
-}
-
-/// What a byte of an image file holds, for attributing QEMU's own IO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holds {
-    GuestData { guest: u64 },
-    L2Table { guest: u64 },
-    Refcount,
-    OtherMetadata,
-    Unused,
-}
-
-#[derive(Debug, Clone)]
-struct ReverseExtent {
-    start: u64,
-    len: u64,
-    holds: Holds,
 }
 
 /// Who owns a run of guest disk bytes (from the guest filesystem walk).
@@ -163,14 +147,15 @@ impl GuestMap {
     }
 }
 
-/// One image file: where its bytes lie and what they hold.
+/// One image file: where its bytes lie.
 #[derive(Debug)]
 struct ImageFile {
     /// Its inode number when the snapshot has it: the kernel's direct-IO and
     /// filesystem probes name files by it.
     ino: Option<u64>,
     segs: Vec<Segment>,
-    rev: Vec<ReverseExtent>,
+    /// Its reverse map has qcow2 L2 tables.
+    has_l2: bool,
 }
 
 #[derive(Debug, Default)]
@@ -239,29 +224,20 @@ impl Layout {
                 let name = img["path"].as_str().unwrap_or("?");
                 l.skipped += guests.add(name, &img["guest"]);
             }
-            let mut reverse_by_file: HashMap<String, Vec<ReverseExtent>> = HashMap::new();
+            // Of each file's reverse map the join needs only whether it has L2 tables
+            // (qcow2 metadata IO is then expected).
+            let mut has_l2_by_file: HashMap<String, bool> = HashMap::new();
             for r in img["reverse"].as_array().into_iter().flatten() {
                 let file = r["file"].as_str().unwrap_or_default().to_owned();
-                let mut ext = Vec::new();
+                let mut has_l2 = false;
                 for e in r["extents"].as_array().into_iter().flatten() {
-                    let (Some(start), Some(len)) = (e["start"].as_u64(), e["len"].as_u64()) else {
+                    if e["start"].as_u64().is_none() || e["len"].as_u64().is_none() {
                         l.skipped += 1;
                         continue;
-                    };
-                    let guest = e["guest"].as_u64();
-                    let holds = match (e["kind"].as_str().unwrap_or_default(), guest) {
-                        ("guest_data" | "preallocated" | "compressed", Some(g)) => {
-                            Holds::GuestData { guest: g }
-                        }
-                        ("l2_table", Some(g)) => Holds::L2Table { guest: g },
-                        ("refcount_table" | "refcount_block", _) => Holds::Refcount,
-                        ("free" | "unused" | "slack" | "leaked", _) => Holds::Unused,
-                        _ => Holds::OtherMetadata,
-                    };
-                    ext.push(ReverseExtent { start, len, holds });
+                    }
+                    has_l2 |= e["kind"] == "l2_table" && e["guest"].as_u64().is_some();
                 }
-                ext.sort_by_key(|e| e.start);
-                reverse_by_file.insert(file, ext);
+                has_l2_by_file.insert(file, has_l2);
             }
             for fh in img["file_hosts"].as_array().into_iter().flatten() {
                 let file = fh["file"].as_str().unwrap_or_default().to_owned();
@@ -307,11 +283,10 @@ impl Layout {
                     segs.push(Segment { offset, len, hops });
                 }
                 segs.sort_by_key(|s| s.offset);
-                let rev = reverse_by_file.remove(&file).unwrap_or_default();
                 l.files.push(ImageFile {
                     ino: fh["ino"].as_u64(),
                     segs,
-                    rev,
+                    has_l2: has_l2_by_file.remove(&file).unwrap_or_default(),
                 });
             }
         }
@@ -382,22 +357,6 @@ impl Layout {
         r.get(i).is_some_and(|&(s, _)| s < end)
     }
 
-    /// What byte `offset` of an image file holds (first file that knows).
-    pub fn holds(&self, offset: u64) -> Option<Holds> {
-        for ImageFile { rev, .. } in &self.files {
-            let i = rev.partition_point(|e| e.start.saturating_add(e.len) <= offset);
-            if let Some(e) = rev.get(i).filter(|e| e.start <= offset) {
-                return Some(match e.holds {
-                    Holds::GuestData { guest } => Holds::GuestData {
-                        guest: guest.saturating_add(offset - e.start),
-                    },
-                    h => h,
-                });
-            }
-        }
-        None
-    }
-
     pub fn device_name(&self, dev: u32) -> String {
         self.device_names.get(&dev).cloned().unwrap_or_else(|| {
             let (ma, mi) = viopath_probes::abi::split_kernel_dev(dev);
@@ -409,11 +368,7 @@ impl Layout {
 impl Layout {
     /// Whether some image file has qcow2 metadata (L2 tables).
     pub fn has_qcow2(&self) -> bool {
-        self.files.iter().any(|f| {
-            f.rev
-                .iter()
-                .any(|e| matches!(e.holds, Holds::L2Table { .. }))
-        })
+        self.files.iter().any(|f| f.has_l2)
     }
 
     /// Image files the layout covers.
