@@ -611,6 +611,24 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
             ),
         ],
     },
+    // qemu-io's own AIO completion callbacks. A request made with `blk_aio_*` ends in
+    // the callback its caller passed; virtio-blk's is probed above. These two are
+    // qemu-io's `aio_read`/`aio_write`: its clock for a request stops as the callback
+    // starts, so with them a qemu-io request's row ends where qemu-io's time ends.
+    QemuProbe {
+        id: 19,
+        symbol: "aio_read_done",
+        layer: Layer::QemuBlock,
+        records: "qemu-io's aio_read completed: its request context (the opaque of blk_aio_preadv), result",
+        layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
+    },
+    QemuProbe {
+        id: 20,
+        symbol: "aio_write_done",
+        layer: Layer::QemuBlock,
+        records: "qemu-io's aio_write completed: its request context (the opaque of blk_aio_pwritev), result",
+        layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
+    },
 ];
 
 impl QemuProbe {
@@ -668,6 +686,8 @@ mod tests {
             (q::HANDLE_AIOCB_RW, "handle_aiocb_rw"),
             (q::LAIO_CO_SUBMIT, "laio_co_submit"),
             (q::LURING_CO_SUBMIT, "luring_co_submit"),
+            (q::QEMU_IO_AIO_READ_DONE, "aio_read_done"),
+            (q::QEMU_IO_AIO_WRITE_DONE, "aio_write_done"),
         ] {
             let p = QEMU_PROBES.iter().find(|p| p.id == id).unwrap();
             assert_eq!(p.symbol, symbol, "probe id {id}");

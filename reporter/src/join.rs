@@ -938,6 +938,17 @@ impl<'l, S: Sink> Join<'l, S> {
                     self.threads.at(e.tid, e.ts).completion_batch = Some(snapshot);
                 }
             }
+            q::QEMU_IO_AIO_READ_DONE | q::QEMU_IO_AIO_WRITE_DONE => {
+                // The caller's completion callback: QEMU is done with the request, as
+                // virtio_blk_rw_complete says for a virtio one. Nothing of it follows.
+                if let Some(&r) = self.aio_opaque.get(&a0) {
+                    if let Some(root) = self.roots.get_mut(r) {
+                        root.b[7] = e.ts;
+                        root.last = root.last.max(e.ts);
+                    }
+                    self.finish_root(r, 0);
+                }
+            }
             q::VIRTIO_REQ_COMPLETE => {
                 let Some(r) = self.virtio.remove(&a0) else {
                     return;
@@ -2321,6 +2332,86 @@ mod tests {
         }
         assert_eq!(j.kiocb.get(&0xa1), Some(&made[1]));
         assert_eq!(j.kiocb.get(&0xa2), Some(&made[2]));
+    }
+
+    #[derive(Default)]
+    struct Rows(Vec<IoRow>);
+    impl Sink for Rows {
+        fn io(&mut self, r: &IoRow) {
+            self.0.push(r.clone());
+        }
+        fn other(&mut self, _: &OtherIo) {}
+    }
+
+    #[test]
+    fn a_qemu_io_aio_request_ends_at_its_completion_callback() {
+        // qemu-io's aio_read: blk_aio_preadv with its context as opaque, the data read
+        // by a thread-pool worker, then qemu-io's callback with that context. The row
+        // runs to the callback, and is reported then, not when it goes idle.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Rows::default(), JoinConfig::default());
+        let qemu = |ts: u64, tid: u32, sub: u8, a: [u64; 4]| RawEvent {
+            sub,
+            ..ev(ts, tid, EventKind::Qemu, a)
+        };
+        let sys = |ts: u64, kind: EventKind, a: [u64; 4]| RawEvent {
+            sub: 1, // pread64
+            ..ev(ts, 9, kind, a)
+        };
+        let (ctx, qiov, aiocb, off, len) =
+            (0x5555_0000u64, 0x5555_1000, 0x7f00_2000, 0x10000, 4096);
+        let read = |j: &mut Join<Rows>, t0: u64, cb: Option<u64>| {
+            j.event(&qemu(t0, 5, q::BLK_AIO_PREADV, [ctx, off, len, 0xb1]));
+            j.event(&qemu(
+                t0 + 1_000,
+                5,
+                q::BDRV_CO_PREADV_PART,
+                [qiov, off, len, 0xc1],
+            ));
+            j.event(&qemu(
+                t0 + 2_000,
+                5,
+                q::RAW_CO_PRW,
+                [qiov, off, len, q::AIO_READ],
+            ));
+            j.event(&qemu(
+                t0 + 3_000,
+                5,
+                q::THREAD_POOL_SUBMIT_AIO,
+                [aiocb, off, len, q::AIO_READ],
+            ));
+            j.event(&qemu(
+                t0 + 4_000,
+                9,
+                q::HANDLE_AIOCB_RW,
+                [aiocb, off, len, q::AIO_READ],
+            ));
+            j.event(&sys(t0 + 5_000, EventKind::SysEnter, [3, off, len, 0]));
+            j.event(&sys(t0 + 25_000, EventKind::SysExit, [len, 0, 0, 0]));
+            if let Some(cb) = cb {
+                j.event(&qemu(t0 + cb, 5, q::QEMU_IO_AIO_READ_DONE, [ctx, 0, 0, 0]));
+            }
+        };
+        read(&mut j, 1_000_000, Some(31_000));
+        assert_eq!(j.sink.0.len(), 1, "reported at the callback");
+        let row = &j.sink.0[0];
+        assert_eq!((row.offset, row.bytes, row.partial), (Some(off), len, 0));
+        assert_eq!(row.b[1], 1_000_000);
+        assert_eq!(
+            row.b[6], 1_025_000,
+            "host_done: the worker's pread returned"
+        );
+        assert_eq!(row.b[7], 1_031_000, "qemu_done: the callback");
+        let (layers, e2e) = crate::layers::split(&row.b);
+        assert_eq!(e2e, 31_000);
+        assert_eq!(layers.iter().flatten().sum::<u64>(), e2e);
+        // The context comes back for the next request: a new row. Without a callback
+        // (probe not attached) it ends at host_done as before.
+        read(&mut j, 2_000_000, None);
+        let (sink, _) = j.finish();
+        assert_eq!(sink.0.len(), 2);
+        assert_eq!((sink.0[1].b[6], sink.0[1].b[7]), (2_025_000, 0));
+        assert_eq!(crate::layers::split(&sink.0[1].b).1, 25_000);
     }
 
     #[test]
