@@ -495,6 +495,10 @@ struct ThreadCtx {
     worker: Option<Ref>,
     /// linux-aio requests queued, submitted by this thread's next io_submit.
     laio_wait: SmallVec<[Ref; 4]>,
+    /// Host IOs this thread handed the kernel (io_submit, io_uring submission) whose
+    /// direct IO has not begun. The kernel begins them on this thread during the
+    /// syscall, in this order (io_uring may hand one to a worker thread instead).
+    submitted: SmallVec<[Ref; 4]>,
     /// The direct IO this thread is inside (bios it queues are that IO's).
     dio: Option<Ref>,
     /// The last virtio request completed here: (id, boundaries, time).
@@ -1311,11 +1315,13 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             7 => {
                 if let Some(t) = self.threads.get_mut(e.tid) {
-                    for h in std::mem::take(&mut t.laio_wait) {
+                    let wait = std::mem::take(&mut t.laio_wait);
+                    for &h in &wait {
                         if let Some(hio) = self.hios.get_mut(h) {
                             hio.submit = min0(hio.submit, e.ts);
                         }
                     }
+                    t.submitted = wait;
                 }
             }
             _ => {}
@@ -1331,10 +1337,14 @@ impl<'l, S: Sink> Join<'l, S> {
             if let Some(h) = worker {
                 self.hio_done(h, e.ts);
             }
-        } else if e.sub == 7
+        } else if matches!(e.sub, 7 | 9)
             && let Some(t) = self.threads.get_mut(e.tid)
         {
-            t.dio = None;
+            // Whatever the kernel began of them, it began during the call.
+            t.submitted.clear();
+            if e.sub == 7 {
+                t.dio = None;
+            }
         }
     }
 
@@ -1354,15 +1364,31 @@ impl<'l, S: Sink> Join<'l, S> {
             hio.submit = min0(hio.submit, e.ts);
         }
         self.user_data.insert(e.a[0], h);
+        let t = self.threads.at(e.tid, e.ts);
+        if t.submitted.len() >= 16 {
+            // Its io_uring_enter exit not traced: keep the list short.
+            t.submitted.remove(0);
+        }
+        t.submitted.push(h);
     }
 
     fn dio_begin(&mut self, e: &RawEvent) {
         let [kiocb, pos, count, ino] = e.a;
-        let h = match self.threads.get(e.tid).and_then(|t| t.worker) {
-            Some(h) => Some(h),
-            None => self.earliest_in_flight(|x| {
-                !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0
-            }),
+        let fits = |x: &Hio| !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0;
+        let h = match self.threads.get(e.tid).map(|t| (t.worker, &t.submitted)) {
+            Some((Some(h), _)) => Some(h),
+            // Begun inside io_submit or io_uring_enter: one this thread submitted, the
+            // first that fits (another thread's at the same position and length, e.g.
+            // the other disk of a mirror on its own iothread, is not this one).
+            Some((None, sub)) if !sub.is_empty() => sub
+                .iter()
+                .position(|&h| self.hios.get(h).is_some_and(fits))
+                .map(|i| {
+                    let t = self.threads.get_mut(e.tid).expect("looked up");
+                    t.submitted.remove(i)
+                })
+                .or_else(|| self.earliest_in_flight(fits)),
+            _ => self.earliest_in_flight(fits),
         };
         let h = match h {
             Some(h) => h,
@@ -2412,6 +2438,56 @@ mod tests {
         assert_eq!(sink.0.len(), 2);
         assert_eq!((sink.0[1].b[6], sink.0[1].b[7]), (2_025_000, 0));
         assert_eq!(crate::layers::split(&sink.0[1].b).1, 25_000);
+    }
+
+    #[test]
+    fn a_direct_io_pairs_with_a_host_io_its_own_thread_submitted() {
+        // A guest mirror writes the same offset and length to two disks, each with its
+        // own iothread and linux-aio (and one with io_uring). Thread 6 makes its request
+        // first, but thread 5 calls io_submit first: the kernel begins thread 5's direct
+        // IO inside that call, and it is thread 5's request, not the earlier one.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Nothing, JoinConfig::default());
+        let qemu = |ts: u64, tid: u32, sub: u8, a: [u64; 4]| RawEvent {
+            sub,
+            ..ev(ts, tid, EventKind::Qemu, a)
+        };
+        let sys = |ts: u64, tid: u32, kind: EventKind, sub: u8| RawEvent {
+            sub,
+            ..ev(ts, tid, kind, [0; 4])
+        };
+        let (pos, len) = (0x20_0000u64, 65536u64);
+        let mut made = Vec::new();
+        for (ts, tid, qiov, submit) in [
+            (1_000, 6, 0x6000, q::LAIO_CO_SUBMIT),
+            (1_100, 5, 0x5000, q::LAIO_CO_SUBMIT),
+            (1_200, 7, 0x7000, q::LURING_CO_SUBMIT),
+        ] {
+            j.event(&qemu(ts, tid, q::RAW_CO_PRW, [qiov, pos, len, 2]));
+            j.event(&qemu(ts + 10, tid, submit, [qiov, pos, len, 2]));
+            made.push(
+                j.threads
+                    .get(tid)
+                    .and_then(|t| t.last_hio)
+                    .expect("host IO"),
+            );
+        }
+        // Thread 5's io_submit: its direct IO begins inside it.
+        j.event(&sys(2_000, 5, EventKind::SysEnter, 7));
+        j.event(&ev(2_010, 5, EventKind::DioBegin, [0xa5, pos, len, 7]));
+        j.event(&sys(2_020, 5, EventKind::SysExit, 7));
+        assert_eq!(j.kiocb.get(&0xa5), Some(&made[1]));
+        // Thread 7's io_uring submission, begun inline by the kernel.
+        j.event(&RawEvent {
+            sub: 0,
+            ..ev(2_100, 7, EventKind::UringSubmit, [0x77, 0xf7, 0xc7, 22])
+        });
+        j.event(&ev(2_110, 7, EventKind::DioBegin, [0xa7, pos, len, 7]));
+        assert_eq!(j.kiocb.get(&0xa7), Some(&made[2]));
+        // Thread 6's, last.
+        j.event(&sys(2_200, 6, EventKind::SysEnter, 7));
+        j.event(&ev(2_210, 6, EventKind::DioBegin, [0xa6, pos, len, 7]));
+        assert_eq!(j.kiocb.get(&0xa6), Some(&made[0]));
     }
 
     #[test]
