@@ -76,8 +76,8 @@ fn check(aio: &str) -> Vec<(String, f64, f64)> {
         "-i".into(),
         aio.into(),
     ];
-    for (aio, w, off, len) in &reqs {
-        let cmd = match (aio, w) {
+    for (is_aio, w, off, len) in &reqs {
+        let cmd = match (is_aio, w) {
             (true, false) => "aio_read",
             (true, true) => "aio_write -P 3",
             (false, false) => "read",
@@ -85,7 +85,7 @@ fn check(aio: &str) -> Vec<(String, f64, f64)> {
         };
         args.push("-c".into());
         args.push(format!("{cmd} {off} {len}"));
-        if *aio {
+        if *is_aio {
             args.push("-c".into());
             args.push("aio_flush".into());
         }
