@@ -398,6 +398,9 @@ struct Root {
     flags: u16,
     partial: u16,
     last: u64,
+    /// The thread that made it: a request without a completion event is over once
+    /// this thread has gone on for a while after it went quiet (see [`IDLE_NS`]).
+    tid: u32,
     qcow2: bool,
     bottom_dev: u32,
     completed: bool,
@@ -576,8 +579,11 @@ impl Threads {
     }
 }
 
-/// Trace time a QEMU-level request with no completion event (no virtio layer) is
-/// allowed to stay idle, all its host IO done, before it is considered finished.
+/// A QEMU-level request with no completion event seen yet (no virtio layer), all its
+/// host IO done, is finished once the thread that made it has been seen this long after
+/// the request's last event. Measured on that thread, not on the trace's clock: a
+/// completion callback (qemu-io's) runs on the thread that made the request, so while
+/// that thread is off the CPU, however long, its callback may still come.
 pub const IDLE_NS: u64 = 2_000_000;
 /// Requests with nothing happening for this long are finished as partial.
 pub const STALE_NS: u64 = 30_000_000_000;
@@ -826,6 +832,7 @@ impl<'l, S: Sink> Join<'l, S> {
             flags: 0,
             partial: 0,
             last: e.ts,
+            tid: e.tid,
             qcow2: false,
             bottom_dev: 0,
             completed: false,
@@ -1975,24 +1982,22 @@ impl<'l, S: Sink> Join<'l, S> {
     fn sweep(&mut self) {
         let now = self.now;
         let mut done = Vec::new();
+        let threads = &self.threads;
         self.active.retain(|&r| {
             let Some(root) = self.roots.get(r) else {
                 return false;
             };
-            let idle = root.open_hios == 0
+            // All its host IO done, and nothing (no callback) expected to end it.
+            let over = root.open_hios == 0
                 && root.source == Source::QemuBlock
-                && root.data_hios + root.meta_hios > 0
-                && now.saturating_sub(root.last) > IDLE_NS;
+                && root.data_hios + root.meta_hios > 0;
+            let idle = over
+                && threads
+                    .get(root.tid)
+                    .is_some_and(|t| t.seen.saturating_sub(root.last) > IDLE_NS);
             let stale = now.saturating_sub(root.last) > STALE_NS;
             if idle || stale {
-                done.push((
-                    r,
-                    if stale && !idle {
-                        reasons::NO_COMPLETION
-                    } else {
-                        0
-                    },
-                ));
+                done.push((r, if over { 0 } else { reasons::NO_COMPLETION }));
                 false
             } else {
                 true
@@ -2369,13 +2374,11 @@ mod tests {
         fn other(&mut self, _: &OtherIo) {}
     }
 
-    #[test]
-    fn a_qemu_io_aio_request_ends_at_its_completion_callback() {
-        // qemu-io's aio_read: blk_aio_preadv with its context as opaque, the data read
-        // by a thread-pool worker, then qemu-io's callback with that context. The row
-        // runs to the callback, and is reported then, not when it goes idle.
-        let layout = Layout::default();
-        let mut j = Join::new(&layout, Rows::default(), JoinConfig::default());
+    /// qemu-io's aio_read on thread 5: blk_aio_preadv with its context as opaque, the
+    /// data read by thread-pool worker 9 (pread64 returns 25 µs in), then, `cb` after
+    /// `t0`, qemu-io's callback with that context. Request `n` has its own context and
+    /// qiov pointers.
+    fn qemu_io_aio_read<S: Sink>(j: &mut Join<S>, n: u64, t0: u64, cb: Option<u64>) {
         let qemu = |ts: u64, tid: u32, sub: u8, a: [u64; 4]| RawEvent {
             sub,
             ..ev(ts, tid, EventKind::Qemu, a)
@@ -2384,41 +2387,60 @@ mod tests {
             sub: 1, // pread64
             ..ev(ts, 9, kind, a)
         };
-        let (ctx, qiov, aiocb, off, len) =
-            (0x5555_0000u64, 0x5555_1000, 0x7f00_2000, 0x10000, 4096);
-        let read = |j: &mut Join<Rows>, t0: u64, cb: Option<u64>| {
-            j.event(&qemu(t0, 5, q::BLK_AIO_PREADV, [ctx, off, len, 0xb1]));
-            j.event(&qemu(
-                t0 + 1_000,
-                5,
-                q::BDRV_CO_PREADV_PART,
-                [qiov, off, len, 0xc1],
-            ));
-            j.event(&qemu(
-                t0 + 2_000,
-                5,
-                q::RAW_CO_PRW,
-                [qiov, off, len, q::AIO_READ],
-            ));
-            j.event(&qemu(
-                t0 + 3_000,
-                5,
-                q::THREAD_POOL_SUBMIT_AIO,
-                [aiocb, off, len, q::AIO_READ],
-            ));
-            j.event(&qemu(
-                t0 + 4_000,
-                9,
-                q::HANDLE_AIOCB_RW,
-                [aiocb, off, len, q::AIO_READ],
-            ));
-            j.event(&sys(t0 + 5_000, EventKind::SysEnter, [3, off, len, 0]));
-            j.event(&sys(t0 + 25_000, EventKind::SysExit, [len, 0, 0, 0]));
-            if let Some(cb) = cb {
-                j.event(&qemu(t0 + cb, 5, q::QEMU_IO_AIO_READ_DONE, [ctx, 0, 0, 0]));
-            }
-        };
-        read(&mut j, 1_000_000, Some(31_000));
+        let (ctx, qiov, aiocb, off, len) = QEMU_IO_READ;
+        let (ctx, qiov) = (ctx + n * 0x100, qiov + n * 0x100);
+        j.event(&qemu(t0, 5, q::BLK_AIO_PREADV, [ctx, off, len, 0xb1]));
+        j.event(&qemu(
+            t0 + 1_000,
+            5,
+            q::BDRV_CO_PREADV_PART,
+            [qiov, off, len, 0xc1],
+        ));
+        j.event(&qemu(
+            t0 + 2_000,
+            5,
+            q::RAW_CO_PRW,
+            [qiov, off, len, q::AIO_READ],
+        ));
+        j.event(&qemu(
+            t0 + 3_000,
+            5,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [aiocb, off, len, q::AIO_READ],
+        ));
+        j.event(&qemu(
+            t0 + 4_000,
+            9,
+            q::HANDLE_AIOCB_RW,
+            [aiocb, off, len, q::AIO_READ],
+        ));
+        j.event(&sys(t0 + 5_000, EventKind::SysEnter, [3, off, len, 0]));
+        j.event(&sys(t0 + 25_000, EventKind::SysExit, [len, 0, 0, 0]));
+        if let Some(cb) = cb {
+            j.event(&qemu(t0 + cb, 5, q::QEMU_IO_AIO_READ_DONE, [ctx, 0, 0, 0]));
+        }
+    }
+
+    /// (context, qiov, aiocb, offset, length) of [`qemu_io_aio_read`].
+    const QEMU_IO_READ: (u64, u64, u64, u64, u64) =
+        (0x5555_0000, 0x5555_1000, 0x7f00_2000, 0x10000, 4096);
+
+    /// Another process's events on thread 77 every 500 µs in `[from, to)`: the trace's
+    /// clock runs on while QEMU's threads are off the CPU.
+    fn others<S: Sink>(j: &mut Join<S>, from: u64, to: u64) {
+        for ts in (from..to).step_by(500_000) {
+            j.event(&ev(ts, 77, EventKind::BioComplete, [0xdead_0000, 0, 0, 0]));
+        }
+    }
+
+    #[test]
+    fn a_qemu_io_aio_request_ends_at_its_completion_callback() {
+        // The row runs to the callback, and is reported then, not when it goes idle.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Rows::default(), JoinConfig::default());
+        let (_, _, _, off, len) = QEMU_IO_READ;
+        let read = qemu_io_aio_read::<Rows>;
+        read(&mut j, 0, 1_000_000, Some(31_000));
         assert_eq!(j.sink.0.len(), 1, "reported at the callback");
         let row = &j.sink.0[0];
         assert_eq!((row.offset, row.bytes, row.partial), (Some(off), len, 0));
@@ -2433,11 +2455,52 @@ mod tests {
         assert_eq!(layers.iter().flatten().sum::<u64>(), e2e);
         // The context comes back for the next request: a new row. Without a callback
         // (probe not attached) it ends at host_done as before.
-        read(&mut j, 2_000_000, None);
+        read(&mut j, 0, 2_000_000, None);
         let (sink, _) = j.finish();
         assert_eq!(sink.0.len(), 2);
         assert_eq!((sink.0[1].b[6], sink.0[1].b[7]), (2_025_000, 0));
         assert_eq!(crate::layers::split(&sink.0[1].b).1, 25_000);
+    }
+
+    #[test]
+    fn a_late_callback_ends_its_request_however_long_its_thread_was_off_the_cpu() {
+        // qemu-io's thread is off the CPU for 6 ms between the host IO and the callback
+        // while other processes' events run the trace's clock on (as in a CI run with
+        // both CPUs busy): the request still ends at its callback.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Rows::default(), JoinConfig::default());
+        qemu_io_aio_read(&mut j, 0, 1_000_000, None);
+        others(&mut j, 1_100_000, 7_100_000);
+        assert!(j.sink.0.is_empty(), "reported before its thread went on");
+        let (ctx, ..) = QEMU_IO_READ;
+        j.event(&RawEvent {
+            sub: q::QEMU_IO_AIO_READ_DONE,
+            ..ev(7_200_000, 5, EventKind::Qemu, [ctx, 0, 0, 0])
+        });
+        assert_eq!(j.sink.0.len(), 1, "reported at the callback");
+        assert_eq!(j.sink.0[0].b[7], 7_200_000, "qemu_done: the late callback");
+        // Without a callback (a caller whose completion is not probed), the request is
+        // over once its thread has been seen 2 ms after it: here its next request.
+        qemu_io_aio_read(&mut j, 1, 10_000_000, None);
+        others(&mut j, 10_100_000, 20_000_000);
+        assert_eq!(j.sink.0.len(), 1, "its thread has not gone on");
+        qemu_io_aio_read(&mut j, 2, 20_000_000, None);
+        others(&mut j, 20_100_000, 22_100_000);
+        assert_eq!(j.sink.0.len(), 2, "over once its thread went on");
+        let row = &j.sink.0[1];
+        assert_eq!((row.b[1], row.b[6], row.b[7]), (10_000_000, 10_025_000, 0));
+        assert_eq!(row.partial, 0);
+        // A thread that stays quiet: its request is over (not partial) when stale.
+        others(&mut j, 22_100_000, 22_200_000);
+        j.event(&ev(
+            20_025_000 + STALE_NS + 1_000_000,
+            77,
+            EventKind::BioComplete,
+            [0xdead_0000, 0, 0, 0],
+        ));
+        assert_eq!(j.sink.0.len(), 3, "stale");
+        let row = &j.sink.0[2];
+        assert_eq!((row.b[6], row.partial), (20_025_000, 0));
     }
 
     #[test]
