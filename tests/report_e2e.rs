@@ -4,7 +4,8 @@
 //! bottom disk, and its layer times must add up exactly to its end-to-end time. For
 //! qemu-io's AIO requests (`aio_read`/`aio_write`) that end-to-end time runs from
 //! `blk_aio_*` to qemu-io's completion callback and must agree with qemu-io's own
-//! measurement of the request within 5%.
+//! measurement of the request within 5% (the median of three runs of each request: see
+//! [`REPEAT`]).
 //!
 //! Needs root and the QEMU from tests/qemu/build.sh; skipped, saying so, otherwise.
 
@@ -30,14 +31,55 @@ fn qemu_io_latencies(stdout: &str) -> Vec<f64> {
         .collect()
 }
 
-/// Checks one AIO mode; returns, per qemu-io AIO request, its name and the (relative,
-/// absolute ns) amount by which qemu-io's own time exceeds the joined end-to-end time.
-fn check(aio: &str) -> Vec<(String, f64, f64)> {
+/// A recording's directory, kept (and named) if the check of it fails, so the trace of
+/// a failure can be read afterwards.
+struct KeepOnFailure(Option<tempfile::TempDir>);
+
+impl KeepOnFailure {
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("taken only on drop").path()
+    }
+}
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.0.take()
+        {
+            eprintln!("recording kept in {}", d.keep().display());
+        }
+    }
+}
+
+/// Each AIO request runs this many times (at its own offset each time). qemu-io's clock
+/// brackets the probed window, so whatever delays its thread just outside that window
+/// (a preemption between its clock read and `blk_aio_*`) counts in qemu-io's time only:
+/// once in 27 runs here, 12.6 µs on a 189 µs read. The 5% bound is on the median of the
+/// repetitions; every single request is still checked for joins, sums and never
+/// exceeding qemu-io's time.
+const REPEAT: u64 = 3;
+/// The repetitions' offsets are this far apart.
+const REPEAT_STRIDE: u64 = 16 << 20;
+
+/// One AIO request of a run, compared with qemu-io's own time of it.
+struct Gap {
+    /// Mode, command, offset and length of its first repetition.
+    kind: String,
+    /// (qemu-io's time − joined end-to-end time) / qemu-io's time.
+    diff: f64,
+    /// The same, in ns.
+    ns: f64,
+}
+
+/// Checks one AIO mode; returns how each of qemu-io's AIO requests compared with
+/// qemu-io's own time of it.
+fn check(aio: &str) -> Vec<Gap> {
     let Some(qemu_io_path) = qemu_bin("qemu-io") else {
         eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return Vec::new();
     };
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = KeepOnFailure(Some(tempfile::tempdir_in("/var/tmp").unwrap()));
+    let dir = &dir;
     let st = mount_partitioned_loop(
         &dir.path().join("disk.img"),
         "160M",
@@ -48,20 +90,27 @@ fn check(aio: &str) -> Vec<(String, f64, f64)> {
     );
     let img = create(&st.mnt, "vm.qcow2", "cluster_size=65536", "64M");
     // Allocate first, untraced, so the traced requests are plain data IO.
-    qemu_io(&img, &["write -P 7 0 16M"]);
-    // (AIO, write, offset, length). The AIO ones are each followed by aio_flush, which
-    // waits for them, so one request is in flight at a time as with the others.
-    let reqs: Vec<(bool, bool, u64, u64)> = vec![
-        (true, false, 0, 4096),
-        (true, false, 1 << 20, 65536),
-        (true, false, 2 << 20, 1 << 20),
-        (true, true, 4 << 20, 4096),
-        (true, true, 5 << 20, 65536),
-        (true, true, 6 << 20, 1 << 20),
-        (true, false, 8 << 20, 1 << 20),
-        (false, false, 10 << 20, 65536),
-        (false, true, 11 << 20, 65536),
+    qemu_io(&img, &[&format!("write -P 7 0 {}", REPEAT * REPEAT_STRIDE)]);
+    // (AIO, write, offset, length, repetition). The AIO ones are each followed by
+    // aio_flush, which waits for them, so one request is in flight at a time as with the
+    // others.
+    let aio_reqs: [(bool, u64, u64); 7] = [
+        (false, 0, 4096),
+        (false, 1 << 20, 65536),
+        (false, 2 << 20, 1 << 20),
+        (true, 4 << 20, 4096),
+        (true, 5 << 20, 65536),
+        (true, 6 << 20, 1 << 20),
+        (false, 8 << 20, 1 << 20),
     ];
+    let mut reqs: Vec<(bool, bool, u64, u64, u64)> = Vec::new();
+    for n in 0..REPEAT {
+        for (w, off, len) in aio_reqs {
+            reqs.push((true, w, off + n * REPEAT_STRIDE, len, n));
+        }
+    }
+    reqs.push((false, false, 10 << 20, 65536, 0));
+    reqs.push((false, true, 11 << 20, 65536, 0));
     let trace = dir.path().join("run.trace");
     let mut args: Vec<String> = vec![
         "record".into(),
@@ -76,7 +125,7 @@ fn check(aio: &str) -> Vec<(String, f64, f64)> {
         "-i".into(),
         aio.into(),
     ];
-    for (is_aio, w, off, len) in &reqs {
+    for (is_aio, w, off, len, _) in &reqs {
         let cmd = match (is_aio, w) {
             (true, false) => "aio_read",
             (true, true) => "aio_write -P 3",
@@ -119,22 +168,29 @@ fn check(aio: &str) -> Vec<(String, f64, f64)> {
     for e in t.events() {
         j.event(&e);
     }
-    let (Rows(mut rows, _other), _) = j.finish();
+    let (Rows(mut rows, other), _) = j.finish();
     rows.sort_by_key(|r| r.id);
-    assert_eq!(
-        rows.len(),
-        reqs.len(),
-        "{aio}: one row per qemu-io request: {rows:#?}"
-    );
+    if rows.len() != reqs.len() {
+        // One line per row, so a failure in CI can be read.
+        let list: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
+        panic!(
+            "{aio}: {} rows for {} qemu-io requests:\n{}\nother IO: {other:?}",
+            rows.len(),
+            reqs.len(),
+            list.join("\n")
+        );
+    }
     let bottom = bottom_disk_of(&dir.path().join("disk.img"));
     let mut worst: f64 = 0.0;
     let mut gaps = Vec::new();
-    for ((is_aio, w, off, len), (row, q)) in reqs.iter().zip(rows.iter().zip(&want)) {
-        let what = format!(
-            "{aio} {}{} {off}+{len}",
+    for ((is_aio, w, off, len, n), (row, q)) in reqs.iter().zip(rows.iter().zip(&want)) {
+        let kind = format!(
+            "{aio} {}{} {}+{len}",
             if *is_aio { "aio_" } else { "" },
             if *w { "write" } else { "read" },
+            off - n * REPEAT_STRIDE,
         );
+        let what = format!("{kind} (run {n}, at {off})");
         assert_eq!(row.offset, Some(*off), "{what}");
         assert_eq!(row.bytes, *len, "{what}");
         assert_eq!(row.partial, 0, "{what}: partial: {row:?}");
@@ -160,14 +216,18 @@ fn check(aio: &str) -> Vec<(String, f64, f64)> {
             // The row ends at qemu-io's callback: QEMU's completion path is in it.
             assert_ne!(row.b[7], 0, "{what}: no qemu_done: {row:?}");
             worst = worst.max(diff.abs());
-            gaps.push((what, diff, q - e2e as f64));
+            gaps.push(Gap {
+                kind,
+                diff,
+                ns: q - e2e as f64,
+            });
         } else {
             // blk_pread's coroutine completion has no probe: the row ends at
             // host_done, and QEMU's completion path (1.5–22 µs here) is not in it.
             assert_eq!(row.b[7], 0, "{what}: {row:?}");
         }
     }
-    eprintln!("{aio}: worst AIO difference {:.2}%", worst * 100.0);
+    eprintln!("{aio}: worst single AIO request {:.2}%", worst * 100.0);
     // Offline analysis with the layout taken from the image now, through the CLI: the
     // same rows as with the trace's own snapshot.
     let csv = |extra: &[&str], name: &str| {
@@ -210,16 +270,32 @@ fn joins_qemu_io_requests_down_to_the_bottom_disk() {
     for aio in ["threads", "native", "io_uring"] {
         gaps.extend(check(aio));
     }
-    // Every AIO request, each on its own: within 5% of qemu-io's time. What is left
-    // out is the entry of the first probe and the exit of the last (uprobes emulate
-    // these functions' first instruction: about 0.2 µs in, 0.3–1.7 µs out here) and
-    // qemu-io's clock calls.
-    for (what, diff, gap_ns) in &gaps {
+    // Every AIO request, the median of its repetitions: within 5% of qemu-io's time.
+    // What is left out is the entry of the first probe and the exit of the last
+    // (uprobes emulate these functions' first instruction: about 0.2 µs in, 0.3–1.7 µs
+    // out here) and qemu-io's clock calls.
+    let mut kinds: Vec<&str> = gaps.iter().map(|g| g.kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for kind in kinds {
+        let mut runs: Vec<&Gap> = gaps.iter().filter(|g| g.kind == kind).collect();
+        assert_eq!(runs.len() as u64, REPEAT, "{kind}");
+        runs.sort_by(|a, b| a.diff.total_cmp(&b.diff));
+        let median = runs[runs.len() / 2];
+        let all: Vec<String> = runs
+            .iter()
+            .map(|g| format!("{:.2}% ({:.1} µs)", g.diff * 100.0, g.ns / 1e3))
+            .collect();
+        eprintln!(
+            "{kind}: median {:.2}%; runs {}",
+            median.diff * 100.0,
+            all.join(", ")
+        );
         assert!(
-            *diff < 0.05,
-            "{what}: {:.2}% ({:.1} µs) below qemu-io's time",
-            diff * 100.0,
-            gap_ns / 1e3
+            median.diff < 0.05,
+            "{kind}: median {:.2}% below qemu-io's time (runs: {})",
+            median.diff * 100.0,
+            all.join(", ")
         );
     }
 }
