@@ -140,7 +140,21 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
             summary.lost,
             per_cpu.join(", ")
         )?;
-    } else {
+    }
+    if summary.missed > 0 {
+        let per_prog: Vec<String> = summary
+            .missed_by_program
+            .iter()
+            .map(|(p, n)| format!("{p}: {n}"))
+            .collect();
+        writeln!(
+            out,
+            "MISSED {} events (the probe fired in an interrupt while its own program ran on that CPU; the kernel skips such runs): {}",
+            summary.missed,
+            per_prog.join(", ")
+        )?;
+    }
+    if summary.lost == 0 && summary.missed == 0 {
         writeln!(out, "no events lost")?;
     }
     if !summary.bpf_cost.is_empty() {

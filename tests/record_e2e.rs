@@ -56,6 +56,7 @@ struct Trace {
     events: Vec<RawEvent>,
     layout: Value,
     end: Value,
+    losses: Value,
 }
 
 fn read_trace(path: &Path) -> Trace {
@@ -65,6 +66,7 @@ fn read_trace(path: &Path) -> Trace {
         events: Vec::new(),
         layout: Value::Null,
         end: Value::Null,
+        losses: Value::Null,
     };
     for c in chunks(&bytes).unwrap() {
         let c = c.unwrap_or_else(|e| panic!("trace damaged: {e}"));
@@ -73,7 +75,7 @@ fn read_trace(path: &Path) -> Trace {
             ChunkKind::Events => t.events.extend(c.events()),
             ChunkKind::Layout => t.layout = c.json().unwrap(),
             ChunkKind::End => t.end = c.json().unwrap(),
-            ChunkKind::Losses => {}
+            ChunkKind::Losses => t.losses = c.json().unwrap(),
         }
     }
     t
@@ -233,6 +235,24 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
         "events before the start"
     );
     assert!(t.end["events_outside_window"].is_u64(), "{}", t.end);
+    // Losses: ring-full losses and the runs the kernel skipped (recursion misses, read
+    // from each program's fdinfo), which add up to the total the reporter shows.
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
+    assert_eq!(
+        n(&t.losses["total"]),
+        n(&t.losses["ring_full"]) + n(&t.losses["missed"]),
+        "{}",
+        t.losses
+    );
+    let by_prog: u64 = t.losses["missed_by_program"]
+        .as_object()
+        .expect("missed_by_program")
+        .values()
+        .map(n)
+        .sum();
+    assert_eq!(by_prog, n(&t.losses["missed"]));
+    assert_eq!(summary["missed"], t.losses["missed"]);
+    assert_eq!(summary["lost"], t.losses["ring_full"]);
     let last = t.events.iter().map(|e| e.ts).max().unwrap_or(0);
     let completed: std::collections::HashSet<(u64, u64)> = t
         .events

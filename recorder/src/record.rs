@@ -118,6 +118,12 @@ pub struct Summary {
     pub lost: u64,
     pub lost_by_probe: BTreeMap<String, u64>,
     pub lost_by_cpu: BTreeMap<u32, u64>,
+    /// Events the kernel did not record because the probe fired inside an interrupt
+    /// that came while the same program ran on that CPU (a block completion in the
+    /// interrupt of another device's completion): the kernel skips the nested run and
+    /// counts it per program (`recursion_misses`).
+    pub missed: u64,
+    pub missed_by_program: BTreeMap<String, u64>,
     /// Events left out because probes were still being attached (before the trace's
     /// start) or already being detached (after its stop): detaching takes seconds, and
     /// a completion probe gone while the issue probe still records would leave
@@ -856,6 +862,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     // Stop the probes, then take what is still in the rings up to the stop.
     window.end = now_ns(libc::CLOCK_MONOTONIC);
     let lost = read_losses(&bpf);
+    let missed = recursion_misses(&bpf);
     let bpf_cost = program_costs(&bpf);
     drop(bpf);
     drain(&mut rings, &mut writer, &mut counts, &mut window)?;
@@ -902,9 +909,14 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         *summary.lost_by_cpu.entry(*cpu).or_default() += n;
         summary.lost += n;
     }
+    summary.missed = missed.values().sum();
+    summary.missed_by_program = missed;
     writer.json_chunk(ChunkKind::Losses, &serde_json::json!({
         "by_cpu_and_kind": lost.iter().map(|(k, c, n)| serde_json::json!({"kind": k, "cpu": c, "lost": n})).collect::<Vec<_>>(),
-        "total": summary.lost,
+        "ring_full": summary.lost,
+        "missed_by_program": summary.missed_by_program,
+        "missed": summary.missed,
+        "total": summary.lost + summary.missed,
     }))?;
     log("taking the layout snapshot (qcow2 maps, extents, block topology)");
     let snap = snapshot::take(&files, &devices);
@@ -1032,6 +1044,30 @@ fn program_costs(bpf: &Ebpf) -> Vec<ProgramCost> {
         })
         .collect();
     out.sort_by(|a, b| a.program.cmp(&b.program));
+    out
+}
+
+/// Per program, the runs the kernel skipped because that program was already running on
+/// the CPU (nested in an interrupt): `recursion_misses` in the program's fdinfo, which
+/// aya's `ProgramInfo` does not expose. Only non-zero counts.
+fn recursion_misses(bpf: &Ebpf) -> BTreeMap<String, u64> {
+    use std::os::fd::AsFd;
+    let mut out = BTreeMap::new();
+    for (name, prog) in bpf.programs() {
+        let Ok(fd) = prog.fd() else { continue };
+        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        let Ok(info) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let n = info
+            .lines()
+            .find_map(|l| l.strip_prefix("recursion_misses:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if n > 0 {
+            out.insert(name.to_owned(), n);
+        }
+    }
     out
 }
 
