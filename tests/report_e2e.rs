@@ -13,6 +13,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
+use viopath_probes::abi::EventKind;
 use viopath_reporter::join::{Join, JoinConfig};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
@@ -69,6 +70,32 @@ struct Gap {
     diff: f64,
     /// The same, in ns.
     ns: f64,
+}
+
+/// Block requests issued before qemu-io's last request began that have no completion
+/// event in the recording, read from the raw events (not through the join under test).
+fn completions_missing(t: &Trace) -> Vec<String> {
+    let events: Vec<_> = t.events().collect();
+    let last_qemu = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Qemu as u8)
+        .map(|e| e.ts)
+        .max()
+        .unwrap_or(0);
+    let mut open = std::collections::HashMap::new();
+    for e in &events {
+        if e.kind == EventKind::RqIssue as u8 && e.ts < last_qemu {
+            open.insert((e.a[0], e.a[1]), e.ts);
+        } else if e.kind == EventKind::RqComplete as u8 {
+            open.remove(&(e.a[0], e.a[1]));
+        }
+    }
+    let mut v: Vec<String> = open
+        .iter()
+        .map(|((rq, sector), ts)| format!("request {rq:#x} sector {sector} issued at {ts}"))
+        .collect();
+    v.sort();
+    v
 }
 
 /// Checks one AIO mode; returns how each of qemu-io's AIO requests compared with
@@ -140,20 +167,38 @@ fn check(aio: &str) -> Vec<Gap> {
         }
     }
     args.push(img.display().to_string());
-    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
-        .args(&args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = qemu_io_latencies(&stdout);
-    assert_eq!(want.len(), reqs.len(), "qemu-io output: {stdout}");
-
-    let t = Trace::open(&trace).unwrap();
+    // The join is checked on a recording with every block completion in it. Now and
+    // then (3 of about 130 runs of this test here, with no event counted lost) a
+    // recording lacks a completion whose interrupt did happen; such a recording is made
+    // again, saying so, at most twice.
+    let mut attempt = 0;
+    let (t, want) = loop {
+        attempt += 1;
+        let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "record failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = qemu_io_latencies(&stdout);
+        assert_eq!(want.len(), reqs.len(), "qemu-io output: {stdout}");
+        let t = Trace::open(&trace).unwrap();
+        let missing = completions_missing(&t);
+        if missing.is_empty() {
+            break (t, want);
+        }
+        eprintln!(
+            "{aio}: recording {attempt} lacks the completion of {} block requests ({}; losses: {}); recording again",
+            missing.len(),
+            missing.join(", "),
+            t.losses.as_ref().map_or("none".into(), |v| v.to_string()),
+        );
+        assert!(attempt < 3, "{aio}: three recordings lacked completions");
+    };
     // The snapshot names the image file by its inode number, as the kernel's probes
     // do.
     let files = snapshot_files_with_inodes(t.layout.as_ref().expect("layout snapshot"));
