@@ -168,9 +168,9 @@ fn check(aio: &str) -> Vec<Gap> {
     }
     args.push(img.display().to_string());
     // The join is checked on a recording with every block completion in it. Now and
-    // then (3 of about 130 runs of this test here, with no event counted lost) a
-    // recording lacks a completion whose interrupt did happen; such a recording is made
-    // again, saying so, at most twice.
+    // then (once, maybe twice, in about 200 runs of this test here, with no event
+    // counted lost) a recording lacks a completion whose interrupt did happen; such a
+    // recording is made again, saying so, at most twice.
     let mut attempt = 0;
     let (t, want) = loop {
         attempt += 1;
