@@ -585,7 +585,9 @@ impl Threads {
 /// completion callback (qemu-io's) runs on the thread that made the request, so while
 /// that thread is off the CPU, however long, its callback may still come.
 pub const IDLE_NS: u64 = 2_000_000;
-/// Requests with nothing happening for this long are finished as partial.
+/// Requests with nothing happening for this long are finished: as partial, unless all
+/// their host IO is done and only their thread's going on was awaited (see
+/// [`IDLE_NS`]).
 pub const STALE_NS: u64 = 30_000_000_000;
 
 /// Counters for the summary.
