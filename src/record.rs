@@ -149,7 +149,7 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
             .collect();
         writeln!(
             out,
-            "MISSED {} events (the probe fired in an interrupt while its own program ran on that CPU; the kernel skips such runs): {}",
+            "MISSED up to {} events (the probe fired in an interrupt while its own program ran on that CPU; the kernel skips such runs): {}",
             summary.missed,
             per_prog.join(", ")
         )?;

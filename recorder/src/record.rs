@@ -118,10 +118,10 @@ pub struct Summary {
     pub lost: u64,
     pub lost_by_probe: BTreeMap<String, u64>,
     pub lost_by_cpu: BTreeMap<u32, u64>,
-    /// Events the kernel did not record because the probe fired inside an interrupt
-    /// that came while the same program ran on that CPU (a block completion in the
-    /// interrupt of another device's completion): the kernel skips the nested run and
-    /// counts it per program (`recursion_misses`).
+    /// Probe runs the kernel skipped because the probe fired inside an interrupt that
+    /// came while the same program ran on that CPU; it counts them per program
+    /// (`recursion_misses`). Each would have made at most one event (none if it was
+    /// for a device or process not traced), so this bounds those losses from above.
     pub missed: u64,
     pub missed_by_program: BTreeMap<String, u64>,
     /// Events left out because probes were still being attached (before the trace's
