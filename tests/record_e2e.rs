@@ -266,9 +266,14 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
         .filter(|e| e.kind == EventKind::RqIssue as u8 && e.ts + 1_000_000_000 < last)
         .filter(|e| !completed.contains(&(e.a[0], e.a[1])))
         .collect();
+    // A completion the kernel skipped (its probe nested in itself) is counted as missed;
+    // one missing without being counted is the recorder's loss.
+    let skipped = t.losses["missed_by_program"]["rq_complete"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(
-        unfinished.is_empty(),
-        "{aio}: issued, never completed: {unfinished:?}"
+        unfinished.len() as u64 <= skipped,
+        "{aio}: issued, never completed, not counted as missed ({skipped}): {unfinished:?}"
     );
     // --bpf-stats: the kernel's run counts agree with the events in the file. The uprobe
     // program emits exactly one event per run.
