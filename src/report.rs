@@ -34,8 +34,12 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum By {
     Op,
+    /// Size class: the power of two at or above the IO's size
     Size,
+    /// The bottom host device
     Device,
+    /// The VM's disk (image chain) the IO was for
+    Disk,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +96,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
             By::Op => GroupBy::Op,
             By::Size => GroupBy::Size,
             By::Device => GroupBy::Device,
+            By::Disk => GroupBy::Disk,
         })
         .collect();
     let export = match args.format {
@@ -306,7 +311,12 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
         let mut b = Builder::default();
         // The guest file column only when the trace can name guest files.
         let files = r.slowest.iter().any(|x| x.guest_file.is_some());
+        // The disk column only for a VM with several disks.
+        let disks = r.slowest.iter().any(|x| x.disk.is_some());
         let mut head = vec!["id", "op", "offset", "bytes"];
+        if disks {
+            head.push("disk");
+        }
         if files {
             head.push("guest file");
         }
@@ -323,6 +333,14 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
                 x.row.offset.map(|o| o.to_string()).unwrap_or("-".into()),
                 x.row.bytes.to_string(),
             ];
+            if disks {
+                // The image's file name: the whole path is in the JSON and exports.
+                row.push(x.disk.as_deref().map_or("-".into(), |d| {
+                    Path::new(d)
+                        .file_name()
+                        .map_or(d.into(), |n| n.to_string_lossy().into_owned())
+                }));
+            }
             if files {
                 row.push(x.guest_file.clone().unwrap_or("-".into()));
             }

@@ -1,6 +1,6 @@
 //! A test guest: the command line that boots the kernel and busybox initramfs built by
 //! `tests/vm/guest.sh` under qemu-system-x86_64 (TCG: these machines have no usable
-//! KVM) with one virtio-blk disk, and runs a shell workload in the guest.
+//! KVM) with virtio-blk disks, and runs a shell workload in the guest.
 //!
 //! Shared by `viopath demo` and the end-to-end VM test (which includes this file), so
 //! both boot the same way. Only std: the test pulls it in with `#[path]`.
@@ -51,12 +51,22 @@ impl GuestAssets {
 /// (threads, native, io_uring), and run `workload` (a busybox sh script) as root in the
 /// guest, which then powers off.
 pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: &str, workload: &str) -> Vec<String> {
+    qemu_args_disks(assets, &[disk], aio, workload)
+}
+
+/// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
+pub fn qemu_args_disks(
+    assets: &GuestAssets,
+    disks: &[&Path],
+    aio: &str,
+    workload: &str,
+) -> Vec<String> {
     let d = &assets.dir;
     let append = format!(
         "console=ttyS0 quiet panic=-1 viopath.run={}",
         base64(workload.as_bytes())
     );
-    [
+    let mut args: Vec<String> = [
         "-M",
         "q35",
         "-accel",
@@ -78,17 +88,21 @@ pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: &str, workload: &str) -
         &d.join("initramfs.cpio.gz").display().to_string(),
         "-append",
         &append,
-        "-drive",
-        &format!(
-            "file={},if=none,id=d0,format=qcow2,cache=none,aio={}",
-            disk.display(),
-            aio
-        ),
-        "-device",
-        "virtio-blk-pci,drive=d0",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    for (i, disk) in disks.iter().enumerate() {
+        args.extend([
+            "-drive".to_owned(),
+            format!(
+                "file={},if=none,id=d{i},format=qcow2,cache=none,aio={aio}",
+                disk.display()
+            ),
+            "-device".to_owned(),
+            format!("virtio-blk-pci,drive=d{i}"),
+        ]);
+    }
+    args
 }
 
 /// Standard base64 with padding (the guest decodes it with busybox `base64 -d`).

@@ -30,6 +30,8 @@ struct GuestOp {
     offset: u64,
     len: u64,
     direct: bool,
+    /// The guest's disk: 0 for /dev/vda, 1 for /dev/vdb.
+    disk: u16,
 }
 
 const PART_START: u64 = 1 << 20;
@@ -49,6 +51,19 @@ dd if=/dev/urandom of=/mnt/logs/app.log bs=4096 seek=2 count=2 conv=notrunc 2>/d
 umount /mnt
 "#;
 
+/// With a second disk (/dev/vdb, its own ext4 with other files): O_DIRECT reads of it,
+/// interleaved with reads of the first disk, so both disks have IO in flight close
+/// together.
+const WORKLOAD_DISK2: &str = r#"
+mkdir -p /mnt2 && mount -t ext4 /dev/vdb1 /mnt2 || exit 1
+mount -t ext4 /dev/vda1 /mnt || exit 1
+dd if=/mnt2/two/other.bin of=/dev/null bs=65536 skip=5 count=1 iflag=direct 2>/dev/null && io r /two/other.bin 327680 65536 direct 1
+dd if=/mnt/data/big.bin of=/dev/null bs=4096 skip=900 count=1 iflag=direct 2>/dev/null && io r /data/big.bin 3686400 4096 direct
+dd if=/mnt2/two/other.bin of=/dev/null bs=4096 skip=77 count=1 iflag=direct 2>/dev/null && io r /two/other.bin 315392 4096 direct 1
+umount /mnt2
+umount /mnt
+"#;
+
 fn guest_ops(serial: &str) -> Vec<GuestOp> {
     serial
         .lines()
@@ -61,23 +76,43 @@ fn guest_ops(serial: &str) -> Vec<GuestOp> {
                 offset: f[2].parse().unwrap(),
                 len: f[3].parse().unwrap(),
                 direct: f[4] == "direct",
+                disk: f.get(5).map_or(0, |d| d.parse().unwrap()),
             }
         })
         .collect()
 }
 
 /// The guest disk: GPT, ext4 (4 KiB blocks) on partition 1 from 1 MiB, with known
-/// files of random content, as a qcow2 at `qcow2`. Returns the partition's raw image
-/// (for debugfs later it is re-extracted from the qcow2).
+/// files of random content, as a qcow2 at `qcow2` (for debugfs later the partition is
+/// re-extracted from the qcow2).
 fn make_guest_disk(work: &Path, qcow2: &Path) {
+    make_disk(
+        &work.join("disk1"),
+        "mkdir -p src/data src/logs && head -c 4M /dev/urandom > src/data/big.bin && \
+         head -c 128K /dev/urandom > src/data/small.bin && head -c 64K /dev/urandom > src/logs/app.log",
+        qcow2,
+    );
+}
+
+/// A second guest disk, laid out the same way, with other files.
+fn make_second_disk(work: &Path, qcow2: &Path) {
+    make_disk(
+        &work.join("disk2"),
+        "mkdir -p src/two && head -c 2M /dev/urandom > src/two/pad.bin && \
+         head -c 1M /dev/urandom > src/two/other.bin",
+        qcow2,
+    );
+}
+
+fn make_disk(dir: &Path, files: &str, qcow2: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
     sh(&format!(
-        "cd {0} && mkdir -p src/data src/logs && head -c 4M /dev/urandom > src/data/big.bin && \
-         head -c 128K /dev/urandom > src/data/small.bin && head -c 64K /dev/urandom > src/logs/app.log && \
+        "cd {0} && {files} && \
          truncate -s 64M raw.img && printf 'label: gpt\\nstart=2048, size=120000, type=linux\\n' | sfdisk -q raw.img && \
          truncate -s $((120000 * 512)) p1.img && mkfs.ext4 -q -F -b 4096 -d src p1.img && \
          dd if=p1.img of=raw.img bs=1M seek=1 conv=notrunc status=none && \
          qemu-img convert -O qcow2 raw.img {1}",
-        work.display(),
+        dir.display(),
         qcow2.display()
     ));
 }
@@ -121,6 +156,9 @@ fn a_real_guest_is_joined_to_the_bottom_disk_and_named_by_guest_file() {
 /// The same guest on a qcow2 overlay over that image: its reads of clusters the
 /// overlay lacks go to the backing file, and its writes allocate overlay clusters by
 /// copy-on-write from the backing file. Both must still join to the bottom disk.
+/// The guest has a second disk (its own qcow2 in the same host filesystem, with other
+/// files) and reads it too: every request must be given its own disk, and named from
+/// that disk's files.
 #[test]
 fn a_guest_on_a_backing_chain_is_joined_through_the_backing_file() {
     run_guest(true);
@@ -170,6 +208,10 @@ fn run_guest(backing: bool) {
     } else {
         make_guest_disk(dir.path(), &disk);
     }
+    let second = st.mnt.join("second.qcow2");
+    if backing {
+        make_second_disk(dir.path(), &second);
+    }
 
     let trace = dir.path().join("vm.trace");
     let mut args = vec![
@@ -179,7 +221,13 @@ fn run_guest(backing: bool) {
         "--".into(),
         qemu.display().to_string(),
     ];
-    args.extend(vm::qemu_args(&assets, &disk, "threads", WORKLOAD));
+    if backing {
+        let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}");
+        let disks = [disk.as_path(), second.as_path()];
+        args.extend(vm::qemu_args_disks(&assets, &disks, "threads", &workload));
+    } else {
+        args.extend(vm::qemu_args(&assets, &disk, "threads", WORKLOAD));
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)
         .output()
@@ -192,29 +240,54 @@ fn run_guest(backing: bool) {
         "the guest's workload failed:\n{serial}"
     );
     let ops = guest_ops(&serial);
-    assert_eq!(ops.len(), 5, "the guest did not do all its IO:\n{serial}");
+    assert_eq!(
+        ops.len(),
+        if backing { 8 } else { 5 },
+        "the guest did not do all its IO:\n{serial}"
+    );
 
     // The oracle for guest addresses: debugfs on the guest filesystem after the run,
     // read back through qemu-img (independent of viopath's qcow2 and ext4 code).
-    let part = dir.path().join("after-p1.img");
-    sh(&format!(
-        "qemu-img convert -O raw {} {1}/after.raw && dd if={1}/after.raw of={2} bs=1M skip=1 count=59 status=none",
-        disk.display(),
-        dir.path().display(),
-        part.display()
-    ));
+    let after = |qcow2: &Path, n: u32| {
+        let part = dir.path().join(format!("after-{n}-p1.img"));
+        sh(&format!(
+            "qemu-img convert -O raw {} {1}/after-{n}.raw && dd if={1}/after-{n}.raw of={2} bs=1M skip=1 count=59 status=none",
+            qcow2.display(),
+            dir.path().display(),
+            part.display()
+        ));
+        part
+    };
+    let mut parts = vec![after(&disk, 0)];
+    if backing {
+        parts.push(after(&second, 1));
+    }
 
     let t = Trace::open(&trace).unwrap();
     // Every chain file is named by its inode number, as the kernel's probes name it:
     // the join keeps each host IO to its own file's sectors.
     let files = snapshot_files_with_inodes(t.layout.as_ref().expect("layout snapshot"));
     let qcow2s = files.iter().filter(|f| f.ends_with(".qcow2")).count();
-    assert_eq!(qcow2s, if backing { 2 } else { 1 }, "{files:?}");
+    assert_eq!(qcow2s, if backing { 3 } else { 1 }, "{files:?}");
     let (layout, src) = viopath_reporter::load_layout(&t, &[]);
     assert_eq!(src.from, "trace");
+    assert!(src.errors.is_empty(), "layout errors: {:?}", src.errors);
+    // The snapshot's disks: the guest's (not its kernel and initramfs, nor the backing
+    // file on its own), each with its files.
+    let mut disk_paths: Vec<&str> = layout.disks.iter().map(|d| d.path.as_str()).collect();
+    disk_paths.sort();
+    // In the order the guest sees them: /dev/vda, /dev/vdb.
+    let mut want_disks = vec![disk.to_str().unwrap()];
+    if backing {
+        want_disks.push(second.to_str().unwrap());
+    }
+    let mut sorted = want_disks.clone();
+    sorted.sort();
+    assert_eq!(disk_paths, sorted);
+    let disk_of = |r: &IoRow| r.disk.map(|d| layout.disk_name(d));
     assert!(
-        !layout.guest.is_empty(),
-        "the trace's layout has no guest map"
+        layout.disks.iter().all(|d| !d.guest.is_empty()),
+        "a disk without a guest map"
     );
     let cfg = JoinConfig {
         await_msi: false,
@@ -251,6 +324,17 @@ fn run_guest(backing: bool) {
                 "not joined to the bottom disk {bottom:#x}: {r:?}"
             );
         }
+        // Its disk: from the file its host IO went to (each disk's chain has files of
+        // its own here), or the only disk.
+        if r.host_ios > 0 || !backing {
+            assert!(r.disk.is_some(), "no disk: {r:?}");
+        }
+    }
+    for d in &want_disks {
+        assert!(
+            virtio.iter().any(|r| disk_of(r) == Some(d)),
+            "no request for disk {d}"
+        );
     }
 
     // QEMU's own block requests (the geometry probe of sector 0 at start-up) happen
@@ -274,23 +358,24 @@ fn run_guest(backing: bool) {
         );
     }
 
-    // Every operation of the guest's script is there, by file, and at the address
-    // debugfs gives for it.
+    // Every operation of the guest's script is there, on the disk the guest did it on,
+    // by file, and at the address debugfs gives for it.
     for op in &ops {
         let want = if op.write { Op::Write } else { Op::Read };
         let hits: Vec<&&IoRow> = virtio
             .iter()
-            .filter(|r| r.op == want)
+            .filter(|r| r.op == want && disk_of(r) == Some(want_disks[op.disk as usize]))
             .filter(|r| {
-                let g = layout.guest.name(r.offset.unwrap()).unwrap();
-                g.what == op.path
+                layout
+                    .guest_name(r.disk, r.offset.unwrap())
+                    .is_some_and(|g| g.what == op.path)
             })
             .collect();
         assert!(!hits.is_empty(), "no request for {op:?}");
         // The requests for this file cover the bytes the guest touched.
         let mut covered = BTreeSet::new();
         for r in &hits {
-            let g = layout.guest.name(r.offset.unwrap()).unwrap();
+            let g = layout.guest_name(r.disk, r.offset.unwrap()).unwrap();
             let f = g.file_offset.unwrap();
             for b in (f / BLOCK)..(f + r.bytes).div_ceil(BLOCK) {
                 covered.insert(b);
@@ -304,7 +389,7 @@ fn run_guest(backing: bool) {
             );
         }
         // debugfs: where the first byte lives on the guest disk.
-        let pblock = debugfs_bmap(&part, &op.path, op.offset / BLOCK);
+        let pblock = debugfs_bmap(&parts[op.disk as usize], &op.path, op.offset / BLOCK);
         let guest_off = PART_START + pblock * BLOCK;
         let at = hits
             .iter()
@@ -333,4 +418,19 @@ fn run_guest(backing: bool) {
     );
     assert!(table.contains("guest file"), "{table}");
     assert!(table.contains("/data/big.bin @196608"), "{table}");
+    if backing {
+        // A disk column, and the second disk's file.
+        assert!(table.contains("second.qcow2"), "{table}");
+        assert!(table.contains("/two/other.bin @327680"), "{table}");
+        // Grouped by disk: a latency table per disk.
+        let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+            .args(["report", trace.to_str().unwrap(), "--by", "disk,op"])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        for d in &want_disks {
+            assert!(table.contains(d), "no group for {d}: {table}");
+        }
+    }
 }

@@ -19,18 +19,31 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
     let mut covered: BTreeSet<PathBuf> = BTreeSet::new();
     let mut errors = Vec::new();
     let mut resolver = HostResolver::new(Topology::system());
-    // Open each file as the top of a chain unless an earlier chain already holds it.
+    let canon = |p: &PathBuf| p.canonicalize().unwrap_or_else(|_| p.clone());
+    let mut chains = Vec::new();
     for f in files {
-        if covered.contains(f) {
+        match Chain::open(f) {
+            Ok(c) => chains.push((f, c)),
+            Err(e) => errors.push(format!("{}: {e}", f.display())),
+        }
+    }
+    // Each image is one of the VM's disks: a file below another chain's top (its
+    // backing or data file, found open by the process or listed first) is part of that
+    // disk, not a disk of its own.
+    let below: BTreeSet<PathBuf> = chains
+        .iter()
+        .flat_map(|(_, c)| {
+            c.files
+                .iter()
+                .filter(|cf| cf.depth > 0 || cf.role == crate::qcow2::FileRole::DataFile)
+        })
+        .map(|cf| canon(&cf.path))
+        .collect();
+    for (f, chain) in chains {
+        let top = canon(f);
+        if covered.contains(&top) || below.contains(&top) {
             continue;
         }
-        let chain = match Chain::open(f) {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(format!("{}: {e}", f.display()));
-                continue;
-            }
-        };
         for cf in &chain.files {
             covered.insert(cf.path.canonicalize().unwrap_or_else(|_| cf.path.clone()));
         }
@@ -101,4 +114,55 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
         .map(|d| json!(*d))
         .collect();
     json!({ "images": images, "devices": devs, "errors": errors })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_backing_file_listed_before_its_overlay_is_part_of_the_overlays_disk() {
+        // A process's open files come sorted: base.qcow2 before its overlay. Each
+        // image is a disk, so the base must be in the overlay's chain only.
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let top = dir.path().join("top.qcow2");
+        let other = dir.path().join("zz-other.qcow2");
+        let img = |args: &[&str]| {
+            let st = Command::new("qemu-img").args(args).status();
+            st.is_ok_and(|s| s.success())
+        };
+        let (b, t, o) = (
+            base.to_str().unwrap(),
+            top.to_str().unwrap(),
+            other.to_str().unwrap(),
+        );
+        if !img(&["create", "-q", "-f", "qcow2", b, "16M"]) {
+            eprintln!("SKIPPED: no qemu-img");
+            return;
+        }
+        assert!(img(&[
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", b, t
+        ]));
+        assert!(img(&["create", "-q", "-f", "qcow2", o, "16M"]));
+        let snap = take(
+            &[base.clone(), top.clone(), other.clone()],
+            &BTreeSet::new(),
+        );
+        let paths: Vec<&str> = snap["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, [t, o]);
+        let files: Vec<&str> = snap["images"][0]["file_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["file"].as_str().unwrap())
+            .collect();
+        assert_eq!(files, [t, b]);
+    }
 }

@@ -109,10 +109,39 @@ pub fn open_files(pid: u32) -> Vec<PathBuf> {
     v
 }
 
-/// Files a QEMU command line names: bare paths and `file=`/`filename=` values.
+/// Options whose value is a file QEMU reads once or writes, not a disk: their files
+/// are not snapshotted as images (the reporter takes each image for one of the VM's
+/// disks).
+const NOT_DISKS: &[&str] = &[
+    "-kernel",
+    "-initrd",
+    "-dtb",
+    "-bios",
+    "-fw_cfg",
+    "-L",
+    "-D",
+    "-pidfile",
+    "-readconfig",
+    "-append",
+];
+
+/// Files a QEMU command line names: bare paths and `file=`/`filename=` values, except
+/// the values of [`NOT_DISKS`] options.
 pub fn files_in_args(args: &[String]) -> Vec<PathBuf> {
     let mut v = Vec::new();
+    let mut skip = false;
     for a in args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        // QEMU takes `--kernel` for `-kernel` too.
+        if NOT_DISKS
+            .iter()
+            .any(|o| a == o || a.strip_prefix('-') == Some(o))
+        {
+            skip = true;
+            continue;
+        }
         for part in a.split(',') {
             // `file=X`, `file.filename=X`, `drive-file=X`, or a bare path.
             let val = part.rsplit_once('=').map_or(part, |(_, v)| v);
@@ -200,7 +229,14 @@ mod tests {
             format!("file={},if=none", f.display()),
         ];
         let found = files_in_args(&args);
-        std::fs::remove_file(&f).unwrap();
         assert_eq!(found.len(), 1);
+        // A kernel, initrd or log file is no disk, however it is spelled.
+        let args: Vec<String> = ["-kernel", "--initrd", "-D", "-drive"]
+            .iter()
+            .flat_map(|o| [o.to_string(), f.display().to_string()])
+            .collect();
+        assert_eq!(files_in_args(&args).len(), 1, "only -drive's: {args:?}");
+        assert_eq!(files_in_args(&args[..6]), Vec::<PathBuf>::new());
+        std::fs::remove_file(&f).unwrap();
     }
 }

@@ -990,7 +990,7 @@ fn waterfall(report: &Report) -> String {
         let _ = write!(c.body, r#"<g class="io" data-id="{}">"#, row_.id);
         c.text(l - 8.0, y + 12.0, "end", "lbl", &label);
         let detail = format!(
-            "#{} {} {} bytes at {}{}{}{} — {} host IOs, {} metadata IOs, {} bios, {} requests{}",
+            "#{} {} {} bytes at {}{}{}{}{} — {} host IOs, {} metadata IOs, {} bios, {} requests{}",
             row_.id,
             row_.op.name(),
             row_.bytes,
@@ -999,6 +999,10 @@ fn waterfall(report: &Report) -> String {
             io.guest_file
                 .as_deref()
                 .map(|f| format!(" ({f})"))
+                .unwrap_or_default(),
+            io.disk
+                .as_deref()
+                .map(|d| format!(" of disk {d}"))
                 .unwrap_or_default(),
             io.device
                 .as_deref()

@@ -17,7 +17,7 @@
 //! Every key is removed when its request ends, so a reused pointer starts fresh.
 
 use crate::layers::{Boundaries, NB};
-use crate::layout::{DevRanges, Layout};
+use crate::layout::{DevRanges, DiskSet, Layout};
 use serde::Serialize;
 use smallvec::{SmallVec, smallvec};
 use std::collections::{HashMap, VecDeque};
@@ -263,6 +263,9 @@ pub struct IoRow {
     pub requests: u32,
     /// Bottom device (kernel dev_t), 0 if none.
     pub bottom_dev: u32,
+    /// The VM's disk it was for (index in the layout's disks): known from the image
+    /// file the kernel named for its host IO, or when the VM has one disk.
+    pub disk: Option<u16>,
     pub flags: u16,
     /// Why the row is partial (see [`reasons`]); 0 = complete.
     pub partial: u16,
@@ -287,6 +290,7 @@ impl IoRow {
             bios: 1,
             requests: 1,
             bottom_dev: 0,
+            disk: None,
             flags: 0,
             partial: 0,
             merged_into: None,
@@ -373,6 +377,8 @@ struct Hio {
     open_rqs: u32,
     flags: u16,
     bottom_dev: u32,
+    /// The disks whose chains hold the file the kernel named for it (0: not named).
+    disks: DiskSet,
 }
 
 struct Root {
@@ -403,6 +409,9 @@ struct Root {
     tid: u32,
     qcow2: bool,
     bottom_dev: u32,
+    /// The disks all its named host IOs agree on (see [`Hio::disks`]): `None` until
+    /// one is named, `Some(0)` if they disagree.
+    disks: Option<DiskSet>,
     completed: bool,
     merged_into: Option<u64>,
 }
@@ -505,7 +514,7 @@ struct ThreadCtx {
     /// The direct IO this thread is inside (bios it queues are that IO's).
     dio: Option<Ref>,
     /// The last virtio request completed here: (id, boundaries, time).
-    completion_batch: Option<(u64, Boundaries, u64)>,
+    completion_batch: Option<(u64, Boundaries, u64, Option<DiskSet>)>,
     /// Trace time of the last event that changed this context.
     seen: u64,
 }
@@ -837,6 +846,7 @@ impl<'l, S: Sink> Join<'l, S> {
             tid: e.tid,
             qcow2: false,
             bottom_dev: 0,
+            disks: None,
             completed: false,
             merged_into: None,
         });
@@ -947,7 +957,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     b[7] = e.ts;
                     root.b[7] = e.ts;
                     root.last = e.ts;
-                    let snapshot = (root.id, b, e.ts);
+                    let snapshot = (root.id, b, e.ts, root.disks);
                     self.threads.at(e.tid, e.ts).completion_batch = Some(snapshot);
                 }
             }
@@ -990,13 +1000,14 @@ impl<'l, S: Sink> Join<'l, S> {
                     && root.data_hios == 0
                     && root.open_hios == 0
                     && (!known_type || vop.moves_data())
-                    && let Some((id, b, at)) = batch
+                    && let Some((id, b, at, disks)) = batch
                     && id != root.id
                     && e.ts.saturating_sub(at) < 1_000_000
                 {
                     // Merged by virtio-blk into the request completing before it on
-                    // this thread: it shares that request's path.
+                    // this thread: it shares that request's path (and disk).
                     root.b[2..8].copy_from_slice(&b[2..8]);
+                    root.disks = disks;
                     root.flags |= flags::VIRTIO_MERGED;
                     root.merged_into = Some(id);
                 }
@@ -1223,6 +1234,7 @@ impl<'l, S: Sink> Join<'l, S> {
             open_rqs: 0,
             flags: 0,
             bottom_dev: 0,
+            disks: 0,
         });
         self.inflight.push(h);
         self.index_ranges(h);
@@ -1424,6 +1436,7 @@ impl<'l, S: Sink> Join<'l, S> {
         if self.layout.file_count() > 1
             && let Some(hio) = self.hios.get_mut(h)
         {
+            hio.disks = self.layout.disks_of_inode(ino);
             let mut ranges = DevRanges::new();
             if self
                 .layout
@@ -1834,6 +1847,11 @@ impl<'l, S: Sink> Join<'l, S> {
             Some((_, root)) => {
                 root.open_hios = root.open_hios.saturating_sub(1);
                 root.last = root.last.max(ts);
+                // Data, metadata and copy-on-write IO all go to files of the request's
+                // own chain: each named one narrows down its disk.
+                if hio.disks != 0 {
+                    root.disks = Some(root.disks.map_or(hio.disks, |d| d & hio.disks));
+                }
                 match hio.kind {
                     HioKind::Data => {
                         let b = &mut root.b;
@@ -1968,6 +1986,11 @@ impl<'l, S: Sink> Join<'l, S> {
             bios: root.bios,
             requests: root.requests,
             bottom_dev: root.bottom_dev,
+            disk: if self.layout.disks.len() == 1 {
+                Some(0)
+            } else {
+                root.disks.and_then(Layout::one_disk)
+            },
             flags: root.flags,
             partial,
             merged_into: root.merged_into,
@@ -2381,6 +2404,18 @@ mod tests {
     /// `t0`, qemu-io's callback with that context. Request `n` has its own context and
     /// qiov pointers.
     fn qemu_io_aio_read<S: Sink>(j: &mut Join<S>, n: u64, t0: u64, cb: Option<u64>) {
+        qemu_io_aio_read_of(j, n, t0, cb, None)
+    }
+
+    /// [`qemu_io_aio_read`], its `pread64` a direct IO of the file with inode `ino`
+    /// when given (the kernel names the file).
+    fn qemu_io_aio_read_of<S: Sink>(
+        j: &mut Join<S>,
+        n: u64,
+        t0: u64,
+        cb: Option<u64>,
+        ino: Option<u64>,
+    ) {
         let qemu = |ts: u64, tid: u32, sub: u8, a: [u64; 4]| RawEvent {
             sub,
             ..ev(ts, tid, EventKind::Qemu, a)
@@ -2417,6 +2452,14 @@ mod tests {
             [aiocb, off, len, q::AIO_READ],
         ));
         j.event(&sys(t0 + 5_000, EventKind::SysEnter, [3, off, len, 0]));
+        if let Some(ino) = ino {
+            j.event(&ev(
+                t0 + 6_000,
+                9,
+                EventKind::DioBegin,
+                [0xa000 + n, off, len, ino],
+            ));
+        }
         j.event(&sys(t0 + 25_000, EventKind::SysExit, [len, 0, 0, 0]));
         if let Some(cb) = cb {
             j.event(&qemu(t0 + cb, 5, q::QEMU_IO_AIO_READ_DONE, [ctx, 0, 0, 0]));
@@ -2433,6 +2476,69 @@ mod tests {
         for ts in (from..to).step_by(500_000) {
             j.event(&ev(ts, 77, EventKind::BioComplete, [0xdead_0000, 0, 0, 0]));
         }
+    }
+
+    #[test]
+    fn a_request_is_given_the_disk_whose_file_the_kernel_named() {
+        // Two disks: a.qcow2 over base.qcow2 and b.qcow2 over the same base. A request
+        // whose IO went to a.qcow2 or b.qcow2 is that disk's; one that read only the
+        // shared base, or whose file was never named (no direct IO seen), is unknown.
+        let file = |name: &str, ino: u64, part_byte: u64| {
+            serde_json::json!({
+                "file": name, "len": 1u64 << 30, "ino": ino,
+                "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
+                    {"hop": "device", "device": "/dev/sda1", "dev": "8:1", "byte": part_byte, "via": "filesystem"}
+                ]}]
+            })
+        };
+        let base = || file("/vm/base.qcow2", 13, 3 << 30);
+        let layout = Layout::from_snapshot(&serde_json::json!({
+            "images": [
+                {"path": "/vm/a.qcow2", "file_hosts": [file("/vm/a.qcow2", 11, 1 << 30), base()]},
+                {"path": "/vm/b.qcow2", "file_hosts": [file("/vm/b.qcow2", 12, 2 << 30), base()]}
+            ],
+            "devices": []
+        }));
+        assert_eq!(layout.disks.len(), 2);
+        let mut j = Join::new(&layout, Rows::default(), JoinConfig::default());
+        let cases = [
+            (Some(11), Some(0)),
+            (Some(12), Some(1)),
+            (Some(13), None),
+            (None, None),
+            // An inode no image file has (another filesystem's file) names nothing.
+            (Some(99), None),
+        ];
+        for (n, (ino, _)) in cases.iter().enumerate() {
+            let t0 = 1_000_000 * (n as u64 + 1);
+            qemu_io_aio_read_of(&mut j, n as u64, t0, Some(40_000), *ino);
+        }
+        let (Rows(rows), _) = j.finish();
+        let got: Vec<(Option<u64>, Option<u16>)> = cases
+            .iter()
+            .zip(&rows)
+            .map(|((ino, _), r)| (*ino, r.disk))
+            .collect();
+        let want: Vec<(Option<u64>, Option<u16>)> = cases.to_vec();
+        assert_eq!(rows.len(), cases.len());
+        assert_eq!(got, want);
+        assert_eq!(layout.disk_name(1), "/vm/b.qcow2");
+
+        // One disk: every request is its, named or not.
+        let one = Layout::from_snapshot(&serde_json::json!({
+            "images": [{"path": "/vm/a.qcow2", "file_hosts": [file("/vm/a.qcow2", 11, 1 << 30)]}],
+            "devices": []
+        }));
+        let mut j = Join::new(&one, Rows::default(), JoinConfig::default());
+        qemu_io_aio_read_of(&mut j, 0, 1_000_000, Some(40_000), None);
+        let (Rows(rows), _) = j.finish();
+        assert_eq!(rows.iter().map(|r| r.disk).collect::<Vec<_>>(), [Some(0)]);
+        // No layout: no disk.
+        let none = Layout::default();
+        let mut j = Join::new(&none, Rows::default(), JoinConfig::default());
+        qemu_io_aio_read_of(&mut j, 0, 1_000_000, Some(40_000), Some(11));
+        let (Rows(rows), _) = j.finish();
+        assert_eq!(rows.iter().map(|r| r.disk).collect::<Vec<_>>(), [None]);
     }
 
     #[test]

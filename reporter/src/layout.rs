@@ -57,9 +57,6 @@ pub struct GuestMap {
     extents: Vec<GuestExtent>,
     /// Partitions (first byte, bytes), for offsets no extent covers.
     partitions: Vec<(u64, u64)>,
-    /// Images with a guest map: attribution is made only when exactly one has one
-    /// (the join does not know which disk a virtio request was for).
-    pub images_with_guest: Vec<String>,
 }
 
 /// A guest offset, named.
@@ -103,12 +100,11 @@ impl GuestMap {
         })
     }
 
-    fn add(&mut self, image: &str, g: &Value) -> usize {
+    fn add(&mut self, g: &Value) -> usize {
         let mut skipped = 0;
         let Some(list) = g["extents"].as_array() else {
             return 0;
         };
-        self.images_with_guest.push(image.to_owned());
         for p in g["partitions"].as_array().into_iter().flatten() {
             if let (Some(start), Some(sectors)) = (p["start"].as_u64(), p["sectors"].as_u64()) {
                 self.partitions
@@ -156,13 +152,27 @@ struct ImageFile {
     segs: Vec<Segment>,
     /// Its reverse map has qcow2 L2 tables.
     has_l2: bool,
+    /// The disk (index in [`Layout::disks`]) whose chain holds it.
+    disk: usize,
+}
+
+/// Which disks a host IO may be for: bit `i` is [`Layout::disks`]`[i]`. A file shared
+/// by several chains (one backing file under two overlays) sets several bits; disks
+/// past the 64th set none.
+pub type DiskSet = u64;
+
+/// One disk of the VM: an image chain, named by its top image's path.
+#[derive(Debug)]
+pub struct Disk {
+    pub path: String,
+    /// What the guest keeps where on it; empty when the snapshot has no walk of it.
+    pub guest: GuestMap,
 }
 
 #[derive(Debug, Default)]
 pub struct Layout {
-    /// The guest's files, when the snapshot has exactly one image with a guest
-    /// filesystem.
-    pub guest: GuestMap,
+    /// The VM's disks, in snapshot order; row `disk` fields index it.
+    pub disks: Vec<Disk>,
     files: Vec<ImageFile>,
     /// Every device range any image file occupies, for classifying IO no request claims.
     occupied: HashMap<u32, Vec<(u64, u64)>>,
@@ -218,12 +228,16 @@ impl Layout {
                 l.device_names.insert(dev, name.to_owned());
             }
         }
-        let mut guests = GuestMap::default();
         for img in v["images"].as_array().into_iter().flatten() {
+            let disk = l.disks.len();
+            let mut guest = GuestMap::default();
             if img["guest"].is_object() && img["guest"]["extents"].is_array() {
-                let name = img["path"].as_str().unwrap_or("?");
-                l.skipped += guests.add(name, &img["guest"]);
+                l.skipped += guest.add(&img["guest"]);
             }
+            l.disks.push(Disk {
+                path: img["path"].as_str().unwrap_or("?").to_owned(),
+                guest,
+            });
             // Of each file's reverse map the join needs only whether it has L2 tables
             // (qcow2 metadata IO is then expected).
             let mut has_l2_by_file: HashMap<String, bool> = HashMap::new();
@@ -287,6 +301,7 @@ impl Layout {
                     ino: fh["ino"].as_u64(),
                     segs,
                     has_l2: has_l2_by_file.remove(&file).unwrap_or_default(),
+                    disk,
                 });
             }
         }
@@ -302,13 +317,59 @@ impl Layout {
             }
             *r = merged;
         }
-        if guests.images_with_guest.len() > 1 {
-            // Which disk a virtio request was for is not traced: naming files from the
-            // wrong disk would be worse than not naming them.
-            guests.extents.clear();
-        }
-        l.guest = guests;
         l
+    }
+
+    /// The disks whose chains hold the image file with inode number `ino` (0: none
+    /// known by it).
+    pub fn disks_of_inode(&self, ino: u64) -> DiskSet {
+        self.files
+            .iter()
+            .filter(|f| f.ino == Some(ino) && f.disk < 64)
+            .fold(0, |m, f| m | 1 << f.disk)
+    }
+
+    /// The one disk of `set`, if it names exactly one.
+    pub fn one_disk(set: DiskSet) -> Option<u16> {
+        (set.count_ones() == 1).then(|| set.trailing_zeros() as u16)
+    }
+
+    /// The guest file (or filesystem structure) at guest `offset` of `disk`. For an IO
+    /// whose disk is unknown: when the VM has a single disk, that one; when the
+    /// snapshot lacks inode numbers (so no IO can be given a disk; older recordings,
+    /// which also listed the guest's kernel and initramfs as images), the only disk
+    /// with a guest filesystem, if one; otherwise none: naming a file of the wrong
+    /// disk would be worse than naming none.
+    pub fn guest_name(&self, disk: Option<u16>, offset: u64) -> Option<GuestName<'_>> {
+        let d = match disk {
+            Some(d) => self.disks.get(d as usize)?,
+            None if self.disks.len() == 1 => &self.disks[0],
+            None if !self.files_have_inodes() => {
+                let mut with_guest = self.disks.iter().filter(|d| !d.guest.is_empty());
+                match (with_guest.next(), with_guest.next()) {
+                    (Some(d), None) => d,
+                    _ => return None,
+                }
+            }
+            None => return None,
+        };
+        d.guest.name(offset)
+    }
+
+    /// Whether every image file is known by its inode number (snapshots before inode
+    /// numbers were recorded have none).
+    pub fn files_have_inodes(&self) -> bool {
+        self.files.iter().all(|f| f.ino.is_some())
+    }
+
+    /// Whether some disk has a map of the guest's files.
+    pub fn has_guest_map(&self) -> bool {
+        self.disks.iter().any(|d| !d.guest.is_empty())
+    }
+
+    /// A disk's name for reports: its top image's path.
+    pub fn disk_name(&self, disk: u16) -> &str {
+        self.disks.get(disk as usize).map_or("?", |d| &d.path)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -285,11 +285,16 @@ fn from_snapshot(v: &serde_json::Value, from: &'static str) -> (layout::Layout, 
         .flatten()
         .filter_map(|e| e.as_str().map(str::to_owned))
         .collect();
-    if l.guest.images_with_guest.len() > 1 {
+    let with_guest = l.disks.iter().filter(|d| !d.guest.is_empty()).count();
+    if l.disks.len() > 1 && !l.files_have_inodes() {
         errors.push(format!(
-            "guest files are not named: {} images hold guest filesystems ({}) and the trace does not say which disk each request was for",
-            l.guest.images_with_guest.len(),
-            l.guest.images_with_guest.join(", ")
+            "the layout lists {} images but not their files' inode numbers: which disk an IO was for is not known{}",
+            l.disks.len(),
+            match with_guest {
+                0 => String::new(),
+                1 => "; guest files are named from the one image with a guest filesystem".into(),
+                n => format!(" and guest files are not named ({n} images hold guest filesystems)"),
+            }
         ));
     }
     let files = l.file_count();

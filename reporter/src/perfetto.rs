@@ -112,7 +112,7 @@ impl Sink for IoSink<'_, '_> {
         });
         if let Some(o) = row.offset {
             args["guest_offset"] = json!(o);
-            if let Some(g) = self.layout.guest.name(o) {
+            if let Some(g) = self.layout.guest_name(row.disk, o) {
                 args["guest_file"] = json!(g.what);
                 if let Some(f) = g.file_offset {
                     args["guest_file_offset"] = json!(f);
@@ -121,6 +121,9 @@ impl Sink for IoSink<'_, '_> {
         }
         if row.bottom_dev != 0 {
             args["device"] = json!(self.layout.device_name(row.bottom_dev));
+        }
+        if let Some(d) = row.disk.filter(|_| self.layout.disks.len() > 1) {
+            args["disk"] = json!(self.layout.disk_name(d));
         }
         let name = format!("{} {}", row.op.name(), row.bytes);
         let (ts0, ts1) = (self.out.ts(start), self.out.ts(end));

@@ -28,6 +28,13 @@ pub enum GroupBy {
     Op,
     Size,
     Device,
+    /// The VM's disk (image chain) the IO was for.
+    Disk,
+}
+
+/// A row's disk as a group key: its index + 1, 0 when unknown.
+fn disk_key(disk: Option<u16>) -> u32 {
+    disk.map_or(0, |d| u32::from(d) + 1)
 }
 
 /// Per-IO export formats.
@@ -98,10 +105,16 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
             .map(|r| (r.bottom_dev != 0).then(|| layout.device_name(r.bottom_dev)))
             .collect::<Vec<_>>(),
     ));
+    cols.push(Column::new(
+        "disk".into(),
+        rows.iter()
+            .map(|r| r.disk.map(|d| layout.disk_name(d)))
+            .collect::<Vec<_>>(),
+    ));
     // The guest file (or filesystem structure) at the IO's first byte.
     let names: Vec<Option<crate::layout::GuestName>> = rows
         .iter()
-        .map(|r| r.offset.and_then(|o| layout.guest.name(o)))
+        .map(|r| r.offset.and_then(|o| layout.guest_name(r.disk, o)))
         .collect();
     cols.push(Column::new(
         "guest_file".into(),
@@ -209,6 +222,10 @@ pub struct Collector<'l> {
     op: Vec<u32>,
     size: Vec<u32>,
     dev: Vec<u32>,
+    disk: Vec<u32>,
+    /// Disks (the first 64) that IOs were seen for: the slowest IOs name theirs only
+    /// when there are several.
+    disks_seen: u64,
     e2e: Vec<u64>,
     layer: Vec<Vec<u64>>,
     layer_valid: Vec<Vec<bool>>,
@@ -234,9 +251,9 @@ pub struct Collector<'l> {
 /// means and maxima exact) and memory stops growing with the trace.
 pub const EXACT_IOS: usize = 4_000_000;
 
-/// One (op, size class, device) group's latencies, folded: per column (end-to-end, then
+/// One (op, size class, device, disk) group's latencies, folded: per column (end-to-end, then
 /// the layers) a histogram and the maximum.
-type FoldKey = (u32, u32, u32);
+type FoldKey = (u32, u32, u32, u32);
 
 #[derive(Debug, Default)]
 struct Folded {
@@ -300,6 +317,8 @@ impl<'l> Collector<'l> {
             op: Vec::new(),
             size: Vec::new(),
             dev: Vec::new(),
+            disk: Vec::new(),
+            disks_seen: 0,
             e2e: Vec::new(),
             layer: vec![Vec::new(); NL],
             layer_valid: vec![Vec::new(); NL],
@@ -329,13 +348,14 @@ impl<'l> Collector<'l> {
     fn fold(&mut self) {
         let mut f = Folded::default();
         for i in 0..self.e2e.len() {
-            let key = (self.op[i], self.size[i], self.dev[i]);
+            let key = (self.op[i], self.size[i], self.dev[i], self.disk[i]);
             let layers = (0..NL).map(|l| self.layer_valid[l][i].then(|| self.layer[l][i]));
             f.add(key, self.e2e[i], layers);
         }
         self.op = Vec::new();
         self.size = Vec::new();
         self.dev = Vec::new();
+        self.disk = Vec::new();
         self.e2e = Vec::new();
         self.layer = vec![Vec::new(); NL];
         self.layer_valid = vec![Vec::new(); NL];
@@ -409,6 +429,9 @@ impl<'l> Collector<'l> {
 impl Sink for Collector<'_> {
     fn io(&mut self, row: &IoRow) {
         self.ios += 1;
+        if let Some(d) = row.disk.filter(|&d| d < 64) {
+            self.disks_seen |= 1 << d;
+        }
         self.bytes = self.bytes.saturating_add(row.bytes);
         let first = row.b.iter().copied().filter(|&t| t != 0).min().unwrap_or(0);
         if first != 0 {
@@ -439,7 +462,7 @@ impl Sink for Collector<'_> {
         self.complete += 1;
         if let Some(f) = &mut self.folded {
             f.add(
-                (row.op as u32, size, row.bottom_dev),
+                (row.op as u32, size, row.bottom_dev, disk_key(row.disk)),
                 e2e,
                 layers.into_iter(),
             );
@@ -447,6 +470,7 @@ impl Sink for Collector<'_> {
             self.op.push(row.op as u32);
             self.size.push(size);
             self.dev.push(row.bottom_dev);
+            self.disk.push(disk_key(row.disk));
             self.e2e.push(e2e);
             for (i, l) in layers.iter().enumerate() {
                 self.layer[i].push(l.unwrap_or(0));
@@ -500,6 +524,8 @@ pub struct SlowIo {
     pub e2e_ns: u64,
     pub layers: BTreeMap<&'static str, u64>,
     pub device: Option<String>,
+    /// The VM's disk (top image path), when known and IOs went to several.
+    pub disk: Option<String>,
     pub guest_file: Option<String>,
 }
 
@@ -598,6 +624,7 @@ impl Collector<'_> {
                 Column::new("g_op".into(), std::mem::take(&mut self.op)),
                 Column::new("g_size".into(), std::mem::take(&mut self.size)),
                 Column::new("g_device".into(), std::mem::take(&mut self.dev)),
+                Column::new("g_disk".into(), std::mem::take(&mut self.disk)),
                 u64_col("e2e", std::mem::take(&mut self.e2e), None),
             ];
             for (i, name) in LAYER_NAMES.iter().enumerate() {
@@ -625,9 +652,13 @@ impl Collector<'_> {
                         .collect(),
                     e2e_ns: e2e,
                     device: (row.bottom_dev != 0).then(|| self.layout.device_name(row.bottom_dev)),
+                    disk: row
+                        .disk
+                        .filter(|_| self.disks_seen.count_ones() > 1)
+                        .map(|d| self.layout.disk_name(d).to_owned()),
                     guest_file: row
                         .offset
-                        .and_then(|o| self.layout.guest.name(o))
+                        .and_then(|o| self.layout.guest_name(row.disk, o))
                         .map(|g| match g.file_offset {
                             Some(f) => format!("{} @{f}", g.what),
                             None => g.what.to_owned(),
@@ -673,6 +704,7 @@ fn aggregate(
                 GroupBy::Op => "g_op",
                 GroupBy::Size => "g_size",
                 GroupBy::Device => "g_device",
+                GroupBy::Disk => "g_disk",
             })
         })
         .collect();
@@ -706,6 +738,7 @@ fn aggregate(
                             GroupBy::Op => "g_op",
                             GroupBy::Size => "g_size",
                             GroupBy::Device => "g_device",
+                            GroupBy::Disk => "g_disk",
                         })
                     })
                     .collect::<Vec<_>>(),
@@ -732,6 +765,7 @@ fn aggregate(
             get_u64("g_op", i) as u32,
             get_u64("g_size", i) as u32,
             get_u64("g_device", i) as u32,
+            get_u64("g_disk", i) as u32,
         );
         let group = group_names(by, key, layout);
         let e2e_sum = get_u64("e2e:sum", i).max(1) as f64;
@@ -757,9 +791,9 @@ fn aggregate(
     Ok(stats)
 }
 
-/// The latency table's group columns for a (op, size, device) key.
+/// The latency table's group columns for a (op, size, device, disk) key.
 fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String, String> {
-    let (op, size, dev) = key;
+    let (op, size, dev, disk) = key;
     by.iter()
         .map(|g| match g {
             GroupBy::Op => {
@@ -778,6 +812,13 @@ fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String
                     layout.device_name(dev)
                 },
             ),
+            GroupBy::Disk => (
+                "disk".to_owned(),
+                match disk.checked_sub(1) {
+                    Some(d) => layout.disk_name(d as u16).to_owned(),
+                    None => "-".to_owned(),
+                },
+            ),
         })
         .collect()
 }
@@ -785,7 +826,7 @@ fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String
 /// The latency table from folded histograms: groups merged to the keys asked for, in
 /// the same order and with the same columns as the exact path.
 fn aggregate_folded(f: Folded, by: &[GroupBy], layout: &Layout) -> Vec<LayerStat> {
-    let project = |(op, size, dev): FoldKey| {
+    let project = |(op, size, dev, disk): FoldKey| {
         (
             if by.contains(&GroupBy::Op) { op } else { 0 },
             if by.contains(&GroupBy::Size) { size } else { 0 },
@@ -794,6 +835,7 @@ fn aggregate_folded(f: Folded, by: &[GroupBy], layout: &Layout) -> Vec<LayerStat
             } else {
                 0
             },
+            if by.contains(&GroupBy::Disk) { disk } else { 0 },
         )
     };
     let mut merged: BTreeMap<FoldKey, Vec<(crate::compare::Hist, u64)>> = BTreeMap::new();
@@ -808,12 +850,13 @@ fn aggregate_folded(f: Folded, by: &[GroupBy], layout: &Layout) -> Vec<LayerStat
     }
     // The exact path sorts groups by the keys in the order given.
     let mut groups: Vec<(FoldKey, Vec<(crate::compare::Hist, u64)>)> = merged.into_iter().collect();
-    groups.sort_by_key(|((op, size, dev), _)| {
+    groups.sort_by_key(|((op, size, dev, disk), _)| {
         by.iter()
             .map(|g| match g {
                 GroupBy::Op => *op,
                 GroupBy::Size => *size,
                 GroupBy::Device => *dev,
+                GroupBy::Disk => *disk,
             })
             .collect::<Vec<u32>>()
     });
@@ -894,6 +937,112 @@ mod tests {
             };
             c.io(&row);
         }
+    }
+
+    #[test]
+    fn ios_are_grouped_and_named_by_their_disk() {
+        // Two disks, each with a guest filesystem holding its own file at the same
+        // guest offsets: an IO is named from its own disk's files, or not at all when
+        // its disk is unknown.
+        let disk = |path: &str, file: &str| {
+            serde_json::json!({"path": path, "file_hosts": [], "guest": {
+                "partitions": [{"start": 0, "sectors": 8192}],
+                "extents": [{"offset": 0, "len": 4 << 20, "what": "file", "path": file, "file_offset": 0}]
+            }})
+        };
+        let layout = Layout::from_snapshot(&serde_json::json!({
+            "images": [disk("/vm/a.qcow2", "/a.txt"), disk("/vm/b.qcow2", "/b.txt")],
+            "devices": []
+        }));
+        let name = |d, o| layout.guest_name(d, o).map(|g| (g.what, g.file_offset));
+        assert_eq!(name(Some(0), 8192), Some(("/a.txt", Some(8192))));
+        assert_eq!(name(Some(1), 8192), Some(("/b.txt", Some(8192))));
+        assert_eq!(name(None, 8192), None);
+        assert_eq!(name(Some(2), 8192), None);
+        // A snapshot without inode numbers (older recordings, which also listed the
+        // guest's kernel as an image): no IO has a disk, and the one image with a
+        // guest filesystem names them.
+        let no_ino = |path: &str| serde_json::json!({"file": path, "len": 4096, "host": []});
+        let mut a = disk("/vm/a.qcow2", "/a.txt");
+        a["file_hosts"] = serde_json::json!([no_ino("/vm/a.qcow2")]);
+        let old = Layout::from_snapshot(&serde_json::json!({
+            "images": [a, {"path": "/boot/vmlinuz", "file_hosts": [no_ino("/boot/vmlinuz")]}],
+            "devices": []
+        }));
+        let g = old.guest_name(None, 8192).map(|g| g.what);
+        assert_eq!(g, Some("/a.txt"));
+
+        // 300 IOs: disk a, disk b, unknown in turn; disk b's are the slow ones.
+        let rows: Vec<IoRow> = (0..300u64)
+            .map(|id| {
+                let disk = [Some(0), Some(1), None][(id % 3) as usize];
+                let mut b = [0u64; NB];
+                b[1] = 1_000 + id;
+                b[6] = b[1] + if disk == Some(1) { 90_000 } else { 10_000 } + id;
+                IoRow {
+                    id,
+                    offset: Some(id * 4096),
+                    disk,
+                    b,
+                    ..IoRow::example()
+                }
+            })
+            .collect();
+        for cap in [usize::MAX, 50] {
+            let mut c = Collector::new(&layout, 3).with_exact_cap(cap);
+            for r in &rows {
+                c.io(r);
+            }
+            let r = c
+                .report(&[GroupBy::Disk], &JoinStats::default(), summary())
+                .unwrap();
+            let counts: Vec<(String, u64)> = r
+                .latency
+                .iter()
+                .filter(|l| l.layer == "e2e")
+                .map(|l| (l.group["disk"].clone(), l.count))
+                .collect();
+            assert_eq!(
+                counts,
+                [
+                    ("-".to_owned(), 100),
+                    ("/vm/a.qcow2".to_owned(), 100),
+                    ("/vm/b.qcow2".to_owned(), 100)
+                ],
+                "exact cap {cap}"
+            );
+            let b_max = r
+                .latency
+                .iter()
+                .find(|l| l.layer == "e2e" && l.group["disk"] == "/vm/b.qcow2")
+                .map(|l| l.max_ns);
+            assert_eq!(b_max, Some(90_000 + 298), "exact cap {cap}");
+            // The slowest are disk b's, named from disk b's files.
+            for x in &r.slowest {
+                assert_eq!(x.disk.as_deref(), Some("/vm/b.qcow2"));
+                let off = x.row.offset.unwrap();
+                assert_eq!(x.guest_file, Some(format!("/b.txt @{off}")));
+            }
+        }
+        // The per-IO export names the disk and the file of that disk.
+        let df = export_frame(&rows[..3], &layout).unwrap();
+        let strs = |c: &str| -> Vec<Option<String>> {
+            let col = df.column(c).unwrap();
+            (0..col.len())
+                .map(|i| match col.get(i).unwrap() {
+                    AnyValue::String(v) => Some(v.to_owned()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            strs("disk"),
+            [Some("/vm/a.qcow2".into()), Some("/vm/b.qcow2".into()), None]
+        );
+        assert_eq!(
+            strs("guest_file"),
+            [Some("/a.txt".into()), Some("/b.txt".into()), None]
+        );
     }
 
     #[test]
