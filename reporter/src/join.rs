@@ -1432,20 +1432,21 @@ impl<'l, S: Sink> Join<'l, S> {
         }
         // The kernel names the file: keep only its sectors, so that IO to the same
         // offset of another image file in flight at once does not take this one's bios,
-        // nor this one theirs.
+        // nor this one theirs. The file also says which disk the IO is for.
         if self.layout.file_count() > 1
             && let Some(hio) = self.hios.get_mut(h)
         {
-            hio.disks = self.layout.disks_of_inode(ino);
             let mut ranges = DevRanges::new();
-            if self
-                .layout
-                .dev_ranges_of_inode(ino, hio.offset, hio.bytes, &mut ranges)
-                && ranges != hio.ranges
+            if let Some(disks) =
+                self.layout
+                    .dev_ranges_of_inode(ino, hio.offset, hio.bytes, &mut ranges)
             {
-                hio.ranges = ranges;
-                self.unindex_ranges(h);
-                self.index_ranges(h);
+                hio.disks = disks;
+                if ranges != hio.ranges {
+                    hio.ranges = ranges;
+                    self.unindex_ranges(h);
+                    self.index_ranges(h);
+                }
             }
         }
         self.kiocb.insert(kiocb, h);

@@ -320,15 +320,6 @@ impl Layout {
         l
     }
 
-    /// The disks whose chains hold the image file with inode number `ino` (0: none
-    /// known by it).
-    pub fn disks_of_inode(&self, ino: u64) -> DiskSet {
-        self.files
-            .iter()
-            .filter(|f| f.ino == Some(ino) && f.disk < 64)
-            .fold(0, |m, f| m | 1 << f.disk)
-    }
-
     /// The one disk of `set`, if it names exactly one.
     pub fn one_disk(set: DiskSet) -> Option<u16> {
         (set.count_ones() == 1).then(|| set.trailing_zeros() as u16)
@@ -387,22 +378,26 @@ impl Layout {
     }
 
     /// Device ranges of bytes `[offset, offset + len)` of the image file with inode
-    /// number `ino`: false, leaving `out` alone, when no file is known by it (a
-    /// snapshot without inode numbers, or a file that is no image).
+    /// number `ino`, and the disks whose chains hold it: `None`, leaving `out` alone,
+    /// when no file is known by it (a snapshot without inode numbers, or a file that
+    /// is no image).
     pub fn dev_ranges_of_inode(
         &self,
         ino: u64,
         offset: u64,
         len: u64,
         out: &mut DevRanges,
-    ) -> bool {
-        let mut found = false;
+    ) -> Option<DiskSet> {
+        let mut found = None;
         // Inode numbers are unique per filesystem only: files on two filesystems may
         // share one, and then both are kept.
         for f in self.files.iter().filter(|f| f.ino == Some(ino)) {
-            if !found {
+            let disks = found.get_or_insert_with(|| {
                 out.clear();
-                found = true;
+                0
+            });
+            if f.disk < 64 {
+                *disks |= 1 << f.disk;
             }
             push_ranges(&f.segs, offset, len, out);
         }
