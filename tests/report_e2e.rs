@@ -208,6 +208,7 @@ fn check(aio: &str) -> Vec<Gap> {
     let cfg = JoinConfig {
         await_msi: false,
         expect_qcow2: layout.has_qcow2(),
+        flush_syscalls: true,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
     for e in t.events() {

@@ -51,6 +51,13 @@ dd if=/dev/urandom of=/mnt/logs/app.log bs=4096 seek=2 count=2 conv=notrunc 2>/d
 umount /mnt
 "#;
 
+/// Last: the guest's own count of the flushes its disks completed (field 16 of the
+/// block device's stat), the oracle for the flush requests the trace shows.
+const COUNT_FLUSHES: &str = r#"
+n=0; for s in /sys/block/vd*/stat; do n=$((n + $(awk '{print $16}' $s))); done
+echo "viopath-flushes $n"
+"#;
+
 /// With a second disk (/dev/vdb, its own ext4 with other files): O_DIRECT reads of it,
 /// interleaved with reads of the first disk, so both disks have IO in flight close
 /// together.
@@ -222,11 +229,12 @@ fn run_guest(backing: bool) {
         qemu.display().to_string(),
     ];
     if backing {
-        let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}");
+        let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}{COUNT_FLUSHES}");
         let disks = [disk.as_path(), second.as_path()];
         args.extend(vm::qemu_args_disks(&assets, &disks, "threads", &workload));
     } else {
-        args.extend(vm::qemu_args(&assets, &disk, "threads", WORKLOAD));
+        let workload = format!("{WORKLOAD}{COUNT_FLUSHES}");
+        args.extend(vm::qemu_args(&assets, &disk, "threads", &workload));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)
@@ -292,6 +300,7 @@ fn run_guest(backing: bool) {
     let cfg = JoinConfig {
         await_msi: false,
         expect_qcow2: layout.has_qcow2(),
+        flush_syscalls: true,
     };
     let mut join = Join::new(&layout, Rows::default(), cfg);
     for e in t.events() {
@@ -325,8 +334,8 @@ fn run_guest(backing: bool) {
             );
         }
         // Its disk: from the file its host IO went to (each disk's chain has files of
-        // its own here), or the only disk.
-        if r.host_ios > 0 || !backing {
+        // its own here), or the only disk. A flush's fdatasync names no file.
+        if (r.host_ios > 0 && r.op.moves_data()) || !backing {
             assert!(r.disk.is_some(), "no disk: {r:?}");
         }
     }
@@ -335,6 +344,35 @@ fn run_guest(backing: bool) {
             virtio.iter().any(|r| disk_of(r) == Some(d)),
             "no request for disk {d}"
         );
+    }
+
+    // Flushes: as many as the guest counted, and those QEMU passed to the host (it
+    // skips a flush with nothing written since the last) followed into the worker's
+    // fdatasync, inside the request. Where the host filesystem's flush went to a device
+    // from that thread, the device's part lies inside the fdatasync; where the journal
+    // thread did it (ext4, a commit under way) the fdatasync is all there is.
+    let flushes: u64 = serial
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("viopath-flushes "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the guest's flush count");
+    let flush_rows: Vec<&&IoRow> = virtio.iter().filter(|r| r.op == Op::Flush).collect();
+    assert!(flushes > 0, "the workload's sync made no flush");
+    assert_eq!(flush_rows.len() as u64, flushes, "{flush_rows:?}");
+    let to_host: Vec<&&&IoRow> = flush_rows.iter().filter(|r| r.host_ios > 0).collect();
+    assert!(
+        !to_host.is_empty(),
+        "no flush reached the host: {flush_rows:?}"
+    );
+    for r in &to_host {
+        let b = &r.b;
+        assert!(
+            0 < b[1] && b[1] <= b[2] && b[2] <= b[6] && b[6] <= b[8],
+            "{r:?}"
+        );
+        if r.requests > 0 {
+            assert!(b[2] <= b[4] && b[4] <= b[5] && b[5] <= b[6], "{r:?}");
+        }
     }
 
     // QEMU's own block requests (the geometry probe of sector 0 at start-up) happen

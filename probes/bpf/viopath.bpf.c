@@ -282,6 +282,23 @@ struct sys_exit_ctx {
 		return 0;                                                         \
 	}
 
+/* fdatasync and fsync have one argument: their records end after args[0]. */
+#define SYSCALL_FD(name, id)                                                      \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                               \
+	int enter_##name(struct sys_enter_ctx *ctx)                               \
+	{                                                                         \
+		if (traced())                                                     \
+			emit(VP_SYS_ENTER, id, ctx->args[0], 0, 0, 0);            \
+		return 0;                                                         \
+	}                                                                         \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
+	int exit_##name(struct sys_exit_ctx *ctx)                                 \
+	{                                                                         \
+		if (traced())                                                     \
+			emit(VP_SYS_EXIT, id, ctx->ret, 0, 0, 0);                 \
+		return 0;                                                         \
+	}
+
 /* io_submit has three arguments: its record ends before args[3], and a program that
  * reads past a tracepoint's record does not attach to it. */
 SEC("tracepoint/syscalls/sys_enter_io_submit")
@@ -312,6 +329,8 @@ SYSCALL_PAIR(io_getevents, VP_SC_IO_GETEVENTS)
 SYSCALL_PAIR(io_pgetevents, VP_SC_IO_PGETEVENTS)
 /* io_uring_enter(fd, to_submit, min_complete, flags, ...): a0 fd, a1 flags, a2 min_complete, a3 to_submit. */
 SYSCALL_PAIR(io_uring_enter, VP_SC_IO_URING_ENTER)
+SYSCALL_FD(fdatasync, VP_SC_FDATASYNC)
+SYSCALL_FD(fsync, VP_SC_FSYNC)
 
 /* ---- io_uring ---- */
 

@@ -64,6 +64,8 @@ enum vp_syscall {
 	VP_SC_IO_GETEVENTS = 8,
 	VP_SC_IO_URING_ENTER = 9,
 	VP_SC_IO_PGETEVENTS = 10,
+	VP_SC_FDATASYNC = 11,  /* a0 fd: QEMU's flush of an image (aio=threads) */
+	VP_SC_FSYNC = 12,
 };
 
 /*

@@ -142,7 +142,7 @@ impl EventKind {
 }
 
 /// `enum vp_syscall`: the `sub` of SysEnter/SysExit events.
-pub const SYSCALLS: [(u8, &str); 10] = [
+pub const SYSCALLS: [(u8, &str); 12] = [
     (1, "pread64"),
     (2, "pwrite64"),
     (3, "preadv"),
@@ -153,6 +153,8 @@ pub const SYSCALLS: [(u8, &str); 10] = [
     (8, "io_getevents"),
     (9, "io_uring_enter"),
     (10, "io_pgetevents"),
+    (11, "fdatasync"),
+    (12, "fsync"),
 ];
 
 /// A kernel `dev_t` (major << 20 | minor) as the events carry it.
@@ -341,4 +343,6 @@ pub mod qemu_probe {
     /// `raw_co_prw`'s type argument (QEMU_AIO_*).
     pub const AIO_READ: u64 = 1;
     pub const AIO_WRITE: u64 = 2;
+    /// `QEMU_AIO_FLUSH`: an fdatasync of the image (thread pool), or an io_uring fsync.
+    pub const AIO_FLUSH: u64 = 8;
 }

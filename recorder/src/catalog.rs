@@ -355,6 +355,14 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "sys_exit_io_uring_enter",
         "io_uring_enter return",
     ),
+    syscall(
+        "enter_fdatasync",
+        "sys_enter_fdatasync",
+        "fdatasync: fd (QEMU's flush of an image)",
+    ),
+    syscall("exit_fdatasync", "sys_exit_fdatasync", "fdatasync return"),
+    syscall("enter_fsync", "sys_enter_fsync", "fsync: fd"),
+    syscall("exit_fsync", "sys_exit_fsync", "fsync return"),
     tp_btf(
         "uring_submit",
         "io_uring_submit_req",

@@ -413,6 +413,9 @@ struct Root {
     /// one is named, `Some(0)` if they disagree.
     disks: Option<DiskSet>,
     completed: bool,
+    /// A host job without data was made for it (flush, discard): a later one on its
+    /// thread is another request's.
+    host_job: bool,
     merged_into: Option<u64>,
 }
 
@@ -623,6 +626,10 @@ pub struct JoinConfig {
     /// that never reaches qcow2 is QEMU's own file IO (image open, header updates),
     /// not a guest IO.
     pub expect_qcow2: bool,
+    /// The fdatasync/fsync probes were attached: a thread-pool flush job ends at its
+    /// worker's fdatasync return. Without them (older traces) a flush is QEMU's
+    /// alone, as its job would never be seen to end.
+    pub flush_syscalls: bool,
 }
 
 pub struct Join<'l, S: Sink> {
@@ -646,6 +653,12 @@ pub struct Join<'l, S: Sink> {
     file_children: Map<u64, ()>,
     aiocb: Map<u64, Ref>,
     uring_wait: VecDeque<Ref>,
+    /// Thread-pool flush jobs not yet begun, with the file descriptor each flushes: a
+    /// worker's fdatasync of that descriptor is the job.
+    flush_wait: VecDeque<(u64, Ref)>,
+    /// Host IOs that queued a flush bio (no data) on a device, waiting for the
+    /// device's flush request: the block layer issues it without a bio.
+    preflush: Vec<(u32, Ref)>,
     user_data: Map<u64, Ref>,
     kiocb: Map<u64, Ref>,
     bios: Map<u64, BioEntry>,
@@ -706,6 +719,8 @@ impl<'l, S: Sink> Join<'l, S> {
             aiocb: Map::default(),
             threads: Threads::default(),
             uring_wait: VecDeque::new(),
+            flush_wait: VecDeque::new(),
+            preflush: Vec::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
             bios: Map::default(),
@@ -848,6 +863,7 @@ impl<'l, S: Sink> Join<'l, S> {
             bottom_dev: 0,
             disks: None,
             completed: false,
+            host_job: false,
             merged_into: None,
         });
         self.active.push(r);
@@ -927,13 +943,26 @@ impl<'l, S: Sink> Join<'l, S> {
             q::RAW_CO_PRW => {
                 self.new_file_io(e, a0, a1, a2);
             }
-            q::THREAD_POOL_SUBMIT_AIO => {
-                // Only read/write jobs reach handle_aiocb_rw (flush, discard... do not).
-                if matches!(a3 & 0xff, q::AIO_READ | q::AIO_WRITE) {
+            q::THREAD_POOL_SUBMIT_AIO => match a3 & 0xff {
+                // Only read/write jobs reach handle_aiocb_rw.
+                q::AIO_READ | q::AIO_WRITE => {
                     let h = self.file_io_for(e, a1, a2, Api::Threads);
                     self.aiocb.insert(a0, h);
                 }
-            }
+                q::AIO_FLUSH if self.cfg.flush_syscalls => {
+                    let h = self.flush_io(e, Api::Threads);
+                    self.flush_wait.push_back((a3 >> 32, h));
+                }
+                // Discard, write zeroes...: not followed into the kernel, but the
+                // request it serves must not be taken for a flush's.
+                _ => {
+                    if let Some(r) = self.job_root(e.tid)
+                        && let Some(root) = self.roots.get_mut(r)
+                    {
+                        root.host_job = true;
+                    }
+                }
+            },
             q::HANDLE_AIOCB_RW => {
                 if let Some(h) = self.aiocb.remove(&a0) {
                     self.threads.at(e.tid, e.ts).worker = Some(h);
@@ -944,7 +973,11 @@ impl<'l, S: Sink> Join<'l, S> {
                 self.threads.at(e.tid, e.ts).laio_wait.push(h);
             }
             q::LURING_CO_SUBMIT => {
-                let h = self.file_io_for(e, a1, a2, Api::Uring);
+                let h = if a3 & 0xff == q::AIO_FLUSH {
+                    self.flush_io(e, Api::Uring)
+                } else {
+                    self.file_io_for(e, a1, a2, Api::Uring)
+                };
                 self.uring_wait.push_back(h);
             }
             q::VIRTIO_RW_COMPLETE => {
@@ -1287,6 +1320,47 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
+    /// The guest request a host job without data (flush, discard) made on `tid` serves:
+    /// QEMU's block layer has no probe for these, so it is the earliest virtio request
+    /// of that thread still in flight that has no block IO and no such job yet.
+    /// virtio-blk submits the reads and writes popped before a flush first, so by then
+    /// they have their block IO.
+    fn job_root(&self, tid: u32) -> Option<Ref> {
+        self.active
+            .iter()
+            .filter_map(|&r| self.roots.get(r).map(|x| (r, x)))
+            .filter(|(_, x)| {
+                x.source == Source::Virtio
+                    && x.tid == tid
+                    && x.offset.is_none()
+                    && !x.completed
+                    && !x.host_job
+                    && x.data_hios == 0
+            })
+            .min_by_key(|(_, x)| x.id)
+            .map(|(r, _)| r)
+    }
+
+    /// A flush of an image file: the host side of a guest's flush, or QEMU's own.
+    fn flush_io(&mut self, e: &RawEvent, api: Api) -> Ref {
+        let root = self.job_root(e.tid);
+        if let Some(r) = root
+            && let Some(x) = self.roots.get_mut(r)
+        {
+            x.host_job = true;
+        }
+        let kind = if root.is_some() {
+            HioKind::Data
+        } else {
+            HioKind::Internal
+        };
+        let h = self.add_hio(root, kind, 0, 0, e.ts);
+        if let Some(hio) = self.hios.get_mut(h) {
+            hio.api = api;
+        }
+        h
+    }
+
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
     /// the file-posix request just made on this thread, or a new one from the qiov.
     fn file_io_for(&mut self, e: &RawEvent, off: u64, bytes: u64, api: Api) -> Ref {
@@ -1334,6 +1408,25 @@ impl<'l, S: Sink> Join<'l, S> {
                     hio.submit = e.ts;
                 }
             }
+            11 | 12 => {
+                let fd = e.a[0];
+                let h = match self.flush_wait.iter().position(|&(f, _)| f == fd) {
+                    Some(i) => self.flush_wait.remove(i).map(|(_, h)| h),
+                    None => None,
+                };
+                let h = match h.filter(|&h| self.hios.get(h).is_some()) {
+                    Some(h) => h,
+                    None => {
+                        let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
+                        self.hios.get_mut(h).expect("new").api = Api::Threads;
+                        h
+                    }
+                };
+                if let Some(hio) = self.hios.get_mut(h) {
+                    hio.submit = e.ts;
+                }
+                self.threads.at(e.tid, e.ts).worker = Some(h);
+            }
             7 => {
                 if let Some(t) = self.threads.get_mut(e.tid) {
                     let wait = std::mem::take(&mut t.laio_wait);
@@ -1350,7 +1443,7 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     fn sys_exit(&mut self, e: &RawEvent) {
-        if (1..=6).contains(&e.sub) {
+        if matches!(e.sub, 1..=6 | 11 | 12) {
             let worker = self.threads.get_mut(e.tid).and_then(|t| {
                 t.dio = None;
                 t.worker.take()
@@ -1500,10 +1593,11 @@ impl<'l, S: Sink> Join<'l, S> {
             None => self
                 .owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
                 .or_else(|| {
-                    // Submitted synchronously by the thread doing a traced direct IO.
+                    // Submitted synchronously by the thread doing a traced direct IO or
+                    // syscall whose blocks are not known (a flush, an empty layout).
                     self.threads
                         .get(e.tid)
-                        .and_then(|t| t.dio)
+                        .and_then(|t| t.dio.or(t.worker))
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
                 })
                 .map(BioOwner::Hio),
@@ -1520,6 +1614,10 @@ impl<'l, S: Sink> Join<'l, S> {
         {
             hio.first_q = min0(hio.first_q, e.ts);
             hio.bios += 1;
+            if bytes == 0 {
+                // A flush bio (no data): the device's flush request will carry it.
+                self.preflush.push((dev, h));
+            }
         }
         self.bios.insert(
             bio,
@@ -1654,6 +1752,18 @@ impl<'l, S: Sink> Join<'l, S> {
             match self.bios.get(&first_bio).map(|b| b.owner) {
                 Some(BioOwner::Hio(h)) if self.hios.get(h).is_some() => owners.push(h),
                 Some(BioOwner::Other(id)) => other = Some(id),
+                // The block layer's flush request: no bio, no data. It carries the
+                // flush bios queued on its device before it.
+                _ if first_bio == 0 && bytes == 0 => {
+                    let hios = &self.hios;
+                    self.preflush.retain(|&(d, h)| {
+                        let live = hios.get(h).is_some_and(|x| x.complete == 0);
+                        if live && d == dev && !owners.contains(&h) {
+                            owners.push(h);
+                        }
+                        live && d != dev
+                    });
+                }
                 _ => {
                     if let Some(h) = self.owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
                     {
@@ -2048,6 +2158,10 @@ impl<'l, S: Sink> Join<'l, S> {
             BioOwner::Hio(h) => hios.get(h).is_some(),
             BioOwner::Other(id) => other_ids.contains_key(&id),
         });
+        // Flush bios of host IOs over: their device's flush request never came (a
+        // write-through device completes them at once).
+        self.preflush.retain(|&(_, h)| hios.get(h).is_some());
+        self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
         // Plugged bios whose host IO is over or whose bio is gone: no insert claimed them.
         let bios = &self.bios;
         self.plugged
@@ -2398,6 +2512,145 @@ mod tests {
             self.0.push(r.clone());
         }
         fn other(&mut self, _: &OtherIo) {}
+    }
+
+    #[derive(Default)]
+    struct All(Vec<IoRow>, Vec<OtherIo>);
+    impl Sink for All {
+        fn io(&mut self, r: &IoRow) {
+            self.0.push(r.clone());
+        }
+        fn other(&mut self, o: &OtherIo) {
+            self.1.push(o.clone());
+        }
+    }
+
+    fn sub_ev(ts: u64, tid: u32, kind: EventKind, sub: u8, a: [u64; 4]) -> RawEvent {
+        RawEvent {
+            sub,
+            ..ev(ts, tid, kind, a)
+        }
+    }
+
+    /// A guest's flush on iothread 1 (virtio type 4), between a read already handed to
+    /// the block layer and a discard whose job was made: its thread-pool flush job of
+    /// fd 8 runs as fdatasync(8) on worker 3, which writes a metadata block and queues
+    /// a flush bio; the block layer's flush request (no bio) is issued by kworker 4.
+    /// Meanwhile QEMU flushes fd 9 on its own (no guest request) on worker 2, begun
+    /// first: jobs pair with syscalls by descriptor, not by order.
+    fn guest_flush(flush_syscalls: bool) -> All {
+        let layout = Layout::default();
+        let cfg = JoinConfig {
+            flush_syscalls,
+            ..JoinConfig::default()
+        };
+        let mut j = Join::new(&layout, All::default(), cfg);
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let q = |ts, tid, sub, a| sub_ev(ts, tid, EventKind::Qemu, sub, a);
+        let job = |fd: u64, t: u64| fd << 32 | t;
+        // The read: parsed, then in the block layer.
+        j.event(&q(1_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xa1, 0, 0, 0]));
+        j.event(&q(1_100, 1, q::BLK_AIO_PREADV, [0xa1, 4096, 4096, 0]));
+        // The discard, its job made (not followed into the kernel).
+        j.event(&q(1_200, 1, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+        j.event(&q(
+            1_300,
+            1,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [0xe1, 0, 0, job(8, 0x10)],
+        ));
+        // The flush, and its job.
+        j.event(&q(2_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+        j.event(&q(
+            2_500,
+            1,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [0xe2, 0, 0, job(8, q::AIO_FLUSH)],
+        ));
+        j.event(&q(
+            2_600,
+            6,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [0xe3, 0, 0, job(9, q::AIO_FLUSH)],
+        ));
+        j.event(&sub_ev(2_700, 2, EventKind::SysEnter, 11, [9, 0, 0, 0]));
+        j.event(&sub_ev(3_000, 3, EventKind::SysEnter, 11, [8, 0, 0, 0]));
+        // Its metadata write, then the flush bio and the device's flush request.
+        block_request(&mut j, 3_400, 3, 0xb1, 0x71, 5_000, dev | 4096);
+        j.event(&ev(
+            4_000,
+            0,
+            EventKind::RqComplete,
+            [0x71, 5_000, dev | 4096, 4096],
+        ));
+        j.event(&ev(4_100, 3, EventKind::BioQueue, [0xb2, 0, dev, 0]));
+        j.event(&ev(4_300, 4, EventKind::RqIssue, [0x72, u64::MAX, dev, 0]));
+        j.event(&ev(
+            9_000,
+            4,
+            EventKind::RqComplete,
+            [0x72, u64::MAX, dev, 0],
+        ));
+        j.event(&sub_ev(9_500, 3, EventKind::SysExit, 11, [0, 0, 0, 0]));
+        j.event(&sub_ev(9_600, 2, EventKind::SysExit, 11, [0, 0, 0, 0]));
+        j.event(&q(9_900, 1, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+        let (sink, _) = j.finish();
+        sink
+    }
+
+    #[test]
+    fn a_guest_flush_is_followed_through_its_fdatasync_to_the_device_flush() {
+        let all = guest_flush(true);
+        let flush: Vec<&IoRow> = all.0.iter().filter(|r| r.op == Op::Flush).collect();
+        assert_eq!(flush.len(), 1, "{:?}", all.0);
+        let f = flush[0];
+        assert_eq!(f.partial, 0, "{f:?}");
+        assert_eq!(f.host_ios, 1);
+        // parsed, fdatasync entered, metadata bio queued, its request issued, the flush
+        // request done, fdatasync returned, completion pushed.
+        assert_eq!(
+            f.b[1..9],
+            [2_000, 3_000, 3_400, 3_600, 9_000, 9_500, 0, 9_900]
+        );
+        assert_eq!(f.requests, 2);
+        let (l, e2e) = crate::layers::split(&f.b);
+        assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
+        assert_eq!(l[4], Some(9_000 - 3_600), "device");
+        // QEMU's own flush of fd 9: its fdatasync, from entry to return.
+        let own: Vec<&OtherIo> = all
+            .1
+            .iter()
+            .filter(|o| o.class == OtherClass::QemuInternal)
+            .collect();
+        assert_eq!(own.len(), 1, "{:?}", all.1);
+        assert_eq!((own[0].start, own[0].end), (2_700, 9_600));
+        // The read and the discard took nothing of it.
+        for r in all.0.iter().filter(|r| r.op != Op::Flush) {
+            assert_eq!(r.host_ios, 0, "{r:?}");
+        }
+
+        // aio=io_uring: QEMU's fsync SQE is the flush, from submission to its CQE.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+        let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+        j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+        j.event(&q(1_500, q::LURING_CO_SUBMIT, [0, 0, 0, q::AIO_FLUSH]));
+        j.event(&ev(1_800, 1, EventKind::UringSubmit, [0x5eed, 0, 0, 0]));
+        j.event(&ev(7_000, 1, EventKind::UringComplete, [0x5eed, 0, 0, 0]));
+        j.event(&q(7_400, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+        let (all, _) = j.finish();
+        assert_eq!(all.0.len(), 1, "{:?}", all.0);
+        assert_eq!(all.0[0].op, Op::Flush);
+        assert_eq!(all.0[0].partial, 0);
+        assert_eq!(all.0[0].b[1..9], [1_000, 1_800, 0, 0, 0, 7_000, 0, 7_400]);
+        assert!(all.1.is_empty(), "{:?}", all.1);
+
+        // Without the fdatasync probes, the flush is QEMU's alone, and complete.
+        let all = guest_flush(false);
+        let f = all.0.iter().find(|r| r.op == Op::Flush).expect("flush row");
+        assert_eq!(f.partial, 0, "{f:?}");
+        assert_eq!(f.b[2..8], [0; 6]);
+        assert_eq!((f.b[1], f.b[8]), (2_000, 9_900));
     }
 
     /// qemu-io's aio_read on thread 5: blk_aio_preadv with its context as opaque, the

@@ -340,6 +340,7 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
         expect_qcow2: layout.has_qcow2()
             && (probe_attached(&trace.header, "qcow2_co_preadv_part")
                 || probe_attached(&trace.header, "qcow2_co_pwritev_part")),
+        flush_syscalls: probe_attached(&trace.header, "sys_enter_fdatasync"),
     }
 }
 

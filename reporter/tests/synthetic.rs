@@ -37,6 +37,7 @@ fn join(path: &std::path::Path) -> (Rows, usize, u64) {
     let cfg = JoinConfig {
         await_msi: true,
         expect_qcow2: layout.has_qcow2(),
+        flush_syscalls: true,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
     let mut ev = trace.events();
