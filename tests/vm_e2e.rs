@@ -308,10 +308,17 @@ fn run_guest(backing: bool) {
     }
     let (Rows(rows, _other), stats) = join.finish();
     // Every block request the trace saw start it saw end: the recorder keeps only what
-    // came while all its probes were attached.
-    assert_eq!(
-        stats.requests_lost, 0,
-        "block requests whose completion is missing from the trace"
+    // came while all its probes were attached. Except completions the kernel skipped
+    // and counted as missed (a tp_btf program firing while it runs on that CPU), as
+    // record_e2e allows.
+    let skipped = t.losses.as_ref().map_or(0, |l| {
+        l["missed_by_program"]["rq_complete"].as_u64().unwrap_or(0)
+    });
+    assert!(
+        stats.requests_lost <= skipped,
+        "{} block requests whose completion is missing from the trace, {skipped} counted \
+         as missed by the kernel",
+        stats.requests_lost
     );
     // The loop device's backing file lives on the host's disk: that disk is the bottom.
     let bottom = bottom_disk_of(&dir.path().join("host.img"));

@@ -265,6 +265,15 @@ struct sys_exit_ctx {
 	__s64 ret;
 };
 
+#define SYSCALL_EXIT(name, id)                                                    \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
+	int exit_##name(struct sys_exit_ctx *ctx)                                 \
+	{                                                                         \
+		if (traced())                                                     \
+			emit(VP_SYS_EXIT, id, ctx->ret, 0, 0, 0);                 \
+		return 0;                                                         \
+	}
+
 #define SYSCALL_PAIR(name, id)                                                    \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                               \
 	int enter_##name(struct sys_enter_ctx *ctx)                               \
@@ -274,13 +283,7 @@ struct sys_exit_ctx {
 			     ctx->args[2], ctx->args[1]);                         \
 		return 0;                                                         \
 	}                                                                         \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
-	int exit_##name(struct sys_exit_ctx *ctx)                                 \
-	{                                                                         \
-		if (traced())                                                     \
-			emit(VP_SYS_EXIT, id, ctx->ret, 0, 0, 0);                 \
-		return 0;                                                         \
-	}
+	SYSCALL_EXIT(name, id)
 
 /* fdatasync and fsync have one argument: their records end after args[0]. */
 #define SYSCALL_FD(name, id)                                                      \
@@ -291,13 +294,7 @@ struct sys_exit_ctx {
 			emit(VP_SYS_ENTER, id, ctx->args[0], 0, 0, 0);            \
 		return 0;                                                         \
 	}                                                                         \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
-	int exit_##name(struct sys_exit_ctx *ctx)                                 \
-	{                                                                         \
-		if (traced())                                                     \
-			emit(VP_SYS_EXIT, id, ctx->ret, 0, 0, 0);                 \
-		return 0;                                                         \
-	}
+	SYSCALL_EXIT(name, id)
 
 /* io_submit has three arguments: its record ends before args[3], and a program that
  * reads past a tracepoint's record does not attach to it. */
@@ -309,13 +306,7 @@ int enter_io_submit(struct sys_enter_ctx *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_io_submit")
-int exit_io_submit(struct sys_exit_ctx *ctx)
-{
-	if (traced())
-		emit(VP_SYS_EXIT, VP_SC_IO_SUBMIT, ctx->ret, 0, 0, 0);
-	return 0;
-}
+SYSCALL_EXIT(io_submit, VP_SC_IO_SUBMIT)
 
 /* For pread64/pwrite64 the offset is args[3]; for preadv/pwritev(2) args[3] is the
  * low half of pos (x86_64: the whole pos). a0 fd, a1 offset, a2 count, a3 buffer/iov. */
