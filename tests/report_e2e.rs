@@ -209,6 +209,7 @@ fn check(aio: &str) -> Vec<Gap> {
         await_msi: false,
         expect_qcow2: layout.has_qcow2(),
         flush_syscalls: true,
+        fs_sync: true,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
     for e in t.events() {

@@ -18,7 +18,7 @@ use common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use viopath_reporter::join::{IoRow, Join, JoinConfig, Op, Source};
+use viopath_reporter::join::{IoRow, Join, Op, Source};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
 
@@ -165,7 +165,8 @@ fn a_real_guest_is_joined_to_the_bottom_disk_and_named_by_guest_file() {
 /// copy-on-write from the backing file. Both must still join to the bottom disk.
 /// The guest has a second disk (its own qcow2 in the same host filesystem, with other
 /// files) and reads it too: every request must be given its own disk, and named from
-/// that disk's files.
+/// that disk's files. QEMU runs it with `aio=native` (linux-aio), where the other case
+/// has `aio=threads`: its flushes run in a kernel worker, not in QEMU.
 #[test]
 fn a_guest_on_a_backing_chain_is_joined_through_the_backing_file() {
     run_guest(true);
@@ -231,7 +232,7 @@ fn run_guest(backing: bool) {
     if backing {
         let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}{COUNT_FLUSHES}");
         let disks = [disk.as_path(), second.as_path()];
-        args.extend(vm::qemu_args_disks(&assets, &disks, "threads", &workload));
+        args.extend(vm::qemu_args_disks(&assets, &disks, "native", &workload));
     } else {
         let workload = format!("{WORKLOAD}{COUNT_FLUSHES}");
         args.extend(vm::qemu_args(&assets, &disk, "threads", &workload));
@@ -297,11 +298,8 @@ fn run_guest(backing: bool) {
         layout.disks.iter().all(|d| !d.guest.is_empty()),
         "a disk without a guest map"
     );
-    let cfg = JoinConfig {
-        await_msi: false,
-        expect_qcow2: layout.has_qcow2(),
-        flush_syscalls: true,
-    };
+    let cfg = viopath_reporter::join_config(&t, &layout);
+    assert!(cfg.flush_syscalls && cfg.fs_sync, "{cfg:?}");
     let mut join = Join::new(&layout, Rows::default(), cfg);
     for e in t.events() {
         join.event(&e);
@@ -341,8 +339,9 @@ fn run_guest(backing: bool) {
             );
         }
         // Its disk: from the file its host IO went to (each disk's chain has files of
-        // its own here), or the only disk. A flush's fdatasync names no file.
-        if (r.host_ios > 0 && r.op.moves_data()) || !backing {
+        // its own here; a flush's, from the file the filesystem synced), or the only
+        // disk.
+        if r.host_ios > 0 || !backing {
             assert!(r.disk.is_some(), "no disk: {r:?}");
         }
     }
@@ -354,10 +353,11 @@ fn run_guest(backing: bool) {
     }
 
     // Flushes: as many as the guest counted, and those QEMU passed to the host (it
-    // skips a flush with nothing written since the last) followed into the worker's
-    // fdatasync, inside the request. Where the host filesystem's flush went to a device
-    // from that thread, the device's part lies inside the fdatasync; where the journal
-    // thread did it (ext4, a commit under way) the fdatasync is all there is.
+    // skips a flush with nothing written since the last) followed into the host
+    // filesystem's fsync (aio=threads: the worker's fdatasync; aio=native: the kernel
+    // worker's), inside the request. Where the host filesystem's flush went to a device
+    // from that thread, the device's part lies inside the fsync; where the journal
+    // thread did it (ext4, a commit under way) the fsync is all there is.
     let flushes: u64 = serial
         .lines()
         .find_map(|l| l.trim().strip_prefix("viopath-flushes "))

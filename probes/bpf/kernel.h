@@ -68,8 +68,13 @@ struct io_uring_cqe {
 	__u32 flags;
 };
 
+struct super_block {
+	dev_t s_dev;
+} PAI;
+
 struct inode {
 	unsigned long i_ino;
+	struct super_block *i_sb;
 } PAI;
 
 struct file {

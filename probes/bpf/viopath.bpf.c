@@ -467,6 +467,33 @@ static __always_inline void dm_bio(__u8 type, struct bio *bio)
 	     ((__u64)dev << 32) | BPF_CORE_READ(bio, bi_iter.bi_size), 0);
 }
 
+/* ---- fsync in the filesystem ----
+ * A tracepoint, so it attaches here; ext4's, the filesystem the images live on in the
+ * tests. Kept for the traced process (its workers' fdatasync, its io_uring workers) and
+ * for any thread syncing a file on a traced device: linux-aio runs an fsync (QEMU's
+ * flush with aio=native) in a kernel worker, outside the process. */
+
+static __always_inline void fs_sync(__u8 sub, struct inode *inode, __s64 arg)
+{
+	__u32 dev = inode->i_sb->s_dev;
+	if (traced() || (filter_devices && device_wanted(dev)))
+		emit(VP_FS_SYNC, sub, inode->i_ino, dev, (__u64)arg, 0);
+}
+
+SEC("tp_btf/ext4_sync_file_enter")
+int BPF_PROG(sync_enter, struct file *file, int datasync)
+{
+	fs_sync(0, file->f_inode, datasync);
+	return 0;
+}
+
+SEC("tp_btf/ext4_sync_file_exit")
+int BPF_PROG(sync_exit, struct inode *inode, int ret)
+{
+	fs_sync(1, inode, ret);
+	return 0;
+}
+
 SEC("fentry/dm_submit_bio")
 int BPF_PROG(dm_submit, struct bio *bio)
 {

@@ -49,6 +49,9 @@ enum vp_type {
 	VP_FS_EXIT = 27,       /* sub 0 read, 1 write; a0 kiocb (0 from a kretprobe), a1 return value */
 	VP_DM_SUBMIT = 28,     /* bio entering a dm device; sub REQ_OP, a0 bio, a1 sector, a2 dev << 32 | bytes */
 	VP_DM_ENDIO = 29,      /* a dm clone bio completing; same fields */
+	/* fsync/fdatasync in the filesystem (ext4), in whatever thread runs it: a QEMU
+	 * worker's syscall, an io_uring worker, or the kernel worker of an aio fsync. */
+	VP_FS_SYNC = 30,       /* sub 0 begin, 1 end; a0 inode number, a1 fs device, a2 datasync (begin) or return value (end) */
 	/* QEMU entry uprobes (sub = probe id, see the recorder's catalog). */
 	VP_QEMU = 32,          /* a0 key pointer, a1 offset, a2 bytes, a3 aux */
 };

@@ -78,11 +78,12 @@ pub enum EventKind {
     FsExit = 27,
     DmSubmit = 28,
     DmEndio = 29,
+    FsSync = 30,
     Qemu = 32,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::BioQueue,
         EventKind::BioRemap,
         EventKind::BioSplit,
@@ -105,6 +106,7 @@ impl EventKind {
         EventKind::FsExit,
         EventKind::DmSubmit,
         EventKind::DmEndio,
+        EventKind::FsSync,
         EventKind::Qemu,
     ];
 
@@ -136,6 +138,7 @@ impl EventKind {
             EventKind::FsExit => "fs_exit",
             EventKind::DmSubmit => "dm_submit",
             EventKind::DmEndio => "dm_endio",
+            EventKind::FsSync => "fs_sync",
             EventKind::Qemu => "qemu",
         }
     }

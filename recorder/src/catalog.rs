@@ -224,6 +224,18 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "device-mapper clone bio completing: bio, sector, bytes",
     ),
     tp_btf(
+        "sync_enter",
+        "ext4_sync_file_enter",
+        Layer::Filesystem,
+        "ext4 fsync/fdatasync begun, in any thread (aio fsync runs in a kernel worker): inode, device, datasync",
+    ),
+    tp_btf(
+        "sync_exit",
+        "ext4_sync_file_exit",
+        Layer::Filesystem,
+        "ext4 fsync/fdatasync ended: inode, device, return value",
+    ),
+    tp_btf(
         "bio_queue",
         "block_bio_queue",
         Layer::Block,

@@ -371,6 +371,8 @@ struct Hio {
     done_bottom: u64,
     ranges: DevRanges,
     has_kiocb: bool,
+    /// The filesystem's fsync for it began (a flush).
+    fs_begun: bool,
     bios: u32,
     requests: u32,
     /// Block requests carrying it not yet completed.
@@ -630,6 +632,11 @@ pub struct JoinConfig {
     /// worker's fdatasync return. Without them (older traces) a flush is QEMU's
     /// alone, as its job would never be seen to end.
     pub flush_syscalls: bool,
+    /// The filesystem's fsync probes were attached: a flush QEMU hands the kernel
+    /// through linux-aio (run by a kernel worker) or io_uring is followed into the
+    /// filesystem's fsync wherever it runs. Without them a linux-aio flush is QEMU's
+    /// alone, as its end would never be seen.
+    pub fs_sync: bool,
 }
 
 pub struct Join<'l, S: Sink> {
@@ -656,6 +663,10 @@ pub struct Join<'l, S: Sink> {
     /// Thread-pool flush jobs not yet begun, with the file descriptor each flushes: a
     /// worker's fdatasync of that descriptor is the job.
     flush_wait: VecDeque<(u64, Ref)>,
+    /// Flushes handed to the kernel by linux-aio or io_uring, in submission order,
+    /// whose fsync has not begun: the kernel runs it in a thread of its choosing, and
+    /// the next fsync of an image file in a thread doing nothing traced is the first.
+    sync_wait: VecDeque<Ref>,
     /// Host IOs that queued a flush bio (no data) on a device, waiting for the
     /// device's flush request: the block layer issues it without a bio.
     preflush: Vec<(u32, Ref)>,
@@ -720,6 +731,7 @@ impl<'l, S: Sink> Join<'l, S> {
             threads: Threads::default(),
             uring_wait: VecDeque::new(),
             flush_wait: VecDeque::new(),
+            sync_wait: VecDeque::new(),
             preflush: Vec::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
@@ -772,6 +784,7 @@ impl<'l, S: Sink> Join<'l, S> {
         const KVM_MSI: u8 = EventKind::KvmMsi as u8;
         const DM_SUBMIT: u8 = EventKind::DmSubmit as u8;
         const DM_ENDIO: u8 = EventKind::DmEndio as u8;
+        const FS_SYNC: u8 = EventKind::FsSync as u8;
         match e.kind {
             QEMU => self.qemu(e),
             SYS_ENTER => self.sys_enter(e),
@@ -823,6 +836,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     hio.flags |= flags::FS_ZEROS;
                 }
             }
+            FS_SYNC => self.fs_sync(e),
             FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
             _ => self.stats.unknown_events += 1,
         }
@@ -969,12 +983,26 @@ impl<'l, S: Sink> Join<'l, S> {
                 }
             }
             q::LAIO_CO_SUBMIT => {
-                let h = self.file_io_for(e, a1, a2, Api::Native);
+                let h = if a3 & 0xff == q::AIO_FLUSH {
+                    // Without the fsync probes nothing would end it.
+                    if !self.cfg.fs_sync {
+                        return;
+                    }
+                    let h = self.flush_io(e, Api::Native);
+                    self.sync_wait.push_back(h);
+                    h
+                } else {
+                    self.file_io_for(e, a1, a2, Api::Native)
+                };
                 self.threads.at(e.tid, e.ts).laio_wait.push(h);
             }
             q::LURING_CO_SUBMIT => {
                 let h = if a3 & 0xff == q::AIO_FLUSH {
-                    self.flush_io(e, Api::Uring)
+                    let h = self.flush_io(e, Api::Uring);
+                    if self.cfg.fs_sync {
+                        self.sync_wait.push_back(h);
+                    }
+                    h
                 } else {
                     self.file_io_for(e, a1, a2, Api::Uring)
                 };
@@ -1045,6 +1073,15 @@ impl<'l, S: Sink> Join<'l, S> {
                     root.merged_into = Some(id);
                 }
                 if self.cfg.await_msi {
+                    // QEMU has freed the request: its next one may reuse the request
+                    // and its qiov at once, before this one's interrupt (under TCG
+                    // there is none: it waits for the sweep).
+                    let qiovs = std::mem::take(&mut root.qiovs);
+                    for qv in &qiovs {
+                        if self.qiov.get(qv).and_then(|b| b.root()) == Some(r) {
+                            self.qiov.remove(qv);
+                        }
+                    }
                     self.msi_wait.push(r);
                 } else {
                     self.finish_root(r, 0);
@@ -1262,6 +1299,7 @@ impl<'l, S: Sink> Join<'l, S> {
             done_bottom: 0,
             ranges,
             has_kiocb: false,
+            fs_begun: false,
             bios: 0,
             requests: 0,
             open_rqs: 0,
@@ -1439,6 +1477,59 @@ impl<'l, S: Sink> Join<'l, S> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The filesystem's fsync of a file began or ended, in thread `e.tid`.
+    fn fs_sync(&mut self, e: &RawEvent) {
+        let ino = e.a[0];
+        // Only image files' (any file's if the layout does not know them by inode).
+        let disks = self.layout.disks_of_inode(ino);
+        if disks.is_none() && self.layout.files_have_inodes() && !self.layout.is_empty() {
+            return;
+        }
+        let mine = self
+            .threads
+            .get(e.tid)
+            .and_then(|t| t.worker)
+            .filter(|&h| self.hios.get(h).is_some());
+        if e.sub == 0 {
+            let h = match mine {
+                // A thread-pool worker's fdatasync: the flush it runs.
+                Some(h) => h,
+                None => {
+                    // A flush QEMU handed the kernel, begun in a kernel worker (linux-aio)
+                    // or an io_uring worker: the first submitted not begun yet.
+                    let Some(i) = self
+                        .sync_wait
+                        .iter()
+                        .position(|&h| self.hios.get(h).is_some_and(|x| x.submit != 0))
+                    else {
+                        return;
+                    };
+                    let h = self.sync_wait.remove(i).expect("found");
+                    self.threads.at(e.tid, e.ts).worker = Some(h);
+                    h
+                }
+            };
+            if let Some(hio) = self.hios.get_mut(h) {
+                hio.fs_begun = true;
+                if let Some(d) = disks {
+                    hio.disks = d;
+                }
+            }
+        } else if let Some(h) = mine {
+            match self.hios.get(h).map(|x| x.api) {
+                // Nothing of QEMU's sees a linux-aio fsync end: this is the host's end.
+                Some(Api::Native) => {
+                    self.threads.at(e.tid, e.ts).worker = None;
+                    self.hio_done(h, e.ts);
+                }
+                // Ends at its completion entry; this thread goes on to other things.
+                Some(Api::Uring) => self.threads.at(e.tid, e.ts).worker = None,
+                // A worker's fdatasync ends with the syscall.
+                _ => {}
+            }
         }
     }
 
@@ -2025,8 +2116,23 @@ impl<'l, S: Sink> Join<'l, S> {
                 .copied()
                 .filter(|&h| self.hios.get(h).is_some_and(|x| x.root == Some(r)))
                 .collect();
+            let mut unseen = 0;
             for h in open {
-                self.forget_hio(h);
+                if let Some(x) = self.forget_hio(h)
+                    && x.api == Api::Native
+                    && x.bytes == 0
+                    && !x.fs_begun
+                {
+                    unseen += 1;
+                }
+            }
+            // A linux-aio flush whose fsync was never seen (a filesystem without the
+            // probed tracepoint): the flush is QEMU's alone, as without the probes.
+            if unseen > 0
+                && let Some(root) = self.roots.get_mut(r)
+            {
+                root.open_hios -= unseen;
+                root.data_hios -= unseen;
             }
         }
         for qv in &qiovs {
@@ -2162,6 +2268,7 @@ impl<'l, S: Sink> Join<'l, S> {
         // write-through device completes them at once).
         self.preflush.retain(|&(_, h)| hios.get(h).is_some());
         self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
+        self.sync_wait.retain(|&h| hios.get(h).is_some());
         // Plugged bios whose host IO is over or whose bio is gone: no insert claimed them.
         let bios = &self.bios;
         self.plugged
@@ -2651,6 +2758,149 @@ mod tests {
         assert_eq!(f.partial, 0, "{f:?}");
         assert_eq!(f.b[2..8], [0; 6]);
         assert_eq!((f.b[1], f.b[8]), (2_000, 9_900));
+    }
+
+    /// Two virtio reads one after the other, QEMU reusing the first's request and qiov
+    /// for the second (aio=native) before the first's interrupt, which under TCG never
+    /// comes: the second's IO is its own, not the first's.
+    #[test]
+    fn a_request_awaiting_its_interrupt_gives_up_its_qiov() {
+        let layout = Layout::default();
+        let cfg = JoinConfig {
+            await_msi: true,
+            ..JoinConfig::default()
+        };
+        let mut j = Join::new(&layout, All::default(), cfg);
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let (req, qiov) = (0x563b_10a3_8ec0, 0x563b_10a3_8f58);
+        for (n, t) in [(0u64, 1_000_000u64), (1, 1_500_000)] {
+            let q = |dt, sub, a| sub_ev(t + dt, 1, EventKind::Qemu, sub, a);
+            let k = |dt, kind, a| ev(t + dt, 1, kind, a);
+            j.event(&q(0, q::VIRTIO_HANDLE_REQUEST, [req, 0, 0, 0]));
+            j.event(&q(10, q::BLK_AIO_PREADV, [req, 0, 512, 0xc1]));
+            // The fourth value differs between the two (as recorded from QEMU 10).
+            j.event(&q(
+                20,
+                q::BDRV_CO_PREADV_PART,
+                [qiov, 0, 512, 0xc1 + n * 16],
+            ));
+            j.event(&q(
+                30,
+                q::BDRV_CO_PREADV_PART,
+                [qiov, 0x5_0000, 512, 0xc2 + n * 16],
+            ));
+            j.event(&q(40, q::RAW_CO_PRW, [qiov, 0x5_0000, 512, 1]));
+            j.event(&q(50, q::LAIO_CO_SUBMIT, [qiov, 0x5_0000, 512, 1]));
+            j.event(&sub_ev(t + 60, 1, EventKind::SysEnter, 7, [0x1c, 0, 1, 0]));
+            j.event(&k(70, EventKind::DioBegin, [0xd0 + n, 0x5_0000, 512, 11]));
+            let (bio, rq) = (0xb0 + n, 0x70 + n);
+            j.event(&k(80, EventKind::BioQueue, [bio, 0x280, dev | 512, 0]));
+            j.event(&k(90, EventKind::RqIssue, [rq, 0x280, dev | 512, bio]));
+            j.event(&sub_ev(t + 100, 1, EventKind::SysExit, 7, [1, 0, 0, 0]));
+            j.event(&ev(
+                t + 400,
+                0,
+                EventKind::RqComplete,
+                [rq, 0x280, dev | 512, 512],
+            ));
+            j.event(&q(500, q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]));
+            j.event(&q(510, q::VIRTIO_REQ_COMPLETE, [req, 0, 0, 512]));
+        }
+        j.event(&ev(9_000_000, 1, EventKind::KvmMmio, [0, 0, 0, 0]));
+        let (all, _) = j.finish();
+        assert_eq!(all.0.len(), 2, "{:?}", all.0);
+        for (r, t) in all.0.iter().zip([1_000_000, 1_500_000]) {
+            assert_eq!(r.partial, 0, "{r:?}");
+            assert_eq!((r.host_ios, r.requests), (1, 1), "{r:?}");
+            assert_eq!(r.b[1], t, "{r:?}");
+            assert_eq!((r.b[5], r.b[8]), (t + 400, t + 510), "{r:?}");
+        }
+    }
+
+    /// A guest's flush with `aio=native` on iothread 1: linux-aio hands the fsync to a
+    /// kernel worker (thread 51), outside QEMU, which queues a flush bio; the block
+    /// layer's flush request follows. Another process's fsync (inode 99, worker 50)
+    /// comes first. The VM has two disks, each one image file (inodes 11 and 12).
+    #[test]
+    fn a_linux_aio_flush_is_followed_into_the_kernel_workers_fsync() {
+        let file = |name: &str, ino: u64| {
+            serde_json::json!({"file": name, "len": 1u64 << 30, "ino": ino, "host": [
+            {"offset": 0, "len": 1u64 << 30, "hops": [
+                {"hop": "file", "path": name, "offset": 0, "state": "mapped"},
+                {"hop": "device", "device": "/dev/sda", "dev": "8:0", "byte": ino << 30, "via": "filesystem"}
+            ]}]})
+        };
+        let layout = Layout::from_snapshot(&serde_json::json!({
+            "images": [
+                {"path": "/vm/a.qcow2", "file_hosts": [file("/vm/a.qcow2", 11)]},
+                {"path": "/vm/b.qcow2", "file_hosts": [file("/vm/b.qcow2", 12)]}
+            ],
+            "devices": []
+        }));
+        assert_eq!(layout.disks.len(), 2);
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let run = |fs_sync: bool, sync_shown: bool| {
+            let cfg = JoinConfig {
+                fs_sync,
+                ..JoinConfig::default()
+            };
+            let mut j = Join::new(&layout, All::default(), cfg);
+            let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+            let sync =
+                |ts, tid, sub, ino| sub_ev(ts, tid, EventKind::FsSync, sub, [ino, 8 << 20, 1, 0]);
+            j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+            j.event(&q(1_100, q::LAIO_CO_SUBMIT, [0, 0, 0, q::AIO_FLUSH]));
+            j.event(&sub_ev(1_200, 1, EventKind::SysEnter, 7, [0x1c, 0, 1, 0]));
+            j.event(&sub_ev(1_300, 1, EventKind::SysExit, 7, [1, 0, 0, 0]));
+            j.event(&sync(1_400, 50, 0, 99));
+            j.event(&sync(1_500, 50, 1, 99));
+            if sync_shown {
+                j.event(&sync(2_000, 51, 0, 11));
+            }
+            j.event(&ev(2_100, 51, EventKind::BioQueue, [0xb1, 0, dev, 0]));
+            j.event(&ev(2_200, 60, EventKind::RqIssue, [0x71, u64::MAX, dev, 0]));
+            j.event(&ev(
+                5_000,
+                0,
+                EventKind::RqComplete,
+                [0x71, u64::MAX, dev, 0],
+            ));
+            if sync_shown {
+                j.event(&sync(5_200, 51, 1, 11));
+            }
+            j.event(&q(5_600, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+            let (all, _) = j.finish();
+            let f = all
+                .0
+                .iter()
+                .find(|r| r.op == Op::Flush)
+                .expect("flush row")
+                .clone();
+            (f, all.1)
+        };
+        let (f, others) = run(true, true);
+        assert_eq!(f.partial, 0, "{f:?}");
+        assert_eq!(f.host_ios, 1);
+        // parsed, io_submit entered, the flush bio queued, the flush request issued and
+        // done, the kernel worker's fsync returned, completion pushed.
+        assert_eq!(
+            f.b[1..9],
+            [1_000, 1_200, 2_100, 2_200, 5_000, 5_200, 0, 5_600]
+        );
+        // The file the kernel synced names the disk.
+        assert_eq!(f.disk, Some(0));
+        // Neither the other process's fsync nor the flush bio is other IO.
+        assert!(others.is_empty(), "{others:?}");
+
+        // A filesystem without the probed tracepoint: nothing of the flush is seen in
+        // the kernel. QEMU's alone, complete, as without the probes.
+        for (fs_sync, sync_shown) in [(true, false), (false, false)] {
+            let (f, _) = run(fs_sync, sync_shown);
+            assert_eq!(f.partial, 0, "{f:?}");
+            assert_eq!(f.host_ios, 0, "{f:?}");
+            assert_eq!(f.b[2..8], [0; 6], "{f:?}");
+            assert_eq!((f.b[1], f.b[8]), (1_000, 5_600));
+        }
     }
 
     /// qemu-io's aio_read on thread 5: blk_aio_preadv with its context as opaque, the

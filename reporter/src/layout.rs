@@ -404,6 +404,19 @@ impl Layout {
         found
     }
 
+    /// The disks whose chains hold the image file with inode number `ino`; `None` if
+    /// no image file is known by it.
+    pub fn disks_of_inode(&self, ino: u64) -> Option<DiskSet> {
+        let mut found = None;
+        for f in self.files.iter().filter(|f| f.ino == Some(ino)) {
+            let disks = found.get_or_insert(0);
+            if f.disk < 64 {
+                *disks |= 1 << f.disk;
+            }
+        }
+        found
+    }
+
     /// Whether sectors `[start, end)` of `dev` hold some image file.
     pub fn occupied(&self, dev: u32, start: u64, end: u64) -> bool {
         let Some(r) = self.occupied.get(&dev) else {

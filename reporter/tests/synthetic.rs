@@ -38,6 +38,7 @@ fn join(path: &std::path::Path) -> (Rows, usize, u64) {
         await_msi: true,
         expect_qcow2: layout.has_qcow2(),
         flush_syscalls: true,
+        fs_sync: false,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
     let mut ev = trace.events();
