@@ -175,6 +175,10 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
             _ if name.starts_with("iomap_") => format!(
                 "tracepoint:iomap:{name} /pid == cpid/ {{ printf(\"{name} %llu %d %llu\\n\", nsecs, tid, args->ino); }}"
             ),
+            // As viopath keeps them: the traced process's, or any thread's on its devices.
+            _ if name.starts_with("ext4_sync_file_") => format!(
+                "tracepoint:ext4:{name} /pid == cpid || {dev_filter}/ {{ printf(\"{name} %llu %d %llu %u\\n\", nsecs, tid, args->ino, args->dev); }}"
+            ),
             _ if name.starts_with("kvm_") => format!(
                 "tracepoint:kvm:{name} /pid == cpid/ {{ printf(\"{name} %llu %d\\n\", nsecs, tid); }}"
             ),
