@@ -186,3 +186,32 @@ fn html_pages_say_what_is_missing_and_refuse_conflicting_outputs() {
     assert!(err.contains("writing /nonexistent/dir/r.html"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// docs/walkthrough.md says `viopath report fixtures/demo/vm.trace --top 5` prints
+/// exactly what it shows: every table of that output is in it, verbatim. Its numbers are
+/// checked against the trace (and qemu-img, debugfs, the guest) by the tests that
+/// exercise the join, not here; this keeps the document in step with the program.
+#[test]
+fn the_walkthrough_shows_the_reports_own_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .current_dir(root)
+        .args(["report", "fixtures/demo/vm.trace", "--top", "5"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/walkthrough.md")).unwrap();
+    let blocks: Vec<&str> = out
+        .split("\n\n")
+        .map(str::trim_end)
+        .filter(|b| !b.is_empty())
+        .collect();
+    assert!(blocks.len() >= 4, "{out}");
+    for b in blocks {
+        assert!(
+            doc.contains(&format!("```\n{b}\n```")),
+            "docs/walkthrough.md lacks this part of the report:\n{b}"
+        );
+    }
+}

@@ -1889,9 +1889,15 @@ impl<'l, S: Sink> Join<'l, S> {
             for &h in &r.owners {
                 if let Some(x) = self.hios.get_mut(h) {
                     x.issue_any = min0(x.issue_any, e.ts);
-                    if Self::is_bottom(x, r.dev) == Some(true) {
-                        x.issue_bottom = min0(x.issue_bottom, e.ts);
-                        x.bottom_dev = r.dev;
+                    match Self::is_bottom(x, r.dev) {
+                        Some(true) => {
+                            x.issue_bottom = min0(x.issue_bottom, e.ts);
+                            x.bottom_dev = r.dev;
+                        }
+                        // Blocks not known (a flush, an empty layout): its device is the
+                        // one its requests go to.
+                        None => x.bottom_dev = r.dev,
+                        Some(false) => {}
                     }
                 }
             }
@@ -2720,6 +2726,7 @@ mod tests {
             [2_000, 3_000, 3_400, 3_600, 9_000, 9_500, 0, 9_900]
         );
         assert_eq!(f.requests, 2);
+        assert_eq!(f.bottom_dev, kernel_dev(8, 0));
         let (l, e2e) = crate::layers::split(&f.b);
         assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
         assert_eq!(l[4], Some(9_000 - 3_600), "device");
@@ -2887,8 +2894,9 @@ mod tests {
             f.b[1..9],
             [1_000, 1_200, 2_100, 2_200, 5_000, 5_200, 0, 5_600]
         );
-        // The file the kernel synced names the disk.
+        // The file the kernel synced names the disk; its flush request, the device.
         assert_eq!(f.disk, Some(0));
+        assert_eq!(f.bottom_dev, kernel_dev(8, 0));
         // Neither the other process's fsync nor the flush bio is other IO.
         assert!(others.is_empty(), "{others:?}");
 
