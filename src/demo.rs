@@ -311,3 +311,22 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The demo's workload fits the guest's kernel command line (it would hang, not
+    /// fail, if it did not: see `vm::MAX_CMDLINE`).
+    #[test]
+    fn the_workload_fits_the_kernel_command_line() {
+        let assets = crate::vm::GuestAssets {
+            dir: std::path::PathBuf::from("/nonexistent"),
+        };
+        let args = crate::vm::qemu_args(
+            &assets,
+            std::path::Path::new("d.qcow2"),
+            "threads",
+            super::WORKLOAD,
+        );
+        assert!(args.iter().any(|a| a.contains("viopath.run=")));
+    }
+}

@@ -48,11 +48,15 @@ impl GuestAssets {
 /// The qemu-system arguments (without the program) that boot the guest with `disk`
 /// (qcow2) as its virtio-blk disk /dev/vda, opened with O_DIRECT (`cache=none`) so
 /// every guest request reaches the host's block devices, with QEMU's `aio` mode
-/// (threads, native, io_uring), and run `workload` (a busybox sh script) as root in the
-/// guest, which then powers off.
+/// (threads, native, io_uring) and `discard=unmap` (QEMU's default drops the guest's
+/// discards before they reach the image), and run `workload` (a busybox sh script) as
+/// root in the guest, which then powers off.
 pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: &str, workload: &str) -> Vec<String> {
     qemu_args_disks(assets, &[disk], aio, workload)
 }
+
+/// x86 Linux's `COMMAND_LINE_SIZE`, the terminating zero included.
+pub const MAX_CMDLINE: usize = 2048;
 
 /// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
 pub fn qemu_args_disks(
@@ -65,6 +69,13 @@ pub fn qemu_args_disks(
     let append = format!(
         "console=ttyS0 quiet panic=-1 viopath.run={}",
         base64(workload.as_bytes())
+    );
+    // The kernel keeps only this much of its command line (x86's COMMAND_LINE_SIZE):
+    // a longer one leaves the guest hanging before its first message, not failing.
+    assert!(
+        append.len() < MAX_CMDLINE,
+        "the guest workload is too long for the kernel command line: {} of {MAX_CMDLINE} bytes once base64-encoded",
+        append.len()
     );
     let mut args: Vec<String> = [
         "-M",
@@ -95,7 +106,7 @@ pub fn qemu_args_disks(
         args.extend([
             "-drive".to_owned(),
             format!(
-                "file={},if=none,id=d{i},format=qcow2,cache=none,aio={aio}",
+                "file={},if=none,id=d{i},format=qcow2,cache=none,aio={aio},discard=unmap",
                 disk.display()
             ),
             "-device".to_owned(),

@@ -38,7 +38,10 @@ const PART_START: u64 = 1 << 20;
 const BLOCK: u64 = 4096;
 
 /// The guest's workload: O_DIRECT reads and writes at known offsets, a buffered read
-/// after dropping the guest's page cache, a buffered write made durable by sync.
+/// after dropping the guest's page cache, a buffered write made durable by sync, and a
+/// file deleted and trimmed away (the guest's discards free its clusters in the image,
+/// which QEMU punches out of the image file; not a file written during the trace, whose
+/// host blocks would then be gone from the layout snapshot taken at its end).
 const WORKLOAD: &str = r#"#!/bin/sh
 mount -t ext4 /dev/vda1 /mnt || exit 1
 io() { echo "viopath-io $*"; }
@@ -48,25 +51,27 @@ dd if=/dev/urandom of=/mnt/data/big.bin bs=16384 seek=25 count=1 oflag=direct co
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/mnt/data/small.bin of=/dev/null bs=4096 2>/dev/null && io r /data/small.bin 0 131072 buffered
 dd if=/dev/urandom of=/mnt/logs/app.log bs=4096 seek=2 count=2 conv=notrunc 2>/dev/null && sync && io w /logs/app.log 8192 8192 buffered
+rm /mnt/data/old.bin && sync && fstrim /mnt
 umount /mnt
 "#;
 
-/// Last: the guest's own count of the flushes its disks completed (field 16 of the
-/// block device's stat), the oracle for the flush requests the trace shows.
+/// Last: the guest's own count of the flushes and discards its disks completed (fields
+/// 16 and 12 of the block device's stat), the oracle for those requests in the trace.
 const COUNT_FLUSHES: &str = r#"
-n=0; for s in /sys/block/vd*/stat; do n=$((n + $(awk '{print $16}' $s))); done
-echo "viopath-flushes $n"
+awk '{f+=$16;d+=$12}END{print "viopath-flushes",f;print "viopath-discards",d}' /sys/block/vd*/stat
 "#;
 
 /// With a second disk (/dev/vdb, its own ext4 with other files): O_DIRECT reads of it,
 /// interleaved with reads of the first disk, so both disks have IO in flight close
-/// together.
+/// together; then a file of it deleted and trimmed (the first disk's trim frees nothing
+/// in an image file when its clusters are the backing file's).
 const WORKLOAD_DISK2: &str = r#"
 mkdir -p /mnt2 && mount -t ext4 /dev/vdb1 /mnt2 || exit 1
 mount -t ext4 /dev/vda1 /mnt || exit 1
 dd if=/mnt2/two/other.bin of=/dev/null bs=65536 skip=5 count=1 iflag=direct 2>/dev/null && io r /two/other.bin 327680 65536 direct 1
 dd if=/mnt/data/big.bin of=/dev/null bs=4096 skip=900 count=1 iflag=direct 2>/dev/null && io r /data/big.bin 3686400 4096 direct
 dd if=/mnt2/two/other.bin of=/dev/null bs=4096 skip=77 count=1 iflag=direct 2>/dev/null && io r /two/other.bin 315392 4096 direct 1
+rm /mnt2/two/old.bin && sync && fstrim /mnt2
 umount /mnt2
 umount /mnt
 "#;
@@ -96,7 +101,8 @@ fn make_guest_disk(work: &Path, qcow2: &Path) {
     make_disk(
         &work.join("disk1"),
         "mkdir -p src/data src/logs && head -c 4M /dev/urandom > src/data/big.bin && \
-         head -c 128K /dev/urandom > src/data/small.bin && head -c 64K /dev/urandom > src/logs/app.log",
+         head -c 128K /dev/urandom > src/data/small.bin && head -c 64K /dev/urandom > src/logs/app.log && \
+         head -c 1M /dev/urandom > src/data/old.bin",
         qcow2,
     );
 }
@@ -106,7 +112,7 @@ fn make_second_disk(work: &Path, qcow2: &Path) {
     make_disk(
         &work.join("disk2"),
         "mkdir -p src/two && head -c 2M /dev/urandom > src/two/pad.bin && \
-         head -c 1M /dev/urandom > src/two/other.bin",
+         head -c 1M /dev/urandom > src/two/other.bin && head -c 1M /dev/urandom > src/two/old.bin",
         qcow2,
     );
 }
@@ -380,6 +386,29 @@ fn run_guest(backing: bool) {
         if r.requests > 0 {
             assert!(b[2] <= b[4] && b[4] <= b[5] && b[5] <= b[6], "{r:?}");
         }
+    }
+
+    // Discards: as many as the guest counted; those that freed clusters of an image
+    // file (the deleted file's, where no backing file holds them) followed into the
+    // worker's fallocate, inside the request.
+    let discards: u64 = serial
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("viopath-discards "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the guest's discard count");
+    let discard_rows: Vec<&&IoRow> = virtio.iter().filter(|r| r.op == Op::Discard).collect();
+    assert!(discards > 0, "the workload's fstrim made no discard");
+    assert_eq!(discard_rows.len() as u64, discards, "{discard_rows:?}");
+    assert!(
+        discard_rows.iter().any(|r| r.host_ios > 0),
+        "no discard reached the host: {discard_rows:?}"
+    );
+    for r in discard_rows.iter().filter(|r| r.host_ios > 0) {
+        let b = &r.b;
+        assert!(
+            0 < b[1] && b[1] <= b[2] && b[2] < b[6] && b[6] <= b[8],
+            "{r:?}"
+        );
     }
 
     // QEMU's own block requests (the geometry probe of sector 0 at start-up) happen

@@ -323,6 +323,19 @@ SYSCALL_PAIR(io_uring_enter, VP_SC_IO_URING_ENTER)
 SYSCALL_FD(fdatasync, VP_SC_FDATASYNC)
 SYSCALL_FD(fsync, VP_SC_FSYNC)
 
+/* fallocate(fd, mode, offset, len): a0 fd, a1 offset, a2 length, a3 mode, the same
+ * places as a pread's. */
+SEC("tracepoint/syscalls/sys_enter_fallocate")
+int enter_fallocate(struct sys_enter_ctx *ctx)
+{
+	if (traced())
+		emit(VP_SYS_ENTER, VP_SC_FALLOCATE, ctx->args[0], ctx->args[2], ctx->args[3],
+		     ctx->args[1]);
+	return 0;
+}
+
+SYSCALL_EXIT(fallocate, VP_SC_FALLOCATE)
+
 /* ---- io_uring ---- */
 
 SEC("tp_btf/io_uring_submit_req")

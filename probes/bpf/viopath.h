@@ -69,6 +69,7 @@ enum vp_syscall {
 	VP_SC_IO_PGETEVENTS = 10,
 	VP_SC_FDATASYNC = 11,  /* a0 fd: QEMU's flush of an image (aio=threads) */
 	VP_SC_FSYNC = 12,
+	VP_SC_FALLOCATE = 13,  /* a0 fd, a1 offset, a2 length, a3 mode: QEMU's discard and write zeroes (aio=threads) */
 };
 
 /*

@@ -145,7 +145,7 @@ impl EventKind {
 }
 
 /// `enum vp_syscall`: the `sub` of SysEnter/SysExit events.
-pub const SYSCALLS: [(u8, &str); 12] = [
+pub const SYSCALLS: [(u8, &str); 13] = [
     (1, "pread64"),
     (2, "pwrite64"),
     (3, "preadv"),
@@ -158,6 +158,7 @@ pub const SYSCALLS: [(u8, &str); 12] = [
     (10, "io_pgetevents"),
     (11, "fdatasync"),
     (12, "fsync"),
+    (13, "fallocate"),
 ];
 
 /// A kernel `dev_t` (major << 20 | minor) as the events carry it.
@@ -348,4 +349,8 @@ pub mod qemu_probe {
     pub const AIO_WRITE: u64 = 2;
     /// `QEMU_AIO_FLUSH`: an fdatasync of the image (thread pool), or an io_uring fsync.
     pub const AIO_FLUSH: u64 = 8;
+    /// `QEMU_AIO_DISCARD`, `QEMU_AIO_WRITE_ZEROES`: a fallocate of the image file
+    /// (thread pool; punch hole, zero range).
+    pub const AIO_DISCARD: u64 = 0x10;
+    pub const AIO_WRITE_ZEROES: u64 = 0x20;
 }

@@ -375,6 +375,12 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
     syscall("exit_fdatasync", "sys_exit_fdatasync", "fdatasync return"),
     syscall("enter_fsync", "sys_enter_fsync", "fsync: fd"),
     syscall("exit_fsync", "sys_exit_fsync", "fsync return"),
+    syscall(
+        "enter_fallocate",
+        "sys_enter_fallocate",
+        "fallocate: fd, offset, length, mode (QEMU's discard and write zeroes of an image)",
+    ),
+    syscall("exit_fallocate", "sys_exit_fallocate", "fallocate return"),
     tp_btf(
         "uring_submit",
         "io_uring_submit_req",

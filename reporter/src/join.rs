@@ -381,6 +381,10 @@ struct Hio {
     bottom_dev: u32,
     /// The disks whose chains hold the file the kernel named for it (0: not named).
     disks: DiskSet,
+    /// The file descriptor a thread-pool job names (0: not known).
+    fd: u64,
+    /// A job without data (flush, discard, write zeroes) made for a request.
+    job: bool,
 }
 
 struct Root {
@@ -637,6 +641,10 @@ pub struct JoinConfig {
     /// filesystem's fsync wherever it runs. Without them a linux-aio flush is QEMU's
     /// alone, as its end would never be seen.
     pub fs_sync: bool,
+    /// The fallocate probes were attached: a thread-pool discard or write-zeroes job
+    /// ends at its worker's fallocate return. Without them (older traces) those
+    /// requests are QEMU's alone.
+    pub falloc_syscalls: bool,
 }
 
 pub struct Join<'l, S: Sink> {
@@ -667,6 +675,13 @@ pub struct Join<'l, S: Sink> {
     /// whose fsync has not begun: the kernel runs it in a thread of its choosing, and
     /// the next fsync of an image file in a thread doing nothing traced is the first.
     sync_wait: VecDeque<Ref>,
+    /// Thread-pool discard and write-zeroes jobs not yet begun, with the file
+    /// descriptor, offset and length each gives fallocate.
+    falloc_wait: VecDeque<([u64; 3], Ref)>,
+    /// The disks of the file each descriptor of QEMU's opens, learnt from thread-pool
+    /// jobs whose direct IO the kernel named the file of: a flush's or discard's job
+    /// names only the descriptor.
+    fd_disks: Map<u64, DiskSet>,
     /// Host IOs that queued a flush bio (no data) on a device, waiting for the
     /// device's flush request: the block layer issues it without a bio.
     preflush: Vec<(u32, Ref)>,
@@ -732,6 +747,8 @@ impl<'l, S: Sink> Join<'l, S> {
             uring_wait: VecDeque::new(),
             flush_wait: VecDeque::new(),
             sync_wait: VecDeque::new(),
+            falloc_wait: VecDeque::new(),
+            fd_disks: Map::default(),
             preflush: Vec::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
@@ -961,14 +978,35 @@ impl<'l, S: Sink> Join<'l, S> {
                 // Only read/write jobs reach handle_aiocb_rw.
                 q::AIO_READ | q::AIO_WRITE => {
                     let h = self.file_io_for(e, a1, a2, Api::Threads);
+                    if let Some(x) = self.hios.get_mut(h) {
+                        x.fd = a3 >> 32;
+                    }
                     self.aiocb.insert(a0, h);
                 }
                 q::AIO_FLUSH if self.cfg.flush_syscalls => {
-                    let h = self.flush_io(e, Api::Threads);
+                    let h = self.job_io(e, Api::Threads);
+                    self.fd_names_disks(h, a3 >> 32);
                     self.flush_wait.push_back((a3 >> 32, h));
                 }
-                // Discard, write zeroes...: not followed into the kernel, but the
-                // request it serves must not be taken for a flush's.
+                // A write of zeroes that may unmap is both (0x30).
+                t if t & (q::AIO_DISCARD | q::AIO_WRITE_ZEROES) != 0
+                    && t & !(q::AIO_DISCARD | q::AIO_WRITE_ZEROES) == 0
+                    && self.cfg.falloc_syscalls =>
+                {
+                    // Its range is the file's, but what it does there is the
+                    // filesystem's (extents, no data): it keeps no device ranges, and
+                    // the bios its worker queues inside fallocate are its own.
+                    let h = self.job_io(e, Api::Threads);
+                    if let Some(x) = self.hios.get_mut(h) {
+                        x.offset = a1;
+                        x.bytes = a2;
+                    }
+                    self.fd_names_disks(h, a3 >> 32);
+                    self.falloc_wait.push_back(([a3 >> 32, a1, a2], h));
+                }
+                // Not followed into the kernel (its probes missing, or a type no
+                // request of the guest's makes), but the request it serves must not
+                // be taken for a flush's.
                 _ => {
                     if let Some(r) = self.job_root(e.tid)
                         && let Some(root) = self.roots.get_mut(r)
@@ -988,7 +1026,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     if !self.cfg.fs_sync {
                         return;
                     }
-                    let h = self.flush_io(e, Api::Native);
+                    let h = self.job_io(e, Api::Native);
                     self.sync_wait.push_back(h);
                     h
                 } else {
@@ -998,7 +1036,7 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             q::LURING_CO_SUBMIT => {
                 let h = if a3 & 0xff == q::AIO_FLUSH {
-                    let h = self.flush_io(e, Api::Uring);
+                    let h = self.job_io(e, Api::Uring);
                     if self.cfg.fs_sync {
                         self.sync_wait.push_back(h);
                     }
@@ -1306,6 +1344,8 @@ impl<'l, S: Sink> Join<'l, S> {
             flags: 0,
             bottom_dev: 0,
             disks: 0,
+            fd: 0,
+            job: false,
         });
         self.inflight.push(h);
         self.index_ranges(h);
@@ -1379,8 +1419,19 @@ impl<'l, S: Sink> Join<'l, S> {
             .map(|(r, _)| r)
     }
 
-    /// A flush of an image file: the host side of a guest's flush, or QEMU's own.
-    fn flush_io(&mut self, e: &RawEvent, api: Api) -> Ref {
+    /// A job of descriptor `fd` is for the disks whose file that descriptor was seen to
+    /// open (its file as the filesystem names it overrides this).
+    fn fd_names_disks(&mut self, h: Ref, fd: u64) {
+        if let Some(&d) = self.fd_disks.get(&fd)
+            && let Some(x) = self.hios.get_mut(h)
+        {
+            x.disks = d;
+        }
+    }
+
+    /// A host job without data made on `e.tid` (a flush, a discard, a write of zeroes):
+    /// the host side of a guest request (see [`Join::job_root`]), or QEMU's own.
+    fn job_io(&mut self, e: &RawEvent, api: Api) -> Ref {
         let root = self.job_root(e.tid);
         if let Some(r) = root
             && let Some(x) = self.roots.get_mut(r)
@@ -1395,6 +1446,7 @@ impl<'l, S: Sink> Join<'l, S> {
         let h = self.add_hio(root, kind, 0, 0, e.ts);
         if let Some(hio) = self.hios.get_mut(h) {
             hio.api = api;
+            hio.job = true;
         }
         h
     }
@@ -1445,6 +1497,29 @@ impl<'l, S: Sink> Join<'l, S> {
                 {
                     hio.submit = e.ts;
                 }
+            }
+            13 => {
+                let key = [e.a[0], e.a[1], e.a[2]];
+                let h = match self.falloc_wait.iter().position(|&(k, _)| k == key) {
+                    Some(i) => self.falloc_wait.remove(i).map(|(_, h)| h),
+                    None => None,
+                };
+                let h = match h.filter(|&h| self.hios.get(h).is_some()) {
+                    Some(h) => h,
+                    None => {
+                        // QEMU's own (preallocation, image growth): no request's.
+                        let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
+                        if let Some(x) = self.hios.get_mut(h) {
+                            x.api = Api::Threads;
+                            x.bytes = e.a[2];
+                        }
+                        h
+                    }
+                };
+                if let Some(hio) = self.hios.get_mut(h) {
+                    hio.submit = e.ts;
+                }
+                self.threads.at(e.tid, e.ts).worker = Some(h);
             }
             11 | 12 => {
                 let fd = e.a[0];
@@ -1534,7 +1609,7 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     fn sys_exit(&mut self, e: &RawEvent) {
-        if matches!(e.sub, 1..=6 | 11 | 12) {
+        if matches!(e.sub, 1..=6 | 11..=13) {
             let worker = self.threads.get_mut(e.tid).and_then(|t| {
                 t.dio = None;
                 t.worker.take()
@@ -1626,6 +1701,9 @@ impl<'l, S: Sink> Join<'l, S> {
                     .dev_ranges_of_inode(ino, hio.offset, hio.bytes, &mut ranges)
             {
                 hio.disks = disks;
+                if hio.fd != 0 {
+                    self.fd_disks.insert(hio.fd, disks);
+                }
                 if ranges != hio.ranges {
                     hio.ranges = ranges;
                     self.unindex_ranges(h);
@@ -2125,15 +2203,15 @@ impl<'l, S: Sink> Join<'l, S> {
             let mut unseen = 0;
             for h in open {
                 if let Some(x) = self.forget_hio(h)
-                    && x.api == Api::Native
-                    && x.bytes == 0
-                    && !x.fs_begun
+                    && x.job
+                    && (x.submit == 0 || (x.api == Api::Native && !x.fs_begun))
                 {
                     unseen += 1;
                 }
             }
-            // A linux-aio flush whose fsync was never seen (a filesystem without the
-            // probed tracepoint): the flush is QEMU's alone, as without the probes.
+            // A job the kernel was never seen to begin (a linux-aio flush on a
+            // filesystem without the probed tracepoint; a job whose syscall did not
+            // match it): the request is QEMU's alone, as without the probes.
             if unseen > 0
                 && let Some(root) = self.roots.get_mut(r)
             {
@@ -2170,9 +2248,10 @@ impl<'l, S: Sink> Join<'l, S> {
             return;
         }
         let mut partial = root.partial | reason;
-        // Flush, GET_ID, discard carry no data the host reads or writes: QEMU's part is
-        // all there is to see (their fdatasync / fallocate is not traced). `Other` is
-        // also what a trace without request types gives, so it still expects host IO.
+        // Flush, GET_ID, discard carry no data the host reads or writes: they need no
+        // host IO to be complete (QEMU may answer them itself, or the trace lacks the
+        // fsync / fallocate probes). `Other` is also what a trace without request
+        // types gives, so it still expects host IO.
         let no_data = matches!(
             root.op,
             Op::Flush | Op::GetId | Op::Discard | Op::WriteZeroes
@@ -2275,6 +2354,7 @@ impl<'l, S: Sink> Join<'l, S> {
         self.preflush.retain(|&(_, h)| hios.get(h).is_some());
         self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
         self.sync_wait.retain(|&h| hios.get(h).is_some());
+        self.falloc_wait.retain(|&(_, h)| hios.get(h).is_some());
         // Plugged bios whose host IO is over or whose bio is gone: no insert claimed them.
         let bios = &self.bios;
         self.plugged
@@ -2824,12 +2904,69 @@ mod tests {
         }
     }
 
-    /// A guest's flush with `aio=native` on iothread 1: linux-aio hands the fsync to a
-    /// kernel worker (thread 51), outside QEMU, which queues a flush bio; the block
-    /// layer's flush request follows. Another process's fsync (inode 99, worker 50)
-    /// comes first. The VM has two disks, each one image file (inodes 11 and 12).
+    /// A guest's discard with `aio=threads`: qcow2 passes it to the image file as a
+    /// thread-pool job (fd 8, 64 KiB at 64 KiB), which worker 3 runs as fallocate (punch
+    /// hole, mode 3). Worker 2's fallocate of fd 9, begun first, is no job's.
     #[test]
-    fn a_linux_aio_flush_is_followed_into_the_kernel_workers_fsync() {
+    fn a_guest_discard_is_followed_into_its_workers_fallocate() {
+        let layout = Layout::default();
+        let run = |falloc_syscalls: bool, offset: u64| {
+            let cfg = JoinConfig {
+                falloc_syscalls,
+                ..JoinConfig::default()
+            };
+            let mut j = Join::new(&layout, All::default(), cfg);
+            let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+            let sys = |ts, tid, kind, a| sub_ev(ts, tid, kind, 13, a);
+            j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+            let job = 8 << 32 | q::AIO_DISCARD;
+            j.event(&q(
+                1_500,
+                q::THREAD_POOL_SUBMIT_AIO,
+                [0xe1, 0x1_0000, 0x1_0000, job],
+            ));
+            if falloc_syscalls {
+                j.event(&sys(1_800, 2, EventKind::SysEnter, [9, 0, 4096, 0]));
+                j.event(&sys(
+                    2_000,
+                    3,
+                    EventKind::SysEnter,
+                    [8, offset, 0x1_0000, 3],
+                ));
+                j.event(&sys(2_200, 2, EventKind::SysExit, [0, 0, 0, 0]));
+                j.event(&sys(6_000, 3, EventKind::SysExit, [0, 0, 0, 0]));
+            }
+            // Type 11 (discard); its ranges are in the data, 16 bytes per range.
+            j.event(&q(6_500, q::VIRTIO_REQ_COMPLETE, [0xd1, 0, 11, 16]));
+            j.finish().0
+        };
+        let all = run(true, 0x1_0000);
+        assert_eq!(all.0.len(), 1, "{:?}", all.0);
+        let d = &all.0[0];
+        assert_eq!((d.op, d.partial, d.host_ios), (Op::Discard, 0, 1), "{d:?}");
+        // parsed, fallocate entered and returned, completion pushed: the fallocate is
+        // host_fs.
+        assert_eq!(d.b[1..9], [1_000, 2_000, 0, 0, 0, 6_000, 0, 6_500]);
+        assert_eq!(
+            all.1
+                .iter()
+                .map(|o| (o.class, o.start, o.end, o.bytes))
+                .collect::<Vec<_>>(),
+            [(OtherClass::QemuSyscall, 1_800, 2_200, 4096)]
+        );
+        // Without the probes, QEMU's alone, and complete; the same where the worker's
+        // fallocate is not the job's (its range differs): that one is QEMU's own.
+        for (falloc, offset) in [(false, 0), (true, 0x2_0000)] {
+            let all = run(falloc, offset);
+            let d = &all.0[0];
+            assert_eq!((d.op, d.partial, d.host_ios), (Op::Discard, 0, 0), "{d:?}");
+            assert_eq!(d.b[2..8], [0; 6]);
+            assert_eq!(all.1.len(), if falloc { 2 } else { 0 }, "{:?}", all.1);
+        }
+    }
+
+    /// A VM with two disks, each one image file (inodes 11 and 12) on /dev/sda.
+    fn two_disks() -> Layout {
         let file = |name: &str, ino: u64| {
             serde_json::json!({"file": name, "len": 1u64 << 30, "ino": ino, "host": [
             {"offset": 0, "len": 1u64 << 30, "hops": [
@@ -2845,6 +2982,89 @@ mod tests {
             "devices": []
         }));
         assert_eq!(layout.disks.len(), 2);
+        layout
+    }
+
+    /// A flush's or discard's thread-pool job names only a file descriptor: its disk is
+    /// that of the file an earlier job of the descriptor read, as the kernel named it.
+    #[test]
+    fn a_job_of_a_descriptor_gets_the_disk_of_the_file_it_opened() {
+        let layout = two_disks();
+        let cfg = JoinConfig {
+            flush_syscalls: true,
+            falloc_syscalls: true,
+            ..JoinConfig::default()
+        };
+        let mut j = Join::new(&layout, All::default(), cfg);
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+        // QEMU reads 4 KiB of b.qcow2 (fd 7) at start-up: worker 3, direct IO.
+        let read = 7 << 32 | q::AIO_READ;
+        j.event(&q(1_000, q::THREAD_POOL_SUBMIT_AIO, [0xe0, 0, 4096, read]));
+        j.event(&sub_ev(
+            1_100,
+            3,
+            EventKind::Qemu,
+            q::HANDLE_AIOCB_RW,
+            [0xe0, 0, 4096, read],
+        ));
+        j.event(&sub_ev(1_200, 3, EventKind::SysEnter, 1, [7, 0, 4096, 0]));
+        j.event(&ev(1_300, 3, EventKind::DioBegin, [0xd0, 0, 4096, 12]));
+        let sector = (12u64 << 30) / 512;
+        j.event(&ev(
+            1_400,
+            3,
+            EventKind::BioQueue,
+            [0xb0, sector, dev | 4096, 0],
+        ));
+        j.event(&ev(
+            1_500,
+            3,
+            EventKind::RqIssue,
+            [0x70, sector, dev | 4096, 0xb0],
+        ));
+        j.event(&ev(
+            1_900,
+            0,
+            EventKind::RqComplete,
+            [0x70, sector, dev | 4096, 4096],
+        ));
+        j.event(&sub_ev(2_000, 3, EventKind::SysExit, 1, [4096, 0, 0, 0]));
+        // Then the guest's flush and discard of that disk.
+        for (t, req, job, virtio_type) in [
+            (10_000, 0xf1, q::AIO_FLUSH, 4),
+            (20_000, 0xd1, q::AIO_DISCARD, 11),
+        ] {
+            j.event(&q(t, q::VIRTIO_HANDLE_REQUEST, [req, 0, 0, 0]));
+            j.event(&q(
+                t + 100,
+                q::THREAD_POOL_SUBMIT_AIO,
+                [0xe1, 0, 0, 7 << 32 | job],
+            ));
+            let sc = if job == q::AIO_FLUSH { 11 } else { 13 };
+            j.event(&sub_ev(t + 200, 3, EventKind::SysEnter, sc, [7, 0, 0, 0]));
+            j.event(&sub_ev(t + 900, 3, EventKind::SysExit, sc, [0, 0, 0, 0]));
+            j.event(&q(
+                t + 1_000,
+                q::VIRTIO_REQ_COMPLETE,
+                [req, 0, virtio_type, 0],
+            ));
+        }
+        let (all, _) = j.finish();
+        for op in [Op::Flush, Op::Discard] {
+            let r = all.0.iter().find(|r| r.op == op).expect("row");
+            assert_eq!((r.host_ios, r.partial), (1, 0), "{r:?}");
+            assert_eq!(r.disk, Some(1), "{r:?}");
+        }
+    }
+
+    /// A guest's flush with `aio=native` on iothread 1: linux-aio hands the fsync to a
+    /// kernel worker (thread 51), outside QEMU, which queues a flush bio; the block
+    /// layer's flush request follows. Another process's fsync (inode 99, worker 50)
+    /// comes first. The VM has two disks, each one image file (inodes 11 and 12).
+    #[test]
+    fn a_linux_aio_flush_is_followed_into_the_kernel_workers_fsync() {
+        let layout = two_disks();
         let dev = u64::from(kernel_dev(8, 0)) << 32;
         let run = |fs_sync: bool, sync_shown: bool| {
             let cfg = JoinConfig {
