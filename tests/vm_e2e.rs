@@ -364,11 +364,14 @@ fn run_guest(backing: bool) {
     // worker's), inside the request. Where the host filesystem's flush went to a device
     // from that thread, the device's part lies inside the fsync; where the journal
     // thread did it (ext4, a commit under way) the fsync is all there is.
-    let flushes: u64 = serial
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("viopath-flushes "))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("the guest's flush count");
+    let guest_count = |what: &str| -> u64 {
+        serial
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(what))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the guest's count of {what}:\n{serial}"))
+    };
+    let flushes = guest_count("viopath-flushes ");
     let flush_rows: Vec<&&IoRow> = virtio.iter().filter(|r| r.op == Op::Flush).collect();
     assert!(flushes > 0, "the workload's sync made no flush");
     assert_eq!(flush_rows.len() as u64, flushes, "{flush_rows:?}");
@@ -391,11 +394,7 @@ fn run_guest(backing: bool) {
     // Discards: as many as the guest counted; those that freed clusters of an image
     // file (the deleted file's, where no backing file holds them) followed into the
     // worker's fallocate, inside the request.
-    let discards: u64 = serial
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("viopath-discards "))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("the guest's discard count");
+    let discards = guest_count("viopath-discards ");
     let discard_rows: Vec<&&IoRow> = virtio.iter().filter(|r| r.op == Op::Discard).collect();
     assert!(discards > 0, "the workload's fstrim made no discard");
     assert_eq!(discard_rows.len() as u64, discards, "{discard_rows:?}");

@@ -1500,45 +1500,23 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             13 => {
                 let key = [e.a[0], e.a[1], e.a[2]];
-                let h = match self.falloc_wait.iter().position(|&(k, _)| k == key) {
-                    Some(i) => self.falloc_wait.remove(i).map(|(_, h)| h),
-                    None => None,
-                };
-                let h = match h.filter(|&h| self.hios.get(h).is_some()) {
-                    Some(h) => h,
-                    None => {
-                        // QEMU's own (preallocation, image growth): no request's.
-                        let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
-                        if let Some(x) = self.hios.get_mut(h) {
-                            x.api = Api::Threads;
-                            x.bytes = e.a[2];
-                        }
-                        h
-                    }
-                };
-                if let Some(hio) = self.hios.get_mut(h) {
-                    hio.submit = e.ts;
-                }
-                self.threads.at(e.tid, e.ts).worker = Some(h);
+                let job = self
+                    .falloc_wait
+                    .iter()
+                    .position(|&(k, _)| k == key)
+                    .and_then(|i| self.falloc_wait.remove(i))
+                    .map(|(_, h)| h);
+                self.worker_runs(e, job, e.a[2]);
             }
             11 | 12 => {
                 let fd = e.a[0];
-                let h = match self.flush_wait.iter().position(|&(f, _)| f == fd) {
-                    Some(i) => self.flush_wait.remove(i).map(|(_, h)| h),
-                    None => None,
-                };
-                let h = match h.filter(|&h| self.hios.get(h).is_some()) {
-                    Some(h) => h,
-                    None => {
-                        let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
-                        self.hios.get_mut(h).expect("new").api = Api::Threads;
-                        h
-                    }
-                };
-                if let Some(hio) = self.hios.get_mut(h) {
-                    hio.submit = e.ts;
-                }
-                self.threads.at(e.tid, e.ts).worker = Some(h);
+                let job = self
+                    .flush_wait
+                    .iter()
+                    .position(|&(f, _)| f == fd)
+                    .and_then(|i| self.flush_wait.remove(i))
+                    .map(|(_, h)| h);
+                self.worker_runs(e, job, 0);
             }
             7 => {
                 if let Some(t) = self.threads.get_mut(e.tid) {
@@ -1553,6 +1531,27 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             _ => {}
         }
+    }
+
+    /// Thread `e.tid` entered the syscall that runs thread-pool job `job`, or, with no
+    /// job waiting for it, one of QEMU's own (preallocation, image growth: no
+    /// request's) of `bytes`. The syscall's return ends it.
+    fn worker_runs(&mut self, e: &RawEvent, job: Option<Ref>, bytes: u64) {
+        let h = match job.filter(|&h| self.hios.get(h).is_some()) {
+            Some(h) => h,
+            None => {
+                let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.api = Api::Threads;
+                    x.bytes = bytes;
+                }
+                h
+            }
+        };
+        if let Some(hio) = self.hios.get_mut(h) {
+            hio.submit = e.ts;
+        }
+        self.threads.at(e.tid, e.ts).worker = Some(h);
     }
 
     /// The filesystem's fsync of a file began or ended, in thread `e.tid`.
