@@ -163,7 +163,14 @@ fn guest_assets() -> Option<vm::GuestAssets> {
 
 #[test]
 fn a_real_guest_is_joined_to_the_bottom_disk_and_named_by_guest_file() {
-    run_guest(false);
+    run_guest(false, "threads");
+}
+
+/// The same with `aio=io_uring`: reads and writes as SQEs, and flushes as io_uring
+/// fsyncs, followed from submission to completion.
+#[test]
+fn a_real_guest_with_io_uring_is_joined_the_same_way() {
+    run_guest(false, "io_uring");
 }
 
 /// The same guest on a qcow2 overlay over that image: its reads of clusters the
@@ -175,10 +182,10 @@ fn a_real_guest_is_joined_to_the_bottom_disk_and_named_by_guest_file() {
 /// has `aio=threads`: its flushes run in a kernel worker, not in QEMU.
 #[test]
 fn a_guest_on_a_backing_chain_is_joined_through_the_backing_file() {
-    run_guest(true);
+    run_guest(true, "native");
 }
 
-fn run_guest(backing: bool) {
+fn run_guest(backing: bool, aio: &str) {
     if !is_root() {
         eprintln!("SKIPPED: needs root (BPF, loop devices)");
         return;
@@ -238,10 +245,10 @@ fn run_guest(backing: bool) {
     if backing {
         let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}{COUNT_FLUSHES}");
         let disks = [disk.as_path(), second.as_path()];
-        args.extend(vm::qemu_args_disks(&assets, &disks, "native", &workload));
+        args.extend(vm::qemu_args_disks(&assets, &disks, aio, &workload));
     } else {
         let workload = format!("{WORKLOAD}{COUNT_FLUSHES}");
-        args.extend(vm::qemu_args(&assets, &disk, "threads", &workload));
+        args.extend(vm::qemu_args(&assets, &disk, aio, &workload));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)
