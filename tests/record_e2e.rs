@@ -338,6 +338,44 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
         }
     }
 
+    // linux-aio and io_uring submissions name the descriptor (a3 >> 32): the one the
+    // kernel saw QEMU read the image's inode through, in the synchronous preads QEMU
+    // makes while opening it (alignment probing, header), which is an independent view.
+    if with_symbols && (aio == "native" || aio == "io_uring") {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&img).unwrap().ino();
+        let mut in_syscall = std::collections::HashMap::new();
+        let mut kernel_fds = std::collections::BTreeSet::new();
+        for e in &t.events {
+            match EventKind::from_u8(e.kind) {
+                Some(EventKind::SysEnter) if (1..=6).contains(&e.sub) => {
+                    in_syscall.insert(e.tid, e.a[0]);
+                }
+                Some(EventKind::SysExit) => {
+                    in_syscall.remove(&e.tid);
+                }
+                Some(EventKind::DioBegin) if e.a[3] == ino => {
+                    if let Some(&fd) = in_syscall.get(&e.tid) {
+                        kernel_fds.insert(fd);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let probe = if aio == "native" { LAIO } else { LURING };
+        let named: std::collections::BTreeSet<u64> =
+            qemu(&t, probe).iter().map(|e| e.a[3] >> 32).collect();
+        assert_eq!(
+            named.len(),
+            1,
+            "{aio}: submissions name descriptors {named:?}"
+        );
+        assert!(
+            kernel_fds.is_superset(&named),
+            "{aio}: submissions name {named:?}, the kernel read the image through {kernel_fds:?}"
+        );
+    }
+
     // Expectations from the image as it is after the run.
     let chain = Chain::open(&img).unwrap();
     let mut resolver = HostResolver::new(Topology::system());

@@ -621,6 +621,8 @@ static __always_inline __u64 read_arg(struct args6 *regs, struct vp_arg *a)
 	case VP_ARG_DEREF32:
 		bpf_probe_read_user(&v, 4, (void *)(reg + a->off));
 		return v;
+	case VP_ARG_REG_PAIR:
+		return (__u32)reg | (__u64)(__u32)regs->r[a->off < 6 ? a->off : 5] << 32;
 	default:
 		return 0;
 	}

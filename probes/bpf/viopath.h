@@ -82,6 +82,7 @@ enum vp_arg_kind {
 	VP_ARG_REG = 1,        /* the argument register itself */
 	VP_ARG_DEREF64 = 2,    /* *(u64 *)(reg + off) in QEMU's memory */
 	VP_ARG_DEREF32 = 3,    /* *(u32 *)(reg + off) */
+	VP_ARG_REG_PAIR = 4,   /* (u32)reg | (u32)argument `off` << 32: two int arguments */
 };
 
 struct vp_arg {

@@ -180,6 +180,7 @@ pub enum ArgKind {
     Reg = 1,
     Deref64 = 2,
     Deref32 = 3,
+    RegPair = 4,
 }
 
 /// `struct vp_arg`: where one payload slot of a QEMU event comes from.
@@ -218,6 +219,15 @@ impl Arg {
             kind: ArgKind::Deref32 as u8,
             reg,
             off,
+        }
+    }
+    /// The low 32 bits of argument `lo`, with those of argument `hi` above them: two
+    /// `int` arguments in one slot.
+    pub const fn reg_pair(lo: u8, hi: u8) -> Arg {
+        Arg {
+            kind: ArgKind::RegPair as u8,
+            reg: lo,
+            off: hi as u16,
         }
     }
 }
@@ -300,6 +310,7 @@ mod tests {
         assert_eq!(get("VP_ARG_REG"), ArgKind::Reg as u64);
         assert_eq!(get("VP_ARG_DEREF64"), ArgKind::Deref64 as u64);
         assert_eq!(get("VP_ARG_DEREF32"), ArgKind::Deref32 as u64);
+        assert_eq!(get("VP_ARG_REG_PAIR"), ArgKind::RegPair as u64);
     }
 
     #[test]

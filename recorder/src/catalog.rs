@@ -605,17 +605,27 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         id: 17,
         symbol: "laio_co_submit",
         layer: Layer::FilePosix,
-        records: "linux-aio submission (aio=native): qiov, host offset, bytes, type",
+        records: "linux-aio submission (aio=native): qiov, host offset, bytes, type | fd << 32",
         layouts: &[
             // 10.0: laio_co_submit(fd, offset, qiov, type, flags)
             (
                 Versions::Exactly(10, 0),
-                [A::reg(2), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(3)],
+                [
+                    A::reg(2),
+                    A::reg(1),
+                    A::deref64(2, QIOV_SIZE),
+                    A::reg_pair(3, 0),
+                ],
             ),
             // 7.2: laio_co_submit(bs, s, fd, offset, qiov, type, dev_max_batch)
             (
                 Versions::Exactly(7, 2),
-                [A::reg(4), A::reg(3), A::deref64(4, QIOV_SIZE), A::reg(5)],
+                [
+                    A::reg(4),
+                    A::reg(3),
+                    A::deref64(4, QIOV_SIZE),
+                    A::reg_pair(5, 2),
+                ],
             ),
         ],
     },
@@ -623,17 +633,27 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         id: 18,
         symbol: "luring_co_submit",
         layer: Layer::FilePosix,
-        records: "io_uring submission (aio=io_uring): qiov, host offset, bytes, type",
+        records: "io_uring submission (aio=io_uring): qiov, host offset, bytes, type | fd << 32",
         layouts: &[
             // 10.0: luring_co_submit(bs, fd, offset, qiov, type, flags)
             (
                 Versions::Exactly(10, 0),
-                [A::reg(3), A::reg(2), A::deref64(3, QIOV_SIZE), A::reg(4)],
+                [
+                    A::reg(3),
+                    A::reg(2),
+                    A::deref64(3, QIOV_SIZE),
+                    A::reg_pair(4, 1),
+                ],
             ),
             // 7.2: luring_co_submit(bs, s, fd, offset, qiov, type)
             (
                 Versions::Exactly(7, 2),
-                [A::reg(4), A::reg(3), A::deref64(4, QIOV_SIZE), A::reg(5)],
+                [
+                    A::reg(4),
+                    A::reg(3),
+                    A::deref64(4, QIOV_SIZE),
+                    A::reg_pair(5, 2),
+                ],
             ),
         ],
     },

@@ -1032,6 +1032,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 } else {
                     self.file_io_for(e, a1, a2, Api::Native)
                 };
+                self.set_fd(h, a3 >> 32);
                 self.threads.at(e.tid, e.ts).laio_wait.push(h);
             }
             q::LURING_CO_SUBMIT => {
@@ -1044,6 +1045,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 } else {
                     self.file_io_for(e, a1, a2, Api::Uring)
                 };
+                self.set_fd(h, a3 >> 32);
                 self.uring_wait.push_back(h);
             }
             q::VIRTIO_RW_COMPLETE => {
@@ -1419,6 +1421,19 @@ impl<'l, S: Sink> Join<'l, S> {
             .map(|(r, _)| r)
     }
 
+    /// A linux-aio or io_uring submission names its descriptor (0 in traces recorded
+    /// before it did): a job without data takes the disk the descriptor is known for;
+    /// one with data teaches the descriptor its disk once the kernel names its file.
+    fn set_fd(&mut self, h: Ref, fd: u64) {
+        if fd == 0 {
+            return;
+        }
+        if let Some(x) = self.hios.get_mut(h) {
+            x.fd = fd;
+        }
+        self.fd_names_disks(h, fd);
+    }
+
     /// A job of descriptor `fd` is for the disks whose file that descriptor was seen to
     /// open (its file as the filesystem names it overrides this).
     fn fd_names_disks(&mut self, h: Ref, fd: u64) {
@@ -1573,12 +1588,22 @@ impl<'l, S: Sink> Join<'l, S> {
                 Some(h) => h,
                 None => {
                     // A flush QEMU handed the kernel, begun in a kernel worker (linux-aio)
-                    // or an io_uring worker: the first submitted not begun yet.
-                    let Some(i) = self
-                        .sync_wait
-                        .iter()
-                        .position(|&h| self.hios.get(h).is_some_and(|x| x.submit != 0))
-                    else {
+                    // or an io_uring worker: the first submitted not begun yet of the
+                    // disk whose file this is. Workers may begin two disks' flushes in
+                    // either order; a flush whose disk is not known (its descriptor
+                    // never seen with data) waits in submission order.
+                    let waiting = |want: &dyn Fn(&Hio) -> bool| {
+                        self.sync_wait.iter().position(|&h| {
+                            self.hios.get(h).is_some_and(|x| x.submit != 0 && want(x))
+                        })
+                    };
+                    let found = match disks {
+                        Some(d) => {
+                            waiting(&|x| x.disks & d != 0).or_else(|| waiting(&|x| x.disks == 0))
+                        }
+                        None => waiting(&|_| true),
+                    };
+                    let Some(i) = found else {
                         return;
                     };
                     let h = self.sync_wait.remove(i).expect("found");
@@ -3128,6 +3153,74 @@ mod tests {
             assert_eq!(f.b[2..8], [0; 6], "{f:?}");
             assert_eq!((f.b[1], f.b[8]), (1_000, 5_600));
         }
+    }
+
+    /// Two disks' flushes with `aio=native`, submitted by one io_submit (disk a's first),
+    /// whose kernel workers begin them the other way round: each flush is paired with the
+    /// fsync of its own disk's file, which the descriptor it named says (learned from a
+    /// read of each disk: fd 5 read inode 11, fd 6 inode 12).
+    #[test]
+    fn linux_aio_flushes_of_two_disks_pair_with_their_own_disks_fsync() {
+        let layout = two_disks();
+        let run = |with_fds: bool| {
+            let cfg = JoinConfig {
+                fs_sync: true,
+                ..JoinConfig::default()
+            };
+            let mut j = Join::new(&layout, All::default(), cfg);
+            let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+            let fd = |fd: u64| if with_fds { fd << 32 } else { 0 };
+            for (t, fd_, ino) in [(100, 5, 11), (1_100, 6, 12)] {
+                j.event(&q(
+                    t,
+                    q::LAIO_CO_SUBMIT,
+                    [0x100 + t, 0, 4096, fd(fd_) | q::AIO_READ],
+                ));
+                j.event(&sub_ev(t + 100, 1, EventKind::SysEnter, 7, [0x1c, 0, 1, 0]));
+                j.event(&ev(
+                    t + 200,
+                    1,
+                    EventKind::DioBegin,
+                    [0xd0 + t, 0, 4096, ino],
+                ));
+                j.event(&sub_ev(t + 300, 1, EventKind::SysExit, 7, [1, 0, 0, 0]));
+                j.event(&ev(t + 800, 0, EventKind::DioComplete, [0xd0 + t, 0, 0, 0]));
+            }
+            for (t, req, fd_) in [(10_000, 0xfa, 5), (10_100, 0xfb, 6)] {
+                j.event(&q(t, q::VIRTIO_HANDLE_REQUEST, [req, 0, 0, 0]));
+                j.event(&q(
+                    t + 50,
+                    q::LAIO_CO_SUBMIT,
+                    [0, 0, 0, fd(fd_) | q::AIO_FLUSH],
+                ));
+            }
+            j.event(&sub_ev(10_200, 1, EventKind::SysEnter, 7, [0x1c, 0, 2, 0]));
+            j.event(&sub_ev(10_300, 1, EventKind::SysExit, 7, [2, 0, 0, 0]));
+            let sync =
+                |ts, tid, sub, ino| sub_ev(ts, tid, EventKind::FsSync, sub, [ino, 8 << 20, 1, 0]);
+            j.event(&sync(11_000, 51, 0, 12));
+            j.event(&sync(11_500, 52, 0, 11));
+            j.event(&sync(12_000, 51, 1, 12));
+            j.event(&q(12_500, q::VIRTIO_REQ_COMPLETE, [0xfb, 0, 4, 0]));
+            j.event(&sync(13_000, 52, 1, 11));
+            j.event(&q(13_500, q::VIRTIO_REQ_COMPLETE, [0xfa, 0, 4, 0]));
+            let (all, _) = j.finish();
+            let flushes: Vec<IoRow> = all.0.into_iter().filter(|r| r.op == Op::Flush).collect();
+            assert_eq!(flushes.len(), 2);
+            flushes
+        };
+        let f = run(true);
+        // Disk b's flush completed first; its fsync returned at 12 000, disk a's at 13 000.
+        assert_eq!((f[0].b[8], f[0].b[6], f[0].disk), (12_500, 12_000, Some(1)));
+        assert_eq!((f[1].b[8], f[1].b[6], f[1].disk), (13_500, 13_000, Some(0)));
+        assert!(f.iter().all(|r| r.partial == 0 && r.host_ios == 1), "{f:?}");
+
+        // A trace whose submissions name no descriptor: submission order, swapped. Disk
+        // a's flush takes disk b's fsync; disk b's flush, which completed before the
+        // fsync it took ended, has no host end.
+        let f = run(false);
+        assert_eq!((f[1].b[8], f[1].b[6], f[1].disk), (13_500, 12_000, Some(1)));
+        assert_eq!((f[0].b[8], f[0].b[6]), (12_500, 0), "{f:?}");
     }
 
     /// qemu-io's aio_read on thread 5: blk_aio_preadv with its context as opaque, the
