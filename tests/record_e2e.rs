@@ -538,6 +538,111 @@ fn records_every_layer_with_aio_threads_native_and_io_uring() {
     }
 }
 
+/// QEMU's flush with `aio=native` on XFS, which has no fsync tracepoints like ext4's:
+/// the kernel worker's linux-aio fsync work item is recorded, naming the image file as
+/// the filesystem has it (stat is the oracle), once per flush QEMU submitted, and ends
+/// on the worker thread that began it.
+#[test]
+fn a_linux_aio_flush_on_xfs_is_seen_in_its_kernel_worker() {
+    let Some(prefix) = can_run() else { return };
+    if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: no mkfs.xfs (xfsprogs; CI installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let backing = dir.path().join("xfs.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // XFS wants at least 300 MiB.
+    sh(&format!("truncate -s 512M {}", backing.display()));
+    let loopdev = run(
+        "losetup",
+        &["--direct-io=on", "--show", "-f", backing.to_str().unwrap()],
+    )
+    .trim()
+    .to_owned();
+    let mut cleanup = Cleanup(vec![format!("losetup -d {loopdev}")]);
+    sh(&format!(
+        "mkfs.xfs -q -f {loopdev} && mount {loopdev} {}",
+        mnt.display()
+    ));
+    cleanup.0.push(format!("umount {}", mnt.display()));
+    let img = create(&mnt, "vm.qcow2", "cluster_size=65536", "64M");
+    let trace = dir.path().join("run.trace");
+    let cmd: Vec<String> = [
+        prefix.join("bin/qemu-io").to_str().unwrap(),
+        "-f",
+        "qcow2",
+        "-t",
+        "none",
+        "-i",
+        "native",
+        "-c",
+        "write 0 64k",
+        "-c",
+        "flush",
+        "-c",
+        "write 1M 64k",
+        "-c",
+        "flush",
+        img.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let summary = record(&trace, &cmd);
+    assert_eq!(summary["child_exit"], 0, "qemu-io failed: {summary}");
+    let t = read_trace(&trace);
+
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&img).unwrap();
+    let fs_dev = u64::from(kernel_dev(libc::major(md.dev()), libc::minor(md.dev())));
+    let mut flushes: Vec<&RawEvent> = qemu(&t, LAIO)
+        .into_iter()
+        .filter(|e| e.a[3] & 0xff == viopath_probes::abi::qemu_probe::AIO_FLUSH)
+        .collect();
+    // The file has each CPU's events in runs: time order first.
+    flushes.sort_by_key(|e| e.ts);
+    assert!(
+        flushes.len() >= 2,
+        "QEMU submitted {} linux-aio flushes",
+        flushes.len()
+    );
+    let sync = |sub: u8| -> Vec<&RawEvent> {
+        t.events
+            .iter()
+            .filter(|e| e.kind == EventKind::FsSync as u8 && e.sub == sub)
+            .collect()
+    };
+    let begun: Vec<&RawEvent> = sync(2).into_iter().filter(|e| e.a[0] == md.ino()).collect();
+    // Each flush QEMU submitted is begun by a kernel worker before the next one is
+    // submitted. (There can be more work items than flushes seen: QEMU's start-up
+    // flush may precede the uprobe's first hit.)
+    assert!(begun.len() >= flushes.len(), "work items begun: {begun:?}");
+    for (i, f) in flushes.iter().enumerate() {
+        let next = flushes.get(i + 1).map_or(u64::MAX, |n| n.ts);
+        let b = begun
+            .iter()
+            .find(|b| f.ts < b.ts && b.ts < next)
+            .unwrap_or_else(|| panic!("no work item for flush {f:?}: {begun:?}"));
+        assert_eq!(b.a[1], fs_dev, "{b:?}");
+    }
+    for b in &begun {
+        assert!(
+            sync(3)
+                .iter()
+                .any(|e| e.a[3] == b.a[3] && e.tid == b.tid && e.ts > b.ts),
+            "no end of work item {b:?}"
+        );
+    }
+    // The filesystem is not ext4: none of ext4's fsync events name the image.
+    assert!(
+        !sync(0).iter().chain(&sync(1)).any(|e| e.a[0] == md.ino()),
+        "ext4 fsync events for an image on XFS"
+    );
+    drop(cleanup);
+}
+
 #[test]
 fn stripped_distro_qemu_io_gives_the_dynsym_layers() {
     if !is_root() || !Path::new("/usr/bin/qemu-io").exists() {

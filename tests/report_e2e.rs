@@ -210,6 +210,7 @@ fn check(aio: &str) -> Vec<Gap> {
         expect_qcow2: layout.has_qcow2(),
         flush_syscalls: true,
         fs_sync: true,
+        aio_fsync: true,
         falloc_syscalls: true,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);

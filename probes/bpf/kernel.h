@@ -12,6 +12,7 @@ typedef __u32 dev_t;
 typedef __u64 sector_t;
 typedef __u32 blk_opf_t;
 typedef __u8 blk_status_t;
+struct work_struct;
 
 #define PAI __attribute__((preserve_access_index))
 
@@ -79,6 +80,19 @@ struct inode {
 
 struct file {
 	struct inode *f_inode;
+} PAI;
+
+typedef void (*work_func_t)(struct work_struct *work);
+
+struct work_struct {
+	work_func_t func;
+} PAI;
+
+/* fs/aio.c: a linux-aio fsync request, run by a kernel worker. */
+struct fsync_iocb {
+	struct file *file;
+	struct work_struct work;
+	_Bool datasync;
 } PAI;
 
 struct kiocb {

@@ -22,6 +22,9 @@ const volatile __u32 target_tgid = 0;
 const volatile __u32 filter_devices = 1;
 /* Wake the reader only when this much is waiting (it also polls on a timer). */
 const volatile __u64 wakeup_bytes = 256 * 1024;
+/* fs/aio.c's aio_fsync_work (from /proc/kallsyms): the work function of a linux-aio
+ * fsync. 0: not known, the workqueue programs stay silent. */
+const volatile __u64 aio_fsync_work = 0;
 
 /*
  * Events go to one of VP_RING_SHARDS ring buffers chosen by CPU: one ring shared by all
@@ -504,6 +507,44 @@ SEC("tp_btf/ext4_sync_file_exit")
 int BPF_PROG(sync_exit, struct inode *inode, int ret)
 {
 	fs_sync(1, inode, ret);
+	return 0;
+}
+
+/* Any filesystem: a linux-aio fsync is a work item whose function is aio_fsync_work.
+ * Its start names the file (the work is inside the request, after the file pointer);
+ * its end is after the fsync returned and the completion was posted, when the request
+ * may be freed, so it carries only the work pointer. Every work item of the machine
+ * passes here: the function compare comes first. */
+SEC("tp_btf/workqueue_execute_start")
+int BPF_PROG(aio_fsync_start, struct work_struct *work)
+{
+	if (!aio_fsync_work || (__u64)work->func != aio_fsync_work)
+		return 0;
+	struct fsync_iocb *req =
+		(void *)work - bpf_core_field_offset(struct fsync_iocb, work);
+	struct inode *inode = BPF_CORE_READ(req, file, f_inode);
+	__u32 dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	if (filter_devices && !device_wanted(dev))
+		return 0;
+	emit(VP_FS_SYNC, 2, BPF_CORE_READ(inode, i_ino), dev, BPF_CORE_READ(req, datasync),
+	     (__u64)work);
+	return 0;
+}
+
+/* A plain tracepoint: tp_btf refuses to read its function-pointer argument. It runs in
+ * the worker's process context, not in an interrupt. */
+struct workqueue_execute_end_ctx {
+	__u64 common;
+	__u64 work;
+	__u64 function;
+};
+
+SEC("tracepoint/workqueue/workqueue_execute_end")
+int aio_fsync_end(struct workqueue_execute_end_ctx *ctx)
+{
+	if (!aio_fsync_work || ctx->function != aio_fsync_work)
+		return 0;
+	emit(VP_FS_SYNC, 3, 0, 0, 0, ctx->work);
 	return 0;
 }
 

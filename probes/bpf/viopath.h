@@ -51,7 +51,8 @@ enum vp_type {
 	VP_DM_ENDIO = 29,      /* a dm clone bio completing; same fields */
 	/* fsync/fdatasync in the filesystem (ext4), in whatever thread runs it: a QEMU
 	 * worker's syscall, an io_uring worker, or the kernel worker of an aio fsync. */
-	VP_FS_SYNC = 30,       /* sub 0 begin, 1 end; a0 inode number, a1 fs device, a2 datasync (begin) or return value (end) */
+	VP_FS_SYNC = 30,       /* ext4 fsync: sub 0 begin, 1 end; a0 inode number, a1 fs device, a2 datasync (begin) or return value (end).
+	                        * linux-aio fsync work, any filesystem: sub 2 begun (a0 inode, a1 device, a2 datasync, a3 work), sub 3 returned (a3 work) */
 	/* QEMU entry uprobes (sub = probe id, see the recorder's catalog). */
 	VP_QEMU = 32,          /* a0 key pointer, a1 offset, a2 bytes, a3 aux */
 };

@@ -236,6 +236,21 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "ext4 fsync/fdatasync ended: inode, device, return value",
     ),
     tp_btf(
+        "aio_fsync_start",
+        "workqueue_execute_start",
+        Layer::Filesystem,
+        "linux-aio fsync (QEMU's flush with aio=native) begun by a kernel worker, any filesystem: inode, device, datasync, work",
+    ),
+    KernelProbe {
+        program: "aio_fsync_end",
+        layer: Layer::Filesystem,
+        attach: KernelAttach::Tracepoint {
+            category: "workqueue",
+            event: "workqueue_execute_end",
+        },
+        records: "linux-aio fsync work returned (after the fsync and its completion): work",
+    },
+    tp_btf(
         "bio_queue",
         "block_bio_queue",
         Layer::Block,

@@ -335,6 +335,20 @@ struct Attached {
     qemu_names: BTreeMap<u8, &'static str>,
 }
 
+/// A kernel function's address from /proc/kallsyms (None where it is missing or hidden:
+/// without root the addresses read as 0).
+fn kernel_symbol(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split_ascii_whitespace();
+        let (addr, _kind, sym) = (f.next()?, f.next()?, f.next()?);
+        (sym == name && f.next().is_none())
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+            .filter(|&a| a != 0)
+    })
+}
+
 fn attach_all(
     bpf: &mut Ebpf,
     btf: &Btf,
@@ -342,6 +356,7 @@ fn attach_all(
     qemu: &QemuInfo,
     syms: Option<&Symbols>,
     filter: &Option<Vec<String>>,
+    aio_fsync_work: u64,
 ) -> Result<Attached, RecordError> {
     let mut statuses = Vec::new();
     for p in KERNEL_PROBES {
@@ -356,6 +371,10 @@ fn attach_all(
             continue;
         }
         let result: Result<(), String> = match p.attach {
+            // Without the work function's address these programs match nothing.
+            _ if p.program.starts_with("aio_fsync_") && aio_fsync_work == 0 => {
+                Err("aio_fsync_work is not in /proc/kallsyms".to_owned())
+            }
             KernelAttach::Function {
                 function,
                 exit,
@@ -675,10 +694,12 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         None
     };
     let btf = Btf::from_sys_fs().map_err(|e| RecordError::Load(format!("BTF: {e}")))?;
+    let aio_fsync_work = kernel_symbol("aio_fsync_work").unwrap_or(0);
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
-        .override_global("target_tgid", &pid, true);
+        .override_global("target_tgid", &pid, true)
+        .override_global("aio_fsync_work", &aio_fsync_work, true);
     // Shards no CPU maps to get one page instead of the full ring.
     let cpus =
         aya::util::nr_cpus().map_err(|(p, e)| RecordError::Load(format!("{p}: {e}")))? as u32;
@@ -714,6 +735,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         qemu_info.as_ref().unwrap_or(&unknown_qemu),
         syms.as_ref(),
         &opts.probes,
+        aio_fsync_work,
     )?;
     for s in &attached.statuses {
         let mark = if s.attached { "attached" } else { "skipped " };

@@ -641,6 +641,10 @@ pub struct JoinConfig {
     /// filesystem's fsync wherever it runs. Without them a linux-aio flush is QEMU's
     /// alone, as its end would never be seen.
     pub fs_sync: bool,
+    /// The workqueue probes for linux-aio fsync work were attached: a linux-aio flush
+    /// is followed into its kernel worker on any filesystem, begun and ended by the
+    /// work item (ext4's own fsync events, inside it, still mark the fsync's end).
+    pub aio_fsync: bool,
     /// The fallocate probes were attached: a thread-pool discard or write-zeroes job
     /// ends at its worker's fallocate return. Without them (older traces) those
     /// requests are QEMU's alone.
@@ -1023,7 +1027,7 @@ impl<'l, S: Sink> Join<'l, S> {
             q::LAIO_CO_SUBMIT => {
                 let h = if a3 & 0xff == q::AIO_FLUSH {
                     // Without the fsync probes nothing would end it.
-                    if !self.cfg.fs_sync {
+                    if !self.cfg.fs_sync && !self.cfg.aio_fsync {
                         return;
                     }
                     let h = self.job_io(e, Api::Native);
@@ -1571,6 +1575,18 @@ impl<'l, S: Sink> Join<'l, S> {
 
     /// The filesystem's fsync of a file began or ended, in thread `e.tid`.
     fn fs_sync(&mut self, e: &RawEvent) {
+        if e.sub == 3 {
+            // A kernel worker's linux-aio fsync work returned: the flush's host end,
+            // unless ext4's fsync return ended it already.
+            if let Some(t) = self.threads.get_mut(e.tid)
+                && let Some(h) = t.worker
+                && self.hios.get(h).is_some_and(|x| x.api == Api::Native)
+            {
+                t.worker = None;
+                self.hio_done(h, e.ts);
+            }
+            return;
+        }
         let ino = e.a[0];
         // Only image files' (any file's if the layout does not know them by inode).
         let disks = self.layout.disks_of_inode(ino);
@@ -1582,7 +1598,9 @@ impl<'l, S: Sink> Join<'l, S> {
             .get(e.tid)
             .and_then(|t| t.worker)
             .filter(|&h| self.hios.get(h).is_some());
-        if e.sub == 0 {
+        // 0: ext4's fsync begun; 2: a linux-aio fsync work item begun (any filesystem),
+        // before ext4's inside it.
+        if e.sub == 0 || e.sub == 2 {
             let h = match mine {
                 // A thread-pool worker's fdatasync: the flush it runs.
                 Some(h) => h,
@@ -3153,6 +3171,69 @@ mod tests {
             assert_eq!(f.b[2..8], [0; 6], "{f:?}");
             assert_eq!((f.b[1], f.b[8]), (1_000, 5_600));
         }
+    }
+
+    /// A linux-aio flush on a filesystem without fsync tracepoints of its own: the kernel
+    /// worker's work item (its start names the file) begins and ends it. Another
+    /// process's linux-aio fsync (inode 99) runs first and is not the VM's. With ext4's
+    /// events inside the work item as well, the fsync's own return is the host end.
+    #[test]
+    fn a_linux_aio_flush_on_any_filesystem_ends_with_its_work_item() {
+        let layout = two_disks();
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let run = |ext4: bool| {
+            let cfg = JoinConfig {
+                fs_sync: ext4,
+                aio_fsync: true,
+                ..JoinConfig::default()
+            };
+            let mut j = Join::new(&layout, All::default(), cfg);
+            let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+            let sync = |ts, tid, sub, ino, work| {
+                sub_ev(ts, tid, EventKind::FsSync, sub, [ino, 8 << 20, 1, work])
+            };
+            j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+            j.event(&q(1_100, q::LAIO_CO_SUBMIT, [0, 0, 0, q::AIO_FLUSH]));
+            j.event(&sub_ev(1_200, 1, EventKind::SysEnter, 7, [0x1c, 0, 1, 0]));
+            j.event(&sub_ev(1_300, 1, EventKind::SysExit, 7, [1, 0, 0, 0]));
+            j.event(&sync(1_400, 50, 2, 99, 0x990));
+            j.event(&sync(1_500, 50, 3, 0, 0x990));
+            j.event(&sync(2_000, 51, 2, 11, 0x110));
+            if ext4 {
+                j.event(&sync(2_050, 51, 0, 11, 0));
+            }
+            j.event(&ev(2_100, 51, EventKind::BioQueue, [0xb1, 0, dev, 0]));
+            j.event(&ev(2_200, 60, EventKind::RqIssue, [0x71, u64::MAX, dev, 0]));
+            j.event(&ev(
+                5_000,
+                0,
+                EventKind::RqComplete,
+                [0x71, u64::MAX, dev, 0],
+            ));
+            if ext4 {
+                j.event(&sync(5_200, 51, 1, 11, 0));
+            }
+            j.event(&sync(5_300, 51, 3, 0, 0x110));
+            j.event(&q(5_600, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+            let (all, _) = j.finish();
+            let f = all
+                .0
+                .iter()
+                .find(|r| r.op == Op::Flush)
+                .expect("flush")
+                .clone();
+            assert!(all.1.is_empty(), "{:?}", all.1);
+            f
+        };
+        let f = run(false);
+        assert_eq!((f.partial, f.host_ios), (0, 1), "{f:?}");
+        assert_eq!(
+            f.b[1..9],
+            [1_000, 1_200, 2_100, 2_200, 5_000, 5_300, 0, 5_600]
+        );
+        assert_eq!(f.disk, Some(0));
+        let f = run(true);
+        assert_eq!(f.b[6], 5_200, "{f:?}");
     }
 
     /// Two disks' flushes with `aio=native`, submitted by one io_submit (disk a's first),

@@ -342,6 +342,8 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
                 || probe_attached(&trace.header, "qcow2_co_pwritev_part")),
         flush_syscalls: probe_attached(&trace.header, "sys_enter_fdatasync"),
         fs_sync: probe_attached(&trace.header, "ext4_sync_file_enter"),
+        aio_fsync: probe_attached(&trace.header, "workqueue_execute_start")
+            && probe_attached(&trace.header, "workqueue_execute_end"),
         falloc_syscalls: probe_attached(&trace.header, "sys_enter_fallocate"),
     }
 }

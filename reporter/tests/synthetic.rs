@@ -39,6 +39,7 @@ fn join(path: &std::path::Path) -> (Rows, usize, u64) {
         expect_qcow2: layout.has_qcow2(),
         flush_syscalls: true,
         fs_sync: false,
+        aio_fsync: false,
         falloc_syscalls: false,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
