@@ -3100,6 +3100,19 @@ mod tests {
         }
     }
 
+    /// Inside a kernel worker's fsync (thread 51): the flush bio queued at 2 100, the
+    /// device's flush request issued at 2 200 and done at 5 000.
+    fn worker_flushes_device<S: Sink>(j: &mut Join<S>, dev: u64) {
+        j.event(&ev(2_100, 51, EventKind::BioQueue, [0xb1, 0, dev, 0]));
+        j.event(&ev(2_200, 60, EventKind::RqIssue, [0x71, u64::MAX, dev, 0]));
+        j.event(&ev(
+            5_000,
+            0,
+            EventKind::RqComplete,
+            [0x71, u64::MAX, dev, 0],
+        ));
+    }
+
     /// A guest's flush with `aio=native` on iothread 1: linux-aio hands the fsync to a
     /// kernel worker (thread 51), outside QEMU, which queues a flush bio; the block
     /// layer's flush request follows. Another process's fsync (inode 99, worker 50)
@@ -3126,14 +3139,7 @@ mod tests {
             if sync_shown {
                 j.event(&sync(2_000, 51, 0, 11));
             }
-            j.event(&ev(2_100, 51, EventKind::BioQueue, [0xb1, 0, dev, 0]));
-            j.event(&ev(2_200, 60, EventKind::RqIssue, [0x71, u64::MAX, dev, 0]));
-            j.event(&ev(
-                5_000,
-                0,
-                EventKind::RqComplete,
-                [0x71, u64::MAX, dev, 0],
-            ));
+            worker_flushes_device(&mut j, dev);
             if sync_shown {
                 j.event(&sync(5_200, 51, 1, 11));
             }
@@ -3202,14 +3208,7 @@ mod tests {
             if ext4 {
                 j.event(&sync(2_050, 51, 0, 11, 0));
             }
-            j.event(&ev(2_100, 51, EventKind::BioQueue, [0xb1, 0, dev, 0]));
-            j.event(&ev(2_200, 60, EventKind::RqIssue, [0x71, u64::MAX, dev, 0]));
-            j.event(&ev(
-                5_000,
-                0,
-                EventKind::RqComplete,
-                [0x71, u64::MAX, dev, 0],
-            ));
+            worker_flushes_device(&mut j, dev);
             if ext4 {
                 j.event(&sync(5_200, 51, 1, 11, 0));
             }
