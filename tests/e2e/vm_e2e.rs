@@ -10,11 +10,7 @@
 //! Needs root, the QEMU from tests/qemu/build.sh and the guest from tests/vm/guest.sh
 //! (run here if missing; it downloads Debian packages); skipped, saying so, otherwise.
 
-mod common;
-#[path = "../src/vm.rs"]
-mod vm;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -145,8 +141,8 @@ fn debugfs_bmap(part: &Path, path: &str, lblock: u64) -> u64 {
         .unwrap_or_else(|_| panic!("debugfs bmap {path} {lblock}: {out}"))
 }
 
-fn guest_assets() -> Option<vm::GuestAssets> {
-    if let Some(a) = vm::GuestAssets::find() {
+fn guest_assets() -> Option<crate::vm::GuestAssets> {
+    if let Some(a) = crate::vm::GuestAssets::find() {
         return Some(a);
     }
     let out = Command::new("bash")
@@ -158,7 +154,7 @@ fn guest_assets() -> Option<vm::GuestAssets> {
         return None;
     }
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Some(vm::GuestAssets { dir: dir.into() })
+    Some(crate::vm::GuestAssets { dir: dir.into() })
 }
 
 #[test]
@@ -245,10 +241,10 @@ fn run_guest(backing: bool, aio: &str) {
     if backing {
         let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}{COUNT_FLUSHES}");
         let disks = [disk.as_path(), second.as_path()];
-        args.extend(vm::qemu_args_disks(&assets, &disks, aio, &workload));
+        args.extend(crate::vm::qemu_args_disks(&assets, &disks, aio, &workload));
     } else {
         let workload = format!("{WORKLOAD}{COUNT_FLUSHES}");
-        args.extend(vm::qemu_args(&assets, &disk, aio, &workload));
+        args.extend(crate::vm::qemu_args(&assets, &disk, aio, &workload));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)

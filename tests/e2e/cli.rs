@@ -1,9 +1,7 @@
 //! The `viopath` binary end to end: `map` output against qemu-img, debugfs and filefrag;
 //! bad input gives a clear error and exit code 1, never a panic.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,9 +9,7 @@
 //!
 //! Needs root and the QEMU from tests/qemu/build.sh; skipped, saying so, otherwise.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 use viopath_probes::abi::EventKind;
 use viopath_reporter::join::{Join, JoinConfig};

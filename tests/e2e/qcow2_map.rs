@@ -1,9 +1,7 @@
 //! The qcow2 forward and reverse maps against qemu-img itself, on images that qemu-img
 //! and qemu-io make in the test: every case in the qcow2 format that QEMU can write.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use viopath_layouts::qcow2::{Chain, Content};

@@ -2,9 +2,7 @@
 //! ext4 reverse and forward maps against debugfs (icheck, ncheck, bmap), with file
 //! contents read back through the chain.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::Path;
 use viopath_layouts::guest::{GuestLayout, Owner, Scheme};

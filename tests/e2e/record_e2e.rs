@@ -6,9 +6,7 @@
 //! Needs root (BPF, loop devices) and the QEMU built by tests/qemu/build.sh
 //! (VIOPATH_QEMU_PREFIX; .ci/run builds it). Skipped, saying so, otherwise.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,9 +1,7 @@
 //! Host file offset → device sectors: FIEMAP against filefrag, and real partitioned and
 //! offset loop devices checked against sfdisk, filefrag and the bytes on the bottom device.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use viopath_layouts::host::{

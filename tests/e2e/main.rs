@@ -1,0 +1,22 @@
+//! The `viopath` binary's end-to-end tests, one module per area.
+//!
+//! They are one test binary, not one per file, because each binary links the reporter
+//! (and polars): eleven of them took about 3 GiB of disk and eleven links in a debug
+//! build, and one CI run failed when the linker ran out of disk. One binary also lets
+//! `common::one_recorder` keep every recording test, whatever its module, one at a time.
+
+mod common;
+#[path = "../../src/vm.rs"]
+mod vm;
+
+mod cli;
+mod compare_cli;
+mod guest_ext4;
+mod host_stack;
+mod html;
+mod perfetto;
+mod qcow2_map;
+mod record_e2e;
+mod report_cli;
+mod report_e2e;
+mod vm_e2e;
