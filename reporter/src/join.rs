@@ -422,6 +422,9 @@ struct Root {
     /// A host job without data was made for it (flush, discard): a later one on its
     /// thread is another request's.
     host_job: bool,
+    /// A block request without a buffer was seen for it: a write of zeroes, whose
+    /// host job (a fallocate) is not a flush's.
+    zeroes: bool,
     merged_into: Option<u64>,
 }
 
@@ -514,6 +517,10 @@ struct ThreadCtx {
     last_hio: Option<Ref>,
     /// The host IO this thread-pool worker is running synchronously.
     worker: Option<Ref>,
+    /// The fallocate job this worker ran last: (descriptor, offset, length) and its
+    /// request. QEMU retries a write of zeroes in other modes on the same range within
+    /// the same job.
+    falloc_job: Option<([u64; 3], Ref)>,
     /// linux-aio requests queued, submitted by this thread's next io_submit.
     laio_wait: SmallVec<[Ref; 4]>,
     /// Host IOs this thread handed the kernel (io_submit, io_uring submission) whose
@@ -899,6 +906,7 @@ impl<'l, S: Sink> Join<'l, S> {
             disks: None,
             completed: false,
             host_job: false,
+            zeroes: false,
             merged_into: None,
         });
         self.active.push(r);
@@ -972,8 +980,8 @@ impl<'l, S: Sink> Join<'l, S> {
             | q::QCOW2_CO_PREADV_PART
             | q::QCOW2_CO_PWRITEV_PART => self.qemu_block(e),
             q::QCOW2_CACHE_GET => {
-                let t = self.threads.at(e.tid, e.ts);
-                t.meta = Some((t.qcow2, a1));
+                let ctx = self.qcow2_serving(e.tid);
+                self.threads.at(e.tid, e.ts).meta = Some((ctx, a1));
             }
             q::RAW_CO_PRW => {
                 self.new_file_io(e, a0, a1, a2);
@@ -988,7 +996,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     self.aiocb.insert(a0, h);
                 }
                 q::AIO_FLUSH if self.cfg.flush_syscalls => {
-                    let h = self.job_io(e, Api::Threads);
+                    let h = self.job_io(e, Api::Threads, None);
                     self.fd_names_disks(h, a3 >> 32);
                     self.flush_wait.push_back((a3 >> 32, h));
                 }
@@ -1000,7 +1008,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     // Its range is the file's, but what it does there is the
                     // filesystem's (extents, no data): it keeps no device ranges, and
                     // the bios its worker queues inside fallocate are its own.
-                    let h = self.job_io(e, Api::Threads);
+                    let h = self.job_io(e, Api::Threads, Some((a1, a2)));
                     if let Some(x) = self.hios.get_mut(h) {
                         x.offset = a1;
                         x.bytes = a2;
@@ -1012,7 +1020,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 // request of the guest's makes), but the request it serves must not
                 // be taken for a flush's.
                 _ => {
-                    if let Some(r) = self.job_root(e.tid)
+                    if let Some(r) = self.job_root(e.tid, Some((a1, a2)))
                         && let Some(root) = self.roots.get_mut(r)
                     {
                         root.host_job = true;
@@ -1030,7 +1038,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     if !self.cfg.fs_sync && !self.cfg.aio_fsync {
                         return;
                     }
-                    let h = self.job_io(e, Api::Native);
+                    let h = self.job_io(e, Api::Native, None);
                     self.sync_wait.push_back(h);
                     h
                 } else {
@@ -1041,7 +1049,7 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             q::LURING_CO_SUBMIT => {
                 let h = if a3 & 0xff == q::AIO_FLUSH {
-                    let h = self.job_io(e, Api::Uring);
+                    let h = self.job_io(e, Api::Uring, None);
                     if self.cfg.fs_sync {
                         self.sync_wait.push_back(h);
                     }
@@ -1144,6 +1152,10 @@ impl<'l, S: Sink> Join<'l, S> {
         let op = if write { Op::Write } else { Op::Read };
         let is_qcow2 = matches!(e.sub, q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART);
         let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
+        if qiov == 0 {
+            self.qemu_block_without_data(e, op, is_bdrv);
+            return;
+        }
         let bound = self.qiov.get(&qiov).copied();
         let bind = match bound {
             Some(QiovBind::Root(r)) => {
@@ -1202,6 +1214,75 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
+    /// A block request without a buffer: a write of zeroes (or a read that only
+    /// prefetches). The null qiov keys nothing (two of them in flight would share
+    /// it), so the request is found by thread: the one this thread just announced at
+    /// the same range one layer up, or the guest's request this thread is serving (as
+    /// for a host job: the earliest virtio request in flight with nothing below it
+    /// yet), or else a new one.
+    fn qemu_block_without_data(&mut self, e: &RawEvent, op: Op, is_bdrv: bool) {
+        let [_, off, bytes, child] = e.a;
+        let above = self
+            .threads
+            .get(e.tid)
+            .and_then(|t| t.last_bdrv)
+            .and_then(|(b, o, n)| match b {
+                QiovBind::Root(r) if o == off && n == bytes => Some(r),
+                _ => None,
+            })
+            .filter(|&r| {
+                self.roots
+                    .get(r)
+                    .is_some_and(|x| !x.completed && x.qiovs.is_empty() && x.data_hios == 0)
+            });
+        let r = match above.or_else(|| self.job_root(e.tid, None)) {
+            Some(r) => r,
+            None => {
+                // Writes of zeroes this thread made before with none of their IO in
+                // flight are over (no completion event ends them): their metadata
+                // buffers, on the coroutine stack, come back for this one.
+                let done: SmallVec<[Ref; 2]> = self
+                    .active
+                    .iter()
+                    .copied()
+                    .filter(|&r| {
+                        self.roots.get(r).is_some_and(|x| {
+                            x.source == Source::QemuBlock
+                                && x.zeroes
+                                && x.tid == e.tid
+                                && x.open_hios == 0
+                        })
+                    })
+                    .collect();
+                for r in done {
+                    self.finish_root(r, 0);
+                }
+                let r = self.new_root(e, Source::QemuBlock);
+                let op = if op == Op::Write { Op::WriteZeroes } else { op };
+                self.set_io(r, op, off, bytes);
+                // Above the image file, where qcow2 images are expected: qcow2's request
+                // (it has no probe on this path), not QEMU's own IO to the file.
+                let via_qcow2 = self.cfg.expect_qcow2 && !self.file_children.contains_key(&child);
+                let root = self.roots.get_mut(r).expect("just made");
+                root.top_probe = e.sub;
+                root.top_child = child;
+                root.qcow2 = via_qcow2;
+                r
+            }
+        };
+        if let Some(root) = self.roots.get_mut(r) {
+            root.last = e.ts;
+            root.zeroes = true;
+        }
+        // qcow2 (not probed on this path) writes the zero flags into its L2 tables on
+        // this thread: that metadata IO is this request's.
+        let t = self.threads.at(e.tid, e.ts);
+        t.qcow2 = Some(r);
+        if is_bdrv {
+            t.last_bdrv = Some((QiovBind::Root(r), off, bytes));
+        }
+    }
+
     /// A qiov not seen before: a metadata read after an L2 cache lookup, the block
     /// request a blk_aio_* event announced, a copy-on-write buffer, QEMU's own file IO,
     /// or a new request. Returns how it was bound.
@@ -1239,11 +1320,7 @@ impl<'l, S: Sink> Join<'l, S> {
             return self.bind_to(qiov, QiovBind::Cow(r));
         }
         if self.file_children.contains_key(&child) {
-            let ctx = self
-                .threads
-                .get(e.tid)
-                .and_then(|t| t.qcow2)
-                .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed));
+            let ctx = self.qcow2_serving(e.tid);
             return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
         let r = self.new_root(e, Source::QemuBlock);
@@ -1257,6 +1334,19 @@ impl<'l, S: Sink> Join<'l, S> {
             self.threads.at(e.tid, e.ts).qcow2 = Some(r);
         }
         QiovBind::Root(r)
+    }
+
+    /// The request qcow2 is serving on `tid`, for its metadata IO: the one its last
+    /// probe there named, while in flight; else (a discard or a flush, whose path
+    /// through qcow2 has no probe) the guest request a host job of that thread would
+    /// be for. A request over is never it: its virtio request pointer can come back
+    /// for a discard while it waits for its interrupt.
+    fn qcow2_serving(&self, tid: u32) -> Option<Ref> {
+        self.threads
+            .get(tid)
+            .and_then(|t| t.qcow2)
+            .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed))
+            .or_else(|| self.job_root(tid, None))
     }
 
     fn bind_to(&mut self, qiov: u64, b: QiovBind) -> QiovBind {
@@ -1409,19 +1499,40 @@ impl<'l, S: Sink> Join<'l, S> {
     /// of that thread still in flight that has no block IO and no such job yet.
     /// virtio-blk submits the reads and writes popped before a flush first, so by then
     /// they have their block IO.
-    fn job_root(&self, tid: u32) -> Option<Ref> {
+    ///
+    /// Where no virtio layer was traced, a job with a range (`range`: the job's file
+    /// offset and length) belongs to a QEMU block request writing zeroes made on the
+    /// same thread: the one at that range of a raw image, or, through qcow2 (which maps
+    /// the range, and punches out clusters the write frees), the request qcow2 is
+    /// serving on that thread.
+    fn job_root(&self, tid: u32, range: Option<(u64, u64)>) -> Option<Ref> {
+        let serving = self.threads.get(tid).and_then(|t| t.qcow2);
         self.active
             .iter()
             .filter_map(|&r| self.roots.get(r).map(|x| (r, x)))
-            .filter(|(_, x)| {
-                x.source == Source::Virtio
-                    && x.tid == tid
-                    && x.offset.is_none()
+            .filter(|&(r, x)| {
+                x.tid == tid
                     && !x.completed
                     && !x.host_job
                     && x.data_hios == 0
+                    // A flush's job is not a write of zeroes'.
+                    && !(x.zeroes && range.is_none())
+                    && match x.source {
+                        Source::Virtio => x.offset.is_none(),
+                        Source::QemuBlock => {
+                            x.zeroes
+                                && range.is_some_and(|(off, len)| {
+                                    if x.qcow2 {
+                                        serving == Some(r)
+                                    } else {
+                                        x.offset == Some(off) && x.bytes == len
+                                    }
+                                })
+                        }
+                    }
             })
-            .min_by_key(|(_, x)| x.id)
+            // A job with a range goes first to the request known to write zeroes.
+            .min_by_key(|(_, x)| (!(x.zeroes && range.is_some()), x.id))
             .map(|(r, _)| r)
     }
 
@@ -1450,8 +1561,8 @@ impl<'l, S: Sink> Join<'l, S> {
 
     /// A host job without data made on `e.tid` (a flush, a discard, a write of zeroes):
     /// the host side of a guest request (see [`Join::job_root`]), or QEMU's own.
-    fn job_io(&mut self, e: &RawEvent, api: Api) -> Ref {
-        let root = self.job_root(e.tid);
+    fn job_io(&mut self, e: &RawEvent, api: Api, range: Option<(u64, u64)>) -> Ref {
+        let root = self.job_root(e.tid, range);
         if let Some(r) = root
             && let Some(x) = self.roots.get_mut(r)
         {
@@ -1525,6 +1636,14 @@ impl<'l, S: Sink> Join<'l, S> {
                     .position(|&(k, _)| k == key)
                     .and_then(|i| self.falloc_wait.remove(i))
                     .map(|(_, h)| h);
+                let job = match job {
+                    Some(h) => {
+                        let root = self.hios.get(h).and_then(|x| x.root);
+                        self.threads.at(e.tid, e.ts).falloc_job = root.map(|r| (key, r));
+                        Some(h)
+                    }
+                    None => self.falloc_retry(e, key),
+                };
                 self.worker_runs(e, job, e.a[2]);
             }
             11 | 12 => {
@@ -1550,6 +1669,32 @@ impl<'l, S: Sink> Join<'l, S> {
             }
             _ => {}
         }
+    }
+
+    /// A fallocate no job waits for, on the range of the one this worker just ran for
+    /// a request still in flight: QEMU trying another mode for the same write of zeroes
+    /// (a filesystem that refuses `FALLOC_FL_ZERO_RANGE` gets a punched hole and then
+    /// an allocation). It is more of that request's host part, not more of its data.
+    fn falloc_retry(&mut self, e: &RawEvent, key: [u64; 3]) -> Option<Ref> {
+        let (k, r) = self.threads.get(e.tid)?.falloc_job?;
+        if k != key || self.roots.get(r).is_none_or(|x| x.completed) {
+            return None;
+        }
+        let h = self.add_hio(Some(r), HioKind::Data, 0, 0, e.ts);
+        if let Some(root) = self.roots.get_mut(r) {
+            root.data_hios -= 1;
+            if root.data_hios <= 1 {
+                root.flags &= !flags::SPLIT;
+            }
+        }
+        if let Some(x) = self.hios.get_mut(h) {
+            x.api = Api::Threads;
+            x.job = true;
+            x.offset = key[1];
+            x.bytes = key[2];
+        }
+        self.fd_names_disks(h, key[0]);
+        Some(h)
     }
 
     /// Thread `e.tid` entered the syscall that runs thread-pool job `job`, or, with no
@@ -1697,7 +1842,16 @@ impl<'l, S: Sink> Join<'l, S> {
     fn dio_begin(&mut self, e: &RawEvent) {
         let [kiocb, pos, count, ino] = e.a;
         let fits = |x: &Hio| !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0;
+        // The same IO begun again: io_uring tries a write without waiting inside
+        // io_uring_enter, the filesystem refuses (-EAGAIN, e.g. blocks to allocate) after
+        // the direct IO began, and an io-wq worker runs it again with the same kiocb.
+        let again = self.kiocb.get(&kiocb).copied().filter(|&h| {
+            self.hios
+                .get(h)
+                .is_some_and(|x| x.offset == pos && x.bytes == count && x.complete == 0)
+        });
         let h = match self.threads.get(e.tid).map(|t| (t.worker, &t.submitted)) {
+            _ if again.is_some() => again,
             Some((Some(h), _)) => Some(h),
             // Begun inside io_submit or io_uring_enter: one this thread submitted, the
             // first that fits (another thread's at the same position and length, e.g.
@@ -2289,6 +2443,12 @@ impl<'l, S: Sink> Join<'l, S> {
             self.roots.discard(r);
             return;
         }
+        // A write of zeroes that qcow2 did in its tables alone (no host job) ends when
+        // its last metadata IO does: nothing later of it is seen.
+        let mut b = root.b;
+        if root.source == Source::QemuBlock && root.zeroes && b[6] == 0 && b[7] == 0 {
+            b[7] = root.last;
+        }
         let mut partial = root.partial | reason;
         // Flush, GET_ID, discard carry no data the host reads or writes: they need no
         // host IO to be complete (QEMU may answer them itself, or the trace lacks the
@@ -2323,7 +2483,7 @@ impl<'l, S: Sink> Join<'l, S> {
             offset: root.offset,
             bytes: root.bytes,
             source: root.source,
-            b: root.b,
+            b,
             host_ios: root.data_hios,
             meta_ios: root.meta_hios,
             meta_ns: root.meta_ns,
@@ -2357,9 +2517,10 @@ impl<'l, S: Sink> Join<'l, S> {
                 return false;
             };
             // All its host IO done, and nothing (no callback) expected to end it.
+            // (A write of zeroes may need no host IO at all.)
             let over = root.open_hios == 0
                 && root.source == Source::QemuBlock
-                && root.data_hios + root.meta_hios > 0;
+                && (root.data_hios + root.meta_hios > 0 || root.zeroes);
             let idle = over
                 && threads
                     .get(root.tid)
@@ -3007,6 +3168,186 @@ mod tests {
         }
     }
 
+    /// A write of zeroes on a filesystem that refuses `FALLOC_FL_ZERO_RANGE` (tmpfs):
+    /// QEMU's block layer passes it down without a buffer (a null qiov) through the raw
+    /// driver to the file, and the worker's fallocate is refused (-EOPNOTSUPP) and
+    /// retried on the same range as a punched hole, then an allocation. One row, whose
+    /// host part runs from the first call's entry to the last one's return; no second
+    /// row for the bufferless block request; the worker's next fallocate, of another
+    /// range, is QEMU's own. From a guest (virtio) and from qemu-io (no virtio).
+    #[test]
+    fn a_write_of_zeroes_retried_in_other_modes_is_one_host_part() {
+        let layout = Layout::default();
+        let run = |virtio: bool| {
+            let cfg = JoinConfig {
+                falloc_syscalls: true,
+                ..JoinConfig::default()
+            };
+            let mut j = Join::new(&layout, All::default(), cfg);
+            let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+            let sys = |ts, kind, a| sub_ev(ts, 3, kind, 13, a);
+            if virtio {
+                j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+            }
+            let at = [0, 0x1_0000, 0x1_0000];
+            j.event(&q(
+                1_100,
+                q::BDRV_CO_PWRITEV_PART,
+                [at[0], at[1], at[2], 0xb5],
+            ));
+            j.event(&q(
+                1_200,
+                q::BDRV_CO_PWRITEV_PART,
+                [at[0], at[1], at[2], 0xf1],
+            ));
+            let job = 8 << 32 | q::AIO_WRITE_ZEROES;
+            j.event(&q(
+                1_500,
+                q::THREAD_POOL_SUBMIT_AIO,
+                [0xe1, at[1], at[2], job],
+            ));
+            let call = |mode| [8, at[1], at[2], mode];
+            j.event(&sys(2_000, EventKind::SysEnter, call(0x10)));
+            j.event(&sys(2_100, EventKind::SysExit, [-95i64 as u64, 0, 0, 0]));
+            j.event(&sys(2_300, EventKind::SysEnter, call(3)));
+            j.event(&sys(3_000, EventKind::SysExit, [0; 4]));
+            j.event(&sys(3_200, EventKind::SysEnter, call(0)));
+            j.event(&sys(4_000, EventKind::SysExit, [0; 4]));
+            j.event(&sys(4_500, EventKind::SysEnter, [8, 0x3_0000, 0x1_0000, 3]));
+            j.event(&sys(4_600, EventKind::SysExit, [0; 4]));
+            if virtio {
+                // Type 13 (write zeroes), one 16-byte range.
+                j.event(&q(6_500, q::VIRTIO_REQ_COMPLETE, [0xd1, 0, 13, 16]));
+            }
+            j.finish().0
+        };
+        for virtio in [true, false] {
+            let All(rows, other) = run(virtio);
+            assert_eq!(rows.len(), 1, "virtio {virtio}: {rows:?}");
+            let r = &rows[0];
+            assert_eq!(
+                (r.op, r.partial, r.host_ios, r.flags),
+                (Op::WriteZeroes, 0, 1, 0),
+                "{r:?}"
+            );
+            let (start, done) = if virtio { (1_000, 6_500) } else { (1_100, 0) };
+            assert_eq!(r.b[1..9], [start, 2_000, 0, 0, 0, 4_000, 0, done], "{r:?}");
+            if !virtio {
+                assert_eq!((r.offset, r.bytes), (Some(0x1_0000), 0x1_0000));
+            }
+            assert_eq!(
+                other
+                    .iter()
+                    .map(|o| (o.class, o.start, o.end, o.bytes))
+                    .collect::<Vec<_>>(),
+                [(OtherClass::QemuSyscall, 4_500, 4_600, 0x1_0000)],
+                "virtio {virtio}"
+            );
+        }
+    }
+
+    /// A guest write through qcow2 completes and waits for its interrupt; meanwhile its
+    /// VirtIOBlockReq comes back for a discard, whose way through qcow2 has no probe:
+    /// the refcount block qcow2 then looks up and reads is the discard's metadata, not
+    /// the finished write's (whose qcow2 probe was the thread's last).
+    #[test]
+    fn metadata_io_after_a_request_completed_is_not_that_requests() {
+        let layout = Layout::default();
+        let cfg = JoinConfig {
+            await_msi: true,
+            ..JoinConfig::default()
+        };
+        let mut j = Join::new(&layout, All::default(), cfg);
+        let q = |ts, tid, sub, a| sub_ev(ts, tid, EventKind::Qemu, sub, a);
+        let worker = |j: &mut Join<'_, All>, ts: u64, aiocb: u64, sc: u8, fd: u64| {
+            j.event(&q(ts, 3, q::HANDLE_AIOCB_RW, [aiocb, 0, 0, 0]));
+            j.event(&sub_ev(ts + 100, 3, EventKind::SysEnter, sc, [fd, 0, 0, 0]));
+            j.event(&sub_ev(ts + 500, 3, EventKind::SysExit, sc, [0; 4]));
+        };
+        let (off, len) = (0x10_0000, 4096);
+        j.event(&q(1_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+        j.event(&q(1_100, 1, q::BLK_AIO_PWRITEV, [0xd1, off, len, 0xb1]));
+        j.event(&q(1_200, 1, q::BLK_CO_PWRITEV_PART, [0x9a, off, len, 0xb1]));
+        j.event(&q(
+            1_300,
+            1,
+            q::BDRV_CO_PWRITEV_PART,
+            [0x9a, off, len, 0xc0],
+        ));
+        j.event(&q(
+            1_400,
+            1,
+            q::QCOW2_CO_PWRITEV_PART,
+            [0x9a, off, len, 0xb5],
+        ));
+        j.event(&q(
+            1_500,
+            1,
+            q::QCOW2_CACHE_GET,
+            [0xcac4e, 0x1_0000, 0, 0xb5],
+        ));
+        j.event(&q(
+            1_600,
+            1,
+            q::BDRV_CO_PWRITEV_PART,
+            [0x9a, 0x5_0000, len, 0xf1],
+        ));
+        j.event(&q(1_700, 1, q::RAW_CO_PRW, [0x9a, 0x5_0000, len, 2]));
+        let job = 8 << 32 | q::AIO_WRITE;
+        j.event(&q(
+            1_800,
+            1,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [0xa1, 0x5_0000, len, job],
+        ));
+        worker(&mut j, 2_000, 0xa1, 2, 8);
+        j.event(&q(3_000, 1, q::VIRTIO_RW_COMPLETE, [0xd1, 0, 0, 0]));
+        j.event(&q(
+            3_100,
+            1,
+            q::VIRTIO_REQ_COMPLETE,
+            [0xd1, off / 512, 1, len],
+        ));
+        // The discard, before the write's interrupt.
+        j.event(&q(4_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+        j.event(&q(
+            4_100,
+            1,
+            q::QCOW2_CACHE_GET,
+            [0xcac4e, 0x2_0000, 0, 0xb5],
+        ));
+        j.event(&q(
+            4_200,
+            1,
+            q::BDRV_CO_PREADV_PART,
+            [0x7f, 0x2_0000, 0x1_0000, 0xf1],
+        ));
+        j.event(&q(4_300, 1, q::RAW_CO_PRW, [0x7f, 0x2_0000, 0x1_0000, 1]));
+        let job = 8 << 32 | q::AIO_READ;
+        j.event(&q(
+            4_400,
+            1,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [0xa2, 0x2_0000, 0x1_0000, job],
+        ));
+        worker(&mut j, 4_500, 0xa2, 1, 8);
+        j.event(&ev(5_500, 0, EventKind::KvmMsi, [0; 4]));
+        j.event(&q(6_000, 1, q::VIRTIO_REQ_COMPLETE, [0xd1, 0, 11, 16]));
+        j.event(&ev(6_100, 0, EventKind::KvmMsi, [0; 4]));
+        let All(rows, other) = j.finish().0;
+        let by_op = |op| {
+            rows.iter()
+                .find(|r| r.op == op)
+                .unwrap_or_else(|| panic!("{rows:?}"))
+        };
+        let (w, d) = (by_op(Op::Write), by_op(Op::Discard));
+        assert_eq!((w.host_ios, w.meta_ios, w.partial), (1, 0, 0), "{w:?}");
+        assert_eq!((d.host_ios, d.meta_ios, d.partial), (0, 1, 0), "{d:?}");
+        // The worker's read of the block: 4_600 to 5_000.
+        assert_eq!(d.meta_ns, 400, "{d:?}");
+        assert!(other.is_empty(), "{other:?}");
+    }
+
     /// A VM with two disks, each one image file (inodes 11 and 12) on /dev/sda.
     fn two_disks() -> Layout {
         let file = |name: &str, ino: u64| {
@@ -3563,6 +3904,70 @@ mod tests {
         j.event(&sys(2_200, 6, EventKind::SysEnter, 7));
         j.event(&ev(2_210, 6, EventKind::DioBegin, [0xa6, pos, len, 7]));
         assert_eq!(j.kiocb.get(&0xa6), Some(&made[0]));
+    }
+
+    #[test]
+    fn an_io_uring_write_run_again_by_an_io_wq_worker_stays_one_host_io() {
+        // io_uring first tries the write inside io_uring_enter without waiting; the
+        // filesystem refuses after the direct IO began (-EAGAIN), and an io-wq worker
+        // (thread 9) runs it again with the same kiocb. That is the same host IO: it
+        // takes the worker's bios, and no second one is left in flight to take the
+        // bios of a later IO at the same place.
+        let layout = two_disks();
+        let mut j = Join::new(&layout, Nothing, JoinConfig::default());
+        let qemu = |ts: u64, sub: u8, a: [u64; 4]| RawEvent {
+            sub,
+            ..ev(ts, 7, EventKind::Qemu, a)
+        };
+        let (pos, len, ino) = (0x20_0000u64, 4096u64, 11u64);
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let sector = ((ino << 30) + pos) / 512;
+        let mut made = Vec::new();
+        for (t, user_data, kiocb, bio, rq) in [
+            (1_000, 0x77, 0xa7, 0xb7, 0x97),
+            (50_000, 0x78, 0xa8, 0xb8, 0x98),
+        ] {
+            j.event(&qemu(t, q::RAW_CO_PRW, [0x7000, pos, len, 2]));
+            j.event(&qemu(
+                t + 10,
+                q::LURING_CO_SUBMIT,
+                [0x7000, pos, len, 5 << 32 | 2],
+            ));
+            let h = j.threads.get(7).and_then(|t| t.last_hio).expect("host IO");
+            made.push(h);
+            j.event(&ev(
+                t + 100,
+                7,
+                EventKind::UringSubmit,
+                [user_data, 0, 0, 0],
+            ));
+            if made.len() == 1 {
+                j.event(&ev(t + 110, 7, EventKind::DioBegin, [kiocb, pos, len, ino]));
+            }
+            let live = j.hios.live;
+            j.event(&ev(t + 500, 9, EventKind::DioBegin, [kiocb, pos, len, ino]));
+            assert_eq!(j.hios.live, live, "a second host IO for the same kiocb");
+            assert_eq!(j.kiocb.get(&kiocb), Some(&h));
+            block_request(&mut j, t + 600, 9, bio, rq, sector, dev | len);
+            assert!(
+                matches!(j.bios.get(&bio).map(|b| b.owner), Some(BioOwner::Hio(o)) if o == h),
+                "the worker's bio is not the IO's"
+            );
+            j.event(&ev(
+                t + 2_000,
+                0,
+                EventKind::RqComplete,
+                [rq, sector, dev | len, len],
+            ));
+            j.event(&ev(t + 2_100, 0, EventKind::DioComplete, [kiocb, 0, 0, 0]));
+            j.event(&ev(
+                t + 2_200,
+                7,
+                EventKind::UringComplete,
+                [user_data, 0, 0, 0],
+            ));
+            assert!(j.hios.get(h).is_none(), "the host IO did not complete");
+        }
     }
 
     #[test]
