@@ -181,18 +181,30 @@ fn a_guest_on_a_backing_chain_is_joined_through_the_backing_file() {
     run_guest(true, "native");
 }
 
+/// Runs the guest and checks the recording. Now and then a recording lacks a block
+/// completion that the kernel did make (two at once, a loop request's and its disk
+/// request's, from one interrupt; none counted lost: see docs/layers.md, "Lost
+/// completions"). Such a run is made again, saying so, at most twice.
 fn run_guest(backing: bool, aio: &str) {
+    for attempt in 1..=3 {
+        if run_guest_once(backing, aio, attempt == 3) {
+            return;
+        }
+    }
+}
+
+fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
     if !is_root() {
         eprintln!("SKIPPED: needs root (BPF, loop devices)");
-        return;
+        return true;
     }
     let Some(qemu) = qemu_bin("qemu-system-x86_64") else {
         eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
-        return;
+        return true;
     };
     let Some(assets) = guest_assets() else {
         eprintln!("SKIPPED: no guest kernel and initramfs; run tests/vm/guest.sh (CI does)");
-        return;
+        return true;
     };
     let _one = one_recorder();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -321,6 +333,14 @@ fn run_guest(backing: bool, aio: &str) {
     let skipped = t.losses.as_ref().map_or(0, |l| {
         l["missed_by_program"]["rq_complete"].as_u64().unwrap_or(0)
     });
+    if stats.requests_lost > skipped && !last {
+        eprintln!(
+            "{aio}: the recording lacks the completion of {} block requests ({skipped} \
+             counted as missed by the kernel); recording again",
+            stats.requests_lost
+        );
+        return false;
+    }
     assert!(
         stats.requests_lost <= skipped,
         "{} block requests whose completion is missing from the trace, {skipped} counted \
@@ -509,4 +529,5 @@ fn run_guest(backing: bool, aio: &str) {
             assert!(table.contains(d), "no group for {d}: {table}");
         }
     }
+    true
 }
