@@ -12,7 +12,7 @@
 use crate::common::*;
 use std::process::Command;
 use viopath_probes::abi::EventKind;
-use viopath_reporter::join::{Join, JoinConfig};
+use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherIo};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
 
@@ -206,20 +206,7 @@ fn check(aio: &str) -> Vec<Gap> {
     assert_eq!(files, vec![img.display().to_string()]);
     let (layout, src) = viopath_reporter::load_layout(&t, &[]);
     assert_eq!(src.from, "trace");
-    let cfg = JoinConfig {
-        await_msi: false,
-        expect_qcow2: layout.has_qcow2(),
-        flush_syscalls: true,
-        fs_sync: true,
-        aio_fsync: true,
-        falloc_syscalls: true,
-    };
-    let mut j = Join::new(&layout, Rows::default(), cfg);
-    for e in t.events() {
-        j.event(&e);
-    }
-    let (Rows(mut rows, other), _) = j.finish();
-    rows.sort_by_key(|r| r.id);
+    let (rows, other) = join_rows(&t, &layout);
     if rows.len() != reqs.len() {
         // One line per row, so a failure in CI can be read.
         let list: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
@@ -348,6 +335,26 @@ fn joins_qemu_io_requests_down_to_the_bottom_disk() {
             all.join(", ")
         );
     }
+}
+
+/// A qemu-io recording joined with every host probe followed (no virtio, so no
+/// interrupts awaited): its rows in request order, and the IO of no request.
+fn join_rows(t: &Trace, layout: &viopath_reporter::layout::Layout) -> (Vec<IoRow>, Vec<OtherIo>) {
+    let cfg = JoinConfig {
+        await_msi: false,
+        expect_qcow2: layout.has_qcow2(),
+        flush_syscalls: true,
+        fs_sync: true,
+        aio_fsync: true,
+        falloc_syscalls: true,
+    };
+    let mut j = Join::new(layout, Rows::default(), cfg);
+    for e in t.events() {
+        j.event(&e);
+    }
+    let (Rows(mut rows, other), _) = j.finish();
+    rows.sort_by_key(|r| r.id);
+    (rows, other)
 }
 
 /// One fallocate call as the kernel's own syscall tracepoints saw it (ftrace, clock
@@ -483,20 +490,7 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
 
     let t = Trace::open(&trace).unwrap();
     let (layout, _) = viopath_reporter::load_layout(&t, &[]);
-    let cfg = JoinConfig {
-        await_msi: false,
-        expect_qcow2: false,
-        flush_syscalls: true,
-        fs_sync: true,
-        aio_fsync: true,
-        falloc_syscalls: true,
-    };
-    let mut j = Join::new(&layout, Rows::default(), cfg);
-    for e in t.events() {
-        j.event(&e);
-    }
-    let (Rows(mut rows, other), _) = j.finish();
-    rows.sort_by_key(|r| r.id);
+    let (rows, other) = join_rows(&t, &layout);
     assert_eq!(rows.len(), reqs.len(), "{rows:#?}\nother: {other:?}");
     // ftrace prints microseconds (truncated), and its probe and the recorder's run one
     // after the other on the same tracepoint (either first): the recorder's entry is
