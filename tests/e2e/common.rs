@@ -208,6 +208,20 @@ pub fn qemu_bin(name: &str) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The prefix of the QEMU built with symbols, if this test can record with it (root,
+/// and that QEMU there); otherwise says why the test is skipped.
+pub fn can_record() -> Option<PathBuf> {
+    if !is_root() {
+        eprintln!("SKIPPED: recording needs root");
+        return None;
+    }
+    let p = qemu_bin("qemu-io").and_then(|b| Some(b.parent()?.parent()?.to_path_buf()));
+    if p.is_none() {
+        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+    }
+    p
+}
+
 /// A join sink that keeps every row and every other-IO record.
 #[derive(Default)]
 pub struct Rows(

@@ -8,33 +8,13 @@
 
 use crate::common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use viopath_layouts::HostFileOffset;
 use viopath_layouts::host::{DevId, Hop, HostResolver, Topology};
 use viopath_layouts::qcow2::{Chain, LocatedKind};
 use viopath_probes::abi::{EventKind, RawEvent, kernel_dev};
 use viopath_probes::trace::{ChunkKind, chunks};
-
-fn qemu_prefix() -> Option<PathBuf> {
-    let p = PathBuf::from(
-        std::env::var("VIOPATH_QEMU_PREFIX")
-            .unwrap_or_else(|_| "/var/cache/viopath/qemu-10.0.2".into()),
-    );
-    p.join("bin/qemu-io").exists().then_some(p)
-}
-
-fn can_run() -> Option<PathBuf> {
-    if !is_root() {
-        eprintln!("SKIPPED: recording needs root");
-        return None;
-    }
-    let p = qemu_prefix();
-    if p.is_none() {
-        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
-    }
-    p
-}
 
 /// A qcow2's home: ext4 on GPT partition 1 of a loop device with direct IO, so the loop
 /// device's own IO reaches the host's disk while we record.
@@ -529,7 +509,7 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
 
 #[test]
 fn records_every_layer_with_aio_threads_native_and_io_uring() {
-    let Some(prefix) = can_run() else { return };
+    let Some(prefix) = can_record() else { return };
     let qemu_io = prefix.join("bin/qemu-io");
     for aio in ["threads", "native", "io_uring"] {
         check_aio_mode(&qemu_io, aio, true);
@@ -542,7 +522,7 @@ fn records_every_layer_with_aio_threads_native_and_io_uring() {
 /// on the worker thread that began it.
 #[test]
 fn a_linux_aio_flush_on_xfs_is_seen_in_its_kernel_worker() {
-    let Some(prefix) = can_run() else { return };
+    let Some(prefix) = can_record() else { return };
     if Command::new("mkfs.xfs").arg("-V").output().is_err() {
         eprintln!("SKIPPED: no mkfs.xfs (xfsprogs; CI installs it)");
         return;
@@ -685,7 +665,7 @@ fn stripped_distro_qemu_io_gives_the_dynsym_layers() {
 /// a separate qemu-io client; SIGINT stops the recording cleanly.
 #[test]
 fn attaches_to_a_running_storage_daemon_and_stops_on_sigint() {
-    let Some(prefix) = can_run() else { return };
+    let Some(prefix) = can_record() else { return };
     use std::io::{BufRead, BufReader};
     let _one = one_recorder();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
