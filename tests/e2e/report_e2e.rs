@@ -361,6 +361,8 @@ fn join_rows(t: &Trace, layout: &viopath_reporter::layout::Layout) -> (Vec<IoRow
 /// `mono`, which is the recorder's; microseconds in ftrace's text).
 #[derive(Debug)]
 struct Falloc {
+    /// The process (ftrace's `record-tgid` column).
+    tgid: u32,
     tid: u32,
     mode: u64,
     offset: u64,
@@ -378,8 +380,10 @@ fn fallocs(text: &str) -> Vec<Falloc> {
             continue;
         };
         let mut words = head.split_whitespace();
-        let task = words.next().unwrap();
-        let tid: u32 = task.rsplit('-').next().unwrap().parse().unwrap();
+        let (_, tid) = words.next().unwrap().rsplit_once('-').unwrap();
+        let tid: u32 = tid.parse().unwrap();
+        let tgid = head.split_once('(').and_then(|(_, r)| r.split_once(')'));
+        let tgid: u32 = tgid.map_or(0, |(g, _)| g.trim().parse().unwrap_or(0));
         let secs = head.split_whitespace().last().unwrap();
         let (s, us) = secs.split_once('.').unwrap();
         let ns = (s.parse::<u64>().unwrap() * 1_000_000 + us.parse::<u64>().unwrap()) * 1000;
@@ -399,6 +403,7 @@ fn fallocs(text: &str) -> Vec<Falloc> {
                 u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
             };
             out.push(Falloc {
+                tgid,
                 tid,
                 mode: field("mode"),
                 offset: field("offset"),
@@ -446,6 +451,7 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
     cleanup.0.push(format!("rmdir {}", inst.display()));
     let set = |file: &str, v: &str| std::fs::write(inst.join(file), v).unwrap();
     set("trace_clock", "mono");
+    set("options/record-tgid", "1");
     set("events/syscalls/sys_enter_fallocate/enable", "1");
     set("events/syscalls/sys_exit_fallocate/enable", "1");
     let trace = dir.path().join("run.trace");
@@ -480,9 +486,14 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
         "record failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let calls = fallocs(&std::fs::read_to_string(inst.join("trace")).unwrap());
-
     let t = Trace::open(&trace).unwrap();
+    // Only the recorded qemu-io's: other tests run alongside.
+    let pid = t.header["target"]["pid"].as_u64().expect("the traced pid") as u32;
+    let calls: Vec<Falloc> = fallocs(&std::fs::read_to_string(inst.join("trace")).unwrap())
+        .into_iter()
+        .filter(|c| c.tgid == pid)
+        .collect();
+
     let (layout, _) = viopath_reporter::load_layout(&t, &[]);
     let (rows, other) = join_rows(&t, &layout);
     assert_eq!(rows.len(), reqs.len(), "{rows:#?}\nother: {other:?}");
