@@ -222,6 +222,15 @@ pub fn can_record() -> Option<PathBuf> {
     p
 }
 
+/// `viopath ARGS` run while holding [`one_recorder`]: for `viopath record`.
+pub fn viopath_recording(args: &[String]) -> std::process::Output {
+    let _one = one_recorder();
+    Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// A join sink that keeps every row and every other-IO record.
 #[derive(Default)]
 pub struct Rows(

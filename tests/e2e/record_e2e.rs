@@ -167,11 +167,7 @@ fn record(trace: &Path, cmd: &[String]) -> Value {
         "--".to_owned(),
     ];
     args.extend(cmd.iter().cloned());
-    let _one = one_recorder();
-    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = viopath_recording(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "viopath record failed: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -172,13 +172,7 @@ fn check(aio: &str) -> Vec<Gap> {
     let mut attempt = 0;
     let (t, want) = loop {
         attempt += 1;
-        let out = {
-            let _one = one_recorder();
-            Command::new(env!("CARGO_BIN_EXE_viopath"))
-                .args(&args)
-                .output()
-                .unwrap()
-        };
+        let out = viopath_recording(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -472,13 +466,7 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
         args.extend(["-c".into(), format!("{cmd} {off} 64k")]);
     }
     args.push(img.display().to_string());
-    let out = {
-        let _one = one_recorder();
-        Command::new(env!("CARGO_BIN_EXE_viopath"))
-            .args(&args)
-            .output()
-            .unwrap()
-    };
+    let out = viopath_recording(&args);
     set("events/syscalls/sys_enter_fallocate/enable", "0");
     set("events/syscalls/sys_exit_fallocate/enable", "0");
     assert!(
