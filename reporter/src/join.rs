@@ -1104,7 +1104,10 @@ impl<'l, S: Sink> Join<'l, S> {
                 let had_block = root.offset.is_some();
                 if !had_block && known_type {
                     root.op = vop;
-                    if vop.moves_data() || vop == Op::Discard || vop == Op::WriteZeroes {
+                    // A discard's or a write of zeroes' ranges are in its data, which is
+                    // not read: the header's sector is 0 and the data size that of the
+                    // range list, so neither is the request's range.
+                    if vop.moves_data() {
                         root.offset = Some(a1.saturating_mul(512));
                         root.bytes = a3;
                     }
@@ -3147,6 +3150,8 @@ mod tests {
         assert_eq!(all.0.len(), 1, "{:?}", all.0);
         let d = &all.0[0];
         assert_eq!((d.op, d.partial, d.host_ios), (Op::Discard, 0, 1), "{d:?}");
+        // Its range is in its data, not read: none is made up from the header.
+        assert_eq!((d.offset, d.bytes), (None, 0), "{d:?}");
         // parsed, fallocate entered and returned, completion pushed: the fallocate is
         // host_fs.
         assert_eq!(d.b[1..9], [1_000, 2_000, 0, 0, 0, 6_000, 0, 6_500]);

@@ -425,6 +425,13 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         discard_rows.iter().any(|r| r.host_ios > 0),
         "no discard reached the host: {discard_rows:?}"
     );
+    // Their ranges are in their data, not read: no range is made up for them.
+    assert!(
+        discard_rows
+            .iter()
+            .all(|r| r.offset.is_none() && r.bytes == 0),
+        "{discard_rows:?}"
+    );
     for r in discard_rows.iter().filter(|r| r.host_ios > 0) {
         let b = &r.b;
         assert!(
