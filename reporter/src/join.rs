@@ -1238,7 +1238,10 @@ impl<'l, S: Sink> Join<'l, S> {
                     .get(r)
                     .is_some_and(|x| !x.completed && x.qiovs.is_empty() && x.data_hios == 0)
             });
-        let r = match above.or_else(|| self.job_root(e.tid, None)) {
+        // Only a write of zeroes is a guest request's; a prefetching read is QEMU's.
+        let zeroes = op == Op::Write;
+        let serving = || zeroes.then(|| self.job_root(e.tid, None)).flatten();
+        let r = match above.or_else(serving) {
             Some(r) => r,
             None => {
                 // Writes of zeroes this thread made before with none of their IO in
@@ -1261,7 +1264,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     self.finish_root(r, 0);
                 }
                 let r = self.new_root(e, Source::QemuBlock);
-                let op = if op == Op::Write { Op::WriteZeroes } else { op };
+                let op = if zeroes { Op::WriteZeroes } else { op };
                 self.set_io(r, op, off, bytes);
                 // Above the image file, where qcow2 images are expected: qcow2's request
                 // (it has no probe on this path), not QEMU's own IO to the file.
@@ -1275,7 +1278,7 @@ impl<'l, S: Sink> Join<'l, S> {
         };
         if let Some(root) = self.roots.get_mut(r) {
             root.last = e.ts;
-            root.zeroes = true;
+            root.zeroes |= zeroes;
         }
         // qcow2 (not probed on this path) writes the zero flags into its L2 tables on
         // this thread: that metadata IO is this request's.
