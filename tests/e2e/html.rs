@@ -115,6 +115,17 @@ impl Browser {
     }
 
     fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> std::io::Result<Value> {
+        // A socket with a receive timeout is never restarted after a signal handler
+        // (signal(7)): a handler anywhere in this test process (it runs the other
+        // end-to-end tests too, which spawn children) makes a read fail with EINTR.
+        fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+            loop {
+                match s.read(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => return r,
+                }
+            }
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -132,7 +143,7 @@ impl Browser {
             if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
                 break p;
             }
-            let n = s.read(&mut buf)?;
+            let n = read_some(&mut s, &mut buf)?;
             if n == 0 {
                 return Err(std::io::Error::other(
                     "connection closed in the HTTP header",
@@ -156,7 +167,7 @@ impl Browser {
             if done {
                 break;
             }
-            let n = s.read(&mut buf)?;
+            let n = read_some(&mut s, &mut buf)?;
             if n == 0 {
                 break;
             }
