@@ -50,33 +50,80 @@ impl GuestAssets {
 /// every guest request reaches the host's block devices, with QEMU's `aio` mode
 /// (threads, native, io_uring) and `discard=unmap` (QEMU's default drops the guest's
 /// discards before they reach the image), and run `workload` (a busybox sh script) as
-/// root in the guest, which then powers off.
-pub fn qemu_args(assets: &GuestAssets, disk: &Path, aio: &str, workload: &str) -> Vec<String> {
-    qemu_args_disks(assets, &[disk], aio, workload)
+/// root in the guest, which then powers off. Writes the guest's initramfs, with the
+/// workload, into `scratch`.
+pub fn qemu_args(
+    assets: &GuestAssets,
+    disk: &Path,
+    aio: &str,
+    workload: &str,
+    scratch: &Path,
+) -> std::io::Result<Vec<String>> {
+    qemu_args_disks(assets, &[disk], aio, workload, scratch)
 }
 
-/// x86 Linux's `COMMAND_LINE_SIZE`, the terminating zero included.
-pub const MAX_CMDLINE: usize = 2048;
-
 /// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
+///
+/// The workload goes to the guest as /workload.sh in a cpio archive appended to a copy
+/// of the initramfs (the kernel unpacks both), which the guest's init runs: unlike the
+/// kernel command line (2048 bytes on x86, and a longer one hangs the guest before its
+/// first message), this has no length limit.
 pub fn qemu_args_disks(
     assets: &GuestAssets,
     disks: &[&Path],
     aio: &str,
     workload: &str,
-) -> Vec<String> {
+    scratch: &Path,
+) -> std::io::Result<Vec<String>> {
+    let mut initrd = std::fs::read(assets.dir.join("initramfs.cpio.gz"))?;
+    // The kernel looks for the next archive at a 4-byte boundary, skipping zeros.
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    cpio_newc(&mut initrd, "workload.sh", 0o100_755, workload.as_bytes());
+    cpio_newc(&mut initrd, "TRAILER!!!", 0, b"");
+    let path = scratch.join("initramfs-workload.cpio");
+    std::fs::write(&path, initrd)?;
+    Ok(boot_args(assets, &path, disks, aio))
+}
+
+/// One entry of an uncompressed `newc` cpio archive (what the kernel unpacks into its
+/// initial root filesystem): header, name, data, each padded to 4 bytes.
+fn cpio_newc(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let nlink = u32::from(mode != 0);
+    let fields = [
+        0,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        name.len() as u32 + 1,
+        0,
+    ];
+    let start = out.len();
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08X}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    // Entries start 4-aligned.
+    let pad = |out: &mut Vec<u8>, from: usize| {
+        let n = out.len() - from;
+        out.resize(from + n.next_multiple_of(4), 0);
+    };
+    pad(out, start);
+    let at = out.len();
+    out.extend_from_slice(data);
+    pad(out, at);
+}
+
+fn boot_args(assets: &GuestAssets, initrd: &Path, disks: &[&Path], aio: &str) -> Vec<String> {
     let d = &assets.dir;
-    let append = format!(
-        "console=ttyS0 quiet panic=-1 viopath.run={}",
-        base64(workload.as_bytes())
-    );
-    // The kernel keeps only this much of its command line (x86's COMMAND_LINE_SIZE):
-    // a longer one leaves the guest hanging before its first message, not failing.
-    assert!(
-        append.len() < MAX_CMDLINE,
-        "the guest workload is too long for the kernel command line: {} of {MAX_CMDLINE} bytes once base64-encoded",
-        append.len()
-    );
     let mut args: Vec<String> = [
         "-M",
         "q35",
@@ -96,9 +143,9 @@ pub fn qemu_args_disks(
         "-kernel",
         &d.join("vmlinuz").display().to_string(),
         "-initrd",
-        &d.join("initramfs.cpio.gz").display().to_string(),
+        &initrd.display().to_string(),
         "-append",
-        &append,
+        "console=ttyS0 quiet panic=-1",
     ]
     .map(String::from)
     .to_vec();
@@ -116,39 +163,25 @@ pub fn qemu_args_disks(
     args
 }
 
-/// Standard base64 with padding (the guest decodes it with busybox `base64 -d`).
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    /// An entry as the newc format (cpio(5), "New ASCII Format") lays it out, written
+    /// out by hand: magic, 13 fields of 8 hex digits, the name with its NUL padded to
+    /// 4 bytes from the entry's start, then the data padded to 4 bytes.
     #[test]
-    fn base64_matches_the_rfc_4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(super::base64(i.as_bytes()), o);
-        }
+    fn cpio_entries_are_newc() {
+        let mut out = Vec::new();
+        super::cpio_newc(&mut out, "ab", 0o100_755, b"xyz");
+        let header = concat!(
+            "070701", "00000000", "000081ED", "00000000", "00000000", "00000001", "00000000",
+            "00000003", "00000000", "00000000", "00000000", "00000000", "00000003", "00000000",
+        );
+        let mut want = header.as_bytes().to_vec();
+        // 110 + "ab\0" = 113: three zeros to 116; "xyz" and one zero to 120.
+        want.extend_from_slice(b"ab\0\0\0\0xyz\0");
+        assert_eq!(out, want);
+        super::cpio_newc(&mut out, "TRAILER!!!", 0, b"");
+        assert_eq!(out.len(), 120 + 124, "{}", String::from_utf8_lossy(&out));
+        assert!(out[120..].starts_with(b"070701"));
     }
 }

@@ -554,6 +554,13 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
+        id: 21,
+        symbol: "bdrv_co_pdiscard",
+        layer: Layer::QemuBlock,
+        records: "discard on a block node (format or protocol): -, node offset, bytes, BdrvChild",
+        layouts: one!([A::NONE, A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
         id: 11,
         symbol: "qcow2_co_preadv_part",
         layer: Layer::Qcow2,
@@ -749,6 +756,7 @@ mod tests {
             (q::LURING_CO_SUBMIT, "luring_co_submit"),
             (q::QEMU_IO_AIO_READ_DONE, "aio_read_done"),
             (q::QEMU_IO_AIO_WRITE_DONE, "aio_write_done"),
+            (q::BDRV_CO_PDISCARD, "bdrv_co_pdiscard"),
         ] {
             let p = QEMU_PROBES.iter().find(|p| p.id == id).unwrap();
             assert_eq!(p.symbol, symbol, "probe id {id}");

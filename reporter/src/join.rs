@@ -422,10 +422,24 @@ struct Root {
     /// A host job without data was made for it (flush, discard): a later one on its
     /// thread is another request's.
     host_job: bool,
-    /// A block request without a buffer was seen for it: a write of zeroes, whose
-    /// host job (a fallocate) is not a flush's.
-    zeroes: bool,
+    /// A block request without data was seen for it: a write of zeroes or a discard,
+    /// whose host job (a fallocate) is not a flush's, and whose range (when it has
+    /// one) came from that request, not from block IO.
+    nodata: bool,
+    /// The BdrvChild of its first call on a block node (QEMU's block layer): for a
+    /// request from a drive, that drive's root, the same for all its requests.
+    bdrv_child: u64,
     merged_into: Option<u64>,
+}
+
+impl Root {
+    /// Keep the BdrvChild of its first call on a block node (`bdrv_co_*`).
+    #[inline]
+    fn note_bdrv_child(&mut self, probe: u8, child: u64) {
+        if self.bdrv_child == 0 && level(probe) == 3 {
+            self.bdrv_child = child;
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -693,6 +707,9 @@ pub struct Join<'l, S: Sink> {
     /// jobs whose direct IO the kernel named the file of: a flush's or discard's job
     /// names only the descriptor.
     fd_disks: Map<u64, DiskSet>,
+    /// The disk of each drive's root BdrvChild, learnt from requests whose host IO
+    /// named their disk: it names the disk of a request whose host IO names none.
+    child_disks: Map<u64, u16>,
     /// Host IOs that queued a flush bio (no data) on a device, waiting for the
     /// device's flush request: the block layer issues it without a bio.
     preflush: Vec<(u32, Ref)>,
@@ -717,7 +734,7 @@ fn level(probe: u8) -> u8 {
     match probe {
         q::BLK_AIO_PREADV | q::BLK_AIO_PWRITEV => 1,
         q::BLK_CO_PREADV_PART | q::BLK_CO_PWRITEV_PART => 2,
-        q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART => 3,
+        q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART | q::BDRV_CO_PDISCARD => 3,
         q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART => 4,
         _ => 0,
     }
@@ -760,6 +777,7 @@ impl<'l, S: Sink> Join<'l, S> {
             sync_wait: VecDeque::new(),
             falloc_wait: VecDeque::new(),
             fd_disks: Map::default(),
+            child_disks: Map::default(),
             preflush: Vec::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
@@ -906,7 +924,8 @@ impl<'l, S: Sink> Join<'l, S> {
             disks: None,
             completed: false,
             host_job: false,
-            zeroes: false,
+            nodata: false,
+            bdrv_child: 0,
             merged_into: None,
         });
         self.active.push(r);
@@ -979,6 +998,7 @@ impl<'l, S: Sink> Join<'l, S> {
             | q::BDRV_CO_PWRITEV_PART
             | q::QCOW2_CO_PREADV_PART
             | q::QCOW2_CO_PWRITEV_PART => self.qemu_block(e),
+            q::BDRV_CO_PDISCARD => self.qemu_block_without_data(e, Op::Discard, true),
             q::QCOW2_CACHE_GET => {
                 let ctx = self.qcow2_serving(e.tid);
                 self.threads.at(e.tid, e.ts).meta = Some((ctx, a1));
@@ -1180,6 +1200,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 } else {
                     let root = self.roots.get_mut(r).expect("checked");
                     root.last = e.ts;
+                    root.note_bdrv_child(e.sub, child);
                     if is_qcow2 {
                         root.qcow2 = true;
                         self.threads.at(e.tid, e.ts).qcow2 = Some(r);
@@ -1217,12 +1238,13 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
-    /// A block request without a buffer: a write of zeroes (or a read that only
-    /// prefetches). The null qiov keys nothing (two of them in flight would share
+    /// A block request without data: a write of zeroes, a discard (or a read that
+    /// only prefetches). The null qiov keys nothing (two of them in flight would share
     /// it), so the request is found by thread: the one this thread just announced at
-    /// the same range one layer up, or the guest's request this thread is serving (as
-    /// for a host job: the earliest virtio request in flight with nothing below it
-    /// yet), or else a new one.
+    /// the same range one layer up, the one this thread is in the middle of (a call
+    /// on a lower node), or the guest's request this thread is serving (as for a host
+    /// job: the earliest virtio request in flight with nothing below it yet), or else
+    /// a new one.
     fn qemu_block_without_data(&mut self, e: &RawEvent, op: Op, is_bdrv: bool) {
         let [_, off, bytes, child] = e.a;
         let above = self
@@ -1238,10 +1260,20 @@ impl<'l, S: Sink> Join<'l, S> {
                     .get(r)
                     .is_some_and(|x| !x.completed && x.qiovs.is_empty() && x.data_hios == 0)
             });
-        // Only a write of zeroes is a guest request's; a prefetching read is QEMU's.
-        let zeroes = op == Op::Write;
-        let serving = || zeroes.then(|| self.job_root(e.tid, None)).flatten();
-        let r = match above.or_else(serving) {
+        // A write of zeroes or a discard is a guest request's; a prefetching read is
+        // QEMU's.
+        let request = matches!(op, Op::Write | Op::Discard);
+        let row_op = if op == Op::Write { Op::WriteZeroes } else { op };
+        // A call further down the stack for the request this thread is in the middle
+        // of (qcow2 passing a discard on to its image file, at the host offset): on
+        // another node than the request's first call was.
+        let nested = || {
+            let r = self.threads.get(e.tid).and_then(|t| t.qcow2)?;
+            let x = self.roots.get(r)?;
+            (x.nodata && !x.completed && x.top_child != 0 && x.top_child != child).then_some(r)
+        };
+        let serving = || request.then(|| self.job_root(e.tid, None)).flatten();
+        let r = match above.or_else(nested).or_else(serving) {
             Some(r) => r,
             None => {
                 // Writes of zeroes this thread made before with none of their IO in
@@ -1254,7 +1286,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     .filter(|&r| {
                         self.roots.get(r).is_some_and(|x| {
                             x.source == Source::QemuBlock
-                                && x.zeroes
+                                && x.nodata
                                 && x.tid == e.tid
                                 && x.open_hios == 0
                         })
@@ -1264,8 +1296,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     self.finish_root(r, 0);
                 }
                 let r = self.new_root(e, Source::QemuBlock);
-                let op = if zeroes { Op::WriteZeroes } else { op };
-                self.set_io(r, op, off, bytes);
+                self.set_io(r, row_op, off, bytes);
                 // Above the image file, where qcow2 images are expected: qcow2's request
                 // (it has no probe on this path), not QEMU's own IO to the file.
                 let via_qcow2 = self.cfg.expect_qcow2 && !self.file_children.contains_key(&child);
@@ -1276,9 +1307,23 @@ impl<'l, S: Sink> Join<'l, S> {
                 r
             }
         };
+        if request
+            && self
+                .roots
+                .get(r)
+                .is_some_and(|x| x.source == Source::Virtio)
+        {
+            // The guest's range list is in its data, which the virtio probe does not
+            // read: this request's first call has it.
+            self.set_io(r, row_op, off, bytes);
+        }
         if let Some(root) = self.roots.get_mut(r) {
             root.last = e.ts;
-            root.zeroes |= zeroes;
+            root.note_bdrv_child(e.sub, child);
+            root.nodata |= request;
+            if root.top_child == 0 {
+                root.top_child = child;
+            }
         }
         // qcow2 (not probed on this path) writes the zero flags into its L2 tables on
         // this thread: that metadata IO is this request's.
@@ -1312,6 +1357,7 @@ impl<'l, S: Sink> Join<'l, S> {
             self.threads.at(e.tid, e.ts).pending_co = None;
             self.bind_qiov(qiov, r);
             let root = self.roots.get_mut(r).expect("checked");
+            root.note_bdrv_child(e.sub, child);
             if root.top_probe == 0 || root.aio_opaque != 0 {
                 root.top_probe = e.sub;
                 root.top_child = child;
@@ -1321,6 +1367,22 @@ impl<'l, S: Sink> Join<'l, S> {
                 self.threads.at(e.tid, e.ts).qcow2 = Some(r);
             }
             return QiovBind::Root(r);
+        }
+        // A write of zeroes the driver could not make as such (qcow2, for part of a
+        // cluster that does not read as zeroes): the block layer writes a buffer of
+        // zeroes in its place, on its thread, a piece of its range at a time.
+        if op == Op::Write
+            && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
+            && let Some(root) = self.roots.get_mut(r)
+            && root.nodata
+            && root.op == Op::WriteZeroes
+            && !root.completed
+            && let Some(start) = root.offset
+            && off >= start
+            && off.saturating_add(bytes) <= start.saturating_add(root.bytes)
+        {
+            root.qcow2 |= is_qcow2;
+            return self.bind_to(qiov, QiovBind::Root(r));
         }
         if is_qcow2 && let Some(r) = self.cow_owner(e.tid, off, bytes) {
             return self.bind_to(qiov, QiovBind::Cow(r));
@@ -1333,6 +1395,7 @@ impl<'l, S: Sink> Join<'l, S> {
         self.set_io(r, op, off, bytes);
         self.bind_qiov(qiov, r);
         let root = self.roots.get_mut(r).expect("just made");
+        root.note_bdrv_child(e.sub, child);
         root.top_probe = e.sub;
         root.top_child = child;
         if is_qcow2 {
@@ -1376,7 +1439,10 @@ impl<'l, S: Sink> Join<'l, S> {
         let start = root.offset?;
         let lo = start / MAX_CLUSTER * MAX_CLUSTER;
         let hi = start.saturating_add(root.bytes).div_ceil(MAX_CLUSTER) * MAX_CLUSTER;
-        (root.op == Op::Write && !root.completed && off >= lo && off.saturating_add(bytes) <= hi)
+        (matches!(root.op, Op::Write | Op::WriteZeroes)
+            && !root.completed
+            && off >= lo
+            && off.saturating_add(bytes) <= hi)
             .then_some(r)
     }
 
@@ -1522,11 +1588,13 @@ impl<'l, S: Sink> Join<'l, S> {
                     && !x.host_job
                     && x.data_hios == 0
                     // A flush's job is not a write of zeroes'.
-                    && !(x.zeroes && range.is_none())
+                    && !(x.nodata && range.is_none())
                     && match x.source {
-                        Source::Virtio => x.offset.is_none(),
+                        // No block IO yet (a range from a request without data
+                        // is not block IO).
+                        Source::Virtio => x.offset.is_none() || x.nodata,
                         Source::QemuBlock => {
-                            x.zeroes
+                            x.nodata
                                 && range.is_some_and(|(off, len)| {
                                     if x.qcow2 {
                                         serving == Some(r)
@@ -1538,7 +1606,7 @@ impl<'l, S: Sink> Join<'l, S> {
                     }
             })
             // A job with a range goes first to the request known to write zeroes.
-            .min_by_key(|(_, x)| (!(x.zeroes && range.is_some()), x.id))
+            .min_by_key(|(_, x)| (!(x.nodata && range.is_some()), x.id))
             .map(|(r, _)| r)
     }
 
@@ -2452,7 +2520,7 @@ impl<'l, S: Sink> Join<'l, S> {
         // A write of zeroes that qcow2 did in its tables alone (no host job) ends when
         // its last metadata IO does: nothing later of it is seen.
         let mut b = root.b;
-        if root.source == Source::QemuBlock && root.zeroes && b[6] == 0 && b[7] == 0 {
+        if root.source == Source::QemuBlock && root.nodata && b[6] == 0 && b[7] == 0 {
             b[7] = root.last;
         }
         let mut partial = root.partial | reason;
@@ -2483,6 +2551,22 @@ impl<'l, S: Sink> Join<'l, S> {
         if root.source == Source::Virtio && root.b[8] == 0 {
             partial |= reasons::NO_COMPLETION;
         }
+        let disk = if self.layout.disks.len() == 1 {
+            Some(0)
+        } else {
+            match root.disks.and_then(Layout::one_disk) {
+                Some(d) => {
+                    if root.bdrv_child != 0 {
+                        self.child_disks.insert(root.bdrv_child, d);
+                    }
+                    Some(d)
+                }
+                // Host IO naming no single disk (none, or a shared backing file's
+                // only): its drive's, as the drive's earlier requests showed.
+                None if root.bdrv_child != 0 => self.child_disks.get(&root.bdrv_child).copied(),
+                None => None,
+            }
+        };
         let row = IoRow {
             id: root.id,
             op: root.op,
@@ -2496,11 +2580,7 @@ impl<'l, S: Sink> Join<'l, S> {
             bios: root.bios,
             requests: root.requests,
             bottom_dev: root.bottom_dev,
-            disk: if self.layout.disks.len() == 1 {
-                Some(0)
-            } else {
-                root.disks.and_then(Layout::one_disk)
-            },
+            disk,
             flags: root.flags,
             partial,
             merged_into: root.merged_into,
@@ -2526,7 +2606,7 @@ impl<'l, S: Sink> Join<'l, S> {
             // (A write of zeroes may need no host IO at all.)
             let over = root.open_hios == 0
                 && root.source == Source::QemuBlock
-                && (root.data_hios + root.meta_hios > 0 || root.zeroes);
+                && (root.data_hios + root.meta_hios > 0 || root.nodata);
             let idle = over
                 && threads
                     .get(root.tid)
@@ -3176,6 +3256,94 @@ mod tests {
         }
     }
 
+    /// A discard's range comes from its first `bdrv_co_pdiscard`, at the top of QEMU's
+    /// block stack; qcow2 passing it on to the image file (another node, the host
+    /// offset) is the same request. From a guest: two discards on one thread, the
+    /// first one's job still running as the second arrives (it frees nothing, so it
+    /// has no job). From qemu-io (no virtio): one row per discard command.
+    #[test]
+    fn a_discard_has_the_range_of_its_block_request() {
+        let layout = Layout::default();
+        let cfg = JoinConfig {
+            falloc_syscalls: true,
+            ..JoinConfig::default()
+        };
+        let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+        let sys = |ts, kind, a| sub_ev(ts, 3, kind, 13, a);
+        let job = |ts, key, off, len| {
+            q(
+                ts,
+                q::THREAD_POOL_SUBMIT_AIO,
+                [key, off, len, 8 << 32 | q::AIO_DISCARD],
+            )
+        };
+        let pdiscard = |ts, off, len, child| q(ts, q::BDRV_CO_PDISCARD, [0, off, len, child]);
+        // Rows in request order, what each is, and that no IO was left over.
+        let summary = |j: Join<All>| {
+            let All(mut rows, other) = j.finish().0;
+            assert!(other.is_empty(), "{other:?}");
+            rows.sort_by_key(|r| r.id);
+            let got: Vec<_> = rows
+                .iter()
+                .map(|r| (r.source, r.op, r.offset, r.bytes, r.host_ios, r.partial))
+                .collect();
+            (rows, got)
+        };
+
+        let mut j = Join::new(&layout, All::default(), cfg);
+        j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+        j.event(&pdiscard(1_100, 0x10_0000, 0x1_0000, 0xb5));
+        j.event(&pdiscard(1_200, 0x5_0000, 0x1_0000, 0xf1));
+        j.event(&job(1_300, 0xe1, 0x5_0000, 0x1_0000));
+        j.event(&q(1_400, q::VIRTIO_HANDLE_REQUEST, [0xd2, 0, 0, 0]));
+        j.event(&pdiscard(1_500, 0x20_0000, 0x2000, 0xb5));
+        j.event(&sys(2_000, EventKind::SysEnter, [8, 0x5_0000, 0x1_0000, 3]));
+        j.event(&sys(3_000, EventKind::SysExit, [0; 4]));
+        j.event(&q(4_000, q::VIRTIO_REQ_COMPLETE, [0xd2, 0, 11, 16]));
+        j.event(&q(6_500, q::VIRTIO_REQ_COMPLETE, [0xd1, 0, 11, 16]));
+        let (rows, got) = summary(j);
+        assert_eq!(
+            got,
+            [
+                (Source::Virtio, Op::Discard, Some(0x10_0000), 0x1_0000, 1, 0),
+                (Source::Virtio, Op::Discard, Some(0x20_0000), 0x2000, 0, 0),
+            ],
+            "{rows:?}"
+        );
+        assert_eq!(rows[0].b[1..9], [1_000, 2_000, 0, 0, 0, 3_000, 0, 6_500]);
+
+        let mut j = Join::new(&layout, All::default(), cfg);
+        for (t, key, off, len) in [
+            (1_000, 0xe1, 0x1_0000, 0x1_0000),
+            (2_000, 0xe2, 0, 0x2_0000),
+        ] {
+            j.event(&pdiscard(t, off, len, 0xb5));
+            // The raw driver passes it to its file at the same range.
+            j.event(&pdiscard(t + 50, off, len, 0xf1));
+            j.event(&job(t + 100, key, off, len));
+            j.event(&sys(t + 200, EventKind::SysEnter, [8, off, len, 3]));
+            j.event(&sys(t + 800, EventKind::SysExit, [0; 4]));
+        }
+        let (rows, got) = summary(j);
+        assert_eq!(
+            got,
+            [
+                (
+                    Source::QemuBlock,
+                    Op::Discard,
+                    Some(0x1_0000),
+                    0x1_0000,
+                    1,
+                    0
+                ),
+                (Source::QemuBlock, Op::Discard, Some(0), 0x2_0000, 1, 0),
+            ],
+            "{rows:?}"
+        );
+        assert_eq!(rows[0].b[1..8], [1_000, 1_200, 0, 0, 0, 1_800, 0]);
+        assert_eq!(rows[1].b[1..8], [2_000, 2_200, 0, 0, 0, 2_800, 0]);
+    }
+
     /// A write of zeroes on a filesystem that refuses `FALLOC_FL_ZERO_RANGE` (tmpfs):
     /// QEMU's block layer passes it down without a buffer (a null qiov) through the raw
     /// driver to the file, and the worker's fallocate is refused (-EOPNOTSUPP) and
@@ -3669,6 +3837,18 @@ mod tests {
         cb: Option<u64>,
         ino: Option<u64>,
     ) {
+        qemu_io_aio_read_on(j, n, t0, cb, ino, 0xc1);
+    }
+
+    /// [`qemu_io_aio_read_of`] from the drive whose root BdrvChild is `child`.
+    fn qemu_io_aio_read_on<S: Sink>(
+        j: &mut Join<S>,
+        n: u64,
+        t0: u64,
+        cb: Option<u64>,
+        ino: Option<u64>,
+        child: u64,
+    ) {
         let qemu = |ts: u64, tid: u32, sub: u8, a: [u64; 4]| RawEvent {
             sub,
             ..ev(ts, tid, EventKind::Qemu, a)
@@ -3684,7 +3864,7 @@ mod tests {
             t0 + 1_000,
             5,
             q::BDRV_CO_PREADV_PART,
-            [qiov, off, len, 0xc1],
+            [qiov, off, len, child],
         ));
         j.event(&qemu(
             t0 + 2_000,
@@ -3733,9 +3913,11 @@ mod tests {
 
     #[test]
     fn a_request_is_given_the_disk_whose_file_the_kernel_named() {
-        // Two disks: a.qcow2 over base.qcow2 and b.qcow2 over the same base. A request
-        // whose IO went to a.qcow2 or b.qcow2 is that disk's; one that read only the
-        // shared base, or whose file was never named (no direct IO seen), is unknown.
+        // Two disks: a.qcow2 over base.qcow2 and b.qcow2 over the same base, their
+        // drives' root BdrvChild 0xca and 0xcb. A request whose IO went to a.qcow2 or
+        // b.qcow2 is that disk's; one that read only the shared base, or whose file was
+        // never named (no direct IO seen), is its drive's disk if an earlier request
+        // of that drive named it, else unknown.
         let file = |name: &str, ino: u64, part_byte: u64| {
             serde_json::json!({
                 "file": name, "len": 1u64 << 30, "ino": ino,
@@ -3755,24 +3937,26 @@ mod tests {
         assert_eq!(layout.disks.len(), 2);
         let mut j = Join::new(&layout, Rows::default(), JoinConfig::default());
         let cases = [
-            (Some(11), Some(0)),
-            (Some(12), Some(1)),
-            (Some(13), None),
-            (None, None),
+            // Drive 0xcc, not seen before, reads only the base.
+            (Some(13), 0xcc, None),
+            (Some(11), 0xca, Some(0)),
+            (Some(12), 0xcb, Some(1)),
+            (Some(13), 0xca, Some(0)),
+            (None, 0xcb, Some(1)),
             // An inode no image file has (another filesystem's file) names nothing.
-            (Some(99), None),
+            (Some(99), 0xcd, None),
         ];
-        for (n, (ino, _)) in cases.iter().enumerate() {
+        for (n, (ino, child, _)) in cases.iter().enumerate() {
             let t0 = 1_000_000 * (n as u64 + 1);
-            qemu_io_aio_read_of(&mut j, n as u64, t0, Some(40_000), *ino);
+            qemu_io_aio_read_on(&mut j, n as u64, t0, Some(40_000), *ino, *child);
         }
         let (Rows(rows), _) = j.finish();
-        let got: Vec<(Option<u64>, Option<u16>)> = cases
+        let got: Vec<_> = cases
             .iter()
             .zip(&rows)
-            .map(|((ino, _), r)| (*ino, r.disk))
+            .map(|(&(ino, child, _), r)| (ino, child, r.disk))
             .collect();
-        let want: Vec<(Option<u64>, Option<u16>)> = cases.to_vec();
+        let want = cases.to_vec();
         assert_eq!(rows.len(), cases.len());
         assert_eq!(got, want);
         assert_eq!(layout.disk_name(1), "/vm/b.qcow2");
@@ -3792,6 +3976,39 @@ mod tests {
         qemu_io_aio_read_of(&mut j, 0, 1_000_000, Some(40_000), Some(11));
         let (Rows(rows), _) = j.finish();
         assert_eq!(rows.iter().map(|r| r.disk).collect::<Vec<_>>(), [None]);
+    }
+
+    /// A guest's discard that frees nothing in a file has no host IO to name its disk:
+    /// its drive's root BdrvChild (its `bdrv_co_pdiscard`'s) does, learnt from an
+    /// earlier request of that drive whose host IO named the disk. A drive never seen
+    /// with host IO leaves it unknown.
+    #[test]
+    fn a_discard_without_host_io_gets_its_drives_disk() {
+        let layout = two_disks();
+        let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+        // Drive 0xcb reads b.qcow2 (inode 12).
+        qemu_io_aio_read_on(&mut j, 0, 1_000_000, Some(40_000), Some(12), 0xcb);
+        let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+        for (t, req, child) in [(2_000_000, 0xd1, 0xcb), (3_000_000, 0xd2, 0xca)] {
+            j.event(&q(t, q::VIRTIO_HANDLE_REQUEST, [req, 0, 0, 0]));
+            j.event(&q(
+                t + 100,
+                q::BDRV_CO_PDISCARD,
+                [0, 0x10_0000, 0x1_0000, child],
+            ));
+            j.event(&q(t + 900, q::VIRTIO_REQ_COMPLETE, [req, 0, 11, 16]));
+        }
+        let (All(rows, _), _) = j.finish();
+        let got: Vec<_> = rows.iter().map(|r| (r.op, r.host_ios, r.disk)).collect();
+        assert_eq!(
+            got,
+            [
+                (Op::Read, 1, Some(1)),
+                (Op::Discard, 0, Some(1)),
+                (Op::Discard, 0, None)
+            ],
+            "{rows:?}"
+        );
     }
 
     #[test]

@@ -432,7 +432,10 @@ impl Sink for Collector<'_> {
         if let Some(d) = row.disk.filter(|&d| d < 64) {
             self.disks_seen |= 1 << d;
         }
-        self.bytes = self.bytes.saturating_add(row.bytes);
+        // Data moved: a discard's or write of zeroes' range carries none.
+        if !matches!(row.op, Op::Discard | Op::WriteZeroes) {
+            self.bytes = self.bytes.saturating_add(row.bytes);
+        }
         let first = row.b.iter().copied().filter(|&t| t != 0).min().unwrap_or(0);
         if first != 0 {
             self.first_ts = self.first_ts.min(first);
@@ -937,6 +940,33 @@ mod tests {
             };
             c.io(&row);
         }
+    }
+
+    /// The summary's bytes are data moved: a discard's or write of zeroes' range is
+    /// not, though the rows keep their ranges.
+    #[test]
+    fn discarded_and_zeroed_ranges_are_not_bytes_moved() {
+        let layout = Layout::default();
+        let mut c = Collector::new(&layout, 3);
+        for (id, op, bytes) in [
+            (0, Op::Read, 4096),
+            (1, Op::Discard, 1 << 20),
+            (2, Op::WriteZeroes, 8192),
+            (3, Op::Write, 512),
+        ] {
+            let row = IoRow {
+                id,
+                op,
+                offset: Some(0),
+                bytes,
+                ..IoRow::example()
+            };
+            c.io(&row);
+        }
+        let r = c
+            .report(&[GroupBy::Op], &JoinStats::default(), summary())
+            .unwrap();
+        assert_eq!((r.summary.ios, r.summary.bytes), (4, 4096 + 512));
     }
 
     #[test]

@@ -66,9 +66,14 @@ pub fn create(dir: &Path, name: &str, opts: &str, size: &str) -> PathBuf {
     p
 }
 
-/// Run qemu-io commands against an image (qcow2 format, no cache layer surprises).
+/// Run qemu-io commands against a qcow2 image.
 pub fn qemu_io(image: &Path, cmds: &[&str]) {
-    let mut args = vec!["-f", "qcow2"];
+    qemu_io_fmt(image, "qcow2", cmds);
+}
+
+/// Run qemu-io commands against an image of format `fmt`.
+pub fn qemu_io_fmt(image: &Path, fmt: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
     for c in cmds {
         args.extend(["-c", c]);
     }

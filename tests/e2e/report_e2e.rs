@@ -411,59 +411,57 @@ fn fallocs(text: &str) -> Vec<Falloc> {
     out
 }
 
-/// Writes of zeroes on tmpfs, which refuses `FALLOC_FL_ZERO_RANGE`: QEMU's worker tries
-/// that first, then punches a hole and allocates the range again (later requests skip
-/// the refused mode; one that may unmap only punches). The kernel's syscall tracepoints,
-/// read through an ftrace instance on the recorder's clock, are the oracle: each
-/// request's host part runs from its first fallocate's entry to its last one's return,
-/// and none of those calls is counted as QEMU's own.
-#[test]
-fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
-    let Some(prefix) = can_record() else { return };
-    let qemu_io_path = prefix.join("bin/qemu-io");
-    let tracing = std::path::Path::new("/sys/kernel/tracing");
-    if !tracing.join("events/syscalls/sys_enter_fallocate").exists() {
-        eprintln!("SKIPPED: this kernel has no syscall tracepoints in ftrace");
-        return;
-    }
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mnt = dir.path().join("tmpfs");
+/// A scratch tmpfs (tmpfs refuses `FALLOC_FL_ZERO_RANGE` and punches holes), unmounted
+/// on drop.
+fn scratch_tmpfs(dir: &std::path::Path) -> (std::path::PathBuf, Cleanup) {
+    let mnt = dir.join("tmpfs");
     std::fs::create_dir(&mnt).unwrap();
     sh(&format!(
         "mount -t tmpfs -o size=64m viopath-test {}",
         mnt.display()
     ));
-    let mut cleanup = Cleanup(vec![format!("umount {}", mnt.display())]);
-    let img = mnt.join("zeroes.raw");
-    run(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", img.to_str().unwrap(), "8M"],
-    );
-    let inst = tracing.join("instances/viopath-test-falloc");
+    let cleanup = Cleanup(vec![format!("umount {}", mnt.display())]);
+    (mnt, cleanup)
+}
+
+/// Record qemu-io running `cmds` on `img` (format `fmt`) while an ftrace instance on
+/// the recorder's clock traces the kernel's fallocate calls: the joined rows in request
+/// order, the IO of no request, and the recorded qemu-io's fallocate calls. None when
+/// this kernel has no syscall tracepoints in ftrace.
+fn record_with_fallocs(
+    dir: &std::path::Path,
+    qemu_io: &std::path::Path,
+    fmt: &str,
+    img: &std::path::Path,
+    cmds: &[String],
+) -> Option<(Vec<IoRow>, Vec<OtherIo>, Vec<Falloc>)> {
+    let tracing = std::path::Path::new("/sys/kernel/tracing");
+    if !tracing.join("events/syscalls/sys_enter_fallocate").exists() {
+        eprintln!("SKIPPED: this kernel has no syscall tracepoints in ftrace");
+        return None;
+    }
+    // Its own instance: tests run side by side.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let inst = tracing.join(format!(
+        "instances/viopath-test-falloc-{}-{n}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir(&inst);
     std::fs::create_dir(&inst).unwrap();
-    cleanup.0.push(format!("rmdir {}", inst.display()));
+    let cleanup = Cleanup(vec![format!("rmdir {}", inst.display())]);
     let set = |file: &str, v: &str| std::fs::write(inst.join(file), v).unwrap();
     set("trace_clock", "mono");
     set("options/record-tgid", "1");
     set("events/syscalls/sys_enter_fallocate/enable", "1");
     set("events/syscalls/sys_exit_fallocate/enable", "1");
-    let trace = dir.path().join("run.trace");
-    let reqs = [
-        ("write -z", 0u64),
-        ("write -z", 65536),
-        ("write -z -u", 131072),
-    ];
+    let trace = dir.join(format!("{fmt}.trace"));
     let mut args: Vec<String> = ["record", "-o", trace.to_str().unwrap(), "--"]
         .map(String::from)
         .to_vec();
-    args.extend([
-        qemu_io_path.display().to_string(),
-        "-f".into(),
-        "raw".into(),
-    ]);
-    for (cmd, off) in reqs {
-        args.extend(["-c".into(), format!("{cmd} {off} 64k")]);
+    args.extend([qemu_io.display().to_string(), "-f".into(), fmt.into()]);
+    for c in cmds {
+        args.extend(["-c".into(), c.clone()]);
     }
     args.push(img.display().to_string());
     let out = viopath_recording(&args);
@@ -481,14 +479,87 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
         .into_iter()
         .filter(|c| c.tgid == pid)
         .collect();
-
+    drop(cleanup);
     let (layout, _) = viopath_reporter::load_layout(&t, &[]);
     let (rows, other) = join_rows(&t, &layout);
+    Some((rows, other, calls))
+}
+
+/// ftrace prints microseconds (truncated), and its probe and the recorder's run one
+/// after the other on the same tracepoint (either first).
+const US: u64 = 1_000;
+
+/// A request's host part (`submitted`..`host_done`) runs from the first of the kernel's
+/// fallocate calls `mine` to the last one's return.
+fn assert_host_part_is(row: &IoRow, mine: &[&Falloc], what: &str) {
+    assert!(
+        !mine.is_empty(),
+        "{what}: the kernel saw no fallocate of it"
+    );
+    let (first, last) = (mine[0], mine[mine.len() - 1]);
+    let (start, end) = (row.b[2], row.b[6]);
+    let why = format!("{what}: host part {start}..{end}, the kernel's calls {mine:?}");
+    assert!(
+        start + 2 * US >= first.enter_ns && start < first.exit_ns + US,
+        "{why}"
+    );
+    assert!(
+        end + 2 * US >= last.exit_ns && end < last.exit_ns + 50 * US,
+        "{why}"
+    );
+    if mine.len() > 1 {
+        let before_last = mine[mine.len() - 2];
+        assert!(
+            end > before_last.exit_ns + US,
+            "ends at an earlier call: {why}"
+        );
+    }
+    // The calls' own time fits in it, give or take the same slack at either end and
+    // ftrace's truncation of each call.
+    let in_kernel: u64 = mine.iter().map(|c| c.exit_ns - c.enter_ns).sum();
+    assert!(
+        end - start + 4 * US + US * mine.len() as u64 >= in_kernel,
+        "{why}"
+    );
+}
+
+/// No fallocate of `bytes` counted as QEMU's own.
+fn assert_no_own_fallocate(other: &[OtherIo], bytes: u64) {
+    let own: Vec<_> = other
+        .iter()
+        .filter(|o| o.bytes == bytes && o.class == viopath_reporter::join::OtherClass::QemuSyscall)
+        .collect();
+    assert!(own.is_empty(), "fallocates counted as QEMU's own: {own:?}");
+}
+
+/// Writes of zeroes on tmpfs, which refuses `FALLOC_FL_ZERO_RANGE`: QEMU's worker tries
+/// that first, then punches a hole and allocates the range again (later requests skip
+/// the refused mode; one that may unmap only punches). The kernel's syscall tracepoints,
+/// read through an ftrace instance on the recorder's clock, are the oracle: each
+/// request's host part runs from its first fallocate's entry to its last one's return,
+/// and none of those calls is counted as QEMU's own.
+#[test]
+fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
+    let Some(prefix) = can_record() else { return };
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (mnt, _unmount) = scratch_tmpfs(dir.path());
+    let img = mnt.join("zeroes.raw");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", img.to_str().unwrap(), "8M"],
+    );
+    let reqs = [
+        ("write -z", 0u64),
+        ("write -z", 65536),
+        ("write -z -u", 131072),
+    ];
+    let cmds: Vec<String> = reqs.iter().map(|(c, o)| format!("{c} {o} 64k")).collect();
+    let Some((rows, other, calls)) =
+        record_with_fallocs(dir.path(), &prefix.join("bin/qemu-io"), "raw", &img, &cmds)
+    else {
+        return;
+    };
     assert_eq!(rows.len(), reqs.len(), "{rows:#?}\nother: {other:?}");
-    // ftrace prints microseconds (truncated), and its probe and the recorder's run one
-    // after the other on the same tracepoint (either first): the recorder's entry is
-    // at the first call's, its return at the last call's, after the previous call's.
-    const US: u64 = 1_000;
     let mut retried = 0;
     for ((cmd, off), row) in reqs.iter().zip(&rows) {
         let what = format!("{cmd} {off}: {row:?}");
@@ -499,31 +570,8 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
             .iter()
             .filter(|c| c.offset == *off && c.len == 65536)
             .collect();
-        assert!(
-            !mine.is_empty(),
-            "{what}: the kernel saw no fallocate: {calls:?}"
-        );
-        let (first, last) = (mine[0], mine[mine.len() - 1]);
-        let (start, end) = (row.b[2], row.b[6]);
-        let why = format!("{what}: host part {start}..{end}, the kernel's calls {mine:?}");
-        assert!(
-            start + 2 * US >= first.enter_ns && start < first.exit_ns + US,
-            "{why}"
-        );
-        assert!(
-            end + 2 * US >= last.exit_ns && end < last.exit_ns + 50 * US,
-            "{why}"
-        );
-        if mine.len() > 1 {
-            retried += 1;
-            let before_last = mine[mine.len() - 2];
-            assert!(
-                end > before_last.exit_ns + US,
-                "ends at an earlier call: {why}"
-            );
-        }
-        let in_kernel: u64 = mine.iter().map(|c| c.exit_ns - c.enter_ns).sum();
-        assert!(end - start + US * mine.len() as u64 >= in_kernel, "{why}");
+        assert_host_part_is(row, &mine, &what);
+        retried += usize::from(mine.len() > 1);
     }
     // The setup did what it is for: tmpfs refused the first zero range, and QEMU tried
     // again on the same range.
@@ -533,10 +581,67 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
         "tmpfs took FALLOC_FL_ZERO_RANGE: {calls:?}"
     );
     assert!(retried >= 2, "no request was retried: {calls:?}");
-    let own: Vec<_> = other
-        .iter()
-        .filter(|o| o.bytes == 65536 && o.class == viopath_reporter::join::OtherClass::QemuSyscall)
-        .collect();
-    assert!(own.is_empty(), "fallocates counted as QEMU's own: {own:?}");
-    drop(cleanup);
+    assert_no_own_fallocate(&other, 65536);
+}
+
+/// qemu-io's discards of a raw image and of a qcow2 image, each a row with the range
+/// qemu-io was given (from `bdrv_co_pdiscard`), whose host part is the kernel's
+/// fallocate (punch hole) of that range: the same range in the raw file, and where
+/// `qemu-img map` placed the guest cluster in the qcow2 file.
+#[test]
+fn a_discard_is_a_row_with_its_range_down_to_the_fallocate() {
+    let Some(prefix) = can_record() else { return };
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (mnt, _unmount) = scratch_tmpfs(dir.path());
+    const K64: u64 = 65536;
+    for fmt in ["raw", "qcow2"] {
+        let img = mnt.join(format!("discard.{fmt}"));
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", fmt, img.to_str().unwrap(), "8M"],
+        );
+        qemu_io_fmt(&img, fmt, &["write -P 0x5a 0 512k"]);
+        // Where each guest cluster lies in the file, before the discards free them.
+        let map = qemu_img_map(&img);
+        let host_of = |guest: u64| -> u64 {
+            let m = map
+                .iter()
+                .find(|m| {
+                    let (s, l) = (m["start"].as_u64().unwrap(), m["length"].as_u64().unwrap());
+                    s <= guest && guest < s + l && m["data"] == true
+                })
+                .unwrap_or_else(|| panic!("{fmt}: guest {guest} not mapped: {map:?}"));
+            m["offset"].as_u64().unwrap() + guest - m["start"].as_u64().unwrap()
+        };
+        let reqs = [0, 2 * K64, 5 * K64];
+        let host: Vec<u64> = reqs.iter().map(|&g| host_of(g)).collect();
+        let cmds: Vec<String> = reqs.iter().map(|o| format!("discard {o} 64k")).collect();
+        let Some((rows, other, calls)) =
+            record_with_fallocs(dir.path(), &prefix.join("bin/qemu-io"), fmt, &img, &cmds)
+        else {
+            return;
+        };
+        let discards: Vec<&IoRow> = rows
+            .iter()
+            .filter(|r| r.op == viopath_reporter::join::Op::Discard)
+            .collect();
+        assert_eq!(
+            discards.len(),
+            reqs.len(),
+            "{fmt}: {rows:#?}\nother: {other:?}"
+        );
+        for ((off, host), row) in reqs.iter().zip(&host).zip(&discards) {
+            let what = format!("{fmt} discard {off} (file offset {host}): {row:?}");
+            assert_eq!((row.offset, row.bytes), (Some(*off), K64), "{what}");
+            assert_eq!((row.partial, row.host_ios), (0, 1), "{what}");
+            // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+            let mine: Vec<&Falloc> = calls
+                .iter()
+                .filter(|c| c.offset == *host && c.len == K64 && c.mode == 3)
+                .collect();
+            assert_eq!(mine.len(), 1, "{what}: {calls:?}");
+            assert_host_part_is(row, &mine, &what);
+        }
+        assert_no_own_fallocate(&other, K64);
+    }
 }

@@ -34,12 +34,16 @@ const PART_START: u64 = 1 << 20;
 const BLOCK: u64 = 4096;
 
 /// The guest's workload: O_DIRECT reads and writes at known offsets, a buffered read
-/// after dropping the guest's page cache, a buffered write made durable by sync, and a
+/// after dropping the guest's page cache, a buffered write made durable by sync, a
 /// file deleted and trimmed away (the guest's discards free its clusters in the image,
 /// which QEMU punches out of the image file; not a file written during the trace, whose
-/// host blocks would then be gone from the layout snapshot taken at its end).
+/// host blocks would then be gone from the layout snapshot taken at its end), and a
+/// buffered write into the middle of a small preallocated file, where ext4 (without
+/// `dioread_nolock`) zeroes the rest of the unwritten extent with writes of zeroes.
+/// From the trim on, the guest traces the requests its block layer issues (the
+/// oracle for the discards' and the writes of zeroes' ranges).
 const WORKLOAD: &str = r#"#!/bin/sh
-mount -t ext4 /dev/vda1 /mnt || exit 1
+mount -t ext4 -o dioread_lock /dev/vda1 /mnt || exit 1
 io() { echo "viopath-io $*"; }
 dd if=/mnt/data/big.bin of=/dev/null bs=65536 skip=3 count=1 iflag=direct 2>/dev/null && io r /data/big.bin 196608 65536 direct
 dd if=/mnt/data/big.bin of=/dev/null bs=4096 skip=700 count=1 iflag=direct 2>/dev/null && io r /data/big.bin 2867200 4096 direct
@@ -47,8 +51,19 @@ dd if=/dev/urandom of=/mnt/data/big.bin bs=16384 seek=25 count=1 oflag=direct co
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/mnt/data/small.bin of=/dev/null bs=4096 2>/dev/null && io r /data/small.bin 0 131072 buffered
 dd if=/dev/urandom of=/mnt/logs/app.log bs=4096 seek=2 count=2 conv=notrunc 2>/dev/null && sync && io w /logs/app.log 8192 8192 buffered
+T=/sys/kernel/tracing
+mount -t tracefs nodev $T 2>/dev/null
+echo 1 > $T/events/block/block_rq_issue/enable
 rm /mnt/data/old.bin && sync && fstrim /mnt
+fallocate -l 16384 /mnt/data/z.bin && sync && dd if=/dev/urandom of=/mnt/data/z.bin bs=4096 seek=1 count=1 conv=notrunc 2>/dev/null && sync
 umount /mnt
+"#;
+
+/// The requests the guest's block layer issued since the trim, as its tracepoint
+/// prints them: `rq_issue: 254,0 DS 0 () 26080 + 2048 [fstrim]` (device, rwbs, bytes,
+/// command, sector + sectors, process).
+const ISSUED: &str = r#"
+grep -o 'rq_issue: .*' $T/trace
 "#;
 
 /// Last: the guest's own count of the flushes and discards its disks completed (fields
@@ -71,6 +86,33 @@ rm /mnt2/two/old.bin && sync && fstrim /mnt2
 umount /mnt2
 umount /mnt
 "#;
+
+/// A request the guest's block layer issued (its `block_rq_issue` tracepoint).
+#[derive(Debug)]
+struct GuestRequest {
+    /// vda 0, vdb 1 (virtio-blk gives each disk 16 minors).
+    disk: u16,
+    rwbs: String,
+    sector: u64,
+    sectors: u64,
+}
+
+fn guest_requests(serial: &str) -> Vec<GuestRequest> {
+    serial
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rq_issue: "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let minor: u16 = f[0].split_once(',').unwrap().1.parse().unwrap();
+            GuestRequest {
+                disk: minor / 16,
+                rwbs: f[1].to_owned(),
+                sector: f[4].parse().unwrap(),
+                sectors: f[6].parse().unwrap(),
+            }
+        })
+        .collect()
+}
 
 fn guest_ops(serial: &str) -> Vec<GuestOp> {
     serial
@@ -251,12 +293,14 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         qemu.display().to_string(),
     ];
     if backing {
-        let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}{COUNT_FLUSHES}");
+        let workload = format!("{WORKLOAD}{WORKLOAD_DISK2}{ISSUED}{COUNT_FLUSHES}");
         let disks = [disk.as_path(), second.as_path()];
-        args.extend(crate::vm::qemu_args_disks(&assets, &disks, aio, &workload));
+        args.extend(
+            crate::vm::qemu_args_disks(&assets, &disks, aio, &workload, dir.path()).unwrap(),
+        );
     } else {
-        let workload = format!("{WORKLOAD}{COUNT_FLUSHES}");
-        args.extend(crate::vm::qemu_args(&assets, &disk, aio, &workload));
+        let workload = format!("{WORKLOAD}{ISSUED}{COUNT_FLUSHES}");
+        args.extend(crate::vm::qemu_args(&assets, &disk, aio, &workload, dir.path()).unwrap());
     }
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
         .args(&args)
@@ -425,13 +469,48 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         discard_rows.iter().any(|r| r.host_ios > 0),
         "no discard reached the host: {discard_rows:?}"
     );
-    // Their ranges are in their data, not read: no range is made up for them.
-    assert!(
-        discard_rows
+    // Each has the range the guest's block layer issued (QEMU's first
+    // `bdrv_co_pdiscard`), and so has each write of zeroes ext4 made (its bufferless
+    // block request); and the guest issued some of those.
+    let issued = guest_requests(&serial);
+    // Each on its disk: one without host IO takes its drive's, from earlier requests.
+    let ranges = |op: Op| {
+        let mut v: Vec<(u16, u64, u64)> = virtio
             .iter()
-            .all(|r| r.offset.is_none() && r.bytes == 0),
-        "{discard_rows:?}"
+            .filter(|r| r.op == op)
+            .map(|r| {
+                let d = r.disk.unwrap_or_else(|| panic!("no disk: {r:?}"));
+                (d, r.offset.unwrap_or(u64::MAX), r.bytes)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let guest = |first: char| {
+        let mut v: Vec<(u16, u64, u64)> = issued
+            .iter()
+            .filter(|q| q.rwbs.starts_with(first) && q.sectors > 0)
+            .map(|q| (q.disk, q.sector * 512, q.sectors * 512))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ranges(Op::Discard), guest('D'), "discards: {issued:?}");
+    // Block-layer tracing names a write of zeroes `N` (not read, write, discard or
+    // flush); with sectors, as a driver's own request (GET_ID) has none.
+    let zeroes = guest('N');
+    assert!(
+        !zeroes.is_empty(),
+        "ext4 made no write of zeroes: {issued:?}"
     );
+    assert_eq!(
+        ranges(Op::WriteZeroes),
+        zeroes,
+        "writes of zeroes: {issued:?}"
+    );
+    for r in virtio.iter().filter(|r| r.op == Op::WriteZeroes) {
+        assert_eq!(r.partial, 0, "{r:?}");
+    }
     for r in discard_rows.iter().filter(|r| r.host_ios > 0) {
         let b = &r.b;
         assert!(
