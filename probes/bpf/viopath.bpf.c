@@ -66,6 +66,16 @@ struct {
 	__type(value, __u8);
 } rings SEC(".maps");
 
+/* Direct IOs the traced process began, by kiocb: their completion runs wherever the
+ * last bio ends (an interrupt on any CPU, a kernel worker), rarely in the process. An
+ * entry whose IO never completes (refused before any bio) ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} kiocbs SEC(".maps");
+
 /* QEMU uprobe argument specs, indexed by attach cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -372,6 +382,9 @@ int BPF_PROG(dio_begin, struct kiocb *iocb, struct iov_iter *iter, unsigned int 
 {
 	if (!traced())
 		return 0;
+	__u64 k = (__u64)iocb;
+	__u8 one = 1;
+	bpf_map_update_elem(&kiocbs, &k, &one, BPF_ANY);
 	emit(VP_DIO_BEGIN, 0, (__u64)iocb, iocb->ki_pos, iter->count,
 	     iocb->ki_filp->f_inode->i_ino);
 	return 0;
@@ -391,7 +404,9 @@ int BPF_PROG(dio_map, struct inode *inode, struct iomap *iomap)
 SEC("tp_btf/iomap_dio_complete")
 int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
 {
-	if (!traced())
+	/* Not traced(): the task interrupted or the worker running is anyone's. */
+	__u64 k = (__u64)iocb;
+	if (bpf_map_delete_elem(&kiocbs, &k) != 0 && !traced())
 		return 0;
 	emit(VP_DIO_COMPLETE, 0, (__u64)iocb, ret, (__u64)(__s64)error, 0);
 	return 0;

@@ -312,6 +312,70 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
         }
     }
 
+    // Every direct IO the process began and the filesystem mapped is seen to complete,
+    // wherever its completion ran: for linux-aio and io_uring, in an interrupt or a
+    // kernel worker, not in the process. (A read at or past the end of the file
+    // returns before mapping anything, with no completion: QEMU's probing reads do.)
+    // The same IO begun again (io_uring retrying in a worker) is one IO; a kiocb begun
+    // at another position or length while still open would be a new IO whose
+    // predecessor's completion was missed.
+    if attached("iomap_dio_rw_begin") {
+        let mut open = std::collections::HashMap::new();
+        let mut last_begun = std::collections::HashMap::new();
+        let (mut mapped, mut outside) = (0, 0);
+        // The process's threads: those whose syscalls were traced.
+        let own: std::collections::HashSet<u32> = t
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::SysEnter as u8)
+            .map(|e| e.tid)
+            .collect();
+        // In time order: chunks hold each CPU's events in turn.
+        let mut by_time: Vec<&RawEvent> = t.events.iter().collect();
+        by_time.sort_by_key(|e| e.ts);
+        for e in by_time {
+            match EventKind::from_u8(e.kind) {
+                Some(EventKind::DioBegin) => {
+                    last_begun.insert(e.tid, e.a[0]);
+                    match open.get(&e.a[0]) {
+                        Some(&(pos, len, true)) => assert_eq!(
+                            (pos, len),
+                            (e.a[1], e.a[2]),
+                            "{aio}: kiocb {:#x} began anew before its completion (at {})",
+                            e.a[0],
+                            e.ts
+                        ),
+                        _ => {
+                            open.insert(e.a[0], (e.a[1], e.a[2], false));
+                        }
+                    }
+                }
+                Some(EventKind::DioMap) => {
+                    if let Some(k) = last_begun.get(&e.tid)
+                        && let Some(io) = open.get_mut(k)
+                        && !io.2
+                    {
+                        io.2 = true;
+                        mapped += 1;
+                    }
+                }
+                Some(EventKind::DioComplete) => {
+                    let was_open = open.remove(&e.a[0]).is_some();
+                    outside += usize::from(was_open && !own.contains(&e.tid));
+                }
+                _ => {}
+            }
+        }
+        assert!(mapped > 0, "{aio}: no direct IO mapped");
+        let unseen: Vec<_> = open.values().filter(|io| io.2).collect();
+        assert!(
+            unseen.is_empty(),
+            "{aio}: {} of {mapped} mapped direct IOs never seen to complete: {unseen:x?}",
+            unseen.len()
+        );
+        eprintln!("{aio}: {mapped} direct IOs mapped, {outside} completed in other threads");
+    }
+
     // linux-aio and io_uring submissions name the descriptor (a3 >> 32): the one the
     // kernel saw QEMU read the image's inode through, in the synchronous preads QEMU
     // makes while opening it (alignment probing, header), which is an independent view.
