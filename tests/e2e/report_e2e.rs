@@ -514,11 +514,13 @@ fn assert_host_part_is(row: &IoRow, mine: &[&Falloc], what: &str) {
             "ends at an earlier call: {why}"
         );
     }
-    // The calls' own time fits in it, give or take the same slack at either end and
-    // ftrace's truncation of each call.
+    // The calls' own time fits in it, give or take ftrace's truncation of each call and
+    // a late start: under the whole suite's load the recorder's probe once ran 10 µs
+    // after ftrace's on the same sys_enter (this VM's vCPU can be descheduled between
+    // them), where the checks above allow a start anywhere inside the first call.
     let in_kernel: u64 = mine.iter().map(|c| c.exit_ns - c.enter_ns).sum();
     assert!(
-        end - start + 4 * US + US * mine.len() as u64 >= in_kernel,
+        end - start + 20 * US + US * mine.len() as u64 >= in_kernel,
         "{why}"
     );
 }
