@@ -399,8 +399,17 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
     // No guest request left unjoined: complete, layers adding up, and data requests
     // down to the bottom disk (or, for reads of a hole in the image file, answered by
     // the host filesystem, which is flagged).
+    // A partial row is kept for a look at its events (the temporary directory is not).
+    let kept = virtio.iter().any(|r| r.partial != 0).then(|| {
+        let dir = Path::new("/var/tmp/viopath-failed");
+        let keep = dir.join(format!("vm-{aio}-{}.trace", std::process::id()));
+        match std::fs::create_dir_all(dir).and_then(|()| std::fs::copy(&trace, &keep)) {
+            Ok(_) => format!("recording kept at {}", keep.display()),
+            Err(e) => format!("recording not kept: {e}"),
+        }
+    });
     for r in &virtio {
-        assert_eq!(r.partial, 0, "partial guest request: {r:?}");
+        assert_eq!(r.partial, 0, "partial guest request: {r:?} ({kept:?})");
         let (l, e2e) = split(&r.b);
         assert_eq!(l.iter().flatten().sum::<u64>(), e2e, "{r:?}");
         assert!(e2e > 0, "{r:?}");
