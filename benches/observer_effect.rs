@@ -172,8 +172,23 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
             _ if name == "io_uring_complete" => format!(
                 "tracepoint:io_uring:{name} /@rings[args->ctx]/ {{ printf(\"{name} %llu %d %llx %llu %d\\n\", nsecs, tid, args->req, args->user_data, args->res); }}"
             ),
+            // viopath keeps a direct IO's completion wherever it runs, by the kiocb its
+            // begin put in a map; the iomap tracepoints carry no kiocb, so the files the
+            // process began direct IO on stand in for it (a map update and a lookup, as
+            // viopath's).
+            _ if name == "iomap_dio_rw_begin" => format!(
+                "tracepoint:iomap:{name} /pid == cpid/ {{ @dio[args->ino] = 1; printf(\"{name} %llu %d %llu\\n\", nsecs, tid, args->ino); }}"
+            ),
+            _ if name == "iomap_dio_complete" => format!(
+                "tracepoint:iomap:{name} /pid == cpid || @dio[args->ino]/ {{ printf(\"{name} %llu %d %llu\\n\", nsecs, tid, args->ino); }}"
+            ),
             _ if name.starts_with("iomap_") => format!(
                 "tracepoint:iomap:{name} /pid == cpid/ {{ printf(\"{name} %llu %d %llu\\n\", nsecs, tid, args->ino); }}"
+            ),
+            // Every work item of the machine passes these: the function compare first.
+            _ if name.starts_with("workqueue_execute_") => format!(
+                "tracepoint:workqueue:{name} /args->function == {}/ {{ printf(\"{name} %llu %d %llx\\n\", nsecs, tid, args->work); }}",
+                kallsyms("aio_fsync_work").expect("viopath attached it, so the symbol is there")
             ),
             // As viopath keeps them: the traced process's, or any thread's on its devices.
             _ if name.starts_with("ext4_sync_file_") => format!(
@@ -188,6 +203,18 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
         s.push('\n');
     }
     s
+}
+
+/// A kernel symbol's address, as viopath finds it.
+fn kallsyms(name: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/kallsyms")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, _, sym) = (f.next()?, f.next()?, f.next()?);
+            (sym == name).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
 }
 
 fn median(v: &mut [f64]) -> f64 {
