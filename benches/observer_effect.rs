@@ -188,7 +188,8 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
             // Every work item of the machine passes these: the function compare first.
             _ if name.starts_with("workqueue_execute_") => format!(
                 "tracepoint:workqueue:{name} /args->function == {}/ {{ printf(\"{name} %llu %d %llx\\n\", nsecs, tid, args->work); }}",
-                kallsyms("aio_fsync_work").expect("viopath attached it, so the symbol is there")
+                viopath_recorder::record::kernel_symbol("aio_fsync_work")
+                    .expect("viopath attached it, so the symbol is there")
             ),
             // As viopath keeps them: the traced process's, or any thread's on its devices.
             _ if name.starts_with("ext4_sync_file_") => format!(
@@ -203,18 +204,6 @@ fn bpftrace_script(summary: &serde_json::Value, qemu_io: &Path) -> String {
         s.push('\n');
     }
     s
-}
-
-/// A kernel symbol's address, as viopath finds it.
-fn kallsyms(name: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/kallsyms")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (addr, _, sym) = (f.next()?, f.next()?, f.next()?);
-            (sym == name).then(|| u64::from_str_radix(addr, 16).ok())?
-        })
 }
 
 fn median(v: &mut [f64]) -> f64 {

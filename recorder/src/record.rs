@@ -337,7 +337,7 @@ struct Attached {
 
 /// A kernel function's address from /proc/kallsyms (None where it is missing or hidden:
 /// without root the addresses read as 0).
-fn kernel_symbol(name: &str) -> Option<u64> {
+pub fn kernel_symbol(name: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split_ascii_whitespace();
