@@ -396,9 +396,6 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
     let virtio: Vec<&IoRow> = rows.iter().filter(|r| r.source == Source::Virtio).collect();
     assert!(virtio.len() >= 20, "only {} virtio requests", virtio.len());
 
-    // No guest request left unjoined: complete, layers adding up, and data requests
-    // down to the bottom disk (or, for reads of a hole in the image file, answered by
-    // the host filesystem, which is flagged).
     // A partial row is kept for a look at its events (the temporary directory is not).
     let kept = virtio.iter().any(|r| r.partial != 0).then(|| {
         let dir = Path::new("/var/tmp/viopath-failed");
@@ -408,6 +405,9 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
             Err(e) => format!("recording not kept: {e}"),
         }
     });
+    // No guest request left unjoined: complete, layers adding up, and data requests
+    // down to the bottom disk (or, for reads of a hole in the image file, answered by
+    // the host filesystem, which is flagged).
     for r in &virtio {
         assert_eq!(r.partial, 0, "partial guest request: {r:?} ({kept:?})");
         let (l, e2e) = split(&r.b);
