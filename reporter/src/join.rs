@@ -3426,6 +3426,63 @@ mod tests {
         }
     }
 
+    /// The row of `op` (the only one), or a panic listing all.
+    fn row_of(rows: &[IoRow], op: Op) -> &IoRow {
+        rows.iter()
+            .find(|r| r.op == op)
+            .unwrap_or_else(|| panic!("{rows:?}"))
+    }
+
+    /// A thread-pool worker (thread 3) running job `aiocb`: syscall `sc` on `fd`, 100 to
+    /// 500 ns after `ts`.
+    fn pool_worker(j: &mut Join<'_, All>, ts: u64, aiocb: u64, sc: u8, fd: u64) {
+        j.event(&sub_ev(
+            ts,
+            3,
+            EventKind::Qemu,
+            q::HANDLE_AIOCB_RW,
+            [aiocb, 0, 0, 0],
+        ));
+        j.event(&sub_ev(ts + 100, 3, EventKind::SysEnter, sc, [fd, 0, 0, 0]));
+        j.event(&sub_ev(ts + 500, 3, EventKind::SysExit, sc, [0; 4]));
+    }
+
+    /// A join awaiting interrupts that has seen a guest write of 4 KiB at 0x10_0000
+    /// through qcow2 on thread 1 (VirtIOBlockReq 0xd1): its L2 table, at 0x1_0000, was in
+    /// the cache (no read follows the lookup); its data went to 0x5_0000 by a thread-pool
+    /// job (2_000..2_500), and it was answered at 3_100, its interrupt not yet seen.
+    fn answered_write_after_a_cache_hit(layout: &Layout) -> Join<'_, All> {
+        let cfg = JoinConfig {
+            await_msi: true,
+            ..JoinConfig::default()
+        };
+        let mut j = Join::new(layout, All::default(), cfg);
+        let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+        let (off, len) = (0x10_0000, 4096);
+        j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
+        j.event(&q(1_100, q::BLK_AIO_PWRITEV, [0xd1, off, len, 0xb1]));
+        j.event(&q(1_200, q::BLK_CO_PWRITEV_PART, [0x9a, off, len, 0xb1]));
+        j.event(&q(1_300, q::BDRV_CO_PWRITEV_PART, [0x9a, off, len, 0xc0]));
+        j.event(&q(1_400, q::QCOW2_CO_PWRITEV_PART, [0x9a, off, len, 0xb5]));
+        j.event(&q(1_500, q::QCOW2_CACHE_GET, [0xcac4e, 0x1_0000, 0, 0xb5]));
+        j.event(&q(
+            1_600,
+            q::BDRV_CO_PWRITEV_PART,
+            [0x9a, 0x5_0000, len, 0xf1],
+        ));
+        j.event(&q(1_700, q::RAW_CO_PRW, [0x9a, 0x5_0000, len, 2]));
+        let job = 8 << 32 | q::AIO_WRITE;
+        j.event(&q(
+            1_800,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [0xa1, 0x5_0000, len, job],
+        ));
+        pool_worker(&mut j, 2_000, 0xa1, 2, 8);
+        j.event(&q(3_000, q::VIRTIO_RW_COMPLETE, [0xd1, 0, 0, 0]));
+        j.event(&q(3_100, q::VIRTIO_REQ_COMPLETE, [0xd1, off / 512, 1, len]));
+        j
+    }
+
     /// A guest write through qcow2 completes and waits for its interrupt; meanwhile its
     /// VirtIOBlockReq comes back for a discard, whose way through qcow2 has no probe:
     /// the refcount block qcow2 then looks up and reads is the discard's metadata, not
@@ -3433,61 +3490,8 @@ mod tests {
     #[test]
     fn metadata_io_after_a_request_completed_is_not_that_requests() {
         let layout = Layout::default();
-        let cfg = JoinConfig {
-            await_msi: true,
-            ..JoinConfig::default()
-        };
-        let mut j = Join::new(&layout, All::default(), cfg);
+        let mut j = answered_write_after_a_cache_hit(&layout);
         let q = |ts, tid, sub, a| sub_ev(ts, tid, EventKind::Qemu, sub, a);
-        let worker = |j: &mut Join<'_, All>, ts: u64, aiocb: u64, sc: u8, fd: u64| {
-            j.event(&q(ts, 3, q::HANDLE_AIOCB_RW, [aiocb, 0, 0, 0]));
-            j.event(&sub_ev(ts + 100, 3, EventKind::SysEnter, sc, [fd, 0, 0, 0]));
-            j.event(&sub_ev(ts + 500, 3, EventKind::SysExit, sc, [0; 4]));
-        };
-        let (off, len) = (0x10_0000, 4096);
-        j.event(&q(1_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
-        j.event(&q(1_100, 1, q::BLK_AIO_PWRITEV, [0xd1, off, len, 0xb1]));
-        j.event(&q(1_200, 1, q::BLK_CO_PWRITEV_PART, [0x9a, off, len, 0xb1]));
-        j.event(&q(
-            1_300,
-            1,
-            q::BDRV_CO_PWRITEV_PART,
-            [0x9a, off, len, 0xc0],
-        ));
-        j.event(&q(
-            1_400,
-            1,
-            q::QCOW2_CO_PWRITEV_PART,
-            [0x9a, off, len, 0xb5],
-        ));
-        j.event(&q(
-            1_500,
-            1,
-            q::QCOW2_CACHE_GET,
-            [0xcac4e, 0x1_0000, 0, 0xb5],
-        ));
-        j.event(&q(
-            1_600,
-            1,
-            q::BDRV_CO_PWRITEV_PART,
-            [0x9a, 0x5_0000, len, 0xf1],
-        ));
-        j.event(&q(1_700, 1, q::RAW_CO_PRW, [0x9a, 0x5_0000, len, 2]));
-        let job = 8 << 32 | q::AIO_WRITE;
-        j.event(&q(
-            1_800,
-            1,
-            q::THREAD_POOL_SUBMIT_AIO,
-            [0xa1, 0x5_0000, len, job],
-        ));
-        worker(&mut j, 2_000, 0xa1, 2, 8);
-        j.event(&q(3_000, 1, q::VIRTIO_RW_COMPLETE, [0xd1, 0, 0, 0]));
-        j.event(&q(
-            3_100,
-            1,
-            q::VIRTIO_REQ_COMPLETE,
-            [0xd1, off / 512, 1, len],
-        ));
         // The discard, before the write's interrupt.
         j.event(&q(4_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
         j.event(&q(
@@ -3510,17 +3514,12 @@ mod tests {
             q::THREAD_POOL_SUBMIT_AIO,
             [0xa2, 0x2_0000, 0x1_0000, job],
         ));
-        worker(&mut j, 4_500, 0xa2, 1, 8);
+        pool_worker(&mut j, 4_500, 0xa2, 1, 8);
         j.event(&ev(5_500, 0, EventKind::KvmMsi, [0; 4]));
         j.event(&q(6_000, 1, q::VIRTIO_REQ_COMPLETE, [0xd1, 0, 11, 16]));
         j.event(&ev(6_100, 0, EventKind::KvmMsi, [0; 4]));
         let All(rows, other) = j.finish().0;
-        let by_op = |op| {
-            rows.iter()
-                .find(|r| r.op == op)
-                .unwrap_or_else(|| panic!("{rows:?}"))
-        };
-        let (w, d) = (by_op(Op::Write), by_op(Op::Discard));
+        let (w, d) = (row_of(&rows, Op::Write), row_of(&rows, Op::Discard));
         assert_eq!((w.host_ios, w.meta_ios, w.partial), (1, 0, 0), "{w:?}");
         assert_eq!((d.host_ios, d.meta_ios, d.partial), (0, 1, 0), "{d:?}");
         // The worker's read of the block: 4_600 to 5_000.
@@ -3536,57 +3535,9 @@ mod tests {
     #[test]
     fn a_table_written_back_after_its_lookup_is_not_the_answered_requests() {
         let layout = Layout::default();
-        let cfg = JoinConfig {
-            await_msi: true,
-            ..JoinConfig::default()
-        };
-        let mut j = Join::new(&layout, All::default(), cfg);
+        let mut j = answered_write_after_a_cache_hit(&layout);
         let q = |ts, tid, sub, a| sub_ev(ts, tid, EventKind::Qemu, sub, a);
-        let worker = |j: &mut Join<'_, All>, ts: u64, aiocb: u64, sc: u8, fd: u64| {
-            j.event(&q(ts, 3, q::HANDLE_AIOCB_RW, [aiocb, 0, 0, 0]));
-            j.event(&sub_ev(ts + 100, 3, EventKind::SysEnter, sc, [fd, 0, 0, 0]));
-            j.event(&sub_ev(ts + 500, 3, EventKind::SysExit, sc, [0; 4]));
-        };
-        let (off, len, table) = (0x10_0000, 4096, 0x1_0000);
-        j.event(&q(1_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xd1, 0, 0, 0]));
-        j.event(&q(1_100, 1, q::BLK_AIO_PWRITEV, [0xd1, off, len, 0xb1]));
-        j.event(&q(1_200, 1, q::BLK_CO_PWRITEV_PART, [0x9a, off, len, 0xb1]));
-        j.event(&q(
-            1_300,
-            1,
-            q::BDRV_CO_PWRITEV_PART,
-            [0x9a, off, len, 0xc0],
-        ));
-        j.event(&q(
-            1_400,
-            1,
-            q::QCOW2_CO_PWRITEV_PART,
-            [0x9a, off, len, 0xb5],
-        ));
-        // A cache hit: no read of the table follows.
-        j.event(&q(1_500, 1, q::QCOW2_CACHE_GET, [0xcac4e, table, 0, 0xb5]));
-        j.event(&q(
-            1_600,
-            1,
-            q::BDRV_CO_PWRITEV_PART,
-            [0x9a, 0x5_0000, len, 0xf1],
-        ));
-        j.event(&q(1_700, 1, q::RAW_CO_PRW, [0x9a, 0x5_0000, len, 2]));
-        let job = 8 << 32 | q::AIO_WRITE;
-        j.event(&q(
-            1_800,
-            1,
-            q::THREAD_POOL_SUBMIT_AIO,
-            [0xa1, 0x5_0000, len, job],
-        ));
-        worker(&mut j, 2_000, 0xa1, 2, 8);
-        j.event(&q(3_000, 1, q::VIRTIO_RW_COMPLETE, [0xd1, 0, 0, 0]));
-        j.event(&q(
-            3_100,
-            1,
-            q::VIRTIO_REQ_COMPLETE,
-            [0xd1, off / 512, 1, len],
-        ));
+        let (job, table) = (8 << 32 | q::AIO_WRITE, 0x1_0000);
         // The flush writes the dirty table out.
         j.event(&q(4_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xd2, 0, 0, 0]));
         j.event(&q(
@@ -3602,18 +3553,13 @@ mod tests {
             q::THREAD_POOL_SUBMIT_AIO,
             [0xa2, table, 0x1_0000, job],
         ));
-        worker(&mut j, 4_400, 0xa2, 2, 8);
+        pool_worker(&mut j, 4_400, 0xa2, 2, 8);
         j.event(&ev(5_500, 0, EventKind::KvmMsi, [0; 4]));
         // Type 4: flush.
         j.event(&q(6_000, 1, q::VIRTIO_REQ_COMPLETE, [0xd2, 0, 4, 0]));
         j.event(&ev(6_100, 0, EventKind::KvmMsi, [0; 4]));
         let All(rows, other) = j.finish().0;
-        let by_op = |op| {
-            rows.iter()
-                .find(|r| r.op == op)
-                .unwrap_or_else(|| panic!("{rows:?}"))
-        };
-        let (w, f) = (by_op(Op::Write), by_op(Op::Flush));
+        let (w, f) = (row_of(&rows, Op::Write), row_of(&rows, Op::Flush));
         assert_eq!((w.host_ios, w.meta_ios, w.partial), (1, 0, 0), "{w:?}");
         assert_eq!((f.meta_ios, f.partial), (1, 0), "{f:?}");
         // The worker's write of the table: 4_500 to 4_900.
