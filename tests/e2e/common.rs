@@ -262,3 +262,31 @@ pub fn one_recorder() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Block requests issued before QEMU's last probed event that have no completion event
+/// in the recording, read from the raw events (not through the join under test): each
+/// issue is keyed by request pointer and sector, so a pointer reused later does not
+/// hide it.
+pub fn completions_missing(t: &viopath_reporter::reader::Trace) -> Vec<String> {
+    let events: Vec<_> = t.events().collect();
+    let last_qemu = events
+        .iter()
+        .filter(|e| e.kind == viopath_probes::abi::EventKind::Qemu as u8)
+        .map(|e| e.ts)
+        .max()
+        .unwrap_or(0);
+    let mut open = std::collections::HashMap::new();
+    for e in &events {
+        if e.kind == viopath_probes::abi::EventKind::RqIssue as u8 && e.ts < last_qemu {
+            open.insert((e.a[0], e.a[1]), e.ts);
+        } else if e.kind == viopath_probes::abi::EventKind::RqComplete as u8 {
+            open.remove(&(e.a[0], e.a[1]));
+        }
+    }
+    let mut v: Vec<String> = open
+        .iter()
+        .map(|((rq, sector), ts)| format!("request {rq:#x} sector {sector} issued at {ts}"))
+        .collect();
+    v.sort();
+    v
+}

@@ -11,7 +11,6 @@
 
 use crate::common::*;
 use std::process::Command;
-use viopath_probes::abi::EventKind;
 use viopath_reporter::join::{IoRow, Join, JoinConfig, OtherIo};
 use viopath_reporter::layers::split;
 use viopath_reporter::reader::Trace;
@@ -68,32 +67,6 @@ struct Gap {
     diff: f64,
     /// The same, in ns.
     ns: f64,
-}
-
-/// Block requests issued before qemu-io's last request began that have no completion
-/// event in the recording, read from the raw events (not through the join under test).
-fn completions_missing(t: &Trace) -> Vec<String> {
-    let events: Vec<_> = t.events().collect();
-    let last_qemu = events
-        .iter()
-        .filter(|e| e.kind == EventKind::Qemu as u8)
-        .map(|e| e.ts)
-        .max()
-        .unwrap_or(0);
-    let mut open = std::collections::HashMap::new();
-    for e in &events {
-        if e.kind == EventKind::RqIssue as u8 && e.ts < last_qemu {
-            open.insert((e.a[0], e.a[1]), e.ts);
-        } else if e.kind == EventKind::RqComplete as u8 {
-            open.remove(&(e.a[0], e.a[1]));
-        }
-    }
-    let mut v: Vec<String> = open
-        .iter()
-        .map(|((rq, sector), ts)| format!("request {rq:#x} sector {sector} issued at {ts}"))
-        .collect();
-    v.sort();
-    v
 }
 
 /// Checks one AIO mode; returns how each of qemu-io's AIO requests compared with
