@@ -464,9 +464,9 @@ const US: u64 = 1_000;
 
 /// How far apart the recorder's and ftrace's timestamps of one tracepoint hit may be:
 /// this VM's vCPU can be descheduled between the two probes. Seen: the recorder's
-/// `sys_enter` 10 µs after ftrace's (2026-11-22) and 10 µs before it (CI, 2026-11-23,
-/// on a day this machine ran 2.7 times slower).
-const PROBE_SKEW: u64 = 20 * US;
+/// `sys_enter` 10 µs after ftrace's (2026-11-22), and in CI on 2026-11-23 (a day this
+/// machine ran 2.7 times slower) 10 µs before it and, in another run, 41.5 µs after.
+const PROBE_SKEW: u64 = 50 * US;
 
 /// A request's host part (`submitted`..`host_done`) runs from the first of the kernel's
 /// fallocate calls `mine` to the last one's return.
