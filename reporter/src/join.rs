@@ -495,6 +495,11 @@ struct Req {
     /// When it was inserted or issued: one whose completion was lost is dropped once
     /// it is older than any real request.
     since: u64,
+    /// Its REQ_OP: a bio or request merges only into one of the same operation.
+    op: u8,
+    /// Issued to its driver: the kernel merges nothing more into it (RQF_STARTED, and
+    /// RQF_DONTPREP once a driver prepared it, are among RQF_NOMERGE_FLAGS).
+    started: bool,
 }
 
 /// A bio that merged into a request not seen yet: one still on the submitting task's
@@ -2120,23 +2125,32 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
-    fn find_adjacent_rq(&self, dev: u32, sector: u64, sectors: u64) -> Option<u64> {
+    /// The request a bio or request of `op` at these sectors merged into: one on its
+    /// device, of its operation, not yet issued, that it extends at the back or the
+    /// front (as `side` says: 1 back, 2 front, anything else either).
+    fn find_adjacent_rq(
+        &self,
+        dev: u32,
+        op: u8,
+        sector: u64,
+        sectors: u64,
+        side: u64,
+    ) -> Option<u64> {
         self.reqs.iter().find_map(|(&k, r)| {
-            (r.dev == dev
-                && (r.sector.saturating_add(r.sectors) == sector
-                    || sector.saturating_add(sectors) == r.sector))
-                .then_some(k)
+            let back = side != 2 && r.sector.saturating_add(r.sectors) == sector;
+            let front = side != 1 && sector.saturating_add(sectors) == r.sector;
+            (r.dev == dev && r.op == op && !r.started && (back || front)).then_some(k)
         })
     }
 
     fn bio_merge(&mut self, e: &RawEvent) {
-        let [bio, sector, a2, _] = e.a;
+        let [bio, sector, a2, side] = e.a;
         let (dev, bytes) = dev_bytes(a2);
         let sectors = bytes.div_ceil(512);
         let Some(owner) = self.bios.get(&bio).map(|b| b.owner) else {
             return;
         };
-        let Some(k) = self.find_adjacent_rq(dev, sector, sectors) else {
+        let Some(k) = self.find_adjacent_rq(dev, e.sub, sector, sectors, side) else {
             if let BioOwner::Hio(h) = owner {
                 self.plugged.push(PluggedBio {
                     bio,
@@ -2230,6 +2244,8 @@ impl<'l, S: Sink> Join<'l, S> {
                     sector,
                     sectors: bytes.div_ceil(512),
                     since: e.ts,
+                    op: e.sub,
+                    started: false,
                 },
             );
             if !self.plugged.is_empty() {
@@ -2237,7 +2253,9 @@ impl<'l, S: Sink> Join<'l, S> {
             }
         }
         if e.kind == EventKind::RqIssue as u8 {
-            let r = self.reqs.get(&rq).expect("inserted");
+            let r = self.reqs.get_mut(&rq).expect("inserted");
+            r.started = true;
+            let r = &*r;
             for &h in &r.owners {
                 if let Some(x) = self.hios.get_mut(h) {
                     x.issue_any = min0(x.issue_any, e.ts);
@@ -2350,7 +2368,13 @@ impl<'l, S: Sink> Join<'l, S> {
         let Some(absorbed) = self.reqs.remove(&e.a[0]) else {
             return;
         };
-        if let Some(k) = self.find_adjacent_rq(absorbed.dev, absorbed.sector, absorbed.sectors) {
+        if let Some(k) = self.find_adjacent_rq(
+            absorbed.dev,
+            absorbed.op,
+            absorbed.sector,
+            absorbed.sectors,
+            0,
+        ) {
             let rq = self.reqs.get_mut(&k).expect("found");
             if absorbed.sector.saturating_add(absorbed.sectors) == rq.sector {
                 rq.sector = absorbed.sector;
@@ -2882,6 +2906,132 @@ mod tests {
             let owners = j.reqs.get(&rq).map(|r| r.owners.to_vec());
             assert_eq!(owners, Some(vec![want]), "bio queued by thread {tid}");
         }
+    }
+
+    #[test]
+    fn a_bio_merges_only_into_a_request_of_its_operation_not_yet_issued() {
+        // Thread 8's read bio back-merges into thread 7's read request, still plugged
+        // (inserted after the merge). Two other requests end where the bio begins: an
+        // issued read and a queued write. The kernel merges into neither (a started
+        // request takes no merges; a read never joins a write), so neither may take it.
+        let layout = Layout::default();
+        let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
+        let dev = u64::from(kernel_dev(8, 0)) << 32;
+        let (read, write) = (0u8, 1u8);
+        let (issued, queued_write, plugged) = (0x9001, 0x9002, 0x9007);
+        let rq = |j: &mut Join<Others>, ts, kind, op, rq, sector, bytes, bio| {
+            j.event(&sub_ev(ts, 5, kind, op, [rq, sector, dev | bytes, bio]));
+        };
+        j.event(&sub_ev(
+            1_000,
+            5,
+            EventKind::BioQueue,
+            read,
+            [0xb1, 104, dev | 2048, 0],
+        ));
+        rq(
+            &mut j,
+            1_100,
+            EventKind::RqInsert,
+            read,
+            issued,
+            104,
+            2048,
+            0xb1,
+        );
+        rq(
+            &mut j,
+            1_200,
+            EventKind::RqIssue,
+            read,
+            issued,
+            104,
+            2048,
+            0xb1,
+        );
+        j.event(&sub_ev(
+            1_300,
+            5,
+            EventKind::BioQueue,
+            write,
+            [0xb2, 100, dev | 4096, 0],
+        ));
+        rq(
+            &mut j,
+            1_400,
+            EventKind::RqInsert,
+            write,
+            queued_write,
+            100,
+            4096,
+            0xb2,
+        );
+        j.event(&ev(2_000, 7, EventKind::DioBegin, [0x71, 0, 4096, 12]));
+        j.event(&ev(2_100, 8, EventKind::DioBegin, [0x81, 4096, 4096, 12]));
+        let h7 = j.threads.get(7).and_then(|t| t.dio).expect("7's IO");
+        let h8 = j.threads.get(8).and_then(|t| t.dio).expect("8's IO");
+        j.event(&sub_ev(
+            2_200,
+            7,
+            EventKind::BioQueue,
+            read,
+            [0xb7, 100, dev | 4096, 0],
+        ));
+        j.event(&sub_ev(
+            2_300,
+            8,
+            EventKind::BioQueue,
+            read,
+            [0xb8, 108, dev | 4096, 0],
+        ));
+        j.event(&sub_ev(
+            2_400,
+            8,
+            EventKind::BioMerge,
+            read,
+            [0xb8, 108, dev | 4096, 1],
+        ));
+        rq(
+            &mut j,
+            2_500,
+            EventKind::RqInsert,
+            read,
+            plugged,
+            100,
+            8192,
+            0xb7,
+        );
+        let owners = |j: &Join<Others>, k| j.reqs.get(&k).map(|r| r.owners.to_vec());
+        assert_eq!(owners(&j, plugged), Some(vec![h7, h8]));
+        assert_eq!(owners(&j, issued), Some(vec![]));
+        assert_eq!(owners(&j, queued_write), Some(vec![]));
+        rq(
+            &mut j,
+            2_600,
+            EventKind::RqIssue,
+            read,
+            plugged,
+            100,
+            8192,
+            0xb7,
+        );
+        rq(
+            &mut j,
+            9_000,
+            EventKind::RqComplete,
+            read,
+            plugged,
+            100,
+            8192,
+            8192,
+        );
+        // Direct IOs no QEMU probe announced end with their last block request.
+        for start in [2_000, 2_100] {
+            let dio: Vec<&OtherIo> = j.sink.0.iter().filter(|o| o.start == start).collect();
+            assert_eq!(dio.len(), 1, "{:?}", j.sink.0);
+            assert_eq!(dio[0].end, 9_000, "{:?}", dio[0]);
+        }
+        assert!(j.hios.get(h7).is_none() && j.hios.get(h8).is_none());
     }
 
     /// Two image files (inodes 11 and 12) on one partition of sda, each 1 GiB, the

@@ -9,9 +9,10 @@
 //! each IO's true boundary times.
 //!
 //! What it exercises: every layer; qcow2 L2 cache misses (a metadata read inside the
-//! request); IOs split across two host extents (1:N); two IOs merged into one block
-//! request (N:1), half of them while that request still sits on the submitter's plug
-//! list (the merge is traced before the request's insert); pointers reused as soon as
+//! request); IOs split across two host extents (1:N); two IOs of the same direction
+//! merged into one block request (N:1), half of them while that request still sits on
+//! the submitter's plug list (the merge is traced before the request's insert);
+//! pointers reused as soon as
 //! they are free; events out of order across CPUs; and lost events (a worker's syscall
 //! exit dropped, counted in a Losses chunk).
 
@@ -550,9 +551,17 @@ pub fn generate<W: Write>(
         // (ready, host offset, bytes, write, aiocb, lose exit) per host IO.
         let mut kernel_todo: Vec<(u64, u64, u64, bool, u64, bool)> = Vec::new();
         let mut truths = Vec::new();
+        let mut first_write = false;
         for k in 0..n {
             let id = i + k;
-            let write = g.rng.next() % 3 == 0;
+            let drawn = g.rng.next() % 3 == 0;
+            // A bio merges only into a request of its own operation.
+            let write = if merge_pair && k == 1 {
+                first_write
+            } else {
+                drawn
+            };
+            first_write = write;
             let bytes = if merge_pair {
                 4096
             } else {
