@@ -8,9 +8,10 @@
 //! CPUs interleaved as the recorder writes them) and are written to /var/tmp (about
 //! 4.5 GB for 100M events; removed afterwards, or moved into `$VIOPATH_BENCH_KEEP`). Each size runs three rounds; in each,
 //! the plain read (read(2) in 1 MiB blocks into one buffer) and
-//! `viopath report TRACE --format json -o /dev/null` run back to back, so the ratio
+//! `viopath report TRACE --format json -o REPORT.json` run back to back, so the ratio
 //! compares like with like on a noisy machine: once with the file in the page cache
 //! (warm) and, as root, once each from storage after dropping the page cache (cold).
+//! The bench fails unless the report has every generated IO as a complete row.
 //!
 //! `VIOPATH_BENCH_BASELINE=/path/to/viopath` (another build, e.g. of an earlier commit)
 //! also runs that binary in every round, in the same cache state, and prints its time
@@ -51,8 +52,9 @@ fn plain_read(p: &Path) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Wall seconds and peak RSS (bytes) of `viopath report` by the binary `bin`.
-fn report(bin: &Path, p: &Path) -> (f64, u64) {
+/// Wall seconds and peak RSS (bytes) of `viopath report` by the binary `bin`, its
+/// JSON report written to `json`.
+fn report(bin: &Path, p: &Path, json: &Path) -> (f64, u64) {
     let t = Instant::now();
     let out = Command::new(bin)
         .args([
@@ -61,7 +63,7 @@ fn report(bin: &Path, p: &Path) -> (f64, u64) {
             "--format",
             "json",
             "-o",
-            "/dev/null",
+            json.to_str().unwrap(),
         ])
         .env("VIOPATH_PEAK_RSS", "1")
         .output()
@@ -111,6 +113,7 @@ fn main() {
             ..SynthConfig::default()
         };
         let p = dir.path().join(format!("{m}M.trace"));
+        let json = dir.path().join(format!("{m}M.json"));
         let t = Instant::now();
         let f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&p).unwrap());
         let (_, st) = generate(&cfg, f, |_| {}).unwrap();
@@ -143,7 +146,7 @@ fn main() {
                 if cold {
                     drop();
                 }
-                let (s, rss) = report(this, &p);
+                let (s, rss) = report(this, &p, &json);
                 print!(
                     "{round:>5}  {:>5}  {r:>6.2}  {s:>8.2}  {:>5.2}  {:>9.2}  {:>12.0}",
                     if cold { "cold" } else { "warm" },
@@ -155,12 +158,29 @@ fn main() {
                     if cold {
                         drop();
                     }
-                    let (bs, _) = report(b, &p);
+                    let (bs, _) = report(b, &p, Path::new("/dev/null"));
                     print!("  {bs:>6.2}  {:>9.3}", s / bs);
                 }
                 println!();
             }
         }
+        // The times count only if the join was right: the generator's every IO is a
+        // row, and complete (its lost events cost no IO its device time).
+        let summary = &serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap())
+            .unwrap()["summary"];
+        let count = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+        println!(
+            "joined: {} IOs of {} generated, {} complete, {} partial",
+            count("ios"),
+            cfg.ios,
+            count("complete_ios"),
+            count("partial_ios")
+        );
+        assert_eq!(
+            (count("ios"), count("complete_ios")),
+            (cfg.ios, cfg.ios),
+            "the report of {m}M events did not join every generated IO completely"
+        );
         match std::env::var_os("VIOPATH_BENCH_KEEP") {
             // Keep the trace for profiling the reporter by hand.
             Some(keep) => {
