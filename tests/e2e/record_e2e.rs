@@ -320,8 +320,9 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
     // at another position or length while still open is a new IO whose predecessor's
     // completion was missed. One such miss per run is let through, said on stderr: a
     // CI run once lacked one (Debian's qemu-io, linux-aio), which 4 runs here did not
-    // repeat, like the block completions that now and then go missing with nothing
-    // counted lost (docs/layers.md, "Lost completions"). A recorder that kept only the
+    // repeat, like the block completions that go missing with nothing counted lost
+    // when their interrupt lands on a thread of this sandbox's PID 1, where no BPF
+    // program runs (docs/layers.md, "Lost completions"). A recorder that kept only the
     // process's own completions fails the second check in every linux-aio and io_uring
     // run.
     if attached("iomap_dio_rw_begin") {
