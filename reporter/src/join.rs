@@ -2914,124 +2914,51 @@ mod tests {
         // (inserted after the merge). Two other requests end where the bio begins: an
         // issued read and a queued write. The kernel merges into neither (a started
         // request takes no merges; a read never joins a write), so neither may take it.
+        use EventKind::*;
         let layout = Layout::default();
         let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
         let dev = u64::from(kernel_dev(8, 0)) << 32;
         let (read, write) = (0u8, 1u8);
         let (issued, queued_write, plugged) = (0x9001, 0x9002, 0x9007);
-        let rq = |j: &mut Join<Others>, ts, kind, op, rq, sector, bytes, bio| {
-            j.event(&sub_ev(ts, 5, kind, op, [rq, sector, dev | bytes, bio]));
-        };
-        j.event(&sub_ev(
-            1_000,
-            5,
-            EventKind::BioQueue,
-            read,
-            [0xb1, 104, dev | 2048, 0],
-        ));
-        rq(
-            &mut j,
-            1_100,
-            EventKind::RqInsert,
-            read,
-            issued,
-            104,
-            2048,
-            0xb1,
-        );
-        rq(
-            &mut j,
-            1_200,
-            EventKind::RqIssue,
-            read,
-            issued,
-            104,
-            2048,
-            0xb1,
-        );
-        j.event(&sub_ev(
-            1_300,
-            5,
-            EventKind::BioQueue,
-            write,
-            [0xb2, 100, dev | 4096, 0],
-        ));
-        rq(
-            &mut j,
-            1_400,
-            EventKind::RqInsert,
-            write,
-            queued_write,
-            100,
-            4096,
-            0xb2,
-        );
-        j.event(&ev(2_000, 7, EventKind::DioBegin, [0x71, 0, 4096, 12]));
-        j.event(&ev(2_100, 8, EventKind::DioBegin, [0x81, 4096, 4096, 12]));
-        let h7 = j.threads.get(7).and_then(|t| t.dio).expect("7's IO");
-        let h8 = j.threads.get(8).and_then(|t| t.dio).expect("8's IO");
-        j.event(&sub_ev(
-            2_200,
-            7,
-            EventKind::BioQueue,
-            read,
-            [0xb7, 100, dev | 4096, 0],
-        ));
-        j.event(&sub_ev(
-            2_300,
-            8,
-            EventKind::BioQueue,
-            read,
-            [0xb8, 108, dev | 4096, 0],
-        ));
-        j.event(&sub_ev(
-            2_400,
-            8,
-            EventKind::BioMerge,
-            read,
-            [0xb8, 108, dev | 4096, 1],
-        ));
-        rq(
-            &mut j,
-            2_500,
-            EventKind::RqInsert,
-            read,
-            plugged,
-            100,
-            8192,
-            0xb7,
-        );
-        let owners = |j: &Join<Others>, k| j.reqs.get(&k).map(|r| r.owners.to_vec());
-        assert_eq!(owners(&j, plugged), Some(vec![h7, h8]));
-        assert_eq!(owners(&j, issued), Some(vec![]));
-        assert_eq!(owners(&j, queued_write), Some(vec![]));
-        rq(
-            &mut j,
-            2_600,
-            EventKind::RqIssue,
-            read,
-            plugged,
-            100,
-            8192,
-            0xb7,
-        );
-        rq(
-            &mut j,
-            9_000,
-            EventKind::RqComplete,
-            read,
-            plugged,
-            100,
-            8192,
-            8192,
-        );
+        let (mut h7, mut h8) = (None, None);
+        // (time, thread, event, REQ_OP, [pointer, sector, bytes, last]), in order.
+        let events = [
+            (1_000, 5, BioQueue, read, [0xb1, 104, 2048, 0]),
+            (1_100, 5, RqInsert, read, [issued, 104, 2048, 0xb1]),
+            (1_200, 5, RqIssue, read, [issued, 104, 2048, 0xb1]),
+            (1_300, 5, BioQueue, write, [0xb2, 100, 4096, 0]),
+            (1_400, 5, RqInsert, write, [queued_write, 100, 4096, 0xb2]),
+            (2_000, 7, DioBegin, 0, [0x71, 0, 4096, 12]),
+            (2_100, 8, DioBegin, 0, [0x81, 4096, 4096, 12]),
+            (2_200, 7, BioQueue, read, [0xb7, 100, 4096, 0]),
+            (2_300, 8, BioQueue, read, [0xb8, 108, 4096, 0]),
+            (2_400, 8, BioMerge, read, [0xb8, 108, 4096, 1]),
+            (2_500, 5, RqInsert, read, [plugged, 100, 8192, 0xb7]),
+            (2_600, 5, RqIssue, read, [plugged, 100, 8192, 0xb7]),
+            (9_000, 0, RqComplete, read, [plugged, 100, 8192, 8192]),
+        ];
+        for (ts, tid, kind, op, [a0, a1, bytes, a3]) in events {
+            // Block events carry the device beside their bytes; a direct IO its inode.
+            let a2 = if kind == DioBegin { bytes } else { dev | bytes };
+            if kind == RqIssue && a0 == plugged {
+                let owners = |k| j.reqs.get(&k).map(|r| r.owners.to_vec());
+                assert_eq!(owners(plugged), Some(vec![h7.unwrap(), h8.unwrap()]));
+                assert_eq!(owners(issued), Some(vec![]));
+                assert_eq!(owners(queued_write), Some(vec![]));
+            }
+            j.event(&sub_ev(ts, tid, kind, op, [a0, a1, a2, a3]));
+            if kind == DioBegin {
+                let h = j.threads.get(tid).and_then(|t| t.dio);
+                *if tid == 7 { &mut h7 } else { &mut h8 } = h;
+            }
+        }
         // Direct IOs no QEMU probe announced end with their last block request.
         for start in [2_000, 2_100] {
             let dio: Vec<&OtherIo> = j.sink.0.iter().filter(|o| o.start == start).collect();
             assert_eq!(dio.len(), 1, "{:?}", j.sink.0);
             assert_eq!(dio[0].end, 9_000, "{:?}", dio[0]);
         }
-        assert!(j.hios.get(h7).is_none() && j.hios.get(h8).is_none());
+        assert!(j.hios.get(h7.unwrap()).is_none() && j.hios.get(h8.unwrap()).is_none());
     }
 
     /// Two image files (inodes 11 and 12) on one partition of sda, each 1 GiB, the
