@@ -378,9 +378,9 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         l["missed_by_program"]["rq_complete"].as_u64().unwrap_or(0)
     });
     // Read from the raw events too: a lost completion whose request pointer is not
-    // reused before the end shows in the join only as a partial row. The kernel's own
-    // tracepoint (ftrace, alongside) saw two such completions that the recorder's
-    // programs never wrote (docs/layers.md, "Lost completions").
+    // reused before the end shows in the join only as a partial row. Here that happens
+    // when the completion's interrupt lands on a thread of the sandbox's PID 1, over
+    // which no BPF program runs (docs/layers.md, "Lost completions").
     let missing = completions_missing(&t);
     if (stats.requests_lost > skipped || !missing.is_empty()) && !last {
         eprintln!(
