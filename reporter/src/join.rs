@@ -554,23 +554,59 @@ struct ThreadCtx {
     seen: u64,
 }
 
-/// Per-thread contexts, with the last thread looked up remembered.
+/// Per-thread contexts, with a direct-mapped cache of where threads are in front of
+/// the index. A trace has a few dozen threads, so each nearly always has a slot of its
+/// own; remembering only the last thread looked up missed whenever consecutive events
+/// were of different threads, as they mostly are when CPUs interleave.
 #[derive(Default)]
 struct Threads {
     index: Map<u32, u32>,
     ctx: Vec<(u32, ThreadCtx)>,
-    last: std::cell::Cell<Option<(u32, u32)>>,
+    cache: ThreadCache,
+}
+
+/// Thread id and slot, packed (`u64::MAX`: empty), per `tid % THREAD_CACHE`.
+struct ThreadCache([std::cell::Cell<u64>; THREAD_CACHE]);
+
+const THREAD_CACHE: usize = 64;
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        ThreadCache(std::array::from_fn(|_| std::cell::Cell::new(u64::MAX)))
+    }
+}
+
+impl ThreadCache {
+    #[inline]
+    fn get(&self, tid: u32) -> Option<u32> {
+        let v = self.0[tid as usize % THREAD_CACHE].get();
+        ((v >> 32) as u32 == tid && v != u64::MAX).then_some(v as u32)
+    }
+    #[inline]
+    fn set(&self, tid: u32, i: u32) {
+        self.0[tid as usize % THREAD_CACHE].set((tid as u64) << 32 | i as u64);
+    }
+    fn clear(&self) {
+        for c in &self.0 {
+            c.set(u64::MAX);
+        }
+    }
 }
 
 impl Threads {
+    #[inline]
     fn find(&self, tid: u32) -> Option<usize> {
-        if let Some((t, i)) = self.last.get()
-            && t == tid
-        {
-            return Some(i as usize);
+        match self.cache.get(tid) {
+            Some(i) => Some(i as usize),
+            None => self.find_uncached(tid),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn find_uncached(&self, tid: u32) -> Option<usize> {
         let i = *self.index.get(&tid)?;
-        self.last.set(Some((tid, i)));
+        self.cache.set(tid, i);
         Some(i as usize)
     }
 
@@ -583,20 +619,27 @@ impl Threads {
     }
 
     /// The thread's context, made if it has none; `ts` marks it as in use.
+    #[inline]
     fn at(&mut self, tid: u32, ts: u64) -> &mut ThreadCtx {
         let i = match self.find(tid) {
             Some(i) => i,
-            None => {
-                let i = self.ctx.len();
-                self.ctx.push((tid, ThreadCtx::default()));
-                self.index.insert(tid, i as u32);
-                self.last.set(Some((tid, i as u32)));
-                i
-            }
+            None => self.add(tid),
         };
         let c = &mut self.ctx[i].1;
         c.seen = c.seen.max(ts);
         c
+    }
+
+    /// Out of line: a new context is built on the stack, and a frame that size on
+    /// every lookup showed in the join's profile.
+    #[cold]
+    #[inline(never)]
+    fn add(&mut self, tid: u32) -> usize {
+        let i = self.ctx.len();
+        self.ctx.push((tid, ThreadCtx::default()));
+        self.index.insert(tid, i as u32);
+        self.cache.set(tid, i as u32);
+        i
     }
 
     /// Forget threads idle since before `before`: whatever they were in the middle of
@@ -610,8 +653,8 @@ impl Threads {
                 if let Some((moved, _)) = self.ctx.get(i) {
                     self.index.insert(*moved, i as u32);
                 }
-                // Slots moved: the remembered lookup may point at the wrong one.
-                self.last.set(None);
+                // Slots moved: cached lookups may point at the wrong one.
+                self.cache.clear();
             } else {
                 i += 1;
             }
@@ -733,6 +776,33 @@ pub struct Join<'l, S: Sink> {
     next_sweep: u64,
 }
 
+/// An event's kind, or for a QEMU event its probe, as one number to dispatch on.
+mod code {
+    use super::q;
+    pub const QEMU: u16 = 256;
+    pub const VIRTIO_HANDLE_REQUEST: u16 = QEMU + q::VIRTIO_HANDLE_REQUEST as u16;
+    pub const VIRTIO_SUBMIT_MULTIREQ: u16 = QEMU + q::VIRTIO_SUBMIT_MULTIREQ as u16;
+    pub const VIRTIO_RW_COMPLETE: u16 = QEMU + q::VIRTIO_RW_COMPLETE as u16;
+    pub const VIRTIO_REQ_COMPLETE: u16 = QEMU + q::VIRTIO_REQ_COMPLETE as u16;
+    pub const BLK_AIO_PREADV: u16 = QEMU + q::BLK_AIO_PREADV as u16;
+    pub const BLK_AIO_PWRITEV: u16 = QEMU + q::BLK_AIO_PWRITEV as u16;
+    pub const BLK_CO_PREADV_PART: u16 = QEMU + q::BLK_CO_PREADV_PART as u16;
+    pub const BLK_CO_PWRITEV_PART: u16 = QEMU + q::BLK_CO_PWRITEV_PART as u16;
+    pub const BDRV_CO_PREADV_PART: u16 = QEMU + q::BDRV_CO_PREADV_PART as u16;
+    pub const BDRV_CO_PWRITEV_PART: u16 = QEMU + q::BDRV_CO_PWRITEV_PART as u16;
+    pub const QCOW2_CO_PREADV_PART: u16 = QEMU + q::QCOW2_CO_PREADV_PART as u16;
+    pub const QCOW2_CO_PWRITEV_PART: u16 = QEMU + q::QCOW2_CO_PWRITEV_PART as u16;
+    pub const QCOW2_CACHE_GET: u16 = QEMU + q::QCOW2_CACHE_GET as u16;
+    pub const RAW_CO_PRW: u16 = QEMU + q::RAW_CO_PRW as u16;
+    pub const THREAD_POOL_SUBMIT_AIO: u16 = QEMU + q::THREAD_POOL_SUBMIT_AIO as u16;
+    pub const HANDLE_AIOCB_RW: u16 = QEMU + q::HANDLE_AIOCB_RW as u16;
+    pub const LAIO_CO_SUBMIT: u16 = QEMU + q::LAIO_CO_SUBMIT as u16;
+    pub const LURING_CO_SUBMIT: u16 = QEMU + q::LURING_CO_SUBMIT as u16;
+    pub const QEMU_IO_AIO_READ_DONE: u16 = QEMU + q::QEMU_IO_AIO_READ_DONE as u16;
+    pub const QEMU_IO_AIO_WRITE_DONE: u16 = QEMU + q::QEMU_IO_AIO_WRITE_DONE as u16;
+    pub const BDRV_CO_PDISCARD: u16 = QEMU + q::BDRV_CO_PDISCARD as u16;
+}
+
 /// How deep in QEMU's block stack a probe is: a request never re-enters its own top
 /// level for the same node, so seeing that again with its qiov means a new request.
 fn level(probe: u8) -> u8 {
@@ -813,31 +883,59 @@ impl<'l, S: Sink> Join<'l, S> {
             self.next_sweep = self.now.saturating_add(1_000_000);
         }
         const QEMU: u8 = EventKind::Qemu as u8;
-        const SYS_ENTER: u8 = EventKind::SysEnter as u8;
-        const SYS_EXIT: u8 = EventKind::SysExit as u8;
-        const BIO_QUEUE: u8 = EventKind::BioQueue as u8;
-        const BIO_REMAP: u8 = EventKind::BioRemap as u8;
-        const BIO_SPLIT: u8 = EventKind::BioSplit as u8;
-        const BIO_MERGE: u8 = EventKind::BioMerge as u8;
-        const BIO_COMPLETE: u8 = EventKind::BioComplete as u8;
-        const RQ_INSERT: u8 = EventKind::RqInsert as u8;
-        const RQ_ISSUE: u8 = EventKind::RqIssue as u8;
-        const RQ_COMPLETE: u8 = EventKind::RqComplete as u8;
-        const RQ_MERGE: u8 = EventKind::RqMerge as u8;
-        const URING_SUBMIT: u8 = EventKind::UringSubmit as u8;
-        const URING_COMPLETE: u8 = EventKind::UringComplete as u8;
-        const DIO_BEGIN: u8 = EventKind::DioBegin as u8;
-        const DIO_MAP: u8 = EventKind::DioMap as u8;
-        const DIO_COMPLETE: u8 = EventKind::DioComplete as u8;
-        const FS_ENTER: u8 = EventKind::FsEnter as u8;
-        const FS_EXIT: u8 = EventKind::FsExit as u8;
-        const KVM_MMIO: u8 = EventKind::KvmMmio as u8;
-        const KVM_MSI: u8 = EventKind::KvmMsi as u8;
-        const DM_SUBMIT: u8 = EventKind::DmSubmit as u8;
-        const DM_ENDIO: u8 = EventKind::DmEndio as u8;
-        const FS_SYNC: u8 = EventKind::FsSync as u8;
-        match e.kind {
-            QEMU => self.qemu(e),
+        const SYS_ENTER: u16 = EventKind::SysEnter as u16;
+        const SYS_EXIT: u16 = EventKind::SysExit as u16;
+        const BIO_QUEUE: u16 = EventKind::BioQueue as u16;
+        const BIO_REMAP: u16 = EventKind::BioRemap as u16;
+        const BIO_SPLIT: u16 = EventKind::BioSplit as u16;
+        const BIO_MERGE: u16 = EventKind::BioMerge as u16;
+        const BIO_COMPLETE: u16 = EventKind::BioComplete as u16;
+        const RQ_INSERT: u16 = EventKind::RqInsert as u16;
+        const RQ_ISSUE: u16 = EventKind::RqIssue as u16;
+        const RQ_COMPLETE: u16 = EventKind::RqComplete as u16;
+        const RQ_MERGE: u16 = EventKind::RqMerge as u16;
+        const URING_SUBMIT: u16 = EventKind::UringSubmit as u16;
+        const URING_COMPLETE: u16 = EventKind::UringComplete as u16;
+        const DIO_BEGIN: u16 = EventKind::DioBegin as u16;
+        const DIO_MAP: u16 = EventKind::DioMap as u16;
+        const DIO_COMPLETE: u16 = EventKind::DioComplete as u16;
+        const FS_ENTER: u16 = EventKind::FsEnter as u16;
+        const FS_EXIT: u16 = EventKind::FsExit as u16;
+        const KVM_MMIO: u16 = EventKind::KvmMmio as u16;
+        const KVM_MSI: u16 = EventKind::KvmMsi as u16;
+        const DM_SUBMIT: u16 = EventKind::DmSubmit as u16;
+        const DM_ENDIO: u16 = EventKind::DmEndio as u16;
+        const FS_SYNC: u16 = EventKind::FsSync as u16;
+        // QEMU's probe is dispatched in the same jump table as the event kind: one
+        // indirect jump per event instead of two for QEMU's, which are half of them
+        // (the join took about 5% less time in an A/B run on the bench's events).
+        let code = if e.kind == QEMU {
+            code::QEMU + e.sub as u16
+        } else {
+            e.kind as u16
+        };
+        match code {
+            code::VIRTIO_HANDLE_REQUEST => self.qemu(e, q::VIRTIO_HANDLE_REQUEST),
+            code::VIRTIO_SUBMIT_MULTIREQ => self.qemu(e, q::VIRTIO_SUBMIT_MULTIREQ),
+            code::VIRTIO_RW_COMPLETE => self.qemu(e, q::VIRTIO_RW_COMPLETE),
+            code::VIRTIO_REQ_COMPLETE => self.qemu(e, q::VIRTIO_REQ_COMPLETE),
+            code::BLK_AIO_PREADV => self.qemu(e, q::BLK_AIO_PREADV),
+            code::BLK_AIO_PWRITEV => self.qemu(e, q::BLK_AIO_PWRITEV),
+            code::BLK_CO_PREADV_PART => self.qemu(e, q::BLK_CO_PREADV_PART),
+            code::BLK_CO_PWRITEV_PART => self.qemu(e, q::BLK_CO_PWRITEV_PART),
+            code::BDRV_CO_PREADV_PART => self.qemu(e, q::BDRV_CO_PREADV_PART),
+            code::BDRV_CO_PWRITEV_PART => self.qemu(e, q::BDRV_CO_PWRITEV_PART),
+            code::QCOW2_CO_PREADV_PART => self.qemu(e, q::QCOW2_CO_PREADV_PART),
+            code::QCOW2_CO_PWRITEV_PART => self.qemu(e, q::QCOW2_CO_PWRITEV_PART),
+            code::QCOW2_CACHE_GET => self.qemu(e, q::QCOW2_CACHE_GET),
+            code::RAW_CO_PRW => self.qemu(e, q::RAW_CO_PRW),
+            code::THREAD_POOL_SUBMIT_AIO => self.qemu(e, q::THREAD_POOL_SUBMIT_AIO),
+            code::HANDLE_AIOCB_RW => self.qemu(e, q::HANDLE_AIOCB_RW),
+            code::LAIO_CO_SUBMIT => self.qemu(e, q::LAIO_CO_SUBMIT),
+            code::LURING_CO_SUBMIT => self.qemu(e, q::LURING_CO_SUBMIT),
+            code::QEMU_IO_AIO_READ_DONE => self.qemu(e, q::QEMU_IO_AIO_READ_DONE),
+            code::QEMU_IO_AIO_WRITE_DONE => self.qemu(e, q::QEMU_IO_AIO_WRITE_DONE),
+            code::BDRV_CO_PDISCARD => self.qemu(e, q::BDRV_CO_PDISCARD),
             SYS_ENTER => self.sys_enter(e),
             SYS_EXIT => self.sys_exit(e),
             BIO_QUEUE => self.bio_queue(e),
@@ -954,9 +1052,12 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
-    fn qemu(&mut self, e: &RawEvent) {
+    /// `sub`: the event's QEMU probe, a constant in each arm of [`Join::event`]'s
+    /// dispatch, into which this inlines.
+    #[inline(always)]
+    fn qemu(&mut self, e: &RawEvent, sub: u8) {
         let [a0, a1, a2, a3] = e.a;
-        match e.sub {
+        match sub {
             q::VIRTIO_HANDLE_REQUEST => {
                 if let Some(old) = self.virtio.remove(&a0) {
                     self.finish_root(old, reasons::KEY_REUSED);
@@ -2002,19 +2103,18 @@ impl<'l, S: Sink> Join<'l, S> {
         let end = sector.saturating_add(sectors.max(1));
         let mine = self.threads.get(tid).and_then(|t| t.dio.or(t.worker));
         let mut first = None;
-        for h in self
-            .inflight_at
-            .iter()
-            .filter(|r| r.dev == dev && r.start < end && sector < r.end)
-            .map(|r| r.hio)
-        {
-            if Some(h) == mine && self.hios.get(h).is_some_and(|x| x.complete == 0) {
-                return mine;
-            }
-            if first.is_none() && self.hios.get(h).is_some_and(|x| x.complete == 0) {
-                first = Some(h);
-                if mine.is_none() {
-                    break;
+        // Every range here is of a host IO still in flight (`forget_hio` removes them
+        // together), so none needs looking up to be checked.
+        for r in &self.inflight_at {
+            if r.dev == dev && r.start < end && sector < r.end {
+                if Some(r.hio) == mine {
+                    return mine;
+                }
+                if first.is_none() {
+                    first = Some(r.hio);
+                    if mine.is_none() {
+                        break;
+                    }
                 }
             }
         }
@@ -2747,6 +2847,35 @@ impl<'l, S: Sink> Join<'l, S> {
 mod tests {
     use super::*;
     use viopath_probes::abi::kernel_dev;
+
+    #[test]
+    fn thread_contexts_stay_with_their_threads_through_cache_collisions_and_forgetting() {
+        let mut t = Threads::default();
+        // Thread ids that share cache slots (equal modulo THREAD_CACHE) and ones that
+        // do not; each thread is last seen at its own time, which marks its context.
+        let tids: Vec<u32> = (0..40u32)
+            .map(|i| 1000 + (i % 5) * THREAD_CACHE as u32 + i / 5)
+            .collect();
+        let seen = |n: usize| 10 + n as u64;
+        for (n, &tid) in tids.iter().enumerate() {
+            t.at(tid, seen(n));
+        }
+        for (n, &tid) in tids.iter().enumerate().rev() {
+            assert_eq!(t.get(tid).map(|c| c.seen), Some(seen(n)));
+        }
+        // The first ten were last seen before 20: forgotten, and the others, moved
+        // into their slots, are still found as themselves.
+        t.forget_idle(20);
+        assert_eq!(t.len(), 30);
+        for (n, &tid) in tids.iter().enumerate() {
+            let found = t.get(tid).map(|c| c.seen);
+            assert_eq!(found, (n >= 10).then_some(seen(n)), "thread {tid}");
+        }
+        // A forgotten thread seen again starts afresh.
+        assert!(t.at(tids[0], 100).pending_co.is_none());
+        assert_eq!(t.get(tids[0]).map(|c| c.seen), Some(100));
+        assert_eq!(t.get_mut(tids[39]).map(|c| c.seen), Some(seen(39)));
+    }
 
     fn r(idx: u32) -> Ref {
         Ref::new(idx, 1)
