@@ -557,7 +557,7 @@ struct ThreadCtx {
 /// Per-thread contexts, with a direct-mapped cache of where threads are in front of
 /// the index. A trace has a few dozen threads, so each nearly always has a slot of its
 /// own; remembering only the last thread looked up missed whenever consecutive events
-/// were of different threads, as they mostly are when CPUs interleave.
+/// were of different threads.
 #[derive(Default)]
 struct Threads {
     index: Map<u32, u32>,
