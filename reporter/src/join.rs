@@ -610,10 +610,12 @@ impl Threads {
         Some(i as usize)
     }
 
+    #[inline]
     fn get(&self, tid: u32) -> Option<&ThreadCtx> {
         self.find(tid).map(|i| &self.ctx[i].1)
     }
 
+    #[inline]
     fn get_mut(&mut self, tid: u32) -> Option<&mut ThreadCtx> {
         self.find(tid).map(|i| &mut self.ctx[i].1)
     }
@@ -685,6 +687,7 @@ pub struct JoinStats {
     pub partial: u64,
     pub other_ios: u64,
     pub unknown_events: u64,
+    /// The most guest requests and host IOs in flight at once, counted as each is made.
     pub peak_in_flight: usize,
     /// Block requests whose completion never came (event lost): dropped when their
     /// pointer came back for a new request, or when they were older than any real one.
@@ -820,6 +823,7 @@ fn dev_bytes(a2: u64) -> (u32, u64) {
     ((a2 >> 32) as u32, a2 & 0xffff_ffff)
 }
 
+#[inline]
 fn min0(a: u64, b: u64) -> u64 {
     if a == 0 {
         b
@@ -828,6 +832,46 @@ fn min0(a: u64, b: u64) -> u64 {
     } else {
         a.min(b)
     }
+}
+
+/// One out-of-line handler per QEMU probe, each [`Join::qemu`] specialised to its probe,
+/// so that [`Join::event`] stays a small dispatcher that jumps to its handler and
+/// saves no registers of its own.
+macro_rules! qemu_handlers {
+    ($($name:ident => $probe:ident),* $(,)?) => {
+        impl<S: Sink> Join<'_, S> {
+            $(
+                #[inline(never)]
+                fn $name(&mut self, e: &RawEvent) {
+                    self.qemu(e, q::$probe)
+                }
+            )*
+        }
+    };
+}
+
+qemu_handlers! {
+    q_virtio_handle_request => VIRTIO_HANDLE_REQUEST,
+    q_virtio_submit_multireq => VIRTIO_SUBMIT_MULTIREQ,
+    q_virtio_rw_complete => VIRTIO_RW_COMPLETE,
+    q_virtio_req_complete => VIRTIO_REQ_COMPLETE,
+    q_blk_aio_preadv => BLK_AIO_PREADV,
+    q_blk_aio_pwritev => BLK_AIO_PWRITEV,
+    q_blk_co_preadv_part => BLK_CO_PREADV_PART,
+    q_blk_co_pwritev_part => BLK_CO_PWRITEV_PART,
+    q_bdrv_co_preadv_part => BDRV_CO_PREADV_PART,
+    q_bdrv_co_pwritev_part => BDRV_CO_PWRITEV_PART,
+    q_qcow2_co_preadv_part => QCOW2_CO_PREADV_PART,
+    q_qcow2_co_pwritev_part => QCOW2_CO_PWRITEV_PART,
+    q_qcow2_cache_get => QCOW2_CACHE_GET,
+    q_raw_co_prw => RAW_CO_PRW,
+    q_thread_pool_submit_aio => THREAD_POOL_SUBMIT_AIO,
+    q_handle_aiocb_rw => HANDLE_AIOCB_RW,
+    q_laio_co_submit => LAIO_CO_SUBMIT,
+    q_luring_co_submit => LURING_CO_SUBMIT,
+    q_qemu_io_aio_read_done => QEMU_IO_AIO_READ_DONE,
+    q_qemu_io_aio_write_done => QEMU_IO_AIO_WRITE_DONE,
+    q_bdrv_co_pdiscard => BDRV_CO_PDISCARD,
 }
 
 impl<'l, S: Sink> Join<'l, S> {
@@ -880,8 +924,7 @@ impl<'l, S: Sink> Join<'l, S> {
         self.stats.events += 1;
         self.now = self.now.max(e.ts);
         if self.now >= self.next_sweep {
-            self.sweep();
-            self.next_sweep = self.now.saturating_add(1_000_000);
+            self.sweep_now();
         }
         const QEMU: u8 = EventKind::Qemu as u8;
         const SYS_ENTER: u16 = EventKind::SysEnter as u16;
@@ -916,86 +959,107 @@ impl<'l, S: Sink> Join<'l, S> {
             e.kind as u16
         };
         match code {
-            code::VIRTIO_HANDLE_REQUEST => self.qemu(e, q::VIRTIO_HANDLE_REQUEST),
-            code::VIRTIO_SUBMIT_MULTIREQ => self.qemu(e, q::VIRTIO_SUBMIT_MULTIREQ),
-            code::VIRTIO_RW_COMPLETE => self.qemu(e, q::VIRTIO_RW_COMPLETE),
-            code::VIRTIO_REQ_COMPLETE => self.qemu(e, q::VIRTIO_REQ_COMPLETE),
-            code::BLK_AIO_PREADV => self.qemu(e, q::BLK_AIO_PREADV),
-            code::BLK_AIO_PWRITEV => self.qemu(e, q::BLK_AIO_PWRITEV),
-            code::BLK_CO_PREADV_PART => self.qemu(e, q::BLK_CO_PREADV_PART),
-            code::BLK_CO_PWRITEV_PART => self.qemu(e, q::BLK_CO_PWRITEV_PART),
-            code::BDRV_CO_PREADV_PART => self.qemu(e, q::BDRV_CO_PREADV_PART),
-            code::BDRV_CO_PWRITEV_PART => self.qemu(e, q::BDRV_CO_PWRITEV_PART),
-            code::QCOW2_CO_PREADV_PART => self.qemu(e, q::QCOW2_CO_PREADV_PART),
-            code::QCOW2_CO_PWRITEV_PART => self.qemu(e, q::QCOW2_CO_PWRITEV_PART),
-            code::QCOW2_CACHE_GET => self.qemu(e, q::QCOW2_CACHE_GET),
-            code::RAW_CO_PRW => self.qemu(e, q::RAW_CO_PRW),
-            code::THREAD_POOL_SUBMIT_AIO => self.qemu(e, q::THREAD_POOL_SUBMIT_AIO),
-            code::HANDLE_AIOCB_RW => self.qemu(e, q::HANDLE_AIOCB_RW),
-            code::LAIO_CO_SUBMIT => self.qemu(e, q::LAIO_CO_SUBMIT),
-            code::LURING_CO_SUBMIT => self.qemu(e, q::LURING_CO_SUBMIT),
-            code::QEMU_IO_AIO_READ_DONE => self.qemu(e, q::QEMU_IO_AIO_READ_DONE),
-            code::QEMU_IO_AIO_WRITE_DONE => self.qemu(e, q::QEMU_IO_AIO_WRITE_DONE),
-            code::BDRV_CO_PDISCARD => self.qemu(e, q::BDRV_CO_PDISCARD),
+            code::VIRTIO_HANDLE_REQUEST => self.q_virtio_handle_request(e),
+            code::VIRTIO_SUBMIT_MULTIREQ => self.q_virtio_submit_multireq(e),
+            code::VIRTIO_RW_COMPLETE => self.q_virtio_rw_complete(e),
+            code::VIRTIO_REQ_COMPLETE => self.q_virtio_req_complete(e),
+            code::BLK_AIO_PREADV => self.q_blk_aio_preadv(e),
+            code::BLK_AIO_PWRITEV => self.q_blk_aio_pwritev(e),
+            code::BLK_CO_PREADV_PART => self.q_blk_co_preadv_part(e),
+            code::BLK_CO_PWRITEV_PART => self.q_blk_co_pwritev_part(e),
+            code::BDRV_CO_PREADV_PART => self.q_bdrv_co_preadv_part(e),
+            code::BDRV_CO_PWRITEV_PART => self.q_bdrv_co_pwritev_part(e),
+            code::QCOW2_CO_PREADV_PART => self.q_qcow2_co_preadv_part(e),
+            code::QCOW2_CO_PWRITEV_PART => self.q_qcow2_co_pwritev_part(e),
+            code::QCOW2_CACHE_GET => self.q_qcow2_cache_get(e),
+            code::RAW_CO_PRW => self.q_raw_co_prw(e),
+            code::THREAD_POOL_SUBMIT_AIO => self.q_thread_pool_submit_aio(e),
+            code::HANDLE_AIOCB_RW => self.q_handle_aiocb_rw(e),
+            code::LAIO_CO_SUBMIT => self.q_laio_co_submit(e),
+            code::LURING_CO_SUBMIT => self.q_luring_co_submit(e),
+            code::QEMU_IO_AIO_READ_DONE => self.q_qemu_io_aio_read_done(e),
+            code::QEMU_IO_AIO_WRITE_DONE => self.q_qemu_io_aio_write_done(e),
+            code::BDRV_CO_PDISCARD => self.q_bdrv_co_pdiscard(e),
             // A probe this join does not use (a newer recorder's): ignored, as before
             // the probes shared this table, not counted as an unknown event.
             code::QEMU..=code::QEMU_LAST => {}
             SYS_ENTER => self.sys_enter(e),
             SYS_EXIT => self.sys_exit(e),
             BIO_QUEUE => self.bio_queue(e),
-            BIO_REMAP => {
-                if let Some(b) = self.bios.get_mut(&e.a[0]) {
-                    b.remapped = true;
-                }
-            }
-            BIO_SPLIT => {
-                if let Some(BioOwner::Hio(h)) = self.bios.get(&e.a[0]).map(|b| b.owner)
-                    && let Some(h) = self.hios.get_mut(h)
-                {
-                    h.flags |= flags::BIO_SPLIT;
-                }
-            }
+            BIO_REMAP => self.bio_remap(e),
+            BIO_SPLIT => self.bio_split(e),
             BIO_MERGE => self.bio_merge(e),
             BIO_COMPLETE => self.bio_complete(e),
             RQ_INSERT | RQ_ISSUE => self.rq_start(e),
             RQ_COMPLETE => self.rq_complete(e),
             RQ_MERGE => self.rq_merge(e),
             URING_SUBMIT => self.uring_submit(e),
-            URING_COMPLETE => {
-                if let Some(h) = self.user_data.remove(&e.a[0]) {
-                    self.hio_done(h, e.ts);
-                }
-            }
+            URING_COMPLETE => self.uring_complete(e),
             DIO_BEGIN | FS_ENTER => self.dio_begin(e),
-            DIO_COMPLETE => {
-                if let Some(h) = self.kiocb.remove(&e.a[0])
-                    && let Some(hio) = self.hios.get_mut(h)
-                {
-                    hio.done_any = hio.done_any.max(e.ts);
-                    if hio.api == Api::Native {
-                        self.hio_done(h, e.ts);
-                    }
-                }
-            }
+            DIO_COMPLETE => self.dio_complete(e),
             KVM_MMIO => self.last_notify = e.ts,
             KVM_MSI => self.msi(e.ts),
-            DIO_MAP => {
-                // iomap type HOLE (0) or UNWRITTEN (3): the filesystem answers with
-                // zeros, no bio follows for that range.
-                if matches!(e.sub, 0 | 3)
-                    && let Some(h) = self.threads.get(e.tid).and_then(|t| t.dio)
-                    && let Some(hio) = self.hios.get_mut(h)
-                {
-                    hio.flags |= flags::FS_ZEROS;
-                }
-            }
+            DIO_MAP => self.dio_map(e),
             FS_SYNC => self.fs_sync(e),
             FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
             _ => self.stats.unknown_events += 1,
         }
+    }
+
+    /// After a request or host IO is made: the most in flight at once. Kept here, not
+    /// after every event, so that each kind's handler is the event's last call.
+    #[inline]
+    fn note_in_flight(&mut self) {
         let in_flight = self.roots.live + self.hios.live;
         if in_flight > self.stats.peak_in_flight {
             self.stats.peak_in_flight = in_flight;
+        }
+    }
+
+    #[inline(never)]
+    fn bio_remap(&mut self, e: &RawEvent) {
+        if let Some(b) = self.bios.get_mut(&e.a[0]) {
+            b.remapped = true;
+        }
+    }
+
+    #[inline(never)]
+    fn bio_split(&mut self, e: &RawEvent) {
+        if let Some(BioOwner::Hio(h)) = self.bios.get(&e.a[0]).map(|b| b.owner)
+            && let Some(h) = self.hios.get_mut(h)
+        {
+            h.flags |= flags::BIO_SPLIT;
+        }
+    }
+
+    #[inline(never)]
+    fn uring_complete(&mut self, e: &RawEvent) {
+        if let Some(h) = self.user_data.remove(&e.a[0]) {
+            self.hio_done(h, e.ts);
+        }
+    }
+
+    #[inline(never)]
+    fn dio_complete(&mut self, e: &RawEvent) {
+        if let Some(h) = self.kiocb.remove(&e.a[0])
+            && let Some(hio) = self.hios.get_mut(h)
+        {
+            hio.done_any = hio.done_any.max(e.ts);
+            if hio.api == Api::Native {
+                self.hio_done(h, e.ts);
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn dio_map(&mut self, e: &RawEvent) {
+        // iomap type HOLE (0) or UNWRITTEN (3): the filesystem answers with zeros, no
+        // bio follows for that range.
+        if matches!(e.sub, 0 | 3)
+            && let Some(h) = self.threads.get(e.tid).and_then(|t| t.dio)
+            && let Some(hio) = self.hios.get_mut(h)
+        {
+            hio.flags |= flags::FS_ZEROS;
         }
     }
 
@@ -1036,6 +1100,7 @@ impl<'l, S: Sink> Join<'l, S> {
             merged_into: None,
         });
         self.active.push(r);
+        self.note_in_flight();
         r
     }
 
@@ -1631,6 +1696,7 @@ impl<'l, S: Sink> Join<'l, S> {
         });
         self.inflight.push(h);
         self.index_ranges(h);
+        self.note_in_flight();
         h
     }
 
@@ -1647,14 +1713,17 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     /// The one way a host IO leaves: out of the slab, the in-flight list and the
-    /// address index together.
-    fn forget_hio(&mut self, h: Ref) -> Option<Hio> {
-        let hio = self.hios.remove(h)?;
+    /// address index together. Dropped in place: moving a `Hio` out showed in the
+    /// join's profile, so whoever needs its fields reads them before.
+    fn forget_hio(&mut self, h: Ref) {
+        if self.hios.get(h).is_none() {
+            return;
+        }
+        self.hios.discard(h);
         if let Some(i) = self.inflight.iter().position(|&x| x == h) {
             self.inflight.swap_remove(i);
         }
         self.unindex_ranges(h);
-        Some(hio)
     }
 
     /// The host IO in flight made first of those `pick` accepts. The in-flight list's
@@ -2525,10 +2594,9 @@ impl<'l, S: Sink> Join<'l, S> {
 
     /// A host IO completed: fold it into its request.
     fn hio_done(&mut self, h: Ref, ts: u64) {
-        let Some(mut hio) = self.forget_hio(h) else {
+        let Some(hio) = self.hios.get(h) else {
             return;
         };
-        hio.complete = ts;
         let submit = if hio.submit != 0 {
             hio.submit
         } else {
@@ -2589,6 +2657,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 });
             }
         }
+        self.forget_hio(h);
     }
 
     fn finish_root(&mut self, r: Ref, reason: u16) {
@@ -2610,12 +2679,13 @@ impl<'l, S: Sink> Join<'l, S> {
                 .collect();
             let mut unseen = 0;
             for h in open {
-                if let Some(x) = self.forget_hio(h)
+                if let Some(x) = self.hios.get(h)
                     && x.job
                     && (x.submit == 0 || (x.api == Api::Native && !x.fs_begun))
                 {
                     unseen += 1;
                 }
+                self.forget_hio(h);
             }
             // A job the kernel was never seen to begin (a linux-aio flush on a
             // filesystem without the probed tracepoint; a job whose syscall did not
@@ -2729,6 +2799,15 @@ impl<'l, S: Sink> Join<'l, S> {
             self.stats.partial += 1;
         }
         self.sink.io(&row);
+    }
+
+    /// Once per millisecond of trace time; out of line, so that it takes no registers
+    /// from the dispatch.
+    #[cold]
+    #[inline(never)]
+    fn sweep_now(&mut self) {
+        self.sweep();
+        self.next_sweep = self.now.saturating_add(1_000_000);
     }
 
     /// Finish what is idle or stale.
