@@ -48,7 +48,8 @@ impl std::fmt::Debug for Progress {
 ///
 /// Reading (checksums, decoding, the merge of the CPUs' streams into timestamp order)
 /// runs on a thread of its own and hands events over in batches, so it overlaps with
-/// `each` (the join): each costs about half the time per event.
+/// `each` (the join): each costs about half the time per event. A third thread keeps
+/// the file ahead of the reading in the page cache ([`reader::Trace::read_ahead`]).
 pub fn for_each_event<'t>(
     trace: &'t reader::Trace,
     progress: Option<&Progress>,
@@ -57,9 +58,21 @@ pub fn for_each_event<'t>(
     use std::sync::mpsc::sync_channel;
     let (full_tx, full_rx) = sync_channel::<Vec<viopath_probes::abi::RawEvent>>(4);
     let (empty_tx, empty_rx) = sync_channel::<Vec<viopath_probes::abi::RawEvent>>(6);
+    let ahead = std::sync::Arc::new(reader::ReadAhead::default());
     std::thread::scope(|scope| {
+        let reading_ahead = ahead.clone();
+        scope.spawn(move || trace.read_ahead(&reading_ahead));
         let reading = scope.spawn(move || {
+            // Whichever way reading ends (a panic included), the read-ahead stops too.
+            struct Finish(std::sync::Arc<reader::ReadAhead>);
+            impl Drop for Finish {
+                fn drop(&mut self) {
+                    self.0.finish();
+                }
+            }
+            let _finish = Finish(ahead.clone());
             let mut events = trace.events();
+            events.report_to(ahead);
             let mut batches = 0u32;
             loop {
                 let mut batch = empty_rx.try_recv().unwrap_or_default();
