@@ -2205,8 +2205,13 @@ impl<'l, S: Sink> Join<'l, S> {
     fn bio_queue(&mut self, e: &RawEvent) {
         let [bio, sector, a2, _] = e.a;
         let (dev, bytes) = dev_bytes(a2);
-        let known = match self.bios.get(&bio) {
-            Some(b) if b.remapped => Some(b.owner),
+        // The same bio moving down (a remap): its entry is kept, only no longer marked,
+        // instead of looked up again to be replaced.
+        let known = match self.bios.get_mut(&bio) {
+            Some(b) if b.remapped => {
+                b.remapped = false;
+                Some(b.owner)
+            }
             _ => None,
         };
         let owner = match known {
@@ -2240,13 +2245,15 @@ impl<'l, S: Sink> Join<'l, S> {
                 self.preflush.push((dev, h));
             }
         }
-        self.bios.insert(
-            bio,
-            BioEntry {
-                owner,
-                remapped: false,
-            },
-        );
+        if known.is_none() {
+            self.bios.insert(
+                bio,
+                BioEntry {
+                    owner,
+                    remapped: false,
+                },
+            );
+        }
     }
 
     fn new_other(&mut self, ts: u64, dev: u32, sector: u64, bytes: u64) -> u32 {
@@ -2364,12 +2371,18 @@ impl<'l, S: Sink> Join<'l, S> {
         // The same request again (issued after insert, re-dispatched when the driver
         // was busy, requeued) starts where it did with the bios it had. Anything else
         // at this pointer is a new request: the old one's completion was lost.
-        let new = match self.reqs.get(&rq) {
+        let issue = e.kind == EventKind::RqIssue as u8;
+        let new = match self.reqs.get_mut(&rq) {
             None => true,
             Some(old)
                 if old.dev == dev && old.sector == sector && old.bios.contains(&first_bio) =>
             {
-                false
+                // Issued after its insert (the usual case): one lookup for both.
+                if issue {
+                    old.started = true;
+                    Self::note_issue(&mut self.hios, old, e.ts);
+                }
+                return;
             }
             Some(_) => {
                 self.drop_req(rq);
@@ -2425,23 +2438,26 @@ impl<'l, S: Sink> Join<'l, S> {
                 self.attach_plugged(rq);
             }
         }
-        if e.kind == EventKind::RqIssue as u8 {
-            let r = self.reqs.get_mut(&rq).expect("inserted");
+        if issue && let Some(r) = self.reqs.get_mut(&rq) {
             r.started = true;
-            let r = &*r;
-            for &h in &r.owners {
-                if let Some(x) = self.hios.get_mut(h) {
-                    x.issue_any = min0(x.issue_any, e.ts);
-                    match Self::is_bottom(x, r.dev) {
-                        Some(true) => {
-                            x.issue_bottom = min0(x.issue_bottom, e.ts);
-                            x.bottom_dev = r.dev;
-                        }
-                        // Blocks not known (a flush, an empty layout): its device is the
-                        // one its requests go to.
-                        None => x.bottom_dev = r.dev,
-                        Some(false) => {}
+            Self::note_issue(&mut self.hios, r, e.ts);
+        }
+    }
+
+    /// A request went to its driver: the host IOs it carries were issued then.
+    fn note_issue(hios: &mut Slab<Hio>, r: &Req, ts: u64) {
+        for &h in &r.owners {
+            if let Some(x) = hios.get_mut(h) {
+                x.issue_any = min0(x.issue_any, ts);
+                match Self::is_bottom(x, r.dev) {
+                    Some(true) => {
+                        x.issue_bottom = min0(x.issue_bottom, ts);
+                        x.bottom_dev = r.dev;
                     }
+                    // Blocks not known (a flush, an empty layout): its device is the
+                    // one its requests go to.
+                    None => x.bottom_dev = r.dev,
+                    Some(false) => {}
                 }
             }
         }
