@@ -1652,10 +1652,6 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     fn add_hio(&mut self, root: Option<Ref>, kind: HioKind, off: u64, bytes: u64, ts: u64) -> Ref {
-        let mut ranges = DevRanges::new();
-        if bytes > 0 {
-            self.layout.dev_ranges(off, bytes, &mut ranges);
-        }
         if let Some(r) = root
             && let Some(root) = self.roots.get_mut(r)
         {
@@ -1682,7 +1678,7 @@ impl<'l, S: Sink> Join<'l, S> {
             done_any: 0,
             issue_bottom: 0,
             done_bottom: 0,
-            ranges,
+            ranges: DevRanges::new(),
             has_kiocb: false,
             fs_begun: false,
             bios: 0,
@@ -1694,6 +1690,12 @@ impl<'l, S: Sink> Join<'l, S> {
             fd: 0,
             job: false,
         });
+        // Its ranges made where they stay (they are most of its size).
+        if bytes > 0
+            && let Some(x) = self.hios.get_mut(h)
+        {
+            self.layout.dev_ranges(off, bytes, &mut x.ranges);
+        }
         self.inflight.push(h);
         self.index_ranges(h);
         self.note_in_flight();
