@@ -63,14 +63,7 @@ pub fn for_each_event<'t>(
         let reading_ahead = ahead.clone();
         scope.spawn(move || trace.read_ahead(&reading_ahead));
         let reading = scope.spawn(move || {
-            // Whichever way reading ends (a panic included), the read-ahead stops too.
-            struct Finish(std::sync::Arc<reader::ReadAhead>);
-            impl Drop for Finish {
-                fn drop(&mut self) {
-                    self.0.finish();
-                }
-            }
-            let _finish = Finish(ahead.clone());
+            let _finish = reader::FinishOnDrop(ahead.clone());
             let mut events = trace.events();
             events.report_to(ahead);
             let mut batches = 0u32;

@@ -586,6 +586,16 @@ impl ReadAhead {
     }
 }
 
+/// Finishes its [`ReadAhead`] when dropped, so that the read-ahead stops however the
+/// decoding ends (a panic included) instead of waiting for it forever.
+pub struct FinishOnDrop<R: std::ops::Deref<Target = ReadAhead>>(pub R);
+
+impl<R: std::ops::Deref<Target = ReadAhead>> Drop for FinishOnDrop<R> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 impl Trace {
     /// Keep the next [`READ_AHEAD`] bytes after the decoding in the page cache, until
     /// `ahead` is finished or the file ends; for a thread of its own. Reading from
@@ -771,11 +781,13 @@ mod tests {
 
         let ahead = ReadAhead::default();
         std::thread::scope(|s| {
+            // A failed assertion below must not leave the read-ahead waiting forever.
+            let _stop = FinishOnDrop(&ahead);
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let (trace, ahead_ref) = (&trace, &ahead);
             s.spawn(move || {
                 trace.read_ahead_by(ahead_ref, 4 * MIB);
-                done_tx.send(()).unwrap();
+                let _ = done_tx.send(());
             });
             // Decoding at the start: the first window comes in, and nothing far past it
             // (the kernel's own readahead adds at most a window of read_ahead_kb).
