@@ -779,34 +779,6 @@ pub struct Join<'l, S: Sink> {
     next_sweep: u64,
 }
 
-/// An event's kind, or for a QEMU event its probe, as one number to dispatch on.
-mod code {
-    use super::q;
-    pub const QEMU: u16 = 256;
-    pub const QEMU_LAST: u16 = QEMU + u8::MAX as u16;
-    pub const VIRTIO_HANDLE_REQUEST: u16 = QEMU + q::VIRTIO_HANDLE_REQUEST as u16;
-    pub const VIRTIO_SUBMIT_MULTIREQ: u16 = QEMU + q::VIRTIO_SUBMIT_MULTIREQ as u16;
-    pub const VIRTIO_RW_COMPLETE: u16 = QEMU + q::VIRTIO_RW_COMPLETE as u16;
-    pub const VIRTIO_REQ_COMPLETE: u16 = QEMU + q::VIRTIO_REQ_COMPLETE as u16;
-    pub const BLK_AIO_PREADV: u16 = QEMU + q::BLK_AIO_PREADV as u16;
-    pub const BLK_AIO_PWRITEV: u16 = QEMU + q::BLK_AIO_PWRITEV as u16;
-    pub const BLK_CO_PREADV_PART: u16 = QEMU + q::BLK_CO_PREADV_PART as u16;
-    pub const BLK_CO_PWRITEV_PART: u16 = QEMU + q::BLK_CO_PWRITEV_PART as u16;
-    pub const BDRV_CO_PREADV_PART: u16 = QEMU + q::BDRV_CO_PREADV_PART as u16;
-    pub const BDRV_CO_PWRITEV_PART: u16 = QEMU + q::BDRV_CO_PWRITEV_PART as u16;
-    pub const QCOW2_CO_PREADV_PART: u16 = QEMU + q::QCOW2_CO_PREADV_PART as u16;
-    pub const QCOW2_CO_PWRITEV_PART: u16 = QEMU + q::QCOW2_CO_PWRITEV_PART as u16;
-    pub const QCOW2_CACHE_GET: u16 = QEMU + q::QCOW2_CACHE_GET as u16;
-    pub const RAW_CO_PRW: u16 = QEMU + q::RAW_CO_PRW as u16;
-    pub const THREAD_POOL_SUBMIT_AIO: u16 = QEMU + q::THREAD_POOL_SUBMIT_AIO as u16;
-    pub const HANDLE_AIOCB_RW: u16 = QEMU + q::HANDLE_AIOCB_RW as u16;
-    pub const LAIO_CO_SUBMIT: u16 = QEMU + q::LAIO_CO_SUBMIT as u16;
-    pub const LURING_CO_SUBMIT: u16 = QEMU + q::LURING_CO_SUBMIT as u16;
-    pub const QEMU_IO_AIO_READ_DONE: u16 = QEMU + q::QEMU_IO_AIO_READ_DONE as u16;
-    pub const QEMU_IO_AIO_WRITE_DONE: u16 = QEMU + q::QEMU_IO_AIO_WRITE_DONE as u16;
-    pub const BDRV_CO_PDISCARD: u16 = QEMU + q::BDRV_CO_PDISCARD as u16;
-}
-
 /// How deep in QEMU's block stack a probe is: a request never re-enters its own top
 /// level for the same node, so seeing that again with its qiov means a new request.
 fn level(probe: u8) -> u8 {
@@ -834,11 +806,19 @@ fn min0(a: u64, b: u64) -> u64 {
     }
 }
 
-/// One out-of-line handler per QEMU probe, each [`Join::qemu`] specialised to its probe,
-/// so that [`Join::event`] stays a small dispatcher that jumps to its handler and
-/// saves no registers of its own.
-macro_rules! qemu_handlers {
-    ($($name:ident => $probe:ident),* $(,)?) => {
+/// For each QEMU probe the join uses: its number in the dispatch ([`code`]), and an
+/// out-of-line handler, [`Join::qemu`] specialised to it, so that [`Join::event`] stays a
+/// small dispatcher that jumps to its handler and saves no registers of its own.
+macro_rules! qemu_probes {
+    ($($probe:ident => $name:ident),* $(,)?) => {
+        /// An event's kind, or for a QEMU event its probe, as one number to dispatch on.
+        mod code {
+            use super::q;
+            pub const QEMU: u16 = 256;
+            pub const QEMU_LAST: u16 = QEMU + u8::MAX as u16;
+            $(pub const $probe: u16 = QEMU + q::$probe as u16;)*
+        }
+
         impl<S: Sink> Join<'_, S> {
             $(
                 #[inline(never)]
@@ -850,28 +830,28 @@ macro_rules! qemu_handlers {
     };
 }
 
-qemu_handlers! {
-    q_virtio_handle_request => VIRTIO_HANDLE_REQUEST,
-    q_virtio_submit_multireq => VIRTIO_SUBMIT_MULTIREQ,
-    q_virtio_rw_complete => VIRTIO_RW_COMPLETE,
-    q_virtio_req_complete => VIRTIO_REQ_COMPLETE,
-    q_blk_aio_preadv => BLK_AIO_PREADV,
-    q_blk_aio_pwritev => BLK_AIO_PWRITEV,
-    q_blk_co_preadv_part => BLK_CO_PREADV_PART,
-    q_blk_co_pwritev_part => BLK_CO_PWRITEV_PART,
-    q_bdrv_co_preadv_part => BDRV_CO_PREADV_PART,
-    q_bdrv_co_pwritev_part => BDRV_CO_PWRITEV_PART,
-    q_qcow2_co_preadv_part => QCOW2_CO_PREADV_PART,
-    q_qcow2_co_pwritev_part => QCOW2_CO_PWRITEV_PART,
-    q_qcow2_cache_get => QCOW2_CACHE_GET,
-    q_raw_co_prw => RAW_CO_PRW,
-    q_thread_pool_submit_aio => THREAD_POOL_SUBMIT_AIO,
-    q_handle_aiocb_rw => HANDLE_AIOCB_RW,
-    q_laio_co_submit => LAIO_CO_SUBMIT,
-    q_luring_co_submit => LURING_CO_SUBMIT,
-    q_qemu_io_aio_read_done => QEMU_IO_AIO_READ_DONE,
-    q_qemu_io_aio_write_done => QEMU_IO_AIO_WRITE_DONE,
-    q_bdrv_co_pdiscard => BDRV_CO_PDISCARD,
+qemu_probes! {
+    VIRTIO_HANDLE_REQUEST => q_virtio_handle_request,
+    VIRTIO_SUBMIT_MULTIREQ => q_virtio_submit_multireq,
+    VIRTIO_RW_COMPLETE => q_virtio_rw_complete,
+    VIRTIO_REQ_COMPLETE => q_virtio_req_complete,
+    BLK_AIO_PREADV => q_blk_aio_preadv,
+    BLK_AIO_PWRITEV => q_blk_aio_pwritev,
+    BLK_CO_PREADV_PART => q_blk_co_preadv_part,
+    BLK_CO_PWRITEV_PART => q_blk_co_pwritev_part,
+    BDRV_CO_PREADV_PART => q_bdrv_co_preadv_part,
+    BDRV_CO_PWRITEV_PART => q_bdrv_co_pwritev_part,
+    QCOW2_CO_PREADV_PART => q_qcow2_co_preadv_part,
+    QCOW2_CO_PWRITEV_PART => q_qcow2_co_pwritev_part,
+    QCOW2_CACHE_GET => q_qcow2_cache_get,
+    RAW_CO_PRW => q_raw_co_prw,
+    THREAD_POOL_SUBMIT_AIO => q_thread_pool_submit_aio,
+    HANDLE_AIOCB_RW => q_handle_aiocb_rw,
+    LAIO_CO_SUBMIT => q_laio_co_submit,
+    LURING_CO_SUBMIT => q_luring_co_submit,
+    QEMU_IO_AIO_READ_DONE => q_qemu_io_aio_read_done,
+    QEMU_IO_AIO_WRITE_DONE => q_qemu_io_aio_write_done,
+    BDRV_CO_PDISCARD => q_bdrv_co_pdiscard,
 }
 
 impl<'l, S: Sink> Join<'l, S> {
