@@ -363,7 +363,6 @@ struct Hio {
     bytes: u64,
     created: u64,
     submit: u64,
-    complete: u64,
     first_q: u64,
     issue_any: u64,
     done_any: u64,
@@ -1101,8 +1100,8 @@ impl<'l, S: Sink> Join<'l, S> {
         }
     }
 
-    /// `sub`: the event's QEMU probe, a constant in each arm of [`Join::event`]'s
-    /// dispatch, into which this inlines.
+    /// `sub`: the event's QEMU probe, a constant in each of the handlers
+    /// `qemu_probes!` makes, into which this inlines.
     #[inline(always)]
     fn qemu(&mut self, e: &RawEvent, sub: u8) {
         let [a0, a1, a2, a3] = e.a;
@@ -1652,7 +1651,6 @@ impl<'l, S: Sink> Join<'l, S> {
             bytes,
             created: ts,
             submit: 0,
-            complete: 0,
             first_q: 0,
             issue_any: 0,
             done_any: 0,
@@ -2080,14 +2078,14 @@ impl<'l, S: Sink> Join<'l, S> {
 
     fn dio_begin(&mut self, e: &RawEvent) {
         let [kiocb, pos, count, ino] = e.a;
-        let fits = |x: &Hio| !x.has_kiocb && x.offset == pos && x.bytes == count && x.complete == 0;
+        let fits = |x: &Hio| !x.has_kiocb && x.offset == pos && x.bytes == count;
         // The same IO begun again: io_uring tries a write without waiting inside
         // io_uring_enter, the filesystem refuses (-EAGAIN, e.g. blocks to allocate) after
         // the direct IO began, and an io-wq worker runs it again with the same kiocb.
         let again = self.kiocb.get(&kiocb).copied().filter(|&h| {
             self.hios
                 .get(h)
-                .is_some_and(|x| x.offset == pos && x.bytes == count && x.complete == 0)
+                .is_some_and(|x| x.offset == pos && x.bytes == count)
         });
         let h = match self.threads.get(e.tid).map(|t| (t.worker, &t.submitted)) {
             _ if again.is_some() => again,
@@ -2382,7 +2380,7 @@ impl<'l, S: Sink> Join<'l, S> {
                 _ if first_bio == 0 && bytes == 0 => {
                     let hios = &self.hios;
                     self.preflush.retain(|&(d, h)| {
-                        let live = hios.get(h).is_some_and(|x| x.complete == 0);
+                        let live = hios.get(h).is_some();
                         if live && d == dev && !owners.contains(&h) {
                             owners.push(h);
                         }
