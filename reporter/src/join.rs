@@ -121,15 +121,18 @@ impl<T> Slab<T> {
             _ => None,
         }
     }
-    /// Remove without handing the item back: dropped where it is.
-    fn discard(&mut self, r: Ref) {
+    /// Remove without handing the item back: dropped where it is. False if it was
+    /// not there.
+    fn discard(&mut self, r: Ref) -> bool {
         if let Some((g, slot @ Some(_))) = self.items.get_mut(r.idx())
             && *g == r.generation()
         {
             *slot = None;
             self.free.push(r.idx() as u32);
             self.live -= 1;
+            return true;
         }
+        false
     }
 }
 
@@ -1696,10 +1699,9 @@ impl<'l, S: Sink> Join<'l, S> {
     /// address index together. Dropped in place: moving a `Hio` out showed in the
     /// join's profile, so whoever needs its fields reads them before.
     fn forget_hio(&mut self, h: Ref) {
-        if self.hios.get(h).is_none() {
+        if !self.hios.discard(h) {
             return;
         }
-        self.hios.discard(h);
         if let Some(i) = self.inflight.iter().position(|&x| x == h) {
             self.inflight.swap_remove(i);
         }
