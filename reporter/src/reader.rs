@@ -343,11 +343,13 @@ pub const MAX_BUFFERED: usize = 1 << 20;
 /// still produce an earlier one, i.e. once its timestamp is at or below every CPU's
 /// latest. Released events are gathered in batches, a prefix of each CPU's queue, and
 /// put in order with one stable sort (the batch is a few sorted runs, which the sort
-/// merges), rather than one heap operation per event.
+/// merges), rather than one heap operation per event. What is queued, gathered and
+/// sorted is an [`EventAt`], a third of an event's size: the event itself is decoded
+/// from the map once, when it is handed out.
 #[derive(Default)]
 struct Merger {
     /// Per CPU, its events not yet released: `.0[.1..]`.
-    queues: Vec<(Vec<RawEvent>, usize)>,
+    queues: Vec<(Vec<EventAt>, usize)>,
     /// Latest timestamp pushed per CPU (0: none yet).
     last: Vec<u64>,
     buffered: usize,
@@ -355,13 +357,20 @@ struct Merger {
     late: u64,
     draining: bool,
     /// The batch being handed out, in order, and how far.
-    ready: Vec<RawEvent>,
+    ready: Vec<EventAt>,
     next: usize,
 }
 
+/// An event's timestamp and where its record lies in the map.
+#[derive(Clone, Copy)]
+struct EventAt {
+    ts: u64,
+    at: usize,
+}
+
 impl Merger {
-    fn push(&mut self, e: RawEvent) {
-        let c = e.cpu as usize;
+    fn push(&mut self, cpu: u16, e: EventAt) {
+        let c = cpu as usize;
         if c >= self.queues.len() {
             self.queues.resize_with(c + 1, Default::default);
             self.last.resize(c + 1, 0);
@@ -375,10 +384,19 @@ impl Merger {
     }
 
     #[inline]
-    fn pop(&mut self) -> Option<RawEvent> {
+    fn pop(&mut self) -> Option<EventAt> {
         let e = self.ready.get(self.next).copied()?;
         self.next += 1;
         Some(e)
+    }
+
+    /// Where the earliest record still queued lies in the map: the map must keep it
+    /// until it is decoded.
+    fn first_queued_at(&self) -> Option<usize> {
+        self.queues
+            .iter()
+            .filter_map(|(q, head)| q.get(*head).map(|e| e.at))
+            .min()
     }
 
     /// Gather the next batch of events that can be released; false if none can yet.
@@ -536,29 +554,47 @@ impl Events<'_> {
             self.next_chunk = self.chunks.len();
             return false;
         }
-        for r in payload.chunks_exact(FILE_EVENT_SIZE) {
-            let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8"));
-            let delta = i32::from_le_bytes(r[0..4].try_into().expect("4"));
-            self.merge.push(RawEvent {
-                ts: c.base.wrapping_add_signed(delta as i64),
-                tid: u32::from_le_bytes(r[4..8].try_into().expect("4")),
-                kind: r[8],
-                sub: r[9],
-                cpu: u16::from_le_bytes([r[10], r[11]]),
-                a: [u64_at(12), u64_at(20), u64_at(28), u64_at(36)],
-            });
+        // Only what the order needs is read here; the rest when the event is handed out.
+        for (i, r) in payload.chunks_exact(FILE_EVENT_SIZE).enumerate() {
+            let delta = i32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            self.merge.push(
+                u16::from_le_bytes([r[10], r[11]]),
+                EventAt {
+                    ts: c.base.wrapping_add_signed(delta as i64),
+                    at: c.offset + i * FILE_EVENT_SIZE,
+                },
+            );
         }
         self.events_read += (c.len / FILE_EVENT_SIZE) as u64;
         // Decoded chunks: drop their pages from this process (they stay in the page
         // cache), so the mapping does not count against memory as the file is read. In
         // 32 MiB steps: each drop interrupts the other threads' CPUs to flush their TLBs,
         // and per 1 MiB chunk that cost 2–11% more kernel and ~2.5% more user cycles.
-        let end = (c.offset + c.len) & !4095;
+        // Not past an event still queued: it is decoded from the map when released.
+        let end =
+            (c.offset + c.len).min(self.merge.first_queued_at().unwrap_or(usize::MAX)) & !4095;
         if end >= self.released + RELEASE_EVERY {
             release(self.map, self.released, end);
             self.released = end;
         }
         true
+    }
+}
+
+/// The event whose record lies at `e.at` of a checked event chunk.
+#[inline]
+fn decode(map: &[u8], e: EventAt) -> RawEvent {
+    let r: &[u8; FILE_EVENT_SIZE] = map[e.at..e.at + FILE_EVENT_SIZE]
+        .try_into()
+        .expect("an event record");
+    let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8"));
+    RawEvent {
+        ts: e.ts,
+        tid: u32::from_le_bytes([r[4], r[5], r[6], r[7]]),
+        kind: r[8],
+        sub: r[9],
+        cpu: u16::from_le_bytes([r[10], r[11]]),
+        a: [u64_at(12), u64_at(20), u64_at(28), u64_at(36)],
     }
 }
 
@@ -668,11 +704,8 @@ impl Events<'_> {
         loop {
             let m = &mut self.merge;
             if m.next < m.ready.len() {
-                if m.next == 0 {
-                    std::mem::swap(out, &mut m.ready);
-                } else {
-                    out.extend_from_slice(&m.ready[m.next..]);
-                }
+                let map: &[u8] = self.map;
+                out.extend(m.ready[m.next..].iter().map(|e| decode(map, *e)));
                 m.ready.clear();
                 m.next = 0;
                 return true;
@@ -697,7 +730,7 @@ impl Iterator for Events<'_> {
     fn next(&mut self) -> Option<RawEvent> {
         loop {
             if let Some(e) = self.merge.pop() {
-                return Some(e);
+                return Some(decode(self.map, e));
             }
             if self.merge.refill() {
                 continue;
