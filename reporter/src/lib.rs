@@ -361,7 +361,7 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
 pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Error> {
     let trace = reader::Trace::open(path)?;
     let (layout, source) = load_layout(&trace, &opts.images);
-    let mut collector = report::Collector::new(&layout, opts.top_n);
+    let mut collector = report::Collector::new(&layout, opts.top_n, &opts.by);
     if opts.pictures {
         collector = collector.with_pictures();
     }
@@ -424,7 +424,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         exact_quantiles: true,
         ..report::Summary::default()
     };
-    let mut report = collector.report(&opts.by, &stats, summary)?;
+    let mut report = collector.report(&stats, summary)?;
     report.exported_to = exported_to;
     Ok((report, source))
 }

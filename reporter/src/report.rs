@@ -218,17 +218,18 @@ pub fn reason_names(p: u16) -> String {
 pub struct Collector<'l> {
     layout: &'l Layout,
     top_n: usize,
-    // One entry per complete IO.
-    op: Vec<u32>,
-    size: Vec<u32>,
-    dev: Vec<u32>,
-    disk: Vec<u32>,
+    /// What the latency table is grouped by.
+    by: Vec<GroupBy>,
+    /// The complete IOs' columns, one set per group: per (op, size class, device, disk)
+    /// with the parts not in `by` left 0.
+    groups: Vec<(FoldKey, GroupCols)>,
+    /// Where each key is in `groups`, once there are too many to search.
+    group_index: std::collections::HashMap<FoldKey, usize>,
+    /// Complete IOs in `groups`.
+    exact: usize,
     /// Disks (the first 64) that IOs were seen for: the slowest IOs name theirs only
     /// when there are several.
     disks_seen: u64,
-    e2e: Vec<u64>,
-    layer: Vec<Vec<u64>>,
-    layer_valid: Vec<Vec<bool>>,
     slowest: BinaryHeap<std::cmp::Reverse<(u64, u64, RowBox)>>,
     pub partial_by_reason: BTreeMap<String, u64>,
     pub partial_examples: Vec<IoRow>,
@@ -245,10 +246,24 @@ pub struct Collector<'l> {
     folded: Option<Folded>,
 }
 
-/// Complete IOs whose per-layer times are kept exactly, for exact quantiles (about 100
-/// bytes each: 400 MB at most). Beyond this many, the collector folds them all into
-/// log-bucket histograms per (op, size, device) and layer (quantiles within 0.4%,
-/// means and maxima exact) and memory stops growing with the trace.
+/// The exact columns of the complete IOs of one group of the latency table, one entry
+/// per IO. A group's IOs lie together, so the aggregation takes each group as one chunk
+/// of its columns instead of gathering its rows from all of them.
+#[derive(Default)]
+struct GroupCols {
+    e2e: Vec<u64>,
+    layer: [Vec<u64>; NL],
+    layer_valid: [Vec<bool>; NL],
+}
+
+/// Groups searched one by one before `Collector::group_index` is used: the usual
+/// handful is found faster by a scan than by hashing.
+const GROUPS_SCANNED: usize = 16;
+
+/// Complete IOs whose per-layer times are kept exactly, for exact quantiles (89 bytes
+/// each: 356 MB at most). Beyond this many, the collector folds them all into
+/// log-bucket histograms per group and layer (quantiles within 0.4%, means and maxima
+/// exact) and memory stops growing with the trace.
 pub const EXACT_IOS: usize = 4_000_000;
 
 /// One (op, size class, device, disk) group's latencies, folded: per column (end-to-end, then
@@ -310,18 +325,16 @@ pub struct OtherAgg {
 pub const PARTIAL_EXAMPLES: usize = 20;
 
 impl<'l> Collector<'l> {
-    pub fn new(layout: &'l Layout, top_n: usize) -> Self {
+    /// A collector for a latency table grouped by `by`.
+    pub fn new(layout: &'l Layout, top_n: usize, by: &[GroupBy]) -> Self {
         Collector {
             layout,
             top_n,
-            op: Vec::new(),
-            size: Vec::new(),
-            dev: Vec::new(),
-            disk: Vec::new(),
+            by: by.to_vec(),
+            groups: Vec::new(),
+            group_index: std::collections::HashMap::new(),
+            exact: 0,
             disks_seen: 0,
-            e2e: Vec::new(),
-            layer: vec![Vec::new(); NL],
-            layer_valid: vec![Vec::new(); NL],
             slowest: BinaryHeap::new(),
             partial_by_reason: BTreeMap::new(),
             partial_examples: Vec::new(),
@@ -347,19 +360,44 @@ impl<'l> Collector<'l> {
     /// Move the exact columns into histograms and free them.
     fn fold(&mut self) {
         let mut f = Folded::default();
-        for i in 0..self.e2e.len() {
-            let key = (self.op[i], self.size[i], self.dev[i], self.disk[i]);
-            let layers = (0..NL).map(|l| self.layer_valid[l][i].then(|| self.layer[l][i]));
-            f.add(key, self.e2e[i], layers);
+        for (key, g) in std::mem::take(&mut self.groups) {
+            for i in 0..g.e2e.len() {
+                let layers = (0..NL).map(|l| g.layer_valid[l][i].then(|| g.layer[l][i]));
+                f.add(key, g.e2e[i], layers);
+            }
         }
-        self.op = Vec::new();
-        self.size = Vec::new();
-        self.dev = Vec::new();
-        self.disk = Vec::new();
-        self.e2e = Vec::new();
-        self.layer = vec![Vec::new(); NL];
-        self.layer_valid = vec![Vec::new(); NL];
+        self.group_index = Default::default();
+        self.exact = 0;
         self.folded = Some(f);
+    }
+
+    /// The columns of `key`'s group, made if new.
+    fn group(&mut self, key: FoldKey) -> &mut GroupCols {
+        let found = if self.groups.len() <= GROUPS_SCANNED {
+            self.groups.iter().position(|(k, _)| *k == key)
+        } else {
+            self.group_index.get(&key).copied()
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                self.groups.push((key, GroupCols::default()));
+                if self.groups.len() > GROUPS_SCANNED {
+                    if self.group_index.is_empty() {
+                        self.group_index = self
+                            .groups
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (k, _))| (*k, i))
+                            .collect();
+                    } else {
+                        self.group_index.insert(key, self.groups.len() - 1);
+                    }
+                }
+                self.groups.len() - 1
+            }
+        };
+        &mut self.groups[i].1
     }
 
     /// Also collect what the HTML report draws (histograms, time series).
@@ -462,24 +500,25 @@ impl Sink for Collector<'_> {
         }
         let (layers, e2e) = split(&row.b);
         let size = row.bytes.max(1).next_power_of_two().trailing_zeros();
+        let part = |g: GroupBy, v: u32| if self.by.contains(&g) { v } else { 0 };
+        let key = (
+            part(GroupBy::Op, row.op as u32),
+            part(GroupBy::Size, size),
+            part(GroupBy::Device, row.bottom_dev),
+            part(GroupBy::Disk, disk_key(row.disk)),
+        );
         self.complete += 1;
         if let Some(f) = &mut self.folded {
-            f.add(
-                (row.op as u32, size, row.bottom_dev, disk_key(row.disk)),
-                e2e,
-                layers.into_iter(),
-            );
+            f.add(key, e2e, layers.into_iter());
         } else {
-            self.op.push(row.op as u32);
-            self.size.push(size);
-            self.dev.push(row.bottom_dev);
-            self.disk.push(disk_key(row.disk));
-            self.e2e.push(e2e);
+            let g = self.group(key);
+            g.e2e.push(e2e);
             for (i, l) in layers.iter().enumerate() {
-                self.layer[i].push(l.unwrap_or(0));
-                self.layer_valid[i].push(l.is_some());
+                g.layer[i].push(l.unwrap_or(0));
+                g.layer_valid[i].push(l.is_some());
             }
-            if self.e2e.len() >= self.exact_cap {
+            self.exact += 1;
+            if self.exact >= self.exact_cap {
                 self.fold();
             }
         }
@@ -583,11 +622,19 @@ pub struct Report {
     pub pictures: Option<crate::html::Pictures>,
 }
 
-fn u64_col(name: &str, v: Vec<u64>, valid: Option<Vec<bool>>) -> Column {
-    let bitmap = valid.map(|v| polars_arrow_bitmap(&v));
-    UInt64Chunked::from_vec_validity(name.into(), v, bitmap)
-        .into_series()
-        .into_column()
+/// One group's values of a column, and which are there (`None`: all).
+type Chunk = (Vec<u64>, Option<Vec<bool>>);
+
+/// One column of the groups' values, a chunk per group, without copying them.
+fn u64_chunks(name: &str, chunks: impl Iterator<Item = Chunk>) -> Column {
+    UInt64Chunked::from_chunk_iter(
+        name.into(),
+        chunks.map(|(v, valid)| {
+            polars_arrow::array::PrimitiveArray::from_vec(v)
+                .with_validity(valid.map(|v| polars_arrow_bitmap(&v)))
+        }),
+    )
+    .into_column()
 }
 
 fn polars_arrow_bitmap(v: &[bool]) -> polars_arrow::bitmap::Bitmap {
@@ -598,12 +645,11 @@ impl Collector<'_> {
     /// Aggregate and build the report. Consumes the compact columns.
     pub fn report(
         mut self,
-        by: &[GroupBy],
         stats: &JoinStats,
         mut summary: Summary,
     ) -> Result<Report, ReportError> {
         self.finish_export()?;
-        let n = self.e2e.len();
+        let n = self.exact;
         summary.ios = self.ios;
         summary.complete_ios = self.complete;
         summary.partial_ios = self.ios - self.complete;
@@ -618,28 +664,13 @@ impl Collector<'_> {
         summary.peak_in_flight = stats.peak_in_flight;
         summary.requests_completion_lost = stats.requests_lost;
 
+        let by = std::mem::take(&mut self.by);
         let latency = if let Some(f) = self.folded.take() {
-            aggregate_folded(f, by, self.layout)
+            aggregate_folded(f, &by, self.layout)
         } else if n == 0 {
             Vec::new()
         } else {
-            let mut cols = vec![
-                Column::new("g_op".into(), std::mem::take(&mut self.op)),
-                Column::new("g_size".into(), std::mem::take(&mut self.size)),
-                Column::new("g_device".into(), std::mem::take(&mut self.dev)),
-                Column::new("g_disk".into(), std::mem::take(&mut self.disk)),
-                u64_col("e2e", std::mem::take(&mut self.e2e), None),
-            ];
-            for (i, name) in LAYER_NAMES.iter().enumerate() {
-                let v = std::mem::take(&mut self.layer[i]);
-                let valid = std::mem::take(&mut self.layer_valid[i]);
-                // No validity at all when every value is there: polars then takes its
-                // null-free paths (a quantile need not drop nulls first).
-                let valid = (!valid.iter().all(|&x| x)).then_some(valid);
-                cols.push(u64_col(name, v, valid));
-            }
-            let df = DataFrame::new(n, cols)?;
-            aggregate(df, by, self.layout)?
+            aggregate(std::mem::take(&mut self.groups), n, &by, self.layout)?
         };
         let mut slowest: Vec<SlowIo> = self
             .slowest
@@ -695,22 +726,62 @@ impl Collector<'_> {
 
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
 
+/// A group's key as the latency table orders it: the parts asked for, in that order.
+fn key_in_order(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> Vec<u32> {
+    by.iter()
+        .map(|g| match g {
+            GroupBy::Op => op,
+            GroupBy::Size => size,
+            GroupBy::Device => dev,
+            GroupBy::Disk => disk,
+        })
+        .collect()
+}
+
+/// The latency table from the groups' exact columns (`n` IOs in all): polars' lazy
+/// group-by over one key column `g`, the rank of each group's key in the order asked
+/// for. The groups are laid out, a chunk each, sorted by it and the column says so, so
+/// that polars takes each group as a slice.
 fn aggregate(
-    df: DataFrame,
+    mut groups: Vec<(FoldKey, GroupCols)>,
+    n: usize,
     by: &[GroupBy],
     layout: &Layout,
 ) -> Result<Vec<LayerStat>, ReportError> {
-    let keys: Vec<Expr> = by
-        .iter()
-        .map(|g| {
-            col(match g {
-                GroupBy::Op => "g_op",
-                GroupBy::Size => "g_size",
-                GroupBy::Device => "g_device",
-                GroupBy::Disk => "g_disk",
-            })
-        })
-        .collect();
+    groups.sort_by_cached_key(|(k, _)| (key_in_order(by, *k), *k));
+    // `g` of each group, and one full key per value of `g` for its names.
+    let mut g_of = Vec::with_capacity(groups.len());
+    let mut named: Vec<FoldKey> = Vec::new();
+    for (i, (k, _)) in groups.iter().enumerate() {
+        if i == 0 || key_in_order(by, *k) != key_in_order(by, groups[i - 1].0) {
+            named.push(*k);
+        }
+        g_of.push(named.len() as u32 - 1);
+    }
+    let mut g = UInt32Chunked::from_chunk_iter(
+        "g".into(),
+        groups.iter().zip(&g_of).map(|((_, c), &g)| {
+            polars_arrow::array::PrimitiveArray::from_vec(vec![g; c.e2e.len()])
+        }),
+    );
+    g.set_sorted_flag(polars::series::IsSorted::Ascending);
+    let mut cols = vec![g.into_column()];
+    let mut e2e = Vec::with_capacity(groups.len());
+    let mut layer: [Vec<Chunk>; NL] = Default::default();
+    for (_, c) in groups {
+        e2e.push((c.e2e, None));
+        for (i, (v, valid)) in c.layer.into_iter().zip(c.layer_valid).enumerate() {
+            // No validity at all when every value is there: polars then takes its
+            // null-free paths (a quantile need not drop nulls first).
+            let valid = (!valid.iter().all(|&x| x)).then_some(valid);
+            layer[i].push((v, valid));
+        }
+    }
+    cols.push(u64_chunks("e2e", e2e.into_iter()));
+    for (name, chunks) in LAYER_NAMES.iter().zip(layer) {
+        cols.push(u64_chunks(name, chunks.into_iter()));
+    }
+    let df = DataFrame::new(n, cols)?;
     let mut names: Vec<&str> = vec!["e2e"];
     names.extend(LAYER_NAMES.iter());
     let mut aggs = Vec::new();
@@ -729,24 +800,12 @@ fn aggregate(
         }
     }
     let lf = df.lazy();
-    let out = if keys.is_empty() {
+    let out = if by.is_empty() {
         lf.select(aggs).collect()?
     } else {
-        lf.group_by(keys)
+        lf.group_by([col("g")])
             .agg(aggs)
-            .sort_by_exprs(
-                by.iter()
-                    .map(|g| {
-                        col(match g {
-                            GroupBy::Op => "g_op",
-                            GroupBy::Size => "g_size",
-                            GroupBy::Device => "g_device",
-                            GroupBy::Disk => "g_disk",
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-                SortMultipleOptions::default(),
-            )
+            .sort(["g"], SortMultipleOptions::default())
             .collect()?
     };
     let mut stats = Vec::new();
@@ -764,12 +823,14 @@ fn aggregate(
             .unwrap_or(0.0)
     };
     for i in 0..out.height() {
-        let key = (
-            get_u64("g_op", i) as u32,
-            get_u64("g_size", i) as u32,
-            get_u64("g_device", i) as u32,
-            get_u64("g_disk", i) as u32,
-        );
+        let key = if by.is_empty() {
+            (0, 0, 0, 0)
+        } else {
+            let g = get_u64("g", i) as usize;
+            *named.get(g).ok_or_else(|| {
+                PolarsError::ComputeError(format!("group {g} of {}", named.len()).into())
+            })?
+        };
         let group = group_names(by, key, layout);
         let e2e_sum = get_u64("e2e:sum", i).max(1) as f64;
         for name in &names {
@@ -947,7 +1008,7 @@ mod tests {
     #[test]
     fn discarded_and_zeroed_ranges_are_not_bytes_moved() {
         let layout = Layout::default();
-        let mut c = Collector::new(&layout, 3);
+        let mut c = Collector::new(&layout, 3, &[GroupBy::Op]);
         for (id, op, bytes) in [
             (0, Op::Read, 4096),
             (1, Op::Discard, 1 << 20),
@@ -963,9 +1024,7 @@ mod tests {
             };
             c.io(&row);
         }
-        let r = c
-            .report(&[GroupBy::Op], &JoinStats::default(), summary())
-            .unwrap();
+        let r = c.report(&JoinStats::default(), summary()).unwrap();
         assert_eq!((r.summary.ios, r.summary.bytes), (4, 4096 + 512));
     }
 
@@ -1019,13 +1078,11 @@ mod tests {
             })
             .collect();
         for cap in [usize::MAX, 50] {
-            let mut c = Collector::new(&layout, 3).with_exact_cap(cap);
+            let mut c = Collector::new(&layout, 3, &[GroupBy::Disk]).with_exact_cap(cap);
             for r in &rows {
                 c.io(r);
             }
-            let r = c
-                .report(&[GroupBy::Disk], &JoinStats::default(), summary())
-                .unwrap();
+            let r = c.report(&JoinStats::default(), summary()).unwrap();
             let counts: Vec<(String, u64)> = r
                 .latency
                 .iter()
@@ -1079,15 +1136,13 @@ mod tests {
     fn folded_histograms_agree_with_the_exact_table() {
         let layout = Layout::default();
         let by = [GroupBy::Op, GroupBy::Size];
-        let mut exact = Collector::new(&layout, 5);
+        let mut exact = Collector::new(&layout, 5, &by);
         feed(&mut exact);
-        let exact = exact.report(&by, &JoinStats::default(), summary()).unwrap();
+        let exact = exact.report(&JoinStats::default(), summary()).unwrap();
         // Folded after 1000 IOs: the rest go straight into the histograms.
-        let mut folded = Collector::new(&layout, 5).with_exact_cap(1000);
+        let mut folded = Collector::new(&layout, 5, &by).with_exact_cap(1000);
         feed(&mut folded);
-        let folded = folded
-            .report(&by, &JoinStats::default(), summary())
-            .unwrap();
+        let folded = folded.report(&JoinStats::default(), summary()).unwrap();
         assert!(exact.summary.exact_quantiles);
         assert!(!folded.summary.exact_quantiles);
         assert_eq!(folded.summary.complete_ios, 19_999);

@@ -184,6 +184,73 @@ fn latency_table_matches_the_truth() {
     assert_eq!(got, e2e[..5]);
 }
 
+/// Grouped by size then op, and not grouped at all: each line's count and quantiles are
+/// those of its IOs in the truth, and the lines come in the order of their keys as asked.
+#[test]
+fn latency_table_groups_by_any_keys_in_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        ios: 5_000,
+        ..SynthConfig::default()
+    };
+    let (path, truths, _) = make(&cfg, dir.path());
+    let size_of = |t: &Truth| viopath_reporter::report::size_class(t.bytes);
+    let op_of = |t: &Truth| if t.write { "write" } else { "read" };
+    let opts = Options {
+        by: vec![GroupBy::Size, GroupBy::Op],
+        ..Options::default()
+    };
+    let (report, _) = analyze(&path, &opts).unwrap();
+    let mut keys: Vec<(u64, &str)> = truths
+        .iter()
+        .map(|t| (t.bytes.max(1).next_power_of_two(), op_of(t)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert!(
+        keys.len() >= 4,
+        "the mix has several sizes of each op: {keys:?}"
+    );
+    let lines: Vec<(String, String)> = report
+        .latency
+        .iter()
+        .filter(|s| s.layer == "e2e")
+        .map(|s| (s.group["size"].clone(), s.group["op"].clone()))
+        .collect();
+    let want: Vec<(String, String)> = keys
+        .iter()
+        .map(|&(b, op)| (viopath_reporter::report::size_class(b), op.to_owned()))
+        .collect();
+    assert_eq!(lines, want);
+    for stat in &report.latency {
+        let li = LAYER_NAMES.iter().position(|n| *n == stat.layer);
+        let mut v: Vec<u64> = truths
+            .iter()
+            .filter(|t| size_of(t) == stat.group["size"] && op_of(t) == stat.group["op"])
+            .filter_map(|t| match li {
+                Some(li) => split(&t.b).0[li],
+                None => Some(split(&t.b).1),
+            })
+            .collect();
+        let what = format!("{:?} {}", stat.group, stat.layer);
+        assert_eq!(stat.count, v.len() as u64, "{what}");
+        assert_eq!(stat.max_ns, *v.iter().max().unwrap(), "{what}");
+        assert_eq!(stat.p50_ns, nearest(&mut v, 0.5), "{what} p50");
+        assert_eq!(stat.p90_ns, nearest(&mut v, 0.9), "{what} p90");
+        assert_eq!(stat.p999_ns, nearest(&mut v, 0.999), "{what} p99.9");
+    }
+    let opts = Options {
+        by: vec![],
+        ..Options::default()
+    };
+    let (report, _) = analyze(&path, &opts).unwrap();
+    let mut v: Vec<u64> = truths.iter().map(|t| split(&t.b).1).collect();
+    let e2e = report.latency.iter().find(|s| s.layer == "e2e").unwrap();
+    assert!(e2e.group.is_empty());
+    assert_eq!(e2e.count, truths.len() as u64);
+    assert_eq!(e2e.p99_ns, nearest(&mut v, 0.99));
+}
+
 #[test]
 fn a_damaged_trace_is_read_to_its_last_good_chunk() {
     let dir = tempfile::tempdir().unwrap();
