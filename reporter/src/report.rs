@@ -256,8 +256,8 @@ struct GroupCols {
     layer_valid: [Vec<bool>; NL],
 }
 
-/// Groups searched one by one before `Collector::group_index` is used: the usual
-/// handful is found faster by a scan than by hashing.
+/// Groups searched one by one before `Collector::group_index` is used: a table usually
+/// has a handful, which a scan finds without hashing a key per IO.
 const GROUPS_SCANNED: usize = 16;
 
 /// Complete IOs whose per-layer times are kept exactly, for exact quantiles (89 bytes

@@ -31,6 +31,16 @@ fn make(cfg: &SynthConfig, dir: &std::path::Path) -> (std::path::PathBuf, Vec<Tr
     (path, truths, stats.lost)
 }
 
+/// A trace of 5,000 IOs of the default mix, and its truth.
+fn five_thousand_ios(dir: &std::path::Path) -> (std::path::PathBuf, Vec<Truth>) {
+    let cfg = SynthConfig {
+        ios: 5_000,
+        ..SynthConfig::default()
+    };
+    let (path, truths, _) = make(&cfg, dir);
+    (path, truths)
+}
+
 fn join(path: &std::path::Path) -> (Rows, usize, u64) {
     let trace = Trace::open(path).unwrap();
     let (layout, _) = load_layout(&trace, &[]);
@@ -135,11 +145,7 @@ fn nearest(v: &mut [u64], q: f64) -> u64 {
 #[test]
 fn latency_table_matches_the_truth() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig {
-        ios: 5_000,
-        ..SynthConfig::default()
-    };
-    let (path, truths, _) = make(&cfg, dir.path());
+    let (path, truths) = five_thousand_ios(dir.path());
     let opts = Options {
         top_n: 5,
         by: vec![GroupBy::Op],
@@ -189,11 +195,7 @@ fn latency_table_matches_the_truth() {
 #[test]
 fn latency_table_groups_by_any_keys_in_their_order() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig {
-        ios: 5_000,
-        ..SynthConfig::default()
-    };
-    let (path, truths, _) = make(&cfg, dir.path());
+    let (path, truths) = five_thousand_ios(dir.path());
     let size_of = |t: &Truth| viopath_reporter::report::size_class(t.bytes);
     let op_of = |t: &Truth| if t.write { "write" } else { "read" };
     let opts = Options {
