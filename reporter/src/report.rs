@@ -739,29 +739,23 @@ fn key_in_order(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> Vec<u32> {
 }
 
 /// The latency table from the groups' exact columns (`n` IOs in all): polars' lazy
-/// group-by over one key column `g`, the rank of each group's key in the order asked
-/// for. The groups are laid out, a chunk each, sorted by it and the column says so, so
-/// that polars takes each group as a slice.
+/// group-by over one key column `g`. The groups are laid out, a chunk each, in the order
+/// of their keys as asked for, and the column says it is sorted, so that polars takes
+/// each group as a slice.
 fn aggregate(
     mut groups: Vec<(FoldKey, GroupCols)>,
     n: usize,
     by: &[GroupBy],
     layout: &Layout,
 ) -> Result<Vec<LayerStat>, ReportError> {
-    groups.sort_by_cached_key(|(k, _)| (key_in_order(by, *k), *k));
-    // `g` of each group, and one full key per value of `g` for its names.
-    let mut g_of = Vec::with_capacity(groups.len());
-    let mut named: Vec<FoldKey> = Vec::new();
-    for (i, (k, _)) in groups.iter().enumerate() {
-        if i == 0 || key_in_order(by, *k) != key_in_order(by, groups[i - 1].0) {
-            named.push(*k);
-        }
-        g_of.push(named.len() as u32 - 1);
-    }
+    // One group per key asked for (the collector made them so): `g` is its place in
+    // the table's order.
+    groups.sort_by_cached_key(|(k, _)| key_in_order(by, *k));
+    let named: Vec<FoldKey> = groups.iter().map(|(k, _)| *k).collect();
     let mut g = UInt32Chunked::from_chunk_iter(
         "g".into(),
-        groups.iter().zip(&g_of).map(|((_, c), &g)| {
-            polars_arrow::array::PrimitiveArray::from_vec(vec![g; c.e2e.len()])
+        groups.iter().enumerate().map(|(i, (_, c))| {
+            polars_arrow::array::PrimitiveArray::from_vec(vec![i as u32; c.e2e.len()])
         }),
     );
     g.set_sorted_flag(polars::series::IsSorted::Ascending);
