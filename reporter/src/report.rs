@@ -266,10 +266,12 @@ const GROUPS_SCANNED: usize = 16;
 /// exact) and memory stops growing with the trace.
 pub const EXACT_IOS: usize = 4_000_000;
 
-/// One (op, size class, device, disk) group's latencies, folded: per column (end-to-end, then
-/// the layers) a histogram and the maximum.
+/// A group of the latency table: (op, size class, device, disk), the parts it is not
+/// grouped by 0 ([`project`]).
 type FoldKey = (u32, u32, u32, u32);
 
+/// Each group's latencies, folded: per column (end-to-end, then the layers) a histogram
+/// and the maximum.
 #[derive(Debug, Default)]
 struct Folded {
     groups: std::collections::HashMap<FoldKey, Vec<(crate::compare::Hist, u64)>>,
@@ -500,12 +502,9 @@ impl Sink for Collector<'_> {
         }
         let (layers, e2e) = split(&row.b);
         let size = row.bytes.max(1).next_power_of_two().trailing_zeros();
-        let part = |g: GroupBy, v: u32| if self.by.contains(&g) { v } else { 0 };
-        let key = (
-            part(GroupBy::Op, row.op as u32),
-            part(GroupBy::Size, size),
-            part(GroupBy::Device, row.bottom_dev),
-            part(GroupBy::Disk, disk_key(row.disk)),
+        let key = project(
+            &self.by,
+            (row.op as u32, size, row.bottom_dev, disk_key(row.disk)),
         );
         self.complete += 1;
         if let Some(f) = &mut self.folded {
@@ -726,6 +725,17 @@ impl Collector<'_> {
 
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
 
+/// The group of an IO's (op, size class, device, disk): the parts not in `by` left 0.
+fn project(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> FoldKey {
+    let part = |g: GroupBy, v: u32| if by.contains(&g) { v } else { 0 };
+    (
+        part(GroupBy::Op, op),
+        part(GroupBy::Size, size),
+        part(GroupBy::Device, dev),
+        part(GroupBy::Disk, disk),
+    )
+}
+
 /// A group's key as the latency table orders it: the parts asked for, in that order.
 fn key_in_order(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> Vec<u32> {
     by.iter()
@@ -884,40 +894,10 @@ fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String
 /// The latency table from folded histograms: groups merged to the keys asked for, in
 /// the same order and with the same columns as the exact path.
 fn aggregate_folded(f: Folded, by: &[GroupBy], layout: &Layout) -> Vec<LayerStat> {
-    let project = |(op, size, dev, disk): FoldKey| {
-        (
-            if by.contains(&GroupBy::Op) { op } else { 0 },
-            if by.contains(&GroupBy::Size) { size } else { 0 },
-            if by.contains(&GroupBy::Device) {
-                dev
-            } else {
-                0
-            },
-            if by.contains(&GroupBy::Disk) { disk } else { 0 },
-        )
-    };
-    let mut merged: BTreeMap<FoldKey, Vec<(crate::compare::Hist, u64)>> = BTreeMap::new();
-    for (key, cols) in f.groups {
-        let m = merged
-            .entry(project(key))
-            .or_insert_with(|| vec![Default::default(); NL + 1]);
-        for (a, b) in m.iter_mut().zip(cols.iter()) {
-            a.0.merge(&b.0);
-            a.1 = a.1.max(b.1);
-        }
-    }
-    // The exact path sorts groups by the keys in the order given.
-    let mut groups: Vec<(FoldKey, Vec<(crate::compare::Hist, u64)>)> = merged.into_iter().collect();
-    groups.sort_by_key(|((op, size, dev, disk), _)| {
-        by.iter()
-            .map(|g| match g {
-                GroupBy::Op => *op,
-                GroupBy::Size => *size,
-                GroupBy::Device => *dev,
-                GroupBy::Disk => *disk,
-            })
-            .collect::<Vec<u32>>()
-    });
+    // Folded by the keys asked for already; in the exact path's order.
+    let mut groups: Vec<(FoldKey, Vec<(crate::compare::Hist, u64)>)> =
+        f.groups.into_iter().collect();
+    groups.sort_by_cached_key(|(k, _)| key_in_order(by, *k));
     let mut stats = Vec::new();
     for (key, cols) in groups {
         let group = group_names(by, key, layout);
