@@ -633,7 +633,7 @@ impl<R: std::ops::Deref<Target = ReadAhead>> Drop for FinishOnDrop<R> {
 }
 
 impl Trace {
-    /// Keep the next [`READ_AHEAD`] bytes after the decoding in the page cache, until
+    /// Keep the next 128 MiB (`READ_AHEAD`) after the decoding in the page cache, until
     /// `ahead` is finished or the file ends; for a thread of its own. Reading from
     /// storage through the map, the decoding thread waited for each readahead window
     /// in turn, and on the VMs the benchmarks run on, first touching a page freshly
