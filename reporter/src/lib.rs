@@ -48,8 +48,9 @@ impl std::fmt::Debug for Progress {
 ///
 /// Reading (checksums, decoding, the merge of the CPUs' streams into timestamp order)
 /// runs on a thread of its own and hands events over in batches, so it overlaps with
-/// `each` (the join): each costs about half the time per event. A third thread keeps
-/// the file ahead of the reading in the page cache ([`reader::Trace::read_ahead`]).
+/// `each` (the join): each costs about half the time per event. On a VM that hands
+/// freed memory back to its host, a third thread keeps the file ahead of the reading in
+/// the page cache ([`reader::Trace::read_ahead`], [`reader::free_pages_go_to_host`]).
 pub fn for_each_event<'t>(
     trace: &'t reader::Trace,
     progress: Option<&Progress>,
@@ -61,7 +62,9 @@ pub fn for_each_event<'t>(
     let ahead = std::sync::Arc::new(reader::ReadAhead::default());
     std::thread::scope(|scope| {
         let reading_ahead = ahead.clone();
-        scope.spawn(move || trace.read_ahead(&reading_ahead));
+        if reader::free_pages_go_to_host() {
+            scope.spawn(move || trace.read_ahead(&reading_ahead));
+        }
         let reading = scope.spawn(move || {
             let _finish = reader::FinishOnDrop(ahead.clone());
             let mut events = trace.events();
