@@ -15,7 +15,7 @@
 //! whose backing file lies in tmpfs, with the page cache dropped. Dropping the cache
 //! leaves tmpfs alone, so the ram rows read through the filesystem and block layer at
 //! memory speed: what a fast NVMe disk gives, on any machine, where "cold" depends on
-//! the machine's own disk (and, on a VM, on whether its host has the disk cached).
+//! the machine's own disk (and, on a VM, on its host).
 //! The ram rows need root, `losetup` and `mkfs.ext4`, and RAM for a copy of the trace;
 //! without them they are left out, saying why.
 //!
@@ -186,8 +186,10 @@ impl NoPageReporting {
         let was = std::fs::read_to_string(PAGE_REPORTING_ORDER).ok()?;
         // Above the largest buddy order (10 on x86-64): no free block is reported.
         std::fs::write(PAGE_REPORTING_ORDER, "11").ok()?;
+        // Drop does not run if the bench is killed: say how to undo it by hand.
         println!(
-            "free page reporting off while the bench runs: page_reporting_order {} -> 11",
+            "free page reporting off while the bench runs: page_reporting_order {0} -> 11 \
+             (if interrupted: echo {0} > {PAGE_REPORTING_ORDER})",
             was.trim()
         );
         Some(NoPageReporting { was })
