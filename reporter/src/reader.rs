@@ -607,7 +607,7 @@ const RELEASE_EVERY: usize = 32 << 20;
 /// cache, and in what reads. The reads are small enough for their scratch buffer to
 /// stay in a core's L2 (512 KiB here): copied into a 4 MiB buffer, the file went out to
 /// memory a second time, and a report of the 100M-event bench trace from storage spent
-/// 2.5–3.7 s in the kernel against 1.65–1.95 s now (six alternating pairs).
+/// 2.5–3.7 s in the kernel against 1.65–1.89 s now (six alternating pairs).
 const READ_AHEAD: usize = 128 << 20;
 const READ_AHEAD_STEP: usize = 256 << 10;
 
