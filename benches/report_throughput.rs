@@ -16,8 +16,8 @@
 //! leaves tmpfs alone, so the ram rows read through the filesystem and block layer at
 //! memory speed: what a fast NVMe disk gives, on any machine, where "cold" depends on
 //! the machine's own disk (and, on a VM, on its host).
-//! The ram rows need root, `losetup` and `mkfs.ext4`, and RAM for a copy of the trace;
-//! without them they are left out, saying why.
+//! The ram rows need root, `losetup` and `mkfs.ext4`, and memory for a copy of the trace
+//! and 2 GiB more (`MemAvailable`); without them they are left out, saying why.
 //!
 //! On a VM whose balloon reports free pages to the host (the machines these run on),
 //! the page cache each drop frees goes back to the host, and the next read pays a host
@@ -202,6 +202,18 @@ impl Drop for NoPageReporting {
     }
 }
 
+/// `MemAvailable` from /proc/meminfo, in bytes (0 if it cannot be read).
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Drop the page cache (root only); false if that cannot be done.
 fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
@@ -252,9 +264,18 @@ fn main() {
             bytes as f64 / 1e9,
             t.elapsed().as_secs_f64()
         );
-        // The fast disk: a copy of the trace on it, for the "ram" rows.
+        // The fast disk: a copy of the trace on it, for the "ram" rows. tmpfs cannot be
+        // evicted (there is no swap here): the disk image (the trace and ext4's share)
+        // and the report, with room to spare, must fit in memory the kernel can free.
+        let (available, needed) = (mem_available(), bytes + bytes / 16 + (2 << 30));
         let ram = if !drop_caches() {
             Err("not root: the page cache cannot be dropped".to_owned())
+        } else if available < needed {
+            Err(format!(
+                "{:.1} GB of memory available, {:.1} GB needed for a RAM disk",
+                available as f64 / 1e9,
+                needed as f64 / 1e9
+            ))
         } else {
             RamDisk::new(&dir.path().join(format!("{m}M-ram")), bytes).and_then(|d| {
                 let to = d.fs.join("trace");
