@@ -27,6 +27,14 @@
 //! cold and ram rows then time the disks, not the host's memory.
 //! The bench fails unless the report has every generated IO as a complete row.
 //!
+//! Each round also times the join alone ("floor"): the trace's events, read and decoded
+//! batch by batch outside the clock, joined on one thread with a sink that keeps nothing.
+//! No reading, no hand-over between threads, no columns, no aggregation: what the
+//! report cannot go below however those are done, as long as the join runs on one
+//! thread. The reading (checksums, decoding, the CPUs' merge) is timed too, and half
+//! their sum is what the two would take spread perfectly over 2 CPUs. Both are set
+//! against the round's fastest plain read from a disk (from storage or the RAM disk).
+//!
 //! `VIOPATH_BENCH_BASELINE=/path/to/viopath` (another build, e.g. of an earlier commit)
 //! also runs that binary in every round, in the same cache state, and prints its time
 //! and the ratio of this build's time to it: a before/after comparison in one run.
@@ -34,7 +42,9 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use viopath_reporter::join::{IoRow, Join, OtherIo, Sink};
+use viopath_reporter::reader::Trace;
 use viopath_reporter::synth::{SynthConfig, generate};
 
 /// Events per synthetic IO (measured by generating once; close to the real mix).
@@ -93,6 +103,47 @@ fn report(bin: &Path, p: &Path, json: &Path) -> (f64, u64) {
         .and_then(|v| v.trim_end_matches(" kB").trim().parse().ok())
         .expect("peak RSS line");
     (secs, kib * 1024)
+}
+
+/// Seconds the join alone spends on the events of the trace at `p` (see the top of this
+/// file), seconds spent reading them (checksums, decoding, the CPUs' merge), and the
+/// rows the join made.
+fn join_alone(p: &Path) -> (f64, f64, u64) {
+    /// Counts rows; keeps nothing.
+    struct Rows(u64);
+    impl Sink for Rows {
+        fn io(&mut self, _: &IoRow) {
+            self.0 += 1;
+        }
+        fn other(&mut self, _: &OtherIo) {}
+    }
+    let trace = Trace::open(p).unwrap();
+    let (layout, _) = viopath_reporter::load_layout(&trace, &[]);
+    let mut join = Join::new(
+        &layout,
+        Rows(0),
+        viopath_reporter::join_config(&trace, &layout),
+    );
+    let mut events = trace.events();
+    let mut batch = Vec::new();
+    let (mut joining, mut reading) = (Duration::ZERO, Duration::ZERO);
+    loop {
+        let t = Instant::now();
+        let more = events.next_batch(&mut batch);
+        reading += t.elapsed();
+        if !more {
+            break;
+        }
+        let t = Instant::now();
+        for e in &batch {
+            join.event(e);
+        }
+        joining += t.elapsed();
+    }
+    let t = Instant::now();
+    let (rows, _) = join.finish();
+    joining += t.elapsed();
+    (joining.as_secs_f64(), reading.as_secs_f64(), rows.0)
 }
 
 /// ext4 on a loop device backed by a file in tmpfs, mounted; undone when dropped.
@@ -297,6 +348,7 @@ fn main() {
             }
         );
         for round in 1..=3 {
+            let mut fastest_read: Option<(&str, f64)> = None;
             for cache in ["warm", "cold", "ram"] {
                 // Cold and ram: both start from storage (needs root to drop the page
                 // cache).
@@ -316,6 +368,9 @@ fn main() {
                     }
                 };
                 let r = plain_read(trace);
+                if cache != "warm" && fastest_read.is_none_or(|(_, f)| r < f) {
+                    fastest_read = Some((cache, r));
+                }
                 uncache();
                 let (s, rss) = report(this, trace, &json);
                 print!(
@@ -330,6 +385,23 @@ fn main() {
                     print!("  {bs:>6.2}  {:>9.3}", s / bs);
                 }
                 println!();
+            }
+            let from = match &ram {
+                Ok((_, copy)) => copy.as_path(),
+                Err(_) => p.as_path(),
+            };
+            let (joining, reading, rows) = join_alone(from);
+            assert_eq!(rows, cfg.ios, "the join alone made a row per generated IO");
+            // Both on 2 CPUs with nothing lost to the hand-over: their sum halved.
+            let spread = (joining + reading) / 2.0;
+            print!("{round:>5}  floor  join alone {joining:.2} s, reading alone {reading:.2} s");
+            match fastest_read {
+                Some((cache, r)) => println!(
+                    ": {:.2}x the {cache} read; both spread over 2 CPUs {spread:.2} s, {:.2}x",
+                    joining / r,
+                    spread / r
+                ),
+                None => println!(" (no read from storage to set it against: not root)"),
             }
         }
         drop(ram);
