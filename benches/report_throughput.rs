@@ -31,9 +31,10 @@
 //! batch by batch outside the clock, joined on one thread with a sink that keeps nothing.
 //! No reading, no hand-over between threads, no columns, no aggregation: what the
 //! report cannot go below however those are done, as long as the join runs on one
-//! thread. The reading (checksums, decoding, the CPUs' merge) is timed too, and half
-//! their sum is what the two would take spread perfectly over 2 CPUs. Both are set
-//! against the round's fastest plain read from a disk (from storage or the RAM disk).
+//! thread. The reading (checksums, decoding, the CPUs' merge) is timed too, and their
+//! sum over the CPUs this process may use is what the two would take spread perfectly
+//! over them, however the join were split. Both are set against the round's fastest
+//! plain read from a disk (from storage or the RAM disk).
 //!
 //! `VIOPATH_BENCH_BASELINE=/path/to/viopath` (another build, e.g. of an earlier commit)
 //! also runs that binary in every round, in the same cache state, and prints its time
@@ -291,6 +292,7 @@ fn main() {
         );
         println!("baseline: {}", b.display());
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _no_reporting = NoPageReporting::new();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let per_io = events_per_io(dir.path());
@@ -392,12 +394,12 @@ fn main() {
             };
             let (joining, reading, rows) = join_alone(from);
             assert_eq!(rows, cfg.ios, "the join alone made a row per generated IO");
-            // Both on 2 CPUs with nothing lost to the hand-over: their sum halved.
-            let spread = (joining + reading) / 2.0;
+            // Both spread over every CPU with nothing lost to the hand-over.
+            let spread = (joining + reading) / cpus as f64;
             print!("{round:>5}  floor  join alone {joining:.2} s, reading alone {reading:.2} s");
             match fastest_read {
                 Some((cache, r)) => println!(
-                    ": {:.2}x the {cache} read; both spread over 2 CPUs {spread:.2} s, {:.2}x",
+                    ": {:.2}x the {cache} read; both spread over {cpus} CPUs {spread:.2} s, {:.2}x",
                     joining / r,
                     spread / r
                 ),
