@@ -9,8 +9,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tabled::builder::Builder;
 use tabled::settings::Style;
+use viopath_reporter::join::{flag_names, reason_names};
 use viopath_reporter::layers::LAYER_NAMES;
-use viopath_reporter::report::{Report, flag_names, reason_names, write_json};
+use viopath_reporter::report::{Report, write_json};
 use viopath_reporter::{ExportFormat, GroupBy, LayoutSource, Options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

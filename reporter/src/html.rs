@@ -9,8 +9,9 @@
 
 use crate::compare::{Change, E2E, Hist, METRICS, Run, Verdict};
 use crate::join::IoRow;
+use crate::join::{flag_names, reason_names};
 use crate::layers::{Boundaries, LAYER_HELP, LAYER_NAMES, NL, split};
-use crate::report::{Report, flag_names, reason_names, size_class};
+use crate::report::{Report, size_class};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -1547,6 +1548,7 @@ pub fn compare_page(p: &ComparePage) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::Boundary;
 
     #[test]
     fn bins_are_quarter_octaves_and_contain_their_values() {
@@ -1572,12 +1574,12 @@ mod tests {
 
     #[test]
     fn segments_tile_the_io_like_split() {
-        let mut b = [0u64; crate::layers::NB];
-        b[1] = 1000;
-        b[2] = 1100;
-        b[4] = 1050; // out of order: clamped
-        b[6] = 1500;
-        b[8] = 1600;
+        let mut b = Boundaries::new();
+        b[Boundary::Parsed] = 1000;
+        b[Boundary::Submitted] = 1100;
+        b[Boundary::Dispatched] = 1050; // out of order: clamped
+        b[Boundary::HostDone] = 1500;
+        b[Boundary::Completed] = 1600;
         let segs = segments(&b);
         let (layers, e2e) = split(&b);
         assert_eq!(segs.iter().map(|s| s.2).sum::<u64>(), e2e);
@@ -1597,8 +1599,8 @@ mod tests {
         let mut row = IoRow::example();
         for i in 0..10_000u64 {
             // Ten hours of IOs, one every 3.6 s.
-            row.b[1] = 1 + i * 3_600_000_000;
-            row.b[8] = row.b[1] + 50_000;
+            row.b[Boundary::Parsed] = 1 + i * 3_600_000_000;
+            row.b[Boundary::Completed] = row.b[Boundary::Parsed] + 50_000;
             t.add(&row, 50_000);
         }
         let slots = &t.series[0].1;

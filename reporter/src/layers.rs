@@ -75,8 +75,81 @@ pub const LAYER_HELP: [&str; NL] = [
     "→ interrupt injected into the guest",
 ];
 
-/// Timestamps (ns) at each boundary; 0 where absent.
-pub type Boundaries = [u64; NB];
+impl Boundary {
+    /// Every boundary, in path order.
+    pub const ALL: [Boundary; NB] = [
+        Boundary::Notify,
+        Boundary::Parsed,
+        Boundary::Submitted,
+        Boundary::Queued,
+        Boundary::Dispatched,
+        Boundary::DeviceDone,
+        Boundary::HostDone,
+        Boundary::QemuDone,
+        Boundary::Completed,
+        Boundary::Interrupt,
+    ];
+
+    pub fn name(self) -> &'static str {
+        BOUNDARY_NAMES[self as usize]
+    }
+}
+
+/// Timestamps (ns) at each boundary; 0 where absent. Indexed by [`Boundary`] only, so
+/// no code names a boundary by its position. Serialized as the plain array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(transparent)]
+pub struct Boundaries([u64; NB]);
+
+impl Boundaries {
+    /// No boundary seen yet.
+    pub const fn new() -> Boundaries {
+        Boundaries([0; NB])
+    }
+
+    /// The timestamps in path order (`Boundary::ALL`'s).
+    pub fn as_array(&self) -> &[u64; NB] {
+        &self.0
+    }
+
+    /// The timestamps in path order.
+    pub fn iter(&self) -> std::slice::Iter<'_, u64> {
+        self.0.iter()
+    }
+
+    /// The latest timestamp present (0 if none).
+    pub fn latest(&self) -> u64 {
+        self.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Take `from`'s boundaries `first..=last`, e.g. the path of the request another
+    /// one was merged into.
+    pub fn copy_span(&mut self, from: &Boundaries, first: Boundary, last: Boundary) {
+        let span = first as usize..=last as usize;
+        self.0[span.clone()].copy_from_slice(&from.0[span]);
+    }
+}
+
+impl From<[u64; NB]> for Boundaries {
+    fn from(a: [u64; NB]) -> Boundaries {
+        Boundaries(a)
+    }
+}
+
+impl std::ops::Index<Boundary> for Boundaries {
+    type Output = u64;
+    #[inline]
+    fn index(&self, b: Boundary) -> &u64 {
+        &self.0[b as usize]
+    }
+}
+
+impl std::ops::IndexMut<Boundary> for Boundaries {
+    #[inline]
+    fn index_mut(&mut self, b: Boundary) -> &mut u64 {
+        &mut self.0[b as usize]
+    }
+}
 
 /// Per-layer times and the end-to-end time. Boundaries out of order (CPU clock skew,
 /// a child event that raced its parent) are clamped to the previous present boundary,
@@ -113,11 +186,11 @@ mod tests {
 
     #[test]
     fn layers_sum_to_end_to_end_and_missing_layers_go_to_the_one_above() {
-        let mut b = [0u64; NB];
-        b[1] = 100;
-        b[2] = 150;
-        b[6] = 400; // no block events: host_fs runs to host_done
-        b[8] = 420;
+        let mut b = Boundaries::new();
+        b[Boundary::Parsed] = 100;
+        b[Boundary::Submitted] = 150;
+        b[Boundary::HostDone] = 400; // no block events: host_fs runs to host_done
+        b[Boundary::Completed] = 420;
         let (l, e2e) = split(&b);
         assert_eq!(e2e, 320);
         assert_eq!(l[1], Some(50));
@@ -126,7 +199,7 @@ mod tests {
         assert_eq!(l[3], None);
         assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
         // Out of order: clamped, never negative.
-        b[3] = 120;
+        b[Boundary::Queued] = 120;
         let (l, e2e) = split(&b);
         assert_eq!(l[2], Some(0));
         assert_eq!(l.iter().flatten().sum::<u64>(), e2e);

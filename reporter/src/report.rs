@@ -3,8 +3,8 @@
 //! IO no guest request caused; and the per-IO export (CSV or Parquet, streamed in
 //! batches so an export never holds the whole trace).
 
-use crate::join::{IoRow, JoinStats, Op, OtherClass, OtherIo, Sink, flags, reasons};
-use crate::layers::{BOUNDARY_NAMES, LAYER_NAMES, NL, split};
+use crate::join::{IoRow, JoinStats, Op, OtherClass, OtherIo, Sink, flag_names, reason_names};
+use crate::layers::{Boundary, LAYER_NAMES, NL, split};
 use crate::layout::Layout;
 use polars::prelude::*;
 use serde::Serialize;
@@ -143,11 +143,11 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
     for (i, v) in layers.into_iter().enumerate() {
         cols.push(Column::new(format!("{}_ns", LAYER_NAMES[i]).into(), v));
     }
-    for (i, name) in BOUNDARY_NAMES.iter().enumerate() {
+    for b in Boundary::ALL {
         cols.push(Column::new(
-            format!("t_{name}").into(),
+            format!("t_{}", b.name()).into(),
             rows.iter()
-                .map(|r| (r.b[i] != 0).then_some(r.b[i]))
+                .map(|r| (r.b[b] != 0).then_some(r.b[b]))
                 .collect::<Vec<_>>(),
         ));
     }
@@ -186,31 +186,6 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
         rows.iter().map(|r| r.merged_into).collect::<Vec<_>>(),
     ));
     DataFrame::new(n, cols)
-}
-
-pub fn flag_names(f: u16) -> String {
-    let mut v = Vec::new();
-    for (bit, name) in [
-        (flags::SPLIT, "split"),
-        (flags::MERGED, "merged"),
-        (flags::VIRTIO_MERGED, "virtio_merged"),
-        (flags::BIO_SPLIT, "bio_split"),
-        (flags::FS_ZEROS, "fs_zeros"),
-    ] {
-        if f & bit != 0 {
-            v.push(name);
-        }
-    }
-    v.join(",")
-}
-
-pub fn reason_names(p: u16) -> String {
-    reasons::NAMES
-        .iter()
-        .filter(|(bit, _)| p & bit != 0)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Collects joined rows: compact columns for the aggregation, the N slowest, the
@@ -934,8 +909,8 @@ pub fn write_json(report: &Report, out: &mut dyn Write) -> Result<(), ReportErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::join::IoRow;
-    use crate::layers::NB;
+    use crate::join::{IoRow, reasons};
+    use crate::layers::Boundaries;
 
     fn summary() -> Summary {
         Summary {
@@ -953,10 +928,10 @@ mod tests {
             (s >> 33) % m
         };
         for id in 0..20_000u64 {
-            let mut b = [0u64; NB];
+            let mut b = Boundaries::new();
             let mut t = 1_000_000 + id * 10_000;
-            for (i, slot) in b.iter_mut().enumerate().skip(1).take(7) {
-                *slot = t;
+            for (i, at) in Boundary::ALL.into_iter().enumerate().skip(1).take(7) {
+                b[at] = t;
                 // The device layer has a long tail; the others are short.
                 t += if i == 4 {
                     20_000 + next(5_000_000)
@@ -1039,9 +1014,10 @@ mod tests {
         let rows: Vec<IoRow> = (0..300u64)
             .map(|id| {
                 let disk = [Some(0), Some(1), None][(id % 3) as usize];
-                let mut b = [0u64; NB];
-                b[1] = 1_000 + id;
-                b[6] = b[1] + if disk == Some(1) { 90_000 } else { 10_000 } + id;
+                let mut b = Boundaries::new();
+                b[Boundary::Parsed] = 1_000 + id;
+                b[Boundary::HostDone] =
+                    b[Boundary::Parsed] + if disk == Some(1) { 90_000 } else { 10_000 } + id;
                 IoRow {
                     id,
                     offset: Some(id * 4096),

@@ -16,7 +16,7 @@
 //! they are free; events out of order across CPUs; and lost events (a worker's syscall
 //! exit dropped, counted in a Losses chunk).
 
-use crate::layers::{Boundaries, NB};
+use crate::layers::{Boundaries, Boundary};
 use crate::rng::Rng;
 use serde_json::json;
 use std::cmp::Reverse;
@@ -574,11 +574,11 @@ pub fn generate<W: Write>(
             let l2_miss = every(cfg.l2_miss_every, id);
             let split = every(cfg.split_every, id) && !merge_pair && bytes > 4096;
             let lost = every(cfg.lose_every, id);
-            let mut b = [0u64; NB];
-            b[0] = t;
+            let mut b = Boundaries::new();
+            b[Boundary::Notify] = t;
             let front = g.rng.range(3_000, 12_000);
             let burst = g.slot(t + front, 7);
-            b[1] = burst;
+            b[Boundary::Parsed] = burst;
             last_parse = last_parse.max(burst);
             let (aio, co, bdrv, q2) = if write {
                 (
@@ -684,33 +684,33 @@ pub fn generate<W: Write>(
         for (req, qiov, mut b, write, offset, bytes, lost, split, l2_miss, n) in truths {
             let hs = &kernel[ki..ki + n];
             ki += n;
-            b[2] = hs.iter().map(|h| h.enter).min().unwrap_or(0);
-            b[3] = hs.iter().map(|h| h.queued).min().unwrap_or(0);
-            b[4] = hs.iter().map(|h| h.issue).min().unwrap_or(0);
-            b[5] = hs.iter().map(|h| h.done).max().unwrap_or(0);
-            b[6] = hs.iter().map(|h| h.exit).max().unwrap_or(0);
+            b[Boundary::Submitted] = hs.iter().map(|h| h.enter).min().unwrap_or(0);
+            b[Boundary::Queued] = hs.iter().map(|h| h.queued).min().unwrap_or(0);
+            b[Boundary::Dispatched] = hs.iter().map(|h| h.issue).min().unwrap_or(0);
+            b[Boundary::DeviceDone] = hs.iter().map(|h| h.done).max().unwrap_or(0);
+            b[Boundary::HostDone] = hs.iter().map(|h| h.exit).max().unwrap_or(0);
             let delay = g.rng.range(4_000, 15_000);
-            let back = g.slot(b[6] + delay, 3);
-            b[7] = back;
-            b[8] = back + 300;
-            b[9] = back + 600;
-            g.qemu(b[7], q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]);
+            let back = g.slot(b[Boundary::HostDone] + delay, 3);
+            b[Boundary::QemuDone] = back;
+            b[Boundary::Completed] = back + 300;
+            b[Boundary::Interrupt] = back + 600;
+            g.qemu(b[Boundary::QemuDone], q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]);
             // The guest's request header as QEMU holds it: sector, type (0 IN, 1 OUT).
             g.qemu(
-                b[8],
+                b[Boundary::Completed],
                 q::VIRTIO_REQ_COMPLETE,
                 [req, offset / 512, u64::from(write), bytes],
             );
             g.ev(
-                b[9],
+                b[Boundary::Interrupt],
                 IOTHREAD,
                 0,
                 EventKind::KvmMsi,
                 0,
                 [0xfee0_0000, 0x4021, 0, 0],
             );
-            g.free_at(b[8] + 1, 0, req);
-            g.free_at(b[8] + 1, 1, qiov);
+            g.free_at(b[Boundary::Completed] + 1, 0, req);
+            g.free_at(b[Boundary::Completed] + 1, 1, qiov);
             g.stats.bytes += bytes;
             truth(Truth {
                 write,

@@ -200,7 +200,11 @@ fn check(aio: &str) -> Vec<Gap> {
         assert_eq!(row.partial, 0, "{what}: partial: {row:?}");
         // Joined down to the bottom disk: every host boundary is there.
         for i in 1..=6 {
-            assert_ne!(row.b[i], 0, "{what}: boundary {i} missing: {row:?}");
+            assert_ne!(
+                row.b.as_array()[i],
+                0,
+                "{what}: boundary {i} missing: {row:?}"
+            );
         }
         assert_eq!(row.bottom_dev, bottom, "{what}: bottom device");
         assert!(row.bios >= 1 && row.requests >= 1, "{what}: {row:?}");
@@ -218,7 +222,7 @@ fn check(aio: &str) -> Vec<Gap> {
         assert!(diff >= -0.001, "{what}: joined time exceeds qemu-io's");
         if *is_aio {
             // The row ends at qemu-io's callback: QEMU's completion path is in it.
-            assert_ne!(row.b[7], 0, "{what}: no qemu_done: {row:?}");
+            assert_ne!(row.b.as_array()[7], 0, "{what}: no qemu_done: {row:?}");
             worst = worst.max(diff.abs());
             gaps.push(Gap {
                 kind,
@@ -228,7 +232,7 @@ fn check(aio: &str) -> Vec<Gap> {
         } else {
             // blk_pread's coroutine completion has no probe: the row ends at
             // host_done, and QEMU's completion path (1.5–22 µs here) is not in it.
-            assert_eq!(row.b[7], 0, "{what}: {row:?}");
+            assert_eq!(row.b.as_array()[7], 0, "{what}: {row:?}");
         }
     }
     eprintln!("{aio}: worst single AIO request {:.2}%", worst * 100.0);
@@ -542,7 +546,7 @@ fn assert_host_part_is(row: &IoRow, mine: &[&Falloc], what: &str) {
         "{what}: the kernel saw no fallocate of it"
     );
     let (first, last) = (mine[0], mine[mine.len() - 1]);
-    let (start, end) = (row.b[2], row.b[6]);
+    let (start, end) = (row.b.as_array()[2], row.b.as_array()[6]);
     let why = format!("{what}: host part {start}..{end}, its calls {mine:?}");
     assert_eq!((start, end), (first.enter_ns, last.exit_ns), "{why}");
 }

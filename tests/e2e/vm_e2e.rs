@@ -464,7 +464,7 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         "no flush reached the host: {flush_rows:?}"
     );
     for r in &to_host {
-        let b = &r.b;
+        let b = r.b.as_array();
         assert!(
             0 < b[1] && b[1] <= b[2] && b[2] <= b[6] && b[6] <= b[8],
             "{r:?}"
@@ -528,7 +528,7 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         assert_eq!(r.partial, 0, "{r:?}");
     }
     for r in discard_rows.iter().filter(|r| r.host_ios > 0) {
-        let b = &r.b;
+        let b = r.b.as_array();
         assert!(
             0 < b[1] && b[1] <= b[2] && b[2] < b[6] && b[6] <= b[8],
             "{r:?}"
@@ -541,7 +541,11 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
     let stray: Vec<&IoRow> = rows
         .iter()
         .filter(|r| r.source != Source::Virtio)
-        .filter(|r| virtio.iter().any(|v| v.b[1] <= r.b[1] && r.b[1] <= v.b[8]))
+        .filter(|r| {
+            virtio.iter().any(|v| {
+                v.b.as_array()[1] <= r.b.as_array()[1] && r.b.as_array()[1] <= v.b.as_array()[8]
+            })
+        })
         .collect();
     assert!(
         stray.is_empty(),

@@ -1,0 +1,395 @@
+//! The block layer: bios and requests on every device below the image files. A bio
+//! queued on sectors a host IO in flight covers belongs to it; after that, bios and
+//! requests are followed by pointer until they complete, and a merged request belongs
+//! to every host IO it carries.
+
+use super::row::{Sink, flags};
+use super::slab::Ref;
+use super::slab::Slab;
+use super::state::{Api, BioEntry, BioOwner, Hio, Join, PluggedBio, Req, dev_bytes, min0};
+use smallvec::{SmallVec, smallvec};
+use viopath_probes::abi::{EventKind, RawEvent};
+
+impl<S: Sink> Join<'_, S> {
+    /// Whose is a bio queued at `dev`/`sector`: a host IO in flight covering it.
+    /// When several cover it (IO to the same blocks in flight at once), the one the
+    /// queueing thread is inside, if it is one of them: a direct IO queues its bios
+    /// from its own syscall. Otherwise the first registered.
+    pub(super) fn owner_by_address(
+        &self,
+        tid: u32,
+        dev: u32,
+        sector: u64,
+        sectors: u64,
+    ) -> Option<Ref> {
+        let end = sector.saturating_add(sectors.max(1));
+        let mine = self.threads.get(tid).and_then(|t| t.dio.or(t.worker));
+        let mut first = None;
+        // Every range here is of a host IO still in flight (`forget_hio` removes them
+        // together), so none needs looking up to be checked.
+        for r in &self.inflight_at {
+            if r.dev == dev && r.start < end && sector < r.end {
+                if Some(r.hio) == mine {
+                    return mine;
+                }
+                if first.is_none() {
+                    first = Some(r.hio);
+                    if mine.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    pub(super) fn is_bottom(hio: &Hio, dev: u32) -> Option<bool> {
+        if hio.ranges.is_empty() {
+            None
+        } else {
+            Some(hio.ranges.iter().any(|r| r.dev == dev && r.bottom))
+        }
+    }
+
+    pub(super) fn bio_queue(&mut self, e: &RawEvent) {
+        let [bio, sector, a2, _] = e.a;
+        let (dev, bytes) = dev_bytes(a2);
+        // The same bio moving down (a remap): its entry is kept, only no longer marked,
+        // instead of looked up again to be replaced.
+        let known = match self.bios.get_mut(&bio) {
+            Some(b) if b.remapped => {
+                b.remapped = false;
+                Some(b.owner)
+            }
+            _ => None,
+        };
+        let owner = match known {
+            Some(o) => Some(o),
+            None => self
+                .owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
+                .or_else(|| {
+                    // Submitted synchronously by the thread doing a traced direct IO or
+                    // syscall whose blocks are not known (a flush, an empty layout).
+                    self.threads
+                        .get(e.tid)
+                        .and_then(|t| t.dio.or(t.worker))
+                        .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
+                })
+                .map(BioOwner::Hio),
+        };
+        let owner = match owner {
+            Some(o) => o,
+            None => {
+                let id = self.new_other(e.ts, dev, sector, bytes);
+                BioOwner::Other(id)
+            }
+        };
+        if let BioOwner::Hio(h) = owner
+            && let Some(hio) = self.hios.get_mut(h)
+        {
+            hio.first_q = min0(hio.first_q, e.ts);
+            hio.bios += 1;
+            if bytes == 0 {
+                // A flush bio (no data): the device's flush request will carry it.
+                self.preflush.push((dev, h));
+            }
+        }
+        if known.is_none() {
+            self.bios.insert(
+                bio,
+                BioEntry {
+                    owner,
+                    remapped: false,
+                },
+            );
+        }
+    }
+
+    #[inline(never)]
+    pub(super) fn bio_remap(&mut self, e: &RawEvent) {
+        if let Some(b) = self.bios.get_mut(&e.a[0]) {
+            b.remapped = true;
+        }
+    }
+
+    #[inline(never)]
+    pub(super) fn bio_split(&mut self, e: &RawEvent) {
+        if let Some(BioOwner::Hio(h)) = self.bios.get(&e.a[0]).map(|b| b.owner)
+            && let Some(h) = self.hios.get_mut(h)
+        {
+            h.flags |= flags::BIO_SPLIT;
+        }
+    }
+
+    pub(super) fn bio_complete(&mut self, e: &RawEvent) {
+        match self.bios.remove(&e.a[0]).map(|b| b.owner) {
+            Some(BioOwner::Hio(h)) => {
+                if let Some(hio) = self.hios.get_mut(h) {
+                    hio.done_any = hio.done_any.max(e.ts);
+                }
+            }
+            Some(BioOwner::Other(id)) => self.other_done(id, e.ts),
+            None => {}
+        }
+    }
+
+    /// The request a bio or request of `op` at these sectors merged into: one on its
+    /// device, of its operation, not yet issued, that it extends at the back or the
+    /// front (as `side` says: 1 back, 2 front, anything else either).
+    pub(super) fn find_adjacent_rq(
+        &self,
+        dev: u32,
+        op: u8,
+        sector: u64,
+        sectors: u64,
+        side: u64,
+    ) -> Option<u64> {
+        self.reqs.iter().find_map(|(&k, r)| {
+            let back = side != 2 && r.sector.saturating_add(r.sectors) == sector;
+            let front = side != 1 && sector.saturating_add(sectors) == r.sector;
+            (r.dev == dev && r.op == op && !r.started && (back || front)).then_some(k)
+        })
+    }
+
+    pub(super) fn bio_merge(&mut self, e: &RawEvent) {
+        let [bio, sector, a2, side] = e.a;
+        let (dev, bytes) = dev_bytes(a2);
+        let sectors = bytes.div_ceil(512);
+        let Some(owner) = self.bios.get(&bio).map(|b| b.owner) else {
+            return;
+        };
+        let Some(k) = self.find_adjacent_rq(dev, e.sub, sector, sectors, side) else {
+            if let BioOwner::Hio(h) = owner {
+                self.plugged.push(PluggedBio {
+                    bio,
+                    owner: h,
+                    dev,
+                    sector,
+                    sectors,
+                });
+            }
+            return;
+        };
+        let rq = self.reqs.get_mut(&k).expect("found");
+        rq.bios.push(bio);
+        if sector.saturating_add(sectors) == rq.sector {
+            rq.sector = sector;
+        }
+        rq.sectors = rq.sectors.saturating_add(sectors);
+        if let BioOwner::Hio(h) = owner
+            && !rq.owners.contains(&h)
+        {
+            rq.owners.push(h);
+            if let Some(x) = self.hios.get_mut(h) {
+                x.open_rqs += 1;
+            }
+            if rq.owners.len() > 1 {
+                for &o in &rq.owners {
+                    if let Some(x) = self.hios.get_mut(o) {
+                        x.flags |= flags::MERGED;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn rq_start(&mut self, e: &RawEvent) {
+        let [rq, sector, a2, first_bio] = e.a;
+        let (dev, bytes) = dev_bytes(a2);
+        // The same request again (issued after insert, re-dispatched when the driver
+        // was busy, requeued) starts where it did with the bios it had. Anything else
+        // at this pointer is a new request: the old one's completion was lost.
+        let issue = e.kind == EventKind::RqIssue as u8;
+        let new = match self.reqs.get_mut(&rq) {
+            None => true,
+            Some(old)
+                if old.dev == dev && old.sector == sector && old.bios.contains(&first_bio) =>
+            {
+                // Issued after its insert (the usual case): one lookup for both.
+                if issue {
+                    old.started = true;
+                    Self::note_issue(&mut self.hios, old, e.ts);
+                }
+                return;
+            }
+            Some(_) => {
+                self.drop_req(rq);
+                true
+            }
+        };
+        if new {
+            let mut owners = SmallVec::new();
+            let mut other = None;
+            match self.bios.get(&first_bio).map(|b| b.owner) {
+                Some(BioOwner::Hio(h)) if self.hios.get(h).is_some() => owners.push(h),
+                Some(BioOwner::Other(id)) => other = Some(id),
+                // The block layer's flush request: no bio, no data. It carries the
+                // flush bios queued on its device before it.
+                _ if first_bio == 0 && bytes == 0 => {
+                    let hios = &self.hios;
+                    self.preflush.retain(|&(d, h)| {
+                        let live = hios.get(h).is_some();
+                        if live && d == dev && !owners.contains(&h) {
+                            owners.push(h);
+                        }
+                        live && d != dev
+                    });
+                }
+                _ => {
+                    if let Some(h) = self.owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
+                    {
+                        owners.push(h);
+                    }
+                }
+            }
+            for &h in &owners {
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.requests += 1;
+                    x.open_rqs += 1;
+                }
+            }
+            self.reqs.insert(
+                rq,
+                Req {
+                    owners,
+                    bios: smallvec![first_bio],
+                    other,
+                    dev,
+                    sector,
+                    sectors: bytes.div_ceil(512),
+                    since: e.ts,
+                    op: e.sub,
+                    started: false,
+                },
+            );
+            if !self.plugged.is_empty() {
+                self.attach_plugged(rq);
+            }
+        }
+        if issue && let Some(r) = self.reqs.get_mut(&rq) {
+            r.started = true;
+            Self::note_issue(&mut self.hios, r, e.ts);
+        }
+    }
+
+    /// A request went to its driver: the host IOs it carries were issued then.
+    pub(super) fn note_issue(hios: &mut Slab<Hio>, r: &Req, ts: u64) {
+        for &h in &r.owners {
+            if let Some(x) = hios.get_mut(h) {
+                x.issue_any = min0(x.issue_any, ts);
+                match Self::is_bottom(x, r.dev) {
+                    Some(true) => {
+                        x.issue_bottom = min0(x.issue_bottom, ts);
+                        x.bottom_dev = r.dev;
+                    }
+                    // Blocks not known (a flush, an empty layout): its device is the
+                    // one its requests go to.
+                    None => x.bottom_dev = r.dev,
+                    Some(false) => {}
+                }
+            }
+        }
+    }
+
+    /// A request just inserted takes the bios that merged into it while it was plugged:
+    /// they lie inside its sectors on its device. Their host IOs wait for it as if the
+    /// merge had found it, and are marked merged.
+    pub(super) fn attach_plugged(&mut self, k: u64) {
+        let Some(rq) = self.reqs.get_mut(&k) else {
+            return;
+        };
+        let (dev, lo, hi) = (rq.dev, rq.sector, rq.sector.saturating_add(rq.sectors));
+        let hios = &mut self.hios;
+        let before = rq.owners.len();
+        self.plugged.retain(|p| {
+            if p.dev != dev || p.sector < lo || p.sector.saturating_add(p.sectors) > hi {
+                return true;
+            }
+            rq.bios.push(p.bio);
+            if !rq.owners.contains(&p.owner) {
+                rq.owners.push(p.owner);
+                if let Some(x) = hios.get_mut(p.owner) {
+                    x.open_rqs += 1;
+                }
+            }
+            false
+        });
+        if rq.owners.len() > 1 && rq.owners.len() > before {
+            for &o in &rq.owners {
+                if let Some(x) = hios.get_mut(o) {
+                    x.flags |= flags::MERGED;
+                }
+            }
+        }
+    }
+
+    pub(super) fn rq_complete(&mut self, e: &RawEvent) {
+        let Some(r) = self.reqs.remove(&e.a[0]) else {
+            return;
+        };
+        let mut finished = Vec::new();
+        for &h in &r.owners {
+            if let Some(x) = self.hios.get_mut(h) {
+                x.done_any = x.done_any.max(e.ts);
+                if Self::is_bottom(x, r.dev) == Some(true) {
+                    x.done_bottom = x.done_bottom.max(e.ts);
+                }
+                x.open_rqs = x.open_rqs.saturating_sub(1);
+                // linux-aio: the kernel's completion runs in IRQ context, outside the
+                // traced process, so the last block completion is the host's.
+                if x.open_rqs == 0 && x.api == Api::Native && x.has_kiocb {
+                    finished.push(h);
+                }
+            }
+        }
+        for h in finished {
+            self.hio_done(h, e.ts);
+        }
+        for b in &r.bios {
+            self.bios.remove(b);
+        }
+        if let Some(id) = r.other {
+            self.other_done(id, e.ts);
+        }
+    }
+
+    pub(super) fn rq_merge(&mut self, e: &RawEvent) {
+        let Some(absorbed) = self.reqs.remove(&e.a[0]) else {
+            return;
+        };
+        if let Some(k) = self.find_adjacent_rq(
+            absorbed.dev,
+            absorbed.op,
+            absorbed.sector,
+            absorbed.sectors,
+            0,
+        ) {
+            let rq = self.reqs.get_mut(&k).expect("found");
+            if absorbed.sector.saturating_add(absorbed.sectors) == rq.sector {
+                rq.sector = absorbed.sector;
+            }
+            rq.sectors = rq.sectors.saturating_add(absorbed.sectors);
+            rq.bios.extend(absorbed.bios);
+            for &h in &absorbed.owners {
+                // Carried by the target now: counted once, for it.
+                if rq.owners.contains(&h)
+                    && let Some(x) = self.hios.get_mut(h)
+                {
+                    x.open_rqs = x.open_rqs.saturating_sub(1);
+                }
+            }
+            for h in absorbed.owners {
+                if !rq.owners.contains(&h) {
+                    rq.owners.push(h);
+                }
+            }
+            if rq.owners.len() > 1 {
+                for &o in &rq.owners {
+                    if let Some(x) = self.hios.get_mut(o) {
+                        x.flags |= flags::MERGED;
+                    }
+                }
+            }
+        }
+    }
+}

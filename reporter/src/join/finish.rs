@@ -1,0 +1,412 @@
+//! Every way a request ends: a host IO done, a guest request finished (answered,
+//! interrupted, idle, stale or replaced) and emitted as a row, a block request dropped,
+//! IO of no request reported, the periodic sweep and the end of the trace.
+
+use super::row::{IoRow, Op, OtherClass, OtherIo, Sink, Source, flags, reasons};
+use super::slab::Ref;
+use super::state::{Api, BioOwner, HioKind, IDLE_NS, Join, JoinStats, STALE_NS, min0};
+use crate::layers::Boundary;
+use crate::layout::Layout;
+use smallvec::SmallVec;
+
+impl<S: Sink> Join<'_, S> {
+    /// IO nobody claimed completed: report it.
+    pub(super) fn other_done(&mut self, id: u32, ts: u64) {
+        let Some(r) = self.other_ids.remove(&id) else {
+            return;
+        };
+        if let Some(mut o) = self.others.remove(r) {
+            o.io.end = o.io.end.max(ts);
+            self.stats.other_ios += 1;
+            self.sink.other(&o.io);
+        }
+    }
+
+    /// Forget a request whose completion will never come (its event was lost): its host
+    /// IOs stop waiting for it, IO of no guest request is reported as far as it got.
+    /// Its bios go with it, unless their pointers already carry new bios of others.
+    pub(super) fn drop_req(&mut self, k: u64) {
+        let Some(r) = self.reqs.remove(&k) else {
+            return;
+        };
+        self.stats.requests_lost += 1;
+        for b in &r.bios {
+            let ours = match self.bios.get(b).map(|x| x.owner) {
+                Some(BioOwner::Hio(h)) => r.owners.contains(&h),
+                Some(BioOwner::Other(id)) => r.other == Some(id),
+                None => false,
+            };
+            if ours {
+                self.bios.remove(b);
+            }
+        }
+        for &h in &r.owners {
+            if let Some(x) = self.hios.get_mut(h) {
+                x.open_rqs = x.open_rqs.saturating_sub(1);
+            }
+        }
+        if let Some(id) = r.other {
+            self.other_done(id, 0);
+        }
+    }
+
+    pub(super) fn msi(&mut self, ts: u64) {
+        let mut wait = std::mem::take(&mut self.msi_wait);
+        for r in wait.drain(..) {
+            if let Some(root) = self.roots.get_mut(r) {
+                root.b[Boundary::Interrupt] = ts;
+            }
+            self.finish_root(r, 0);
+        }
+        // Its buffer back: a request waits here for nearly every interrupt, and
+        // allocating it anew was one allocation and free per IO.
+        if self.msi_wait.is_empty() {
+            self.msi_wait = wait;
+        }
+    }
+
+    /// A host IO completed: fold it into its request.
+    pub(super) fn hio_done(&mut self, h: Ref, ts: u64) {
+        let Some(hio) = self.hios.get(h) else {
+            return;
+        };
+        let submit = if hio.submit != 0 {
+            hio.submit
+        } else {
+            hio.created
+        };
+        let root = hio
+            .root
+            .and_then(|r| self.roots.get_mut(r).map(|root| (r, root)));
+        match root {
+            Some((_, root)) => {
+                root.open_hios = root.open_hios.saturating_sub(1);
+                root.last = root.last.max(ts);
+                // Data, metadata and copy-on-write IO all go to files of the request's
+                // own chain: each named one narrows down its disk.
+                if hio.disks != 0 {
+                    root.disks = Some(root.disks.map_or(hio.disks, |d| d & hio.disks));
+                }
+                match hio.kind {
+                    HioKind::Data => {
+                        let b = &mut root.b;
+                        b[Boundary::Submitted] = min0(b[Boundary::Submitted], submit);
+                        b[Boundary::Queued] = min0(b[Boundary::Queued], hio.first_q);
+                        let (issue, done) = if hio.issue_bottom != 0 || hio.done_bottom != 0 {
+                            (hio.issue_bottom, hio.done_bottom)
+                        } else if hio.ranges.is_empty() {
+                            (hio.issue_any, hio.done_any)
+                        } else {
+                            (0, 0)
+                        };
+                        b[Boundary::Dispatched] = min0(b[Boundary::Dispatched], issue);
+                        b[Boundary::DeviceDone] = b[Boundary::DeviceDone].max(done);
+                        b[Boundary::HostDone] = b[Boundary::HostDone].max(ts);
+                        root.bios = root.bios.saturating_add(hio.bios);
+                        root.requests = root.requests.saturating_add(hio.requests);
+                        root.flags |= hio.flags;
+                        if hio.bottom_dev != 0 {
+                            root.bottom_dev = hio.bottom_dev;
+                        }
+                    }
+                    _ => {
+                        root.meta_hios += 1;
+                        root.meta_ns = root.meta_ns.saturating_add(ts.saturating_sub(submit));
+                    }
+                }
+            }
+            None => {
+                let class = match hio.kind {
+                    HioKind::Syscall => OtherClass::QemuSyscall,
+                    _ => OtherClass::QemuInternal,
+                };
+                self.stats.other_ios += 1;
+                self.sink.other(&OtherIo {
+                    class,
+                    start: submit,
+                    end: ts,
+                    bytes: hio.bytes,
+                    dev: hio.bottom_dev,
+                });
+            }
+        }
+        self.forget_hio(h);
+    }
+
+    pub(super) fn finish_root(&mut self, r: Ref, reason: u16) {
+        // Read in place and dropped in place: moving the record out of the slab cost
+        // more than the rest of this (a few hundred bytes copied per IO).
+        let Some(root) = self.roots.get_mut(r) else {
+            return;
+        };
+        let qiovs = std::mem::take(&mut root.qiovs);
+        let (open_hios, virtio_req, aio_opaque) =
+            (root.open_hios, root.virtio_req, root.aio_opaque);
+        // Its host IOs that never completed (events lost) must not claim later bios.
+        if open_hios > 0 {
+            let open: SmallVec<[Ref; 4]> = self
+                .inflight
+                .iter()
+                .copied()
+                .filter(|&h| self.hios.get(h).is_some_and(|x| x.root == Some(r)))
+                .collect();
+            let mut unseen = 0;
+            for h in open {
+                if let Some(x) = self.hios.get(h)
+                    && x.job
+                    && (x.submit == 0 || (x.api == Api::Native && !x.fs_begun))
+                {
+                    unseen += 1;
+                }
+                self.forget_hio(h);
+            }
+            // A job the kernel was never seen to begin (a linux-aio flush on a
+            // filesystem without the probed tracepoint; a job whose syscall did not
+            // match it): the request is QEMU's alone, as without the probes.
+            if unseen > 0
+                && let Some(root) = self.roots.get_mut(r)
+            {
+                root.open_hios -= unseen;
+                root.data_hios -= unseen;
+            }
+        }
+        for qv in &qiovs {
+            if let Some(b) = self.qiov.get(qv)
+                && b.root() == Some(r)
+            {
+                self.qiov.remove(qv);
+            }
+        }
+        if virtio_req != 0 && self.virtio.get(&virtio_req) == Some(&r) {
+            self.virtio.remove(&virtio_req);
+        }
+        if aio_opaque != 0 && self.aio_opaque.get(&aio_opaque) == Some(&r) {
+            self.aio_opaque.remove(&aio_opaque);
+        }
+        let root = self.roots.get(r).expect("looked up above");
+        if self.cfg.expect_qcow2 && root.source == Source::QemuBlock && !root.qcow2 {
+            // QEMU reading or writing the image file itself (open, header, flush).
+            let end = root.b.latest();
+            self.stats.other_ios += 1;
+            self.sink.other(&OtherIo {
+                class: OtherClass::QemuInternal,
+                start: root.b[Boundary::Parsed],
+                end,
+                bytes: root.bytes,
+                dev: root.bottom_dev,
+            });
+            self.roots.discard(r);
+            return;
+        }
+        // A write of zeroes that qcow2 did in its tables alone (no host job) ends when
+        // its last metadata IO does: nothing later of it is seen.
+        let mut b = root.b;
+        if root.source == Source::QemuBlock
+            && root.nodata
+            && b[Boundary::HostDone] == 0
+            && b[Boundary::QemuDone] == 0
+        {
+            b[Boundary::QemuDone] = root.last;
+        }
+        let mut partial = root.partial | reason;
+        // Flush, GET_ID, discard carry no data the host reads or writes: they need no
+        // host IO to be complete (QEMU may answer them itself, or the trace lacks the
+        // fsync / fallocate probes). `Other` is also what a trace without request
+        // types gives, so it still expects host IO.
+        let no_data = matches!(
+            root.op,
+            Op::Flush | Op::GetId | Op::Discard | Op::WriteZeroes
+        );
+        if root.flags & flags::VIRTIO_MERGED == 0 && !no_data {
+            if root.data_hios == 0 {
+                partial |= reasons::NO_HOST_IO;
+            } else if root.b[Boundary::Dispatched] == 0
+                && root.b[Boundary::DeviceDone] == 0
+                // Bios queued but none seen on the bottom device is no device time
+                // either: reporting it complete would charge that time to queueing.
+                && root.flags & flags::FS_ZEROS == 0
+                && !self.layout.is_empty()
+            {
+                partial |= reasons::NO_DEVICE_IO;
+            }
+        }
+        if root.open_hios > 0 {
+            partial |= reasons::HOST_IO_UNFINISHED;
+        }
+        if root.source == Source::Virtio && root.b[Boundary::Completed] == 0 {
+            partial |= reasons::NO_COMPLETION;
+        }
+        let disk = if self.layout.disks.len() == 1 {
+            Some(0)
+        } else {
+            match root.disks.and_then(Layout::one_disk) {
+                Some(d) => {
+                    if root.bdrv_child != 0 {
+                        self.child_disks.insert(root.bdrv_child, d);
+                    }
+                    Some(d)
+                }
+                // Host IO naming no single disk (none, or a shared backing file's
+                // only): its drive's, as the drive's earlier requests showed.
+                None if root.bdrv_child != 0 => self.child_disks.get(&root.bdrv_child).copied(),
+                None => None,
+            }
+        };
+        let row = IoRow {
+            id: root.id,
+            op: root.op,
+            offset: root.offset,
+            bytes: root.bytes,
+            source: root.source,
+            b,
+            host_ios: root.data_hios,
+            meta_ios: root.meta_hios,
+            meta_ns: root.meta_ns,
+            bios: root.bios,
+            requests: root.requests,
+            bottom_dev: root.bottom_dev,
+            disk,
+            flags: root.flags,
+            partial,
+            merged_into: root.merged_into,
+        };
+        self.roots.discard(r);
+        self.stats.ios += 1;
+        if partial != 0 {
+            self.stats.partial += 1;
+        }
+        self.sink.io(&row);
+    }
+
+    /// Once per millisecond of trace time; out of line, so that it takes no registers
+    /// from the dispatch.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn sweep_now(&mut self) {
+        self.sweep();
+        self.next_sweep = self.now.saturating_add(1_000_000);
+    }
+
+    /// Finish what is idle or stale.
+    pub(super) fn sweep(&mut self) {
+        let now = self.now;
+        let mut done = Vec::new();
+        let threads = &self.threads;
+        self.active.retain(|&r| {
+            let Some(root) = self.roots.get(r) else {
+                return false;
+            };
+            // All its host IO done, and nothing (no callback) expected to end it.
+            // (A write of zeroes may need no host IO at all.)
+            let over = root.open_hios == 0
+                && root.source == Source::QemuBlock
+                && (root.data_hios + root.meta_hios > 0 || root.nodata);
+            let idle = over
+                && threads
+                    .get(root.tid)
+                    .is_some_and(|t| t.seen.saturating_sub(root.last) > IDLE_NS);
+            let stale = now.saturating_sub(root.last) > STALE_NS;
+            if idle || stale {
+                done.push((r, if over { 0 } else { reasons::NO_COMPLETION }));
+                false
+            } else {
+                true
+            }
+        });
+        for (r, why) in done {
+            self.finish_root(r, why);
+        }
+        if self.msi_wait.iter().any(|&r| {
+            self.roots
+                .get(r)
+                .is_some_and(|x| now.saturating_sub(x.last) > IDLE_NS)
+        }) {
+            for r in std::mem::take(&mut self.msi_wait) {
+                self.finish_root(r, 0);
+            }
+        }
+        // Bios whose owner is gone (completion not traced for this device).
+        let hios = &self.hios;
+        let other_ids = &self.other_ids;
+        self.bios.retain(|_, b| match b.owner {
+            BioOwner::Hio(h) => hios.get(h).is_some(),
+            BioOwner::Other(id) => other_ids.contains_key(&id),
+        });
+        // Flush bios of host IOs over: their device's flush request never came (a
+        // write-through device completes them at once).
+        self.preflush.retain(|&(_, h)| hios.get(h).is_some());
+        self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
+        self.sync_wait.retain(|&h| hios.get(h).is_some());
+        self.falloc_wait.retain(|&(_, h)| hios.get(h).is_some());
+        // Plugged bios whose host IO is over or whose bio is gone: no insert claimed them.
+        let bios = &self.bios;
+        self.plugged
+            .retain(|p| hios.get(p.owner).is_some() && bios.contains_key(&p.bio));
+        // Requests whose completion was lost (no device takes this long).
+        let old: Vec<u64> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| now.saturating_sub(r.since) > STALE_NS)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in old {
+            self.drop_req(k);
+        }
+        // Host IOs nothing will complete any more.
+        let stale_hios: Vec<Ref> = self
+            .inflight
+            .iter()
+            .copied()
+            .filter(|&h| {
+                self.hios
+                    .get(h)
+                    .is_some_and(|x| now.saturating_sub(x.created) > STALE_NS)
+            })
+            .collect();
+        for h in stale_hios {
+            self.forget_hio(h);
+        }
+        self.threads.forget_idle(now.saturating_sub(STALE_NS));
+    }
+}
+
+impl<S: Sink> Join<'_, S> {
+    /// The trace ended: report everything still open as it is.
+    pub fn finish(mut self) -> (S, JoinStats) {
+        // Host IOs whose completion is known from the block layer (linux-aio without the
+        // direct-IO probe) complete there.
+        let open: Vec<Ref> = self.inflight.clone();
+        for h in open {
+            let done = self.hios.get(h).map(|x| x.done_any).unwrap_or(0);
+            if done != 0 {
+                self.hio_done(h, done);
+            }
+        }
+        for r in std::mem::take(&mut self.msi_wait) {
+            self.finish_root(r, 0);
+        }
+        let mut rest: Vec<(u64, Ref)> = self
+            .active
+            .iter()
+            .filter_map(|&r| self.roots.get(r).map(|x| (x.id, r)))
+            .collect();
+        rest.sort_unstable_by_key(|x| x.0);
+        for (_, r) in rest {
+            let reason = match self.roots.get(r) {
+                Some(x) if x.source == Source::Virtio && !x.completed => reasons::NO_COMPLETION,
+                _ => 0,
+            };
+            self.finish_root(r, reason);
+        }
+        let others: Vec<u32> = self.other_ids.keys().copied().collect();
+        for id in others {
+            if let Some(&r) = self.other_ids.get(&id)
+                && let Some(o) = self.others.remove(r)
+            {
+                self.stats.other_ios += 1;
+                self.sink.other(&o.io);
+            }
+        }
+        (self.sink, self.stats)
+    }
+}

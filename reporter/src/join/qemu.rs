@@ -1,0 +1,561 @@
+//! QEMU's side of a request: virtio-blk, the block layer, qcow2 and file-posix probes.
+//! A guest request is made here and found again by its pointers (the VirtIOBlockReq,
+//! the QEMUIOVector every block layer of one request shares); its host IOs are made
+//! through [`super::host`].
+
+use super::row::{Op, Sink, Source, flags, reasons};
+use super::slab::Ref;
+use super::state::{Api, Join, QiovBind, level};
+use crate::layers::Boundary;
+use smallvec::SmallVec;
+use viopath_probes::abi::{RawEvent, qemu_probe as q};
+
+impl<S: Sink> Join<'_, S> {
+    /// virtio-blk popped a request from its queue: a new guest request, keyed by its
+    /// VirtIOBlockReq until it completes.
+    #[inline(never)]
+    pub(super) fn virtio_handle_request(&mut self, e: &RawEvent) {
+        let req = e.a[0];
+        if let Some(old) = self.virtio.remove(&req) {
+            self.finish_root(old, reasons::KEY_REUSED);
+        }
+        let r = self.new_root(e, Source::Virtio);
+        let notify = self.last_notify;
+        if let Some(root) = self.roots.get_mut(r) {
+            root.virtio_req = req;
+            // Requests popped by one handler run share the doorbell before them.
+            if notify != 0 && notify <= e.ts && e.ts - notify < 10_000_000 {
+                root.b[Boundary::Notify] = notify;
+            }
+        }
+        self.virtio.insert(req, r);
+    }
+
+    /// `blk_aio_preadv`/`blk_aio_pwritev`: the block request of a virtio request, or,
+    /// with no virtio request at that pointer, a request of QEMU's own caller (qemu-io),
+    /// keyed by its opaque pointer until its completion callback.
+    #[inline(never)]
+    pub(super) fn blk_aio(&mut self, e: &RawEvent, op: Op) {
+        let [a0, a1, a2, a3] = e.a;
+        let r = match self.virtio.get(&a0) {
+            Some(&r) => r,
+            None => {
+                if let Some(old) = self.aio_opaque.remove(&a0) {
+                    self.finish_root(old, 0);
+                }
+                let r = self.new_root(e, Source::QemuBlock);
+                self.aio_opaque.insert(a0, r);
+                if let Some(root) = self.roots.get_mut(r) {
+                    root.aio_opaque = a0;
+                    root.top_probe = e.sub;
+                    root.top_child = a3;
+                }
+                r
+            }
+        };
+        self.set_io(r, op, a1, a2);
+        self.threads.at(e.tid, e.ts).pending_co = Some(r);
+    }
+
+    /// `bdrv_co_pdiscard`: a discard on a block node.
+    #[inline(never)]
+    pub(super) fn bdrv_co_pdiscard(&mut self, e: &RawEvent) {
+        self.qemu_block_without_data(e, Op::Discard, true);
+    }
+
+    /// `qcow2_cache_get`: an L2 or refcount table looked up; a read of that table
+    /// (a cache miss) follows on this thread.
+    #[inline(never)]
+    pub(super) fn qcow2_cache_get(&mut self, e: &RawEvent) {
+        let ctx = self.qcow2_serving(e.tid);
+        self.threads.at(e.tid, e.ts).meta = Some((ctx, e.a[1]));
+    }
+
+    /// `raw_co_prw`: file-posix's request, which a host IO carries.
+    #[inline(never)]
+    pub(super) fn raw_co_prw(&mut self, e: &RawEvent) {
+        let [qiov, off, bytes, _] = e.a;
+        self.new_file_io(e, qiov, off, bytes);
+    }
+
+    /// `thread_pool_submit_aio`: a job for QEMU's thread pool, run by a worker's
+    /// syscall.
+    #[inline(never)]
+    pub(super) fn thread_pool_submit_aio(&mut self, e: &RawEvent) {
+        let [aiocb, a1, a2, a3] = e.a;
+        let fd = a3 >> 32;
+        match a3 & 0xff {
+            // Only read/write jobs reach handle_aiocb_rw.
+            q::AIO_READ | q::AIO_WRITE => {
+                let h = self.file_io_for(e, a1, a2, Api::Threads);
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.fd = fd;
+                }
+                self.aiocb.insert(aiocb, h);
+            }
+            q::AIO_FLUSH if self.cfg.flush_syscalls => {
+                let h = self.job_io(e, Api::Threads, None);
+                self.fd_names_disks(h, fd);
+                self.flush_wait.push_back((fd, h));
+            }
+            // A write of zeroes that may unmap is both (0x30).
+            t if t & (q::AIO_DISCARD | q::AIO_WRITE_ZEROES) != 0
+                && t & !(q::AIO_DISCARD | q::AIO_WRITE_ZEROES) == 0
+                && self.cfg.falloc_syscalls =>
+            {
+                // Its range is the file's, but what it does there is the
+                // filesystem's (extents, no data): it keeps no device ranges, and
+                // the bios its worker queues inside fallocate are its own.
+                let h = self.job_io(e, Api::Threads, Some((a1, a2)));
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.offset = a1;
+                    x.bytes = a2;
+                }
+                self.fd_names_disks(h, fd);
+                self.falloc_wait.push_back(([fd, a1, a2], h));
+            }
+            // Not followed into the kernel (its probes missing, or a type no
+            // request of the guest's makes), but the request it serves must not
+            // be taken for a flush's.
+            _ => {
+                if let Some(r) = self.job_root(e.tid, Some((a1, a2)))
+                    && let Some(root) = self.roots.get_mut(r)
+                {
+                    root.host_job = true;
+                }
+            }
+        }
+    }
+
+    /// `handle_aiocb_rw`: a thread-pool worker runs a read/write job; its syscall is
+    /// that job's.
+    #[inline(never)]
+    pub(super) fn handle_aiocb_rw(&mut self, e: &RawEvent) {
+        if let Some(h) = self.aiocb.remove(&e.a[0]) {
+            self.threads.at(e.tid, e.ts).worker = Some(h);
+        }
+    }
+
+    /// `laio_co_submit`: a host IO for linux-aio, submitted by this thread's next
+    /// io_submit.
+    #[inline(never)]
+    pub(super) fn laio_co_submit(&mut self, e: &RawEvent) {
+        let [_, a1, a2, a3] = e.a;
+        let h = if a3 & 0xff == q::AIO_FLUSH {
+            // Without the fsync probes nothing would end it.
+            if !self.cfg.fs_sync && !self.cfg.aio_fsync {
+                return;
+            }
+            let h = self.job_io(e, Api::Native, None);
+            self.sync_wait.push_back(h);
+            h
+        } else {
+            self.file_io_for(e, a1, a2, Api::Native)
+        };
+        self.set_fd(h, a3 >> 32);
+        self.threads.at(e.tid, e.ts).laio_wait.push(h);
+    }
+
+    /// `luring_co_submit`: a host IO for io_uring, in submission order.
+    #[inline(never)]
+    pub(super) fn luring_co_submit(&mut self, e: &RawEvent) {
+        let [_, a1, a2, a3] = e.a;
+        let h = if a3 & 0xff == q::AIO_FLUSH {
+            let h = self.job_io(e, Api::Uring, None);
+            if self.cfg.fs_sync {
+                self.sync_wait.push_back(h);
+            }
+            h
+        } else {
+            self.file_io_for(e, a1, a2, Api::Uring)
+        };
+        self.set_fd(h, a3 >> 32);
+        self.uring_wait.push_back(h);
+    }
+
+    /// `virtio_blk_rw_complete`: QEMU's block layer finished a virtio request.
+    #[inline(never)]
+    pub(super) fn virtio_rw_complete(&mut self, e: &RawEvent) {
+        if let Some(&r) = self.virtio.get(&e.a[0])
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            // Copied before the store, not after: a wide read of a word just
+            // written waits for the store to retire.
+            let mut b = root.b;
+            b[Boundary::QemuDone] = e.ts;
+            root.b[Boundary::QemuDone] = e.ts;
+            root.last = e.ts;
+            let snapshot = (root.id, b, e.ts, root.disks);
+            self.threads.at(e.tid, e.ts).completion_batch = Some(snapshot);
+        }
+    }
+
+    /// qemu-io's `aio_read_done`/`aio_write_done`: the caller's completion callback.
+    /// QEMU is done with the request, as virtio_blk_rw_complete says for a virtio
+    /// one. Nothing of it follows.
+    #[inline(never)]
+    pub(super) fn qemu_io_aio_done(&mut self, e: &RawEvent) {
+        if let Some(&r) = self.aio_opaque.get(&e.a[0]) {
+            if let Some(root) = self.roots.get_mut(r) {
+                root.b[Boundary::QemuDone] = e.ts;
+                root.last = root.last.max(e.ts);
+            }
+            self.finish_root(r, 0);
+        }
+    }
+
+    /// `virtio_blk_req_complete`: the completion pushed to the guest's ring.
+    #[inline(never)]
+    pub(super) fn virtio_req_complete(&mut self, e: &RawEvent) {
+        let [a0, a1, a2, a3] = e.a;
+        let Some(r) = self.virtio.remove(&a0) else {
+            return;
+        };
+        let batch = self.threads.get(e.tid).and_then(|t| t.completion_batch);
+        let Some(root) = self.roots.get_mut(r) else {
+            return;
+        };
+        root.b[Boundary::Completed] = e.ts;
+        root.last = e.ts;
+        root.completed = true;
+        root.virtio_req = 0;
+        // The request header the guest wrote: type and sector; and the data
+        // size. Zero in traces from recorders that did not read them.
+        let vop = Op::from_virtio(a2 as u32);
+        let known_type = a1 != 0 || a2 != 0 || a3 != 0;
+        let had_block = root.offset.is_some();
+        if !had_block && known_type {
+            root.op = vop;
+            // A discard's or a write of zeroes' ranges are in its data, which is
+            // not read: the header's sector is 0 and the data size that of the
+            // range list, so neither is the request's range.
+            if vop.moves_data() {
+                root.offset = Some(a1.saturating_mul(512));
+                root.bytes = a3;
+            }
+        }
+        if !had_block
+            && root.data_hios == 0
+            && root.open_hios == 0
+            && (!known_type || vop.moves_data())
+            && let Some((id, b, at, disks)) = batch
+            && id != root.id
+            && e.ts.saturating_sub(at) < 1_000_000
+        {
+            // Merged by virtio-blk into the request completing before it on
+            // this thread: it shares that request's path (and disk).
+            root.b
+                .copy_span(&b, Boundary::Submitted, Boundary::QemuDone);
+            root.disks = disks;
+            root.flags |= flags::VIRTIO_MERGED;
+            root.merged_into = Some(id);
+        }
+        if self.cfg.await_msi {
+            // QEMU has freed the request: its next one may reuse the request
+            // and its qiov at once, before this one's interrupt (under TCG
+            // there is none: it waits for the sweep).
+            let qiovs = std::mem::take(&mut root.qiovs);
+            for qv in &qiovs {
+                if self.qiov.get(qv).and_then(|b| b.root()) == Some(r) {
+                    self.qiov.remove(qv);
+                }
+            }
+            self.msi_wait.push(r);
+        } else {
+            self.finish_root(r, 0);
+        }
+    }
+
+    /// A block-layer request with data (`blk_co_*`, `bdrv_co_*`, `qcow2_co_*`): found
+    /// by its qiov, or bound to the request it is part of.
+    #[inline(never)]
+    pub(super) fn qemu_block(&mut self, e: &RawEvent) {
+        let [qiov, off, bytes, child] = e.a;
+        let write = matches!(
+            e.sub,
+            q::BLK_CO_PWRITEV_PART | q::BDRV_CO_PWRITEV_PART | q::QCOW2_CO_PWRITEV_PART
+        );
+        let op = if write { Op::Write } else { Op::Read };
+        let is_qcow2 = matches!(e.sub, q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART);
+        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
+        if qiov == 0 {
+            self.qemu_block_without_data(e, op, is_bdrv);
+            return;
+        }
+        let bound = self.qiov.get(&qiov).copied();
+        let bind = match bound {
+            Some(QiovBind::Root(r)) => {
+                let reuse = match self.roots.get(r) {
+                    Some(root) => {
+                        level(root.top_probe) == level(e.sub)
+                            && root.top_child == child
+                            && root.open_hios == 0
+                    }
+                    None => true,
+                };
+                if reuse {
+                    // The pointer is back for a new request: the old one is over.
+                    self.qiov.remove(&qiov);
+                    if self.roots.get(r).is_some() {
+                        self.finish_root(r, 0);
+                    }
+                    None
+                } else {
+                    let root = self.roots.get_mut(r).expect("checked");
+                    root.last = e.ts;
+                    root.note_bdrv_child(e.sub, child);
+                    if is_qcow2 {
+                        root.qcow2 = true;
+                        self.threads.at(e.tid, e.ts).qcow2 = Some(r);
+                    } else if root.qcow2 && is_bdrv {
+                        self.file_children.insert(child, ());
+                    }
+                    bound
+                }
+            }
+            // Metadata and copy-on-write buffers live on coroutine stacks, so their
+            // addresses come back for other purposes: after its owner is gone, as a
+            // table read that a cache lookup announces, or (a metadata buffer) as
+            // qcow2's own copy-on-write read.
+            Some(b @ (QiovBind::Meta(_) | QiovBind::Cow(_)))
+                if b.root()
+                    .is_some_and(|r| self.roots.get(r).is_none_or(|x| x.completed))
+                    || (is_qcow2 && matches!(b, QiovBind::Meta(_)))
+                    || self
+                        .threads
+                        .get(e.tid)
+                        .and_then(|t| t.meta)
+                        .is_some_and(|(_, t)| t == off) =>
+            {
+                self.qiov.remove(&qiov);
+                None
+            }
+            other => other,
+        };
+        let bind = match bind {
+            Some(b) => b,
+            None => self.bind_new_qiov(e, qiov, op, is_qcow2),
+        };
+        if is_bdrv {
+            self.threads.at(e.tid, e.ts).last_bdrv = Some((bind, off, bytes));
+        }
+    }
+
+    /// A block request without data: a write of zeroes, a discard (or a read that
+    /// only prefetches). The null qiov keys nothing (two of them in flight would share
+    /// it), so the request is found by thread: the one this thread just announced at
+    /// the same range one layer up, the one this thread is in the middle of (a call
+    /// on a lower node), or the guest's request this thread is serving (as for a host
+    /// job: the earliest virtio request in flight with nothing below it yet), or else
+    /// a new one.
+    pub(super) fn qemu_block_without_data(&mut self, e: &RawEvent, op: Op, is_bdrv: bool) {
+        let [_, off, bytes, child] = e.a;
+        let above = self
+            .threads
+            .get(e.tid)
+            .and_then(|t| t.last_bdrv)
+            .and_then(|(b, o, n)| match b {
+                QiovBind::Root(r) if o == off && n == bytes => Some(r),
+                _ => None,
+            })
+            .filter(|&r| {
+                self.roots
+                    .get(r)
+                    .is_some_and(|x| !x.completed && x.qiovs.is_empty() && x.data_hios == 0)
+            });
+        // A write of zeroes or a discard is a guest request's; a prefetching read is
+        // QEMU's.
+        let request = matches!(op, Op::Write | Op::Discard);
+        let row_op = if op == Op::Write { Op::WriteZeroes } else { op };
+        // A call further down the stack for the request this thread is in the middle
+        // of (qcow2 passing a discard on to its image file, at the host offset): on
+        // another node than the request's first call was.
+        let nested = || {
+            let r = self.threads.get(e.tid).and_then(|t| t.qcow2)?;
+            let x = self.roots.get(r)?;
+            (x.nodata && !x.completed && x.top_child != 0 && x.top_child != child).then_some(r)
+        };
+        let serving = || request.then(|| self.job_root(e.tid, None)).flatten();
+        let r = match above.or_else(nested).or_else(serving) {
+            Some(r) => r,
+            None => {
+                // Writes of zeroes this thread made before with none of their IO in
+                // flight are over (no completion event ends them): their metadata
+                // buffers, on the coroutine stack, come back for this one.
+                let done: SmallVec<[Ref; 2]> = self
+                    .active
+                    .iter()
+                    .copied()
+                    .filter(|&r| {
+                        self.roots.get(r).is_some_and(|x| {
+                            x.source == Source::QemuBlock
+                                && x.nodata
+                                && x.tid == e.tid
+                                && x.open_hios == 0
+                        })
+                    })
+                    .collect();
+                for r in done {
+                    self.finish_root(r, 0);
+                }
+                let r = self.new_root(e, Source::QemuBlock);
+                self.set_io(r, row_op, off, bytes);
+                // Above the image file, where qcow2 images are expected: qcow2's request
+                // (it has no probe on this path), not QEMU's own IO to the file.
+                let via_qcow2 = self.cfg.expect_qcow2 && !self.file_children.contains_key(&child);
+                let root = self.roots.get_mut(r).expect("just made");
+                root.top_probe = e.sub;
+                root.top_child = child;
+                root.qcow2 = via_qcow2;
+                r
+            }
+        };
+        if request
+            && self
+                .roots
+                .get(r)
+                .is_some_and(|x| x.source == Source::Virtio)
+        {
+            // The guest's range list is in its data, which the virtio probe does not
+            // read: this request's first call has it.
+            self.set_io(r, row_op, off, bytes);
+        }
+        if let Some(root) = self.roots.get_mut(r) {
+            root.last = e.ts;
+            root.note_bdrv_child(e.sub, child);
+            root.nodata |= request;
+            if root.top_child == 0 {
+                root.top_child = child;
+            }
+        }
+        // qcow2 (not probed on this path) writes the zero flags into its L2 tables on
+        // this thread: that metadata IO is this request's.
+        let t = self.threads.at(e.tid, e.ts);
+        t.qcow2 = Some(r);
+        if is_bdrv {
+            t.last_bdrv = Some((QiovBind::Root(r), off, bytes));
+        }
+    }
+
+    /// A qiov not seen before: a metadata read after an L2 cache lookup, the block
+    /// request a blk_aio_* event announced, a copy-on-write buffer, QEMU's own file IO,
+    /// or a new request. Returns how it was bound.
+    pub(super) fn bind_new_qiov(
+        &mut self,
+        e: &RawEvent,
+        qiov: u64,
+        op: Op,
+        is_qcow2: bool,
+    ) -> QiovBind {
+        let [_, off, bytes, child] = e.a;
+        // Only while the request that looked the table up is going on: a table it found
+        // in the cache is written back later, maybe by a flush after the request was
+        // answered, and that write is not its.
+        if let Some((ctx, table)) = self.threads.get(e.tid).and_then(|t| t.meta)
+            && table == off
+            && ctx.is_none_or(|r| self.roots.get(r).is_some_and(|x| !x.completed))
+        {
+            self.threads.at(e.tid, e.ts).meta = None;
+            // Tables live in the image file: this child is one (needed when no guest
+            // data has gone to it yet, as in a fresh overlay).
+            self.file_children.insert(child, ());
+            return self.bind_to(qiov, QiovBind::Meta(ctx));
+        }
+        if let Some(r) = self.threads.get(e.tid).and_then(|t| t.pending_co)
+            && let Some(root) = self.roots.get(r)
+            && root.offset == Some(off)
+            && root.bytes == bytes
+            && root.qiovs.is_empty()
+        {
+            self.threads.at(e.tid, e.ts).pending_co = None;
+            self.bind_qiov(qiov, r);
+            let root = self.roots.get_mut(r).expect("checked");
+            root.note_bdrv_child(e.sub, child);
+            if root.top_probe == 0 || root.aio_opaque != 0 {
+                root.top_probe = e.sub;
+                root.top_child = child;
+            }
+            if is_qcow2 {
+                root.qcow2 = true;
+                self.threads.at(e.tid, e.ts).qcow2 = Some(r);
+            }
+            return QiovBind::Root(r);
+        }
+        // A write of zeroes the driver could not make as such (qcow2, for part of a
+        // cluster that does not read as zeroes): the block layer writes a buffer of
+        // zeroes in its place, on its thread, a piece of its range at a time.
+        if op == Op::Write
+            && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
+            && let Some(root) = self.roots.get_mut(r)
+            && root.nodata
+            && root.op == Op::WriteZeroes
+            && !root.completed
+            && let Some(start) = root.offset
+            && off >= start
+            && off.saturating_add(bytes) <= start.saturating_add(root.bytes)
+        {
+            root.qcow2 |= is_qcow2;
+            return self.bind_to(qiov, QiovBind::Root(r));
+        }
+        if is_qcow2 && let Some(r) = self.cow_owner(e.tid, off, bytes) {
+            return self.bind_to(qiov, QiovBind::Cow(r));
+        }
+        if self.file_children.contains_key(&child) {
+            let ctx = self.qcow2_serving(e.tid);
+            return self.bind_to(qiov, QiovBind::Meta(ctx));
+        }
+        let r = self.new_root(e, Source::QemuBlock);
+        self.set_io(r, op, off, bytes);
+        self.bind_qiov(qiov, r);
+        let root = self.roots.get_mut(r).expect("just made");
+        root.note_bdrv_child(e.sub, child);
+        root.top_probe = e.sub;
+        root.top_child = child;
+        if is_qcow2 {
+            root.qcow2 = true;
+            self.threads.at(e.tid, e.ts).qcow2 = Some(r);
+        }
+        QiovBind::Root(r)
+    }
+
+    /// The request qcow2 is serving on `tid`, for its metadata IO: the one its last
+    /// probe there named, while in flight; else (a discard or a flush, whose path
+    /// through qcow2 has no probe) the guest request a host job of that thread would
+    /// be for. A request over is never it: its virtio request pointer can come back
+    /// for a discard while it waits for its interrupt.
+    pub(super) fn qcow2_serving(&self, tid: u32) -> Option<Ref> {
+        self.threads
+            .get(tid)
+            .and_then(|t| t.qcow2)
+            .filter(|r| self.roots.get(*r).is_some_and(|r| !r.completed))
+            .or_else(|| self.job_root(tid, None))
+    }
+
+    pub(super) fn bind_to(&mut self, qiov: u64, b: QiovBind) -> QiovBind {
+        self.qiov.insert(qiov, b);
+        if let Some(r) = b.root()
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            root.qiovs.push(qiov);
+        }
+        b
+    }
+
+    /// The allocating write a qcow2 request with a fresh buffer is the copy-on-write
+    /// of: qcow2 calls its own read entry point (no block layer above it) for the
+    /// parts of the new cluster the write does not cover, on the thread of the write
+    /// it is serving, inside that write's cluster (2 MiB, qcow2's largest).
+    pub(super) fn cow_owner(&self, tid: u32, off: u64, bytes: u64) -> Option<Ref> {
+        const MAX_CLUSTER: u64 = 2 << 20;
+        let r = self.threads.get(tid)?.qcow2?;
+        let root = self.roots.get(r)?;
+        let start = root.offset?;
+        let lo = start / MAX_CLUSTER * MAX_CLUSTER;
+        let hi = start.saturating_add(root.bytes).div_ceil(MAX_CLUSTER) * MAX_CLUSTER;
+        (matches!(root.op, Op::Write | Op::WriteZeroes)
+            && !root.completed
+            && off >= lo
+            && off.saturating_add(bytes) <= hi)
+            .then_some(r)
+    }
+}

@@ -1,0 +1,239 @@
+//! What the join hands out: one [`IoRow`] per guest-visible IO, one [`OtherIo`] per IO
+//! no guest request caused, through a [`Sink`]; their operations, flags and the
+//! reasons a row is partial, with the names the report prints for them.
+
+use crate::layers::Boundaries;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Read,
+    Write,
+    Other,
+    /// virtio-blk FLUSH: QEMU flushes the image (qcow2 metadata, then fdatasync).
+    Flush,
+    /// virtio-blk DISCARD and WRITE_ZEROES.
+    Discard,
+    WriteZeroes,
+    /// virtio-blk GET_ID: answered by QEMU without IO.
+    GetId,
+}
+
+impl Op {
+    pub const ALL: [Op; 7] = [
+        Op::Read,
+        Op::Write,
+        Op::Other,
+        Op::Flush,
+        Op::Discard,
+        Op::WriteZeroes,
+        Op::GetId,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Other => "other",
+            Op::Flush => "flush",
+            Op::Discard => "discard",
+            Op::WriteZeroes => "write_zeroes",
+            Op::GetId => "get_id",
+        }
+    }
+
+    /// From a virtio-blk request header's type (VIRTIO_BLK_T_*; the old BARRIER bit
+    /// is ignored).
+    pub fn from_virtio(t: u32) -> Op {
+        match t & !0x8000_0000 {
+            0 => Op::Read,
+            1 => Op::Write,
+            4 => Op::Flush,
+            8 => Op::GetId,
+            11 => Op::Discard,
+            13 => Op::WriteZeroes,
+            _ => Op::Other,
+        }
+    }
+
+    /// Moves data between the guest and the image (so host IO is expected).
+    pub fn moves_data(self) -> bool {
+        matches!(self, Op::Read | Op::Write)
+    }
+}
+
+/// Which layer an IO was first seen at: the top of its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A virtio-blk request from the guest.
+    Virtio,
+    /// A QEMU block request (blk_aio_*, blk_co_*, bdrv_co_*): no virtio layer traced,
+    /// or QEMU's own user (qemu-io, a block job).
+    QemuBlock,
+}
+
+pub mod flags {
+    /// Its data went to the host as more than one IO (qcow2 cluster boundaries).
+    pub const SPLIT: u16 = 1;
+    /// A block request carried its data together with another IO's.
+    pub const MERGED: u16 = 2;
+    /// virtio-blk merged it into the request before it; times are that request's.
+    pub const VIRTIO_MERGED: u16 = 4;
+    /// A bio was split in the block layer.
+    pub const BIO_SPLIT: u16 = 8;
+    /// Part of it read a hole or an unwritten extent of the image file: the host
+    /// filesystem returned zeros without device IO.
+    pub const FS_ZEROS: u16 = 16;
+}
+
+pub mod reasons {
+    pub const NO_HOST_IO: u16 = 1;
+    pub const HOST_IO_UNFINISHED: u16 = 2;
+    pub const NO_COMPLETION: u16 = 4;
+    pub const KEY_REUSED: u16 = 8;
+    pub const NO_DEVICE_IO: u16 = 16;
+    pub const NAMES: [(u16, &str); 5] = [
+        (
+            NO_HOST_IO,
+            "no host IO joined (events lost, or served from QEMU's cache)",
+        ),
+        (HOST_IO_UNFINISHED, "a host IO never completed in the trace"),
+        (
+            NO_COMPLETION,
+            "no completion seen (trace ended, or events lost)",
+        ),
+        (
+            KEY_REUSED,
+            "its pointer was reused before it completed (events lost)",
+        ),
+        (
+            NO_DEVICE_IO,
+            "host IO reached no bottom device (page cache, or block events lost)",
+        ),
+    ];
+}
+
+/// One guest-visible IO, joined.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoRow {
+    /// Order of arrival.
+    pub id: u64,
+    pub op: Op,
+    /// Guest offset (bytes), when a layer that knows it was traced.
+    pub offset: Option<u64>,
+    pub bytes: u64,
+    pub source: Source,
+    /// Boundary timestamps, ns; 0 = absent.
+    pub b: Boundaries,
+    /// Host IOs carrying its data, and qcow2 metadata IOs it caused.
+    pub host_ios: u32,
+    pub meta_ios: u32,
+    pub meta_ns: u64,
+    pub bios: u32,
+    pub requests: u32,
+    /// Bottom device (kernel dev_t), 0 if none.
+    pub bottom_dev: u32,
+    /// The VM's disk it was for (index in the layout's disks): known from the image
+    /// file the kernel named for its host IO, or when the VM has one disk.
+    pub disk: Option<u16>,
+    pub flags: u16,
+    /// Why the row is partial (see [`reasons`]); 0 = complete.
+    pub partial: u16,
+    /// For virtio-merged requests: the id of the request that carried it.
+    pub merged_into: Option<u64>,
+}
+
+impl IoRow {
+    /// A complete 4 KiB virtio read with one host IO, for tests to vary.
+    #[cfg(test)]
+    pub(crate) fn example() -> IoRow {
+        IoRow {
+            id: 0,
+            op: Op::Read,
+            offset: Some(0),
+            bytes: 4096,
+            source: Source::Virtio,
+            b: Boundaries::new(),
+            host_ios: 1,
+            meta_ios: 0,
+            meta_ns: 0,
+            bios: 1,
+            requests: 1,
+            bottom_dev: 0,
+            disk: None,
+            flags: 0,
+            partial: 0,
+            merged_into: None,
+        }
+    }
+}
+
+/// What IO that belongs to no guest request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherClass {
+    /// QEMU file IO outside any guest request: qcow2 metadata flushes, header updates.
+    QemuInternal,
+    /// A positioned syscall of the QEMU process that no QEMU block event led to.
+    QemuSyscall,
+    /// Block IO on an image file's sectors that no traced request issued: page-cache
+    /// writeback or readahead of the image, or another process using the file.
+    ImageWriteback,
+    /// Block IO on the devices below the images, elsewhere: filesystem journal, other
+    /// files, other processes.
+    OtherDeviceIo,
+}
+
+impl OtherClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            OtherClass::QemuInternal => "qemu internal file IO (qcow2 metadata flush, header)",
+            OtherClass::QemuSyscall => "qemu syscall outside block requests",
+            OtherClass::ImageWriteback => "image file IO not from a request (writeback, readahead)",
+            OtherClass::OtherDeviceIo => "other IO on the same devices (journal, other files)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherIo {
+    pub class: OtherClass,
+    pub start: u64,
+    pub end: u64,
+    pub bytes: u64,
+    pub dev: u32,
+}
+
+/// A row's flags as the report prints them: their names, comma-separated.
+pub fn flag_names(f: u16) -> String {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (flags::SPLIT, "split"),
+        (flags::MERGED, "merged"),
+        (flags::VIRTIO_MERGED, "virtio_merged"),
+        (flags::BIO_SPLIT, "bio_split"),
+        (flags::FS_ZEROS, "fs_zeros"),
+    ] {
+        if f & bit != 0 {
+            v.push(name);
+        }
+    }
+    v.join(",")
+}
+
+/// Why a row is partial, as the report prints it.
+pub fn reason_names(p: u16) -> String {
+    reasons::NAMES
+        .iter()
+        .filter(|(bit, _)| p & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub trait Sink {
+    fn io(&mut self, row: &IoRow);
+    fn other(&mut self, other: &OtherIo);
+}

@@ -1,0 +1,679 @@
+//! The join's shared records: the guest request (`Root`), the host IO (`Hio`), bios,
+//! block requests and per-thread contexts, the `Join` that holds them all, and the
+//! helpers that make, index and forget them. Every handler module works on these;
+//! none of them is imported from the dispatcher.
+
+use super::row::{Op, OtherClass, OtherIo, Sink, Source, flags};
+use super::slab::{Map, Ref, Slab};
+use crate::layers::{Boundaries, Boundary};
+use crate::layout::{DevRanges, DiskSet, Layout};
+use serde::Serialize;
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use viopath_probes::abi::{RawEvent, qemu_probe as q};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HioKind {
+    Data,
+    Meta,
+    Internal,
+    Syscall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Api {
+    Unknown,
+    Threads,
+    Native,
+    Uring,
+}
+
+pub(super) struct Hio {
+    pub(super) root: Option<Ref>,
+    pub(super) kind: HioKind,
+    pub(super) api: Api,
+    pub(super) offset: u64,
+    pub(super) bytes: u64,
+    pub(super) created: u64,
+    pub(super) submit: u64,
+    pub(super) first_q: u64,
+    pub(super) issue_any: u64,
+    pub(super) done_any: u64,
+    pub(super) issue_bottom: u64,
+    pub(super) done_bottom: u64,
+    pub(super) ranges: DevRanges,
+    pub(super) has_kiocb: bool,
+    /// The filesystem's fsync for it began (a flush).
+    pub(super) fs_begun: bool,
+    pub(super) bios: u32,
+    pub(super) requests: u32,
+    /// Block requests carrying it not yet completed.
+    pub(super) open_rqs: u32,
+    pub(super) flags: u16,
+    pub(super) bottom_dev: u32,
+    /// The disks whose chains hold the file the kernel named for it (0: not named).
+    pub(super) disks: DiskSet,
+    /// The file descriptor a thread-pool job names (0: not known).
+    pub(super) fd: u64,
+    /// A job without data (flush, discard, write zeroes) made for a request.
+    pub(super) job: bool,
+}
+
+pub(super) struct Root {
+    pub(super) id: u64,
+    pub(super) op: Op,
+    pub(super) offset: Option<u64>,
+    pub(super) bytes: u64,
+    pub(super) source: Source,
+    pub(super) top_probe: u8,
+    pub(super) top_child: u64,
+    pub(super) virtio_req: u64,
+    pub(super) aio_opaque: u64,
+    /// Inline: a request has one to a few, and a heap allocation per request shows
+    /// in the join's profile.
+    pub(super) qiovs: SmallVec<[u64; 4]>,
+    pub(super) b: Boundaries,
+    pub(super) open_hios: u32,
+    pub(super) data_hios: u32,
+    pub(super) meta_hios: u32,
+    pub(super) meta_ns: u64,
+    pub(super) bios: u32,
+    pub(super) requests: u32,
+    pub(super) flags: u16,
+    pub(super) partial: u16,
+    pub(super) last: u64,
+    /// The thread that made it: a request without a completion event is over once
+    /// this thread has gone on for a while after it went quiet (see [`IDLE_NS`]).
+    pub(super) tid: u32,
+    pub(super) qcow2: bool,
+    pub(super) bottom_dev: u32,
+    /// The disks all its named host IOs agree on (see [`Hio::disks`]): `None` until
+    /// one is named, `Some(0)` if they disagree.
+    pub(super) disks: Option<DiskSet>,
+    pub(super) completed: bool,
+    /// A host job without data was made for it (flush, discard): a later one on its
+    /// thread is another request's.
+    pub(super) host_job: bool,
+    /// A block request without data was seen for it: a write of zeroes or a discard,
+    /// whose host job (a fallocate) is not a flush's, and whose range (when it has
+    /// one) came from that request, not from block IO.
+    pub(super) nodata: bool,
+    /// The BdrvChild of its first call on a block node (QEMU's block layer): for a
+    /// request from a drive, that drive's root, the same for all its requests.
+    pub(super) bdrv_child: u64,
+    pub(super) merged_into: Option<u64>,
+}
+
+impl Root {
+    /// Keep the BdrvChild of its first call on a block node (`bdrv_co_*`).
+    #[inline]
+    pub(super) fn note_bdrv_child(&mut self, probe: u8, child: u64) {
+        if self.bdrv_child == 0 && level(probe) == 3 {
+            self.bdrv_child = child;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum QiovBind {
+    Root(Ref),
+    Meta(Option<Ref>),
+    /// qcow2's copy-on-write buffer for an allocating write: reading the old cluster
+    /// (from the backing file) is that write's metadata-like IO; writing the buffer
+    /// out carries the write's data.
+    Cow(Ref),
+}
+
+impl QiovBind {
+    pub(super) fn root(self) -> Option<Ref> {
+        match self {
+            QiovBind::Root(r) | QiovBind::Cow(r) | QiovBind::Meta(Some(r)) => Some(r),
+            QiovBind::Meta(None) => None,
+        }
+    }
+}
+
+/// One device range of a host IO in flight.
+#[derive(Clone, Copy)]
+pub(super) struct InflightRange {
+    pub(super) dev: u32,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) hio: Ref,
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum BioOwner {
+    Hio(Ref),
+    Other(u32),
+}
+
+/// A bio's owner, valid until the bio completes or its request does (blk-mq devices
+/// trace no bio completion). `remapped`: the next queue event for this pointer is the
+/// same bio moving down (partition remap), not a new bio at a reused address.
+#[derive(Clone, Copy)]
+pub(super) struct BioEntry {
+    pub(super) owner: BioOwner,
+    pub(super) remapped: bool,
+}
+
+pub(super) struct Req {
+    pub(super) owners: SmallVec<[Ref; 2]>,
+    pub(super) bios: SmallVec<[u64; 4]>,
+    pub(super) other: Option<u32>,
+    pub(super) dev: u32,
+    pub(super) sector: u64,
+    pub(super) sectors: u64,
+    /// When it was inserted or issued: one whose completion was lost is dropped once
+    /// it is older than any real request.
+    pub(super) since: u64,
+    /// Its REQ_OP: a bio or request merges only into one of the same operation.
+    pub(super) op: u8,
+    /// Issued to its driver: the kernel merges nothing more into it (RQF_STARTED, and
+    /// RQF_DONTPREP once a driver prepared it, are among RQF_NOMERGE_FLAGS).
+    pub(super) started: bool,
+}
+
+/// A bio that merged into a request not seen yet: one still on the submitting task's
+/// plug list, whose insert is traced only when the plug is flushed (and then covers
+/// this bio's sectors).
+pub(super) struct PluggedBio {
+    pub(super) bio: u64,
+    pub(super) owner: Ref,
+    pub(super) dev: u32,
+    pub(super) sector: u64,
+    pub(super) sectors: u64,
+}
+
+pub(super) struct OtherState {
+    pub(super) io: OtherIo,
+}
+
+/// What one thread is in the middle of. These were one map per field keyed by thread
+/// id; most events touch two or three of them on the same thread, so one lookup of
+/// the thread (usually the same as the last event's) replaces several hash inserts.
+#[derive(Default)]
+pub(super) struct ThreadCtx {
+    /// The blk_aio_* request this coroutine thread announced, waiting for its qiov.
+    pub(super) pending_co: Option<Ref>,
+    /// The request qcow2 is serving on this thread.
+    pub(super) qcow2: Option<Ref>,
+    /// An L2/refcount cache lookup (owner, table offset): a read of that table follows.
+    pub(super) meta: Option<(Option<Ref>, u64)>,
+    /// The last bdrv_co_p{read,write}v_part whose qiov is known: its file-posix
+    /// request follows in the same coroutine, with a slice of that qiov (a new
+    /// pointer) when it covers only part of it.
+    pub(super) last_bdrv: Option<(QiovBind, u64, u64)>,
+    /// The file-posix request just made here: the submission probe refers to it.
+    pub(super) last_hio: Option<Ref>,
+    /// The host IO this thread-pool worker is running synchronously.
+    pub(super) worker: Option<Ref>,
+    /// The fallocate job this worker ran last: (descriptor, offset, length) and its
+    /// request. QEMU retries a write of zeroes in other modes on the same range within
+    /// the same job.
+    pub(super) falloc_job: Option<([u64; 3], Ref)>,
+    /// linux-aio requests queued, submitted by this thread's next io_submit.
+    pub(super) laio_wait: SmallVec<[Ref; 4]>,
+    /// Host IOs this thread handed the kernel (io_submit, io_uring submission) whose
+    /// direct IO has not begun. The kernel begins them on this thread during the
+    /// syscall, in this order (io_uring may hand one to a worker thread instead).
+    pub(super) submitted: SmallVec<[Ref; 4]>,
+    /// The direct IO this thread is inside (bios it queues are that IO's).
+    pub(super) dio: Option<Ref>,
+    /// The last virtio request completed here: (id, boundaries, time).
+    pub(super) completion_batch: Option<(u64, Boundaries, u64, Option<DiskSet>)>,
+    /// Trace time of the last event that changed this context.
+    pub(super) seen: u64,
+}
+
+/// Per-thread contexts, with a direct-mapped cache of where threads are in front of
+/// the index. A trace has a few dozen threads, so each nearly always has a slot of its
+/// own; remembering only the last thread looked up missed whenever consecutive events
+/// were of different threads.
+#[derive(Default)]
+pub(super) struct Threads {
+    pub(super) index: Map<u32, u32>,
+    pub(super) ctx: Vec<(u32, ThreadCtx)>,
+    pub(super) cache: ThreadCache,
+}
+
+/// Thread id and slot, packed (`u64::MAX`: empty), per `tid % THREAD_CACHE`.
+pub(super) struct ThreadCache([std::cell::Cell<u64>; THREAD_CACHE]);
+
+pub(super) const THREAD_CACHE: usize = 64;
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        ThreadCache(std::array::from_fn(|_| std::cell::Cell::new(u64::MAX)))
+    }
+}
+
+impl ThreadCache {
+    #[inline]
+    pub(super) fn get(&self, tid: u32) -> Option<u32> {
+        let v = self.0[tid as usize % THREAD_CACHE].get();
+        ((v >> 32) as u32 == tid && v != u64::MAX).then_some(v as u32)
+    }
+    #[inline]
+    pub(super) fn set(&self, tid: u32, i: u32) {
+        self.0[tid as usize % THREAD_CACHE].set((tid as u64) << 32 | i as u64);
+    }
+    pub(super) fn clear(&self) {
+        for c in &self.0 {
+            c.set(u64::MAX);
+        }
+    }
+}
+
+impl Threads {
+    #[inline]
+    pub(super) fn find(&self, tid: u32) -> Option<usize> {
+        match self.cache.get(tid) {
+            Some(i) => Some(i as usize),
+            None => self.find_uncached(tid),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn find_uncached(&self, tid: u32) -> Option<usize> {
+        let i = *self.index.get(&tid)?;
+        self.cache.set(tid, i);
+        Some(i as usize)
+    }
+
+    #[inline]
+    pub(super) fn get(&self, tid: u32) -> Option<&ThreadCtx> {
+        self.find(tid).map(|i| &self.ctx[i].1)
+    }
+
+    #[inline]
+    pub(super) fn get_mut(&mut self, tid: u32) -> Option<&mut ThreadCtx> {
+        self.find(tid).map(|i| &mut self.ctx[i].1)
+    }
+
+    /// The thread's context, made if it has none; `ts` marks it as in use.
+    #[inline]
+    pub(super) fn at(&mut self, tid: u32, ts: u64) -> &mut ThreadCtx {
+        let i = match self.find(tid) {
+            Some(i) => i,
+            None => self.add(tid),
+        };
+        let c = &mut self.ctx[i].1;
+        c.seen = c.seen.max(ts);
+        c
+    }
+
+    /// Out of line: a new context is built on the stack, and a frame that size on
+    /// every lookup showed in the join's profile.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn add(&mut self, tid: u32) -> usize {
+        let i = self.ctx.len();
+        self.ctx.push((tid, ThreadCtx::default()));
+        self.index.insert(tid, i as u32);
+        self.cache.set(tid, i as u32);
+        i
+    }
+
+    /// Forget threads idle since before `before`: whatever they were in the middle of
+    /// has been finished as stale by then, and exited threads must not pile up.
+    pub(super) fn forget_idle(&mut self, before: u64) {
+        let mut i = 0;
+        while i < self.ctx.len() {
+            if self.ctx[i].1.seen < before {
+                let (tid, _) = self.ctx.swap_remove(i);
+                self.index.remove(&tid);
+                if let Some((moved, _)) = self.ctx.get(i) {
+                    self.index.insert(*moved, i as u32);
+                }
+                // Slots moved: cached lookups may point at the wrong one.
+                self.cache.clear();
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ctx.len()
+    }
+}
+
+/// A QEMU-level request with no completion event seen yet (no virtio layer), all its
+/// host IO done, is finished once the thread that made it has been seen this long after
+/// the request's last event. Measured on that thread, not on the trace's clock: a
+/// completion callback (qemu-io's) runs on the thread that made the request, so while
+/// that thread is off the CPU, however long, its callback may still come.
+pub const IDLE_NS: u64 = 2_000_000;
+/// Requests with nothing happening for this long are finished: as partial, unless all
+/// their host IO is done and only their thread's going on was awaited (see
+/// [`IDLE_NS`]).
+pub const STALE_NS: u64 = 30_000_000_000;
+
+/// Counters for the summary.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct JoinStats {
+    pub events: u64,
+    pub ios: u64,
+    pub partial: u64,
+    pub other_ios: u64,
+    pub unknown_events: u64,
+    /// The most guest requests and host IOs in flight at once, counted as each is made.
+    pub peak_in_flight: usize,
+    /// Block requests whose completion never came (event lost): dropped when their
+    /// pointer came back for a new request, or when they were older than any real one.
+    pub requests_lost: u64,
+}
+
+/// What the trace's header says about the probes, which changes how rows end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinConfig {
+    /// The KVM interrupt probe was attached: a completed virtio request waits for its
+    /// interrupt before it is reported.
+    pub await_msi: bool,
+    /// The images are qcow2 and the qcow2 probes were attached: a QEMU block request
+    /// that never reaches qcow2 is QEMU's own file IO (image open, header updates),
+    /// not a guest IO.
+    pub expect_qcow2: bool,
+    /// The fdatasync/fsync probes were attached: a thread-pool flush job ends at its
+    /// worker's fdatasync return. Without them (older traces) a flush is QEMU's
+    /// alone, as its job would never be seen to end.
+    pub flush_syscalls: bool,
+    /// The filesystem's fsync probes were attached: a flush QEMU hands the kernel
+    /// through linux-aio (run by a kernel worker) or io_uring is followed into the
+    /// filesystem's fsync wherever it runs. Without them a linux-aio flush is QEMU's
+    /// alone, as its end would never be seen.
+    pub fs_sync: bool,
+    /// The workqueue probes for linux-aio fsync work were attached: a linux-aio flush
+    /// is followed into its kernel worker on any filesystem, begun and ended by the
+    /// work item (ext4's own fsync events, inside it, still mark the fsync's end).
+    pub aio_fsync: bool,
+    /// The fallocate probes were attached: a thread-pool discard or write-zeroes job
+    /// ends at its worker's fallocate return. Without them (older traces) those
+    /// requests are QEMU's alone.
+    pub falloc_syscalls: bool,
+}
+
+pub struct Join<'l, S: Sink> {
+    pub(super) layout: &'l Layout,
+    pub sink: S,
+    pub stats: JoinStats,
+    pub(super) cfg: JoinConfig,
+    pub(super) roots: Slab<Root>,
+    pub(super) hios: Slab<Hio>,
+    pub(super) active: Vec<Ref>,
+    pub(super) inflight: Vec<Ref>,
+    /// The device ranges of the host IOs in flight, flat: a queued bio's owner is
+    /// looked up by address for every bio, and visiting each host IO for it showed.
+    /// Kept in step with `hios` by `forget_hio`.
+    pub(super) inflight_at: Vec<InflightRange>,
+    pub(super) virtio: Map<u64, Ref>,
+    pub(super) aio_opaque: Map<u64, Ref>,
+    pub(super) qiov: Map<u64, QiovBind>,
+    /// What each thread is in the middle of (see `ThreadCtx`).
+    pub(super) threads: Threads,
+    pub(super) file_children: Map<u64, ()>,
+    pub(super) aiocb: Map<u64, Ref>,
+    pub(super) uring_wait: VecDeque<Ref>,
+    /// Thread-pool flush jobs not yet begun, with the file descriptor each flushes: a
+    /// worker's fdatasync of that descriptor is the job.
+    pub(super) flush_wait: VecDeque<(u64, Ref)>,
+    /// Flushes handed to the kernel by linux-aio or io_uring, in submission order,
+    /// whose fsync has not begun: the kernel runs it in a thread of its choosing, and
+    /// the next fsync of an image file in a thread doing nothing traced is the first.
+    pub(super) sync_wait: VecDeque<Ref>,
+    /// Thread-pool discard and write-zeroes jobs not yet begun, with the file
+    /// descriptor, offset and length each gives fallocate.
+    pub(super) falloc_wait: VecDeque<([u64; 3], Ref)>,
+    /// The disks of the file each descriptor of QEMU's opens, learnt from thread-pool
+    /// jobs whose direct IO the kernel named the file of: a flush's or discard's job
+    /// names only the descriptor.
+    pub(super) fd_disks: Map<u64, DiskSet>,
+    /// The disk of each drive's root BdrvChild, learnt from requests whose host IO
+    /// named their disk: it names the disk of a request whose host IO names none.
+    pub(super) child_disks: Map<u64, u16>,
+    /// Host IOs that queued a flush bio (no data) on a device, waiting for the
+    /// device's flush request: the block layer issues it without a bio.
+    pub(super) preflush: Vec<(u32, Ref)>,
+    pub(super) user_data: Map<u64, Ref>,
+    pub(super) kiocb: Map<u64, Ref>,
+    pub(super) bios: Map<u64, BioEntry>,
+    pub(super) reqs: Map<u64, Req>,
+    pub(super) plugged: Vec<PluggedBio>,
+    pub(super) others: Slab<OtherState>,
+    pub(super) other_ids: Map<u32, Ref>,
+    pub(super) next_other: u32,
+    pub(super) msi_wait: Vec<Ref>,
+    pub(super) last_notify: u64,
+    pub(super) next_id: u64,
+    pub(super) now: u64,
+    pub(super) next_sweep: u64,
+}
+
+/// How deep in QEMU's block stack a probe is: a request never re-enters its own top
+/// level for the same node, so seeing that again with its qiov means a new request.
+pub(super) fn level(probe: u8) -> u8 {
+    match probe {
+        q::BLK_AIO_PREADV | q::BLK_AIO_PWRITEV => 1,
+        q::BLK_CO_PREADV_PART | q::BLK_CO_PWRITEV_PART => 2,
+        q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART | q::BDRV_CO_PDISCARD => 3,
+        q::QCOW2_CO_PREADV_PART | q::QCOW2_CO_PWRITEV_PART => 4,
+        _ => 0,
+    }
+}
+
+pub(super) fn dev_bytes(a2: u64) -> (u32, u64) {
+    ((a2 >> 32) as u32, a2 & 0xffff_ffff)
+}
+
+#[inline]
+pub(super) fn min0(a: u64, b: u64) -> u64 {
+    if a == 0 {
+        b
+    } else if b == 0 {
+        a
+    } else {
+        a.min(b)
+    }
+}
+
+impl<S: Sink> Join<'_, S> {
+    /// After a request or host IO is made: the most in flight at once. Kept here, not
+    /// after every event, so that each kind's handler is the event's last call.
+    #[inline]
+    pub(super) fn note_in_flight(&mut self) {
+        let in_flight = self.roots.live + self.hios.live;
+        if in_flight > self.stats.peak_in_flight {
+            self.stats.peak_in_flight = in_flight;
+        }
+    }
+
+    pub(super) fn new_root(&mut self, e: &RawEvent, source: Source) -> Ref {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut b = Boundaries::new();
+        b[Boundary::Parsed] = e.ts;
+        let r = self.roots.insert(Root {
+            id,
+            op: Op::Other,
+            offset: None,
+            bytes: 0,
+            source,
+            top_probe: 0,
+            top_child: 0,
+            virtio_req: 0,
+            aio_opaque: 0,
+            qiovs: SmallVec::new(),
+            b,
+            open_hios: 0,
+            data_hios: 0,
+            meta_hios: 0,
+            meta_ns: 0,
+            bios: 0,
+            requests: 0,
+            flags: 0,
+            partial: 0,
+            last: e.ts,
+            tid: e.tid,
+            qcow2: false,
+            bottom_dev: 0,
+            disks: None,
+            completed: false,
+            host_job: false,
+            nodata: false,
+            bdrv_child: 0,
+            merged_into: None,
+        });
+        self.active.push(r);
+        self.note_in_flight();
+        r
+    }
+
+    pub(super) fn set_io(&mut self, r: Ref, op: Op, offset: u64, bytes: u64) {
+        if let Some(root) = self.roots.get_mut(r)
+            && root.offset.is_none()
+        {
+            root.op = op;
+            root.offset = Some(offset);
+            root.bytes = bytes;
+        }
+    }
+
+    pub(super) fn bind_qiov(&mut self, qiov: u64, r: Ref) {
+        self.qiov.insert(qiov, QiovBind::Root(r));
+        if let Some(root) = self.roots.get_mut(r) {
+            root.qiovs.push(qiov);
+        }
+    }
+
+    pub(super) fn add_hio(
+        &mut self,
+        root: Option<Ref>,
+        kind: HioKind,
+        off: u64,
+        bytes: u64,
+        ts: u64,
+    ) -> Ref {
+        if let Some(r) = root
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            root.open_hios += 1;
+            root.last = ts;
+            if kind == HioKind::Data {
+                root.data_hios += 1;
+                if root.data_hios > 1 {
+                    root.flags |= flags::SPLIT;
+                }
+            }
+        }
+        let h = self.hios.insert(Hio {
+            root,
+            kind,
+            api: Api::Unknown,
+            offset: off,
+            bytes,
+            created: ts,
+            submit: 0,
+            first_q: 0,
+            issue_any: 0,
+            done_any: 0,
+            issue_bottom: 0,
+            done_bottom: 0,
+            ranges: DevRanges::new(),
+            has_kiocb: false,
+            fs_begun: false,
+            bios: 0,
+            requests: 0,
+            open_rqs: 0,
+            flags: 0,
+            bottom_dev: 0,
+            disks: 0,
+            fd: 0,
+            job: false,
+        });
+        // Its ranges made where they stay (they are most of its size).
+        if bytes > 0
+            && let Some(x) = self.hios.get_mut(h)
+        {
+            self.layout.dev_ranges(off, bytes, &mut x.ranges);
+        }
+        self.inflight.push(h);
+        self.index_ranges(h);
+        self.note_in_flight();
+        h
+    }
+
+    pub(super) fn index_ranges(&mut self, h: Ref) {
+        if let Some(x) = self.hios.get(h) {
+            self.inflight_at
+                .extend(x.ranges.iter().map(|r| InflightRange {
+                    dev: r.dev,
+                    start: r.start_sector,
+                    end: r.end_sector,
+                    hio: h,
+                }));
+        }
+    }
+
+    /// The one way a host IO leaves: out of the slab, the in-flight list and the
+    /// address index together. Dropped in place: moving a `Hio` out showed in the
+    /// join's profile, so whoever needs its fields reads them before.
+    pub(super) fn forget_hio(&mut self, h: Ref) {
+        if !self.hios.discard(h) {
+            return;
+        }
+        if let Some(i) = self.inflight.iter().position(|&x| x == h) {
+            self.inflight.swap_remove(i);
+        }
+        self.unindex_ranges(h);
+    }
+
+    /// The host IO in flight made first of those `pick` accepts. The in-flight list's
+    /// own order is shuffled by removals; QEMU's thread pool, linux-aio and io_uring
+    /// take requests in the order QEMU made them.
+    pub(super) fn earliest_in_flight(&self, pick: impl Fn(&Hio) -> bool) -> Option<Ref> {
+        self.inflight
+            .iter()
+            .filter_map(|&h| self.hios.get(h).map(|x| (h, x)))
+            .filter(|(_, x)| pick(x))
+            .min_by_key(|(_, x)| x.created)
+            .map(|(h, _)| h)
+    }
+
+    pub(super) fn unindex_ranges(&mut self, h: Ref) {
+        // Its ranges were indexed together, so they sit side by side.
+        if let Some(i) = self.inflight_at.iter().position(|x| x.hio == h) {
+            let n = self.inflight_at[i..]
+                .iter()
+                .take_while(|x| x.hio == h)
+                .count();
+            self.inflight_at.drain(i..i + n);
+        }
+    }
+
+    pub(super) fn new_other(&mut self, ts: u64, dev: u32, sector: u64, bytes: u64) -> u32 {
+        let class = if self.layout.occupied(
+            dev,
+            sector,
+            sector.saturating_add(bytes.div_ceil(512).max(1)),
+        ) {
+            OtherClass::ImageWriteback
+        } else {
+            OtherClass::OtherDeviceIo
+        };
+        let id = self.next_other;
+        self.next_other = self.next_other.wrapping_add(1);
+        let r = self.others.insert(OtherState {
+            io: OtherIo {
+                class,
+                start: ts,
+                end: ts,
+                bytes,
+                dev,
+            },
+        });
+        self.other_ids.insert(id, r);
+        id
+    }
+}
