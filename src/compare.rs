@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 use viopath_reporter::compare::{self, Change, CompareOptions, METRICS, Run, Threshold, Verdict};
+use viopath_reporter::units::{pct, us};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -86,10 +87,6 @@ fn load_side(paths: &[PathBuf]) -> Result<Vec<Run>> {
         );
     }
     Ok(runs)
-}
-
-fn pct(x: f64) -> String {
-    format!("{:+.1}%", x * 100.0)
 }
 
 fn mark(v: Verdict) -> &'static str {
@@ -198,10 +195,6 @@ fn rule_text(r: &Threshold) -> String {
         r.metric,
         pct(r.limit)
     )
-}
-
-fn us(ns: f64) -> String {
-    format!("{:.1}", ns / 1000.0)
 }
 
 fn tables(

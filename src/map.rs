@@ -1,7 +1,7 @@
 //! `viopath map`: the extent map of an image with host device sectors, or one address
 //! through every layer.
 
-use crate::units::{human, parse_size};
+use crate::units::parse_size;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
@@ -15,6 +15,7 @@ use viopath_layouts::host::{Hop, HostSegment, Via};
 use viopath_layouts::qcow2::{Chain, Content, FileRole, LocatedKind, MapEntry};
 use viopath_layouts::stack::{HostLookup, Stack, StackOptions, Translation};
 use viopath_layouts::{GuestOffset, HostFileOffset, SECTOR_SIZE};
+use viopath_reporter::units::human;
 
 #[derive(Args, Debug)]
 pub struct MapArgs {

@@ -1,6 +1,5 @@
 //! `viopath record`: capture QEMU and host-kernel IO events into a trace file.
 
-use crate::units::human;
 use anyhow::{Result, bail};
 use clap::Args;
 use std::io::Write;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 use viopath_recorder::{RecordOptions, Target};
+use viopath_reporter::units::human;
 
 #[derive(Args, Debug)]
 pub struct RecordArgs {

@@ -1,7 +1,6 @@
 //! `viopath report`: join a trace and show where the time went, layer by layer.
 
 use crate::ui::{Bar, note};
-use crate::units::human;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use std::fs::File;
@@ -12,6 +11,7 @@ use tabled::settings::Style;
 use viopath_reporter::join::{flag_names, reason_names};
 use viopath_reporter::layers::LAYER_NAMES;
 use viopath_reporter::report::{Report, write_json};
+use viopath_reporter::units::{self, human};
 use viopath_reporter::{ExportFormat, GroupBy, LayoutSource, Options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,8 +77,9 @@ pub struct ReportArgs {
     pub html: Option<PathBuf>,
 }
 
+/// A duration in the tables' µs columns.
 fn us(ns: u64) -> String {
-    format!("{:.1}", ns as f64 / 1000.0)
+    units::us(ns as f64)
 }
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {

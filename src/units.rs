@@ -1,4 +1,5 @@
-//! Sizes and offsets on the command line and in tables.
+//! Sizes and offsets on the command line. Their output form is
+//! `viopath_reporter::units`, shared with the pages.
 
 /// Parse `4096`, `0x1000`, `4k`, `4KiB`, `1M`, `2G`, `1T` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -24,22 +25,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' does not fit in 64 bits"))
 }
 
-/// `65536` → `64 KiB`; exact values only get a unit.
-pub fn human(n: u64) -> String {
-    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
-            return format!("{} {unit}", n >> shift);
-        }
-    }
-    if n >= 1 << 20 {
-        return format!("{:.1} MiB", n as f64 / (1 << 20) as f64);
-    }
-    format!("{n} B")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use viopath_reporter::units::human;
 
     #[test]
     fn sizes() {

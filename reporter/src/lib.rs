@@ -9,15 +9,18 @@
 //! at; [`synth`] writes synthetic traces with known answers for tests and benchmarks.
 
 pub mod compare;
+pub mod hist;
 pub mod html;
 pub mod join;
 pub mod layers;
 pub mod layout;
 pub mod perfetto;
+pub mod pictures;
 pub mod reader;
 pub mod report;
 mod rng;
 pub mod synth;
+pub mod units;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -169,7 +172,7 @@ pub struct Options {
     /// Partition keys when a Parquet export goes to a directory.
     pub partition: Partition,
     pub progress: Option<Progress>,
-    /// Also collect what the HTML report draws ([`html::Pictures`]).
+    /// Also collect what the HTML report draws ([`pictures::Pictures`]).
     pub pictures: bool,
 }
 

@@ -215,7 +215,7 @@ pub struct Collector<'l> {
     ios: u64,
     complete: u64,
     exporter: Option<Exporter>,
-    pictures: Option<crate::html::Pictures>,
+    pictures: Option<crate::pictures::Pictures>,
     /// Complete IOs kept as exact columns; beyond, everything is folded into `folded`.
     exact_cap: usize,
     folded: Option<Folded>,
@@ -379,7 +379,7 @@ impl<'l> Collector<'l> {
 
     /// Also collect what the HTML report draws (histograms, time series).
     pub fn with_pictures(mut self) -> Self {
-        self.pictures = Some(crate::html::Pictures::default());
+        self.pictures = Some(crate::pictures::Pictures::default());
         self
     }
 
@@ -593,7 +593,7 @@ pub struct Report {
     pub exported_to: Option<std::path::PathBuf>,
     /// Histograms and time series for the HTML report, when asked for.
     #[serde(skip)]
-    pub pictures: Option<crate::html::Pictures>,
+    pub pictures: Option<crate::pictures::Pictures>,
 }
 
 /// One group's values of a column, and which are there (`None`: all).
