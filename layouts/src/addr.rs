@@ -1,7 +1,7 @@
 //! The address spaces an IO crosses, one type each, so a guest offset can never be
 //! passed where a host offset is expected.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Bytes in the sector unit used by virtio-blk, the Linux block layer and `DeviceSector`.
@@ -10,7 +10,7 @@ pub const SECTOR_SIZE: u64 = 512;
 macro_rules! address_type {
     ($(#[$doc:meta])* $name:ident, $unit:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub u64);
 

@@ -14,6 +14,7 @@
 pub mod addr;
 pub mod guest;
 pub mod host;
+pub mod lenient;
 pub mod qcow2;
 pub mod snapshot;
 pub mod source;

@@ -6,15 +6,113 @@
 //! snapshot from images directly for offline analysis where the images are at hand.
 
 use crate::HostFileOffset;
-use crate::guest::GuestLayout;
-use crate::host::{DevId, HostResolver, Topology};
-use crate::qcow2::Chain;
-use serde_json::{Value, json};
+use crate::guest::{GuestExtent, GuestLayout, Partition};
+use crate::host::{BlockDevice, DevId, HostResolver, HostSegment, Topology};
+use crate::lenient::{lenient, lenient_list};
+use crate::qcow2::{Chain, ChainFile, MapEntry, ReverseExtent};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+// Read back leniently (see `crate::lenient`): every field has a default, and an entry of
+// the wrong shape is left out and counted, so a damaged or older snapshot still joins.
+
+/// The snapshot: the VM's disks and the block devices below them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    /// One per disk of the VM: its chain's top file and everything below it.
+    #[serde(deserialize_with = "lenient_list")]
+    pub images: Vec<ImageSnapshot>,
+    #[serde(deserialize_with = "lenient_list")]
+    pub devices: Vec<BlockDevice>,
+    /// Files that could not be read as images, with why.
+    #[serde(deserialize_with = "lenient_list")]
+    pub errors: Vec<String>,
+}
+
+/// One disk: its chain, extent map, reverse maps, where its files live, its guest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageSnapshot {
+    /// The chain's top file, as the process named it.
+    pub path: PathBuf,
+    /// The guest's partitions and ext filesystems; `None` when it has none we read.
+    #[serde(deserialize_with = "lenient")]
+    pub guest: Option<GuestSnapshot>,
+    #[serde(deserialize_with = "lenient")]
+    pub virtual_size: u64,
+    #[serde(deserialize_with = "lenient_list")]
+    pub files: Vec<ChainFile>,
+    #[serde(deserialize_with = "lenient_list")]
+    pub warnings: Vec<String>,
+    /// `qemu-img map`'s rows, with the host devices under each.
+    #[serde(deserialize_with = "lenient_list")]
+    pub map: Vec<MapRow>,
+    /// Each chain file's reverse map (what every byte of it holds).
+    #[serde(deserialize_with = "lenient_list")]
+    pub reverse: Vec<ReverseFile>,
+    /// Each chain file, whole, down to the bottom devices.
+    #[serde(deserialize_with = "lenient_list")]
+    pub file_hosts: Vec<FileHost>,
+}
+
+/// What the guest keeps where, read through the chain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuestSnapshot {
+    #[serde(deserialize_with = "lenient_list")]
+    pub partitions: Vec<Partition>,
+    /// Which file or structure owns each guest byte range.
+    #[serde(deserialize_with = "lenient_list")]
+    pub extents: Vec<GuestExtent>,
+    #[serde(deserialize_with = "lenient_list")]
+    pub notes: Vec<String>,
+    /// Why the guest could not be read (then the lists are empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A row of the extent map, with its file and host devices where it has an offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapRow {
+    #[serde(flatten)]
+    pub entry: MapEntry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Vec<HostSegment>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_error: Option<String>,
+}
+
+/// A chain file's reverse map.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReverseFile {
+    pub file: PathBuf,
+    pub file_len: u64,
+    #[serde(deserialize_with = "lenient_list")]
+    pub extents: Vec<ReverseExtent>,
+}
+
+/// A chain file, whole, down to the bottom devices.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileHost {
+    pub file: PathBuf,
+    pub len: u64,
+    /// Its inode number: the kernel's direct-IO and filesystem probes name files by it.
+    #[serde(deserialize_with = "lenient")]
+    pub ino: Option<u64>,
+    #[serde(deserialize_with = "lenient_list")]
+    pub host: Vec<HostSegment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_error: Option<String>,
+}
+
 /// Snapshot the chains whose files are `files` and the block devices `devices`.
-pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
+pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Snapshot {
     let mut images = Vec::new();
     let mut covered: BTreeSet<PathBuf> = BTreeSet::new();
     let mut errors = Vec::new();
@@ -47,28 +145,38 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
         for cf in &chain.files {
             covered.insert(cf.path.canonicalize().unwrap_or_else(|_| cf.path.clone()));
         }
-        let entries: Vec<Value> = chain
+        let map: Vec<MapRow> = chain
             .map_entries()
             .iter()
             .map(|e| {
-                let mut v = serde_json::to_value(e).unwrap_or_default();
+                let mut row = MapRow {
+                    entry: e.clone(),
+                    filename: None,
+                    host: None,
+                    host_error: None,
+                };
                 if let (Some(off), Some(file)) = (e.offset, e.file) {
-                    v["filename"] = json!(chain.files[file].path);
-                    match resolver.resolve(&chain.files[file].path, HostFileOffset(off), e.length) {
-                        Ok(segs) => v["host"] = json!(segs),
-                        Err(err) => v["host_error"] = json!(err.to_string()),
+                    let path = &chain.files[file].path;
+                    row.filename = Some(path.clone());
+                    match resolver.resolve(path, HostFileOffset(off), e.length) {
+                        Ok(segs) => row.host = Some(segs),
+                        Err(err) => row.host_error = Some(err.to_string()),
                     }
                 }
-                v
+                row
             })
             .collect();
-        let reverse: Vec<Value> = (0..chain.files.len())
+        let reverse: Vec<ReverseFile> = (0..chain.files.len())
             .filter_map(|id| chain.reverse_map(id).ok())
-            .map(|rm| json!({"file": chain.files[rm.file].path, "file_len": rm.file_len, "extents": rm.extents}))
+            .map(|rm| ReverseFile {
+                file: chain.files[rm.file].path.clone(),
+                file_len: rm.file_len,
+                extents: rm.extents,
+            })
             .collect();
         // Every chain file, whole, down to the bottom device: block IO on any byte of
         // it (metadata included) can then be joined by address.
-        let file_hosts: Vec<Value> = chain
+        let file_hosts: Vec<FileHost> = chain
             .files
             .iter()
             .map(|cf| {
@@ -79,41 +187,55 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Value {
                 // filesystem probes, which carry it: the join keeps a host IO to the
                 // sectors of the file it went to.
                 let ino = md.as_ref().map(|m| m.ino());
-                match resolver.resolve(&cf.path, HostFileOffset(0), len) {
-                    Ok(segs) => json!({"file": cf.path, "len": len, "ino": ino, "host": segs}),
-                    Err(err) => json!({"file": cf.path, "len": len, "ino": ino, "host_error": err.to_string()}),
+                let (host, host_error) = match resolver.resolve(&cf.path, HostFileOffset(0), len) {
+                    Ok(segs) => (segs, None),
+                    Err(err) => (Vec::new(), Some(err.to_string())),
+                };
+                FileHost {
+                    file: cf.path.clone(),
+                    len,
+                    ino,
+                    host,
+                    host_error,
                 }
             })
             .collect();
         // What the guest keeps where (its partitions and ext filesystems, read through
         // the chain), so guest IO can be named by file without the image at hand.
         let guest = match GuestLayout::read(&chain) {
-            Ok(g) if !g.filesystems.is_empty() => json!({
-                "partitions": g.table.partitions,
-                "extents": g.extents(),
-                "notes": g.notes,
+            Ok(g) if !g.filesystems.is_empty() => Some(GuestSnapshot {
+                extents: g.extents(),
+                partitions: g.table.partitions,
+                notes: g.notes,
+                error: None,
             }),
-            Ok(_) => Value::Null,
-            Err(e) => json!({ "error": e.to_string() }),
+            Ok(_) => None,
+            Err(e) => Some(GuestSnapshot {
+                error: Some(e.to_string()),
+                ..GuestSnapshot::default()
+            }),
         };
-        images.push(json!({
-            "path": f,
-            "guest": guest,
-            "virtual_size": chain.virtual_size(),
-            "files": chain.files,
-            "warnings": chain.warnings,
-            "map": entries,
-            "reverse": reverse,
-            "file_hosts": file_hosts,
-        }));
+        images.push(ImageSnapshot {
+            path: f.clone(),
+            guest,
+            virtual_size: chain.virtual_size(),
+            files: chain.files.clone(),
+            warnings: chain.warnings.clone(),
+            map,
+            reverse,
+            file_hosts,
+        });
     }
     let mut topo = Topology::system();
-    let devs: Vec<Value> = devices
+    let devices = devices
         .iter()
-        .filter_map(|d| topo.device(*d).ok())
-        .map(|d| json!(*d))
+        .filter_map(|d| topo.device(*d).ok().map(|d| (*d).clone()))
         .collect();
-    json!({ "images": images, "devices": devs, "errors": errors })
+    Snapshot {
+        images,
+        devices,
+        errors,
+    }
 }
 
 #[cfg(test)]
@@ -150,18 +272,16 @@ mod tests {
             &[base.clone(), top.clone(), other.clone()],
             &BTreeSet::new(),
         );
-        let paths: Vec<&str> = snap["images"]
-            .as_array()
-            .unwrap()
+        let paths: Vec<&str> = snap
+            .images
             .iter()
-            .map(|i| i["path"].as_str().unwrap())
+            .map(|i| i.path.to_str().unwrap())
             .collect();
         assert_eq!(paths, [t, o]);
-        let files: Vec<&str> = snap["images"][0]["file_hosts"]
-            .as_array()
-            .unwrap()
+        let files: Vec<&str> = snap.images[0]
+            .file_hosts
             .iter()
-            .map(|f| f["file"].as_str().unwrap())
+            .map(|f| f.file.to_str().unwrap())
             .collect();
         assert_eq!(files, [t, b]);
     }

@@ -7,6 +7,7 @@
 //! test) fails when the committed object is stale.
 
 pub mod abi;
+pub mod chunks;
 pub mod compile;
 pub mod trace;
 

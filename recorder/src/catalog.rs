@@ -2,7 +2,7 @@
 //! what it records and what stands in when it cannot attach.
 
 use serde::Serialize;
-use viopath_probes::abi::Arg;
+use viopath_probes::abi::{Arg, qemu_probe as q};
 
 /// The layers of an IO's path, top to bottom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -29,6 +29,21 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// The layer as the trace's probe lists name it (serde's kebab case).
+    pub fn key(self) -> &'static str {
+        match self {
+            Layer::Kvm => "kvm",
+            Layer::Virtio => "virtio",
+            Layer::QemuBlock => "qemu-block",
+            Layer::Qcow2 => "qcow2",
+            Layer::FilePosix => "file-posix",
+            Layer::Syscall => "syscall",
+            Layer::IoUring => "io-uring",
+            Layer::Filesystem => "filesystem",
+            Layer::Block => "block",
+        }
+    }
+
     pub const ALL: [Layer; 9] = [
         Layer::Kvm,
         Layer::Virtio,
@@ -474,14 +489,14 @@ use Arg as A;
 
 pub const QEMU_PROBES: &[QemuProbe] = &[
     QemuProbe {
-        id: 1,
+        id: q::VIRTIO_HANDLE_REQUEST,
         symbol: "virtio_blk_handle_request",
         layer: Layer::Virtio,
         records: "guest request parsed: VirtIOBlockReq",
         layouts: one!([A::reg(0), A::NONE, A::NONE, A::NONE]),
     },
     QemuProbe {
-        id: 2,
+        id: q::VIRTIO_SUBMIT_MULTIREQ,
         symbol: "virtio_blk_submit_multireq",
         layer: Layer::Virtio,
         records: "batch submitted: MultiReqBuffer, number of requests, first request",
@@ -493,14 +508,14 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         ]),
     },
     QemuProbe {
-        id: 3,
+        id: q::VIRTIO_RW_COMPLETE,
         symbol: "virtio_blk_rw_complete",
         layer: Layer::Virtio,
         records: "block layer completed a request: VirtIOBlockReq, result",
         layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
     },
     QemuProbe {
-        id: 4,
+        id: q::VIRTIO_REQ_COMPLETE,
         symbol: "virtio_blk_req_complete",
         layer: Layer::Virtio,
         records: "completion pushed to the guest: VirtIOBlockReq, guest sector, request type (and ioprio), data bytes",
@@ -512,77 +527,77 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         ]),
     },
     QemuProbe {
-        id: 5,
+        id: q::BLK_AIO_PREADV,
         symbol: "blk_aio_preadv",
         layer: Layer::QemuBlock,
         records: "async read from a device model: opaque (VirtIOBlockReq), offset, bytes, BlockBackend",
         layouts: one!([A::reg(5), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(0)]),
     },
     QemuProbe {
-        id: 6,
+        id: q::BLK_AIO_PWRITEV,
         symbol: "blk_aio_pwritev",
         layer: Layer::QemuBlock,
         records: "async write from a device model: opaque (VirtIOBlockReq), offset, bytes, BlockBackend",
         layouts: one!([A::reg(5), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(0)]),
     },
     QemuProbe {
-        id: 7,
+        id: q::BLK_CO_PREADV_PART,
         symbol: "blk_co_preadv_part",
         layer: Layer::QemuBlock,
         records: "block backend read: qiov, guest offset, bytes, BlockBackend",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 8,
+        id: q::BLK_CO_PWRITEV_PART,
         symbol: "blk_co_pwritev_part",
         layer: Layer::QemuBlock,
         records: "block backend write: qiov, guest offset, bytes, BlockBackend",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 9,
+        id: q::BDRV_CO_PREADV_PART,
         symbol: "bdrv_co_preadv_part",
         layer: Layer::QemuBlock,
         records: "read on a block node (format or protocol): qiov, node offset, bytes, BdrvChild",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 10,
+        id: q::BDRV_CO_PWRITEV_PART,
         symbol: "bdrv_co_pwritev_part",
         layer: Layer::QemuBlock,
         records: "write on a block node (format or protocol): qiov, node offset, bytes, BdrvChild",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 21,
+        id: q::BDRV_CO_PDISCARD,
         symbol: "bdrv_co_pdiscard",
         layer: Layer::QemuBlock,
         records: "discard on a block node (format or protocol): -, node offset, bytes, BdrvChild",
         layouts: one!([A::NONE, A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 11,
+        id: q::QCOW2_CO_PREADV_PART,
         symbol: "qcow2_co_preadv_part",
         layer: Layer::Qcow2,
         records: "qcow2 read: qiov, guest offset, bytes, BlockDriverState",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 12,
+        id: q::QCOW2_CO_PWRITEV_PART,
         symbol: "qcow2_co_pwritev_part",
         layer: Layer::Qcow2,
         records: "qcow2 write: qiov, guest offset, bytes, BlockDriverState",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
-        id: 13,
+        id: q::QCOW2_CACHE_GET,
         symbol: "qcow2_cache_get",
         layer: Layer::Qcow2,
         records: "L2/refcount table lookup: cache, table offset, -, BlockDriverState (misses show as file-layer reads of table offsets)",
         layouts: one!([A::reg(1), A::reg(2), A::NONE, A::reg(0)]),
     },
     QemuProbe {
-        id: 14,
+        id: q::RAW_CO_PRW,
         symbol: "raw_co_prw",
         layer: Layer::FilePosix,
         records: "file-posix request: qiov, host offset, bytes, type",
@@ -600,7 +615,7 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         ],
     },
     QemuProbe {
-        id: 15,
+        id: q::THREAD_POOL_SUBMIT_AIO,
         symbol: "thread_pool_submit_aio",
         layer: Layer::FilePosix,
         records: "thread-pool job (aio=threads): RawPosixAIOData, offset, bytes, type | fd << 32",
@@ -612,7 +627,7 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         ]),
     },
     QemuProbe {
-        id: 16,
+        id: q::HANDLE_AIOCB_RW,
         symbol: "handle_aiocb_rw",
         layer: Layer::FilePosix,
         records: "thread-pool worker runs the job: RawPosixAIOData, offset, bytes, type | fd << 32 (its tid issues the syscall)",
@@ -624,7 +639,7 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         ]),
     },
     QemuProbe {
-        id: 17,
+        id: q::LAIO_CO_SUBMIT,
         symbol: "laio_co_submit",
         layer: Layer::FilePosix,
         records: "linux-aio submission (aio=native): qiov, host offset, bytes, type | fd << 32",
@@ -652,7 +667,7 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         ],
     },
     QemuProbe {
-        id: 18,
+        id: q::LURING_CO_SUBMIT,
         symbol: "luring_co_submit",
         layer: Layer::FilePosix,
         records: "io_uring submission (aio=io_uring): qiov, host offset, bytes, type | fd << 32",
@@ -684,14 +699,14 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
     // qemu-io's `aio_read`/`aio_write`: its clock for a request stops as the callback
     // starts, so with them a qemu-io request's row ends where qemu-io's time ends.
     QemuProbe {
-        id: 19,
+        id: q::QEMU_IO_AIO_READ_DONE,
         symbol: "aio_read_done",
         layer: Layer::QemuBlock,
         records: "qemu-io's aio_read completed: its request context (the opaque of blk_aio_preadv), result",
         layouts: one!([A::reg(0), A::NONE, A::NONE, A::reg(1)]),
     },
     QemuProbe {
-        id: 20,
+        id: q::QEMU_IO_AIO_WRITE_DONE,
         symbol: "aio_write_done",
         layer: Layer::QemuBlock,
         records: "qemu-io's aio_write completed: its request context (the opaque of blk_aio_pwritev), result",
@@ -727,40 +742,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn layer_keys_are_how_the_trace_serializes_layers() {
+        for l in Layer::ALL {
+            assert_eq!(serde_json::to_value(l).unwrap(), l.key(), "{l:?}");
+        }
+    }
+
+    #[test]
     fn catalog_is_consistent() {
         let mut ids: Vec<u8> = QEMU_PROBES.iter().map(|p| p.id).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), QEMU_PROBES.len(), "probe ids are unique");
         assert!(QEMU_PROBES.iter().all(|p| !p.layouts.is_empty()));
-        // The reporter knows the probes by the ids in the shared ABI.
-        use viopath_probes::abi::qemu_probe as q;
-        for (id, symbol) in [
-            (q::VIRTIO_HANDLE_REQUEST, "virtio_blk_handle_request"),
-            (q::VIRTIO_SUBMIT_MULTIREQ, "virtio_blk_submit_multireq"),
-            (q::VIRTIO_RW_COMPLETE, "virtio_blk_rw_complete"),
-            (q::VIRTIO_REQ_COMPLETE, "virtio_blk_req_complete"),
-            (q::BLK_AIO_PREADV, "blk_aio_preadv"),
-            (q::BLK_AIO_PWRITEV, "blk_aio_pwritev"),
-            (q::BLK_CO_PREADV_PART, "blk_co_preadv_part"),
-            (q::BLK_CO_PWRITEV_PART, "blk_co_pwritev_part"),
-            (q::BDRV_CO_PREADV_PART, "bdrv_co_preadv_part"),
-            (q::BDRV_CO_PWRITEV_PART, "bdrv_co_pwritev_part"),
-            (q::QCOW2_CO_PREADV_PART, "qcow2_co_preadv_part"),
-            (q::QCOW2_CO_PWRITEV_PART, "qcow2_co_pwritev_part"),
-            (q::QCOW2_CACHE_GET, "qcow2_cache_get"),
-            (q::RAW_CO_PRW, "raw_co_prw"),
-            (q::THREAD_POOL_SUBMIT_AIO, "thread_pool_submit_aio"),
-            (q::HANDLE_AIOCB_RW, "handle_aiocb_rw"),
-            (q::LAIO_CO_SUBMIT, "laio_co_submit"),
-            (q::LURING_CO_SUBMIT, "luring_co_submit"),
-            (q::QEMU_IO_AIO_READ_DONE, "aio_read_done"),
-            (q::QEMU_IO_AIO_WRITE_DONE, "aio_write_done"),
-            (q::BDRV_CO_PDISCARD, "bdrv_co_pdiscard"),
-        ] {
-            let p = QEMU_PROBES.iter().find(|p| p.id == id).unwrap();
-            assert_eq!(p.symbol, symbol, "probe id {id}");
-        }
         // Version-specific probes resolve only for their versions.
         let laio = QEMU_PROBES
             .iter()

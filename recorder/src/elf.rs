@@ -254,3 +254,14 @@ mod tests {
         );
     }
 }
+
+impl From<&Symbols> for viopath_probes::chunks::SymbolSource {
+    fn from(s: &Symbols) -> Self {
+        viopath_probes::chunks::SymbolSource {
+            binary: s.binary.clone(),
+            build_id: s.build_id.clone(),
+            sources: s.sources.clone(),
+            full: s.full,
+        }
+    }
+}

@@ -240,3 +240,13 @@ mod tests {
         std::fs::remove_file(&f).unwrap();
     }
 }
+
+impl From<&QemuInfo> for viopath_probes::chunks::QemuBinary {
+    fn from(q: &QemuInfo) -> Self {
+        viopath_probes::chunks::QemuBinary {
+            binary: q.binary.clone(),
+            version_line: q.version_line.clone(),
+            version: q.version,
+        }
+    }
+}

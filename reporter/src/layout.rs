@@ -6,6 +6,11 @@
 
 use serde_json::Value;
 use std::collections::HashMap;
+use std::path::Path;
+use viopath_layouts::host::{DevId, Hop, Via};
+use viopath_layouts::lenient::parse;
+use viopath_layouts::qcow2::Content;
+use viopath_layouts::snapshot::{GuestSnapshot, Snapshot};
 use viopath_probes::abi::kernel_dev;
 
 /// The pieces of one host IO on every device of its stack: a partition and its disk,
@@ -100,32 +105,26 @@ impl GuestMap {
         })
     }
 
-    fn add(&mut self, g: &Value) -> usize {
+    fn add(&mut self, g: &GuestSnapshot) -> usize {
         let mut skipped = 0;
-        let Some(list) = g["extents"].as_array() else {
-            return 0;
-        };
-        for p in g["partitions"].as_array().into_iter().flatten() {
-            if let (Some(start), Some(sectors)) = (p["start"].as_u64(), p["sectors"].as_u64()) {
-                self.partitions
-                    .push((start.saturating_mul(512), sectors.saturating_mul(512)));
-            }
+        for p in &g.partitions {
+            self.partitions
+                .push((p.start.0.saturating_mul(512), p.sectors.saturating_mul(512)));
         }
-        for e in list {
-            match (e["offset"].as_u64(), e["len"].as_u64(), e["what"].as_str()) {
-                (Some(offset), Some(len), Some(what)) if len > 0 => {
-                    self.extents.push(GuestExtent {
-                        offset,
-                        len,
-                        label: match e["path"].as_str() {
-                            Some(p) => p.to_owned(),
-                            None => format!("[{what}]"),
-                        },
-                        file_offset: e["file_offset"].as_u64(),
-                    })
-                }
-                _ => skipped += 1,
+        for e in &g.extents {
+            if e.len == 0 {
+                skipped += 1;
+                continue;
             }
+            self.extents.push(GuestExtent {
+                offset: e.offset.0,
+                len: e.len,
+                label: match &e.path {
+                    Some(p) => p.clone(),
+                    None => format!("[{}]", e.what),
+                },
+                file_offset: e.file_offset,
+            })
         }
         self.extents.sort_by_key(|e| e.offset);
         // Overlaps only come from a corrupt filesystem or a forged snapshot: keep the first.
@@ -213,77 +212,84 @@ fn push_ranges(segs: &[Segment], offset: u64, len: u64, out: &mut DevRanges) {
     }
 }
 
-fn dev_of(v: &Value) -> Option<u32> {
-    let s = v.as_str()?;
-    let (a, b) = s.split_once(':')?;
-    Some(kernel_dev(a.parse().ok()?, b.parse().ok()?))
+fn dev_of(d: DevId) -> u32 {
+    kernel_dev(d.major, d.minor)
 }
 
 impl Layout {
-    /// Build from the layout JSON (trace format v1, Layout chunk).
-    pub fn from_snapshot(v: &Value) -> Layout {
-        let mut l = Layout::default();
-        for d in v["devices"].as_array().into_iter().flatten() {
-            if let (Some(dev), Some(name)) = (dev_of(&d["id"]), d["name"].as_str()) {
-                l.device_names.insert(dev, name.to_owned());
+    /// Build from layout JSON (trace format v1, Layout chunk), read leniently.
+    pub fn from_json(v: &Value) -> Layout {
+        match parse::<Snapshot>(v) {
+            Ok(p) => {
+                let mut l = Layout::from_snapshot(&p.value);
+                l.skipped += p.skipped;
+                l
             }
+            Err(_) => Layout {
+                skipped: 1,
+                ..Layout::default()
+            },
         }
-        for img in v["images"].as_array().into_iter().flatten() {
+    }
+
+    /// Build from a layout snapshot.
+    pub fn from_snapshot(snap: &Snapshot) -> Layout {
+        let mut l = Layout::default();
+        for d in &snap.devices {
+            l.device_names.insert(dev_of(d.id), d.name.clone());
+        }
+        for img in &snap.images {
             let disk = l.disks.len();
             let mut guest = GuestMap::default();
-            if img["guest"].is_object() && img["guest"]["extents"].is_array() {
-                l.skipped += guest.add(&img["guest"]);
+            if let Some(g) = &img.guest
+                && g.error.is_none()
+            {
+                l.skipped += guest.add(g);
             }
+            let path = img.path.to_string_lossy();
             l.disks.push(Disk {
-                path: img["path"].as_str().unwrap_or("?").to_owned(),
+                path: if path.is_empty() {
+                    "?".into()
+                } else {
+                    path.into_owned()
+                },
                 guest,
             });
             // Of each file's reverse map the join needs only whether it has L2 tables
             // (qcow2 metadata IO is then expected).
-            let mut has_l2_by_file: HashMap<String, bool> = HashMap::new();
-            for r in img["reverse"].as_array().into_iter().flatten() {
-                let file = r["file"].as_str().unwrap_or_default().to_owned();
-                let mut has_l2 = false;
-                for e in r["extents"].as_array().into_iter().flatten() {
-                    if e["start"].as_u64().is_none() || e["len"].as_u64().is_none() {
-                        l.skipped += 1;
-                        continue;
-                    }
-                    has_l2 |= e["kind"] == "l2_table" && e["guest"].as_u64().is_some();
-                }
-                has_l2_by_file.insert(file, has_l2);
+            let mut has_l2_by_file: HashMap<&Path, bool> = HashMap::new();
+            for r in &img.reverse {
+                let has_l2 = r
+                    .extents
+                    .iter()
+                    .any(|e| matches!(e.content, Content::L2Table { .. }));
+                has_l2_by_file.insert(&r.file, has_l2);
             }
-            for fh in img["file_hosts"].as_array().into_iter().flatten() {
-                let file = fh["file"].as_str().unwrap_or_default().to_owned();
+            for fh in &img.file_hosts {
                 let mut segs = Vec::new();
-                for s in fh["host"].as_array().into_iter().flatten() {
-                    let (Some(offset), Some(len)) = (s["offset"].as_u64(), s["len"].as_u64())
-                    else {
-                        l.skipped += 1;
-                        continue;
-                    };
-                    let hops_json: Vec<&Value> =
-                        s["hops"].as_array().into_iter().flatten().collect();
+                for s in &fh.host {
+                    let (offset, len) = (s.offset.0, s.len);
                     let mut hops = Vec::new();
-                    for (i, h) in hops_json.iter().enumerate() {
-                        if h["hop"] != "device" {
-                            continue;
-                        }
-                        let (Some(dev), Some(byte)) = (dev_of(&h["dev"]), h["byte"].as_u64())
+                    for (i, h) in s.hops.iter().enumerate() {
+                        let Hop::Device {
+                            device, dev, byte, ..
+                        } = h
                         else {
-                            l.skipped += 1;
                             continue;
                         };
-                        if let Some(name) = h["device"].as_str() {
-                            l.device_names.entry(dev).or_insert_with(|| name.to_owned());
-                        }
-                        let alias_byte = hops_json
-                            .get(i + 1)
-                            .filter(|n| n["hop"] == "device" && n["via"] == "partition")
-                            .and_then(|n| n["byte"].as_u64());
+                        let dev = dev_of(*dev);
+                        l.device_names.entry(dev).or_insert_with(|| device.clone());
+                        let alias_byte = match s.hops.get(i + 1) {
+                            Some(Hop::Device {
+                                via: Via::Partition,
+                                byte,
+                                ..
+                            }) => Some(*byte),
+                            _ => None,
+                        };
                         hops.push(DevHop {
                             dev,
-                            byte,
+                            byte: *byte,
                             alias_byte,
                         });
                     }
@@ -298,9 +304,9 @@ impl Layout {
                 }
                 segs.sort_by_key(|s| s.offset);
                 l.files.push(ImageFile {
-                    ino: fh["ino"].as_u64(),
+                    ino: fh.ino,
                     segs,
-                    has_l2: has_l2_by_file.remove(&file).unwrap_or_default(),
+                    has_l2: has_l2_by_file.remove(fh.file.as_path()).unwrap_or_default(),
                     disk,
                 });
             }

@@ -25,6 +25,8 @@ pub mod units;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use viopath_layouts::host::DevId;
+use viopath_layouts::snapshot::Snapshot;
+use viopath_probes::chunks::Header;
 
 pub use report::{ExportFormat, GroupBy, Report};
 
@@ -229,15 +231,11 @@ fn utc_stamp(ns: u64) -> String {
 
 /// The file a Parquet export into directory `dir` goes to, from the trace's header
 /// and the keys given.
-pub fn partition_path(dir: &Path, header: &serde_json::Value, p: &Partition) -> PathBuf {
-    let host = p
-        .host
-        .clone()
-        .or_else(|| header["host"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+pub fn partition_path(dir: &Path, header: &Header, p: &Partition) -> PathBuf {
+    let host = p.host.clone().unwrap_or_else(|| header.host.clone());
     let run = p.run.clone().unwrap_or_else(|| {
-        header["realtime_ns_at_start"]
-            .as_u64()
+        header
+            .realtime_ns_at_start
             .map(utc_stamp)
             .unwrap_or_default()
     });
@@ -269,37 +267,21 @@ pub struct LayoutSource {
 }
 
 /// Layers the recording did not trace, from the header's probe list.
-pub fn layers_missing(header: &serde_json::Value) -> Vec<String> {
+pub fn layers_missing(header: &Header) -> Vec<String> {
     let mut attached = BTreeSet::new();
     let mut all = BTreeSet::new();
-    for p in header["probes"].as_array().into_iter().flatten() {
-        let Some(layer) = p["layer"].as_str() else {
-            continue;
-        };
-        all.insert(layer.to_owned());
-        if p["attached"] == true {
-            attached.insert(layer.to_owned());
+    for p in &header.probes {
+        all.insert(p.layer.as_str());
+        if p.attached {
+            attached.insert(p.layer.as_str());
         }
     }
-    all.difference(&attached).cloned().collect()
+    all.difference(&attached).map(|l| l.to_string()).collect()
 }
 
-fn probe_attached(header: &serde_json::Value, name: &str) -> bool {
-    header["probes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| p["name"] == name && p["attached"] == true)
-}
-
-fn from_snapshot(v: &serde_json::Value, from: &'static str) -> (layout::Layout, LayoutSource) {
-    let l = layout::Layout::from_snapshot(v);
-    let mut errors: Vec<String> = v["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.as_str().map(str::to_owned))
-        .collect();
+fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, LayoutSource) {
+    let l = layout::Layout::from_snapshot(snap);
+    let mut errors: Vec<String> = snap.errors.clone();
     let with_guest = l.disks.iter().filter(|d| !d.guest.is_empty()).count();
     if l.disks.len() > 1 && !l.files_have_inodes() {
         errors.push(format!(
@@ -326,11 +308,11 @@ fn from_snapshot(v: &serde_json::Value, from: &'static str) -> (layout::Layout, 
 /// The layout the join uses: from images (when given) or the trace's snapshot.
 pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout, LayoutSource) {
     if !images.is_empty() {
-        let devices: BTreeSet<DevId> = trace.header["devices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str()?.parse().ok())
+        let devices: BTreeSet<DevId> = trace
+            .header
+            .devices
+            .iter()
+            .filter_map(|d| d.parse().ok())
             .collect();
         let snap = viopath_layouts::snapshot::take(images, &devices);
         return from_snapshot(&snap, "images");
@@ -351,15 +333,15 @@ pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout
 /// How rows end, from which probes the trace's header says were attached.
 pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::JoinConfig {
     join::JoinConfig {
-        await_msi: probe_attached(&trace.header, "kvm_msi_set_irq"),
+        await_msi: trace.header.attached("kvm_msi_set_irq"),
         expect_qcow2: layout.has_qcow2()
-            && (probe_attached(&trace.header, "qcow2_co_preadv_part")
-                || probe_attached(&trace.header, "qcow2_co_pwritev_part")),
-        flush_syscalls: probe_attached(&trace.header, "sys_enter_fdatasync"),
-        fs_sync: probe_attached(&trace.header, "ext4_sync_file_enter"),
-        aio_fsync: probe_attached(&trace.header, "workqueue_execute_start")
-            && probe_attached(&trace.header, "workqueue_execute_end"),
-        falloc_syscalls: probe_attached(&trace.header, "sys_enter_fallocate"),
+            && (trace.header.attached("qcow2_co_preadv_part")
+                || trace.header.attached("qcow2_co_pwritev_part")),
+        flush_syscalls: trace.header.attached("sys_enter_fdatasync"),
+        fs_sync: trace.header.attached("ext4_sync_file_enter"),
+        aio_fsync: trace.header.attached("workqueue_execute_start")
+            && trace.header.attached("workqueue_execute_end"),
+        falloc_syscalls: trace.header.attached("sys_enter_fallocate"),
     }
 }
 

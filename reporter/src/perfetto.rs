@@ -292,9 +292,13 @@ pub fn write(
     };
     out.w
         .write_all(b"{\"displayTimeUnit\": \"ns\", \"traceEvents\": [")?;
-    let pid = trace.header["target"]["pid"].as_u64().unwrap_or(5) as u32;
-    let target = trace.header["target"]["command"][0]
-        .as_str()
+    let pid = trace.header.target.pid.unwrap_or(5);
+    let target = trace
+        .header
+        .target
+        .command
+        .as_ref()
+        .and_then(|c| c.first())
         .and_then(|c| c.rsplit('/').next())
         .unwrap_or("traced process")
         .to_owned();
@@ -319,11 +323,11 @@ pub fn write(
             &json!({"ph": "M", "name": "process_sort_index", "pid": p, "args": {"sort_index": n}}),
         );
     }
-    let probe_names: HashMap<u8, String> = trace.header["qemu_probes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| Some((p["id"].as_u64()? as u8, p["symbol"].as_str()?.to_owned())))
+    let probe_names: HashMap<u8, String> = trace
+        .header
+        .qemu_probes
+        .iter()
+        .map(|p| (p.id, p.symbol.clone()))
         .collect();
     let mut raw = Raw {
         pid,

@@ -15,12 +15,15 @@
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use viopath_layouts::snapshot::Snapshot;
 use viopath_probes::abi::RawEvent;
+use viopath_probes::chunks::{self, End, Header, Losses};
 use viopath_probes::trace::{
     CHUNK_HEADER_SIZE, ChunkKind, Chunks, FILE_EVENT_SIZE, TraceError, chunk_ending_at,
     chunks_deferred, chunks_deferred_between,
@@ -70,6 +73,30 @@ pub struct TraceInfo {
     /// Event records in chunks after the damage that could not be trusted (an estimate
     /// from the unread bytes, at 44 bytes an event).
     pub events_unread_estimate: u64,
+    /// Fields and entries of the JSON chunks (header, losses, layout, end) left out
+    /// because they had the wrong shape.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub json_entries_skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A JSON chunk as its type: fields and entries of the wrong shape are skipped and
+/// counted in `info`; a chunk that is not an object of that shape at all reads as the
+/// type's default, counted once.
+fn typed<T: DeserializeOwned + Default>(info: &mut TraceInfo, v: &Value) -> T {
+    match chunks::parse::<T>(v) {
+        Ok(p) => {
+            info.json_entries_skipped += p.skipped as u64;
+            p.value
+        }
+        Err(_) => {
+            info.json_entries_skipped += 1;
+            T::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,10 +113,13 @@ pub struct Trace {
     file: File,
     map: Mmap,
     pub info: TraceInfo,
-    pub header: Value,
-    pub layout: Option<Value>,
-    pub end: Option<Value>,
-    pub losses: Option<Value>,
+    /// The header chunk (the first; a trace without one is refused).
+    pub header: Header,
+    pub layout: Option<Snapshot>,
+    pub end: Option<End>,
+    pub losses: Option<Losses>,
+    /// Whether a header chunk was found.
+    has_header: bool,
     chunks: Vec<EventChunk>,
     /// Read tail first: the event chunks lie in these bytes, walked as they are read.
     lazy: Option<(usize, usize)>,
@@ -115,10 +145,12 @@ impl Trace {
                 complete: false,
                 damage: None,
                 events_unread_estimate: 0,
+                json_entries_skipped: 0,
             },
             map,
             file: f,
-            header: Value::Null,
+            header: Header::default(),
+            has_header: false,
             layout: None,
             end: None,
             losses: None,
@@ -128,7 +160,7 @@ impl Trace {
         if !t.open_tail_first() {
             t.scan()?;
         }
-        if t.header.is_null() {
+        if !t.has_header {
             return Err(ReadError::NoHeader {
                 path: path.to_owned(),
                 why: t
@@ -139,8 +171,7 @@ impl Trace {
                     .unwrap_or_else(|| "the first chunk is not a header".into()),
             });
         }
-        let format = t.header["format"].as_u64();
-        let abi = t.header["abi"].as_u64();
+        let (format, abi) = (t.header.format, t.header.abi);
         if format != Some(1) || abi != Some(1) {
             return Err(ReadError::Version {
                 path: path.to_owned(),
@@ -199,13 +230,18 @@ impl Trace {
         let Some(end_json) = end_json else {
             return false;
         };
-        self.header = header_json;
+        // A null header (JSON `null`) says nothing: as if there were none.
+        if !header_json.is_null() {
+            self.header = typed(&mut self.info, &header_json);
+            self.has_header = true;
+        }
         self.info.complete = true;
-        self.end = Some(end_json);
-        self.layout = layout;
+        self.end = Some(typed(&mut self.info, &end_json));
+        self.layout = layout.map(|v| typed(&mut self.info, &v));
         if let Some(v) = losses {
-            self.info.events_lost_in_kernel = v["total"].as_u64().unwrap_or(0);
-            self.losses = Some(v);
+            let losses: Losses = typed(&mut self.info, &v);
+            self.info.events_lost_in_kernel = losses.total;
+            self.losses = Some(losses);
         }
         self.info.events_in_file = (end - from) as u64 / FILE_EVENT_SIZE as u64;
         self.lazy = Some((from, end));
@@ -268,15 +304,19 @@ impl Trace {
                 Err(TraceError::BadMagic) => unreachable!(),
             };
             match c.kind {
-                ChunkKind::Header if self.header.is_null() => self.header = v,
-                ChunkKind::Layout => self.layout = Some(v),
+                ChunkKind::Header if !self.has_header && !v.is_null() => {
+                    self.header = typed(&mut self.info, &v);
+                    self.has_header = true;
+                }
+                ChunkKind::Layout => self.layout = Some(typed(&mut self.info, &v)),
                 ChunkKind::Losses => {
-                    self.info.events_lost_in_kernel = v["total"].as_u64().unwrap_or(0);
-                    self.losses = Some(v);
+                    let losses: Losses = typed(&mut self.info, &v);
+                    self.info.events_lost_in_kernel = losses.total;
+                    self.losses = Some(losses);
                 }
                 ChunkKind::End => {
                     self.info.complete = true;
-                    self.end = Some(v);
+                    self.end = Some(typed(&mut self.info, &v));
                 }
                 _ => {}
             }

@@ -988,7 +988,7 @@ mod tests {
                 "extents": [{"offset": 0, "len": 4 << 20, "what": "file", "path": file, "file_offset": 0}]
             }})
         };
-        let layout = Layout::from_snapshot(&serde_json::json!({
+        let layout = Layout::from_json(&serde_json::json!({
             "images": [disk("/vm/a.qcow2", "/a.txt"), disk("/vm/b.qcow2", "/b.txt")],
             "devices": []
         }));
@@ -1003,7 +1003,7 @@ mod tests {
         let no_ino = |path: &str| serde_json::json!({"file": path, "len": 4096, "host": []});
         let mut a = disk("/vm/a.qcow2", "/a.txt");
         a["file_hosts"] = serde_json::json!([no_ino("/vm/a.qcow2")]);
-        let old = Layout::from_snapshot(&serde_json::json!({
+        let old = Layout::from_json(&serde_json::json!({
             "images": [a, {"path": "/boot/vmlinuz", "file_hosts": [no_ino("/boot/vmlinuz")]}],
             "devices": []
         }));

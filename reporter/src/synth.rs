@@ -23,6 +23,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Write;
 use viopath_probes::abi::{EventKind, RawEvent, kernel_dev, qemu_probe as q};
+use viopath_probes::chunks::{End, Header, Losses, Lost, ProbeStatus, TargetInfo};
 use viopath_probes::trace::{ChunkKind, TraceWriter};
 
 #[derive(Debug, Clone)]
@@ -735,27 +736,47 @@ pub fn generate<W: Write>(
     if g.stats.lost > 0 {
         g.out.json_chunk(
             ChunkKind::Losses,
-            &json!({"by_cpu_and_kind": [{"kind": "sys_exit", "cpu": 1, "lost": g.stats.lost}], "total": g.stats.lost}),
+            &Losses {
+                by_cpu_and_kind: vec![Lost {
+                    kind: EventKind::SysExit as u8,
+                    cpu: 1,
+                    lost: g.stats.lost,
+                }],
+                ring_full: g.stats.lost,
+                total: g.stats.lost,
+                ..Losses::default()
+            },
         )?;
     }
     g.out.json_chunk(ChunkKind::Layout, &layout())?;
     let stats = g.stats.clone();
-    let w = g
-        .out
-        .finish(&json!({"stop": "synthetic", "events": stats.events}))?;
+    let w = g.out.finish(&End {
+        stop_reason: "synthetic".into(),
+        events: stats.events,
+        ..End::default()
+    })?;
     Ok((w, stats))
 }
 
-fn header() -> serde_json::Value {
-    let probe = |name: &str, layer: &str| json!({"name": name, "layer": layer, "attach": "synthetic", "attached": true});
-    json!({
-        "format": 1,
-        "abi": 1,
-        "tool": "viopath synth",
-        "host": "synthetic",
-        "clock": "CLOCK_MONOTONIC",
-        "target": {"pid": 1, "command": "synthetic guest"},
-        "probes": [
+fn header() -> Header {
+    let probe = |name: &str, layer: &str| ProbeStatus {
+        name: name.into(),
+        layer: layer.into(),
+        attach: "synthetic".into(),
+        attached: true,
+        note: None,
+    };
+    Header {
+        format: Some(1),
+        abi: Some(1),
+        tool: "viopath synth".into(),
+        host: "synthetic".into(),
+        clock: "CLOCK_MONOTONIC".into(),
+        target: TargetInfo {
+            pid: Some(1),
+            command: None,
+        },
+        probes: vec![
             probe("kvm_fast_mmio", "kvm"),
             probe("kvm_msi_set_irq", "kvm"),
             probe("virtio_blk_handle_request", "virtio"),
@@ -767,8 +788,9 @@ fn header() -> serde_json::Value {
             probe("iomap_dio_rw_begin", "filesystem"),
             probe("block_bio_queue", "block"),
         ],
-        "devices": ["8:1", "8:0"],
-    })
+        devices: vec!["8:1".into(), "8:0".into()],
+        ..Header::default()
+    }
 }
 
 /// The layout of the synthetic host: the image on a filesystem on sda1, at a fixed
@@ -783,7 +805,7 @@ pub fn layout() -> serde_json::Value {
         "images": [{
             "path": "/synthetic/disk.qcow2",
             "virtual_size": IMAGE_LEN,
-            "files": [{"path": "/synthetic/disk.qcow2", "role": "image", "depth": 0}],
+            "files": [{"path": "/synthetic/disk.qcow2", "role": "qcow2", "depth": 0}],
             "map": [],
             "reverse": [{"file": "/synthetic/disk.qcow2", "file_len": IMAGE_LEN, "extents": l2}],
             "file_hosts": [{

@@ -4,6 +4,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use viopath_layouts::snapshot::Snapshot;
 
 /// Run a command, panic with its output if it fails, return stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
@@ -188,13 +189,13 @@ pub fn bottom_disk_of(file: &Path) -> u32 {
 
 /// The files of a trace's layout snapshot (`file_hosts` of every image), each checked
 /// to carry its inode number as stat gives it: the kernel's probes name files by it.
-pub fn snapshot_files_with_inodes(snap: &Value) -> Vec<String> {
+pub fn snapshot_files_with_inodes(snap: &Snapshot) -> Vec<String> {
     let mut files = Vec::new();
-    for img in snap["images"].as_array().into_iter().flatten() {
-        for h in img["file_hosts"].as_array().into_iter().flatten() {
-            let file = h["file"].as_str().expect("file").to_owned();
+    for img in &snap.images {
+        for h in &img.file_hosts {
+            let file = h.file.to_str().expect("file").to_owned();
             let ino: u64 = run("stat", &["-c", "%i", &file]).trim().parse().unwrap();
-            assert_eq!(h["ino"].as_u64(), Some(ino), "{file}");
+            assert_eq!(h.ino, Some(ino), "{file}");
             files.push(file);
         }
     }

@@ -163,7 +163,10 @@ fn check(aio: &str) -> Vec<Gap> {
             "{aio}: recording {attempt} lacks the completion of {} block requests ({}; losses: {}); recording again",
             missing.len(),
             missing.join(", "),
-            t.losses.as_ref().map_or("none".into(), |v| v.to_string()),
+            t.losses
+                .as_ref()
+                .map_or("none".into(), |v| serde_json::to_string(v)
+                    .unwrap_or_default()),
         );
         assert!(attempt < 3, "{aio}: three recordings lacked completions");
     };
@@ -521,7 +524,7 @@ fn record_with_fallocs(
     );
     let t = Trace::open(&trace).unwrap();
     // Only the recorded qemu-io's: other tests run alongside.
-    let pid = t.header["target"]["pid"].as_u64().expect("the traced pid") as u32;
+    let pid = t.header.target.pid.expect("the traced pid");
     let kernel: Vec<Falloc> = fallocs(&std::fs::read_to_string(inst.join("trace")).unwrap())
         .into_iter()
         .filter(|c| c.tgid == pid)

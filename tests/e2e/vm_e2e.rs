@@ -375,7 +375,7 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
     // and counted as missed (a tp_btf program firing while it runs on that CPU), as
     // record_e2e allows.
     let skipped = t.losses.as_ref().map_or(0, |l| {
-        l["missed_by_program"]["rq_complete"].as_u64().unwrap_or(0)
+        l.missed_by_program.get("rq_complete").copied().unwrap_or(0)
     });
     // Read from the raw events too: a lost completion whose request pointer is not
     // reused before the end shows in the join only as a partial row. Here that happens

@@ -9,7 +9,7 @@ pub use partition::{Partition, PartitionTable, Scheme};
 
 use crate::addr::{GuestLba, GuestOffset, SECTOR_SIZE};
 use crate::source::{ReadAt, Window};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,7 @@ pub struct GuestFileLocation {
 
 /// A run of guest disk bytes with one owner, flattened for a trace's layout snapshot
 /// (the reporter names each guest IO's file from these without the image at hand).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestExtent {
     pub offset: GuestOffset,
     pub len: u64,
@@ -110,7 +110,7 @@ pub struct GuestExtent {
     /// `file`, `journal`, `inode_table`, `block_bitmap`, `inode_bitmap`, `superblock`,
     /// `group_descriptors`, `reserved_gdt`, `extent_tree`, `indirect_block`, or
     /// `unlinked_inode` (an inode no directory reaches).
-    pub what: &'static str,
+    pub what: std::borrow::Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// For file data: the file offset of the extent's first byte.
@@ -146,7 +146,7 @@ impl GuestLayout {
                     offset: GuestOffset(base + pblock * bs),
                     len: len * bs,
                     partition: part,
-                    what,
+                    what: what.into(),
                     path,
                     file_offset,
                 });

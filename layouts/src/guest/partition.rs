@@ -3,7 +3,7 @@
 use super::{GuestError, Result};
 use crate::addr::{GuestLba, SECTOR_SIZE};
 use crate::source::{ReadAt, le_u16, le_u32, le_u64};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const MAX_LOGICAL: usize = 128;
 const MAX_GPT_ENTRIES_BYTES: u64 = 4 << 20;
@@ -17,15 +17,17 @@ pub enum Scheme {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partition {
     /// As Linux numbers them: `vda1` is 1; MBR logical partitions start at 5.
+    #[serde(default)]
     pub number: u32,
     pub start: GuestLba,
     pub sectors: u64,
     /// MBR type byte as hex, or the GPT type GUID.
+    #[serde(default)]
     pub type_id: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
 

@@ -2,9 +2,9 @@
 //! striped targets.
 
 use super::{DevId, HostError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DmTargetKind {
     /// `linear <dev> <offset>`
@@ -19,7 +19,7 @@ pub enum DmTargetKind {
 }
 
 /// One table line: sectors `[start, start + len)` of the dm device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DmTarget {
     pub start: u64,
     pub len: u64,

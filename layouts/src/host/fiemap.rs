@@ -1,6 +1,6 @@
 //! File extents from the FIEMAP ioctl, as `filefrag -v` shows them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -62,7 +62,7 @@ pub struct FileExtent {
 }
 
 /// What a file range is, as far as the filesystem says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtentState {
     /// Written data at a known physical location.

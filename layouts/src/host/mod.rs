@@ -12,7 +12,7 @@ pub use dm::{DmTarget, DmTargetKind};
 pub use fiemap::{ExtentState, FileExtent};
 
 use crate::addr::{DeviceSector, HostFileOffset, SECTOR_SIZE};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -96,6 +96,14 @@ impl Serialize for DevId {
     }
 }
 
+impl<'de> Deserialize<'de> for DevId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|()| serde::de::Error::custom(format!("{s:?} is not a device (major:minor)")))
+    }
+}
+
 impl std::str::FromStr for DevId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -107,10 +115,11 @@ impl std::str::FromStr for DevId {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeviceKind {
     /// Nothing below it that we know of: the bottom of the stack.
+    #[default]
     Disk,
     Partition {
         parent: DevId,
@@ -131,12 +140,14 @@ pub enum DeviceKind {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockDevice {
     pub id: DevId,
     /// Kernel name: `loop0p1`, `vda`, `dm-0`.
     pub name: String,
+    #[serde(default)]
     pub kind: DeviceKind,
+    #[serde(default)]
     pub size_sectors: u64,
 }
 
@@ -307,7 +318,7 @@ fn dmsetup_table(name: &str, id: DevId) -> Result<Vec<DmTarget>, HostError> {
 }
 
 /// How the resolution reached a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     /// The filesystem holding the file above is on this device (FIEMAP).
@@ -318,7 +329,7 @@ pub enum Via {
 }
 
 /// One step down the stack for one piece of a host file range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "hop", rename_all = "snake_case")]
 pub enum Hop {
     /// A byte offset in a host file (the image file, or a loop device's backing file).
@@ -368,7 +379,7 @@ fn advance(hops: &[Hop], delta: u64) -> Vec<Hop> {
 }
 
 /// A contiguous piece of a host file range and where it lives, top to bottom.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostSegment {
     /// Offset of the piece in the first hop's file (or byte on its device, when the
     /// resolution started at a device).

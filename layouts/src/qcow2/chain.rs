@@ -2,7 +2,7 @@
 
 use super::{LayerMap, Qcow2Error, Qcow2Image, Result, Run, RunKind, header::MAGIC};
 use crate::source::{FileSource, ReadAt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 /// QEMU has no fixed limit; this only stops pathological chains.
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileRole {
     /// A qcow2 image file (metadata, and data unless it has an external data file).
@@ -23,7 +23,7 @@ pub enum FileRole {
 }
 
 /// One host file that holds part of the virtual disk or its metadata.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainFile {
     pub path: PathBuf,
     pub role: FileRole,
@@ -107,7 +107,7 @@ pub enum LocatedKind {
 
 /// One row of the extent map, with the fields and merging rules of
 /// `qemu-img map --output=json`, plus the file name for rows with an offset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapEntry {
     pub start: u64,
     pub length: u64,

@@ -2,11 +2,11 @@
 
 use super::{Chain, FileRole, LayerMap, Qcow2Image, Result, Run, RunKind, corrupt};
 use crate::source::{be_u16, be_u32, be_u64};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// What a range of a host file holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Content {
     /// Guest data; `guest` is the guest offset of the range's first byte.
@@ -96,7 +96,7 @@ impl Content {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReverseExtent {
     pub start: u64,
     pub len: u64,

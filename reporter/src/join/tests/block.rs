@@ -54,7 +54,7 @@ fn a_bio_covered_by_two_host_ios_goes_to_the_one_queueing_it() {
     // Two direct IOs to the same host blocks at once (one thread re-reading what
     // another reads): the bio belongs to the IO of the thread that queues it, not
     // to whichever came first.
-    let layout = Layout::from_snapshot(&crate::synth::layout());
+    let layout = Layout::from_json(&crate::synth::layout());
     let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
     let (pos, len) = (0x20_0000, 4096);
     let mut ranges = DevRanges::new();

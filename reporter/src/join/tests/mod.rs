@@ -88,7 +88,7 @@ fn two_file_layout(with_inodes: bool) -> Layout {
             ]}]
         })
     };
-    Layout::from_snapshot(&serde_json::json!({
+    Layout::from_json(&serde_json::json!({
         "images": [{
             "path": "/vm/a.qcow2",
             "file_hosts": [file("/vm/a.qcow2", 11, 1 << 30), file("/vm/b.qcow2", 12, 2 << 30)]
@@ -258,7 +258,7 @@ fn two_disks() -> Layout {
             {"hop": "device", "device": "/dev/sda", "dev": "8:0", "byte": ino << 30, "via": "filesystem"}
         ]}]})
     };
-    let layout = Layout::from_snapshot(&serde_json::json!({
+    let layout = Layout::from_json(&serde_json::json!({
         "images": [
             {"path": "/vm/a.qcow2", "file_hosts": [file("/vm/a.qcow2", 11)]},
             {"path": "/vm/b.qcow2", "file_hosts": [file("/vm/b.qcow2", 12)]}

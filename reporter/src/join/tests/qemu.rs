@@ -286,7 +286,7 @@ fn a_request_is_given_the_disk_whose_file_the_kernel_named() {
         })
     };
     let base = || file("/vm/base.qcow2", 13, 3 << 30);
-    let layout = Layout::from_snapshot(&serde_json::json!({
+    let layout = Layout::from_json(&serde_json::json!({
         "images": [
             {"path": "/vm/a.qcow2", "file_hosts": [file("/vm/a.qcow2", 11, 1 << 30), base()]},
             {"path": "/vm/b.qcow2", "file_hosts": [file("/vm/b.qcow2", 12, 2 << 30), base()]}
@@ -321,7 +321,7 @@ fn a_request_is_given_the_disk_whose_file_the_kernel_named() {
     assert_eq!(layout.disk_name(1), "/vm/b.qcow2");
 
     // One disk: every request is its, named or not.
-    let one = Layout::from_snapshot(&serde_json::json!({
+    let one = Layout::from_json(&serde_json::json!({
         "images": [{"path": "/vm/a.qcow2", "file_hosts": [file("/vm/a.qcow2", 11, 1 << 30)]}],
         "devices": []
     }));

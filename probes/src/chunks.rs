@@ -1,0 +1,272 @@
+//! The JSON chunks of a trace, one type each: the [`Header`] the recorder writes first,
+//! and the [`Losses`] and [`End`] it writes last (the layout snapshot's types are
+//! `viopath_layouts::snapshot`'s). The recorder writes these types and the reporter and
+//! the Perfetto writer read them, so a field is named in one place.
+//!
+//! Traces are untrusted and outlive the code that wrote them: every field has a
+//! default, and a field or list entry of the wrong shape is skipped and counted
+//! ([`Parsed::skipped`]) instead of failing the whole chunk. Unknown fields are ignored
+//! (a newer recorder's).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+pub use viopath_layouts::lenient::{Parsed, lenient, lenient_list, parse};
+
+/// The first chunk: what was recorded, where, when and with which probes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Header {
+    /// The trace format (`trace::FORMAT_VERSION`); `None` if the header lacks it.
+    #[serde(deserialize_with = "lenient")]
+    pub format: Option<u64>,
+    /// The event ABI (`abi::ABI_VERSION`).
+    #[serde(deserialize_with = "lenient")]
+    pub abi: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    pub tool: String,
+    /// The recording host's name, kernel release and boot.
+    #[serde(deserialize_with = "lenient")]
+    pub host: String,
+    #[serde(deserialize_with = "lenient")]
+    pub kernel: String,
+    #[serde(deserialize_with = "lenient")]
+    pub boot_id: String,
+    /// The clock of every event's timestamp (`CLOCK_MONOTONIC`).
+    #[serde(deserialize_with = "lenient")]
+    pub clock: String,
+    #[serde(deserialize_with = "lenient")]
+    pub monotonic_ns_at_start: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    pub realtime_ns_at_start: Option<u64>,
+    /// Real time minus monotonic time at the start: add it to a timestamp for the
+    /// wall-clock time.
+    #[serde(deserialize_with = "lenient")]
+    pub realtime_offset_ns: i64,
+    #[serde(deserialize_with = "lenient")]
+    pub target: TargetInfo,
+    #[serde(deserialize_with = "lenient")]
+    pub qemu: Option<QemuBinary>,
+    #[serde(deserialize_with = "lenient")]
+    pub symbols: Option<SymbolSource>,
+    /// Every probe the recorder tried, attached or not.
+    #[serde(deserialize_with = "lenient_list")]
+    pub probes: Vec<ProbeStatus>,
+    /// The QEMU probe catalog: the id an event's `sub` carries, per function.
+    #[serde(deserialize_with = "lenient_list")]
+    pub qemu_probes: Vec<QemuProbe>,
+    /// Event kind names and numbers (`abi::EventKind`).
+    #[serde(deserialize_with = "lenient")]
+    pub event_kinds: BTreeMap<String, u8>,
+    /// The block devices traced ("major:minor").
+    #[serde(deserialize_with = "lenient_list")]
+    pub devices: Vec<String>,
+}
+
+impl Header {
+    /// Whether the probe of this name (an event or QEMU function) was attached.
+    pub fn attached(&self, name: &str) -> bool {
+        self.probes.iter().any(|p| p.name == name && p.attached)
+    }
+}
+
+/// The process traced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TargetInfo {
+    #[serde(deserialize_with = "lenient")]
+    pub pid: Option<u32>,
+    /// The command line, when the recorder started it.
+    #[serde(deserialize_with = "lenient")]
+    pub command: Option<Vec<String>>,
+}
+
+/// The QEMU binary traced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QemuBinary {
+    pub binary: PathBuf,
+    /// The first line `BINARY --version` would print (read from the binary).
+    pub version_line: String,
+    /// major.minor.micro, when the line has one.
+    pub version: Option<(u32, u32, u32)>,
+}
+
+/// Where the QEMU probes' symbols came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SymbolSource {
+    pub binary: PathBuf,
+    pub build_id: Option<String>,
+    /// ".symtab", ".dynsym", "debug file <path>".
+    pub sources: Vec<String>,
+    /// A full symbol table (not only exports) was found.
+    pub full: bool,
+}
+
+/// One probe the recorder tried.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProbeStatus {
+    /// The event (tracepoint, function) or QEMU function.
+    pub name: String,
+    /// Its layer of the IO path (the catalog's names: "block", "qcow2", ...).
+    pub layer: String,
+    /// How it attached: tp_btf, tracepoint, fentry, kprobe, uprobe, ...
+    pub attach: String,
+    pub attached: bool,
+    /// Why it did not attach, or how it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One QEMU probe of the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QemuProbe {
+    pub id: u8,
+    pub symbol: String,
+    pub layer: String,
+    /// What its event's arguments hold.
+    pub records: String,
+}
+
+/// What the kernel side lost, written when recording stops.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Losses {
+    /// Events dropped because a ring buffer was full, per CPU and event kind.
+    #[serde(deserialize_with = "lenient_list")]
+    pub by_cpu_and_kind: Vec<Lost>,
+    #[serde(deserialize_with = "lenient")]
+    pub ring_full: u64,
+    /// Probe runs the kernel skipped (a program already running on that CPU).
+    #[serde(deserialize_with = "lenient")]
+    pub missed_by_program: BTreeMap<String, u64>,
+    #[serde(deserialize_with = "lenient")]
+    pub missed: u64,
+    /// Everything lost in the kernel: `ring_full` + `missed`.
+    #[serde(deserialize_with = "lenient")]
+    pub total: u64,
+}
+
+/// Events of one kind lost on one CPU.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lost {
+    pub kind: u8,
+    pub cpu: u32,
+    pub lost: u64,
+}
+
+/// What one eBPF program cost while recording, from the kernel's run-time statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProgramCost {
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+    pub mean_ns: f64,
+}
+
+/// The last chunk: the recorder's summary of the recording (`viopath record`
+/// prints it). Its presence says the recording ended properly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct End {
+    pub output: PathBuf,
+    pub duration_s: f64,
+    pub stop_reason: String,
+    pub events: u64,
+    pub bytes: u64,
+    pub events_by_probe: BTreeMap<String, u64>,
+    pub lost: u64,
+    pub lost_by_probe: BTreeMap<String, u64>,
+    pub lost_by_cpu: BTreeMap<u32, u64>,
+    /// Probe runs the kernel skipped because the probe fired inside an interrupt that
+    /// came while the same program ran on that CPU; it counts them per program
+    /// (`recursion_misses`). Each would have made at most one event (none if it was
+    /// for a device or process not traced), so this bounds those losses from above.
+    pub missed: u64,
+    pub missed_by_program: BTreeMap<String, u64>,
+    /// Events left out because probes were still being attached (before the trace's
+    /// start) or already being detached (after its stop): detaching takes seconds, and
+    /// a completion probe gone while the issue probe still records would leave
+    /// requests without an end.
+    pub events_outside_window: u64,
+    #[serde(deserialize_with = "lenient_list")]
+    pub probes: Vec<ProbeStatus>,
+    pub missing_layers: Vec<String>,
+    /// Per-program cost, when BPF statistics were on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "lenient_list")]
+    pub bpf_cost: Vec<ProgramCost>,
+    pub devices: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_exit: Option<i32>,
+    pub qemu: Option<QemuBinary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use viopath_layouts::lenient::Parsed;
+
+    #[test]
+    fn fields_and_entries_of_the_wrong_shape_are_skipped_and_counted() {
+        let p: Parsed<Header> = parse(&json!({
+            "format": 1,
+            "abi": "one",
+            "host": "h",
+            "probes": [
+                {"name": "block_rq_issue", "layer": "block", "attach": "tp_btf", "attached": true},
+                {"name": 7},
+                "not a probe"
+            ],
+            "devices": "8:0",
+            "unknown_field": {"from": "a newer recorder"}
+        }))
+        .unwrap();
+        let h = p.value;
+        assert_eq!((h.format, h.abi, h.host.as_str()), (Some(1), None, "h"));
+        assert_eq!(h.probes.len(), 1);
+        assert!(h.attached("block_rq_issue") && !h.attached("block_rq_insert"));
+        assert!(h.devices.is_empty());
+        // abi, two probes, devices.
+        assert_eq!(p.skipped, 4);
+        // Not an object at all: an error, not a header of defaults.
+        assert!(parse::<Header>(&json!([1, 2])).is_err());
+        let l: Parsed<Losses> =
+            parse(&json!({"total": 12, "by_cpu_and_kind": [{"kind": 1, "cpu": 0, "lost": 12}]}))
+                .unwrap();
+        assert_eq!(
+            (l.value.total, l.value.by_cpu_and_kind.len(), l.skipped),
+            (12, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_header_written_is_read_back_the_same() {
+        let h = Header {
+            format: Some(1),
+            abi: Some(1),
+            host: "h".into(),
+            realtime_offset_ns: -5,
+            target: TargetInfo {
+                pid: Some(7),
+                command: Some(vec!["qemu-io".into()]),
+            },
+            probes: vec![ProbeStatus {
+                name: "x".into(),
+                layer: "block".into(),
+                attach: "tp_btf".into(),
+                attached: true,
+                note: None,
+            }],
+            ..Header::default()
+        };
+        let v = serde_json::to_value(&h).unwrap();
+        let back: Parsed<Header> = parse(&v).unwrap();
+        assert_eq!((back.value, back.skipped), (h, 0));
+    }
+}

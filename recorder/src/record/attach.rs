@@ -1,0 +1,331 @@
+//! Attaching the catalog: kernel probes (tp_btf, tracepoints, fentry/fexit with their
+//! kprobe twins) and QEMU's functions (one generic uprobe, a spec per function), each
+//! with a one-line reason when it cannot.
+
+use super::RecordError;
+use crate::catalog::{KERNEL_PROBES, KernelAttach, Layer, QEMU_PROBES};
+use crate::elf::{Missing, Symbols};
+use crate::qemu::QemuInfo;
+use aya::maps::Array;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint, UProbe};
+use aya::{Btf, Ebpf, Pod};
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use viopath_probes::abi::Uspec;
+use viopath_probes::chunks::ProbeStatus;
+
+/// `struct vp_uspec` as a map value.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct UspecValue([u8; 24]);
+// SAFETY: plain bytes, no padding, valid for any bit pattern.
+unsafe impl Pod for UspecValue {}
+
+/// One probe tried: its layer, and what the trace says of it.
+pub(super) struct Attempt {
+    pub(super) layer: Layer,
+    pub(super) status: ProbeStatus,
+}
+
+impl Attempt {
+    fn new(layer: Layer, name: &str, attach: &str, result: Result<(), String>) -> Attempt {
+        Attempt {
+            layer,
+            status: ProbeStatus {
+                name: name.to_owned(),
+                layer: layer.key().to_owned(),
+                attach: attach.to_owned(),
+                attached: result.is_ok(),
+                note: result.err(),
+            },
+        }
+    }
+}
+
+fn wanted(filter: &Option<Vec<String>>, layer: Layer, names: &[&str]) -> bool {
+    match filter {
+        None => true,
+        Some(list) => list
+            .iter()
+            .any(|w| w == layer.name() || names.contains(&w.as_str())),
+    }
+}
+
+pub(super) fn validate_filter(filter: &Option<Vec<String>>) -> Result<(), RecordError> {
+    let Some(list) = filter else { return Ok(()) };
+    for w in list {
+        let known = Layer::ALL.iter().any(|l| l.name() == w)
+            || KERNEL_PROBES
+                .iter()
+                .any(|p| p.program == w || p.attach.event() == w)
+            || QEMU_PROBES.iter().any(|p| p.symbol == w);
+        if !known {
+            return Err(RecordError::UnknownProbe(w.clone()));
+        }
+    }
+    Ok(())
+}
+
+pub(super) struct Attached {
+    pub(super) attempts: Vec<Attempt>,
+    /// QEMU probe id → symbol, for the summary.
+    pub(super) qemu_names: BTreeMap<u8, &'static str>,
+}
+
+/// A kernel function's address from /proc/kallsyms (None where it is missing or hidden:
+/// without root the addresses read as 0).
+pub fn kernel_symbol(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split_ascii_whitespace();
+        let (addr, _kind, sym) = (f.next()?, f.next()?, f.next()?);
+        (sym == name && f.next().is_none())
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+            .filter(|&a| a != 0)
+    })
+}
+
+pub(super) fn attach_all(
+    bpf: &mut Ebpf,
+    btf: &Btf,
+    pid: u32,
+    qemu: &QemuInfo,
+    syms: Option<&Symbols>,
+    filter: &Option<Vec<String>>,
+    aio_fsync_work: u64,
+) -> Result<Attached, RecordError> {
+    let mut statuses = Vec::new();
+    for p in KERNEL_PROBES {
+        let event = p.attach.event();
+        let mut kind = match p.attach {
+            KernelAttach::TpBtf { .. } => "tp_btf",
+            KernelAttach::Tracepoint { .. } => "tracepoint",
+            KernelAttach::Function { exit: false, .. } => "fentry",
+            KernelAttach::Function { exit: true, .. } => "fexit",
+        };
+        if !wanted(filter, p.layer, &[p.program, event]) {
+            continue;
+        }
+        let result: Result<(), String> = match p.attach {
+            // Without the work function's address these programs match nothing.
+            _ if p.program.starts_with("aio_fsync_") && aio_fsync_work == 0 => {
+                Err("aio_fsync_work is not in /proc/kallsyms".to_owned())
+            }
+            KernelAttach::Function {
+                function,
+                exit,
+                fallback,
+                ..
+            } => attach_function(bpf, btf, p.program, function, exit).or_else(|first| {
+                let fb = if exit { "kretprobe" } else { "kprobe" };
+                attach_kprobe(bpf, fallback, function)
+                    .map(|()| kind = fb)
+                    .map_err(|second| format!("{kind}: {first}; {fb} fallback: {second}"))
+            }),
+            _ => (|| {
+                let prog = bpf.program_mut(p.program).ok_or("not in the eBPF object")?;
+                match p.attach {
+                    KernelAttach::TpBtf { event } => {
+                        let prog: &mut BtfTracePoint =
+                            prog.try_into().map_err(|e| format!("{e}"))?;
+                        prog.load(event, btf).map_err(|e| format!("load: {e}"))?;
+                        prog.attach().map_err(|e| format!("attach: {e}"))?;
+                    }
+                    KernelAttach::Tracepoint { category, event } => {
+                        let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+                        prog.load().map_err(|e| format!("load: {e}"))?;
+                        prog.attach(category, event)
+                            .map_err(|e| format!("attach: {e}"))?;
+                    }
+                    KernelAttach::Function { .. } => unreachable!("handled above"),
+                }
+                Ok(())
+            })(),
+        };
+        statuses.push(Attempt::new(p.layer, event, kind, result));
+    }
+
+    // QEMU: one generic program, attached once per function with its spec index as cookie.
+    let mut specs: Vec<(u32, Uspec)> = Vec::new();
+    let mut qemu_names = BTreeMap::new();
+    let version = qemu.version.map(|(a, b, _)| (a, b));
+    let mut loaded = false;
+    let mut load_error: Option<String> = None;
+    for p in QEMU_PROBES {
+        if !wanted(filter, p.layer, &[p.symbol]) {
+            continue;
+        }
+        qemu_names.insert(p.id, p.symbol);
+        let skipped = |why: String| Attempt::new(p.layer, p.symbol, "uprobe", Err(why));
+        let Some(layout) = p.layout_for(version) else {
+            statuses.push(skipped(match &qemu.version {
+                Some((a, b, c)) => format!(
+                    "argument layout unknown for QEMU {a}.{b}.{c} (known: {})",
+                    p.known_versions()
+                ),
+                None => format!(
+                    "QEMU version unknown ('{}'); layouts known for {}",
+                    qemu.version_line,
+                    p.known_versions()
+                ),
+            }));
+            continue;
+        };
+        let Some(syms) = syms else {
+            statuses.push(skipped("no QEMU binary to attach to".into()));
+            continue;
+        };
+        let offset = match syms.file_offset(p.symbol) {
+            Ok(o) => o,
+            Err(Missing::NotFound) => {
+                let why = if syms.full {
+                    "not in this QEMU build".to_owned()
+                } else {
+                    format!(
+                        "{} has no symbol table ({}): install its debug symbols (e.g. the -dbgsym package, found by build-id {}) or use a build with symbols",
+                        syms.binary.display(),
+                        syms.sources.join(", "),
+                        syms.build_id.as_deref().unwrap_or("?")
+                    )
+                };
+                statuses.push(skipped(why));
+                continue;
+            }
+            Err(Missing::Ambiguous(n)) => {
+                statuses.push(skipped(format!("{n} functions share this name")));
+                continue;
+            }
+        };
+        let index = specs.len() as u32;
+        specs.push((
+            index,
+            Uspec {
+                probe: p.id as u32,
+                pad: 0,
+                arg: layout,
+            },
+        ));
+        if let Some(err) = &load_error {
+            statuses.push(skipped(err.clone()));
+            continue;
+        }
+        let result: Result<(), String> = (|| {
+            let prog: &mut UProbe = bpf
+                .program_mut("qemu_entry")
+                .ok_or("no qemu_entry program")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            if !loaded {
+                if let Err(e) = prog.load() {
+                    let short = short_load_error(&e.to_string());
+                    load_error = Some(short.clone());
+                    return Err(short);
+                }
+                loaded = true;
+            }
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(index as u64),
+            };
+            let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
+            prog.attach(point, &qemu.binary, scope)
+                .map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })();
+        statuses.push(Attempt::new(p.layer, p.symbol, "uprobe", result));
+    }
+    let mut map: Array<_, UspecValue> = Array::try_from(bpf.map_mut("uspecs").expect("uspecs map"))
+        .map_err(|e| RecordError::Load(Box::new(e)))?;
+    for (i, s) in &specs {
+        map.set(*i, UspecValue(s.to_bytes()), 0)
+            .map_err(|e| RecordError::Load(Box::new(e)))?;
+    }
+    if let Some(list) = filter {
+        for a in &statuses {
+            let s = &a.status;
+            if !s.attached && list.iter().any(|w| w == &s.name) {
+                return Err(RecordError::RequestedProbeFailed {
+                    probe: s.name.clone(),
+                    layer: a.layer.name(),
+                    why: s.note.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    Ok(Attached {
+        attempts: statuses,
+        qemu_names,
+    })
+}
+
+fn attach_function(
+    bpf: &mut Ebpf,
+    btf: &Btf,
+    program: &str,
+    function: &str,
+    exit: bool,
+) -> Result<(), String> {
+    let prog = bpf.program_mut(program).ok_or("not in the eBPF object")?;
+    if exit {
+        let prog: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load(function, btf)
+            .map_err(|e| function_load_error(function, &e.to_string()))?;
+        prog.attach().map_err(|e| format!("attach: {e}"))?;
+    } else {
+        let prog: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load(function, btf)
+            .map_err(|e| function_load_error(function, &e.to_string()))?;
+        prog.attach().map_err(|e| format!("attach: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Why fentry/fexit did not load, in a few words.
+fn function_load_error(function: &str, err: &str) -> String {
+    if err.contains("unknown BTF type") {
+        format!(
+            "{function} is not in the kernel's BTF (not built, a module not loaded, or inlined)"
+        )
+    } else if err.contains("Operation not permitted") {
+        "the kernel refused to load it (EPERM)".to_owned()
+    } else {
+        short_load_error(err)
+    }
+}
+
+fn attach_kprobe(bpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        return Err("this kernel has no kprobe PMU".to_owned());
+    }
+    let prog: &mut KProbe = bpf
+        .program_mut(program)
+        .ok_or("not in the eBPF object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| short_load_error(&e.to_string()))?;
+    prog.attach(function, 0)
+        .map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+/// A verifier log is hundreds of lines; keep what decides: its first line and the
+/// line before "processed N insns".
+fn short_load_error(full: &str) -> String {
+    let lines: Vec<&str> = full.lines().collect();
+    let first = lines.first().copied().unwrap_or("");
+    let cause = lines
+        .iter()
+        .position(|l| l.starts_with("verification time") || l.starts_with("processed "))
+        .and_then(|i| i.checked_sub(1))
+        .map(|i| lines[i])
+        .unwrap_or("");
+    let first = first.split(". Verifier output").next().unwrap_or(first);
+    if cause.is_empty() {
+        format!("load: {first}")
+    } else {
+        format!("load: {first}: verifier: {cause}")
+    }
+}

@@ -1,0 +1,387 @@
+//! `viopath record`: attach the catalog, stream events into a trace file, stop cleanly,
+//! snapshot the layouts, say what was recorded and what was lost.
+//!
+//! [`record`] reads as its phases, each in its own file: `preflight` (privileges,
+//! kernel, output), `target` (the process, its files and devices; `child` holds a
+//! command at its first instruction), `load` (the eBPF object), `attach` (the
+//! catalog), the header, `run` (the loop over the `rings`), and the stop with its
+//! summary (`stats`: what the kernel says each program cost and lost).
+
+mod attach;
+mod child;
+mod load;
+mod preflight;
+mod rings;
+mod run;
+mod stats;
+mod target;
+
+pub use attach::kernel_symbol;
+pub use target::devices_below;
+pub use viopath_probes::chunks::{End as Summary, ProbeStatus, ProgramCost};
+
+use crate::catalog::{Layer, QEMU_PROBES};
+use crate::qemu::QemuInfo;
+use rings::{RingSet, Window};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use viopath_layouts::snapshot;
+use viopath_probes::abi::{self, EventKind};
+use viopath_probes::chunks::{
+    Header, Losses, Lost, QemuBinary, QemuProbe, SymbolSource, TargetInfo,
+};
+use viopath_probes::trace::{ChunkKind, TraceWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "recording needs root, or CAP_BPF and CAP_PERFMON (this process has neither): run it with sudo"
+    )]
+    NotPrivileged,
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+    )]
+    NoTracefs(String),
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux): it needs CONFIG_DEBUG_INFO_BTF=y for the block-layer probes"
+    )]
+    NoBtf,
+    #[error("no process {0}")]
+    PidNotFound(u32),
+    #[error("process {pid} runs {exe}, which does not look like QEMU ({version})")]
+    NotQemu {
+        pid: u32,
+        exe: String,
+        version: String,
+    },
+    #[error("cannot run {cmd}: {source}")]
+    Spawn { cmd: String, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Output { path: PathBuf, source: io::Error },
+    #[error(
+        "--probes: unknown probe or layer '{0}' (layers: kvm, virtio, qemu-block, qcow2, file-posix, syscall, io_uring, filesystem, block; or a probe name from the catalog)"
+    )]
+    UnknownProbe(String),
+    #[error("--probes asked for {probe} ({layer}), which cannot attach: {why}")]
+    RequestedProbeFailed {
+        probe: String,
+        layer: &'static str,
+        why: String,
+    },
+    #[error("loading the eBPF programs failed")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("nothing could be attached; see the probe list above")]
+    NothingAttached,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A running QEMU.
+    Pid(u32),
+    /// Start this command and trace it from its first instruction.
+    Command(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub target: Target,
+    pub output: PathBuf,
+    pub duration: Option<Duration>,
+    /// Layers or probe names to attach (default: all).
+    pub probes: Option<Vec<String>>,
+    /// Turn on the kernel's BPF run-time statistics while recording and report what
+    /// each program cost (they are also reported when `kernel.bpf_stats_enabled` is on).
+    pub bpf_stats: bool,
+}
+
+/// Record until the duration passes, the target exits, or SIGINT/SIGTERM arrives.
+pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary, RecordError> {
+    let mut output = preflight::check(opts)?;
+    let mut traced = target::resolve(&opts.target)?;
+    // Held until the end: statistics stay on while this fd is open.
+    let _stats = opts.bpf_stats.then(|| stats::enable(log)).flatten();
+    let mut loaded = load::load(traced.pid)?;
+    let mut devices = target::devices_for(&traced.files);
+    load::trace_devices(&mut loaded.bpf, &devices)?;
+    let unknown_qemu = QemuInfo {
+        binary: PathBuf::new(),
+        version_line: String::new(),
+        version: None,
+    };
+    let attached = attach::attach_all(
+        &mut loaded.bpf,
+        &loaded.btf,
+        traced.pid,
+        traced.qemu.as_ref().unwrap_or(&unknown_qemu),
+        traced.symbols.as_ref(),
+        &opts.probes,
+        loaded.aio_fsync_work,
+    )?;
+    let missing_layers = say_what_attached(&attached, log)?;
+
+    let mono0 = now_ns(libc::CLOCK_MONOTONIC);
+    let header = header(opts, &traced, &attached, &devices, mono0);
+    let mut writer =
+        TraceWriter::create(&opts.output, &header).map_err(|source| RecordError::Output {
+            path: opts.output.clone(),
+            source,
+        })?;
+    output.disarm();
+
+    let mut rings = load::take_rings(&mut loaded)?;
+    let ready = RingSet::new(&rings)?;
+    // The trace holds what happened while every probe was attached: from here (the
+    // header's start) to the stop, whatever the rings still hold from either side.
+    let mut window = Window {
+        start: mono0,
+        end: u64::MAX,
+        outside: 0,
+    };
+    if let Some(c) = traced.child.as_mut() {
+        c.release();
+    }
+    log(&format!(
+        "recording pid {} into {} (Ctrl-C stops)",
+        traced.pid,
+        opts.output.display()
+    ));
+    let started = Instant::now();
+    let mut counts = vec![0u64; 256 * 256];
+    let stop_reason = run::run(
+        run::Running {
+            pid: traced.pid,
+            bpf: &mut loaded.bpf,
+            rings: &mut rings,
+            writer: &mut writer,
+            counts: &mut counts,
+            window: &mut window,
+            child: traced.child.as_mut(),
+            files: &mut traced.files,
+            devices: &mut devices,
+        },
+        ready,
+        opts.duration,
+    )?;
+
+    // Stop the probes, then take what is still in the rings up to the stop.
+    window.end = now_ns(libc::CLOCK_MONOTONIC);
+    let lost = stats::read_losses(&loaded.bpf);
+    let missed = stats::recursion_misses(&loaded.bpf);
+    let bpf_cost = stats::program_costs(&loaded.bpf);
+    drop(loaded);
+    rings::drain(&mut rings, &mut writer, &mut counts, &mut window)?;
+    let duration = started.elapsed();
+    let mut child_exit = None;
+    if let Some(c) = traced.child.as_mut() {
+        if c.child.try_wait()?.is_none() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.child.id() as i32, libc::SIGTERM) };
+        }
+        child_exit = c.child.wait().ok().and_then(|s| s.code());
+    }
+
+    let mut summary = Summary {
+        output: opts.output.clone(),
+        duration_s: duration.as_secs_f64(),
+        stop_reason,
+        probes: attached.attempts.iter().map(|a| a.status.clone()).collect(),
+        missing_layers,
+        bpf_cost,
+        devices: devices.iter().map(|d| d.to_string()).collect(),
+        child_exit,
+        qemu: traced.qemu.as_ref().map(QemuBinary::from),
+        events_outside_window: window.outside,
+        ..Default::default()
+    };
+    count_events(&mut summary, &counts, &attached.qemu_names);
+    let losses = count_losses(&mut summary, &lost, missed);
+    writer.json_chunk(ChunkKind::Losses, &losses)?;
+    log("taking the layout snapshot (qcow2 maps, extents, block topology)");
+    let snap = snapshot::take(&traced.files, &devices);
+    writer.json_chunk(ChunkKind::Layout, &snap)?;
+    summary.bytes = writer.bytes_written;
+    writer.finish(&summary)?;
+    summary.bytes = std::fs::metadata(&opts.output)
+        .map(|m| m.len())
+        .unwrap_or(summary.bytes);
+    Ok(summary)
+}
+
+/// One line per probe tried; the layers none of them covers. Nothing attached at all
+/// is an error.
+fn say_what_attached(
+    attached: &attach::Attached,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<String>, RecordError> {
+    for a in &attached.attempts {
+        let s = &a.status;
+        let mark = if s.attached { "attached" } else { "skipped " };
+        let note = s
+            .note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        log(&format!(
+            "{mark} {:<11} {:<10} {}{note}",
+            a.layer.name(),
+            s.attach,
+            s.name
+        ));
+    }
+    if !attached.attempts.iter().any(|a| a.status.attached) {
+        return Err(RecordError::NothingAttached);
+    }
+    let covered: BTreeSet<Layer> = attached
+        .attempts
+        .iter()
+        .filter(|a| a.status.attached)
+        .map(|a| a.layer)
+        .collect();
+    let missing_layers: Vec<String> = Layer::ALL
+        .iter()
+        .filter(|l| !covered.contains(l))
+        .map(|l| l.name().to_owned())
+        .collect();
+    if !missing_layers.is_empty() {
+        log(&format!(
+            "the report will lack these layers: {}",
+            missing_layers.join(", ")
+        ));
+    }
+    Ok(missing_layers)
+}
+
+/// The trace's first chunk.
+fn header(
+    opts: &RecordOptions,
+    traced: &target::Traced,
+    attached: &attach::Attached,
+    devices: &BTreeSet<viopath_layouts::host::DevId>,
+    mono0: u64,
+) -> Header {
+    let real0 = now_ns(libc::CLOCK_REALTIME);
+    Header {
+        format: Some(u64::from(viopath_probes::trace::FORMAT_VERSION)),
+        abi: Some(u64::from(abi::ABI_VERSION)),
+        tool: concat!("viopath ", env!("CARGO_PKG_VERSION")).to_owned(),
+        host: read_trim("/proc/sys/kernel/hostname"),
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
+        clock: "CLOCK_MONOTONIC".to_owned(),
+        monotonic_ns_at_start: Some(mono0),
+        realtime_ns_at_start: Some(real0),
+        realtime_offset_ns: real0 as i64 - mono0 as i64,
+        target: TargetInfo {
+            pid: Some(traced.pid),
+            command: match &opts.target {
+                Target::Command(a) => Some(a.clone()),
+                Target::Pid(_) => None,
+            },
+        },
+        qemu: traced.qemu.as_ref().map(QemuBinary::from),
+        symbols: traced.symbols.as_ref().map(SymbolSource::from),
+        probes: attached.attempts.iter().map(|a| a.status.clone()).collect(),
+        qemu_probes: QEMU_PROBES
+            .iter()
+            .map(|p| QemuProbe {
+                id: p.id,
+                symbol: p.symbol.to_owned(),
+                layer: p.layer.key().to_owned(),
+                records: p.records.to_owned(),
+            })
+            .collect(),
+        event_kinds: EventKind::ALL
+            .iter()
+            .map(|k| (k.name().to_owned(), *k as u8))
+            .collect(),
+        devices: devices.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// Events per probe, from the per-(type, sub) counts.
+fn count_events(summary: &mut Summary, counts: &[u64], qemu_names: &BTreeMap<u8, &'static str>) {
+    for (i, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let (kind, sub) = ((i >> 8) as u8, i as u8);
+        *summary
+            .events_by_probe
+            .entry(probe_name(kind, sub, qemu_names))
+            .or_default() += n;
+        summary.events += n;
+    }
+}
+
+/// The kernel's losses into the summary, and the Losses chunk.
+fn count_losses(
+    summary: &mut Summary,
+    lost: &[(u8, u32, u64)],
+    missed: BTreeMap<String, u64>,
+) -> Losses {
+    for (kind, cpu, n) in lost {
+        *summary
+            .lost_by_probe
+            .entry(
+                EventKind::from_u8(*kind)
+                    .map_or_else(|| format!("type {kind}"), |k| k.name().to_owned()),
+            )
+            .or_default() += n;
+        *summary.lost_by_cpu.entry(*cpu).or_default() += n;
+        summary.lost += n;
+    }
+    summary.missed = missed.values().sum();
+    summary.missed_by_program = missed;
+    Losses {
+        by_cpu_and_kind: lost
+            .iter()
+            .map(|&(kind, cpu, lost)| Lost { kind, cpu, lost })
+            .collect(),
+        ring_full: summary.lost,
+        missed_by_program: summary.missed_by_program.clone(),
+        missed: summary.missed,
+        total: summary.lost + summary.missed,
+    }
+}
+
+fn probe_name(kind: u8, sub: u8, qemu: &BTreeMap<u8, &'static str>) -> String {
+    match EventKind::from_u8(kind) {
+        Some(EventKind::Qemu) => qemu
+            .get(&sub)
+            .map_or_else(|| format!("qemu probe {sub}"), |s| s.to_string()),
+        Some(EventKind::SysEnter) | Some(EventKind::SysExit) => {
+            let sc = abi::SYSCALLS
+                .iter()
+                .find(|(id, _)| *id == sub)
+                .map_or("?", |(_, n)| n);
+            format!(
+                "{}_{sc}",
+                if kind == EventKind::SysEnter as u8 {
+                    "enter"
+                } else {
+                    "exit"
+                }
+            )
+        }
+        Some(k) => k.name().to_owned(),
+        None => format!("type {kind}"),
+    }
+}
+
+fn now_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into ts.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn read_trim(p: &str) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,120 @@
+//! The process to trace: a running QEMU by pid, or a command started held at its first
+//! instruction; its binary, its image files and the block devices below them.
+
+use super::RecordError;
+use super::Target;
+use super::child::GatedChild;
+use crate::elf::Symbols;
+use crate::qemu::{self, QemuInfo};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use viopath_layouts::host::{DevId, DeviceKind, FileMap, Topology};
+
+/// What `record` traces.
+pub(super) struct Traced {
+    pub(super) pid: u32,
+    /// Its files (images among them), rescanned while recording.
+    pub(super) files: Vec<PathBuf>,
+    /// The command started, held until every probe is attached.
+    pub(super) child: Option<GatedChild>,
+    pub(super) qemu: Option<QemuInfo>,
+    pub(super) symbols: Option<Symbols>,
+}
+
+/// Find the target's process, binary, symbols and files; start the command (held).
+pub(super) fn resolve(target: &Target) -> Result<Traced, RecordError> {
+    let mut child = None;
+    let (pid, binary, files) = match target {
+        Target::Pid(pid) => {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map_err(|_| RecordError::PidNotFound(*pid))?;
+            let info = QemuInfo::probe(&exe);
+            if !info.is_qemu() {
+                return Err(RecordError::NotQemu {
+                    pid: *pid,
+                    exe: exe.display().to_string(),
+                    version: info.version_line,
+                });
+            }
+            let cmdline: Vec<String> = super::read_trim(&format!("/proc/{pid}/cmdline"))
+                .split('\0')
+                .map(str::to_owned)
+                .collect();
+            let mut files = qemu::open_files(*pid);
+            files.extend(qemu::files_in_args(&cmdline));
+            (*pid, Some(exe), files)
+        }
+        Target::Command(argv) => {
+            let binary = qemu::which(&argv[0]);
+            let files = qemu::files_in_args(&argv[1..]);
+            let c = GatedChild::spawn(argv)?;
+            let pid = c.child.id();
+            child = Some(c);
+            (pid, binary, files)
+        }
+    };
+    let qemu = binary.as_ref().map(|b| QemuInfo::probe(b));
+    let symbols = match &binary {
+        Some(b) => Some(Symbols::load(b).map_err(|e| RecordError::Load(Box::new(e)))?),
+        None => None,
+    };
+    Ok(Traced {
+        pid,
+        files,
+        child,
+        qemu,
+        symbols,
+    })
+}
+
+/// Every block device at or below `dev`: partitions lead to their disk, loop devices to
+/// the device of their backing file, device-mapper to its targets' devices.
+pub fn devices_below(topo: &mut Topology, dev: DevId, out: &mut BTreeSet<DevId>) {
+    if !out.insert(dev) || out.len() > 256 {
+        return;
+    }
+    let Ok(d) = topo.device(dev) else { return };
+    match &d.kind {
+        DeviceKind::Partition { parent, .. } => devices_below(topo, *parent, out),
+        DeviceKind::Loop {
+            backing_file: Some(p),
+            ..
+        } => {
+            if let Ok(fm) = FileMap::load(p) {
+                devices_below(topo, fm.dev, out);
+            }
+        }
+        DeviceKind::DeviceMapper { targets, .. } => {
+            for t in targets {
+                match &t.kind {
+                    viopath_layouts::host::DmTargetKind::Linear { dev, .. } => {
+                        devices_below(topo, *dev, out)
+                    }
+                    viopath_layouts::host::DmTargetKind::Striped { stripes, .. } => {
+                        for (d, _) in stripes {
+                            devices_below(topo, *d, out);
+                        }
+                    }
+                    viopath_layouts::host::DmTargetKind::Other { .. } => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Devices holding `files`, and everything below them.
+pub(super) fn devices_for(files: &[PathBuf]) -> BTreeSet<DevId> {
+    let mut topo = Topology::system();
+    let mut out = BTreeSet::new();
+    for f in files {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(md) = std::fs::metadata(f) {
+            let dev = DevId::from_dev_t(md.dev());
+            if dev.major != 0 {
+                devices_below(&mut topo, dev, &mut out);
+            }
+        }
+    }
+    out
+}
