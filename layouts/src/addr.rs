@@ -20,6 +20,14 @@ macro_rules! address_type {
             }
         }
 
+        impl $name {
+            /// `n` units further on in the same space, saturating at the end of it.
+            #[inline]
+            pub const fn saturating_add(self, n: u64) -> Self {
+                Self(self.0.saturating_add(n))
+            }
+        }
+
         impl From<u64> for $name {
             fn from(v: u64) -> Self {
                 Self(v)

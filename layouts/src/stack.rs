@@ -231,7 +231,7 @@ impl Stack {
             self.reverse.insert(file, rm);
         }
         let rm = &self.reverse[&file];
-        let (extent, guest) = rm.lookup(offset.0).ok_or_else(|| {
+        let (extent, guest) = rm.lookup(offset).ok_or_else(|| {
             StackError::Range(format!(
                 "offset {} is past the end of {} ({} bytes)",
                 offset.0,
@@ -239,7 +239,7 @@ impl Stack {
                 rm.file_len
             ))
         })?;
-        let guest_offset = guest.map(GuestOffset);
+        let guest_offset = guest;
         // Only current guest data has a guest owner; snapshot data is another point in time.
         let current = matches!(
             extent.content,

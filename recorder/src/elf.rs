@@ -178,6 +178,17 @@ fn debug_file_candidates(
     v
 }
 
+impl From<&Symbols> for viopath_probes::chunks::SymbolSource {
+    fn from(s: &Symbols) -> Self {
+        viopath_probes::chunks::SymbolSource {
+            binary: s.binary.clone(),
+            build_id: s.build_id.clone(),
+            sources: s.sources.clone(),
+            full: s.full,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,16 +263,5 @@ mod tests {
             s.file_offset("qcow2_co_preadv_part"),
             Err(Missing::NotFound)
         );
-    }
-}
-
-impl From<&Symbols> for viopath_probes::chunks::SymbolSource {
-    fn from(s: &Symbols) -> Self {
-        viopath_probes::chunks::SymbolSource {
-            binary: s.binary.clone(),
-            build_id: s.build_id.clone(),
-            sources: s.sources.clone(),
-            full: s.full,
-        }
     }
 }

@@ -156,6 +156,16 @@ pub fn files_in_args(args: &[String]) -> Vec<PathBuf> {
     v
 }
 
+impl From<&QemuInfo> for viopath_probes::chunks::QemuBinary {
+    fn from(q: &QemuInfo) -> Self {
+        viopath_probes::chunks::QemuBinary {
+            binary: q.binary.clone(),
+            version_line: q.version_line.clone(),
+            version: q.version,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,15 +248,5 @@ mod tests {
         assert_eq!(files_in_args(&args).len(), 1, "only -drive's: {args:?}");
         assert_eq!(files_in_args(&args[..6]), Vec::<PathBuf>::new());
         std::fs::remove_file(&f).unwrap();
-    }
-}
-
-impl From<&QemuInfo> for viopath_probes::chunks::QemuBinary {
-    fn from(q: &QemuInfo) -> Self {
-        viopath_probes::chunks::QemuBinary {
-            binary: q.binary.clone(),
-            version_line: q.version_line.clone(),
-            version: q.version,
-        }
     }
 }

@@ -11,6 +11,7 @@ use viopath_layouts::host::{DevId, Hop, Via};
 use viopath_layouts::lenient::parse;
 use viopath_layouts::qcow2::Content;
 use viopath_layouts::snapshot::{GuestSnapshot, Snapshot};
+use viopath_layouts::{DeviceSector, GuestOffset, HostFileOffset};
 use viopath_probes::abi::kernel_dev;
 
 /// The pieces of one host IO on every device of its stack: a partition and its disk,
@@ -23,8 +24,8 @@ pub type DevRanges = smallvec::SmallVec<[DevRange; 3]>;
 pub struct DevRange {
     /// Kernel encoding, as events carry it.
     pub dev: u32,
-    pub start_sector: u64,
-    pub end_sector: u64,
+    pub start_sector: DeviceSector,
+    pub end_sector: DeviceSector,
     /// The deepest device of this piece.
     pub bottom: bool,
 }
@@ -78,7 +79,8 @@ impl GuestMap {
         self.extents.is_empty()
     }
 
-    pub fn name(&self, offset: u64) -> Option<GuestName<'_>> {
+    pub fn name(&self, offset: GuestOffset) -> Option<GuestName<'_>> {
+        let offset = offset.0;
         if self.extents.is_empty() {
             return None;
         }
@@ -181,7 +183,8 @@ pub struct Layout {
 }
 
 /// Append the device ranges of bytes `[offset, offset + len)` of one file.
-fn push_ranges(segs: &[Segment], offset: u64, len: u64, out: &mut DevRanges) {
+fn push_ranges(segs: &[Segment], offset: HostFileOffset, len: u64, out: &mut DevRanges) {
+    let offset = offset.0;
     let end = offset.saturating_add(len);
     let first = segs.partition_point(|s| s.offset.saturating_add(s.len) <= offset);
     for s in &segs[first..] {
@@ -196,11 +199,12 @@ fn push_ranges(segs: &[Segment], offset: u64, len: u64, out: &mut DevRanges) {
             let mut push = |byte: u64| {
                 out.push(DevRange {
                     dev: h.dev,
-                    start_sector: byte.saturating_add(d) / 512,
-                    end_sector: byte
-                        .saturating_add(d)
-                        .saturating_add(to - from)
-                        .div_ceil(512),
+                    start_sector: DeviceSector(byte.saturating_add(d) / 512),
+                    end_sector: DeviceSector(
+                        byte.saturating_add(d)
+                            .saturating_add(to - from)
+                            .div_ceil(512),
+                    ),
                     bottom: i + 1 == n,
                 })
             };
@@ -337,7 +341,7 @@ impl Layout {
     /// which also listed the guest's kernel and initramfs as images), the only disk
     /// with a guest filesystem, if one; otherwise none: naming a file of the wrong
     /// disk would be worse than naming none.
-    pub fn guest_name(&self, disk: Option<u16>, offset: u64) -> Option<GuestName<'_>> {
+    pub fn guest_name(&self, disk: Option<u16>, offset: GuestOffset) -> Option<GuestName<'_>> {
         let d = match disk {
             Some(d) => self.disks.get(d as usize)?,
             None if self.disks.len() == 1 => &self.disks[0],
@@ -377,7 +381,7 @@ impl Layout {
     /// QEMU's probes do not say which file a file IO goes to. The kernel's do (see
     /// [`Layout::dev_ranges_of_inode`]); until then an IO's ranges include other
     /// files' at the same offset, which a bio of another IO in flight there can match.
-    pub fn dev_ranges(&self, offset: u64, len: u64, out: &mut DevRanges) {
+    pub fn dev_ranges(&self, offset: HostFileOffset, len: u64, out: &mut DevRanges) {
         for f in &self.files {
             push_ranges(&f.segs, offset, len, out);
         }
@@ -390,7 +394,7 @@ impl Layout {
     pub fn dev_ranges_of_inode(
         &self,
         ino: u64,
-        offset: u64,
+        offset: HostFileOffset,
         len: u64,
         out: &mut DevRanges,
     ) -> Option<DiskSet> {
@@ -424,7 +428,8 @@ impl Layout {
     }
 
     /// Whether sectors `[start, end)` of `dev` hold some image file.
-    pub fn occupied(&self, dev: u32, start: u64, end: u64) -> bool {
+    pub fn occupied(&self, dev: u32, start: DeviceSector, end: DeviceSector) -> bool {
+        let (start, end) = (start.0, end.0);
         let Some(r) = self.occupied.get(&dev) else {
             return false;
         };

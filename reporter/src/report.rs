@@ -84,7 +84,9 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
     ));
     cols.push(Column::new(
         "offset".into(),
-        rows.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| r.offset.map(|o| o.0))
+            .collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
         "bytes".into(),
@@ -911,6 +913,7 @@ mod tests {
     use super::*;
     use crate::join::{IoRow, reasons};
     use crate::layers::Boundaries;
+    use viopath_layouts::GuestOffset;
 
     fn summary() -> Summary {
         Summary {
@@ -942,7 +945,7 @@ mod tests {
             let row = IoRow {
                 id,
                 op: if next(3) == 0 { Op::Write } else { Op::Read },
-                offset: Some(id * 4096),
+                offset: Some(GuestOffset(id * 4096)),
                 bytes: if next(2) == 0 { 4096 } else { 65536 },
                 b,
                 partial: if id == 7 { reasons::NO_COMPLETION } else { 0 },
@@ -967,7 +970,7 @@ mod tests {
             let row = IoRow {
                 id,
                 op,
-                offset: Some(0),
+                offset: Some(GuestOffset(0)),
                 bytes,
                 ..IoRow::example()
             };
@@ -992,7 +995,11 @@ mod tests {
             "images": [disk("/vm/a.qcow2", "/a.txt"), disk("/vm/b.qcow2", "/b.txt")],
             "devices": []
         }));
-        let name = |d, o| layout.guest_name(d, o).map(|g| (g.what, g.file_offset));
+        let name = |d, o| {
+            layout
+                .guest_name(d, GuestOffset(o))
+                .map(|g| (g.what, g.file_offset))
+        };
         assert_eq!(name(Some(0), 8192), Some(("/a.txt", Some(8192))));
         assert_eq!(name(Some(1), 8192), Some(("/b.txt", Some(8192))));
         assert_eq!(name(None, 8192), None);
@@ -1007,7 +1014,7 @@ mod tests {
             "images": [a, {"path": "/boot/vmlinuz", "file_hosts": [no_ino("/boot/vmlinuz")]}],
             "devices": []
         }));
-        let g = old.guest_name(None, 8192).map(|g| g.what);
+        let g = old.guest_name(None, GuestOffset(8192)).map(|g| g.what);
         assert_eq!(g, Some("/a.txt"));
 
         // 300 IOs: disk a, disk b, unknown in turn; disk b's are the slow ones.
@@ -1020,7 +1027,7 @@ mod tests {
                     b[Boundary::Parsed] + if disk == Some(1) { 90_000 } else { 10_000 } + id;
                 IoRow {
                     id,
-                    offset: Some(id * 4096),
+                    offset: Some(GuestOffset(id * 4096)),
                     disk,
                     b,
                     ..IoRow::example()

@@ -2,6 +2,7 @@
 //! (`fixtures/recordings`), each a case the join once got wrong. The oracle is the
 //! recording's own raw events, not the reporter's earlier output.
 
+use viopath_layouts::GuestOffset;
 use viopath_probes::abi::{EventKind, qemu_probe as q};
 use viopath_reporter::join::{IoRow, Join, OtherIo, Sink, Source};
 use viopath_reporter::reader::Trace;
@@ -74,7 +75,7 @@ fn a_flush_writing_back_a_table_leaves_the_answered_write_complete() {
     // The write the join got wrong: guest offset 0x11a000, 12 KiB, one host IO.
     let w = virtio
         .iter()
-        .find(|r| r.offset == Some(0x11_a000) && r.bytes == 0x3000)
+        .find(|r| r.offset == Some(GuestOffset(0x11_a000)) && r.bytes == 0x3000)
         .expect("the 12 KiB write");
     assert_eq!((w.host_ios, w.meta_ios), (1, 0), "{w:?}");
 }

@@ -87,7 +87,7 @@ fn recovers_every_boundary_of_every_io() {
     let by_offset: HashMap<u64, &IoRow> = rows
         .rows
         .iter()
-        .map(|r| (r.offset.expect("virtio rows have offsets"), r))
+        .map(|r| (r.offset.expect("virtio rows have offsets").0, r))
         .collect();
     let (mut exact, mut partial, mut splits, mut merges, mut misses) = (0, 0, 0, 0, 0);
     for t in &truths {

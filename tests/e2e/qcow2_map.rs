@@ -5,6 +5,7 @@ use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use viopath_layouts::qcow2::{Chain, Content};
+use viopath_layouts::{GuestOffset, HostFileOffset};
 
 /// Our map rows as qemu-img prints them (qemu-img's JSON has no file name).
 fn ours(chain: &Chain) -> Vec<Value> {
@@ -47,11 +48,11 @@ fn check(image: &Path) -> Chain {
         let rm = &reverse[file];
         for delta in [0, e.length / 2, e.length - 1] {
             let (ext, guest) = rm
-                .lookup(off + delta)
+                .lookup(HostFileOffset(off + delta))
                 .unwrap_or_else(|| panic!("no reverse extent at {:#x}", off + delta));
             assert_eq!(
                 guest,
-                Some(e.start + delta),
+                Some(GuestOffset(e.start + delta)),
                 "reverse of {:#x} in {:?}: {ext:?}",
                 off + delta,
                 chain.files[file].path

@@ -198,7 +198,7 @@ fn check(aio: &str) -> Vec<Gap> {
             off - n * REPEAT_STRIDE,
         );
         let what = format!("{kind} (run {n}, at {off})");
-        assert_eq!(row.offset, Some(*off), "{what}");
+        assert_eq!(row.offset.map(|o| o.0), Some(*off), "{what}");
         assert_eq!(row.bytes, *len, "{what}");
         assert_eq!(row.partial, 0, "{what}: partial: {row:?}");
         // Joined down to the bottom disk: every host boundary is there.
@@ -596,7 +596,11 @@ fn a_write_of_zeroes_is_followed_through_every_fallocate_qemu_tries() {
     for ((cmd, off), row) in reqs.iter().zip(&rows) {
         let what = format!("{cmd} {off}: {row:?}");
         assert_eq!(row.op, viopath_reporter::join::Op::WriteZeroes, "{what}");
-        assert_eq!((row.offset, row.bytes), (Some(*off), 65536), "{what}");
+        assert_eq!(
+            (row.offset.map(|o| o.0), row.bytes),
+            (Some(*off), 65536),
+            "{what}"
+        );
         assert_eq!((row.partial, row.host_ios), (0, 1), "{what}");
         let mine: Vec<&Falloc> = calls
             .iter()
@@ -664,7 +668,11 @@ fn a_discard_is_a_row_with_its_range_down_to_the_fallocate() {
         );
         for ((off, host), row) in reqs.iter().zip(&host).zip(&discards) {
             let what = format!("{fmt} discard {off} (file offset {host}): {row:?}");
-            assert_eq!((row.offset, row.bytes), (Some(*off), K64), "{what}");
+            assert_eq!(
+                (row.offset.map(|o| o.0), row.bytes),
+                (Some(*off), K64),
+                "{what}"
+            );
             assert_eq!((row.partial, row.host_ios), (0, 1), "{what}");
             // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
             let mine: Vec<&Falloc> = calls

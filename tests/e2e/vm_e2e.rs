@@ -496,7 +496,7 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
             .filter(|r| r.op == op)
             .map(|r| {
                 let d = r.disk.unwrap_or_else(|| panic!("no disk: {r:?}"));
-                (d, r.offset.unwrap_or(u64::MAX), r.bytes)
+                (d, r.offset.map_or(u64::MAX, |o| o.0), r.bytes)
             })
             .collect();
         v.sort();
@@ -596,13 +596,13 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         let at = hits
             .iter()
             .find(|r| {
-                let o = r.offset.unwrap();
+                let o = r.offset.unwrap().0;
                 o <= guest_off && guest_off < o + r.bytes
             })
             .unwrap_or_else(|| panic!("no request at debugfs's address {guest_off} for {op:?}"));
         if op.direct {
             // O_DIRECT: one request per dd block, exactly the guest's.
-            assert_eq!(at.offset, Some(guest_off), "{op:?}: {at:?}");
+            assert_eq!(at.offset.map(|o| o.0), Some(guest_off), "{op:?}: {at:?}");
             assert_eq!(at.bytes, op.len, "{op:?}: {at:?}");
         }
     }

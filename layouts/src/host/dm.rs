@@ -2,6 +2,7 @@
 //! striped targets.
 
 use super::{DevId, HostError};
+use crate::addr::DeviceSector;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,11 +31,12 @@ pub struct DmTarget {
 impl DmTarget {
     /// Map `sector` (of the dm device, inside this target) to (device, sector) and the
     /// number of sectors that stay contiguous from there.
-    pub fn remap(&self, sector: u64) -> Option<(DevId, u64, u64)> {
+    pub fn remap(&self, sector: DeviceSector) -> Option<(DevId, DeviceSector, u64)> {
+        let sector = sector.0;
         let rel = sector - self.start;
         let left = self.start + self.len - sector;
         match &self.kind {
-            DmTargetKind::Linear { dev, offset } => Some((*dev, offset + rel, left)),
+            DmTargetKind::Linear { dev, offset } => Some((*dev, DeviceSector(offset + rel), left)),
             DmTargetKind::Striped {
                 chunk_sectors,
                 stripes,
@@ -45,7 +47,7 @@ impl DmTarget {
                 let (dev, offset) = stripes[(chunk % n) as usize];
                 Some((
                     dev,
-                    offset + (chunk / n) * chunk_sectors + within,
+                    DeviceSector(offset + (chunk / n) * chunk_sectors + within),
                     left.min(chunk_sectors - within),
                 ))
             }

@@ -1,5 +1,6 @@
 //! File extents from the FIEMAP ioctl, as `filefrag -v` shows them.
 
+use crate::addr::HostFileOffset;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
@@ -151,7 +152,12 @@ pub fn fiemap(file: &File) -> io::Result<Vec<FileExtent>> {
 
 /// The piece of `[offset, offset + len)` that starts at `offset`: its extent (if any)
 /// and its length, given extents sorted by file offset.
-pub fn piece_at(extents: &[FileExtent], offset: u64, len: u64) -> (Option<&FileExtent>, u64) {
+pub fn piece_at(
+    extents: &[FileExtent],
+    offset: HostFileOffset,
+    len: u64,
+) -> (Option<&FileExtent>, u64) {
+    let offset = offset.0;
     let i = extents.partition_point(|e| e.end() <= offset);
     match extents.get(i) {
         Some(e) if e.logical <= offset => (Some(e), len.min(e.end() - offset)),

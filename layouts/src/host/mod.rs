@@ -534,7 +534,7 @@ impl HostResolver {
         let end = off + len;
         let mut pos = off;
         while pos < end {
-            let (ext, n) = fiemap::piece_at(&fm.extents, pos, end - pos);
+            let (ext, n) = fiemap::piece_at(&fm.extents, HostFileOffset(pos), end - pos);
             let mut h = advance(&hops, pos - off);
             let state = ext.map_or(ExtentState::Hole, |e| e.state());
             h.push(Hop::File {
@@ -632,7 +632,7 @@ impl HostResolver {
                         ));
                         break;
                     };
-                    let Some((to, to_sector, contiguous)) = t.remap(sector) else {
+                    let Some((to, to_sector, contiguous)) = t.remap(DeviceSector(sector)) else {
                         let n = ((t.start + t.len) * SECTOR_SIZE - pos).min(end - pos);
                         let target = match &t.kind {
                             DmTargetKind::Other { target, .. } => target.as_str(),
@@ -653,7 +653,7 @@ impl HostResolver {
                     };
                     self.dev_range(
                         to,
-                        to_sector * SECTOR_SIZE + within,
+                        to_sector.0 * SECTOR_SIZE + within,
                         n,
                         advance(&hops, pos - byte),
                         out,

@@ -1,6 +1,7 @@
 //! The reverse map of one host file of a chain: what every byte of the file holds.
 
 use super::{Chain, FileRole, LayerMap, Qcow2Image, Result, Run, RunKind, corrupt};
+use crate::addr::{GuestOffset, HostFileOffset};
 use crate::source::{be_u16, be_u32, be_u64};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -124,10 +125,11 @@ pub struct ReverseMap {
 impl ReverseMap {
     /// What holds byte `offset` of the file, and the guest offset of that byte if it is
     /// guest data.
-    pub fn lookup(&self, offset: u64) -> Option<(&ReverseExtent, Option<u64>)> {
+    pub fn lookup(&self, offset: HostFileOffset) -> Option<(&ReverseExtent, Option<GuestOffset>)> {
+        let offset = offset.0;
         let i = self.extents.partition_point(|e| e.end() <= offset);
         let e = self.extents.get(i).filter(|e| e.start <= offset)?;
-        Some((e, e.content.guest_at(offset - e.start)))
+        Some((e, e.content.guest_at(offset - e.start).map(GuestOffset)))
     }
 }
 

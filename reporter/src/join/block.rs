@@ -8,6 +8,7 @@ use super::slab::Ref;
 use super::slab::Slab;
 use super::state::{Api, BioEntry, BioOwner, Hio, Join, PluggedBio, Req, dev_bytes, min0};
 use smallvec::{SmallVec, smallvec};
+use viopath_layouts::DeviceSector;
 use viopath_probes::abi::{EventKind, RawEvent};
 
 impl<S: Sink> Join<'_, S> {
@@ -19,7 +20,7 @@ impl<S: Sink> Join<'_, S> {
         &self,
         tid: u32,
         dev: u32,
-        sector: u64,
+        sector: DeviceSector,
         sectors: u64,
     ) -> Option<Ref> {
         let end = sector.saturating_add(sectors.max(1));
@@ -53,6 +54,7 @@ impl<S: Sink> Join<'_, S> {
 
     pub(super) fn bio_queue(&mut self, e: &RawEvent) {
         let [bio, sector, a2, _] = e.a;
+        let sector = DeviceSector(sector);
         let (dev, bytes) = dev_bytes(a2);
         // The same bio moving down (a remap): its entry is kept, only no longer marked,
         // instead of looked up again to be replaced.
@@ -140,7 +142,7 @@ impl<S: Sink> Join<'_, S> {
         &self,
         dev: u32,
         op: u8,
-        sector: u64,
+        sector: DeviceSector,
         sectors: u64,
         side: u64,
     ) -> Option<u64> {
@@ -153,6 +155,7 @@ impl<S: Sink> Join<'_, S> {
 
     pub(super) fn bio_merge(&mut self, e: &RawEvent) {
         let [bio, sector, a2, side] = e.a;
+        let sector = DeviceSector(sector);
         let (dev, bytes) = dev_bytes(a2);
         let sectors = bytes.div_ceil(512);
         let Some(owner) = self.bios.get(&bio).map(|b| b.owner) else {
@@ -195,6 +198,7 @@ impl<S: Sink> Join<'_, S> {
 
     pub(super) fn rq_start(&mut self, e: &RawEvent) {
         let [rq, sector, a2, first_bio] = e.a;
+        let sector = DeviceSector(sector);
         let (dev, bytes) = dev_bytes(a2);
         // The same request again (issued after insert, re-dispatched when the driver
         // was busy, requeued) starts where it did with the bios it had. Anything else

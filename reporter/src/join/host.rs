@@ -7,15 +7,22 @@ use super::row::{Sink, Source, flags};
 use super::slab::Ref;
 use super::state::{Api, Hio, HioKind, Join, QiovBind, min0};
 use crate::layout::DevRanges;
+use viopath_layouts::HostFileOffset;
 use viopath_probes::abi::{RawEvent, qemu_probe as q};
 
 impl<S: Sink> Join<'_, S> {
     /// A file-posix request: a host IO is coming.
-    pub(super) fn new_file_io(&mut self, e: &RawEvent, qiov: u64, off: u64, bytes: u64) -> Ref {
+    pub(super) fn new_file_io(
+        &mut self,
+        e: &RawEvent,
+        qiov: u64,
+        off: HostFileOffset,
+        bytes: u64,
+    ) -> Ref {
         let bdrv = self.threads.at(e.tid, e.ts).last_bdrv.take();
         let bind = self.qiov.get(&qiov).copied().or_else(|| {
             // A slice of the block layer's qiov (this IO covers part of it).
-            bdrv.filter(|&(_, o, n)| o == off && n == bytes)
+            bdrv.filter(|&(_, o, n)| o == off.0 && n == bytes)
                 .map(|(b, _, _)| b)
         });
         let live = |r: Ref| self.roots.get(r).is_some();
@@ -47,7 +54,7 @@ impl<S: Sink> Join<'_, S> {
     /// same thread: the one at that range of a raw image, or, through qcow2 (which maps
     /// the range, and punches out clusters the write frees), the request qcow2 is
     /// serving on that thread.
-    pub(super) fn job_root(&self, tid: u32, range: Option<(u64, u64)>) -> Option<Ref> {
+    pub(super) fn job_root(&self, tid: u32, range: Option<(HostFileOffset, u64)>) -> Option<Ref> {
         let serving = self.threads.get(tid).and_then(|t| t.qcow2);
         self.active
             .iter()
@@ -69,7 +76,9 @@ impl<S: Sink> Join<'_, S> {
                                     if x.qcow2 {
                                         serving == Some(r)
                                     } else {
-                                        x.offset == Some(off) && x.bytes == len
+                                        // A raw image: its file offsets are the
+                                        // guest's disk offsets.
+                                        x.offset.map(|o| o.0) == Some(off.0) && x.bytes == len
                                     }
                                 })
                         }
@@ -105,7 +114,12 @@ impl<S: Sink> Join<'_, S> {
 
     /// A host job without data made on `e.tid` (a flush, a discard, a write of zeroes):
     /// the host side of a guest request (see [`Join::job_root`]), or QEMU's own.
-    pub(super) fn job_io(&mut self, e: &RawEvent, api: Api, range: Option<(u64, u64)>) -> Ref {
+    pub(super) fn job_io(
+        &mut self,
+        e: &RawEvent,
+        api: Api,
+        range: Option<(HostFileOffset, u64)>,
+    ) -> Ref {
         let root = self.job_root(e.tid, range);
         if let Some(r) = root
             && let Some(x) = self.roots.get_mut(r)
@@ -117,7 +131,7 @@ impl<S: Sink> Join<'_, S> {
         } else {
             HioKind::Internal
         };
-        let h = self.add_hio(root, kind, 0, 0, e.ts);
+        let h = self.add_hio(root, kind, HostFileOffset(0), 0, e.ts);
         if let Some(hio) = self.hios.get_mut(h) {
             hio.api = api;
             hio.job = true;
@@ -127,7 +141,13 @@ impl<S: Sink> Join<'_, S> {
 
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
     /// the file-posix request just made on this thread, or a new one from the qiov.
-    pub(super) fn file_io_for(&mut self, e: &RawEvent, off: u64, bytes: u64, api: Api) -> Ref {
+    pub(super) fn file_io_for(
+        &mut self,
+        e: &RawEvent,
+        off: HostFileOffset,
+        bytes: u64,
+        api: Api,
+    ) -> Ref {
         if let Some(h) = self.threads.get(e.tid).and_then(|t| t.last_hio)
             && let Some(hio) = self.hios.get_mut(h)
             && hio.offset == off
@@ -153,12 +173,18 @@ impl<S: Sink> Join<'_, S> {
                         // No thread-pool probe: find the file IO by offset and length.
                         let found = self.earliest_in_flight(|x| {
                             x.submit == 0
-                                && x.offset == e.a[1]
+                                && x.offset == HostFileOffset(e.a[1])
                                 && x.bytes == e.a[2]
                                 && matches!(x.api, Api::Unknown | Api::Threads)
                         });
                         let h = found.unwrap_or_else(|| {
-                            let h = self.add_hio(None, HioKind::Syscall, e.a[1], e.a[2], e.ts);
+                            let h = self.add_hio(
+                                None,
+                                HioKind::Syscall,
+                                HostFileOffset(e.a[1]),
+                                e.a[2],
+                                e.ts,
+                            );
                             self.hios.get_mut(h).expect("new").api = Api::Threads;
                             h
                         });
@@ -224,7 +250,7 @@ impl<S: Sink> Join<'_, S> {
         if k != key || self.roots.get(r).is_none_or(|x| x.completed) {
             return None;
         }
-        let h = self.add_hio(Some(r), HioKind::Data, 0, 0, e.ts);
+        let h = self.add_hio(Some(r), HioKind::Data, HostFileOffset(0), 0, e.ts);
         if let Some(root) = self.roots.get_mut(r) {
             root.data_hios -= 1;
             if root.data_hios <= 1 {
@@ -234,7 +260,7 @@ impl<S: Sink> Join<'_, S> {
         if let Some(x) = self.hios.get_mut(h) {
             x.api = Api::Threads;
             x.job = true;
-            x.offset = key[1];
+            x.offset = HostFileOffset(key[1]);
             x.bytes = key[2];
         }
         self.fd_names_disks(h, key[0]);
@@ -248,7 +274,7 @@ impl<S: Sink> Join<'_, S> {
         let h = match job.filter(|&h| self.hios.get(h).is_some()) {
             Some(h) => h,
             None => {
-                let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
+                let h = self.add_hio(None, HioKind::Syscall, HostFileOffset(0), 0, e.ts);
                 if let Some(x) = self.hios.get_mut(h) {
                     x.api = Api::Threads;
                     x.bytes = bytes;
@@ -365,7 +391,7 @@ impl<S: Sink> Join<'_, S> {
                 Some(h) if self.hios.get(h).is_some() => break h,
                 Some(_) => continue,
                 None => {
-                    let h = self.add_hio(None, HioKind::Syscall, 0, 0, e.ts);
+                    let h = self.add_hio(None, HioKind::Syscall, HostFileOffset(0), 0, e.ts);
                     self.hios.get_mut(h).expect("new").api = Api::Uring;
                     break h;
                 }
@@ -392,6 +418,7 @@ impl<S: Sink> Join<'_, S> {
 
     pub(super) fn dio_begin(&mut self, e: &RawEvent) {
         let [kiocb, pos, count, ino] = e.a;
+        let pos = HostFileOffset(pos);
         let fits = |x: &Hio| !x.has_kiocb && x.offset == pos && x.bytes == count;
         // The same IO begun again: io_uring tries a write without waiting inside
         // io_uring_enter, the filesystem refuses (-EAGAIN, e.g. blocks to allocate) after

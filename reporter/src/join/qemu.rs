@@ -8,6 +8,7 @@ use super::slab::Ref;
 use super::state::{Api, Join, QiovBind, level};
 use crate::layers::Boundary;
 use smallvec::SmallVec;
+use viopath_layouts::{GuestOffset, HostFileOffset};
 use viopath_probes::abi::{RawEvent, qemu_probe as q};
 
 impl<S: Sink> Join<'_, S> {
@@ -53,7 +54,7 @@ impl<S: Sink> Join<'_, S> {
                 r
             }
         };
-        self.set_io(r, op, a1, a2);
+        self.set_io(r, op, GuestOffset(a1), a2);
         self.threads.at(e.tid, e.ts).pending_co = Some(r);
     }
 
@@ -68,14 +69,14 @@ impl<S: Sink> Join<'_, S> {
     #[inline(never)]
     pub(super) fn qcow2_cache_get(&mut self, e: &RawEvent) {
         let ctx = self.qcow2_serving(e.tid);
-        self.threads.at(e.tid, e.ts).meta = Some((ctx, e.a[1]));
+        self.threads.at(e.tid, e.ts).meta = Some((ctx, HostFileOffset(e.a[1])));
     }
 
     /// `raw_co_prw`: file-posix's request, which a host IO carries.
     #[inline(never)]
     pub(super) fn raw_co_prw(&mut self, e: &RawEvent) {
         let [qiov, off, bytes, _] = e.a;
-        self.new_file_io(e, qiov, off, bytes);
+        self.new_file_io(e, qiov, HostFileOffset(off), bytes);
     }
 
     /// `thread_pool_submit_aio`: a job for QEMU's thread pool, run by a worker's
@@ -87,7 +88,7 @@ impl<S: Sink> Join<'_, S> {
         match a3 & 0xff {
             // Only read/write jobs reach handle_aiocb_rw.
             q::AIO_READ | q::AIO_WRITE => {
-                let h = self.file_io_for(e, a1, a2, Api::Threads);
+                let h = self.file_io_for(e, HostFileOffset(a1), a2, Api::Threads);
                 if let Some(x) = self.hios.get_mut(h) {
                     x.fd = fd;
                 }
@@ -106,9 +107,9 @@ impl<S: Sink> Join<'_, S> {
                 // Its range is the file's, but what it does there is the
                 // filesystem's (extents, no data): it keeps no device ranges, and
                 // the bios its worker queues inside fallocate are its own.
-                let h = self.job_io(e, Api::Threads, Some((a1, a2)));
+                let h = self.job_io(e, Api::Threads, Some((HostFileOffset(a1), a2)));
                 if let Some(x) = self.hios.get_mut(h) {
-                    x.offset = a1;
+                    x.offset = HostFileOffset(a1);
                     x.bytes = a2;
                 }
                 self.fd_names_disks(h, fd);
@@ -118,7 +119,7 @@ impl<S: Sink> Join<'_, S> {
             // request of the guest's makes), but the request it serves must not
             // be taken for a flush's.
             _ => {
-                if let Some(r) = self.job_root(e.tid, Some((a1, a2)))
+                if let Some(r) = self.job_root(e.tid, Some((HostFileOffset(a1), a2)))
                     && let Some(root) = self.roots.get_mut(r)
                 {
                     root.host_job = true;
@@ -150,7 +151,7 @@ impl<S: Sink> Join<'_, S> {
             self.sync_wait.push_back(h);
             h
         } else {
-            self.file_io_for(e, a1, a2, Api::Native)
+            self.file_io_for(e, HostFileOffset(a1), a2, Api::Native)
         };
         self.set_fd(h, a3 >> 32);
         self.threads.at(e.tid, e.ts).laio_wait.push(h);
@@ -167,7 +168,7 @@ impl<S: Sink> Join<'_, S> {
             }
             h
         } else {
-            self.file_io_for(e, a1, a2, Api::Uring)
+            self.file_io_for(e, HostFileOffset(a1), a2, Api::Uring)
         };
         self.set_fd(h, a3 >> 32);
         self.uring_wait.push_back(h);
@@ -230,7 +231,7 @@ impl<S: Sink> Join<'_, S> {
             // not read: the header's sector is 0 and the data size that of the
             // range list, so neither is the request's range.
             if vop.moves_data() {
-                root.offset = Some(a1.saturating_mul(512));
+                root.offset = Some(GuestOffset(a1.saturating_mul(512)));
                 root.bytes = a3;
             }
         }
@@ -325,7 +326,7 @@ impl<S: Sink> Join<'_, S> {
                         .threads
                         .get(e.tid)
                         .and_then(|t| t.meta)
-                        .is_some_and(|(_, t)| t == off) =>
+                        .is_some_and(|(_, t)| t == HostFileOffset(off)) =>
             {
                 self.qiov.remove(&qiov);
                 None
@@ -399,7 +400,7 @@ impl<S: Sink> Join<'_, S> {
                     self.finish_root(r, 0);
                 }
                 let r = self.new_root(e, Source::QemuBlock);
-                self.set_io(r, row_op, off, bytes);
+                self.set_io(r, row_op, GuestOffset(off), bytes);
                 // Above the image file, where qcow2 images are expected: qcow2's request
                 // (it has no probe on this path), not QEMU's own IO to the file.
                 let via_qcow2 = self.cfg.expect_qcow2 && !self.file_children.contains_key(&child);
@@ -418,7 +419,7 @@ impl<S: Sink> Join<'_, S> {
         {
             // The guest's range list is in its data, which the virtio probe does not
             // read: this request's first call has it.
-            self.set_io(r, row_op, off, bytes);
+            self.set_io(r, row_op, GuestOffset(off), bytes);
         }
         if let Some(root) = self.roots.get_mut(r) {
             root.last = e.ts;
@@ -452,7 +453,7 @@ impl<S: Sink> Join<'_, S> {
         // in the cache is written back later, maybe by a flush after the request was
         // answered, and that write is not its.
         if let Some((ctx, table)) = self.threads.get(e.tid).and_then(|t| t.meta)
-            && table == off
+            && table == HostFileOffset(off)
             && ctx.is_none_or(|r| self.roots.get(r).is_some_and(|x| !x.completed))
         {
             self.threads.at(e.tid, e.ts).meta = None;
@@ -463,7 +464,7 @@ impl<S: Sink> Join<'_, S> {
         }
         if let Some(r) = self.threads.get(e.tid).and_then(|t| t.pending_co)
             && let Some(root) = self.roots.get(r)
-            && root.offset == Some(off)
+            && root.offset == Some(GuestOffset(off))
             && root.bytes == bytes
             && root.qiovs.is_empty()
         {
@@ -491,13 +492,13 @@ impl<S: Sink> Join<'_, S> {
             && root.op == Op::WriteZeroes
             && !root.completed
             && let Some(start) = root.offset
-            && off >= start
-            && off.saturating_add(bytes) <= start.saturating_add(root.bytes)
+            && off >= start.0
+            && off.saturating_add(bytes) <= start.0.saturating_add(root.bytes)
         {
             root.qcow2 |= is_qcow2;
             return self.bind_to(qiov, QiovBind::Root(r));
         }
-        if is_qcow2 && let Some(r) = self.cow_owner(e.tid, off, bytes) {
+        if is_qcow2 && let Some(r) = self.cow_owner(e.tid, GuestOffset(off), bytes) {
             return self.bind_to(qiov, QiovBind::Cow(r));
         }
         if self.file_children.contains_key(&child) {
@@ -505,7 +506,7 @@ impl<S: Sink> Join<'_, S> {
             return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
         let r = self.new_root(e, Source::QemuBlock);
-        self.set_io(r, op, off, bytes);
+        self.set_io(r, op, GuestOffset(off), bytes);
         self.bind_qiov(qiov, r);
         let root = self.roots.get_mut(r).expect("just made");
         root.note_bdrv_child(e.sub, child);
@@ -545,17 +546,17 @@ impl<S: Sink> Join<'_, S> {
     /// of: qcow2 calls its own read entry point (no block layer above it) for the
     /// parts of the new cluster the write does not cover, on the thread of the write
     /// it is serving, inside that write's cluster (2 MiB, qcow2's largest).
-    pub(super) fn cow_owner(&self, tid: u32, off: u64, bytes: u64) -> Option<Ref> {
+    pub(super) fn cow_owner(&self, tid: u32, off: GuestOffset, bytes: u64) -> Option<Ref> {
         const MAX_CLUSTER: u64 = 2 << 20;
         let r = self.threads.get(tid)?.qcow2?;
         let root = self.roots.get(r)?;
-        let start = root.offset?;
+        let start = root.offset?.0;
         let lo = start / MAX_CLUSTER * MAX_CLUSTER;
         let hi = start.saturating_add(root.bytes).div_ceil(MAX_CLUSTER) * MAX_CLUSTER;
         (matches!(root.op, Op::Write | Op::WriteZeroes)
             && !root.completed
-            && off >= lo
-            && off.saturating_add(bytes) <= hi)
+            && off.0 >= lo
+            && off.0.saturating_add(bytes) <= hi)
             .then_some(r)
     }
 }

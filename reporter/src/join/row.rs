@@ -4,6 +4,7 @@
 
 use crate::layers::Boundaries;
 use serde::Serialize;
+use viopath_layouts::GuestOffset;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -122,7 +123,7 @@ pub struct IoRow {
     pub id: u64,
     pub op: Op,
     /// Guest offset (bytes), when a layer that knows it was traced.
-    pub offset: Option<u64>,
+    pub offset: Option<GuestOffset>,
     pub bytes: u64,
     pub source: Source,
     /// Boundary timestamps, ns; 0 = absent.
@@ -152,7 +153,7 @@ impl IoRow {
         IoRow {
             id: 0,
             op: Op::Read,
-            offset: Some(0),
+            offset: Some(GuestOffset(0)),
             bytes: 4096,
             source: Source::Virtio,
             b: Boundaries::new(),

@@ -10,6 +10,7 @@ use crate::layout::{DevRanges, DiskSet, Layout};
 use serde::Serialize;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use viopath_layouts::{DeviceSector, GuestOffset, HostFileOffset};
 use viopath_probes::abi::{RawEvent, qemu_probe as q};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,8 @@ pub(super) struct Hio {
     pub(super) root: Option<Ref>,
     pub(super) kind: HioKind,
     pub(super) api: Api,
-    pub(super) offset: u64,
+    /// Where in its file (the image file, or a backing or data file of its chain).
+    pub(super) offset: HostFileOffset,
     pub(super) bytes: u64,
     pub(super) created: u64,
     pub(super) submit: u64,
@@ -62,7 +64,8 @@ pub(super) struct Hio {
 pub(super) struct Root {
     pub(super) id: u64,
     pub(super) op: Op,
-    pub(super) offset: Option<u64>,
+    /// Where on the guest's disk, once a layer that knows it was traced.
+    pub(super) offset: Option<GuestOffset>,
     pub(super) bytes: u64,
     pub(super) source: Source,
     pub(super) top_probe: u8,
@@ -137,8 +140,8 @@ impl QiovBind {
 #[derive(Clone, Copy)]
 pub(super) struct InflightRange {
     pub(super) dev: u32,
-    pub(super) start: u64,
-    pub(super) end: u64,
+    pub(super) start: DeviceSector,
+    pub(super) end: DeviceSector,
     pub(super) hio: Ref,
 }
 
@@ -162,7 +165,7 @@ pub(super) struct Req {
     pub(super) bios: SmallVec<[u64; 4]>,
     pub(super) other: Option<u32>,
     pub(super) dev: u32,
-    pub(super) sector: u64,
+    pub(super) sector: DeviceSector,
     pub(super) sectors: u64,
     /// When it was inserted or issued: one whose completion was lost is dropped once
     /// it is older than any real request.
@@ -181,7 +184,7 @@ pub(super) struct PluggedBio {
     pub(super) bio: u64,
     pub(super) owner: Ref,
     pub(super) dev: u32,
-    pub(super) sector: u64,
+    pub(super) sector: DeviceSector,
     pub(super) sectors: u64,
 }
 
@@ -199,7 +202,7 @@ pub(super) struct ThreadCtx {
     /// The request qcow2 is serving on this thread.
     pub(super) qcow2: Option<Ref>,
     /// An L2/refcount cache lookup (owner, table offset): a read of that table follows.
-    pub(super) meta: Option<(Option<Ref>, u64)>,
+    pub(super) meta: Option<(Option<Ref>, HostFileOffset)>,
     /// The last bdrv_co_p{read,write}v_part whose qiov is known: its file-posix
     /// request follows in the same coroutine, with a slice of that qiov (a new
     /// pointer) when it covers only part of it.
@@ -530,7 +533,7 @@ impl<S: Sink> Join<'_, S> {
         r
     }
 
-    pub(super) fn set_io(&mut self, r: Ref, op: Op, offset: u64, bytes: u64) {
+    pub(super) fn set_io(&mut self, r: Ref, op: Op, offset: GuestOffset, bytes: u64) {
         if let Some(root) = self.roots.get_mut(r)
             && root.offset.is_none()
         {
@@ -551,7 +554,7 @@ impl<S: Sink> Join<'_, S> {
         &mut self,
         root: Option<Ref>,
         kind: HioKind,
-        off: u64,
+        off: HostFileOffset,
         bytes: u64,
         ts: u64,
     ) -> Ref {
@@ -652,7 +655,7 @@ impl<S: Sink> Join<'_, S> {
         }
     }
 
-    pub(super) fn new_other(&mut self, ts: u64, dev: u32, sector: u64, bytes: u64) -> u32 {
+    pub(super) fn new_other(&mut self, ts: u64, dev: u32, sector: DeviceSector, bytes: u64) -> u32 {
         let class = if self.layout.occupied(
             dev,
             sector,

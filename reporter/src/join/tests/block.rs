@@ -58,7 +58,7 @@ fn a_bio_covered_by_two_host_ios_goes_to_the_one_queueing_it() {
     let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
     let (pos, len) = (0x20_0000, 4096);
     let mut ranges = DevRanges::new();
-    layout.dev_ranges(pos, len, &mut ranges);
+    layout.dev_ranges(HostFileOffset(pos), len, &mut ranges);
     let bottom = ranges.iter().find(|r| r.bottom).expect("bottom range");
     let dev_bytes = (u64::from(bottom.dev) << 32) | len;
     j.event(&ev(1_000, 7, EventKind::DioBegin, [0x71, pos, len, 12]));
@@ -71,7 +71,7 @@ fn a_bio_covered_by_two_host_ios_goes_to_the_one_queueing_it() {
         (1_200, 8, 0xb8, 0x9008, second),
         (1_300, 99, 0xb7, 0x9007, first),
     ] {
-        block_request(&mut j, ts, tid, bio, rq, bottom.start_sector, dev_bytes);
+        block_request(&mut j, ts, tid, bio, rq, bottom.start_sector.0, dev_bytes);
         let owners = j.reqs.get(&rq).map(|r| r.owners.to_vec());
         assert_eq!(owners, Some(vec![want]), "bio queued by thread {tid}");
     }

@@ -12,7 +12,7 @@ fn a_host_io_keeps_to_the_sectors_of_the_file_the_kernel_names() {
         let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
         let (pos, len) = (0x20_0000, 4096);
         let mut both = DevRanges::new();
-        layout.dev_ranges(pos, len, &mut both);
+        layout.dev_ranges(HostFileOffset(pos), len, &mut both);
         // Per file: the partition, the partition at the disk's sector numbers (as
         // its bios are traced), the disk.
         assert_eq!(both.len(), 6, "{both:?}");
@@ -276,7 +276,7 @@ fn a_write_of_zeroes_retried_in_other_modes_is_one_host_part() {
             "{r:?}"
         );
         if !virtio {
-            assert_eq!((r.offset, r.bytes), (Some(0x1_0000), 0x1_0000));
+            assert_eq!((r.offset, r.bytes), (Some(GuestOffset(0x1_0000)), 0x1_0000));
         }
         assert_eq!(
             other

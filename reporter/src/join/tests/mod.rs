@@ -11,6 +11,7 @@ use super::row::*;
 use super::slab::Ref;
 use super::state::*;
 use crate::layout::{DevRanges, Layout};
+use viopath_layouts::{GuestOffset, HostFileOffset};
 
 use viopath_probes::abi::{EventKind, RawEvent, kernel_dev, qemu_probe as q};
 

@@ -118,7 +118,16 @@ fn a_discard_has_the_range_of_its_block_request() {
         rows.sort_by_key(|r| r.id);
         let got: Vec<_> = rows
             .iter()
-            .map(|r| (r.source, r.op, r.offset, r.bytes, r.host_ios, r.partial))
+            .map(|r| {
+                (
+                    r.source,
+                    r.op,
+                    r.offset.map(|o| o.0),
+                    r.bytes,
+                    r.host_ios,
+                    r.partial,
+                )
+            })
             .collect();
         (rows, got)
     };
@@ -380,7 +389,10 @@ fn a_qemu_io_aio_request_ends_at_its_completion_callback() {
     read(&mut j, 0, 1_000_000, Some(31_000));
     assert_eq!(j.sink.0.len(), 1, "reported at the callback");
     let row = &j.sink.0[0];
-    assert_eq!((row.offset, row.bytes, row.partial), (Some(off), len, 0));
+    assert_eq!(
+        (row.offset, row.bytes, row.partial),
+        (Some(GuestOffset(off)), len, 0)
+    );
     assert_eq!(row.b.as_array()[1], 1_000_000);
     assert_eq!(
         row.b.as_array()[6],
