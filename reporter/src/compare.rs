@@ -156,17 +156,17 @@ impl Sink for RunSink {
 /// Join a trace into a run (with its own layout snapshot).
 pub fn run_from_trace(
     path: &Path,
-    progress: Option<&crate::Progress>,
+    progress: Option<&crate::input::Progress>,
 ) -> Result<Run, CompareError> {
     let trace = crate::reader::Trace::open(path)?;
-    let (layout, _) = crate::load_layout(&trace, &[]);
-    let cfg = crate::join_config(&trace, &layout);
+    let (layout, _) = crate::input::load_layout(&trace, &[]);
+    let cfg = crate::input::join_config(&trace, &layout);
     let sink = RunSink(Run {
         name: path.display().to_string(),
         ..Run::default()
     });
     let mut join = crate::join::Join::new(&layout, sink, cfg);
-    crate::for_each_event(&trace, progress, |e| join.event(e));
+    crate::input::for_each_event(&trace, progress, |e| join.event(e));
     let (sink, _) = join.finish();
     Ok(sink.0)
 }
@@ -249,7 +249,10 @@ pub fn run_from_export(path: &Path) -> Result<Run, CompareError> {
 
 /// The runs at `path`: a trace, an export file, or a directory holding `.parquet`
 /// exports at any depth (a hive-partitioned fleet directory; each file is one run).
-pub fn load(path: &Path, progress: Option<&crate::Progress>) -> Result<Vec<Run>, CompareError> {
+pub fn load(
+    path: &Path,
+    progress: Option<&crate::input::Progress>,
+) -> Result<Vec<Run>, CompareError> {
     let io = |source| CompareError::Io {
         path: path.to_owned(),
         source,

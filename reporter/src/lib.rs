@@ -11,6 +11,7 @@
 pub mod compare;
 pub mod hist;
 pub mod html;
+mod input;
 pub mod join;
 pub mod layers;
 pub mod layout;
@@ -22,12 +23,10 @@ mod rng;
 pub mod synth;
 pub mod units;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use viopath_layouts::host::DevId;
-use viopath_layouts::snapshot::Snapshot;
 use viopath_probes::chunks::Header;
 
+pub use input::{LayoutSource, Progress, for_each_event, join_config, layers_missing, load_layout};
 pub use report::{ExportFormat, GroupBy, Report};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,79 +35,6 @@ pub enum Error {
     Read(#[from] reader::ReadError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
-}
-
-/// Called while a trace is read with (bytes of events read, bytes in the trace), a few
-/// hundred times at most: for progress bars.
-#[derive(Clone)]
-pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
-
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Progress")
-    }
-}
-
-/// Feed a trace's events to `each`, telling `progress` how far it got now and then.
-///
-/// Reading (checksums, decoding, the merge of the CPUs' streams into timestamp order)
-/// runs on a thread of its own and hands events over in batches, so it overlaps with
-/// `each` (the join): each costs about half the time per event. On a VM that hands
-/// freed memory back to its host, a third thread keeps the file ahead of the reading in
-/// the page cache ([`reader::Trace::read_ahead`], [`reader::free_pages_go_to_host`]).
-pub fn for_each_event<'t>(
-    trace: &'t reader::Trace,
-    progress: Option<&Progress>,
-    mut each: impl FnMut(&viopath_probes::abi::RawEvent),
-) -> reader::Events<'t> {
-    use std::sync::mpsc::sync_channel;
-    let (full_tx, full_rx) = sync_channel::<Vec<viopath_probes::abi::RawEvent>>(4);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<viopath_probes::abi::RawEvent>>(6);
-    let ahead = std::sync::Arc::new(reader::ReadAhead::default());
-    std::thread::scope(|scope| {
-        let reading_ahead = ahead.clone();
-        if reader::free_pages_go_to_host() {
-            scope.spawn(move || trace.read_ahead(&reading_ahead));
-        }
-        let reading = scope.spawn(move || {
-            let _finish = reader::FinishOnDrop(ahead.clone());
-            let mut events = trace.events();
-            events.report_to(ahead);
-            let mut batches = 0u32;
-            loop {
-                let mut batch = empty_rx.try_recv().unwrap_or_default();
-                if !events.next_batch(&mut batch) {
-                    break;
-                }
-                if full_tx.send(batch).is_err() {
-                    break;
-                }
-                batches = batches.wrapping_add(1);
-                if let Some(p) = progress
-                    && batches.is_multiple_of(64)
-                {
-                    let (done, total) = events.position();
-                    (p.0)(done, total);
-                }
-            }
-            if let Some(p) = progress {
-                let (_, total) = events.position();
-                (p.0)(total, total);
-            }
-            events
-        });
-        // Owned here, so that if `each` panics the receiver drops while unwinding and the
-        // reader, blocked on a full channel, stops instead of holding the scope forever.
-        let full_rx = full_rx;
-        for batch in full_rx.iter() {
-            for e in &batch {
-                each(e);
-            }
-            // The reader makes a new one when none comes back in time.
-            let _ = empty_tx.try_send(batch);
-        }
-        reading.join().expect("the trace reader does not panic")
-    })
 }
 
 /// What the join emits, in order.
@@ -255,93 +181,6 @@ impl Default for Options {
             progress: None,
             pictures: false,
         }
-    }
-}
-
-/// Where the layout used for the join came from.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LayoutSource {
-    pub from: &'static str,
-    pub files: usize,
-    pub errors: Vec<String>,
-}
-
-/// Layers the recording did not trace, from the header's probe list.
-pub fn layers_missing(header: &Header) -> Vec<String> {
-    let mut attached = BTreeSet::new();
-    let mut all = BTreeSet::new();
-    for p in &header.probes {
-        all.insert(p.layer.as_str());
-        if p.attached {
-            attached.insert(p.layer.as_str());
-        }
-    }
-    all.difference(&attached).map(|l| l.to_string()).collect()
-}
-
-fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, LayoutSource) {
-    let l = layout::Layout::from_snapshot(snap);
-    let mut errors: Vec<String> = snap.errors.clone();
-    let with_guest = l.disks.iter().filter(|d| !d.guest.is_empty()).count();
-    if l.disks.len() > 1 && !l.files_have_inodes() {
-        errors.push(format!(
-            "the layout lists {} images but not their files' inode numbers: which disk an IO was for is not known{}",
-            l.disks.len(),
-            match with_guest {
-                0 => String::new(),
-                1 => "; guest files are named from the one image with a guest filesystem".into(),
-                n => format!(" and guest files are not named ({n} images hold guest filesystems)"),
-            }
-        ));
-    }
-    let files = l.file_count();
-    (
-        l,
-        LayoutSource {
-            from,
-            files,
-            errors,
-        },
-    )
-}
-
-/// The layout the join uses: from images (when given) or the trace's snapshot.
-pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout, LayoutSource) {
-    if !images.is_empty() {
-        let devices: BTreeSet<DevId> = trace
-            .header
-            .devices
-            .iter()
-            .filter_map(|d| d.parse().ok())
-            .collect();
-        let snap = viopath_layouts::snapshot::take(images, &devices);
-        return from_snapshot(&snap, "images");
-    }
-    match &trace.layout {
-        Some(v) => from_snapshot(v, "trace"),
-        None => (
-            layout::Layout::default(),
-            LayoutSource {
-                from: "none",
-                files: 0,
-                errors: vec!["the trace has no layout snapshot (recording interrupted?) and no --image was given: block IO is joined only where the submitting thread shows it".into()],
-            },
-        ),
-    }
-}
-
-/// How rows end, from which probes the trace's header says were attached.
-pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::JoinConfig {
-    join::JoinConfig {
-        await_msi: trace.header.attached("kvm_msi_set_irq"),
-        expect_qcow2: layout.has_qcow2()
-            && (trace.header.attached("qcow2_co_preadv_part")
-                || trace.header.attached("qcow2_co_pwritev_part")),
-        flush_syscalls: trace.header.attached("sys_enter_fdatasync"),
-        fs_sync: trace.header.attached("ext4_sync_file_enter"),
-        aio_fsync: trace.header.attached("workqueue_execute_start")
-            && trace.header.attached("workqueue_execute_end"),
-        falloc_syscalls: trace.header.attached("sys_enter_fallocate"),
     }
 }
 

@@ -277,11 +277,11 @@ impl Raw {
 pub fn write(
     path: &Path,
     w: &mut dyn Write,
-    progress: Option<&crate::Progress>,
+    progress: Option<&crate::input::Progress>,
 ) -> Result<PerfettoStats, PerfettoError> {
     let trace = crate::reader::Trace::open(path)?;
-    let (layout, _) = crate::load_layout(&trace, &[]);
-    let cfg = crate::join_config(&trace, &layout);
+    let (layout, _) = crate::input::load_layout(&trace, &[]);
+    let cfg = crate::input::join_config(&trace, &layout);
     let t0 = trace.events().next().map(|e| e.ts).unwrap_or(0);
     let mut out = Out {
         w,
@@ -345,7 +345,7 @@ pub fn write(
             layout: &layout,
         };
         let mut join = crate::join::Join::new(&layout, sink, cfg);
-        let events = crate::for_each_event(&trace, progress, |e| {
+        let events = crate::input::for_each_event(&trace, progress, |e| {
             join.event(e);
             raw.event(join.sink.out, &layout, e);
         });
