@@ -238,6 +238,15 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
             ),
         ]);
     }
+    if s.trace_entries_skipped > 0 {
+        b.push_record([
+            "trace".to_owned(),
+            format!(
+                "{} malformed header, losses or layout entries skipped",
+                s.trace_entries_skipped
+            ),
+        ]);
+    }
     if !s.trace_complete {
         b.push_record([
             "recording".to_owned(),

@@ -27,6 +27,11 @@ thread_local! {
 /// Parse a chunk's JSON as `T`. Only JSON that is not an object of `T`'s shape at all
 /// (not JSON, or not an object) is an error; a wrong field is skipped and counted.
 pub fn parse<T: DeserializeOwned>(json: &Value) -> Result<Parsed<T>, serde_json::Error> {
+    // serde would also take a struct from an array of its fields in order: a chunk
+    // that is no object is no chunk of ours.
+    if !json.is_object() {
+        return Err(serde::de::Error::custom("not a JSON object"));
+    }
     let before = SKIPPED.with(|s| s.replace(0));
     let value = T::deserialize(json);
     let skipped = SKIPPED.with(|s| s.replace(before));

@@ -6,6 +6,9 @@
 //! - [`host`]: FIEMAP extents and the block-device stack below a host file
 //!   (host file offset → sectors on every device down to the bottom one).
 //! - [`stack`]: all of the above composed into one answer.
+//! - [`snapshot`]: what a trace stores of all of the above, so it joins offline;
+//!   [`lenient`] reads such untrusted JSON back into its types.
+//! - [`addr`]: one type per address space, so one cannot be passed for another.
 //!
 //! Everything here reads untrusted input (images and traces from the field): malformed
 //! data gives an error naming the field and offset, never a panic, and no table is

@@ -146,7 +146,7 @@ impl Stack {
         let mut pos = offset.0;
         let end = offset.0 + len;
         while pos < end {
-            let l = self.chain.locate(pos);
+            let l = self.chain.locate(GuestOffset(pos));
             let n = l.len.min(end - pos);
             let (host_offset, host_len) = match l.kind {
                 LocatedKind::Data { host } | LocatedKind::ZeroAlloc { host } => {

@@ -10,6 +10,7 @@ mod mutate;
 use mutate::{Hot, mutate};
 
 use std::path::{Path, PathBuf};
+use viopath_layouts::GuestOffset;
 use viopath_layouts::guest::GuestLayout;
 use viopath_layouts::qcow2::{Chain, Qcow2Image};
 use viopath_layouts::source::ReadAt;
@@ -42,7 +43,10 @@ fn qcow2_target(bytes: Vec<u8>) {
     let _ = chain.reverse_map(0);
     let mut buf = vec![0u8; 4096];
     for e in entries.iter().take(16) {
-        let _ = chain.read_guest(&mut buf[..e.length.min(4096) as usize], e.start);
+        let _ = chain.read_guest(
+            &mut buf[..e.length.min(4096) as usize],
+            GuestOffset(e.start),
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! viopath's probes: the eBPF programs (C, in `bpf/`, compiled by clang and committed as
 //! `bpf/viopath.bpf.o` so the workspace builds without clang), the event ABI the kernel
-//! side, the recorder and the reporter share ([`abi`]), and the trace file format
-//! ([`trace`]).
+//! side, the recorder and the reporter share ([`abi`]), and the trace file format:
+//! its binary chunks ([`trace`]) and the types of its JSON chunks ([`chunks`]).
 //!
 //! Regenerate the object with `cargo xtask probes`; `cargo xtask probes --check` (and a
 //! test) fails when the committed object is stale.

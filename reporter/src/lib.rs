@@ -4,9 +4,11 @@
 //! Data flow: [`reader`] (memory-mapped trace → events in timestamp order) →
 //! [`join`] (events → one row per guest IO, using [`layout`] to follow addresses
 //! into the block layer) → [`report`] (rows → latency table, slowest IOs, partial and
-//! non-guest IO; per-IO export) → [`html`] and [`perfetto`] (pictures of it);
-//! [`compare`] sets runs against each other. [`layers`] defines the boundaries an IO's time is cut
-//! at; [`synth`] writes synthetic traces with known answers for tests and benchmarks.
+//! non-guest IO; per-IO export) → [`pictures`], [`html`] and [`perfetto`] (pictures
+//! of it); [`compare`] sets runs against each other over [`hist`]. `input` gives each
+//! of them the layout, the join's configuration and the events. [`layers`] defines the
+//! boundaries an IO's time is cut at; [`units`] formats it for people; [`synth`] writes
+//! synthetic traces with known answers for tests and benchmarks.
 
 pub mod compare;
 pub mod hist;
@@ -188,6 +190,7 @@ impl Default for Options {
 pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Error> {
     let trace = reader::Trace::open(path)?;
     let (layout, source) = load_layout(&trace, &opts.images);
+    let layout_skipped = layout.skipped;
     let mut collector = report::Collector::new(&layout, opts.top_n, &opts.by);
     if opts.pictures {
         collector = collector.with_pictures();
@@ -247,6 +250,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         events_late: late,
         trace_complete: trace.info.complete,
         damage,
+        trace_entries_skipped: trace.info.json_entries_skipped + layout_skipped as u64,
         layers_missing: layers_missing(&trace.header),
         exact_quantiles: true,
         ..report::Summary::default()

@@ -562,6 +562,10 @@ pub struct Summary {
     pub events_late: u64,
     pub trace_complete: bool,
     pub damage: Option<crate::reader::Damage>,
+    /// Fields and entries of the trace's JSON chunks and layout snapshot left out
+    /// because they were malformed (see docs/trace-format.md).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub trace_entries_skipped: u64,
     pub layers_missing: Vec<String>,
     pub peak_in_flight: usize,
     /// Block requests whose completion event was lost: their pointer came back for a
@@ -570,6 +574,10 @@ pub struct Summary {
     /// Quantiles are exact (false: more than [`EXACT_IOS`] complete IOs, so they come
     /// from log buckets, within 0.4%).
     pub exact_quantiles: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]

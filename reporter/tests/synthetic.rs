@@ -425,3 +425,60 @@ fn a_complete_trace_is_read_tail_first_with_what_the_full_walk_gives() {
         Some(victim.0 as u64)
     );
 }
+
+/// A trace whose JSON chunks have fields and entries of the wrong shape (a damaged or
+/// foreign writer): they are left out and counted, and the rest is read.
+#[test]
+fn malformed_json_entries_are_skipped_and_counted() {
+    use serde_json::json;
+    use viopath_probes::trace::{ChunkKind, TraceWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.trace");
+    let mut w = TraceWriter::create(
+        &path,
+        &json!({
+            "format": 1,
+            "abi": 1,
+            "host": 7,
+            "probes": [
+                {"name": "block_rq_issue", "layer": "block", "attach": "tp_btf", "attached": true},
+                {"name": 3}
+            ],
+            "from_a_newer_recorder": true
+        }),
+    )
+    .unwrap();
+    w.json_chunk(
+        ChunkKind::Losses,
+        &json!({"total": 5, "by_cpu_and_kind": ["not an entry"]}),
+    )
+    .unwrap();
+    w.json_chunk(
+        ChunkKind::Layout,
+        &json!({
+            "images": [{
+                "path": "/vm/a.qcow2",
+                "file_hosts": [{"file": "/vm/a.qcow2", "len": 4096, "host": ["not a segment"]}],
+                "guest": {"partitions": [], "extents": [{"offset": 0, "len": 0, "what": "file"}]}
+            }],
+            "devices": []
+        }),
+    )
+    .unwrap();
+    w.finish(&json!({"stop_reason": "test"})).unwrap();
+
+    let t = Trace::open(&path).unwrap();
+    assert_eq!(
+        t.header.host, "",
+        "a host of the wrong type is left at its default"
+    );
+    assert_eq!(t.header.probes.len(), 1);
+    assert!(t.header.attached("block_rq_issue"));
+    assert_eq!(t.info.events_lost_in_kernel, 5);
+    // host, one probe, one loss entry, one host segment.
+    assert_eq!(t.info.json_entries_skipped, 4);
+    let (report, _) = analyze(&path, &Options::default()).unwrap();
+    // And the guest extent of no length, which the layout leaves out.
+    assert_eq!(report.summary.trace_entries_skipped, 5);
+    assert_eq!(report.summary.layers_missing, Vec::<String>::new());
+}

@@ -219,7 +219,7 @@ fn compressed_zlib_and_zstd() {
             assert!(chain.map_entries().iter().any(|e| e.compressed));
             // Decompression gives back what qemu-io wrote.
             let mut buf = vec![0u8; cs as usize];
-            chain.read_guest(&mut buf, cs).unwrap();
+            chain.read_guest(&mut buf, GuestOffset(cs)).unwrap();
             assert!(
                 buf.iter().all(|&b| b == 0x22),
                 "{ty}: decompressed cluster is wrong"

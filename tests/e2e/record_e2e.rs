@@ -10,9 +10,9 @@ use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use viopath_layouts::HostFileOffset;
 use viopath_layouts::host::{DevId, Hop, HostResolver, Topology};
 use viopath_layouts::qcow2::{Chain, LocatedKind};
+use viopath_layouts::{GuestOffset, HostFileOffset};
 use viopath_probes::abi::{EventKind, RawEvent, kernel_dev};
 use viopath_probes::trace::{ChunkKind, chunks};
 
@@ -443,7 +443,7 @@ fn check_aio_mode(qemu_io: &Path, aio: &str, with_symbols: bool) {
             r.off,
             r.len
         );
-        let l = chain.locate(r.off);
+        let l = chain.locate(GuestOffset(r.off));
         let LocatedKind::Data { host } = l.kind else {
             panic!("{what}: not allocated after the run: {l:?}")
         };
@@ -855,7 +855,7 @@ fn attaches_to_a_running_storage_daemon_and_stops_on_sigint() {
         (false, 1 << 20, 65536),
         (true, 5 << 20, 4096),
     ] {
-        let LocatedKind::Data { host } = chain.locate(off).kind else {
+        let LocatedKind::Data { host } = chain.locate(GuestOffset(off)).kind else {
             panic!("{off} not allocated")
         };
         let p = if write { BDRV_WRITE } else { BDRV_READ };

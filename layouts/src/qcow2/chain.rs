@@ -1,6 +1,7 @@
 //! A backing chain of images, as QEMU opens it, and its combined forward map.
 
 use super::{LayerMap, Qcow2Error, Qcow2Image, Result, Run, RunKind, header::MAGIC};
+use crate::addr::{GuestOffset, HostFileOffset};
 use crate::source::{FileSource, ReadAt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -422,7 +423,8 @@ impl Chain {
     }
 
     /// Where guest byte `guest` comes from, following the chain as QEMU does.
-    pub fn locate(&self, guest: u64) -> Located {
+    pub fn locate(&self, guest: GuestOffset) -> Located {
+        let guest = guest.0;
         let mut bound = self.virtual_size().saturating_sub(guest);
         for (depth, layer) in self.layers.iter().enumerate() {
             if guest >= layer.size() {
@@ -553,16 +555,17 @@ impl Chain {
 
     /// The whole extent map, row for row what `qemu-img map --output=json` prints.
     pub fn map_entries(&self) -> Vec<MapEntry> {
-        self.map_range(0, self.virtual_size())
+        self.map_range(GuestOffset(0), self.virtual_size())
     }
 
     /// The extent map of `[start, start + len)`.
-    pub fn map_range(&self, start: u64, len: u64) -> Vec<MapEntry> {
+    pub fn map_range(&self, start: GuestOffset, len: u64) -> Vec<MapEntry> {
+        let start = start.0;
         let end = start.saturating_add(len).min(self.virtual_size());
         let mut out: Vec<MapEntry> = Vec::new();
         let mut pos = start;
         while pos < end {
-            let mut l = self.locate(pos);
+            let mut l = self.locate(GuestOffset(pos));
             l.len = l.len.min(end - pos);
             let mut e = self.entry_for(pos, &l);
             if let (
@@ -595,7 +598,8 @@ impl Chain {
     }
 
     /// Read guest bytes through the chain, decompressing compressed clusters.
-    pub fn read_guest(&self, buf: &mut [u8], guest: u64) -> Result<()> {
+    pub fn read_guest(&self, buf: &mut [u8], guest: GuestOffset) -> Result<()> {
+        let guest = guest.0;
         let size = self.virtual_size();
         if guest.checked_add(buf.len() as u64).is_none_or(|e| e > size) {
             return Err(Qcow2Error::io(
@@ -612,7 +616,7 @@ impl Chain {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = guest + done as u64;
-            let l = self.locate(pos);
+            let l = self.locate(GuestOffset(pos));
             let n = (l.len.min((buf.len() - done) as u64)) as usize;
             let out = &mut buf[done..done + n];
             match l.kind {
@@ -634,7 +638,11 @@ impl Chain {
                     let hit = matches!(&*cache, Some((d, h, _)) if *d == l.depth && *h == host);
                     if !hit {
                         let image = self.image(l.depth).expect("compressed clusters are qcow2");
-                        *cache = Some((l.depth, host, image.read_compressed(host, len)?));
+                        *cache = Some((
+                            l.depth,
+                            host,
+                            image.read_compressed(HostFileOffset(host), len)?,
+                        ));
                     }
                     let data = &cache.as_ref().expect("filled").2;
                     let o = offset_in_cluster as usize;
@@ -677,7 +685,7 @@ fn looks_metadata_preallocated(image: &Qcow2Image) -> Result<bool> {
     let mut count = 0;
     let mut i = 0;
     while i < end && count < threshold {
-        if image.refcount(i * cs)? > 0 {
+        if image.refcount(HostFileOffset(i * cs))? > 0 {
             count += 1;
         }
         i += 1;
@@ -737,10 +745,11 @@ fn raw_runs(file: &std::fs::File, size: u64) -> io::Result<Vec<Run>> {
 /// The chain is the guest's disk: reading it reads guest bytes.
 impl ReadAt for Chain {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_guest(buf, offset).map_err(|e| match e {
-            Qcow2Error::Io { source, .. } => source,
-            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-        })
+        self.read_guest(buf, GuestOffset(offset))
+            .map_err(|e| match e {
+                Qcow2Error::Io { source, .. } => source,
+                other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+            })
     }
     fn len(&self) -> u64 {
         self.virtual_size()

@@ -13,6 +13,7 @@ pub use chain::{Chain, ChainFile, FileRole, Located, LocatedKind, MapEntry};
 pub use header::{BitmapsExtension, Compression, Header};
 pub use reverse::{Content, ReverseExtent, ReverseMap};
 
+use crate::addr::HostFileOffset;
 use crate::source::{FileSource, ReadAt, be_u32, be_u64};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -505,7 +506,8 @@ impl Qcow2Image {
     }
 
     /// The refcount of the host cluster holding `offset` (0 past the refcount table).
-    pub fn refcount(&self, offset: u64) -> Result<u64> {
+    pub fn refcount(&self, offset: HostFileOffset) -> Result<u64> {
+        let offset = offset.0;
         let h = &self.header;
         let cluster = offset >> h.cluster_bits;
         let bits = h.refcount_bits() as u64;
@@ -645,7 +647,8 @@ impl Qcow2Image {
 
     /// Decompress the compressed cluster stored at `host` (`len` bytes, as the L2 entry
     /// says) into one cluster of guest data.
-    pub fn read_compressed(&self, host: u64, len: u64) -> Result<Vec<u8>> {
+    pub fn read_compressed(&self, host: HostFileOffset, len: u64) -> Result<Vec<u8>> {
+        let host = host.0;
         let cs = self.header.cluster_size() as usize;
         // The sector-rounded length may reach past EOF by less than a sector.
         let len = len.min(self.file_len() - host);

@@ -561,7 +561,7 @@ fn fill_gaps(rm: &mut ReverseMap, image: Option<&Qcow2Image>) -> Result<()> {
             let content = if !p.is_multiple_of(cs) || piece_end < cluster_end.min(rm.file_len) {
                 Content::Slack
             } else {
-                match image.refcount(p)? {
+                match image.refcount(HostFileOffset(p))? {
                     0 => Content::Free,
                     n => Content::Leaked { refcount: n },
                 }
