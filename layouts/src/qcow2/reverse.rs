@@ -72,12 +72,12 @@ pub enum Content {
 
 impl Content {
     /// The guest offset `delta` bytes into an extent with this content, where it has one.
-    pub fn guest_at(&self, delta: u64) -> Option<u64> {
+    pub fn guest_at(&self, delta: u64) -> Option<GuestOffset> {
         match self {
             Content::GuestData { guest }
             | Content::Preallocated { guest, .. }
-            | Content::SnapshotData { guest, .. } => Some(guest + delta),
-            Content::Compressed { guest } => Some(*guest),
+            | Content::SnapshotData { guest, .. } => Some(GuestOffset(guest + delta)),
+            Content::Compressed { guest } => Some(GuestOffset(*guest)),
             _ => None,
         }
     }
@@ -129,7 +129,7 @@ impl ReverseMap {
         let offset = offset.0;
         let i = self.extents.partition_point(|e| e.end() <= offset);
         let e = self.extents.get(i).filter(|e| e.start <= offset)?;
-        Some((e, e.content.guest_at(offset - e.start).map(GuestOffset)))
+        Some((e, e.content.guest_at(offset - e.start)))
     }
 }
 
