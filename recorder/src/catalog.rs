@@ -29,18 +29,12 @@ pub enum Layer {
 }
 
 impl Layer {
-    /// The layer as the trace's probe lists name it (serde's kebab case).
+    /// The layer as the trace's probe lists name it (serde's kebab case, which differs
+    /// from [`Layer::name`] only for io_uring).
     pub fn key(self) -> &'static str {
         match self {
-            Layer::Kvm => "kvm",
-            Layer::Virtio => "virtio",
-            Layer::QemuBlock => "qemu-block",
-            Layer::Qcow2 => "qcow2",
-            Layer::FilePosix => "file-posix",
-            Layer::Syscall => "syscall",
             Layer::IoUring => "io-uring",
-            Layer::Filesystem => "filesystem",
-            Layer::Block => "block",
+            l => l.name(),
         }
     }
 
