@@ -6,7 +6,7 @@
 //!
 //! Traces come from `viopath_reporter::synth` (every layer, L2 misses, splits, merges,
 //! CPUs interleaved as the recorder writes them) and are written to /var/tmp (about
-//! 4.5 GB for 100M events; removed afterwards, or moved into `$VIOPATH_BENCH_KEEP`). Each size runs three rounds; in each,
+//! 4.5 GB for 100M events; removed afterwards, or moved into `$VIOPATH_BENCH_KEEP`). Each size runs three rounds (`VIOPATH_BENCH_ROUNDS`); in each,
 //! the plain read (read(2) in 1 MiB blocks into one buffer) and
 //! `viopath report TRACE --format json -o REPORT.json` run back to back, so the ratio
 //! compares like with like on a noisy machine: once with the file in the page cache
@@ -38,7 +38,12 @@
 //!
 //! `VIOPATH_BENCH_BASELINE=/path/to/viopath` (another build, e.g. of an earlier commit)
 //! also runs that binary in every round, in the same cache state, and prints its time
-//! and the ratio of this build's time to it: a before/after comparison in one run.
+//! and the ratio of this build's time to it: a before/after comparison in one run. The
+//! two run in turn, the baseline first in even rounds, so the order's own effect
+//! cancels over an even number of rounds (`VIOPATH_BENCH_ROUNDS`, default 3). As one
+//! report per round and cache state leaves a few percent to noise, the bench then
+//! times both builds on the warm trace in `VIOPATH_BENCH_PAIRS` (default 20) pairs,
+//! the order swapped every pair, and prints the medians of wall and CPU time.
 
 use std::io::Read;
 use std::path::Path;
@@ -255,6 +260,65 @@ impl Drop for NoPageReporting {
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes (0 if it cannot be read).
+/// User plus system CPU seconds of the children waited for so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// This build against the baseline on the warm trace, `n` pairs back to back with the
+/// order swapped every pair: the rounds above time each build once per cache state,
+/// which at a few tenths of a second per report leaves a few percent to noise. Prints
+/// the medians of wall and CPU time and the medians of the pairs' ratios.
+fn ab_pairs(this: &Path, base: &Path, trace: &Path, n: u32) {
+    if n == 0 {
+        return;
+    }
+    plain_read(trace);
+    let run = |bin: &Path| {
+        let cpu = children_cpu();
+        let (wall, _) = report(bin, trace, Path::new("/dev/null"));
+        (wall, children_cpu() - cpu)
+    };
+    let (mut this_t, mut base_t) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if i % 2 == 0 {
+            this_t.push(run(this));
+            base_t.push(run(base));
+        } else {
+            base_t.push(run(base));
+            this_t.push(run(this));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
+    let pick = |v: &[(f64, f64)], cpu: bool| -> Vec<f64> {
+        v.iter().map(|&(w, c)| if cpu { c } else { w }).collect()
+    };
+    for (what, cpu) in [("wall", false), ("cpu", true)] {
+        let (t, b) = (pick(&this_t, cpu), pick(&base_t, cpu));
+        let ratios: Vec<f64> = t.iter().zip(&b).map(|(x, y)| x / y).collect();
+        println!(
+            "a/b warm, {n} pairs, {what}: this {:.3} s, base {:.3} s (medians); this/base {:.3}, \
+             median of pair ratios {:.3}",
+            median(t.clone()),
+            median(b.clone()),
+            median(t) / median(b),
+            median(ratios)
+        );
+    }
+}
+
 fn mem_available() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -284,6 +348,15 @@ fn main() {
     };
     let this = Path::new(env!("CARGO_BIN_EXE_viopath"));
     let baseline = std::env::var_os("VIOPATH_BENCH_BASELINE").map(std::path::PathBuf::from);
+    let pairs: u32 = std::env::var("VIOPATH_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let rounds: u32 = std::env::var("VIOPATH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
     if let Some(b) = &baseline {
         assert!(
             b.is_file(),
@@ -349,7 +422,11 @@ fn main() {
                 ""
             }
         );
-        for round in 1..=3 {
+        for round in 1..=rounds {
+            // With a baseline, every other round runs it first: the first run after a
+            // cache fill or drop is not like the second, and an order kept for every
+            // round would show as a difference between the builds.
+            let base_first = round % 2 == 0;
             let mut fastest_read: Option<(&str, f64)> = None;
             for cache in ["warm", "cold", "ram"] {
                 // Cold and ram: both start from storage (needs root to drop the page
@@ -373,6 +450,13 @@ fn main() {
                 if cache != "warm" && fastest_read.is_none_or(|(_, f)| r < f) {
                     fastest_read = Some((cache, r));
                 }
+                let base_before = match &baseline {
+                    Some(b) if base_first => {
+                        uncache();
+                        Some(report(b, trace, Path::new("/dev/null")).0)
+                    }
+                    _ => None,
+                };
                 uncache();
                 let (s, rss) = report(this, trace, &json);
                 print!(
@@ -382,8 +466,10 @@ fn main() {
                     rss as f64 / (1 << 20) as f64
                 );
                 if let Some(b) = &baseline {
-                    uncache();
-                    let (bs, _) = report(b, trace, Path::new("/dev/null"));
+                    let bs = base_before.unwrap_or_else(|| {
+                        uncache();
+                        report(b, trace, Path::new("/dev/null")).0
+                    });
                     print!("  {bs:>6.2}  {:>9.3}", s / bs);
                 }
                 println!();
@@ -407,6 +493,9 @@ fn main() {
             }
         }
         drop(ram);
+        if let Some(b) = &baseline {
+            ab_pairs(this, b, &p, pairs);
+        }
         // The times count only if the join was right: the generator's every IO is a
         // row, and complete (its lost events cost no IO its device time).
         let summary = &serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap())
