@@ -304,13 +304,13 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
                     l.layer.clone()
                 },
                 l.count.to_string(),
-                format!("{:.1}", l.mean_ns / 1000.0),
+                units::us(l.mean_ns),
                 us(l.p50_ns),
                 us(l.p90_ns),
                 us(l.p99_ns),
                 us(l.p999_ns),
                 us(l.max_ns),
-                format!("{:.1}%", l.share * 100.0),
+                units::share(l.share),
             ]);
             b.push_record(row);
         }

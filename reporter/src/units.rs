@@ -64,6 +64,11 @@ pub fn fmt_decade(ns: f64) -> String {
     format!("{v:.0} {unit}")
 }
 
+/// A part of a whole as a percentage: 12.5%.
+pub fn share(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
 /// A relative change as a signed percentage: +12.5%, -3.0%.
 pub fn pct(x: f64) -> String {
     format!("{:+.1}%", x * 100.0)

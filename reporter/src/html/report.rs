@@ -8,7 +8,7 @@ use crate::join::{flag_names, reason_names};
 use crate::layers::{Boundaries, LAYER_HELP, LAYER_NAMES};
 use crate::pictures::{Pictures, Timeline};
 use crate::report::{Report, size_class};
-use crate::units::{fmt_axis, fmt_decade, fmt_ns, human_bytes};
+use crate::units::{self, fmt_axis, fmt_decade, fmt_ns, human_bytes};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -202,10 +202,10 @@ pub(super) fn breakdown(report: &Report) -> String {
         let mut at = 0.0;
         for &(i, v, share) in layers {
             let tip = format!(
-                "{label} · {}: {} per IO on average ({:.1}% of end-to-end) — {}",
+                "{label} · {}: {} per IO on average ({} of end-to-end) — {}",
                 LAYER_NAMES[i],
                 fmt_ns(v),
-                share * 100.0,
+                units::share(share),
                 LAYER_HELP[i]
             );
             c.rect(x(at), y, x(at + v) - x(at), 20.0, LAYER_COLORS[i], &tip);
@@ -256,7 +256,7 @@ pub(super) fn latency_table(report: &Report) -> String {
         }
         let _ = write!(
             t,
-            "<td class=\"l\"><i style=\"display:inline-block;width:9px;height:9px;background:{};margin-right:5px\"></i>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+            "<td class=\"l\"><i style=\"display:inline-block;width:9px;height:9px;background:{};margin-right:5px\"></i>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             layer_color(&st.layer),
             esc(layer_title(&st.layer)),
             st.count,
@@ -266,7 +266,7 @@ pub(super) fn latency_table(report: &Report) -> String {
             fmt_ns(st.p99_ns as f64),
             fmt_ns(st.p999_ns as f64),
             fmt_ns(st.max_ns as f64),
-            st.share * 100.0
+            units::share(st.share)
         );
     }
     t.push_str("</table>");

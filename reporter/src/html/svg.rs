@@ -6,7 +6,7 @@ use crate::compare::E2E;
 use crate::compare::{Hist, Run};
 use crate::layers::{LAYER_NAMES, NL};
 use crate::pictures::{bin, bin_lo};
-use crate::units::{fmt_decade, fmt_ns};
+use crate::units::{fmt_decade, fmt_ns, share};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -300,7 +300,7 @@ pub(super) fn hist_panel(
             let tip = format!(
                 "{name}: {} in {} – {}",
                 match mode {
-                    Panel::Mirrored => format!("{:.1}% of {n} IOs", v * 100.0),
+                    Panel::Mirrored => format!("{} of {n} IOs", share(v)),
                     Panel::Grouped => format!("{v:.0} IOs"),
                 },
                 fmt_ns(bin_lo(bi)),
