@@ -282,7 +282,9 @@ impl Layout {
                             continue;
                         };
                         let dev = dev_of(*dev);
-                        l.device_names.entry(dev).or_insert_with(|| device.clone());
+                        if !device.is_empty() {
+                            l.device_names.entry(dev).or_insert_with(|| device.clone());
+                        }
                         let alias_byte = match s.hops.get(i + 1) {
                             Some(Hop::Device {
                                 via: Via::Partition,

@@ -338,10 +338,13 @@ pub enum Hop {
         offset: HostFileOffset,
         state: ExtentState,
     },
-    /// A sector on a block device; `byte` is the exact byte offset on it.
+    /// A sector on a block device; `byte` is the exact byte offset on it. (Read back,
+    /// `byte` is what counts: a snapshot may leave out the name and the sector.)
     Device {
+        #[serde(default)]
         device: String,
         dev: DevId,
+        #[serde(default)]
         sector: DeviceSector,
         byte: u64,
         via: Via,
