@@ -97,7 +97,7 @@ pub(super) fn attach_all(
     filter: &Option<Vec<String>>,
     aio_fsync_work: u64,
 ) -> Result<Attached, RecordError> {
-    let mut statuses = Vec::new();
+    let mut attempts = Vec::new();
     for p in KERNEL_PROBES {
         let event = p.attach.event();
         let mut kind = match p.attach {
@@ -145,7 +145,7 @@ pub(super) fn attach_all(
                 Ok(())
             })(),
         };
-        statuses.push(Attempt::new(p.layer, event, kind, result));
+        attempts.push(Attempt::new(p.layer, event, kind, result));
     }
 
     // QEMU: one generic program, attached once per function with its spec index as cookie.
@@ -161,7 +161,7 @@ pub(super) fn attach_all(
         qemu_names.insert(p.id, p.symbol);
         let skipped = |why: String| Attempt::new(p.layer, p.symbol, "uprobe", Err(why));
         let Some(layout) = p.layout_for(version) else {
-            statuses.push(skipped(match &qemu.version {
+            attempts.push(skipped(match &qemu.version {
                 Some((a, b, c)) => format!(
                     "argument layout unknown for QEMU {a}.{b}.{c} (known: {})",
                     p.known_versions()
@@ -175,7 +175,7 @@ pub(super) fn attach_all(
             continue;
         };
         let Some(syms) = syms else {
-            statuses.push(skipped("no QEMU binary to attach to".into()));
+            attempts.push(skipped("no QEMU binary to attach to".into()));
             continue;
         };
         let offset = match syms.file_offset(p.symbol) {
@@ -191,11 +191,11 @@ pub(super) fn attach_all(
                         syms.build_id.as_deref().unwrap_or("?")
                     )
                 };
-                statuses.push(skipped(why));
+                attempts.push(skipped(why));
                 continue;
             }
             Err(Missing::Ambiguous(n)) => {
-                statuses.push(skipped(format!("{n} functions share this name")));
+                attempts.push(skipped(format!("{n} functions share this name")));
                 continue;
             }
         };
@@ -209,7 +209,7 @@ pub(super) fn attach_all(
             },
         ));
         if let Some(err) = &load_error {
-            statuses.push(skipped(err.clone()));
+            attempts.push(skipped(err.clone()));
             continue;
         }
         let result: Result<(), String> = (|| {
@@ -235,7 +235,7 @@ pub(super) fn attach_all(
                 .map_err(|e| format!("attach: {e}"))?;
             Ok(())
         })();
-        statuses.push(Attempt::new(p.layer, p.symbol, "uprobe", result));
+        attempts.push(Attempt::new(p.layer, p.symbol, "uprobe", result));
     }
     let mut map: Array<_, UspecValue> = Array::try_from(bpf.map_mut("uspecs").expect("uspecs map"))
         .map_err(|e| RecordError::Load(Box::new(e)))?;
@@ -244,7 +244,7 @@ pub(super) fn attach_all(
             .map_err(|e| RecordError::Load(Box::new(e)))?;
     }
     if let Some(list) = filter {
-        for a in &statuses {
+        for a in &attempts {
             let s = &a.status;
             if !s.attached && list.iter().any(|w| w == &s.name) {
                 return Err(RecordError::RequestedProbeFailed {
@@ -256,7 +256,7 @@ pub(super) fn attach_all(
         }
     }
     Ok(Attached {
-        attempts: statuses,
+        attempts,
         qemu_names,
     })
 }

@@ -189,12 +189,14 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         output: opts.output.clone(),
         duration_s: duration.as_secs_f64(),
         stop_reason,
-        probes: attached.attempts.iter().map(|a| a.status.clone()).collect(),
+        // What the header said of the probes and the binary; the devices may have
+        // grown since (files opened while recording).
+        probes: header.probes,
         missing_layers,
         bpf_cost,
         devices: devices.iter().map(|d| d.to_string()).collect(),
         child_exit,
-        qemu: traced.qemu.as_ref().map(QemuBinary::from),
+        qemu: header.qemu,
         events_outside_window: window.outside,
         ..Default::default()
     };
