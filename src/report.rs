@@ -242,7 +242,7 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
         b.push_record([
             "trace".to_owned(),
             format!(
-                "{} malformed header, losses or layout entries skipped",
+                "{} malformed entries of its JSON chunks (header, losses, layout, end) skipped",
                 s.trace_entries_skipped
             ),
         ]);

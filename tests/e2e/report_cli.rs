@@ -215,3 +215,32 @@ fn the_walkthrough_shows_the_reports_own_output() {
         );
     }
 }
+
+/// A trace whose header has a field of the wrong type and a probe entry of the wrong
+/// shape (a foreign or damaged writer): the report says how much it left out, in the
+/// table and in the JSON, and reports the rest.
+#[test]
+fn malformed_chunk_entries_are_reported_as_skipped() {
+    use serde_json::json;
+    use viopath_probes::trace::TraceWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("odd.trace");
+    let w = TraceWriter::create(
+        &p,
+        &json!({"format": 1, "abi": 1, "host": 7, "probes": [{"name": 3}]}),
+    )
+    .unwrap();
+    w.finish(&json!({})).unwrap();
+    let trace = p.to_str().unwrap();
+    let out = viopath(&["report", "-q", trace]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    // The two entries written wrong above.
+    assert!(
+        table.contains("2 malformed entries of its JSON chunks"),
+        "{table}"
+    );
+    let out = viopath(&["report", "-q", "--format", "json", trace]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["trace_entries_skipped"], 2, "{v}");
+}
