@@ -264,11 +264,7 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
     }
     b.push_record([
         "layers missing".to_owned(),
-        if s.layers_missing.is_empty() {
-            "none".to_owned()
-        } else {
-            s.layers_missing.join(", ")
-        },
+        viopath_reporter::report::layers_missing_note(s),
     ]);
     b.push_record(["layout".to_owned(), layout_note(source)]);
     if !s.exact_quantiles {

@@ -62,6 +62,23 @@ pub fn qemu_args(
     qemu_args_disks(assets, &[disk], aio, workload, scratch)
 }
 
+/// How the VM is shaped beyond its disks' `aio` mode: what production hosts vary.
+#[derive(Debug, Clone, Default)]
+pub struct VmShape {
+    /// vCPUs (1 when 0).
+    pub cpus: u32,
+    /// virtio-blk queues per disk (QEMU's default when 0).
+    pub queues: u32,
+    /// Serve each disk from its own iothread rather than QEMU's main loop.
+    pub iothread: bool,
+    /// QEMU's IO throttling of each disk (`throttling.iops-total`).
+    pub iops_limit: Option<u32>,
+    /// A QMP socket to listen on (server, not waiting for a client).
+    pub qmp: Option<PathBuf>,
+    /// Start paused (`-S`), for a QMP client to set things up and `cont`.
+    pub paused: bool,
+}
+
 /// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
 ///
 /// The workload goes to the guest as /workload.sh in a cpio archive appended to a copy
@@ -75,6 +92,18 @@ pub fn qemu_args_disks(
     workload: &str,
     scratch: &Path,
 ) -> std::io::Result<Vec<String>> {
+    qemu_args_shaped(assets, disks, aio, &VmShape::default(), workload, scratch)
+}
+
+/// [`qemu_args_disks`] with the VM shaped by `shape`.
+pub fn qemu_args_shaped(
+    assets: &GuestAssets,
+    disks: &[&Path],
+    aio: &str,
+    shape: &VmShape,
+    workload: &str,
+    scratch: &Path,
+) -> std::io::Result<Vec<String>> {
     let mut initrd = std::fs::read(assets.dir.join("initramfs.cpio.gz"))?;
     // The kernel looks for the next archive at a 4-byte boundary, skipping zeros.
     initrd.resize(initrd.len().next_multiple_of(4), 0);
@@ -82,7 +111,7 @@ pub fn qemu_args_disks(
     cpio_newc(&mut initrd, "TRAILER!!!", 0, b"");
     let path = scratch.join("initramfs-workload.cpio");
     std::fs::write(&path, initrd)?;
-    Ok(boot_args(assets, &path, disks, aio))
+    Ok(boot_args(assets, &path, disks, aio, shape))
 }
 
 /// One entry of an uncompressed `newc` cpio archive (what the kernel unpacks into its
@@ -122,8 +151,15 @@ fn cpio_newc(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
     pad(out, at);
 }
 
-fn boot_args(assets: &GuestAssets, initrd: &Path, disks: &[&Path], aio: &str) -> Vec<String> {
+fn boot_args(
+    assets: &GuestAssets,
+    initrd: &Path,
+    disks: &[&Path],
+    aio: &str,
+    shape: &VmShape,
+) -> Vec<String> {
     let d = &assets.dir;
+    let cpus = shape.cpus.max(1).to_string();
     let mut args: Vec<String> = [
         "-M",
         "q35",
@@ -132,7 +168,7 @@ fn boot_args(assets: &GuestAssets, initrd: &Path, disks: &[&Path], aio: &str) ->
         "-m",
         "512",
         "-smp",
-        "1",
+        &cpus,
         "-nodefaults",
         "-nographic",
         "-no-reboot",
@@ -149,16 +185,32 @@ fn boot_args(assets: &GuestAssets, initrd: &Path, disks: &[&Path], aio: &str) ->
     ]
     .map(String::from)
     .to_vec();
-    for (i, disk) in disks.iter().enumerate() {
+    if let Some(q) = &shape.qmp {
         args.extend([
-            "-drive".to_owned(),
-            format!(
-                "file={},if=none,id=d{i},format=qcow2,cache=none,aio={aio},discard=unmap",
-                disk.display()
-            ),
-            "-device".to_owned(),
-            format!("virtio-blk-pci,drive=d{i}"),
+            "-qmp".to_owned(),
+            format!("unix:{},server=on,wait=off", q.display()),
         ]);
+    }
+    if shape.paused {
+        args.push("-S".to_owned());
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        let mut drive = format!(
+            "file={},if=none,id=d{i},format=qcow2,cache=none,aio={aio},discard=unmap",
+            disk.display()
+        );
+        if let Some(n) = shape.iops_limit {
+            drive.push_str(&format!(",throttling.iops-total={n}"));
+        }
+        let mut device = format!("virtio-blk-pci,drive=d{i},id=vd{i}");
+        if shape.queues > 0 {
+            device.push_str(&format!(",num-queues={}", shape.queues));
+        }
+        if shape.iothread {
+            args.extend(["-object".to_owned(), format!("iothread,id=io{i}")]);
+            device.push_str(&format!(",iothread=io{i}"));
+        }
+        args.extend(["-drive".to_owned(), drive, "-device".to_owned(), device]);
     }
     args
 }

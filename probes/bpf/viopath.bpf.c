@@ -76,6 +76,53 @@ struct {
 	__type(value, __u8);
 } kiocbs SEC(".maps");
 
+/* Completion programs that also run in interrupts, where the kernel skips a program
+ * already running on that CPU (the interrupt came while it ran in a task or a softirq)
+ * and counts the skip as a recursion miss. Each has a second program on the same
+ * event, attached after it, which writes the event only while the first is busy on its
+ * CPU: exactly the runs the kernel skipped. busy is set while the first runs; recovered
+ * counts what the second wrote, so the recorder reports skips minus recoveries. A skip
+ * in the few instructions the kernel runs around a program, before busy is set or after
+ * it is cleared, is not recovered and stays counted. */
+#define VP_NEST_RQ_COMPLETE 0
+#define VP_NEST_BIO_COMPLETE 1
+#define VP_NEST_DIO_COMPLETE 2
+#define VP_NEST_SLOTS 3
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VP_NEST_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} busy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VP_NEST_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} recovered SEC(".maps");
+
+static __always_inline void set_busy(__u32 slot, __u64 on)
+{
+	__u64 *b = bpf_map_lookup_elem(&busy, &slot);
+	if (b)
+		*b = on;
+}
+
+/* In the second program: whether the first is running on this CPU (so the kernel
+ * skipped it for this event), counting the recovery. */
+static __always_inline int first_skipped(__u32 slot)
+{
+	__u64 *b = bpf_map_lookup_elem(&busy, &slot);
+	if (!b || !*b)
+		return 0;
+	__u64 *n = bpf_map_lookup_elem(&recovered, &slot);
+	if (n)
+		*n += 1;
+	return 1;
+}
+
 /* QEMU uprobe argument specs, indexed by attach cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -227,7 +274,17 @@ int BPF_PROG(bio_frontmerge, struct bio *bio)
 SEC("tp_btf/block_bio_complete")
 int BPF_PROG(bio_complete, struct request_queue *q, struct bio *bio)
 {
+	set_busy(VP_NEST_BIO_COMPLETE, 1);
 	bio_event(VP_BIO_COMPLETE, bio, 0);
+	set_busy(VP_NEST_BIO_COMPLETE, 0);
+	return 0;
+}
+
+SEC("tp_btf/block_bio_complete")
+int BPF_PROG(bio_complete_nested, struct request_queue *q, struct bio *bio)
+{
+	if (first_skipped(VP_NEST_BIO_COMPLETE))
+		bio_event(VP_BIO_COMPLETE, bio, 0);
 	return 0;
 }
 
@@ -257,7 +314,19 @@ int BPF_PROG(rq_merge, struct request *rq)
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
+	set_busy(VP_NEST_RQ_COMPLETE, 1);
 	rq_event(VP_RQ_COMPLETE, rq, ((__u64)error << 32) | nr_bytes);
+	set_busy(VP_NEST_RQ_COMPLETE, 0);
+	return 0;
+}
+
+/* A loop device completes a flush or a discard in its worker (a task), where a disk's
+ * completion interrupt can come in. */
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(rq_complete_nested, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	if (first_skipped(VP_NEST_RQ_COMPLETE))
+		rq_event(VP_RQ_COMPLETE, rq, ((__u64)error << 32) | nr_bytes);
 	return 0;
 }
 
@@ -401,14 +470,31 @@ int BPF_PROG(dio_map, struct inode *inode, struct iomap *iomap)
 	return 0;
 }
 
-SEC("tp_btf/iomap_dio_complete")
-int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
+static __always_inline void dio_complete_event(struct kiocb *iocb, int error, __s64 ret)
 {
 	/* Not traced(): the task interrupted or the worker running is anyone's. */
 	__u64 k = (__u64)iocb;
 	if (bpf_map_delete_elem(&kiocbs, &k) != 0 && !traced())
-		return 0;
+		return;
 	emit(VP_DIO_COMPLETE, 0, (__u64)iocb, ret, (__u64)(__s64)error, 0);
+}
+
+SEC("tp_btf/iomap_dio_complete")
+int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
+{
+	set_busy(VP_NEST_DIO_COMPLETE, 1);
+	dio_complete_event(iocb, error, ret);
+	set_busy(VP_NEST_DIO_COMPLETE, 0);
+	return 0;
+}
+
+/* A synchronous direct IO completes in its task; an asynchronous one's in the
+ * interrupt that ends its last bio, which can come while the first runs. */
+SEC("tp_btf/iomap_dio_complete")
+int BPF_PROG(dio_complete_nested, struct kiocb *iocb, int error, __s64 ret)
+{
+	if (first_skipped(VP_NEST_DIO_COMPLETE))
+		dio_complete_event(iocb, error, ret);
 	return 0;
 }
 

@@ -11,6 +11,16 @@ pub const MAX_TYPES: u32 = 64;
 /// `events0` … `events3`.
 pub const RING_SHARDS: u32 = 4;
 
+/// A bio's `bi_opf` flags (carried in a bio event's fourth slot), at the bit positions
+/// the kernel has used since 4.10 (`enum req_flag_bits`, after 8 bits of operation).
+pub mod req_flags {
+    /// Write through to stable media (emulated by a flush after the write where the
+    /// device has no FUA).
+    pub const FUA: u64 = 1 << 17;
+    /// Flush the device's cache before the write.
+    pub const PREFLUSH: u64 = 1 << 18;
+}
+
 /// One event as the kernel writes it into the ring buffer (`struct vp_event`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

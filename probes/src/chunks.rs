@@ -148,6 +148,10 @@ pub struct Losses {
     /// Everything lost in the kernel: `ring_full` + `missed`.
     #[serde(deserialize_with = "lenient")]
     pub total: u64,
+    /// Skipped runs of a completion program whose events its second program wrote
+    /// (not counted in `missed`).
+    #[serde(default, deserialize_with = "lenient")]
+    pub recovered_by_program: BTreeMap<String, u64>,
 }
 
 /// Events of one kind lost on one CPU.

@@ -295,6 +295,13 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         Layer::Block,
         "bio completed (bio-based devices)",
     ),
+    // Attached after the one above: writes the events the kernel skipped it for.
+    tp_btf(
+        "bio_complete_nested",
+        "block_bio_complete",
+        Layer::Block,
+        "the same, while the program above runs on that CPU (an interrupt came in)",
+    ),
     tp_btf(
         "rq_insert",
         "block_rq_insert",
@@ -318,6 +325,13 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "block_rq_complete",
         Layer::Block,
         "request completed: request, status, bytes",
+    ),
+    // Attached after the one above: writes the events the kernel skipped it for.
+    tp_btf(
+        "rq_complete_nested",
+        "block_rq_complete",
+        Layer::Block,
+        "the same, while the program above runs on that CPU (an interrupt came in)",
     ),
     syscall(
         "enter_pread64",
@@ -435,6 +449,13 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         Layer::Filesystem,
         "direct IO completes in the filesystem: kiocb, result",
     ),
+    // Attached after the one above: writes the events the kernel skipped it for.
+    tp_btf(
+        "dio_complete_nested",
+        "iomap_dio_complete",
+        Layer::Filesystem,
+        "the same, while the program above runs on that CPU (an interrupt came in)",
+    ),
 ];
 
 /// Which QEMU versions an argument layout applies to.
@@ -471,7 +492,11 @@ const MRB_NUM_REQS: u16 = 256;
 // IOVDiscardUndo (24 each), in, then the guest's request header `out` { le32 type;
 // le32 ioprio; le64 sector } and the data's qiov.
 const VBR_OUT: u16 = 0x88;
-const VBR_QIOV: u16 = 0x98;
+// ... then the qiov (at 0x98, 40 bytes), in_len, next, mr_next, and the request's
+// BlockAcctCookie { bytes; start; type }:
+// its size as the guest asked (qiov.size, taken before virtio-blk merges requests: the
+// first request's qiov then holds the merged total, and is emptied before it completes).
+const VBR_ACCT_BYTES: u16 = 0xd8;
 
 macro_rules! one {
     ($a:expr) => {
@@ -512,12 +537,12 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         id: q::VIRTIO_REQ_COMPLETE,
         symbol: "virtio_blk_req_complete",
         layer: Layer::Virtio,
-        records: "completion pushed to the guest: VirtIOBlockReq, guest sector, request type (and ioprio), data bytes",
+        records: "completion pushed to the guest: VirtIOBlockReq, guest sector, request type (and ioprio), the request's own bytes",
         layouts: one!([
             A::reg(0),
             A::deref64(0, VBR_OUT + 8),
             A::deref64(0, VBR_OUT),
-            A::deref64(0, VBR_QIOV + QIOV_SIZE)
+            A::deref64(0, VBR_ACCT_BYTES)
         ]),
     },
     QemuProbe {
@@ -582,13 +607,6 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         layer: Layer::Qcow2,
         records: "qcow2 write: qiov, guest offset, bytes, BlockDriverState",
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
-    },
-    QemuProbe {
-        id: q::QCOW2_CACHE_GET,
-        symbol: "qcow2_cache_get",
-        layer: Layer::Qcow2,
-        records: "L2/refcount table lookup: cache, table offset, -, BlockDriverState (misses show as file-layer reads of table offsets)",
-        layouts: one!([A::reg(1), A::reg(2), A::NONE, A::reg(0)]),
     },
     QemuProbe {
         id: q::RAW_CO_PRW,

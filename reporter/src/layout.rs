@@ -5,7 +5,7 @@
 //! malformed is skipped and counted.
 
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use viopath_layouts::host::{DevId, Hop, Via};
 use viopath_layouts::lenient::parse;
@@ -177,6 +177,13 @@ pub struct Layout {
     files: Vec<ImageFile>,
     /// Every device range any image file occupies, for classifying IO no request claims.
     occupied: HashMap<u32, Vec<(u64, u64)>>,
+    /// Devices at the bottom of some image file's stack.
+    bottoms: HashSet<u32>,
+    /// (upper, lower): `lower` is under `upper` in some image file's stack (a loop
+    /// device's backing file lives on a filesystem of `lower`).
+    below: HashSet<(u32, u32)>,
+    /// Partitions in image files' stacks, and the disk each is of.
+    partition_of: HashMap<u32, u32>,
     pub device_names: HashMap<u32, String>,
     /// L2 table coverage: guest bytes one L2 table maps (from the map, when known).
     pub skipped: usize,
@@ -289,8 +296,12 @@ impl Layout {
                             Some(Hop::Device {
                                 via: Via::Partition,
                                 byte,
+                                dev: disk,
                                 ..
-                            }) => Some(*byte),
+                            }) => {
+                                l.partition_of.insert(dev, dev_of(*disk));
+                                Some(*byte)
+                            }
                             _ => None,
                         };
                         hops.push(DevHop {
@@ -298,6 +309,14 @@ impl Layout {
                             byte: *byte,
                             alias_byte,
                         });
+                    }
+                    if let Some(last) = hops.last() {
+                        l.bottoms.insert(last.dev);
+                    }
+                    for (i, upper) in hops.iter().enumerate() {
+                        for lower in &hops[i + 1..] {
+                            l.below.insert((upper.dev, lower.dev));
+                        }
                     }
                     for h in &hops {
                         let r = l.occupied.entry(h.dev).or_default();
@@ -427,6 +446,23 @@ impl Layout {
             }
         }
         found
+    }
+
+    /// Whether `dev` is at the bottom of an image file's stack: `None` when the layout
+    /// knows no devices.
+    pub fn is_bottom_device(&self, dev: u32) -> Option<bool> {
+        (!self.bottoms.is_empty()).then(|| self.bottoms.contains(&dev))
+    }
+
+    /// The disk `dev` is a partition of, or `dev` itself: a partition's flush bio
+    /// becomes its disk's flush request.
+    pub fn whole_disk(&self, dev: u32) -> u32 {
+        self.partition_of.get(&dev).copied().unwrap_or(dev)
+    }
+
+    /// Whether `lower` is under `upper` in an image file's stack.
+    pub fn is_below(&self, upper: u32, lower: u32) -> bool {
+        self.below.contains(&(upper, lower))
     }
 
     /// Whether sectors `[start, end)` of `dev` hold some image file.

@@ -213,6 +213,8 @@ pub struct Collector<'l> {
     pub other: BTreeMap<OtherClass, OtherAgg>,
     first_ts: u64,
     last_ts: u64,
+    /// Boundaries some complete row had, one bit per [`Boundary`].
+    boundaries_seen: u16,
     bytes: u64,
     ios: u64,
     complete: u64,
@@ -320,6 +322,7 @@ impl<'l> Collector<'l> {
             other: BTreeMap::new(),
             first_ts: u64::MAX,
             last_ts: 0,
+            boundaries_seen: 0,
             bytes: 0,
             ios: 0,
             complete: 0,
@@ -458,6 +461,13 @@ impl Sink for Collector<'_> {
             self.first_ts = self.first_ts.min(first);
         }
         self.last_ts = self.last_ts.max(row.b.iter().copied().max().unwrap_or(0));
+        if row.partial == 0 {
+            for (i, &t) in row.b.iter().enumerate() {
+                if t != 0 {
+                    self.boundaries_seen |= 1 << i;
+                }
+            }
+        }
         if let Some(x) = &mut self.exporter {
             x.rows.push(row.clone());
             if x.rows.len() >= BATCH {
@@ -567,6 +577,10 @@ pub struct Summary {
     #[serde(skip_serializing_if = "is_zero")]
     pub trace_entries_skipped: u64,
     pub layers_missing: Vec<String>,
+    /// Boundaries of layers that were traced but that no complete IO has, each with
+    /// the layer it bounds (e.g. `notify (virtio_front)`: no KVM doorbell event, as
+    /// under TCG): those layers' time is in the next layer's.
+    pub boundaries_missing: Vec<String>,
     pub peak_in_flight: usize,
     /// Block requests whose completion event was lost: their pointer came back for a
     /// new request, or they outlived any real request (30 s of trace time).
@@ -574,6 +588,24 @@ pub struct Summary {
     /// Quantiles are exact (false: more than [`EXACT_IOS`] complete IOs, so they come
     /// from log buckets, within 0.4%).
     pub exact_quantiles: bool,
+}
+
+/// The summary's "layers missing" line: layers not traced, then boundaries of traced
+/// layers that no complete IO has.
+pub fn layers_missing_note(s: &Summary) -> String {
+    let traced = if s.layers_missing.is_empty() {
+        "none".to_owned()
+    } else {
+        s.layers_missing.join(", ")
+    };
+    if s.boundaries_missing.is_empty() {
+        traced
+    } else {
+        format!(
+            "{traced}; not seen in any IO: {}",
+            s.boundaries_missing.join(", ")
+        )
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -646,6 +678,18 @@ impl Collector<'_> {
             0.0
         };
         summary.peak_in_flight = stats.peak_in_flight;
+        if self.complete > 0 {
+            summary.boundaries_missing = Boundary::ALL
+                .iter()
+                .filter(|&&b| self.boundaries_seen & (1 << b as usize) == 0)
+                .map(|&b| {
+                    // A boundary starts the layer of its index; the last one ends the
+                    // last layer.
+                    let layer = LAYER_NAMES[(b as usize).min(LAYER_NAMES.len() - 1)];
+                    format!("{} ({layer})", b.name())
+                })
+                .collect();
+        }
         summary.requests_completion_lost = stats.requests_lost;
 
         let by = std::mem::take(&mut self.by);

@@ -14,6 +14,7 @@ mod compare_cli;
 mod guest_ext4;
 mod host_stack;
 mod html;
+mod load_e2e;
 mod perfetto;
 mod qcow2_map;
 mod record_e2e;

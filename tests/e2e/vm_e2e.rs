@@ -183,7 +183,7 @@ fn debugfs_bmap(part: &Path, path: &str, lblock: u64) -> u64 {
         .unwrap_or_else(|_| panic!("debugfs bmap {path} {lblock}: {out}"))
 }
 
-fn guest_assets() -> Option<crate::vm::GuestAssets> {
+pub(crate) fn guest_assets() -> Option<crate::vm::GuestAssets> {
     if let Some(a) = crate::vm::GuestAssets::find() {
         return Some(a);
     }

@@ -172,6 +172,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     window.end = now_ns(libc::CLOCK_MONOTONIC);
     let lost = stats::read_losses(&loaded.bpf);
     let missed = stats::recursion_misses(&loaded.bpf);
+    let recovered = stats::recovered(&loaded.bpf);
     let bpf_cost = stats::program_costs(&loaded.bpf);
     drop(loaded);
     rings::drain(&mut rings, &mut writer, &mut counts, &mut window)?;
@@ -201,7 +202,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         ..Default::default()
     };
     count_events(&mut summary, &counts, &attached.qemu_names);
-    let losses = count_losses(&mut summary, &lost, missed);
+    let losses = count_losses(&mut summary, &lost, missed, recovered);
     writer.json_chunk(ChunkKind::Losses, &losses)?;
     log("taking the layout snapshot (qcow2 maps, extents, block topology)");
     let snap = snapshot::take(&traced.files, &devices);
@@ -321,8 +322,19 @@ fn count_events(summary: &mut Summary, counts: &[u64], qemu_names: &BTreeMap<u8,
 fn count_losses(
     summary: &mut Summary,
     lost: &[(u8, u32, u64)],
-    missed: BTreeMap<String, u64>,
+    mut missed: BTreeMap<String, u64>,
+    recovered: BTreeMap<String, u64>,
 ) -> Losses {
+    // A skipped run whose event the second program wrote is not lost; the second
+    // programs' own skips come only while one of them runs, inside a run of the
+    // first that was itself skipped and is counted there.
+    missed.retain(|name, _| !name.ends_with("_nested"));
+    for (name, n) in &recovered {
+        if let Some(m) = missed.get_mut(name) {
+            *m = m.saturating_sub(*n);
+        }
+    }
+    missed.retain(|_, n| *n > 0);
     for (kind, cpu, n) in lost {
         *summary
             .lost_by_probe
@@ -345,6 +357,7 @@ fn count_losses(
         missed_by_program: summary.missed_by_program.clone(),
         missed: summary.missed,
         total: summary.lost + summary.missed,
+        recovered_by_program: recovered,
     }
 }
 

@@ -52,6 +52,31 @@ pub(super) fn recursion_misses(bpf: &Ebpf) -> BTreeMap<String, u64> {
     out
 }
 
+/// The completion programs with a second program for the runs the kernel skips, in
+/// the order of their slots in the `recovered` map (`VP_NEST_*` in viopath.bpf.c).
+pub(super) const NESTED: [&str; 3] = ["rq_complete", "bio_complete", "dio_complete"];
+
+/// Per program of [`NESTED`], the events its second program wrote for runs the kernel
+/// skipped. Only non-zero counts.
+pub(super) fn recovered(bpf: &Ebpf) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Some(m) = bpf.map("recovered") else {
+        return out;
+    };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(m) else {
+        return out;
+    };
+    for (slot, name) in NESTED.iter().enumerate() {
+        if let Ok(vals) = arr.get(&(slot as u32), 0) {
+            let n: u64 = vals.iter().sum();
+            if n > 0 {
+                out.insert((*name).to_owned(), n);
+            }
+        }
+    }
+    out
+}
+
 /// (event kind, cpu, lost) for every non-zero loss counter.
 pub(super) fn read_losses(bpf: &Ebpf) -> Vec<(u8, u32, u64)> {
     let mut out = Vec::new();

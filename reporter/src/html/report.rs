@@ -79,11 +79,7 @@ pub fn report_page(
     }
     kv(
         "layers missing",
-        if s.layers_missing.is_empty() {
-            "none".into()
-        } else {
-            s.layers_missing.join(", ")
-        },
+        crate::report::layers_missing_note(s),
     );
     kv("layout", layout_note.to_owned());
     if !s.exact_quantiles {

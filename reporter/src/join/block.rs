@@ -7,9 +7,10 @@ use super::row::{Sink, flags};
 use super::slab::Ref;
 use super::slab::Slab;
 use super::state::{Api, BioEntry, BioOwner, Hio, Join, PluggedBio, Req, dev_bytes, min0};
+use crate::layout::Layout;
 use smallvec::{SmallVec, smallvec};
 use viopath_layouts::DeviceSector;
-use viopath_probes::abi::{EventKind, RawEvent};
+use viopath_probes::abi::{EventKind, RawEvent, req_flags};
 
 impl<S: Sink> Join<'_, S> {
     /// Whose is a bio queued at `dev`/`sector`: a host IO in flight covering it.
@@ -44,16 +45,18 @@ impl<S: Sink> Join<'_, S> {
         first
     }
 
-    pub(super) fn is_bottom(hio: &Hio, dev: u32) -> Option<bool> {
+    /// Whether a request of `hio` on `dev` is on the bottom device. Without blocks of
+    /// its own (a flush), the layout's stacks say; `None` if it knows no devices.
+    pub(super) fn is_bottom(hio: &Hio, layout: &Layout, dev: u32) -> Option<bool> {
         if hio.ranges.is_empty() {
-            None
+            layout.is_bottom_device(dev)
         } else {
             Some(hio.ranges.iter().any(|r| r.dev == dev && r.bottom))
         }
     }
 
     pub(super) fn bio_queue(&mut self, e: &RawEvent) {
-        let [bio, sector, a2, _] = e.a;
+        let [bio, sector, a2, opf] = e.a;
         let sector = DeviceSector(sector);
         let (dev, bytes) = dev_bytes(a2);
         // The same bio moving down (a remap): its entry is kept, only no longer marked,
@@ -61,6 +64,8 @@ impl<S: Sink> Join<'_, S> {
         let known = match self.bios.get_mut(&bio) {
             Some(b) if b.remapped => {
                 b.remapped = false;
+                b.dev = dev;
+                b.sector = sector;
                 Some(b.owner)
             }
             _ => None,
@@ -74,8 +79,21 @@ impl<S: Sink> Join<'_, S> {
                     // syscall whose blocks are not known (a flush, an empty layout).
                     self.threads
                         .get(e.tid)
-                        .and_then(|t| t.dio.or(t.worker))
+                        .and_then(|t| t.dio.or(t.worker).or(t.loop_sync))
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
+                })
+                .or_else(|| {
+                    // The journal commit a flush's fsync waits for, written by the
+                    // journal's thread: its cache flush and its write through, on the
+                    // device of the filesystem being synced.
+                    (opf & (req_flags::PREFLUSH | req_flags::FUA) != 0 || bytes == 0)
+                        .then(|| {
+                            self.syncing
+                                .iter()
+                                .find(|&&(d, h)| d == dev && self.hios.get(h).is_some())
+                        })
+                        .flatten()
+                        .map(|&(_, h)| h)
                 })
                 .map(BioOwner::Hio),
         };
@@ -91,9 +109,18 @@ impl<S: Sink> Join<'_, S> {
         {
             hio.first_q = min0(hio.first_q, e.ts);
             hio.bios += 1;
-            if bytes == 0 {
-                // A flush bio (no data): the device's flush request will carry it.
-                self.preflush.push((dev, h));
+            // Once per bio (not again where it is queued after a remap): its disk's
+            // flush requests will carry it. A flush bio (no data) or a write flushing
+            // the cache first makes one; a write through makes one more after the
+            // write where the device has no FUA (left unclaimed where it has).
+            if known.is_none() {
+                let disk = self.layout.whole_disk(dev);
+                if bytes == 0 || opf & req_flags::PREFLUSH != 0 {
+                    self.preflush.push((disk, h));
+                }
+                if bytes != 0 && opf & req_flags::FUA != 0 {
+                    self.preflush.push((disk, h));
+                }
             }
         }
         if known.is_none() {
@@ -102,6 +129,8 @@ impl<S: Sink> Join<'_, S> {
                 BioEntry {
                     owner,
                     remapped: false,
+                    dev,
+                    sector,
                 },
             );
         }
@@ -109,8 +138,17 @@ impl<S: Sink> Join<'_, S> {
 
     #[inline(never)]
     pub(super) fn bio_remap(&mut self, e: &RawEvent) {
-        if let Some(b) = self.bios.get_mut(&e.a[0]) {
-            b.remapped = true;
+        let old_dev = e.a[2] as u32;
+        let old_sector = DeviceSector(e.a[3]);
+        match self.bios.get_mut(&e.a[0]) {
+            Some(b) if b.dev == old_dev && b.sector == old_sector => b.remapped = true,
+            // A bio not queued where it comes from is a new one at a freed bio's
+            // address (a partition remaps before the bio is first queued); the entry
+            // left by the old one (merged, its end never seen) is over.
+            Some(_) => {
+                self.bios.remove(&e.a[0]);
+            }
+            None => {}
         }
     }
 
@@ -212,7 +250,7 @@ impl<S: Sink> Join<'_, S> {
                 // Issued after its insert (the usual case): one lookup for both.
                 if issue {
                     old.started = true;
-                    Self::note_issue(&mut self.hios, old, e.ts);
+                    Self::note_issue(&mut self.hios, self.layout, old, e.ts);
                 }
                 return;
             }
@@ -230,13 +268,15 @@ impl<S: Sink> Join<'_, S> {
                 // The block layer's flush request: no bio, no data. It carries the
                 // flush bios queued on its device before it.
                 _ if first_bio == 0 && bytes == 0 => {
+                    // One entry of each host IO waiting on this device.
                     let hios = &self.hios;
                     self.preflush.retain(|&(d, h)| {
                         let live = hios.get(h).is_some();
                         if live && d == dev && !owners.contains(&h) {
                             owners.push(h);
+                            return false;
                         }
-                        live && d != dev
+                        live
                     });
                 }
                 _ => {
@@ -264,6 +304,7 @@ impl<S: Sink> Join<'_, S> {
                     since: e.ts,
                     op: e.sub,
                     started: false,
+                    served: false,
                 },
             );
             if !self.plugged.is_empty() {
@@ -272,16 +313,16 @@ impl<S: Sink> Join<'_, S> {
         }
         if issue && let Some(r) = self.reqs.get_mut(&rq) {
             r.started = true;
-            Self::note_issue(&mut self.hios, r, e.ts);
+            Self::note_issue(&mut self.hios, self.layout, r, e.ts);
         }
     }
 
     /// A request went to its driver: the host IOs it carries were issued then.
-    pub(super) fn note_issue(hios: &mut Slab<Hio>, r: &Req, ts: u64) {
+    pub(super) fn note_issue(hios: &mut Slab<Hio>, layout: &Layout, r: &Req, ts: u64) {
         for &h in &r.owners {
             if let Some(x) = hios.get_mut(h) {
                 x.issue_any = min0(x.issue_any, ts);
-                match Self::is_bottom(x, r.dev) {
+                match Self::is_bottom(x, layout, r.dev) {
                     Some(true) => {
                         x.issue_bottom = min0(x.issue_bottom, ts);
                         x.bottom_dev = r.dev;
@@ -335,7 +376,7 @@ impl<S: Sink> Join<'_, S> {
         for &h in &r.owners {
             if let Some(x) = self.hios.get_mut(h) {
                 x.done_any = x.done_any.max(e.ts);
-                if Self::is_bottom(x, r.dev) == Some(true) {
+                if Self::is_bottom(x, self.layout, r.dev) == Some(true) {
                     x.done_bottom = x.done_bottom.max(e.ts);
                 }
                 x.open_rqs = x.open_rqs.saturating_sub(1);

@@ -94,7 +94,9 @@ impl<S: Sink> Join<'_, S> {
                         b[Boundary::Queued] = min0(b[Boundary::Queued], hio.first_q);
                         let (issue, done) = if hio.issue_bottom != 0 || hio.done_bottom != 0 {
                             (hio.issue_bottom, hio.done_bottom)
-                        } else if hio.ranges.is_empty() {
+                        } else if hio.ranges.is_empty() && self.layout.is_bottom_device(0).is_none()
+                        {
+                            // No devices known: the requests it went to are all there is.
                             (hio.issue_any, hio.done_any)
                         } else {
                             (0, 0)
@@ -335,6 +337,7 @@ impl<S: Sink> Join<'_, S> {
         // Flush bios of host IOs over: their device's flush request never came (a
         // write-through device completes them at once).
         self.preflush.retain(|&(_, h)| hios.get(h).is_some());
+        self.syncing.retain(|&(_, h)| hios.get(h).is_some());
         self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
         self.sync_wait.retain(|&h| hios.get(h).is_some());
         self.falloc_wait.retain(|&(_, h)| hios.get(h).is_some());

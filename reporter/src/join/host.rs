@@ -3,12 +3,15 @@
 //! IO is made by a QEMU probe (or here, when none announced it) and ends in
 //! [`super::finish`].
 
-use super::row::{Sink, Source, flags};
+use super::row::{Op, Sink, Source, flags};
 use super::slab::Ref;
 use super::state::{Api, Hio, HioKind, Join, QiovBind, min0};
 use crate::layout::DevRanges;
 use viopath_layouts::HostFileOffset;
 use viopath_probes::abi::{RawEvent, qemu_probe as q};
+
+/// The kernel's REQ_OP_FLUSH: the operation of a device's flush request.
+const REQ_OP_FLUSH: u8 = 2;
 
 impl<S: Sink> Join<'_, S> {
     /// A file-posix request: a host IO is coming.
@@ -303,9 +306,11 @@ impl<S: Sink> Join<'_, S> {
             return;
         }
         let ino = e.a[0];
+        let fs_dev = e.a[1] as u32;
         // Only image files' (any file's if the layout does not know them by inode).
         let disks = self.layout.disks_of_inode(ino);
         if disks.is_none() && self.layout.files_have_inodes() && !self.layout.is_empty() {
+            self.backing_sync(e, fs_dev);
             return;
         }
         let mine = self
@@ -350,7 +355,11 @@ impl<S: Sink> Join<'_, S> {
                     hio.disks = d;
                 }
             }
+            if !self.syncing.contains(&(fs_dev, h)) {
+                self.syncing.push((fs_dev, h));
+            }
         } else if let Some(h) = mine {
+            self.syncing.retain(|&(_, x)| x != h);
             match self.hios.get(h).map(|x| x.api) {
                 // Nothing of QEMU's sees a linux-aio fsync end: this is the host's end.
                 Some(Api::Native) => {
@@ -362,6 +371,43 @@ impl<S: Sink> Join<'_, S> {
                 // A worker's fdatasync ends with the syscall.
                 _ => {}
             }
+        }
+    }
+
+    /// An fsync of a file that is no image's, on a device under an image's stack: a
+    /// loop device's worker carrying out a flush request by syncing its backing file.
+    /// Its start takes the earliest such flush not yet served (issued on a device above
+    /// the one the file lives on); the flush bios it queues below are that flush's
+    /// owners' (see bio_queue), until it ends.
+    fn backing_sync(&mut self, e: &RawEvent, fs_dev: u32) {
+        if e.sub == 1 {
+            if let Some(t) = self.threads.get_mut(e.tid) {
+                t.loop_sync = None;
+            }
+            return;
+        }
+        if e.sub != 0 {
+            return;
+        }
+        let layout = self.layout;
+        let found = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| {
+                r.op == REQ_OP_FLUSH
+                    && r.started
+                    && !r.served
+                    && !r.owners.is_empty()
+                    && layout.is_below(r.dev, fs_dev)
+            })
+            .min_by_key(|(_, r)| r.since)
+            .map(|(&k, _)| k);
+        if let Some(k) = found
+            && let Some(r) = self.reqs.get_mut(&k)
+        {
+            r.served = true;
+            let owner = r.owners[0];
+            self.threads.at(e.tid, e.ts).loop_sync = Some(owner);
         }
     }
 
@@ -503,10 +549,16 @@ impl<S: Sink> Join<'_, S> {
 
     #[inline(never)]
     pub(super) fn dio_map(&mut self, e: &RawEvent) {
-        // iomap type HOLE (0) or UNWRITTEN (3): the filesystem answers with zeros, no
-        // bio follows for that range.
+        // iomap type HOLE (0) or UNWRITTEN (3) under a read: the filesystem answers
+        // with zeros, no bio follows for that range. (A write there allocates or
+        // converts the extent and its data goes to the device.)
         if matches!(e.sub, 0 | 3)
             && let Some(h) = self.threads.get(e.tid).and_then(|t| t.dio)
+            && let Some(hio) = self.hios.get(h)
+            && hio
+                .root
+                .and_then(|r| self.roots.get(r))
+                .is_some_and(|r| r.op == Op::Read)
             && let Some(hio) = self.hios.get_mut(h)
         {
             hio.flags |= flags::FS_ZEROS;

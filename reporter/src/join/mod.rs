@@ -102,6 +102,7 @@ impl<'l, S: Sink> Join<'l, S> {
             fd_disks: Map::default(),
             child_disks: Map::default(),
             preflush: Vec::new(),
+            syncing: Vec::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
             bios: Map::default(),

@@ -5,7 +5,7 @@
 
 use super::row::{Op, Sink, Source, flags, reasons};
 use super::slab::Ref;
-use super::state::{Api, Join, QiovBind, level};
+use super::state::{Api, HioKind, Join, QiovBind, level};
 use crate::layers::Boundary;
 use smallvec::SmallVec;
 use viopath_layouts::{GuestOffset, HostFileOffset};
@@ -100,6 +100,24 @@ impl<S: Sink> Join<'_, S> {
                 self.flush_wait.push_back((fd, h));
             }
             // A write of zeroes that may unmap is both (0x30).
+            // qcow2's zeroing for the write it serves (see qemu_block_without_data):
+            // that write's metadata IO, its fallocate followed like any job's.
+            t if t & q::AIO_WRITE_ZEROES != 0
+                && self.cfg.falloc_syscalls
+                && let Some((r, zoff, zlen)) = self.threads.get(e.tid).and_then(|t| t.zeroing)
+                && zoff == HostFileOffset(a1)
+                && zlen == a2
+                && self.roots.get(r).is_some_and(|x| !x.completed) =>
+            {
+                self.threads.at(e.tid, e.ts).zeroing = None;
+                let h = self.add_hio(Some(r), HioKind::Meta, HostFileOffset(a1), a2, e.ts);
+                if let Some(x) = self.hios.get_mut(h) {
+                    x.api = Api::Threads;
+                    x.job = true;
+                }
+                self.fd_names_disks(h, fd);
+                self.falloc_wait.push_back(([fd, a1, a2], h));
+            }
             t if t & (q::AIO_DISCARD | q::AIO_WRITE_ZEROES) != 0
                 && t & !(q::AIO_DISCARD | q::AIO_WRITE_ZEROES) == 0
                 && self.cfg.falloc_syscalls =>
@@ -225,6 +243,14 @@ impl<S: Sink> Join<'_, S> {
         let vop = Op::from_virtio(a2 as u32);
         let known_type = a1 != 0 || a2 != 0 || a3 != 0;
         let had_block = root.offset.is_some();
+        // The guest's own range: the block request of the first of several requests
+        // virtio-blk merged carries all of theirs, and each merged one is a row of its
+        // own. (Recorders before the request's own size read the qiov's, emptied by
+        // then for that first request: 0, and its block range is kept.)
+        if had_block && known_type && vop.moves_data() && a3 != 0 {
+            root.offset = Some(GuestOffset(a1.saturating_mul(512)));
+            root.bytes = a3;
+        }
         if !had_block && known_type {
             root.op = vop;
             // A discard's or a write of zeroes' ranges are in its data, which is
@@ -364,6 +390,22 @@ impl<S: Sink> Join<'_, S> {
                     .get(r)
                     .is_some_and(|x| !x.completed && x.qiovs.is_empty() && x.data_hios == 0)
             });
+        // qcow2 zeroing the parts of newly allocated clusters that the write it serves
+        // does not cover (its copy-on-write, when the old contents read as zeroes): a
+        // call below the write, on the image file at a host offset. It is that write's
+        // metadata IO, not a request of its own.
+        if op == Op::Write
+            && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
+            && self.roots.get(r).is_some_and(|x| {
+                !x.completed && x.qcow2 && x.op == Op::Write && !x.nodata && x.top_child != child
+            })
+        {
+            self.file_children.insert(child, ());
+            let t = self.threads.at(e.tid, e.ts);
+            t.zeroing = Some((r, HostFileOffset(off), bytes));
+            t.last_bdrv = None;
+            return;
+        }
         // A write of zeroes or a discard is a guest request's; a prefetching read is
         // QEMU's.
         let request = matches!(op, Op::Write | Op::Discard);
@@ -449,6 +491,23 @@ impl<S: Sink> Join<'_, S> {
         is_qcow2: bool,
     ) -> QiovBind {
         let [_, off, bytes, child] = e.a;
+        // qcow2's own IO for the request it is serving on this thread: a fresh buffer on
+        // a node below the request's top (the image file), not at the request's range:
+        // an L2 or refcount table read on a cache miss, or a table written back. Found
+        // without a probe on the cache lookup, which runs per table entry looked up
+        // (thousands of times for one allocating write when the refcounts are scanned).
+        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
+        if is_bdrv
+            && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
+            && let Some(x) = self.roots.get(r)
+            && !x.completed
+            && x.qcow2
+            && x.top_child != child
+            && !(x.offset == Some(GuestOffset(off)) && x.bytes == bytes)
+        {
+            self.file_children.insert(child, ());
+            return self.bind_to(qiov, QiovBind::Meta(Some(r)));
+        }
         // Only while the request that looked the table up is going on: a table it found
         // in the cache is written back later, maybe by a flush after the request was
         // answered, and that write is not its.

@@ -158,6 +158,9 @@ pub(super) enum BioOwner {
 pub(super) struct BioEntry {
     pub(super) owner: BioOwner,
     pub(super) remapped: bool,
+    /// Where it was last queued: a remap from there is this bio moving down.
+    pub(super) dev: u32,
+    pub(super) sector: DeviceSector,
 }
 
 pub(super) struct Req {
@@ -175,6 +178,8 @@ pub(super) struct Req {
     /// Issued to its driver: the kernel merges nothing more into it (RQF_STARTED, and
     /// RQF_DONTPREP once a driver prepared it, are among RQF_NOMERGE_FLAGS).
     pub(super) started: bool,
+    /// A loop device's flush whose fsync of the backing file a worker has begun.
+    pub(super) served: bool,
 }
 
 /// A bio that merged into a request not seen yet: one still on the submitting task's
@@ -202,7 +207,11 @@ pub(super) struct ThreadCtx {
     /// The request qcow2 is serving on this thread.
     pub(super) qcow2: Option<Ref>,
     /// An L2/refcount cache lookup (owner, table offset): a read of that table follows.
+    /// Only in traces of recorders that probed `qcow2_cache_get`.
     pub(super) meta: Option<(Option<Ref>, HostFileOffset)>,
+    /// qcow2 zeroing part of a cluster the write it serves allocates (owner, file
+    /// offset, length): the thread-pool job that follows at that range is its.
+    pub(super) zeroing: Option<(Ref, HostFileOffset, u64)>,
     /// The last bdrv_co_p{read,write}v_part whose qiov is known: its file-posix
     /// request follows in the same coroutine, with a slice of that qiov (a new
     /// pointer) when it covers only part of it.
@@ -223,6 +232,9 @@ pub(super) struct ThreadCtx {
     pub(super) submitted: SmallVec<[Ref; 4]>,
     /// The direct IO this thread is inside (bios it queues are that IO's).
     pub(super) dio: Option<Ref>,
+    /// The host IO whose flush, on a loop device, this kernel worker is carrying out
+    /// by an fsync of the backing file: the flush bios it queues below are that IO's.
+    pub(super) loop_sync: Option<Ref>,
     /// The last virtio request completed here: (id, boundaries, time).
     pub(super) completion_batch: Option<(u64, Boundaries, u64, Option<DiskSet>)>,
     /// Trace time of the last event that changed this context.
@@ -437,8 +449,12 @@ pub struct Join<'l, S: Sink> {
     /// named their disk: it names the disk of a request whose host IO names none.
     pub(super) child_disks: Map<u64, u16>,
     /// Host IOs that queued a flush bio (no data) on a device, waiting for the
-    /// device's flush request: the block layer issues it without a bio.
+    /// device's flush request: the block layer issues it without a bio. One entry per
+    /// flush request expected (a FUA write on a device without FUA makes two).
     pub(super) preflush: Vec<(u32, Ref)>,
+    /// Host IOs inside a filesystem's fsync, by the filesystem's device: the journal
+    /// commit they wait for, made by the journal's thread, is theirs.
+    pub(super) syncing: Vec<(u32, Ref)>,
     pub(super) user_data: Map<u64, Ref>,
     pub(super) kiocb: Map<u64, Ref>,
     pub(super) bios: Map<u64, BioEntry>,
