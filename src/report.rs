@@ -229,6 +229,12 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
             s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
         ),
     ]);
+    if let Some(c) = viopath_reporter::report::cut_note(s) {
+        b.push_record(["recording window".to_owned(), c]);
+    }
+    if let Some(t) = s.throttled.note() {
+        b.push_record(["throttling".to_owned(), t]);
+    }
     if s.requests_completion_lost > 0 {
         b.push_record([
             "block requests".to_owned(),

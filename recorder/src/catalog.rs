@@ -588,6 +588,13 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         layouts: one!([A::reg(3), A::reg(1), A::reg(2), A::reg(0)]),
     },
     QemuProbe {
+        id: q::THROTTLE_INTERCEPT,
+        symbol: "throttle_group_co_io_limits_intercept",
+        layer: Layer::QemuBlock,
+        records: "a request entering QEMU's IO throttling (once per request of a throttled drive; it waits there when over the limit): ThrottleGroupMember, bytes, direction",
+        layouts: one!([A::reg(0), A::reg(1), A::reg(2), A::NONE]),
+    },
+    QemuProbe {
         id: q::BDRV_CO_PDISCARD,
         symbol: "bdrv_co_pdiscard",
         layer: Layer::QemuBlock,

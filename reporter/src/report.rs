@@ -166,6 +166,10 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
         rows.iter().map(|r| r.meta_ns).collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
+        "throttle_ns".into(),
+        rows.iter().map(|r| r.throttle_ns).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
         "bios".into(),
         rows.iter().map(|r| r.bios).collect::<Vec<_>>(),
     ));
@@ -215,6 +219,7 @@ pub struct Collector<'l> {
     last_ts: u64,
     /// Boundaries some complete row had, one bit per [`Boundary`].
     boundaries_seen: u16,
+    throttle: Throttling,
     bytes: u64,
     ios: u64,
     complete: u64,
@@ -323,6 +328,7 @@ impl<'l> Collector<'l> {
             first_ts: u64::MAX,
             last_ts: 0,
             boundaries_seen: 0,
+            throttle: Throttling::default(),
             bytes: 0,
             ios: 0,
             complete: 0,
@@ -461,6 +467,11 @@ impl Sink for Collector<'_> {
             self.first_ts = self.first_ts.min(first);
         }
         self.last_ts = self.last_ts.max(row.b.iter().copied().max().unwrap_or(0));
+        if row.throttle_ns > 0 {
+            self.throttle.ios += 1;
+            self.throttle.total_ns = self.throttle.total_ns.saturating_add(row.throttle_ns);
+            self.throttle.max_ns = self.throttle.max_ns.max(row.throttle_ns);
+        }
         if row.partial == 0 {
             for (i, &t) in row.b.iter().enumerate() {
                 if t != 0 {
@@ -581,13 +592,58 @@ pub struct Summary {
     /// the layer it bounds (e.g. `notify (virtio_front)`: no KVM doorbell event, as
     /// under TCG): those layers' time is in the next layer's.
     pub boundaries_missing: Vec<String>,
+    /// IOs that waited in QEMU's IO throttling (a drive's `throttling.*` limits), and
+    /// how long: part of their `qemu` layer.
+    #[serde(skip_serializing_if = "Throttling::is_none")]
+    pub throttled: Throttling,
     pub peak_in_flight: usize,
     /// Block requests whose completion event was lost: their pointer came back for a
     /// new request, or they outlived any real request (30 s of trace time).
     pub requests_completion_lost: u64,
+    /// Guest requests in flight when the recording started (only their end traced)
+    /// and when it stopped (their end not traced): partial rows, with those reasons.
+    pub cut_at_start: u64,
+    pub cut_at_end: u64,
     /// Quantiles are exact (false: more than [`EXACT_IOS`] complete IOs, so they come
     /// from log buckets, within 0.4%).
     pub exact_quantiles: bool,
+}
+
+/// Waits in QEMU's IO throttling, over the IOs that had one.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Throttling {
+    pub ios: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Throttling {
+    fn is_none(&self) -> bool {
+        self.ios == 0
+    }
+
+    /// The summary's line, if any IO waited.
+    pub fn note(&self) -> Option<String> {
+        (self.ios > 0).then(|| {
+            format!(
+                "{} IOs waited in QEMU's throttling: mean {}, max {} (inside the qemu layer)",
+                self.ios,
+                crate::units::fmt_ns(self.total_ns as f64 / self.ios as f64),
+                crate::units::fmt_ns(self.max_ns as f64)
+            )
+        })
+    }
+}
+
+/// The summary's line on requests the recording window cut, if any.
+pub fn cut_note(s: &Summary) -> Option<String> {
+    (s.cut_at_start + s.cut_at_end > 0).then(|| {
+        format!(
+            "{} guest requests in flight when the recording started, {} when it stopped \
+             (partial rows)",
+            s.cut_at_start, s.cut_at_end
+        )
+    })
 }
 
 /// The summary's "layers missing" line: layers not traced, then boundaries of traced
@@ -678,6 +734,7 @@ impl Collector<'_> {
             0.0
         };
         summary.peak_in_flight = stats.peak_in_flight;
+        summary.throttled = self.throttle;
         if self.complete > 0 {
             summary.boundaries_missing = Boundary::ALL
                 .iter()
@@ -691,6 +748,8 @@ impl Collector<'_> {
                 .collect();
         }
         summary.requests_completion_lost = stats.requests_lost;
+        summary.cut_at_start = stats.cut_at_start;
+        summary.cut_at_end = stats.cut_at_end;
 
         let by = std::mem::take(&mut self.by);
         let latency = if let Some(f) = self.folded.take() {

@@ -68,6 +68,12 @@ pub fn report_page(
             s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
         ),
     );
+    if let Some(c) = crate::report::cut_note(s) {
+        kv("recording window", c);
+    }
+    if let Some(t) = s.throttled.note() {
+        kv("throttling", t);
+    }
     if s.requests_completion_lost > 0 {
         kv(
             "block requests",
@@ -77,10 +83,7 @@ pub fn report_page(
             ),
         );
     }
-    kv(
-        "layers missing",
-        crate::report::layers_missing_note(s),
-    );
+    kv("layers missing", crate::report::layers_missing_note(s));
     kv("layout", layout_note.to_owned());
     if !s.exact_quantiles {
         kv(
@@ -348,7 +351,7 @@ pub(super) fn waterfall(report: &Report) -> String {
         };
         let _ = write!(c.body, r#"<g class="io" data-id="{}">"#, row_.id);
         c.text(l - 8.0, y + 12.0, "end", "lbl", &label);
-        let detail = format!(
+        let mut detail = format!(
             "#{} {} {} bytes at {}{}{}{}{} — {} host IOs, {} metadata IOs, {} bios, {} requests{}",
             row_.id,
             row_.op.name(),
@@ -382,6 +385,13 @@ pub(super) fn waterfall(report: &Report) -> String {
                 String::new()
             }
         );
+        if row_.throttle_ns > 0 {
+            let _ = write!(
+                detail,
+                "; waited {} in QEMU's throttling",
+                fmt_ns(row_.throttle_ns as f64)
+            );
+        }
         for (i, start, dur) in segments(&row_.b) {
             used.insert(i);
             let tip = format!(

@@ -219,7 +219,13 @@ impl<S: Sink> Join<'_, S> {
             root.op,
             Op::Flush | Op::GetId | Op::Discard | Op::WriteZeroes
         );
-        if root.flags & flags::VIRTIO_MERGED == 0 && !no_data {
+        // Cut by the recording's start or stop: what it lacks is for that reason
+        // alone.
+        if root.cut_at_start {
+            partial = reasons::CUT_AT_START;
+        } else if reason == reasons::CUT_AT_END {
+            partial = reasons::CUT_AT_END;
+        } else if root.flags & flags::VIRTIO_MERGED == 0 && !no_data {
             if root.data_hios == 0 {
                 partial |= reasons::NO_HOST_IO;
             } else if root.b[Boundary::Dispatched] == 0
@@ -232,10 +238,11 @@ impl<S: Sink> Join<'_, S> {
                 partial |= reasons::NO_DEVICE_IO;
             }
         }
-        if root.open_hios > 0 {
+        let cut = partial & (reasons::CUT_AT_START | reasons::CUT_AT_END) != 0;
+        if root.open_hios > 0 && !cut {
             partial |= reasons::HOST_IO_UNFINISHED;
         }
-        if root.source == Source::Virtio && root.b[Boundary::Completed] == 0 {
+        if root.source == Source::Virtio && root.b[Boundary::Completed] == 0 && !cut {
             partial |= reasons::NO_COMPLETION;
         }
         let disk = if self.layout.disks.len() == 1 {
@@ -264,6 +271,7 @@ impl<S: Sink> Join<'_, S> {
             host_ios: root.data_hios,
             meta_ios: root.meta_hios,
             meta_ns: root.meta_ns,
+            throttle_ns: root.throttle_ns,
             bios: root.bios,
             requests: root.requests,
             bottom_dev: root.bottom_dev,
@@ -338,6 +346,12 @@ impl<S: Sink> Join<'_, S> {
         // write-through device completes them at once).
         self.preflush.retain(|&(_, h)| hios.get(h).is_some());
         self.syncing.retain(|&(_, h)| hios.get(h).is_some());
+        let roots = &self.roots;
+        self.announced.retain(|&r| {
+            roots
+                .get(r)
+                .is_some_and(|x| x.qiovs.is_empty() && !x.completed)
+        });
         self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
         self.sync_wait.retain(|&h| hios.get(h).is_some());
         self.falloc_wait.retain(|&(_, h)| hios.get(h).is_some());
@@ -395,8 +409,13 @@ impl<S: Sink> Join<'_, S> {
             .collect();
         rest.sort_unstable_by_key(|x| x.0);
         for (_, r) in rest {
+            // Still in flight at the end of the trace (one whose completion was lost
+            // would have gone stale long before): the recording stopped first.
             let reason = match self.roots.get(r) {
-                Some(x) if x.source == Source::Virtio && !x.completed => reasons::NO_COMPLETION,
+                Some(x) if x.source == Source::Virtio && !x.completed => {
+                    self.stats.cut_at_end += 1;
+                    reasons::CUT_AT_END
+                }
                 _ => 0,
             };
             self.finish_root(r, reason);

@@ -56,6 +56,21 @@ impl<S: Sink> Join<'_, S> {
         };
         self.set_io(r, op, GuestOffset(a1), a2);
         self.threads.at(e.tid, e.ts).pending_co = Some(r);
+        self.announced.push_back(r);
+    }
+
+    /// `throttle_group_co_io_limits_intercept`: the request this thread's coroutine
+    /// just announced enters QEMU's IO throttling; it waits there until its first call
+    /// below the block backend.
+    #[inline(never)]
+    pub(super) fn throttle_intercept(&mut self, e: &RawEvent) {
+        if let Some(r) = self.threads.get(e.tid).and_then(|t| t.pending_co)
+            && let Some(root) = self.roots.get_mut(r)
+            && root.throttle_at == 0
+            && root.qiovs.is_empty()
+        {
+            root.throttle_at = e.ts;
+        }
     }
 
     /// `bdrv_co_pdiscard`: a discard on a block node.
@@ -228,6 +243,7 @@ impl<S: Sink> Join<'_, S> {
     pub(super) fn virtio_req_complete(&mut self, e: &RawEvent) {
         let [a0, a1, a2, a3] = e.a;
         let Some(r) = self.virtio.remove(&a0) else {
+            self.virtio_cut_at_start(e);
             return;
         };
         let batch = self.threads.get(e.tid).and_then(|t| t.completion_batch);
@@ -291,6 +307,63 @@ impl<S: Sink> Join<'_, S> {
         } else {
             self.finish_root(r, 0);
         }
+    }
+
+    /// The completion of a guest request not seen begin: one in flight when the
+    /// recording started. Its host half, if traced, was taken for a request of QEMU's
+    /// own (nothing announced it): the one still in flight at its guest range becomes
+    /// its row; else it is a row of its end alone. Either way partial, and counted.
+    fn virtio_cut_at_start(&mut self, e: &RawEvent) {
+        let [_, a1, a2, a3] = e.a;
+        let known_type = a1 != 0 || a2 != 0 || a3 != 0;
+        if !known_type {
+            // A recorder that did not read the request header: nothing to say of it.
+            return;
+        }
+        let vop = Op::from_virtio(a2 as u32);
+        let offset = GuestOffset(a1.saturating_mul(512));
+        let headless = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&r| {
+                self.roots.get(r).is_some_and(|x| {
+                    x.source == Source::QemuBlock
+                        && x.aio_opaque == 0
+                        && !x.completed
+                        && vop.moves_data()
+                        && x.op == vop
+                        && x.offset == Some(offset)
+                        && x.bytes >= a3
+                })
+            })
+            .min_by_key(|&r| self.roots.get(r).map_or(u64::MAX, |x| x.id));
+        let r = match headless {
+            Some(r) => r,
+            None => {
+                let r = self.new_root(e, Source::Virtio);
+                if let Some(root) = self.roots.get_mut(r) {
+                    // Nothing of it but its end.
+                    root.b[Boundary::Parsed] = 0;
+                }
+                r
+            }
+        };
+        self.stats.cut_at_start += 1;
+        let Some(root) = self.roots.get_mut(r) else {
+            return;
+        };
+        root.source = Source::Virtio;
+        root.op = vop;
+        if vop.moves_data() {
+            root.offset = Some(offset);
+            root.bytes = a3;
+        }
+        root.b[Boundary::Completed] = e.ts;
+        root.last = e.ts;
+        root.completed = true;
+        root.cut_at_start = true;
+        self.finish_root(r, reasons::CUT_AT_START);
     }
 
     /// A block-layer request with data (`blk_co_*`, `bdrv_co_*`, `qcow2_co_*`): found
@@ -521,15 +594,38 @@ impl<S: Sink> Join<'_, S> {
             self.file_children.insert(child, ());
             return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
-        if let Some(r) = self.threads.get(e.tid).and_then(|t| t.pending_co)
-            && let Some(root) = self.roots.get(r)
-            && root.offset == Some(GuestOffset(off))
-            && root.bytes == bytes
-            && root.qiovs.is_empty()
-        {
-            self.threads.at(e.tid, e.ts).pending_co = None;
+        // The request this thread's coroutine just announced; or, held back by
+        // throttling while the thread announced others, one announced earlier on this
+        // thread at this range.
+        let fits = |root: &super::state::Root| {
+            root.offset == Some(GuestOffset(off))
+                && root.bytes == bytes
+                && root.qiovs.is_empty()
+                && !root.completed
+                && root.tid == e.tid
+        };
+        let announced = self
+            .threads
+            .get(e.tid)
+            .and_then(|t| t.pending_co)
+            .filter(|&r| self.roots.get(r).is_some_and(fits))
+            .or_else(|| {
+                self.announced.iter().copied().find(|&r| {
+                    self.roots
+                        .get(r)
+                        .is_some_and(|x| fits(x) && x.throttle_at != 0)
+                })
+            });
+        if let Some(r) = announced {
+            let t = self.threads.at(e.tid, e.ts);
+            if t.pending_co == Some(r) {
+                t.pending_co = None;
+            }
             self.bind_qiov(qiov, r);
             let root = self.roots.get_mut(r).expect("checked");
+            if root.throttle_at != 0 {
+                root.throttle_ns = e.ts.saturating_sub(root.throttle_at);
+            }
             root.note_bdrv_child(e.sub, child);
             if root.top_probe == 0 || root.aio_opaque != 0 {
                 root.top_probe = e.sub;

@@ -95,7 +95,11 @@ pub mod reasons {
     pub const NO_COMPLETION: u16 = 4;
     pub const KEY_REUSED: u16 = 8;
     pub const NO_DEVICE_IO: u16 = 16;
-    pub const NAMES: [(u16, &str); 5] = [
+    /// In flight when the recording started: only its end is in the trace.
+    pub const CUT_AT_START: u16 = 32;
+    /// In flight when the recording stopped: its end is not in the trace.
+    pub const CUT_AT_END: u16 = 64;
+    pub const NAMES: [(u16, &str); 7] = [
         (
             NO_HOST_IO,
             "no host IO joined (events lost, or served from QEMU's cache)",
@@ -112,6 +116,14 @@ pub mod reasons {
         (
             NO_DEVICE_IO,
             "host IO reached no bottom device (page cache, or block events lost)",
+        ),
+        (
+            CUT_AT_START,
+            "in flight when the recording started (its beginning not traced)",
+        ),
+        (
+            CUT_AT_END,
+            "in flight when the recording stopped (its end not traced)",
         ),
     ];
 }
@@ -132,6 +144,8 @@ pub struct IoRow {
     pub host_ios: u32,
     pub meta_ios: u32,
     pub meta_ns: u64,
+    /// Time it waited in QEMU's IO throttling (part of the `qemu` layer), ns.
+    pub throttle_ns: u64,
     pub bios: u32,
     pub requests: u32,
     /// Bottom device (kernel dev_t), 0 if none.
@@ -160,6 +174,7 @@ impl IoRow {
             host_ios: 1,
             meta_ios: 0,
             meta_ns: 0,
+            throttle_ns: 0,
             bios: 1,
             requests: 1,
             bottom_dev: 0,

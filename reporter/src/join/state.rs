@@ -80,6 +80,12 @@ pub(super) struct Root {
     pub(super) data_hios: u32,
     pub(super) meta_hios: u32,
     pub(super) meta_ns: u64,
+    /// When it entered QEMU's IO throttling (0: it did not), and how long it waited
+    /// there: until its first call below the block backend.
+    pub(super) throttle_at: u64,
+    pub(super) throttle_ns: u64,
+    /// Its beginning was before the recording started.
+    pub(super) cut_at_start: bool,
     pub(super) bios: u32,
     pub(super) requests: u32,
     pub(super) flags: u16,
@@ -379,6 +385,10 @@ pub struct JoinStats {
     /// Block requests whose completion never came (event lost): dropped when their
     /// pointer came back for a new request, or when they were older than any real one.
     pub requests_lost: u64,
+    /// Guest requests in flight when the recording started (only their end traced)
+    /// and when it stopped (their end not traced): reported as partial rows.
+    pub cut_at_start: u64,
+    pub cut_at_end: u64,
 }
 
 /// What the trace's header says about the probes, which changes how rows end.
@@ -452,6 +462,10 @@ pub struct Join<'l, S: Sink> {
     /// device's flush request: the block layer issues it without a bio. One entry per
     /// flush request expected (a FUA write on a device without FUA makes two).
     pub(super) preflush: Vec<(u32, Ref)>,
+    /// Requests a `blk_aio_*` announced whose first block call has not come: found by
+    /// range when it does (throttling holds them back, while the thread goes on to
+    /// announce others).
+    pub(super) announced: VecDeque<Ref>,
     /// Host IOs inside a filesystem's fsync, by the filesystem's device: the journal
     /// commit they wait for, made by the journal's thread, is theirs.
     pub(super) syncing: Vec<(u32, Ref)>,
@@ -529,6 +543,9 @@ impl<S: Sink> Join<'_, S> {
             data_hios: 0,
             meta_hios: 0,
             meta_ns: 0,
+            throttle_at: 0,
+            throttle_ns: 0,
+            cut_at_start: false,
             bios: 0,
             requests: 0,
             flags: 0,
