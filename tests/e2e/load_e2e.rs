@@ -337,7 +337,12 @@ pub fn run_load_attaching(
     let _one = one_recorder();
     let mut cmd = match record_args {
         Some(extra) => {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_viopath"));
+            // Another recorder's build to compare with (docs/benchmarks.md).
+            let bin = std::env::var_os("VIOPATH_RECORD_BIN").map_or_else(
+                || PathBuf::from(env!("CARGO_BIN_EXE_viopath")),
+                PathBuf::from,
+            );
+            let mut c = Command::new(bin);
             c.args(["record", "-q", "-o", trace.to_str().unwrap()]);
             c.args(extra);
             c.arg("--").arg(qemu).args(&qemu_args);
@@ -1114,4 +1119,39 @@ fn attach_and_detach_do_not_stall_the_guest() {
         gap < 2 * plain_gap + 20_000,
         "the guest's IO stopped for {gap} µs around attach or detach ({plain_gap} µs unrecorded)"
     );
+}
+
+/// A benchmark, not a check (docs/benchmarks.md, "QEMU probe cost under load"): the
+/// guest's first allocating write and QEMU probe hits per guest request, recorded and
+/// not, in alternating pairs (`VIOPATH_BENCH_PAIRS`, default 3); `VIOPATH_RECORD_BIN`
+/// records with another build.
+#[test]
+#[ignore]
+fn bench_probe_cost_under_load() {
+    let Some((qemu, assets)) = prerequisites() else {
+        return;
+    };
+    let pairs: usize = std::env::var("VIOPATH_BENCH_PAIRS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mode = Mode {
+        ops: 100,
+        ..Mode::plain("threads")
+    };
+    for i in 0..pairs {
+        let plain = run_load(&qemu, &assets, &mode, None);
+        let traced = run_load(&qemu, &assets, &mode, Some(&[]));
+        let (a, b) = (
+            timed_write_us(&guest_rqs(&plain.serial)),
+            timed_write_us(&guest_rqs(&traced.serial)),
+        );
+        let (_, rows, _) = join_rows(&traced.trace);
+        let hits = qemu_hits_per_request(&traced.trace, &rows);
+        eprintln!(
+            "pair {i}: first allocating write {a} µs not recorded, {b} µs recorded ({:.2}×); \
+             {hits:.1} QEMU probe hits per guest request",
+            b as f64 / a as f64
+        );
+    }
 }
