@@ -22,6 +22,7 @@ pub mod pictures;
 pub mod reader;
 pub mod report;
 mod rng;
+pub mod summary;
 pub mod synth;
 pub mod units;
 

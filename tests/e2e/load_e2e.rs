@@ -246,14 +246,16 @@ pub const HIST_NS: [u64; 7] = [
 
 /// What one load run left: the trace, the guest's console, QEMU's accounting.
 pub struct LoadRun {
-    pub dir: tempfile::TempDir,
+    /// Unmounted and detached first (fields drop in order), then the directory goes.
+    _host: MountedLoop,
     pub trace: PathBuf,
     pub serial: String,
+    /// The recorder's (or QEMU's) stderr.
     pub stderr: String,
     /// `query-blockstats`'s entry for the guest's disk.
     pub blockstats: Value,
     pub bottom: u32,
-    _host: MountedLoop,
+    _dir: tempfile::TempDir,
 }
 
 /// Everything the run needs, or why the test is skipped.
@@ -447,13 +449,13 @@ pub fn run_load_attaching(
     let _ = std::fs::write("/var/tmp/viopath-load-serial.txt", &serial);
     let bottom = bottom_disk_of(&dir.path().join("host.img"));
     LoadRun {
-        dir,
+        _host: host,
         trace,
         serial,
         stderr,
         blockstats,
         bottom,
-        _host: host,
+        _dir: dir,
     }
 }
 
@@ -682,6 +684,16 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
         partial == 0,
         format!("{partial} partial rows, e.g. {example}"),
     );
+    // `fs_zeros` says a read was answered with zeros by the host filesystem; a write
+    // into an unwritten extent goes to the device.
+    let zero_writes = virtio
+        .iter()
+        .filter(|r| r.op != Op::Read && r.flags & viopath_reporter::join::flags::FS_ZEROS != 0)
+        .count();
+    check(
+        zero_writes == 0,
+        format!("{zero_writes} rows other than reads flagged fs_zeros"),
+    );
     check(
         not_bottom == 0,
         format!("{not_bottom} not joined to the bottom disk, e.g. {example}"),
@@ -709,7 +721,12 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
         ),
     );
     if !bad.is_empty() {
-        panic!("{name}: {}\n({})", bad.join("\n"), keep(run, name));
+        panic!(
+            "{name}: {}\n({})\nrecorder: {}",
+            bad.join("\n"),
+            keep(run, name),
+            run.stderr.trim()
+        );
     }
     (rows, rqs)
 }

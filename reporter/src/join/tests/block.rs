@@ -129,3 +129,79 @@ fn a_bio_merges_only_into_a_request_of_its_operation_not_yet_issued() {
     }
     assert!(j.hios.get(h7.unwrap()).is_none() && j.hios.get(h8.unwrap()).is_none());
 }
+
+/// A bio whose end was never seen (it merged into a request still plugged, whose
+/// insert never came) leaves its entry; the kernel frees the bio and a new one takes its
+/// address, remapped by a partition before it is first queued. The remap is not of the
+/// old entry's bio: the new bio is looked up afresh, here the flush of a thread inside
+/// a host IO.
+#[test]
+fn a_remap_of_a_new_bio_at_a_stale_address_is_not_the_old_bios() {
+    let layout = Layout::default();
+    let cfg = JoinConfig {
+        flush_syscalls: true,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let (part, disk) = (u64::from(kernel_dev(259, 1)), u64::from(kernel_dev(7, 0)));
+    // The old bio: nobody's.
+    j.event(&ev(
+        1_000,
+        9,
+        EventKind::BioQueue,
+        [0xb1, 0x800, part << 32 | 4096, 0x1],
+    ));
+    // A thread-pool worker's fdatasync for a guest flush.
+    j.event(&sub_ev(
+        2_000,
+        1,
+        EventKind::Qemu,
+        q::VIRTIO_HANDLE_REQUEST,
+        [0xf1, 0, 0, 0],
+    ));
+    j.event(&sub_ev(
+        2_100,
+        1,
+        EventKind::Qemu,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe1, 0, 0, 8 << 32 | q::AIO_FLUSH],
+    ));
+    j.event(&sub_ev(2_200, 3, EventKind::SysEnter, 11, [8, 0, 0, 0]));
+    // The new bio at the old address: remapped from the partition, then queued.
+    j.event(&ev(
+        2_300,
+        3,
+        EventKind::BioRemap,
+        [0xb1, 0x900, part << 32 | part, 0x100],
+    ));
+    j.event(&ev(
+        2_310,
+        3,
+        EventKind::BioQueue,
+        [0xb1, 0x900, part << 32, 1 << 18 | 0x1],
+    ));
+    j.event(&ev(
+        2_400,
+        4,
+        EventKind::RqIssue,
+        [0x71, u64::MAX, disk << 32, 0],
+    ));
+    j.event(&ev(
+        3_000,
+        0,
+        EventKind::RqComplete,
+        [0x71, u64::MAX, disk << 32, 0],
+    ));
+    j.event(&sub_ev(3_100, 3, EventKind::SysExit, 11, [0, 0, 0, 0]));
+    j.event(&sub_ev(
+        3_200,
+        1,
+        EventKind::Qemu,
+        q::VIRTIO_REQ_COMPLETE,
+        [0xf1, 0, 4, 0],
+    ));
+    let (all, _) = j.finish();
+    let flush = row_of(&all.0, Op::Flush);
+    assert_eq!(flush.bios, 1, "{flush:?}");
+    assert_eq!(flush.requests, 0, "{flush:?}");
+}

@@ -87,3 +87,18 @@ fn contexts_of_threads_gone_quiet_are_dropped() {
     j.event(&ev(2_000_000 + STALE_NS, 1, EventKind::KvmMmio, [0; 4]));
     assert_eq!(j.threads.len(), 0);
 }
+
+/// A guest request still in flight when the trace ends: the recording stopped before
+/// it completed. Partial for that reason alone, and counted.
+#[test]
+fn a_request_in_flight_at_the_end_is_cut_by_the_recordings_stop() {
+    let layout = Layout::default();
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xa1, 0, 0, 0]));
+    j.event(&q(1_100, q::BLK_AIO_PREADV, [0xa1, 0x4000, 4096, 0xbb]));
+    let (all, stats) = j.finish();
+    assert_eq!(stats.cut_at_end, 1);
+    assert_eq!(all.0.len(), 1);
+    assert_eq!(all.0[0].partial, reasons::CUT_AT_END, "{:?}", all.0);
+}

@@ -678,3 +678,148 @@ fn an_io_uring_write_run_again_by_an_io_wq_worker_stays_one_host_io() {
         assert!(j.hios.get(h).is_none(), "the host IO did not complete");
     }
 }
+
+/// A guest flush whose fdatasync, on ext4 on a partition of a loop device, waits for
+/// the journal's commit: the journal thread writes it with a cache flush before and
+/// write-through (the loop device has no FUA: a flush after too). Each loop flush
+/// request is carried out by the loop's worker as an fsync of the backing file, which
+/// flushes the disk below. The flush row's device time is those disk flushes.
+#[test]
+fn a_flush_through_a_loop_device_reaches_the_disk_below() {
+    let (part, lo, vda) = (kernel_dev(259, 0), kernel_dev(7, 0), kernel_dev(254, 0));
+    let layout = Layout::from_json(&serde_json::json!({
+        "images": [{
+            "path": "/m/g.qcow2",
+            "file_hosts": [{
+                "file": "/m/g.qcow2", "len": 1u64 << 30, "ino": 12,
+                "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
+                    {"hop": "file", "path": "/m/g.qcow2", "offset": 0, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/loop0p1", "dev": "259:0", "byte": 1u64 << 20, "via": "filesystem"},
+                    {"hop": "device", "device": "/dev/loop0", "dev": "7:0", "byte": 2u64 << 20, "via": "partition"},
+                    {"hop": "file", "path": "/t/host.img", "offset": 2u64 << 20, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/vda", "dev": "254:0", "byte": 9u64 << 30, "via": "filesystem"}
+                ]}]
+            }]
+        }],
+        "devices": []
+    }));
+    let cfg = JoinConfig {
+        flush_syscalls: true,
+        fs_sync: true,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let d = |dev: u32| u64::from(dev) << 32;
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    const PREFLUSH_FUA_WRITE: u64 = 1 << 18 | 1 << 17 | 1;
+    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+    j.event(&q(
+        1_100,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe1, 0, 0, 9 << 32 | q::AIO_FLUSH],
+    ));
+    j.event(&sub_ev(1_200, 3, EventKind::SysEnter, 11, [9, 0, 0, 0]));
+    j.event(&sub_ev(
+        1_300,
+        3,
+        EventKind::FsSync,
+        0,
+        [12, u64::from(part), 1, 0],
+    ));
+    // The journal's commit block, by its thread: partition remap, then queued.
+    j.event(&ev(
+        2_000,
+        5,
+        EventKind::BioRemap,
+        [0xb1, 0x4_4860, d(part) | u64::from(part), 0x4_4060],
+    ));
+    j.event(&ev(
+        2_010,
+        5,
+        EventKind::BioQueue,
+        [0xb1, 0x4_4860, d(part) | 4096, PREFLUSH_FUA_WRITE],
+    ));
+    // The loop's flush before it; its worker syncs the backing file, flushing vda.
+    let loop_flush = |j: &mut Join<'_, All>, t: u64, rq: u64, vrq: u64| {
+        j.event(&sub_ev(
+            t,
+            6,
+            EventKind::RqIssue,
+            2,
+            [rq, u64::MAX, d(lo), 0],
+        ));
+        j.event(&sub_ev(
+            t + 100,
+            7,
+            EventKind::FsSync,
+            0,
+            [99, u64::from(vda), 0, 0],
+        ));
+        j.event(&ev(
+            t + 200,
+            7,
+            EventKind::BioQueue,
+            [vrq + 0x100, 0, d(vda), 1 << 18 | 1],
+        ));
+        j.event(&sub_ev(
+            t + 300,
+            8,
+            EventKind::RqIssue,
+            2,
+            [vrq, u64::MAX, d(vda), 0],
+        ));
+        j.event(&sub_ev(
+            t + 900,
+            0,
+            EventKind::RqComplete,
+            2,
+            [vrq, u64::MAX, d(vda), 0],
+        ));
+        j.event(&sub_ev(
+            t + 1_000,
+            7,
+            EventKind::FsSync,
+            1,
+            [99, u64::from(vda), 0, 0],
+        ));
+        j.event(&sub_ev(
+            t + 1_100,
+            0,
+            EventKind::RqComplete,
+            2,
+            [rq, u64::MAX, d(lo), 0],
+        ));
+    };
+    loop_flush(&mut j, 3_000, 0x72, 0x82);
+    // The commit block's write on the loop device (its data, by the worker, below).
+    j.event(&ev(
+        5_000,
+        6,
+        EventKind::RqIssue,
+        [0x73, 0x4_4860, d(lo) | 4096, 0xb1],
+    ));
+    j.event(&ev(
+        6_000,
+        0,
+        EventKind::RqComplete,
+        [0x73, 0x4_4860, d(lo) | 4096, 4096],
+    ));
+    // And the flush after it, for the write through.
+    loop_flush(&mut j, 7_000, 0x74, 0x84);
+    j.event(&sub_ev(
+        9_000,
+        3,
+        EventKind::FsSync,
+        1,
+        [12, u64::from(part), 0, 0],
+    ));
+    j.event(&sub_ev(9_100, 3, EventKind::SysExit, 11, [0, 0, 0, 0]));
+    j.event(&q(9_200, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+    let (all, _) = j.finish();
+    let flush = row_of(&all.0, Op::Flush);
+    let b = flush.b.as_array();
+    assert_eq!(flush.bottom_dev, vda, "{flush:?}");
+    // Dispatched: the first vda flush issued; device done: the last completed.
+    assert_eq!((b[4], b[5]), (3_300, 7_900), "{flush:?}");
+    assert_eq!(flush.partial, 0, "{flush:?}");
+}

@@ -4,7 +4,7 @@ use super::*;
 fn a_qemu_probe_the_join_does_not_use_is_ignored_but_an_unknown_kind_is_counted() {
     let layout = Layout::default();
     let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
-    for sub in [0, 22, 200, 255] {
+    for sub in [0, 23, 200, 255] {
         j.event(&sub_ev(1_000, 1, EventKind::Qemu, sub, [0x10, 0, 0, 0]));
     }
     assert_eq!(j.stats.unknown_events, 0);
@@ -413,4 +413,252 @@ fn a_qemu_io_aio_request_ends_at_its_completion_callback() {
         (2_025_000, 0)
     );
     assert_eq!(crate::layers::split(&sink.0[1].b).1, 25_000);
+}
+
+/// Two adjacent guest reads merged by virtio-blk into one block request: each row has
+/// the guest's own range (its header's sector and its own size), so their bytes add up
+/// to what the guest asked for, and the second shares the first's path.
+#[test]
+fn virtio_merged_requests_each_keep_their_own_bytes() {
+    let layout = Layout::default();
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xa1, 0, 0, 0]));
+    j.event(&q(1_100, q::VIRTIO_HANDLE_REQUEST, [0xa2, 0, 0, 0]));
+    j.event(&q(1_200, q::VIRTIO_SUBMIT_MULTIREQ, [0x5, 2, 0xa1, 0]));
+    // One block request for both: 8 KiB at the first's sector.
+    j.event(&q(1_300, q::BLK_AIO_PREADV, [0xa1, 8 * 512, 8192, 0xbb]));
+    j.event(&q(
+        1_400,
+        q::BDRV_CO_PREADV_PART,
+        [0xa1 + 0x98, 8 * 512, 8192, 0xc1],
+    ));
+    j.event(&q(1_500, q::RAW_CO_PRW, [0xa1 + 0x98, 0x9000, 8192, 1]));
+    j.event(&sub_ev(
+        1_600,
+        2,
+        EventKind::SysEnter,
+        1,
+        [9, 0x9000, 8192, 0],
+    ));
+    j.event(&q(
+        1_550,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe1, 0x9000, 8192, 9 << 32 | 1],
+    ));
+    j.event(&sub_ev(9_000, 2, EventKind::SysExit, 1, [8192, 0, 0, 0]));
+    j.event(&q(9_500, q::VIRTIO_RW_COMPLETE, [0xa1, 0, 0, 0]));
+    // Header: sector 8 and 16, type read (0); own sizes 4 KiB each.
+    j.event(&q(9_600, q::VIRTIO_REQ_COMPLETE, [0xa1, 8, 0, 4096]));
+    j.event(&q(9_700, q::VIRTIO_REQ_COMPLETE, [0xa2, 16, 0, 4096]));
+    let (all, _) = j.finish();
+    let rows: Vec<&IoRow> = all
+        .0
+        .iter()
+        .filter(|r| r.source == Source::Virtio)
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let ranges: Vec<(Option<u64>, u64)> = rows
+        .iter()
+        .map(|r| (r.offset.map(|o| o.0), r.bytes))
+        .collect();
+    assert_eq!(ranges, [(Some(4096), 4096), (Some(8192), 4096)]);
+    assert_eq!(rows[1].merged_into, Some(rows[0].id));
+}
+
+/// qcow2 allocating a cluster for a write that covers part of it zeroes the rest: a
+/// bufferless write on the image file at a host offset, then a thread-pool write of
+/// zeroes there. That is the write's metadata IO, not a write of zeroes of its own,
+/// and not the next guest request's (a read popped meanwhile, nothing below it yet).
+#[test]
+fn qcow2_zeroing_is_the_allocating_writes_metadata_io() {
+    let layout = Layout::default();
+    let cfg = JoinConfig {
+        falloc_syscalls: true,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    let (w, wq) = (0xa1, 0xa1 + 0x98);
+    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [w, 0, 0, 0]));
+    j.event(&q(1_010, q::VIRTIO_HANDLE_REQUEST, [0xa2, 0, 0, 0]));
+    j.event(&q(1_100, q::BLK_AIO_PWRITEV, [w, 0x10_0000, 4096, 0xbb]));
+    j.event(&q(
+        1_200,
+        q::BDRV_CO_PWRITEV_PART,
+        [wq, 0x10_0000, 4096, 0xc1],
+    ));
+    j.event(&q(
+        1_300,
+        q::QCOW2_CO_PWRITEV_PART,
+        [wq, 0x10_0000, 4096, 0xd1],
+    ));
+    // The zeroing of the cluster's other 60 KiB, on the file child.
+    j.event(&q(
+        1_400,
+        q::BDRV_CO_PWRITEV_PART,
+        [0, 0x42_1000, 0xf000, 0xc2],
+    ));
+    j.event(&q(
+        1_500,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe1, 0x42_1000, 0xf000, 9 << 32 | 0x20],
+    ));
+    j.event(&sub_ev(
+        1_600,
+        2,
+        EventKind::SysEnter,
+        13,
+        [9, 0x42_1000, 0xf000, 0x10],
+    ));
+    j.event(&sub_ev(2_000, 2, EventKind::SysExit, 13, [0, 0, 0, 0]));
+    // The data.
+    j.event(&q(
+        2_100,
+        q::BDRV_CO_PWRITEV_PART,
+        [wq, 0x42_0000, 4096, 0xc2],
+    ));
+    j.event(&q(2_200, q::RAW_CO_PRW, [wq, 0x42_0000, 4096, 2]));
+    j.event(&q(
+        2_300,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe2, 0x42_0000, 4096, 9 << 32 | 2],
+    ));
+    j.event(&q(
+        2_400,
+        q::HANDLE_AIOCB_RW,
+        [0xe2, 0x42_0000, 4096, 9 << 32 | 2],
+    ));
+    j.event(&sub_ev(
+        2_500,
+        3,
+        EventKind::SysEnter,
+        2,
+        [9, 0x42_0000, 4096, 0],
+    ));
+    j.event(&sub_ev(3_000, 3, EventKind::SysExit, 2, [4096, 0, 0, 0]));
+    // The read.
+    j.event(&q(3_100, q::BLK_AIO_PREADV, [0xa2, 0x20_0000, 4096, 0xbb]));
+    j.event(&q(3_200, q::VIRTIO_RW_COMPLETE, [w, 0, 0, 0]));
+    j.event(&q(3_300, q::VIRTIO_REQ_COMPLETE, [w, 0x800, 1, 4096]));
+    let (all, _) = j.finish();
+    let write = all
+        .0
+        .iter()
+        .find(|r| r.op == Op::Write)
+        .unwrap_or_else(|| panic!("{:?}", all.0));
+    assert_eq!(write.meta_ios, 1, "{write:?}");
+    assert_eq!(write.meta_ns, 400, "{write:?}");
+    assert!(all.0.iter().all(|r| r.op != Op::WriteZeroes), "{:?}", all.0);
+    let read = all
+        .0
+        .iter()
+        .find(|r| r.op == Op::Read)
+        .unwrap_or_else(|| panic!("{:?}", all.0));
+    assert_eq!(
+        (read.offset, read.bytes),
+        (Some(GuestOffset(0x20_0000)), 4096)
+    );
+}
+
+/// Throttled requests: virtio-blk announces three reads; the first two enter the
+/// throttle and wait while the thread goes on; their first calls below the backend
+/// come later, in another order. Each binds to its own request by range, with its wait.
+#[test]
+fn throttled_requests_bind_to_their_own_rows_with_their_wait() {
+    let layout = Layout::default();
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    for (n, t) in [(0u64, 1_000u64), (1, 1_100), (2, 1_200)] {
+        let req = 0xa0 + n * 0x100;
+        j.event(&q(t, q::VIRTIO_HANDLE_REQUEST, [req, 0, 0, 0]));
+        j.event(&q(
+            t + 10,
+            q::BLK_AIO_PREADV,
+            [req, n * 0x1_0000, 4096, 0xbb],
+        ));
+        if n < 2 {
+            j.event(&q(t + 20, q::THROTTLE_INTERCEPT, [0x7, 4096, 0, 0]));
+        }
+    }
+    // Released: the second, then the first; the third never waited.
+    j.event(&q(
+        1_220,
+        q::BDRV_CO_PREADV_PART,
+        [0x2a0 + 0x98, 0x2_0000, 4096, 0xc1],
+    ));
+    j.event(&q(
+        5_000,
+        q::BDRV_CO_PREADV_PART,
+        [0x1a0 + 0x98, 0x1_0000, 4096, 0xc1],
+    ));
+    j.event(&q(
+        9_000,
+        q::BDRV_CO_PREADV_PART,
+        [0xa0 + 0x98, 0, 4096, 0xc1],
+    ));
+    for (n, t) in [(1u64, 10_000u64), (0, 10_100), (2, 10_200)] {
+        let req = 0xa0 + n * 0x100;
+        j.event(&q(t, q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]));
+        j.event(&q(t + 10, q::VIRTIO_REQ_COMPLETE, [req, n * 0x80, 0, 4096]));
+    }
+    let (all, _) = j.finish();
+    assert!(
+        all.0.iter().all(|r| r.source == Source::Virtio),
+        "{:?}",
+        all.0
+    );
+    let mut waits: Vec<(u64, u64)> = all
+        .0
+        .iter()
+        .map(|r| (r.offset.unwrap().0, r.throttle_ns))
+        .collect();
+    waits.sort();
+    assert_eq!(
+        waits,
+        [(0, 9_000 - 1_020), (0x1_0000, 5_000 - 1_120), (0x2_0000, 0)]
+    );
+}
+
+/// Attached to a busy VM: a request whose start came before the probes. Its host half
+/// looked like QEMU's own request (nothing announced it); its completion makes it the
+/// guest's row, partial for that reason, counted. One with nothing traced but its end
+/// is a row too.
+#[test]
+fn a_request_cut_by_the_recordings_start_is_counted_not_dropped() {
+    let layout = Layout::default();
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    // Its host half: a block call on a qiov never announced.
+    j.event(&q(
+        1_000,
+        q::BDRV_CO_PREADV_PART,
+        [0x5a0 + 0x98, 0x3000, 8192, 0xc1],
+    ));
+    j.event(&q(1_100, q::RAW_CO_PRW, [0x5a0 + 0x98, 0x9_3000, 8192, 1]));
+    j.event(&q(
+        1_200,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe1, 0x9_3000, 8192, 9 << 32 | 1],
+    ));
+    j.event(&q(1_300, q::VIRTIO_RW_COMPLETE, [0x5a0, 0, 0, 0]));
+    // Its completion: sector 0x18 (0x3000), a read of 8 KiB.
+    j.event(&q(1_400, q::VIRTIO_REQ_COMPLETE, [0x5a0, 0x18, 0, 8192]));
+    // Another with only its end: a write.
+    j.event(&q(1_500, q::VIRTIO_REQ_COMPLETE, [0x6a0, 0x40, 1, 4096]));
+    let (all, stats) = j.finish();
+    assert_eq!(stats.cut_at_start, 2);
+    assert_eq!(all.0.len(), 2, "no row of QEMU's own: {:?}", all.0);
+    for r in &all.0 {
+        assert_eq!(r.source, Source::Virtio);
+        assert_eq!(r.partial, reasons::CUT_AT_START, "{r:?}");
+    }
+    let read = row_of(&all.0, Op::Read);
+    assert_eq!((read.offset, read.bytes), (Some(GuestOffset(0x3000)), 8192));
+    let write = row_of(&all.0, Op::Write);
+    assert_eq!(
+        (write.offset, write.bytes),
+        (Some(GuestOffset(0x8000)), 4096)
+    );
+    assert_eq!(write.b.as_array()[8], 1_500);
 }
