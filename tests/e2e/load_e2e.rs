@@ -788,7 +788,7 @@ pub fn check_blockstats(run: &LoadRun, rows: &[IoRow], name: &str) {
         // (an interrupt injected: tens of µs under TCG now and then), ours as it is
         // pushed: its times run a little longer, and requests that close to a bucket
         // edge may fall on the other side. Each of QEMU's cumulative counts must lie
-        // between ours at the edge moved 2% + 20 µs either way.
+        // between ours at the edge moved 2% + 20 µs either way, give or take 3.
         let qemu_bins: Vec<u64> = bins.iter().map(|b| b.as_u64().unwrap()).collect();
         let mut cum = 0;
         for (i, &edge) in HIST_NS.iter().enumerate() {
@@ -798,7 +798,9 @@ pub fn check_blockstats(run: &LoadRun, rows: &[IoRow], name: &str) {
                 below(edge as f64 * 0.98 - 20_000.0),
                 below(edge as f64 * 1.02 + 20_000.0),
             );
-            if !(lo..=hi).contains(&cum) {
+            // And a few requests either way: a flush QEMU answers at once takes tens
+            // of µs, where the notification after our clock stops weighs most.
+            if !(lo.saturating_sub(3)..=hi + 3).contains(&cum) {
                 bad.push(format!(
                     "{key}: QEMU has {cum} requests under {edge} ns, the rows {lo}..{hi} \
                      (QEMU's histogram {qemu_bins:?})"

@@ -254,6 +254,13 @@ impl<S: Sink> Join<'_, S> {
         root.last = e.ts;
         root.completed = true;
         root.virtio_req = 0;
+        let open_meta = root.open_hios > 0;
+        if open_meta {
+            self.release_open_meta(r);
+        }
+        let Some(root) = self.roots.get_mut(r) else {
+            return;
+        };
         // The request header the guest wrote: type and sector; and the data
         // size. Zero in traces from recorders that did not read them.
         let vop = Op::from_virtio(a2 as u32);
@@ -306,6 +313,42 @@ impl<S: Sink> Join<'_, S> {
             self.msi_wait.push(r);
         } else {
             self.finish_root(r, 0);
+        }
+    }
+
+    /// A request answered while metadata IO given to it still runs: that IO was not
+    /// on its path (the guest had its answer first), but another coroutine's on the
+    /// same thread. It no longer counts for the request, and ends as QEMU's own.
+    fn release_open_meta(&mut self, r: Ref) {
+        let open: SmallVec<[Ref; 2]> = self
+            .inflight
+            .iter()
+            .copied()
+            .filter(|&h| {
+                self.hios
+                    .get(h)
+                    .is_some_and(|x| x.root == Some(r) && x.kind == HioKind::Meta)
+            })
+            .collect();
+        for h in open {
+            if let Some(x) = self.hios.get_mut(h) {
+                x.root = None;
+                x.kind = HioKind::Internal;
+            }
+            if let Some(root) = self.roots.get_mut(r) {
+                root.open_hios = root.open_hios.saturating_sub(1);
+            }
+        }
+        // Nor what follows on its buffers.
+        let Some(root) = self.roots.get(r) else {
+            return;
+        };
+        for qv in root.qiovs.clone() {
+            if let Some(b) = self.qiov.get_mut(&qv)
+                && matches!(b, QiovBind::Meta(Some(x)) if *x == r)
+            {
+                *b = QiovBind::Meta(None);
+            }
         }
     }
 
@@ -579,6 +622,13 @@ impl<S: Sink> Join<'_, S> {
             && !(x.offset == Some(GuestOffset(off)) && x.bytes == bytes)
         {
             self.file_children.insert(child, ());
+            // A read writes no tables: a table written back while one waits is another
+            // coroutine's on this thread, a flush's or a discard's (which have no qcow2
+            // probe), the one just parsed here if it has no block IO yet.
+            if op == Op::Write && x.op == Op::Read {
+                let ctx = self.job_root(e.tid, None);
+                return self.bind_to(qiov, QiovBind::Meta(ctx));
+            }
             return self.bind_to(qiov, QiovBind::Meta(Some(r)));
         }
         // Only while the request that looked the table up is going on: a table it found
