@@ -859,16 +859,25 @@ fn load_aio_threads_is_exact() {
         ops: 20,
         ..Mode::plain("threads")
     };
-    let plain = run_load(&qemu, &assets, &mode, None);
-    let traced = run_load(&qemu, &assets, &mode, Some(&[]));
-    let (a, b) = (
-        timed_write_us(&guest_rqs(&plain.serial)),
-        timed_write_us(&guest_rqs(&traced.serial)),
-    );
-    eprintln!("first allocating write: {a} µs not recorded, {b} µs recorded");
-    assert!(
-        b < 2 * a,
-        "the first allocating write took {b} µs recorded, {a} µs not"
+    // One write's time under TCG scatters by ±40% either way (docs/benchmarks.md), so
+    // up to three pairs are made; with the probe on the cache lookup every pair was
+    // 19–35×.
+    let mut pairs = Vec::new();
+    for _ in 0..3 {
+        let plain = run_load(&qemu, &assets, &mode, None);
+        let traced = run_load(&qemu, &assets, &mode, Some(&[]));
+        let (a, b) = (
+            timed_write_us(&guest_rqs(&plain.serial)),
+            timed_write_us(&guest_rqs(&traced.serial)),
+        );
+        eprintln!("first allocating write: {a} µs not recorded, {b} µs recorded");
+        pairs.push((a, b));
+        if b < 2 * a {
+            return;
+        }
+    }
+    panic!(
+        "the first allocating write took over twice as long recorded: {pairs:?} (µs, not recorded and recorded)"
     );
 }
 
