@@ -30,6 +30,7 @@ impl<S: Sink> Join<'_, S> {
             }
         }
         self.virtio.insert(req, r);
+        self.threads.at(e.tid, e.ts).last_parsed = Some(r);
     }
 
     /// `blk_aio_preadv`/`blk_aio_pwritev`: the block request of a virtio request, or,
@@ -513,7 +514,12 @@ impl<S: Sink> Join<'_, S> {
         if op == Op::Write
             && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
             && self.roots.get(r).is_some_and(|x| {
-                !x.completed && x.qcow2 && x.op == Op::Write && !x.nodata && x.top_child != child
+                !x.completed
+                    && x.qcow2
+                    && x.op == Op::Write
+                    && !x.nodata
+                    && x.bdrv_child != 0
+                    && x.bdrv_child != child
             })
         {
             self.file_children.insert(child, ());
@@ -607,30 +613,6 @@ impl<S: Sink> Join<'_, S> {
         is_qcow2: bool,
     ) -> QiovBind {
         let [_, off, bytes, child] = e.a;
-        // qcow2's own IO for the request it is serving on this thread: a fresh buffer on
-        // a node below the request's top (the image file), not at the request's range:
-        // an L2 or refcount table read on a cache miss, or a table written back. Found
-        // without a probe on the cache lookup, which runs per table entry looked up
-        // (thousands of times for one allocating write when the refcounts are scanned).
-        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
-        if is_bdrv
-            && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
-            && let Some(x) = self.roots.get(r)
-            && !x.completed
-            && x.qcow2
-            && x.top_child != child
-            && !(x.offset == Some(GuestOffset(off)) && x.bytes == bytes)
-        {
-            self.file_children.insert(child, ());
-            // A read writes no tables: a table written back while one waits is another
-            // coroutine's on this thread, a flush's or a discard's (which have no qcow2
-            // probe), the one just parsed here if it has no block IO yet.
-            if op == Op::Write && x.op == Op::Read {
-                let ctx = self.job_root(e.tid, None);
-                return self.bind_to(qiov, QiovBind::Meta(ctx));
-            }
-            return self.bind_to(qiov, QiovBind::Meta(Some(r)));
-        }
         // Only while the request that looked the table up is going on: a table it found
         // in the cache is written back later, maybe by a flush after the request was
         // answered, and that write is not its.
@@ -650,7 +632,7 @@ impl<S: Sink> Join<'_, S> {
         let fits = |root: &super::state::Root| {
             root.offset == Some(GuestOffset(off))
                 && root.bytes == bytes
-                && root.qiovs.is_empty()
+                && !root.has_data_qiov
                 && !root.completed
                 && root.tid == e.tid
         };
@@ -687,6 +669,32 @@ impl<S: Sink> Join<'_, S> {
             }
             return QiovBind::Root(r);
         }
+        // qcow2's own IO for the request it is serving on this thread: a fresh buffer on
+        // a node below the request's top (the image file), not at the request's range:
+        // an L2 or refcount table read on a cache miss, or a table written back. Found
+        // without a probe on the cache lookup, which runs per table entry looked up
+        // (thousands of times for one allocating write when the refcounts are scanned).
+        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
+        if is_bdrv
+            && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
+            && let Some(x) = self.roots.get(r)
+            && !x.completed
+            && x.qcow2
+            && x.bdrv_child != 0
+            && x.bdrv_child != child
+            && !(x.offset == Some(GuestOffset(off)) && x.bytes == bytes)
+        {
+            self.file_children.insert(child, ());
+            // A read writes no tables: a table written back while one waits is another
+            // coroutine's on this thread, a flush's or a discard's (which have no qcow2
+            // probe): the request just parsed here, whose handler runs, if it has no
+            // block IO yet; else the one a host job of this thread would be for.
+            if op == Op::Write && x.op == Op::Read {
+                let ctx = self.table_writer(e.tid);
+                return self.bind_to(qiov, QiovBind::Meta(ctx));
+            }
+            return self.bind_to(qiov, QiovBind::Meta(Some(r)));
+        }
         // A write of zeroes the driver could not make as such (qcow2, for part of a
         // cluster that does not read as zeroes): the block layer writes a buffer of
         // zeroes in its place, on its thread, a piece of its range at a time.
@@ -707,7 +715,15 @@ impl<S: Sink> Join<'_, S> {
             return self.bind_to(qiov, QiovBind::Cow(r));
         }
         if self.file_children.contains_key(&child) {
-            let ctx = self.qcow2_serving(e.tid);
+            let ctx = match self.qcow2_serving(e.tid) {
+                // A read writes no tables (see above).
+                Some(r)
+                    if op == Op::Write && self.roots.get(r).is_some_and(|x| x.op != Op::Write) =>
+                {
+                    self.table_writer(e.tid)
+                }
+                ctx => ctx,
+            };
             return self.bind_to(qiov, QiovBind::Meta(ctx));
         }
         let r = self.new_root(e, Source::QemuBlock);
@@ -722,6 +738,22 @@ impl<S: Sink> Join<'_, S> {
             self.threads.at(e.tid, e.ts).qcow2 = Some(r);
         }
         QiovBind::Root(r)
+    }
+
+    /// Whose is a qcow2 table written on `tid` by no write in flight there: the request
+    /// this thread parsed last, whose handler runs (a flush writing the tables back
+    /// before the file's flush, a discard updating them; neither has a qcow2 probe),
+    /// while it has no block IO yet; else the one a host job of the thread would be for.
+    fn table_writer(&self, tid: u32) -> Option<Ref> {
+        self.threads
+            .get(tid)
+            .and_then(|t| t.last_parsed)
+            .filter(|&p| {
+                self.roots
+                    .get(p)
+                    .is_some_and(|y| !y.completed && y.offset.is_none())
+            })
+            .or_else(|| self.job_root(tid, None))
     }
 
     /// The request qcow2 is serving on `tid`, for its metadata IO: the one its last
@@ -743,6 +775,7 @@ impl<S: Sink> Join<'_, S> {
             && let Some(root) = self.roots.get_mut(r)
         {
             root.qiovs.push(qiov);
+            root.has_data_qiov |= matches!(b, QiovBind::Root(_));
         }
         b
     }

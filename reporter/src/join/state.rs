@@ -86,6 +86,8 @@ pub(super) struct Root {
     pub(super) throttle_ns: u64,
     /// Its beginning was before the recording started.
     pub(super) cut_at_start: bool,
+    /// A buffer of its own data is bound to it (not only metadata buffers).
+    pub(super) has_data_qiov: bool,
     pub(super) bios: u32,
     pub(super) requests: u32,
     pub(super) flags: u16,
@@ -212,6 +214,8 @@ pub(super) struct ThreadCtx {
     pub(super) pending_co: Option<Ref>,
     /// The request qcow2 is serving on this thread.
     pub(super) qcow2: Option<Ref>,
+    /// The virtio request this thread parsed last: its handler runs until the next.
+    pub(super) last_parsed: Option<Ref>,
     /// An L2/refcount cache lookup (owner, table offset): a read of that table follows.
     /// Only in traces of recorders that probed `qcow2_cache_get`.
     pub(super) meta: Option<(Option<Ref>, HostFileOffset)>,
@@ -546,6 +550,7 @@ impl<S: Sink> Join<'_, S> {
             throttle_at: 0,
             throttle_ns: 0,
             cut_at_start: false,
+            has_data_qiov: false,
             bios: 0,
             requests: 0,
             flags: 0,

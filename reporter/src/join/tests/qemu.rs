@@ -662,3 +662,117 @@ fn a_request_cut_by_the_recordings_start_is_counted_not_dropped() {
     );
     assert_eq!(write.b.as_array()[8], 1_500);
 }
+
+/// virtio-blk pops a read, then a flush: the read waits in its batch while the flush's
+/// handler runs, and qcow2 writes its dirty tables back before the file's flush. That
+/// table write is the flush's (a read writes no tables), and the read's own block call,
+/// when its batch goes, is still the read's.
+#[test]
+fn a_flushs_table_write_back_is_not_the_waiting_reads() {
+    let layout = Layout::default();
+    let cfg = JoinConfig {
+        flush_syscalls: true,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    let worker = |j: &mut Join<'_, All>, t: u64, job: u64, off: u64, len: u64, ty: u64| {
+        j.event(&q(
+            t,
+            q::THREAD_POOL_SUBMIT_AIO,
+            [job, off, len, 9 << 32 | ty],
+        ));
+        j.event(&q(
+            t + 10,
+            q::HANDLE_AIOCB_RW,
+            [job, off, len, 9 << 32 | ty],
+        ));
+        j.event(&sub_ev(
+            t + 20,
+            2,
+            EventKind::SysEnter,
+            ty as u8,
+            [9, off, len, 0],
+        ));
+        j.event(&sub_ev(
+            t + 200,
+            2,
+            EventKind::SysExit,
+            ty as u8,
+            [len, 0, 0, 0],
+        ));
+    };
+    // An earlier read through qcow2 teaches the file child (0xc2).
+    let (r0, r0q) = (0x100, 0x100 + 0x98);
+    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [r0, 0, 0, 0]));
+    j.event(&q(1_010, q::BLK_AIO_PREADV, [r0, 0x1000, 4096, 0xbb]));
+    j.event(&q(1_020, q::BDRV_CO_PREADV_PART, [r0q, 0x1000, 4096, 0xc1]));
+    j.event(&q(
+        1_030,
+        q::QCOW2_CO_PREADV_PART,
+        [r0q, 0x1000, 4096, 0xd1],
+    ));
+    j.event(&q(
+        1_040,
+        q::BDRV_CO_PREADV_PART,
+        [r0q, 0x9_1000, 4096, 0xc2],
+    ));
+    j.event(&q(1_050, q::RAW_CO_PRW, [r0q, 0x9_1000, 4096, 1]));
+    worker(&mut j, 1_060, 0xe0, 0x9_1000, 4096, 1);
+    // The read popped, then the flush, whose handler writes a table back.
+    let (r, rq, f) = (0x200, 0x200 + 0x98, 0x300);
+    j.event(&q(2_000, q::VIRTIO_HANDLE_REQUEST, [r, 0, 0, 0]));
+    j.event(&q(2_100, q::VIRTIO_HANDLE_REQUEST, [f, 0, 0, 0]));
+    j.event(&q(
+        2_200,
+        q::BDRV_CO_PWRITEV_PART,
+        [0x777, 0x2_0000, 0x1_0000, 0xc2],
+    ));
+    j.event(&q(2_210, q::RAW_CO_PRW, [0x777, 0x2_0000, 0x1_0000, 2]));
+    worker(&mut j, 2_220, 0xe1, 0x2_0000, 0x1_0000, 2);
+    // The read's batch goes.
+    j.event(&q(2_500, q::BLK_AIO_PREADV, [r, 0x5000, 4096, 0xbb]));
+    j.event(&q(2_510, q::BDRV_CO_PREADV_PART, [rq, 0x5000, 4096, 0xc1]));
+    j.event(&q(2_520, q::QCOW2_CO_PREADV_PART, [rq, 0x5000, 4096, 0xd1]));
+    j.event(&q(
+        2_530,
+        q::BDRV_CO_PREADV_PART,
+        [rq, 0x9_5000, 4096, 0xc2],
+    ));
+    j.event(&q(2_540, q::RAW_CO_PRW, [rq, 0x9_5000, 4096, 1]));
+    worker(&mut j, 2_550, 0xe2, 0x9_5000, 4096, 1);
+    // The flush's job.
+    j.event(&q(
+        3_000,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe3, 0, 0, 9 << 32 | q::AIO_FLUSH],
+    ));
+    j.event(&sub_ev(3_010, 2, EventKind::SysEnter, 11, [9, 0, 0, 0]));
+    j.event(&sub_ev(3_500, 2, EventKind::SysExit, 11, [0, 0, 0, 0]));
+    for (t, req, sector, ty, n) in [
+        (1_500, r0, 8, 0, 4096),
+        (4_000, r, 0x28, 0, 4096),
+        (4_100, f, 0, 4, 0),
+    ] {
+        j.event(&q(t, q::VIRTIO_RW_COMPLETE, [req, 0, 0, 0]));
+        j.event(&q(t + 5, q::VIRTIO_REQ_COMPLETE, [req, sector, ty, n]));
+    }
+    let (all, _) = j.finish();
+    assert!(
+        all.0.iter().all(|r| r.source == Source::Virtio),
+        "{:?}",
+        all.0
+    );
+    let read = all
+        .0
+        .iter()
+        .find(|x| x.op == Op::Read && x.offset == Some(GuestOffset(0x5000)));
+    let read = read.unwrap_or_else(|| panic!("{:?}", all.0));
+    assert_eq!(
+        (read.partial, read.host_ios, read.meta_ios),
+        (0, 1, 0),
+        "{read:?}"
+    );
+    let flush = row_of(&all.0, Op::Flush);
+    assert_eq!((flush.meta_ios, flush.host_ios), (1, 1), "{flush:?}");
+}
