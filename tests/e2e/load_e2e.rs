@@ -765,7 +765,9 @@ pub fn check_blockstats(run: &LoadRun, rows: &[IoRow], name: &str) {
             mine.iter().sum::<u64>() as f64 / n as f64,
         );
         eprintln!("{name}: {key}: {n} requests, mean {my_mean:.0} ns, QEMU's {qemu_mean:.0} ns");
-        if (my_mean - qemu_mean).abs() > 0.02 * qemu_mean {
+        // QEMU's clock stops after the guest is notified, ours before: a few µs
+        // more (see the histogram below), then within 2%.
+        if (my_mean - qemu_mean).abs() > 0.02 * qemu_mean + 10_000.0 {
             bad.push(format!(
                 "{key}: mean {my_mean:.0} ns, QEMU's {qemu_mean:.0} ns"
             ));
@@ -832,7 +834,25 @@ const MAX_HITS_PER_REQUEST: f64 = 16.0;
 
 fn load_test(mode: Mode, name: &str) -> Option<Vec<IoRow>> {
     let (qemu, assets) = prerequisites()?;
-    let run = run_load(&qemu, &assets, &mode, Some(&[]));
+    // A completion no BPF program ran for, on this sandbox's kernel, is lost without
+    // a count (docs/layers.md, "Lost completions"): such a run is made again, saying
+    // so, at most twice. A loss the kernel or the rings counted fails at once.
+    let mut run = run_load(&qemu, &assets, &mode, Some(&[]));
+    for attempt in 2..=3 {
+        let t = Trace::open(&run.trace).unwrap();
+        let counted = t.losses.as_ref().map_or(0, |l| l.total);
+        let missing = completions_missing(&t);
+        if missing.is_empty() || counted > 0 {
+            break;
+        }
+        eprintln!(
+            "{name}: {} block completions missing, none counted lost (the sandbox's kernel \
+             ran no program for them): {missing:?} ({}); recording again, attempt {attempt}",
+            missing.len(),
+            keep(&run, name)
+        );
+        run = run_load(&qemu, &assets, &mode, Some(&[]));
+    }
     let (rows, _) = check_exact(&run, name);
     check_blockstats(&run, &rows, name);
     let hits = qemu_hits_per_request(&run.trace, &rows);
