@@ -113,12 +113,14 @@ impl<S: Sink> Join<'_, S> {
             // flush requests will carry it. A flush bio (no data) or a write flushing
             // the cache first makes one; a write through makes one more after the
             // write where the device has no FUA (left unclaimed where it has).
-            if known.is_none() {
+            let flushes = if bytes == 0 || opf & req_flags::PREFLUSH != 0 {
+                1 + u8::from(bytes != 0 && opf & req_flags::FUA != 0)
+            } else {
+                u8::from(bytes != 0 && opf & req_flags::FUA != 0)
+            };
+            if known.is_none() && flushes > 0 {
                 let disk = self.layout.whole_disk(dev);
-                if bytes == 0 || opf & req_flags::PREFLUSH != 0 {
-                    self.preflush.push((disk, h));
-                }
-                if bytes != 0 && opf & req_flags::FUA != 0 {
+                for _ in 0..flushes {
                     self.preflush.push((disk, h));
                 }
             }
@@ -139,9 +141,13 @@ impl<S: Sink> Join<'_, S> {
     #[inline(never)]
     pub(super) fn bio_remap(&mut self, e: &RawEvent) {
         let old_dev = e.a[2] as u32;
-        let old_sector = DeviceSector(e.a[3]);
+        let (new_sector, old_sector) = (DeviceSector(e.a[1]), DeviceSector(e.a[3]));
         match self.bios.get_mut(&e.a[0]) {
-            Some(b) if b.dev == old_dev && b.sector == old_sector => b.remapped = true,
+            // Queued where it comes from (a stacked device's bio moving down), or, as
+            // some kernels trace a partition's, at the sector it goes to.
+            Some(b) if b.dev == old_dev && (b.sector == old_sector || b.sector == new_sector) => {
+                b.remapped = true
+            }
             // A bio not queued where it comes from is a new one at a freed bio's
             // address (a partition remaps before the bio is first queued); the entry
             // left by the old one (merged, its end never seen) is over.

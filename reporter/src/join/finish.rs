@@ -347,10 +347,10 @@ impl<S: Sink> Join<'_, S> {
         self.preflush.retain(|&(_, h)| hios.get(h).is_some());
         self.syncing.retain(|&(_, h)| hios.get(h).is_some());
         let roots = &self.roots;
-        self.announced.retain(|&r| {
+        self.throttled.retain(|&r| {
             roots
                 .get(r)
-                .is_some_and(|x| x.qiovs.is_empty() && !x.completed)
+                .is_some_and(|x| !x.has_data_qiov && !x.completed)
         });
         self.flush_wait.retain(|&(_, h)| hios.get(h).is_some());
         self.sync_wait.retain(|&h| hios.get(h).is_some());

@@ -104,7 +104,7 @@ impl<'l, S: Sink> Join<'l, S> {
             child_disks: Map::default(),
             preflush: Vec::new(),
             syncing: Vec::new(),
-            announced: VecDeque::new(),
+            throttled: VecDeque::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
             bios: Map::default(),

@@ -57,7 +57,6 @@ impl<S: Sink> Join<'_, S> {
         };
         self.set_io(r, op, GuestOffset(a1), a2);
         self.threads.at(e.tid, e.ts).pending_co = Some(r);
-        self.announced.push_back(r);
     }
 
     /// `throttle_group_co_io_limits_intercept`: the request this thread's coroutine
@@ -68,9 +67,10 @@ impl<S: Sink> Join<'_, S> {
         if let Some(r) = self.threads.get(e.tid).and_then(|t| t.pending_co)
             && let Some(root) = self.roots.get_mut(r)
             && root.throttle_at == 0
-            && root.qiovs.is_empty()
+            && !root.has_data_qiov
         {
             root.throttle_at = e.ts;
+            self.throttled.push_back(r);
         }
     }
 
@@ -642,11 +642,10 @@ impl<S: Sink> Join<'_, S> {
             .and_then(|t| t.pending_co)
             .filter(|&r| self.roots.get(r).is_some_and(fits))
             .or_else(|| {
-                self.announced.iter().copied().find(|&r| {
-                    self.roots
-                        .get(r)
-                        .is_some_and(|x| fits(x) && x.throttle_at != 0)
-                })
+                self.throttled
+                    .iter()
+                    .copied()
+                    .find(|&r| self.roots.get(r).is_some_and(fits))
             });
         if let Some(r) = announced {
             let t = self.threads.at(e.tid, e.ts);
@@ -657,6 +656,7 @@ impl<S: Sink> Join<'_, S> {
             let root = self.roots.get_mut(r).expect("checked");
             if root.throttle_at != 0 {
                 root.throttle_ns = e.ts.saturating_sub(root.throttle_at);
+                self.throttled.retain(|&x| x != r);
             }
             root.note_bdrv_child(e.sub, child);
             if root.top_probe == 0 || root.aio_opaque != 0 {

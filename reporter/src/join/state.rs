@@ -466,10 +466,9 @@ pub struct Join<'l, S: Sink> {
     /// device's flush request: the block layer issues it without a bio. One entry per
     /// flush request expected (a FUA write on a device without FUA makes two).
     pub(super) preflush: Vec<(u32, Ref)>,
-    /// Requests a `blk_aio_*` announced whose first block call has not come: found by
-    /// range when it does (throttling holds them back, while the thread goes on to
-    /// announce others).
-    pub(super) announced: VecDeque<Ref>,
+    /// Requests held back in QEMU's IO throttling whose first block call has not come:
+    /// found by range when it does, while the thread goes on to announce others.
+    pub(super) throttled: VecDeque<Ref>,
     /// Host IOs inside a filesystem's fsync, by the filesystem's device: the journal
     /// commit they wait for, made by the journal's thread, is theirs.
     pub(super) syncing: Vec<(u32, Ref)>,
