@@ -77,13 +77,15 @@ struct {
 } kiocbs SEC(".maps");
 
 /* Completion programs that also run in interrupts, where the kernel skips a program
- * already running on that CPU (the interrupt came while it ran in a task or a softirq)
- * and counts the skip as a recursion miss. Each has a second program on the same
- * event, attached after it, which writes the event only while the first is busy on its
- * CPU: exactly the runs the kernel skipped. busy is set while the first runs; recovered
- * counts what the second wrote, so the recorder reports skips minus recoveries. A skip
- * in the few instructions the kernel runs around a program, before busy is set or after
- * it is cleared, is not recovered and stays counted. */
+ * already running on that CPU (the interrupt came while it ran in a task, or in the
+ * instructions the kernel runs around it) and counts the skip as a recursion miss.
+ * Each has a second program on the same event, attached after it. The first marks the
+ * event it runs for (its request, bio or kiocb) first thing; the second, which runs
+ * right after it for the same event, writes the event only if the mark is another
+ * event's: exactly the runs the kernel skipped, wherever the interrupt came. A
+ * request, bio or kiocb completes on one CPU at a time, so a mark is never taken for
+ * a nested event's. recovered counts what the second wrote; the recorder reports
+ * skips minus recoveries. */
 #define VP_NEST_RQ_COMPLETE 0
 #define VP_NEST_BIO_COMPLETE 1
 #define VP_NEST_DIO_COMPLETE 2
@@ -94,7 +96,7 @@ struct {
 	__uint(max_entries, VP_NEST_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
-} busy SEC(".maps");
+} handled SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -103,19 +105,19 @@ struct {
 	__type(value, __u64);
 } recovered SEC(".maps");
 
-static __always_inline void set_busy(__u32 slot, __u64 on)
+static __always_inline void mark_handled(__u32 slot, __u64 key)
 {
-	__u64 *b = bpf_map_lookup_elem(&busy, &slot);
-	if (b)
-		*b = on;
+	__u64 *h = bpf_map_lookup_elem(&handled, &slot);
+	if (h)
+		*h = key;
 }
 
-/* In the second program: whether the first is running on this CPU (so the kernel
- * skipped it for this event), counting the recovery. */
-static __always_inline int first_skipped(__u32 slot)
+/* In the second program: whether the first did not run for this event (the kernel
+ * skipped it), counting the recovery. */
+static __always_inline int first_skipped(__u32 slot, __u64 key)
 {
-	__u64 *b = bpf_map_lookup_elem(&busy, &slot);
-	if (!b || !*b)
+	__u64 *h = bpf_map_lookup_elem(&handled, &slot);
+	if (!h || *h == key)
 		return 0;
 	__u64 *n = bpf_map_lookup_elem(&recovered, &slot);
 	if (n)
@@ -274,16 +276,15 @@ int BPF_PROG(bio_frontmerge, struct bio *bio)
 SEC("tp_btf/block_bio_complete")
 int BPF_PROG(bio_complete, struct request_queue *q, struct bio *bio)
 {
-	set_busy(VP_NEST_BIO_COMPLETE, 1);
+	mark_handled(VP_NEST_BIO_COMPLETE, (__u64)bio);
 	bio_event(VP_BIO_COMPLETE, bio, 0);
-	set_busy(VP_NEST_BIO_COMPLETE, 0);
 	return 0;
 }
 
 SEC("tp_btf/block_bio_complete")
 int BPF_PROG(bio_complete_nested, struct request_queue *q, struct bio *bio)
 {
-	if (first_skipped(VP_NEST_BIO_COMPLETE))
+	if (first_skipped(VP_NEST_BIO_COMPLETE, (__u64)bio))
 		bio_event(VP_BIO_COMPLETE, bio, 0);
 	return 0;
 }
@@ -314,9 +315,8 @@ int BPF_PROG(rq_merge, struct request *rq)
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
-	set_busy(VP_NEST_RQ_COMPLETE, 1);
+	mark_handled(VP_NEST_RQ_COMPLETE, (__u64)rq);
 	rq_event(VP_RQ_COMPLETE, rq, ((__u64)error << 32) | nr_bytes);
-	set_busy(VP_NEST_RQ_COMPLETE, 0);
 	return 0;
 }
 
@@ -325,7 +325,7 @@ int BPF_PROG(rq_complete, struct request *rq, blk_status_t error, unsigned int n
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(rq_complete_nested, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
-	if (first_skipped(VP_NEST_RQ_COMPLETE))
+	if (first_skipped(VP_NEST_RQ_COMPLETE, (__u64)rq))
 		rq_event(VP_RQ_COMPLETE, rq, ((__u64)error << 32) | nr_bytes);
 	return 0;
 }
@@ -482,9 +482,8 @@ static __always_inline void dio_complete_event(struct kiocb *iocb, int error, __
 SEC("tp_btf/iomap_dio_complete")
 int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
 {
-	set_busy(VP_NEST_DIO_COMPLETE, 1);
+	mark_handled(VP_NEST_DIO_COMPLETE, (__u64)iocb);
 	dio_complete_event(iocb, error, ret);
-	set_busy(VP_NEST_DIO_COMPLETE, 0);
 	return 0;
 }
 
@@ -493,7 +492,7 @@ int BPF_PROG(dio_complete, struct kiocb *iocb, int error, __s64 ret)
 SEC("tp_btf/iomap_dio_complete")
 int BPF_PROG(dio_complete_nested, struct kiocb *iocb, int error, __s64 ret)
 {
-	if (first_skipped(VP_NEST_DIO_COMPLETE))
+	if (first_skipped(VP_NEST_DIO_COMPLETE, (__u64)iocb))
 		dio_complete_event(iocb, error, ret);
 	return 0;
 }

@@ -300,7 +300,7 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "bio_complete_nested",
         "block_bio_complete",
         Layer::Block,
-        "the same, while the program above runs on that CPU (an interrupt came in)",
+        "the same, for the runs the kernel skipped the program above for (an interrupt came while it ran)",
     ),
     tp_btf(
         "rq_insert",
@@ -331,7 +331,7 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "rq_complete_nested",
         "block_rq_complete",
         Layer::Block,
-        "the same, while the program above runs on that CPU (an interrupt came in)",
+        "the same, for the runs the kernel skipped the program above for (an interrupt came while it ran)",
     ),
     syscall(
         "enter_pread64",
@@ -454,7 +454,7 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "dio_complete_nested",
         "iomap_dio_complete",
         Layer::Filesystem,
-        "the same, while the program above runs on that CPU (an interrupt came in)",
+        "the same, for the runs the kernel skipped the program above for (an interrupt came while it ran)",
     ),
 ];
 
