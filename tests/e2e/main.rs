@@ -9,6 +9,7 @@ mod common;
 #[path = "../../src/vm.rs"]
 mod vm;
 
+mod attach_e2e;
 mod cli;
 mod compare_cli;
 mod guest_ext4;
