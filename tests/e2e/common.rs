@@ -262,10 +262,41 @@ impl viopath_reporter::join::Sink for Rows {
 ///
 /// While held, the threads of this machine's PID 1 are kept off the CPU that runs the
 /// block completions (see [`Pid1Away`]).
-pub fn one_recorder() -> (std::sync::MutexGuard<'static, ()>, Pid1Away) {
+///
+/// Test processes run side by side too (two `cargo test` runs, a CI clone beside a
+/// checkout): an exclusive lock on a file serializes them as well, so neither two
+/// recorders nor two [`Pid1Away`]s (the second would save the first's narrowed CPUs
+/// and put them back last) overlap.
+pub fn one_recorder() -> (Pid1Away, MachineLock, std::sync::MutexGuard<'static, ()>) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    (guard, Pid1Away::new())
+    let machine = MachineLock::take();
+    // A tuple drops in order: PID 1's CPUs are given back before the locks go.
+    (Pid1Away::new(), machine, guard)
+}
+
+/// An exclusive `flock` on `/var/tmp/viopath-recording.lock`, released when dropped
+/// (or when the process ends, however it ends).
+pub struct MachineLock(Option<std::fs::File>);
+
+impl MachineLock {
+    fn take() -> MachineLock {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/var/tmp/viopath-recording.lock");
+        match file {
+            Ok(f) => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: flock(2) on a descriptor this struct owns.
+                unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+                MachineLock(Some(f))
+            }
+            // Without the file, only this process's tests are serialized.
+            Err(_) => MachineLock(None),
+        }
+    }
 }
 
 /// The sandbox these tests run in has a kernel that runs no BPF program while a thread
