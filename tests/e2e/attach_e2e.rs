@@ -6,11 +6,32 @@
 //! skipped, saying so, otherwise.
 
 use crate::load_e2e::{
-    GuestRq, Mode, guest_rqs, join_rows, prerequisites, run_load, run_load_attaching,
+    GuestRq, LoadRun, Mode, guest_rqs, join_rows, prerequisites, run_load, run_load_attaching,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
 use viopath_reporter::join::{IoRow, Op, Source};
+
+/// The load of `mode` run twice: not recorded, then with `viopath record --pid`
+/// attaching `after_ms` into it for 3 s. The attached run, and the guest's longest gap
+/// between completions in it and in the run not recorded (µs).
+fn attached_and_plain(
+    qemu: &std::path::Path,
+    assets: &crate::vm::GuestAssets,
+    mode: &Mode,
+    after_ms: u64,
+) -> (LoadRun, u64, u64) {
+    let plain = run_load(qemu, assets, mode, None);
+    let run = run_load_attaching(
+        qemu,
+        assets,
+        mode,
+        None,
+        Some((Duration::from_millis(after_ms), "3s")),
+    );
+    let gap = longest_gap_us(&guest_rqs(&run.serial));
+    (run, gap, longest_gap_us(&guest_rqs(&plain.serial)))
+}
 
 /// The largest gap between two of the guest's request completions, on its clock, from
 /// its first to its last (µs).
@@ -37,18 +58,7 @@ fn attach_to_a_busy_vm_counts_the_cut_requests() {
         ops: 200,
         ..Mode::plain("threads")
     };
-    let plain = run_load(&qemu, &assets, &mode, None);
-    let run = run_load_attaching(
-        &qemu,
-        &assets,
-        &mode,
-        None,
-        Some((Duration::from_millis(1500), "3s")),
-    );
-    let (plain_gap, gap) = (
-        longest_gap_us(&guest_rqs(&plain.serial)),
-        longest_gap_us(&guest_rqs(&run.serial)),
-    );
+    let (run, gap, plain_gap) = attached_and_plain(&qemu, &assets, &mode, 1500);
     eprintln!(
         "longest gap between guest completions: {gap} µs attached and detached, {plain_gap} µs not recorded"
     );
@@ -158,18 +168,7 @@ fn attach_and_detach_do_not_stall_the_guest() {
         ops: 500,
         ..Mode::plain("threads")
     };
-    let plain = run_load(&qemu, &assets, &mode, None);
-    let run = run_load_attaching(
-        &qemu,
-        &assets,
-        &mode,
-        None,
-        Some((Duration::from_millis(2000), "3s")),
-    );
-    let (plain_gap, gap) = (
-        longest_gap_us(&guest_rqs(&plain.serial)),
-        longest_gap_us(&guest_rqs(&run.serial)),
-    );
+    let (run, gap, plain_gap) = attached_and_plain(&qemu, &assets, &mode, 2000);
     eprintln!(
         "unthrottled: longest gap between guest completions {gap} µs with attach and detach, \
          {plain_gap} µs not recorded"
