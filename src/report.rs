@@ -205,6 +205,16 @@ fn layout_note(source: &LayoutSource) -> String {
     )
 }
 
+/// A disk's image path for a summary line: its file name, with its directory when short.
+fn short_path(p: &str) -> String {
+    if p.len() <= 48 {
+        return p.to_owned();
+    }
+    Path::new(p)
+        .file_name()
+        .map_or_else(|| p.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
 fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> Result<()> {
     let s = &r.summary;
     writeln!(w, "viopath report: {}", trace.display())?;
@@ -234,6 +244,22 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
     }
     if let Some(t) = s.throttled.note() {
         b.push_record(["throttling".to_owned(), t]);
+    }
+    for c in &s.cache_modes {
+        let label = if s.cache_modes.len() > 1 {
+            format!("cache ({})", short_path(&c.disk))
+        } else {
+            "cache mode".to_owned()
+        };
+        b.push_record([label, c.describe()]);
+    }
+    let disk_name = |d: u16| {
+        s.cache_modes
+            .get(d as usize)
+            .map_or_else(|| format!("disk {d}"), |c| short_path(&c.disk))
+    };
+    for (what, line) in s.page_cache.notes(&disk_name) {
+        b.push_record([what, line]);
     }
     if s.requests_completion_lost > 0 {
         b.push_record([

@@ -676,6 +676,38 @@ int BPF_KPROBE(dm_endio_kp, struct bio *bio)
 	return 0;
 }
 
+/* ---- buffered writes: the dirty-page throttle ---- */
+
+/* The plain tracepoint's record (its layout has been the same since 4.x; the raw
+ * tracepoint's arguments changed in 6.2). */
+struct balance_dirty_pages_ctx {
+	__u64 common;
+	char bdi[32];
+	__u64 limit;
+	__u64 setpoint;
+	__u64 dirty;
+	__u64 wb_setpoint;
+	__u64 wb_dirty;
+	__u64 dirty_ratelimit;
+	__u64 task_ratelimit;
+	__u32 dirtied;
+	__u32 dirtied_pause;
+	__u64 paused;
+	__s64 pause;
+	__u64 period;
+	__s64 think;
+	__u64 cgroup_ino;
+};
+
+SEC("tracepoint/writeback/balance_dirty_pages")
+int dirty_throttle(struct balance_dirty_pages_ctx *ctx)
+{
+	if (traced())
+		emit(VP_DIRTY_THROTTLE, 0, (__u64)ctx->pause, ctx->period, ctx->dirtied,
+		     ctx->paused);
+	return 0;
+}
+
 /* ---- KVM: the guest's notifications and the interrupts injected back ---- */
 
 /* Plain tracepoint records: the 8-byte common header, then the event's fields. */

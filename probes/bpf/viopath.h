@@ -55,6 +55,10 @@ enum vp_type {
 	                        * linux-aio fsync work, any filesystem: sub 2 begun (a0 inode, a1 device, a2 datasync, a3 work), sub 3 returned (a3 work) */
 	/* QEMU entry uprobes (sub = probe id, see the recorder's catalog). */
 	VP_QEMU = 32,          /* a0 key pointer, a1 offset, a2 bytes, a3 aux */
+	/* A traced thread about to sleep in balance_dirty_pages (its buffered write went
+	 * over the dirty limits): a0 pause (jiffies, signed), a1 period (jiffies), a2 pages
+	 * it dirtied since its last pause, a3 jiffies it already paused in this call. */
+	VP_DIRTY_THROTTLE = 33,
 };
 
 enum vp_syscall {

@@ -90,10 +90,11 @@ pub enum EventKind {
     DmEndio = 29,
     FsSync = 30,
     Qemu = 32,
+    DirtyThrottle = 33,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::BioQueue,
         EventKind::BioRemap,
         EventKind::BioSplit,
@@ -118,6 +119,7 @@ impl EventKind {
         EventKind::DmEndio,
         EventKind::FsSync,
         EventKind::Qemu,
+        EventKind::DirtyThrottle,
     ];
 
     pub fn from_u8(v: u8) -> Option<EventKind> {
@@ -150,6 +152,7 @@ impl EventKind {
             EventKind::DmEndio => "dm_endio",
             EventKind::FsSync => "fs_sync",
             EventKind::Qemu => "qemu",
+            EventKind::DirtyThrottle => "dirty_throttle",
         }
     }
 }

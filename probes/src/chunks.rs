@@ -61,6 +61,10 @@ pub struct Header {
     /// The block devices traced ("major:minor").
     #[serde(deserialize_with = "lenient_list")]
     pub devices: Vec<String>,
+    /// The kernel's timer frequency (CONFIG_HZ): the dirty-page throttle's pauses are
+    /// in its ticks. `None`: not found.
+    #[serde(deserialize_with = "lenient")]
+    pub kernel_hz: Option<u32>,
 }
 
 impl Header {
@@ -76,9 +80,21 @@ impl Header {
 pub struct TargetInfo {
     #[serde(deserialize_with = "lenient")]
     pub pid: Option<u32>,
-    /// The command line, when the recorder started it.
+    /// The command line: the one the recorder started, or the running process's.
     #[serde(deserialize_with = "lenient")]
     pub command: Option<Vec<String>>,
+}
+
+/// A regular file the traced process had open, and how: the kernel's own account of
+/// the cache mode an image was opened with (`O_DIRECT`: QEMU's `cache.direct=on`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenFile {
+    pub path: PathBuf,
+    /// Opened with O_DIRECT: its IO bypasses the host page cache.
+    pub direct: bool,
+    /// Opened with O_DSYNC or O_SYNC: every write is synced before it returns.
+    pub dsync: bool,
 }
 
 /// The QEMU binary traced.
@@ -208,6 +224,11 @@ pub struct End {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_exit: Option<i32>,
     pub qemu: Option<QemuBinary>,
+    /// The regular files the process had open while recording, each with its open
+    /// flags as last seen (looked at every half second, so a process that lived
+    /// shorter than that may have none).
+    #[serde(deserialize_with = "lenient_list")]
+    pub open_files: Vec<OpenFile>,
 }
 
 #[cfg(test)]

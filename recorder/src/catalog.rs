@@ -259,6 +259,17 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         },
         records: "linux-aio fsync work returned (after the fsync and its completion): work",
     },
+    // A plain tracepoint: its record has kept one layout across kernels, while the
+    // raw tracepoint's arguments changed in 6.2.
+    KernelProbe {
+        program: "dirty_throttle",
+        layer: Layer::Filesystem,
+        attach: KernelAttach::Tracepoint {
+            category: "writeback",
+            event: "balance_dirty_pages",
+        },
+        records: "a traced thread's buffered write paused by the dirty-page throttle: pause and period (jiffies), pages dirtied",
+    },
     tp_btf(
         "bio_queue",
         "block_bio_queue",

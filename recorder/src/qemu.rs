@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use viopath_probes::chunks::OpenFile;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QemuInfo {
@@ -106,6 +107,50 @@ pub fn open_files(pid: u32) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v.dedup();
+    v
+}
+
+/// The regular files a process has open, with their open flags (from
+/// /proc/PID/fdinfo): whether QEMU opened an image with O_DIRECT is the kernel's own
+/// account of its cache mode.
+pub fn open_modes(pid: u32) -> Vec<OpenFile> {
+    const O_DSYNC: u64 = 0o10000;
+    const O_DIRECT: u64 = 0o40000;
+    let mut v: Vec<OpenFile> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let path = std::fs::read_link(e.path()).ok()?;
+            if !path.is_absolute() || !path.metadata().is_ok_and(|m| m.is_file()) {
+                return None;
+            }
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_str()?))
+                    .ok()?;
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())?;
+            Some(OpenFile {
+                path,
+                direct: flags & O_DIRECT != 0,
+                dsync: flags & O_DSYNC != 0,
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+    // A file open twice (QEMU reopens an image to change its flags) counts as opened
+    // the way any descriptor of it is: direct if one is.
+    v.dedup_by(|b, a| {
+        if a.path == b.path {
+            a.direct |= b.direct;
+            a.dsync |= b.dsync;
+            true
+        } else {
+            false
+        }
+    });
     v
 }
 

@@ -167,5 +167,14 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
         aio_fsync: trace.header.attached("workqueue_execute_start")
             && trace.header.attached("workqueue_execute_end"),
         falloc_syscalls: trace.header.attached("sys_enter_fallocate"),
+        dio_probe: trace.header.attached("iomap_dio_rw_begin"),
+        synced_writes: crate::cache::disk_caches(&trace.header, trace.end.as_ref(), layout)
+            .iter()
+            .any(|c| c.mode.is_some_and(|m| m.syncs_writes())),
+        tick_ns: trace
+            .header
+            .kernel_hz
+            .filter(|&hz| hz > 0)
+            .map_or(0, |hz| 1_000_000_000 / u64::from(hz)),
     }
 }

@@ -7,7 +7,7 @@
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use viopath_layouts::host::{DevId, Hop, Via};
+use viopath_layouts::host::{DevId, DeviceKind, Hop, Via};
 use viopath_layouts::lenient::parse;
 use viopath_layouts::qcow2::Content;
 use viopath_layouts::snapshot::{GuestSnapshot, Snapshot};
@@ -184,6 +184,13 @@ pub struct Layout {
     below: HashSet<(u32, u32)>,
     /// Partitions in image files' stacks, and the disk each is of.
     partition_of: HashMap<u32, u32>,
+    /// Device ranges of each VM disk's files (sorted by start): which disk block IO no
+    /// request claimed was for.
+    disk_ranges: HashMap<u32, Vec<(u64, u64, u16)>>,
+    /// Loop devices whose IO goes through their backing file's page cache.
+    buffered_loops: HashSet<u32>,
+    /// Devices holding an image file's filesystem: the top of its stack.
+    tops: HashSet<u32>,
     pub device_names: HashMap<u32, String>,
     /// L2 table coverage: guest bytes one L2 table maps (from the map, when known).
     pub skipped: usize,
@@ -248,6 +255,13 @@ impl Layout {
         let mut l = Layout::default();
         for d in &snap.devices {
             l.device_names.insert(dev_of(d.id), d.name.clone());
+            if let DeviceKind::Loop {
+                direct_io: Some(false),
+                ..
+            } = d.kind
+            {
+                l.buffered_loops.insert(dev_of(d.id));
+            }
         }
         for img in &snap.images {
             let disk = l.disks.len();
@@ -313,6 +327,9 @@ impl Layout {
                     if let Some(last) = hops.last() {
                         l.bottoms.insert(last.dev);
                     }
+                    if let Some(first) = hops.first() {
+                        l.tops.insert(first.dev);
+                    }
                     for (i, upper) in hops.iter().enumerate() {
                         for lower in &hops[i + 1..] {
                             l.below.insert((upper.dev, lower.dev));
@@ -320,10 +337,18 @@ impl Layout {
                     }
                     for h in &hops {
                         let r = l.occupied.entry(h.dev).or_default();
-                        r.push((h.byte / 512, h.byte.saturating_add(len).div_ceil(512)));
+                        let range = |b: u64| (b / 512, b.saturating_add(len).div_ceil(512));
+                        r.push(range(h.byte));
+                        let mut by_disk = vec![range(h.byte)];
                         if let Some(a) = h.alias_byte {
-                            r.push((a / 512, a.saturating_add(len).div_ceil(512)));
+                            r.push(range(a));
+                            by_disk.push(range(a));
                         }
+                        l.disk_ranges.entry(h.dev).or_default().extend(
+                            by_disk
+                                .into_iter()
+                                .map(|(s, e)| (s, e, disk.min(u16::MAX as usize) as u16)),
+                        );
                     }
                     segs.push(Segment { offset, len, hops });
                 }
@@ -335,6 +360,9 @@ impl Layout {
                     disk,
                 });
             }
+        }
+        for r in l.disk_ranges.values_mut() {
+            r.sort_unstable();
         }
         for r in l.occupied.values_mut() {
             r.sort_unstable();
@@ -473,6 +501,67 @@ impl Layout {
         };
         let i = r.partition_point(|&(_, e)| e <= start);
         r.get(i).is_some_and(|&(s, _)| s < end)
+    }
+
+    /// The VM disk whose files hold sector `sector` of `dev`; `None` if none does, or
+    /// if files of several disks do (a shared backing file).
+    pub fn disk_at(&self, dev: u32, sector: DeviceSector) -> Option<u16> {
+        let r = self.disk_ranges.get(&dev)?;
+        // Ranges sorted by start: those starting at or before the sector, nearest first.
+        let upto = r.partition_point(|&(s, _, _)| s <= sector.0);
+        let mut found = None;
+        // Files do not share blocks, so only the nearest ranges can hold it (a file
+        // shared by two disks' chains appears once per disk, side by side).
+        for &(_, e, d) in r[..upto].iter().rev().take(8) {
+            if e > sector.0 {
+                match found {
+                    None => found = Some(d),
+                    Some(f) if f != d => return None,
+                    Some(_) => {}
+                }
+            }
+        }
+        found
+    }
+
+    /// The device ranges, at every level of its stack, of image file bytes at sectors
+    /// `[start, start + sectors)` of `dev`: where a bio written there (a sync writing
+    /// back dirty pages, whose host IO named no range) goes on below.
+    pub fn stack_ranges(&self, dev: u32, start: DeviceSector, sectors: u64, out: &mut DevRanges) {
+        let (lo, hi) = (start.0 * 512, start.0.saturating_add(sectors) * 512);
+        for f in &self.files {
+            for (i, seg) in f.segs.iter().enumerate() {
+                // A partition's bios may carry the whole disk's sector numbers (its
+                // alias), on the partition's own dev_t.
+                for h in seg.hops.iter().filter(|h| h.dev == dev) {
+                    for b in std::iter::once(h.byte).chain(h.alias_byte) {
+                        let (s, e) = (b, b.saturating_add(seg.len));
+                        if s < hi && lo < e {
+                            let from = lo.max(s);
+                            let to = hi.min(e);
+                            push_ranges(
+                                &f.segs[i..=i],
+                                HostFileOffset(seg.offset + (from - s)),
+                                to - from,
+                                out,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `dev` holds an image file's filesystem (the top of its stack). True for
+    /// every device when the layout knows none.
+    pub fn is_top_device(&self, dev: u32) -> bool {
+        self.tops.is_empty() || self.tops.contains(&dev)
+    }
+
+    /// Whether `dev` is a loop device whose IO goes through its backing file's page
+    /// cache (not direct IO).
+    pub fn is_buffered_loop(&self, dev: u32) -> bool {
+        self.buffered_loops.contains(&dev)
     }
 
     pub fn device_name(&self, dev: u32) -> String {

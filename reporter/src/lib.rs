@@ -10,6 +10,7 @@
 //! boundaries an IO's time is cut at; [`units`] formats it for people; [`synth`] writes
 //! synthetic traces with known answers for tests and benchmarks.
 
+pub mod cache;
 pub mod compare;
 pub mod hist;
 pub mod html;
@@ -253,6 +254,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         damage,
         trace_entries_skipped: trace.info.json_entries_skipped + layout_skipped as u64,
         layers_missing: layers_missing(&trace.header),
+        cache_modes: cache::disk_caches(&trace.header, trace.end.as_ref(), &layout),
         exact_quantiles: true,
         ..report::Summary::default()
     };

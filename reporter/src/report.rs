@@ -171,6 +171,18 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
         rows.iter().map(|r| r.throttle_ns).collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
+        "readahead_bytes".into(),
+        rows.iter().map(|r| r.readahead_bytes).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "synced_bytes".into(),
+        rows.iter().map(|r| r.synced_bytes).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "dirty_wait_ns".into(),
+        rows.iter().map(|r| r.dirty_wait_ns).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
         "bios".into(),
         rows.iter().map(|r| r.bios).collect::<Vec<_>>(),
     ));
@@ -221,6 +233,7 @@ pub struct Collector<'l> {
     /// Boundaries some complete row had, one bit per [`Boundary`].
     boundaries_seen: u16,
     throttle: Throttling,
+    page_cache: crate::summary::PageCache,
     bytes: u64,
     ios: u64,
     complete: u64,
@@ -330,6 +343,7 @@ impl<'l> Collector<'l> {
             last_ts: 0,
             boundaries_seen: 0,
             throttle: Throttling::default(),
+            page_cache: Default::default(),
             bytes: 0,
             ios: 0,
             complete: 0,
@@ -473,6 +487,7 @@ impl Sink for Collector<'_> {
             self.throttle.total_ns = self.throttle.total_ns.saturating_add(row.throttle_ns);
             self.throttle.max_ns = self.throttle.max_ns.max(row.throttle_ns);
         }
+        self.page_cache.add(row);
         if row.partial == 0 {
             for (i, &t) in row.b.iter().enumerate() {
                 if t != 0 {
@@ -533,6 +548,7 @@ impl Sink for Collector<'_> {
     }
 
     fn other(&mut self, o: &OtherIo) {
+        self.page_cache.other(o);
         let a = self.other.entry(o.class).or_default();
         a.count += 1;
         a.bytes = a.bytes.saturating_add(o.bytes);
@@ -636,6 +652,7 @@ impl Collector<'_> {
         };
         summary.peak_in_flight = stats.peak_in_flight;
         summary.throttled = self.throttle;
+        summary.page_cache = std::mem::take(&mut self.page_cache);
         if self.complete > 0 {
             summary.boundaries_missing = Boundary::ALL
                 .iter()

@@ -1,6 +1,9 @@
 //! The report's summary: what the trace and the join say about the recording as a
 //! whole, and the lines the terminal and HTML reports print from it.
 
+use crate::cache::DiskCache;
+use crate::join::{IoRow, OtherClass, OtherIo, flags};
+use crate::units::{fmt_ns, human_bytes};
 use serde::Serialize;
 
 /// The counts are filled in by [`crate::report::Collector::report`]; the rest comes
@@ -32,6 +35,12 @@ pub struct Summary {
     /// how long: part of their `qemu` layer.
     #[serde(skip_serializing_if = "Throttling::is_none")]
     pub throttled: Throttling,
+    /// The cache mode each disk ran with (see [`crate::cache`]).
+    pub cache_modes: Vec<DiskCache>,
+    /// What the host page cache did for the IOs (buffered cache modes, loop devices
+    /// without direct IO).
+    #[serde(skip_serializing_if = "PageCache::is_none")]
+    pub page_cache: PageCache,
     pub peak_in_flight: usize,
     /// Block requests whose completion event was lost: their pointer came back for a
     /// new request, or they outlived any real request (30 s of trace time).
@@ -68,6 +77,176 @@ impl Throttling {
                 crate::units::fmt_ns(self.max_ns as f64)
             )
         })
+    }
+}
+
+/// The host page cache's part, counted over every IO (complete or not) and the IO no
+/// request caused.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PageCache {
+    pub reads_hit: u64,
+    pub reads_missed: u64,
+    /// Of the hits, those on pages an earlier read's readahead brought in.
+    pub readahead_hits: u64,
+    /// Bytes read ahead beyond what the reads asked for.
+    pub readahead_bytes: u64,
+    pub writes_buffered: u64,
+    /// Writes whose host part included their own sync (writethrough, directsync).
+    pub writes_synced: u64,
+    /// Guest flushes whose sync wrote back image data, and how much.
+    pub flushes_writing_back: u64,
+    pub flush_writeback_bytes: u64,
+    /// Bytes the write-through writes' own syncs wrote.
+    pub write_sync_bytes: u64,
+    /// Writes that slept in the kernel's dirty-page throttle, and for how long.
+    pub dirty_throttled: u64,
+    pub dirty_wait_total_ns: u64,
+    pub dirty_wait_max_ns: u64,
+    /// IOs that went no lower than a loop device's backing page cache.
+    pub loop_page_cache: u64,
+    /// The kernel's own writeback of image files (no request's), per disk.
+    pub writeback: Vec<DiskWriteback>,
+}
+
+/// Writeback of one disk's image files that no request caused.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiskWriteback {
+    /// The disk's index in the layout (`None`: its sectors are no single disk's).
+    pub disk: Option<u16>,
+    pub ios: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+impl PageCache {
+    fn is_none(&self) -> bool {
+        self.reads_hit
+            + self.reads_missed
+            + self.writes_buffered
+            + self.writes_synced
+            + self.flushes_writing_back
+            + self.loop_page_cache
+            == 0
+            && self.writeback.is_empty()
+    }
+
+    pub fn add(&mut self, row: &IoRow) {
+        let f = row.flags;
+        let has = |bit: u16| f & bit != 0;
+        self.reads_hit += u64::from(has(flags::PAGE_CACHE_HIT));
+        self.reads_missed += u64::from(has(flags::PAGE_CACHE_MISS));
+        self.readahead_hits += u64::from(has(flags::READAHEAD_HIT));
+        self.readahead_bytes = self.readahead_bytes.saturating_add(row.readahead_bytes);
+        self.writes_buffered += u64::from(has(flags::PAGE_CACHE_WRITE));
+        self.loop_page_cache += u64::from(has(flags::LOOP_PAGE_CACHE));
+        if has(flags::SYNCED) {
+            self.writes_synced += 1;
+            self.write_sync_bytes = self.write_sync_bytes.saturating_add(row.synced_bytes);
+        } else if row.synced_bytes > 0 {
+            self.flushes_writing_back += 1;
+            self.flush_writeback_bytes = self.flush_writeback_bytes.saturating_add(row.synced_bytes);
+        }
+        if has(flags::DIRTY_THROTTLED) {
+            self.dirty_throttled += 1;
+            self.dirty_wait_total_ns = self.dirty_wait_total_ns.saturating_add(row.dirty_wait_ns);
+            self.dirty_wait_max_ns = self.dirty_wait_max_ns.max(row.dirty_wait_ns);
+        }
+    }
+
+    pub fn other(&mut self, o: &OtherIo) {
+        if o.class != OtherClass::ImageWriteback {
+            return;
+        }
+        let i = match self.writeback.iter().position(|w| w.disk == o.disk) {
+            Some(i) => i,
+            None => {
+                self.writeback.push(DiskWriteback {
+                    disk: o.disk,
+                    ..DiskWriteback::default()
+                });
+                self.writeback.len() - 1
+            }
+        };
+        let w = &mut self.writeback[i];
+        let d = o.end.saturating_sub(o.start);
+        w.ios += 1;
+        w.bytes = w.bytes.saturating_add(o.bytes);
+        w.total_ns = w.total_ns.saturating_add(d);
+        w.max_ns = w.max_ns.max(d);
+    }
+
+    /// The summary's lines: (what, line), each under 120 columns with its label.
+    pub fn notes(&self, disk_name: &dyn Fn(u16) -> String) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        let reads = self.reads_hit + self.reads_missed;
+        if reads > 0 {
+            v.push((
+                "page cache reads".to_owned(),
+                format!(
+                    "{} hit ({} on readahead), {} missed; {} read ahead",
+                    self.reads_hit,
+                    self.readahead_hits,
+                    self.reads_missed,
+                    human_bytes(self.readahead_bytes)
+                ),
+            ));
+        }
+        if self.writes_buffered > 0 || self.writes_synced > 0 {
+            v.push((
+                "page cache writes".to_owned(),
+                format!(
+                    "{} into the cache, {} synced by their own write-through ({} written)",
+                    self.writes_buffered,
+                    self.writes_synced,
+                    human_bytes(self.write_sync_bytes)
+                ),
+            ));
+        }
+        if self.flushes_writing_back > 0 {
+            v.push((
+                "flush writeback".to_owned(),
+                format!(
+                    "{} flushes wrote back {} of dirty image data",
+                    self.flushes_writing_back,
+                    human_bytes(self.flush_writeback_bytes)
+                ),
+            ));
+        }
+        if self.dirty_throttled > 0 {
+            v.push((
+                "dirty throttle".to_owned(),
+                format!(
+                    "{} writes paused in balance_dirty_pages: mean {}, max {} (inside host_fs)",
+                    self.dirty_throttled,
+                    fmt_ns(self.dirty_wait_total_ns as f64 / self.dirty_throttled as f64),
+                    fmt_ns(self.dirty_wait_max_ns as f64)
+                ),
+            ));
+        }
+        if self.loop_page_cache > 0 {
+            v.push((
+                "loop page cache".to_owned(),
+                format!(
+                    "{} IOs went no lower than a loop device's backing page cache",
+                    self.loop_page_cache
+                ),
+            ));
+        }
+        for w in &self.writeback {
+            let name = w.disk.map_or_else(|| "no single disk".to_owned(), disk_name);
+            v.push((
+                "kernel writeback".to_owned(),
+                format!(
+                    "{name}: {} IOs, {}, mean {}, max {}",
+                    w.ios,
+                    human_bytes(w.bytes),
+                    fmt_ns(w.total_ns as f64 / w.ios.max(1) as f64),
+                    fmt_ns(w.max_ns as f64)
+                ),
+            ));
+        }
+        v
     }
 }
 

@@ -51,6 +51,9 @@ fn join(path: &std::path::Path) -> (Rows, usize, u64) {
         fs_sync: false,
         aio_fsync: false,
         falloc_syscalls: false,
+        dio_probe: false,
+        tick_ns: 0,
+        synced_writes: false,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
     let mut ev = trace.events();

@@ -321,6 +321,9 @@ fn join_rows(t: &Trace, layout: &viopath_reporter::layout::Layout) -> (Vec<IoRow
         fs_sync: true,
         aio_fsync: true,
         falloc_syscalls: true,
+        dio_probe: t.header.attached("iomap_dio_rw_begin"),
+        tick_ns: 0,
+        synced_writes: false,
     };
     let mut j = Join::new(layout, Rows::default(), cfg);
     for e in t.events() {

@@ -129,6 +129,11 @@ pub enum DeviceKind {
         backing_file: Option<PathBuf>,
         offset: u64,
         sizelimit: u64,
+        /// Its IO to the backing file is direct (`losetup --direct-io=on`); without it
+        /// (losetup's default) the backing file's page cache is under every request.
+        /// `None`: not known (a snapshot taken before this was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct_io: Option<bool>,
     },
     DeviceMapper {
         name: String,
@@ -260,6 +265,7 @@ impl Topology {
                 backing_file: (!bf.is_empty()).then(|| PathBuf::from(bf)),
                 offset: read_num(&dir.join("loop/offset"))?,
                 sizelimit: read_num(&dir.join("loop/sizelimit")).unwrap_or(0),
+                direct_io: read_num(&dir.join("loop/dio")).ok().map(|d| d != 0),
             }
         } else if dir.join("dm/name").exists() {
             let dm_name = read_trim(&dir.join("dm/name"))?;

@@ -125,7 +125,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let missing_layers = say_what_attached(&attached, log)?;
 
     let mono0 = now_ns(libc::CLOCK_MONOTONIC);
-    let header = header(opts, &traced, &attached, &devices, mono0);
+    let header = header(&traced, &attached, &devices, mono0);
     let mut writer =
         TraceWriter::create(&opts.output, &header).map_err(|source| RecordError::Output {
             path: opts.output.clone(),
@@ -152,6 +152,8 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     ));
     let started = Instant::now();
     let mut counts = vec![0u64; 256 * 256];
+    let mut open_files = Vec::new();
+    run::note_open_files(traced.pid, &mut open_files);
     let stop_reason = run::run(
         run::Running {
             pid: traced.pid,
@@ -162,6 +164,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
             window: &mut window,
             child: traced.child.as_mut(),
             files: &mut traced.files,
+            open_files: &mut open_files,
             devices: &mut devices,
         },
         ready,
@@ -199,6 +202,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         child_exit,
         qemu: header.qemu,
         events_outside_window: window.outside,
+        open_files,
         ..Default::default()
     };
     count_events(&mut summary, &counts, &attached.qemu_names);
@@ -261,7 +265,6 @@ fn say_what_attached(
 
 /// The trace's first chunk.
 fn header(
-    opts: &RecordOptions,
     traced: &target::Traced,
     attached: &attach::Attached,
     devices: &BTreeSet<viopath_layouts::host::DevId>,
@@ -281,10 +284,7 @@ fn header(
         realtime_offset_ns: real0 as i64 - mono0 as i64,
         target: TargetInfo {
             pid: Some(traced.pid),
-            command: match &opts.target {
-                Target::Command(a) => Some(a.clone()),
-                Target::Pid(_) => None,
-            },
+            command: (!traced.command.is_empty()).then(|| traced.command.clone()),
         },
         qemu: traced.qemu.as_ref().map(QemuBinary::from),
         symbols: traced.symbols.as_ref().map(SymbolSource::from),
@@ -303,7 +303,36 @@ fn header(
             .map(|k| (k.name().to_owned(), *k as u8))
             .collect(),
         devices: devices.iter().map(|d| d.to_string()).collect(),
+        kernel_hz: kernel_hz(),
     }
+}
+
+/// CONFIG_HZ of the running kernel, from its configuration (/proc/config.gz, else
+/// /boot/config-RELEASE).
+fn kernel_hz() -> Option<u32> {
+    use std::io::Read;
+    let config = std::fs::read("/proc/config.gz")
+        .ok()
+        .and_then(|gz| {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut text)
+                .ok()?;
+            Some(text)
+        })
+        .or_else(|| {
+            let release = read_trim("/proc/sys/kernel/osrelease");
+            std::fs::read_to_string(format!("/boot/config-{release}")).ok()
+        })?;
+    config_hz(&config)
+}
+
+fn config_hz(config: &str) -> Option<u32> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&hz| hz > 0)
 }
 
 /// Events per probe, from the per-(type, sub) counts.
@@ -399,4 +428,15 @@ fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p)
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hz_from_a_kernel_config() {
+        let cfg = "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_HZ_PERIODIC=n\n";
+        assert_eq!(super::config_hz(cfg), Some(250));
+        assert_eq!(super::config_hz("CONFIG_HZ_1000=y\n"), None);
+        assert_eq!(super::config_hz("CONFIG_HZ=zero\n"), None);
+    }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use viopath_probes::chunks::OpenFile;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use viopath_layouts::host::DevId;
@@ -28,6 +29,8 @@ pub(super) struct Running<'a, W: io::Write> {
     pub(super) window: &'a mut Window,
     pub(super) child: Option<&'a mut GatedChild>,
     pub(super) files: &'a mut Vec<PathBuf>,
+    /// The regular files open and their flags, as last seen.
+    pub(super) open_files: &'a mut Vec<OpenFile>,
     pub(super) devices: &'a mut BTreeSet<DevId>,
 }
 
@@ -47,6 +50,7 @@ pub(super) fn run<W: io::Write>(
         window,
         mut child,
         files,
+        open_files,
         devices,
     } = r;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -84,6 +88,7 @@ pub(super) fn run<W: io::Write>(
                     if last_scan.elapsed() > Duration::from_millis(500) {
                         last_scan = Instant::now();
                         rescan(pid, bpf, files, devices);
+                        note_open_files(pid, open_files);
                     }
                 }
                 _ = sigint.recv() => break "interrupted (SIGINT)".to_owned(),
@@ -95,6 +100,17 @@ pub(super) fn run<W: io::Write>(
         };
         Ok::<_, io::Error>(reason)
     })
+}
+
+/// The process's open files and flags, merged into what earlier looks saw: a file
+/// closed since keeps the flags it had.
+pub(super) fn note_open_files(pid: u32, seen: &mut Vec<OpenFile>) {
+    for f in qemu::open_modes(pid) {
+        match seen.iter_mut().find(|s| s.path == f.path) {
+            Some(s) => *s = f,
+            None => seen.push(f),
+        }
+    }
 }
 
 /// Files the process opened since the last look (a disk hot-plugged, a backing file

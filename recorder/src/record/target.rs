@@ -15,6 +15,8 @@ pub(super) struct Traced {
     pub(super) pid: u32,
     /// Its files (images among them), rescanned while recording.
     pub(super) files: Vec<PathBuf>,
+    /// Its command line: the command started, or the running process's.
+    pub(super) command: Vec<String>,
     /// The command started, held until every probe is attached.
     pub(super) child: Option<GatedChild>,
     pub(super) qemu: Option<QemuInfo>,
@@ -24,7 +26,7 @@ pub(super) struct Traced {
 /// Find the target's process, binary, symbols and files; start the command (held).
 pub(super) fn resolve(target: &Target) -> Result<Traced, RecordError> {
     let mut child = None;
-    let (pid, binary, files) = match target {
+    let (pid, binary, files, command) = match target {
         Target::Pid(pid) => {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
                 .map_err(|_| RecordError::PidNotFound(*pid))?;
@@ -42,7 +44,7 @@ pub(super) fn resolve(target: &Target) -> Result<Traced, RecordError> {
                 .collect();
             let mut files = qemu::open_files(*pid);
             files.extend(qemu::files_in_args(&cmdline));
-            (*pid, Some(exe), files)
+            (*pid, Some(exe), files, cmdline)
         }
         Target::Command(argv) => {
             let binary = qemu::which(&argv[0]);
@@ -50,7 +52,7 @@ pub(super) fn resolve(target: &Target) -> Result<Traced, RecordError> {
             let c = GatedChild::spawn(argv)?;
             let pid = c.child.id();
             child = Some(c);
-            (pid, binary, files)
+            (pid, binary, files, argv.clone())
         }
     };
     let qemu = binary.as_ref().map(|b| QemuInfo::probe(b));
@@ -61,6 +63,7 @@ pub(super) fn resolve(target: &Target) -> Result<Traced, RecordError> {
     Ok(Traced {
         pid,
         files,
+        command,
         child,
         qemu,
         symbols,

@@ -74,6 +74,17 @@ pub fn report_page(
     if let Some(t) = s.throttled.note() {
         kv("throttling", t);
     }
+    for c in &s.cache_modes {
+        kv("cache mode", format!("{}: {}", c.disk, c.describe()));
+    }
+    let disk_name = |d: u16| {
+        s.cache_modes
+            .get(d as usize)
+            .map_or_else(|| format!("disk {d}"), |c| c.disk.clone())
+    };
+    for (what, line) in s.page_cache.notes(&disk_name) {
+        kv(&what, line);
+    }
     if s.requests_completion_lost > 0 {
         kv(
             "block requests",

@@ -3,10 +3,13 @@
 //! requests are followed by pointer until they complete, and a merged request belongs
 //! to every host IO it carries.
 
-use super::row::{Sink, flags};
+use super::row::{Op, Sink, flags};
 use super::slab::Ref;
 use super::slab::Slab;
-use super::state::{Api, BioEntry, BioOwner, Hio, Join, PluggedBio, Req, dev_bytes, min0};
+use super::state::{
+    Api, BioEntry, BioOwner, Fill, Hio, Join, PluggedBio, REQ_OP_READ, REQ_OP_WRITE, RECENT_FILLS,
+    ReadAhead, Req, dev_bytes, min0,
+};
 use crate::layout::Layout;
 use smallvec::{SmallVec, smallvec};
 use viopath_layouts::DeviceSector;
@@ -70,10 +73,22 @@ impl<S: Sink> Join<'_, S> {
             }
             _ => None,
         };
+        let sectors = bytes.div_ceil(512);
+        // A sync job's thread (a worker's fdatasync, a loop worker's fsync of its
+        // backing file) writes back dirty pages: its bios are the job's even where a
+        // buffered write in flight covers the same blocks.
+        let sync_job = self
+            .threads
+            .get(e.tid)
+            .and_then(|t| t.worker.or(t.loop_sync))
+            .filter(|&h| self.hios.get(h).is_some_and(|x| x.sync));
+        let by_address = known
+            .is_none()
+            .then(|| sync_job.or_else(|| self.owner_by_address(e.tid, dev, sector, sectors)))
+            .flatten();
         let owner = match known {
             Some(o) => Some(o),
-            None => self
-                .owner_by_address(e.tid, dev, sector, bytes.div_ceil(512))
+            None => by_address
                 .or_else(|| {
                     // Submitted synchronously by the thread doing a traced direct IO or
                     // syscall whose blocks are not known (a flush, an empty layout).
@@ -81,6 +96,13 @@ impl<S: Sink> Join<'_, S> {
                         .get(e.tid)
                         .and_then(|t| t.dio.or(t.worker).or(t.loop_sync))
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
+                })
+                .or_else(|| {
+                    // A read the thread's buffered read queued beyond its range: the
+                    // kernel's readahead, issued in that read's syscall.
+                    (e.sub == REQ_OP_READ)
+                        .then(|| self.buffered_read_of(e.tid))
+                        .flatten()
                 })
                 .or_else(|| {
                     // The journal commit a flush's fsync waits for, written by the
@@ -100,10 +122,18 @@ impl<S: Sink> Join<'_, S> {
         let owner = match owner {
             Some(o) => o,
             None => {
-                let id = self.new_other(e.ts, dev, sector, bytes);
+                let id = self.new_other(e.ts, dev, sector, bytes, e.sub);
                 BioOwner::Other(id)
             }
         };
+        if known.is_none()
+            && let BioOwner::Hio(h) = owner
+        {
+            self.note_bio_bytes(h, e.sub, dev, sector, sectors);
+            if e.sub == REQ_OP_WRITE && sync_job == Some(h) {
+                self.sync_writes_below(h, dev, sector, sectors);
+            }
+        }
         if let BioOwner::Hio(h) = owner
             && let Some(hio) = self.hios.get_mut(h)
         {
@@ -135,6 +165,83 @@ impl<S: Sink> Join<'_, S> {
                     sector,
                 },
             );
+        }
+    }
+
+    /// The buffered read thread `tid` is running (a thread-pool worker's syscall, or
+    /// the last io_uring submission of the call it is in), if it is one.
+    fn buffered_read_of(&self, tid: u32) -> Option<Ref> {
+        let t = self.threads.get(tid)?;
+        if t.dio.is_some() || !self.cfg.dio_probe {
+            return None;
+        }
+        let h = t.worker.or_else(|| t.submitted.last().copied())?;
+        let x = self.hios.get(h)?;
+        let read = x
+            .root
+            .and_then(|r| self.roots.get(r))
+            .is_some_and(|r| r.op == Op::Read);
+        (read && !x.direct && !x.job).then_some(h)
+    }
+
+    /// A sync's write at `dev`/`sector` goes on below through the stack (a loop device's
+    /// worker writes it to its backing file): the sync owns those ranges too, so the
+    /// bios below are found by address like a direct IO's.
+    fn sync_writes_below(&mut self, h: Ref, dev: u32, sector: DeviceSector, sectors: u64) {
+        let mut below = crate::layout::DevRanges::new();
+        self.layout.stack_ranges(dev, sector, sectors, &mut below);
+        if below.is_empty() {
+            return;
+        }
+        // Re-indexed whole: a host IO's ranges sit side by side in the index.
+        self.unindex_ranges(h);
+        if let Some(x) = self.hios.get_mut(h) {
+            x.ranges.extend(below);
+        }
+        self.index_ranges(h);
+    }
+
+    /// A bio of `h` queued (first, not moving down): what a sync wrote of image data,
+    /// what a buffered read read ahead beyond its range.
+    fn note_bio_bytes(&mut self, h: Ref, op: u8, dev: u32, sector: DeviceSector, sectors: u64) {
+        let layout = self.layout;
+        let dio_probe = self.cfg.dio_probe;
+        let Some(x) = self.hios.get_mut(h) else {
+            return;
+        };
+        let end = sector.saturating_add(sectors);
+        if x.job && op == REQ_OP_WRITE && layout.occupied(dev, sector, end) {
+            x.synced_bytes = x.synced_bytes.saturating_add(sectors * 512);
+            return;
+        }
+        if op != REQ_OP_READ || x.direct || x.job || !dio_probe {
+            return;
+        }
+        // The part outside its own range on this device is readahead.
+        let own = x
+            .ranges
+            .iter()
+            .find(|r| r.dev == dev && r.start_sector < end && sector < r.end_sector)
+            .map(|r| (r.start_sector, r.end_sector));
+        let mut ahead = |start: DeviceSector, stop: DeviceSector| {
+            if stop > start {
+                x.ra_bytes = x.ra_bytes.saturating_add((stop.0 - start.0) * 512);
+                if self.readahead.len() >= RECENT_FILLS {
+                    self.readahead.pop_front();
+                }
+                self.readahead.push_back(ReadAhead {
+                    dev,
+                    start,
+                    end: stop,
+                });
+            }
+        };
+        match own {
+            Some((lo, hi)) => {
+                ahead(sector, lo.min(end));
+                ahead(hi.max(sector), end);
+            }
+            None => ahead(sector, end),
         }
     }
 
@@ -256,6 +363,7 @@ impl<S: Sink> Join<'_, S> {
                 // Issued after its insert (the usual case): one lookup for both.
                 if issue {
                     old.started = true;
+                    old.issued = min0(old.issued, e.ts);
                     Self::note_issue(&mut self.hios, self.layout, old, e.ts);
                 }
                 return;
@@ -311,6 +419,7 @@ impl<S: Sink> Join<'_, S> {
                     op: e.sub,
                     started: false,
                     served: false,
+                    issued: 0,
                 },
             );
             if !self.plugged.is_empty() {
@@ -319,6 +428,7 @@ impl<S: Sink> Join<'_, S> {
         }
         if issue && let Some(r) = self.reqs.get_mut(&rq) {
             r.started = true;
+            r.issued = min0(r.issued, e.ts);
             Self::note_issue(&mut self.hios, self.layout, r, e.ts);
         }
     }
@@ -336,7 +446,11 @@ impl<S: Sink> Join<'_, S> {
                     // Blocks not known (a flush, an empty layout): its device is the
                     // one its requests go to.
                     None => x.bottom_dev = r.dev,
-                    Some(false) => {}
+                    Some(false) => {
+                        if layout.is_buffered_loop(r.dev) {
+                            x.loop_issue = min0(x.loop_issue, ts);
+                        }
+                    }
                 }
             }
         }
@@ -379,11 +493,17 @@ impl<S: Sink> Join<'_, S> {
             return;
         };
         let mut finished = Vec::new();
+        let mut fill = r.other.is_some();
         for &h in &r.owners {
             if let Some(x) = self.hios.get_mut(h) {
+                fill |= !x.direct;
                 x.done_any = x.done_any.max(e.ts);
-                if Self::is_bottom(x, self.layout, r.dev) == Some(true) {
-                    x.done_bottom = x.done_bottom.max(e.ts);
+                match Self::is_bottom(x, self.layout, r.dev) {
+                    Some(true) => x.done_bottom = x.done_bottom.max(e.ts),
+                    Some(false) if self.layout.is_buffered_loop(r.dev) => {
+                        x.loop_done = x.loop_done.max(e.ts)
+                    }
+                    _ => {}
                 }
                 x.open_rqs = x.open_rqs.saturating_sub(1);
                 // linux-aio: the kernel's completion runs in IRQ context, outside the
@@ -392,6 +512,18 @@ impl<S: Sink> Join<'_, S> {
                     finished.push(h);
                 }
             }
+        }
+        if fill && r.op == REQ_OP_READ && self.layout.is_bottom_device(r.dev) == Some(true) {
+            if self.fills.len() >= RECENT_FILLS {
+                self.fills.pop_front();
+            }
+            self.fills.push_back(Fill {
+                dev: r.dev,
+                start: r.sector,
+                end: r.sector.saturating_add(r.sectors),
+                issued: if r.issued != 0 { r.issued } else { r.since },
+                done: e.ts,
+            });
         }
         for h in finished {
             self.hio_done(h, e.ts);

@@ -4,7 +4,7 @@
 
 use super::row::{IoRow, Op, OtherClass, OtherIo, Sink, Source, flags, reasons};
 use super::slab::Ref;
-use super::state::{Api, BioOwner, HioKind, IDLE_NS, Join, JoinStats, STALE_NS, min0};
+use super::state::{Api, BioOwner, Fill, HioKind, IDLE_NS, Join, JoinStats, STALE_NS, min0};
 use crate::layers::Boundary;
 use crate::layout::Layout;
 use smallvec::SmallVec;
@@ -75,6 +75,30 @@ impl<S: Sink> Join<'_, S> {
         } else {
             hio.created
         };
+        // Buffered: a read or write of the thread pool or io_uring for which the kernel
+        // began no direct IO (only known where the direct-IO probe was attached).
+        let buffered = self.cfg.dio_probe
+            && !hio.direct
+            && !hio.job
+            && hio.bytes > 0
+            && matches!(hio.api, Api::Threads | Api::Uring);
+        // A buffered read with no block IO of its own that ran while a fill of its
+        // sectors completed waited for that fill: (issued, done), from its submission.
+        let waited = if buffered && hio.done_any == 0 {
+            Self::fill_waited(&self.fills, &hio.ranges, submit, ts)
+        } else {
+            None
+        };
+        // A buffered read no block IO ended for while it ran was served by the page
+        // cache: bios it queued (asynchronous readahead it set off) were not waited for.
+        let cache_hit = buffered && hio.done_any == 0 && waited.is_none();
+        let ahead_hit = cache_hit
+            && self.readahead.iter().any(|a| {
+                hio.ranges
+                    .iter()
+                    .any(|r| r.dev == a.dev && r.start_sector < a.end && a.start < r.end_sector)
+            });
+        let tick_ns = self.cfg.tick_ns;
         let root = hio
             .root
             .and_then(|r| self.roots.get_mut(r).map(|root| (r, root)));
@@ -91,16 +115,45 @@ impl<S: Sink> Join<'_, S> {
                     HioKind::Data => {
                         let b = &mut root.b;
                         b[Boundary::Submitted] = min0(b[Boundary::Submitted], submit);
-                        b[Boundary::Queued] = min0(b[Boundary::Queued], hio.first_q);
-                        let (issue, done) = if hio.issue_bottom != 0 || hio.done_bottom != 0 {
+                        let hit = cache_hit && root.op == Op::Read;
+                        if !hit {
+                            b[Boundary::Queued] = min0(b[Boundary::Queued], hio.first_q);
+                        }
+                        let (issue, done) = if hit {
+                            (0, 0)
+                        } else if hio.issue_bottom != 0 || hio.done_bottom != 0 {
                             (hio.issue_bottom, hio.done_bottom)
                         } else if hio.ranges.is_empty() && self.layout.is_bottom_device(0).is_none()
                         {
                             // No devices known: the requests it went to are all there is.
                             (hio.issue_any, hio.done_any)
+                        } else if let Some(w) = waited {
+                            w
+                        } else if hio.loop_done != 0 {
+                            // The loop device's backing page cache took it: the loop
+                            // device is as low as it went.
+                            root.flags |= flags::LOOP_PAGE_CACHE;
+                            (hio.loop_issue, hio.loop_done)
                         } else {
                             (0, 0)
                         };
+                        if buffered {
+                            root.flags |= match root.op {
+                                Op::Read if ahead_hit => flags::PAGE_CACHE_HIT | flags::READAHEAD_HIT,
+                                Op::Read if hit => flags::PAGE_CACHE_HIT,
+                                Op::Read => flags::PAGE_CACHE_MISS,
+                                Op::Write => flags::PAGE_CACHE_WRITE,
+                                _ => 0,
+                            };
+                        }
+                        if hio.dirty_pauses > 0 {
+                            root.flags |= flags::DIRTY_THROTTLED;
+                            root.dirty_wait_ns = root
+                                .dirty_wait_ns
+                                .saturating_add(hio.dirty_pause_ticks.saturating_mul(tick_ns));
+                        }
+                        root.readahead_bytes = root.readahead_bytes.saturating_add(hio.ra_bytes);
+                        root.synced_bytes = root.synced_bytes.saturating_add(hio.synced_bytes);
                         b[Boundary::Dispatched] = min0(b[Boundary::Dispatched], issue);
                         b[Boundary::DeviceDone] = b[Boundary::DeviceDone].max(done);
                         b[Boundary::HostDone] = b[Boundary::HostDone].max(ts);
@@ -129,10 +182,42 @@ impl<S: Sink> Join<'_, S> {
                     end: ts,
                     bytes: hio.bytes,
                     dev: hio.bottom_dev,
+                    disk: Layout::one_disk(hio.disks),
                 });
             }
         }
         self.forget_hio(h);
+    }
+
+    /// The fill of `ranges`' bottom sectors that completed last within `[from, to]`,
+    /// if any: `(max(issued, from), done)`, the device time a buffered read arriving
+    /// while its pages were being read waited for.
+    fn fill_waited(
+        fills: &std::collections::VecDeque<Fill>,
+        ranges: &crate::layout::DevRanges,
+        from: u64,
+        to: u64,
+    ) -> Option<(u64, u64)> {
+        let mut found: Option<(u64, u64)> = None;
+        for f in fills.iter().rev() {
+            if f.done < from {
+                break;
+            }
+            if f.done > to {
+                continue;
+            }
+            let overlaps = ranges
+                .iter()
+                .any(|r| r.bottom && r.dev == f.dev && r.start_sector < f.end && f.start < r.end_sector);
+            if overlaps {
+                let issued = f.issued.max(from);
+                found = Some(match found {
+                    None => (issued, f.done),
+                    Some((i, d)) => (i.min(issued), d.max(f.done)),
+                });
+            }
+        }
+        found
     }
 
     pub(super) fn finish_root(&mut self, r: Ref, reason: u16) {
@@ -168,8 +253,8 @@ impl<S: Sink> Join<'_, S> {
             if unseen > 0
                 && let Some(root) = self.roots.get_mut(r)
             {
-                root.open_hios -= unseen;
-                root.data_hios -= unseen;
+                root.open_hios = root.open_hios.saturating_sub(unseen);
+                root.data_hios = root.data_hios.saturating_sub(unseen);
             }
         }
         for qv in &qiovs {
@@ -196,6 +281,7 @@ impl<S: Sink> Join<'_, S> {
                 end,
                 bytes: root.bytes,
                 dev: root.bottom_dev,
+                disk: root.disks.and_then(Layout::one_disk),
             });
             self.roots.discard(r);
             return;
@@ -233,6 +319,8 @@ impl<S: Sink> Join<'_, S> {
                 // Bios queued but none seen on the bottom device is no device time
                 // either: reporting it complete would charge that time to queueing.
                 && root.flags & flags::FS_ZEROS == 0
+                // Served by a page cache: there was no device IO to see.
+                && root.flags & (flags::PAGE_CACHE_HIT | flags::PAGE_CACHE_WRITE) == 0
                 && !self.layout.is_empty()
             {
                 partial |= reasons::NO_DEVICE_IO;
@@ -272,6 +360,9 @@ impl<S: Sink> Join<'_, S> {
             meta_ios: root.meta_hios,
             meta_ns: root.meta_ns,
             throttle_ns: root.throttle_ns,
+            readahead_bytes: root.readahead_bytes,
+            synced_bytes: root.synced_bytes,
+            dirty_wait_ns: root.dirty_wait_ns,
             bios: root.bios,
             requests: root.requests,
             bottom_dev: root.bottom_dev,

@@ -8,7 +8,7 @@ use super::slab::Ref;
 use super::state::{Api, Hio, HioKind, Join, QiovBind, min0};
 use crate::layout::DevRanges;
 use viopath_layouts::HostFileOffset;
-use viopath_probes::abi::{RawEvent, qemu_probe as q};
+use viopath_probes::abi::{EventKind, RawEvent, qemu_probe as q};
 
 /// The kernel's REQ_OP_FLUSH: the operation of a device's flush request.
 const REQ_OP_FLUSH: u8 = 2;
@@ -92,6 +92,27 @@ impl<S: Sink> Join<'_, S> {
             .map(|(r, _)| r)
     }
 
+    /// A flush job no request without data waits for, made on `tid` after a write's
+    /// data reached the host: QEMU syncing the image for that write. Cache modes
+    /// writethrough and directsync make the write's completion wait for it (QEMU
+    /// emulates FUA by a flush once the data is written; only asked where the trace
+    /// says some disk ran so). The earliest such write of the thread gets it.
+    pub(super) fn synced_write(&self, tid: u32) -> Option<Ref> {
+        self.active
+            .iter()
+            .filter_map(|&r| self.roots.get(r).map(|x| (r, x)))
+            .filter(|(_, x)| {
+                x.tid == tid
+                    && x.op == Op::Write
+                    && !x.completed
+                    && !x.host_job
+                    && x.data_hios > 0
+                    && x.open_hios == 0
+            })
+            .min_by_key(|(_, x)| x.id)
+            .map(|(r, _)| r)
+    }
+
     /// A linux-aio or io_uring submission names its descriptor (0 in traces recorded
     /// before it did): a job without data takes the disk the descriptor is known for;
     /// one with data teaches the descriptor its disk once the kernel names its file.
@@ -123,11 +144,19 @@ impl<S: Sink> Join<'_, S> {
         api: Api,
         range: Option<(HostFileOffset, u64)>,
     ) -> Ref {
-        let root = self.job_root(e.tid, range);
+        let mut root = self.job_root(e.tid, range);
+        let mut synced = false;
+        if root.is_none() && range.is_none() && self.cfg.synced_writes {
+            root = self.synced_write(e.tid);
+            synced = root.is_some();
+        }
         if let Some(r) = root
             && let Some(x) = self.roots.get_mut(r)
         {
             x.host_job = true;
+            if synced {
+                x.flags |= flags::SYNCED;
+            }
         }
         let kind = if root.is_some() {
             HioKind::Data
@@ -138,8 +167,35 @@ impl<S: Sink> Join<'_, S> {
         if let Some(hio) = self.hios.get_mut(h) {
             hio.api = api;
             hio.job = true;
+            hio.sync = range.is_none();
+        }
+        // A write's own sync is more of its host part, not another piece of its data.
+        if synced
+            && let Some(x) = root.and_then(|r| self.roots.get_mut(r))
+        {
+            x.data_hios = x.data_hios.saturating_sub(1);
+            if x.data_hios <= 1 {
+                x.flags &= !flags::SPLIT;
+            }
         }
         h
+    }
+
+    /// A traced thread is about to sleep in the dirty-page throttle: the buffered
+    /// write it is running (a thread-pool worker's, or the io_uring submission it is
+    /// in) waits that long more.
+    pub(super) fn dirty_throttle(&mut self, e: &RawEvent) {
+        let pause = e.a[0] as i64;
+        let Some(t) = self.threads.get(e.tid) else {
+            return;
+        };
+        let Some(h) = t.worker.or_else(|| t.submitted.last().copied()) else {
+            return;
+        };
+        if let Some(x) = self.hios.get_mut(h) {
+            x.dirty_pauses += 1;
+            x.dirty_pause_ticks = x.dirty_pause_ticks.saturating_add(pause.max(0) as u64);
+        }
     }
 
     /// The host IO a submission probe (thread pool, linux-aio, io_uring) refers to:
@@ -501,6 +557,9 @@ impl<S: Sink> Join<'_, S> {
         };
         if let Some(hio) = self.hios.get_mut(h) {
             hio.has_kiocb = true;
+            // iomap's direct IO, not the filesystem's entry (which buffered IO passes
+            // too, where fentry is allowed).
+            hio.direct |= e.kind == EventKind::DioBegin as u8;
             hio.submit = min0(hio.submit, e.ts);
             if hio.ranges.is_empty() && hio.bytes == 0 {
                 hio.offset = pos;

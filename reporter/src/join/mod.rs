@@ -104,6 +104,8 @@ impl<'l, S: Sink> Join<'l, S> {
             child_disks: Map::default(),
             preflush: Vec::new(),
             syncing: Vec::new(),
+            fills: VecDeque::new(),
+            readahead: VecDeque::new(),
             throttled: VecDeque::new(),
             user_data: Map::default(),
             kiocb: Map::default(),
@@ -156,6 +158,7 @@ impl<'l, S: Sink> Join<'l, S> {
         const DM_SUBMIT: u16 = EventKind::DmSubmit as u16;
         const DM_ENDIO: u16 = EventKind::DmEndio as u16;
         const FS_SYNC: u16 = EventKind::FsSync as u16;
+        const DIRTY_THROTTLE: u16 = EventKind::DirtyThrottle as u16;
         // QEMU's probe is dispatched in the same jump table as the event kind (see
         // `code`); each handler is out of line, so this saves no registers of its own.
         let code = if e.kind == QEMU {
@@ -205,6 +208,7 @@ impl<'l, S: Sink> Join<'l, S> {
             KVM_MSI => self.msi(e.ts),
             DIO_MAP => self.dio_map(e),
             FS_SYNC => self.fs_sync(e),
+            DIRTY_THROTTLE => self.dirty_throttle(e),
             FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
             _ => self.stats.unknown_events += 1,
         }

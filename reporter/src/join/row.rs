@@ -87,6 +87,40 @@ pub mod flags {
     /// Part of it read a hole or an unwritten extent of the image file: the host
     /// filesystem returned zeros without device IO.
     pub const FS_ZEROS: u16 = 16;
+    /// A buffered read the host page cache served whole: no block IO, its host time
+    /// is the copy.
+    pub const PAGE_CACHE_HIT: u16 = 32;
+    /// A buffered read that waited for block IO: its own (the kernel's readahead
+    /// issued in its syscall), or another's already reading its pages.
+    pub const PAGE_CACHE_MISS: u16 = 64;
+    /// A buffered write: complete once copied into the host page cache; the device
+    /// sees it at writeback (a flush's sync, or the kernel's flusher).
+    pub const PAGE_CACHE_WRITE: u16 = 128;
+    /// A page-cache hit on pages an earlier read's readahead brought in.
+    pub const READAHEAD_HIT: u16 = 256;
+    /// Its host part included a sync of the image file of its own (cache mode
+    /// writethrough or directsync, or qcow2 ordering its metadata).
+    pub const SYNCED: u16 = 512;
+    /// It went no lower than a loop device without direct IO: the loop's backing file's
+    /// page cache absorbed it, and the loop device's time is its device time.
+    pub const LOOP_PAGE_CACHE: u16 = 1024;
+    /// Its buffered write slept in the kernel's dirty-page throttle.
+    pub const DIRTY_THROTTLED: u16 = 2048;
+    /// The names the report prints, in bit order.
+    pub const NAMES: [(u16, &str); 12] = [
+        (SPLIT, "split"),
+        (MERGED, "merged"),
+        (VIRTIO_MERGED, "virtio_merged"),
+        (BIO_SPLIT, "bio_split"),
+        (FS_ZEROS, "fs_zeros"),
+        (PAGE_CACHE_HIT, "page_cache_hit"),
+        (PAGE_CACHE_MISS, "page_cache_miss"),
+        (PAGE_CACHE_WRITE, "page_cache_write"),
+        (READAHEAD_HIT, "readahead_hit"),
+        (SYNCED, "synced"),
+        (LOOP_PAGE_CACHE, "loop_page_cache"),
+        (DIRTY_THROTTLED, "dirty_throttled"),
+    ];
 }
 
 pub mod reasons {
@@ -115,7 +149,7 @@ pub mod reasons {
         ),
         (
             NO_DEVICE_IO,
-            "host IO reached no bottom device (page cache, or block events lost)",
+            "direct host IO with no block request seen on the bottom device",
         ),
         (
             CUT_AT_START,
@@ -146,6 +180,14 @@ pub struct IoRow {
     pub meta_ns: u64,
     /// Time it waited in QEMU's IO throttling (part of the `qemu` layer), ns.
     pub throttle_ns: u64,
+    /// Bytes the host read ahead beyond it (buffered reads), in its own syscall.
+    pub readahead_bytes: u64,
+    /// Bytes of image file data its host syncs wrote to the device (a flush's
+    /// writeback of dirty pages; a write-through write's own sync).
+    pub synced_bytes: u64,
+    /// Time its buffered writes slept in the dirty-page throttle (part of `host_fs`),
+    /// as the kernel asked (its pause, in ticks of the recording kernel's HZ), ns.
+    pub dirty_wait_ns: u64,
     pub bios: u32,
     pub requests: u32,
     /// Bottom device (kernel dev_t), 0 if none.
@@ -175,6 +217,9 @@ impl IoRow {
             meta_ios: 0,
             meta_ns: 0,
             throttle_ns: 0,
+            readahead_bytes: 0,
+            synced_bytes: 0,
+            dirty_wait_ns: 0,
             bios: 1,
             requests: 1,
             bottom_dev: 0,
@@ -194,9 +239,15 @@ pub enum OtherClass {
     QemuInternal,
     /// A positioned syscall of the QEMU process that no QEMU block event led to.
     QemuSyscall,
-    /// Block IO on an image file's sectors that no traced request issued: page-cache
-    /// writeback or readahead of the image, or another process using the file.
+    /// Writes to an image file's sectors that no traced request issued: the kernel's
+    /// writeback of the image's dirty pages, or another process writing the file.
     ImageWriteback,
+    /// Reads of an image file's sectors that no traced request issued: readahead by a
+    /// thread not traced (a loop device's worker), or another process reading it.
+    ImageRead,
+    /// Image file IO on a device below the one holding the image's filesystem (a loop
+    /// device's worker carrying out IO counted where it entered the stack).
+    ImageBelow,
     /// Block IO on the devices below the images, elsewhere: filesystem journal, other
     /// files, other processes.
     OtherDeviceIo,
@@ -207,7 +258,9 @@ impl OtherClass {
         match self {
             OtherClass::QemuInternal => "qemu internal file IO (qcow2 metadata flush, header)",
             OtherClass::QemuSyscall => "qemu syscall outside block requests",
-            OtherClass::ImageWriteback => "image file IO not from a request (writeback, readahead)",
+            OtherClass::ImageWriteback => "image file writes not from a request (writeback)",
+            OtherClass::ImageRead => "image file reads not from a request (readahead)",
+            OtherClass::ImageBelow => "image file IO lower in its stack (counted above it)",
             OtherClass::OtherDeviceIo => "other IO on the same devices (journal, other files)",
         }
     }
@@ -220,23 +273,18 @@ pub struct OtherIo {
     pub end: u64,
     pub bytes: u64,
     pub dev: u32,
+    /// The VM disk whose image files its sectors hold, when one does.
+    pub disk: Option<u16>,
 }
 
 /// A row's flags as the report prints them: their names, comma-separated.
 pub fn flag_names(f: u16) -> String {
-    let mut v = Vec::new();
-    for (bit, name) in [
-        (flags::SPLIT, "split"),
-        (flags::MERGED, "merged"),
-        (flags::VIRTIO_MERGED, "virtio_merged"),
-        (flags::BIO_SPLIT, "bio_split"),
-        (flags::FS_ZEROS, "fs_zeros"),
-    ] {
-        if f & bit != 0 {
-            v.push(name);
-        }
-    }
-    v.join(",")
+    flags::NAMES
+        .iter()
+        .filter(|(bit, _)| f & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Why a row is partial, as the report prints it.

@@ -59,6 +59,21 @@ pub(super) struct Hio {
     pub(super) fd: u64,
     /// A job without data (flush, discard, write zeroes) made for a request.
     pub(super) job: bool,
+    /// A flush job: the fsync it runs writes back dirty pages, whose bios are its own.
+    pub(super) sync: bool,
+    /// The kernel began a direct IO for it (iomap): its data bypasses the page cache.
+    pub(super) direct: bool,
+    /// Bytes its buffered read's readahead brought in beyond its own range.
+    pub(super) ra_bytes: u64,
+    /// Bytes of image file data the bios it queued wrote (a sync's writeback).
+    pub(super) synced_bytes: u64,
+    /// Ticks its thread paused in the dirty-page throttle while it ran.
+    pub(super) dirty_pause_ticks: u64,
+    pub(super) dirty_pauses: u32,
+    /// When a loop device without direct IO (the lowest it went, if it went no lower)
+    /// first issued and last completed a request of it.
+    pub(super) loop_issue: u64,
+    pub(super) loop_done: u64,
 }
 
 pub(super) struct Root {
@@ -84,6 +99,10 @@ pub(super) struct Root {
     /// there: until its first call below the block backend.
     pub(super) throttle_at: u64,
     pub(super) throttle_ns: u64,
+    /// Summed over its host IOs (see the row's fields of these names).
+    pub(super) readahead_bytes: u64,
+    pub(super) synced_bytes: u64,
+    pub(super) dirty_wait_ns: u64,
     /// Its beginning was before the recording started.
     pub(super) cut_at_start: bool,
     /// A buffer of its own data is bound to it (not only metadata buffers).
@@ -188,7 +207,33 @@ pub(super) struct Req {
     pub(super) started: bool,
     /// A loop device's flush whose fsync of the backing file a worker has begun.
     pub(super) served: bool,
+    /// When it was issued to its driver (0: not yet).
+    pub(super) issued: u64,
 }
+
+/// A read on a bottom device that filled the page cache (a buffered read's, or
+/// readahead no traced request made), completed recently: a buffered read of its
+/// sectors running while it completed waited for it.
+#[derive(Clone, Copy)]
+pub(super) struct Fill {
+    pub(super) dev: u32,
+    pub(super) start: DeviceSector,
+    pub(super) end: DeviceSector,
+    pub(super) issued: u64,
+    pub(super) done: u64,
+}
+
+/// Sectors a buffered read's readahead brought in beyond what it asked for: a later
+/// page-cache hit on them is a readahead hit.
+#[derive(Clone, Copy)]
+pub(super) struct ReadAhead {
+    pub(super) dev: u32,
+    pub(super) start: DeviceSector,
+    pub(super) end: DeviceSector,
+}
+
+/// Fills and readahead ranges kept: the most recent this many.
+pub(super) const RECENT_FILLS: usize = 4096;
 
 /// A bio that merged into a request not seen yet: one still on the submitting task's
 /// plug list, whose insert is traced only when the plug is flushed (and then covers
@@ -414,6 +459,17 @@ pub struct JoinConfig {
     /// filesystem's fsync wherever it runs. Without them a linux-aio flush is QEMU's
     /// alone, as its end would never be seen.
     pub fs_sync: bool,
+    /// The direct-IO probe (iomap_dio_rw_begin) was attached: a read or write of the
+    /// thread pool or io_uring for which the kernel began no direct IO went through the
+    /// page cache. Without it (older traces, kernels without iomap's tracepoints) no
+    /// host IO is known to be buffered.
+    pub dio_probe: bool,
+    /// Nanoseconds per tick of the recording kernel (1e9 / CONFIG_HZ; 0: not known):
+    /// the dirty-page throttle's pauses are in ticks.
+    pub tick_ns: u64,
+    /// Some disk ran with a cache mode that syncs every write (writethrough,
+    /// directsync): a flush job after a write's data is that write's own sync.
+    pub synced_writes: bool,
     /// The workqueue probes for linux-aio fsync work were attached: a linux-aio flush
     /// is followed into its kernel worker on any filesystem, begun and ended by the
     /// work item (ext4's own fsync events, inside it, still mark the fsync's end).
@@ -472,6 +528,10 @@ pub struct Join<'l, S: Sink> {
     /// Host IOs inside a filesystem's fsync, by the filesystem's device: the journal
     /// commit they wait for, made by the journal's thread, is theirs.
     pub(super) syncing: Vec<(u32, Ref)>,
+    /// Recent page-cache fills on bottom devices, oldest first (see [`Fill`]).
+    pub(super) fills: VecDeque<Fill>,
+    /// Recent readahead beyond what buffered reads asked, oldest first.
+    pub(super) readahead: VecDeque<ReadAhead>,
     pub(super) user_data: Map<u64, Ref>,
     pub(super) kiocb: Map<u64, Ref>,
     pub(super) bios: Map<u64, BioEntry>,
@@ -498,6 +558,10 @@ pub(super) fn level(probe: u8) -> u8 {
         _ => 0,
     }
 }
+
+/// The kernel's REQ_OP_READ and REQ_OP_WRITE: a block event's `sub`.
+pub(super) const REQ_OP_READ: u8 = 0;
+pub(super) const REQ_OP_WRITE: u8 = 1;
 
 pub(super) fn dev_bytes(a2: u64) -> (u32, u64) {
     ((a2 >> 32) as u32, a2 & 0xffff_ffff)
@@ -548,6 +612,9 @@ impl<S: Sink> Join<'_, S> {
             meta_ns: 0,
             throttle_at: 0,
             throttle_ns: 0,
+            readahead_bytes: 0,
+            synced_bytes: 0,
+            dirty_wait_ns: 0,
             cut_at_start: false,
             has_data_qiov: false,
             bios: 0,
@@ -631,6 +698,14 @@ impl<S: Sink> Join<'_, S> {
             disks: 0,
             fd: 0,
             job: false,
+            sync: false,
+            direct: false,
+            ra_bytes: 0,
+            synced_bytes: 0,
+            dirty_pause_ticks: 0,
+            dirty_pauses: 0,
+            loop_issue: 0,
+            loop_done: 0,
         });
         // Its ranges made where they stay (they are most of its size).
         if bytes > 0
@@ -692,15 +767,29 @@ impl<S: Sink> Join<'_, S> {
         }
     }
 
-    pub(super) fn new_other(&mut self, ts: u64, dev: u32, sector: DeviceSector, bytes: u64) -> u32 {
-        let class = if self.layout.occupied(
+    pub(super) fn new_other(
+        &mut self,
+        ts: u64,
+        dev: u32,
+        sector: DeviceSector,
+        bytes: u64,
+        op: u8,
+    ) -> u32 {
+        let image = self.layout.occupied(
             dev,
             sector,
             sector.saturating_add(bytes.div_ceil(512).max(1)),
-        ) {
-            OtherClass::ImageWriteback
+        );
+        let class = match (image, op) {
+            (false, _) => OtherClass::OtherDeviceIo,
+            (true, _) if !self.layout.is_top_device(dev) => OtherClass::ImageBelow,
+            (true, REQ_OP_READ) => OtherClass::ImageRead,
+            (true, _) => OtherClass::ImageWriteback,
+        };
+        let disk = if image {
+            self.layout.disk_at(dev, sector)
         } else {
-            OtherClass::OtherDeviceIo
+            None
         };
         let id = self.next_other;
         self.next_other = self.next_other.wrapping_add(1);
@@ -711,6 +800,7 @@ impl<S: Sink> Join<'_, S> {
                 end: ts,
                 bytes,
                 dev,
+                disk,
             },
         });
         self.other_ids.insert(id, r);
