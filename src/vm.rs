@@ -77,6 +77,8 @@ pub struct VmShape {
     pub qmp: Option<PathBuf>,
     /// Start paused (`-S`), for a QMP client to set things up and `cont`.
     pub paused: bool,
+    /// The disks' cache mode (`none` when unset: the image opened with O_DIRECT).
+    pub cache: Option<&'static str>,
 }
 
 /// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
@@ -196,8 +198,9 @@ fn boot_args(
     }
     for (i, disk) in disks.iter().enumerate() {
         let mut drive = format!(
-            "file={},if=none,id=d{i},format=qcow2,cache=none,aio={aio},discard=unmap",
-            disk.display()
+            "file={},if=none,id=d{i},format=qcow2,cache={},aio={aio},discard=unmap",
+            disk.display(),
+            shape.cache.unwrap_or("none")
         );
         if let Some(n) = shape.iops_limit {
             drive.push_str(&format!(",throttling.iops-total={n}"));

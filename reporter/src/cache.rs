@@ -93,7 +93,11 @@ impl DiskCache {
         match (self.opened_direct, self.mode) {
             (Some(d), Some(m)) if d != m.direct() => s.push_str(&format!(
                 "; but the image was opened {}",
-                if d { "with O_DIRECT" } else { "without O_DIRECT" }
+                if d {
+                    "with O_DIRECT"
+                } else {
+                    "without O_DIRECT"
+                }
             )),
             (Some(d), None) => s.push_str(if d {
                 "; opened with O_DIRECT (none or directsync)"
@@ -146,7 +150,10 @@ fn same_file(a: &str, b: &str) -> bool {
     match (canon(a), canon(b)) {
         (Some(x), Some(y)) => x == y,
         // Offline, the files may be gone: the same name is the best there is.
-        _ => Path::new(a).file_name().is_some() && Path::new(a).file_name() == Path::new(b).file_name(),
+        _ => {
+            Path::new(a).file_name().is_some()
+                && Path::new(a).file_name() == Path::new(b).file_name()
+        }
     }
 }
 
@@ -266,13 +273,16 @@ fn drives(args: &[String]) -> Vec<(String, CacheMode)> {
                 let Some(file) = kv.get("file").or_else(|| kv.get("file.filename")) else {
                     continue;
                 };
-                let mode = kv.get("cache").and_then(|c| CacheMode::parse(c)).unwrap_or_else(|| {
-                    CacheMode::from_switches(
-                        on(kv.get("cache.direct")).unwrap_or(false),
-                        on(kv.get("cache.no-flush")).unwrap_or(false),
-                        on(kv.get("cache.writeback")).unwrap_or(true),
-                    )
-                });
+                let mode = kv
+                    .get("cache")
+                    .and_then(|c| CacheMode::parse(c))
+                    .unwrap_or_else(|| {
+                        CacheMode::from_switches(
+                            on(kv.get("cache.direct")).unwrap_or(false),
+                            on(kv.get("cache.no-flush")).unwrap_or(false),
+                            on(kv.get("cache.writeback")).unwrap_or(true),
+                        )
+                    });
                 out.push((file.clone(), mode));
             }
             "blockdev" => nodes.push(kv),
@@ -334,7 +344,16 @@ mod tests {
     fn qemu_io_modes_and_its_default() {
         let p = |s: &[&str]| from_command(&args(s));
         assert_eq!(
-            p(&["/opt/q/bin/qemu-io", "-f", "qcow2", "-t", "writeback", "-c", "read 0 4k", "x"]),
+            p(&[
+                "/opt/q/bin/qemu-io",
+                "-f",
+                "qcow2",
+                "-t",
+                "writeback",
+                "-c",
+                "read 0 4k",
+                "x"
+            ]),
             Parsed::All(Some(CacheMode::Writeback), "command line".into())
         );
         assert_eq!(
@@ -349,7 +368,10 @@ mod tests {
             p(&["qemu-io", "-c", "write 0 4k", "x"]),
             Parsed::All(Some(CacheMode::Writethrough), "default of qemu-io".into())
         );
-        assert_eq!(p(&["qemu-img", "convert", "a", "b"]), Parsed::All(None, String::new()));
+        assert_eq!(
+            p(&["qemu-img", "convert", "a", "b"]),
+            Parsed::All(None, String::new())
+        );
     }
 
     #[test]

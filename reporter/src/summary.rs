@@ -145,7 +145,8 @@ impl PageCache {
             self.write_sync_bytes = self.write_sync_bytes.saturating_add(row.synced_bytes);
         } else if row.synced_bytes > 0 {
             self.flushes_writing_back += 1;
-            self.flush_writeback_bytes = self.flush_writeback_bytes.saturating_add(row.synced_bytes);
+            self.flush_writeback_bytes =
+                self.flush_writeback_bytes.saturating_add(row.synced_bytes);
         }
         if has(flags::DIRTY_THROTTLED) {
             self.dirty_throttled += 1;
@@ -234,7 +235,9 @@ impl PageCache {
             ));
         }
         for w in &self.writeback {
-            let name = w.disk.map_or_else(|| "no single disk".to_owned(), disk_name);
+            let name = w
+                .disk
+                .map_or_else(|| "no single disk".to_owned(), disk_name);
             v.push((
                 "kernel writeback".to_owned(),
                 format!(

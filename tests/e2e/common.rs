@@ -400,3 +400,132 @@ pub fn completions_missing(t: &viopath_reporter::reader::Trace) -> Vec<String> {
     v.sort();
     v
 }
+
+/// An ftrace instance of the test's own (not viopath's BPF): the kernel's tracepoints
+/// as an independent oracle, on CLOCK_MONOTONIC like the trace's timestamps. Removed
+/// when dropped.
+pub struct Ftrace {
+    dir: PathBuf,
+}
+
+/// One line of an ftrace instance's buffer.
+#[derive(Debug, Clone)]
+pub struct FtraceEvent {
+    pub comm: String,
+    pub pid: u32,
+    /// CLOCK_MONOTONIC, ns (ftrace prints microseconds).
+    pub ts: u64,
+    pub event: String,
+    pub fields: String,
+}
+
+impl Ftrace {
+    /// Start tracing `events` ("group/name", with an ftrace filter or none).
+    pub fn start(name: &str, events: &[(&str, Option<&str>)]) -> Ftrace {
+        let root = Path::new("/sys/kernel/tracing");
+        if !root.join("instances").is_dir() {
+            sh("mount -t tracefs nodev /sys/kernel/tracing");
+        }
+        let dir = root
+            .join("instances")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let t = Ftrace { dir };
+        t.write("trace_clock", "mono");
+        t.write("buffer_size_kb", "32768");
+        for (ev, filter) in events {
+            if let Some(f) = filter {
+                t.write(&format!("events/{ev}/filter"), f);
+            }
+            t.write(&format!("events/{ev}/enable"), "1");
+        }
+        t.write("tracing_on", "1");
+        t
+    }
+
+    fn write(&self, file: &str, v: &str) {
+        std::fs::write(self.dir.join(file), v)
+            .unwrap_or_else(|e| panic!("ftrace {}: {e}", self.dir.join(file).display()));
+    }
+
+    /// Stop and read everything traced.
+    pub fn stop(&self) -> Vec<FtraceEvent> {
+        self.write("tracing_on", "0");
+        let text = std::fs::read_to_string(self.dir.join("trace")).unwrap();
+        assert!(
+            !text.contains("LOST"),
+            "the ftrace instance lost events: make its buffer larger"
+        );
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_ftrace_line)
+            .collect()
+    }
+}
+
+impl Drop for Ftrace {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("tracing_on"), "0");
+        let _ = std::fs::write(self.dir.join("events/enable"), "0");
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `  comm-pid  [cpu] flags  secs.usecs: event: fields`.
+fn parse_ftrace_line(l: &str) -> Option<FtraceEvent> {
+    let (head, rest) = l.split_once(" [")?;
+    let (comm, pid) = head.trim().rsplit_once('-')?;
+    let (_, rest) = rest.split_once("] ")?;
+    let mut words = rest.trim_start().splitn(2, ' ');
+    let first = words.next()?;
+    // The flags column (irqs-off, need-resched, ...) comes before the timestamp.
+    let rest = if first.ends_with(':') {
+        rest.trim_start()
+    } else {
+        words.next()?.trim_start()
+    };
+    let (ts, rest) = rest.split_once(": ")?;
+    let (secs, usecs) = ts.trim().split_once('.')?;
+    // `event: fields`, or a syscall's `sys_x(args)` / `sys_x -> ret`.
+    let cut = rest.find([':', '(', ' ']).unwrap_or(rest.len());
+    let event = &rest[..cut];
+    let fields = rest[cut..].trim_start_matches(':').trim();
+    Some(FtraceEvent {
+        comm: comm.to_owned(),
+        pid: pid.parse().ok()?,
+        ts: secs.parse::<u64>().ok()? * 1_000_000_000 + usecs.parse::<u64>().ok()? * 1000,
+        event: event.to_owned(),
+        fields: fields.to_owned(),
+    })
+}
+
+/// A `block_rq_issue` line's (rwbs, sector, sectors).
+pub fn ftrace_rq(fields: &str) -> Option<(String, u64, u64)> {
+    let w: Vec<&str> = fields.split_whitespace().collect();
+    let plus = w.iter().position(|x| *x == "+")?;
+    Some((
+        w.get(1)?.to_string(),
+        w.get(plus - 1)?.parse().ok()?,
+        w.get(plus + 1)?.parse().ok()?,
+    ))
+}
+
+/// The sectors of `file` on the whole disk under its filesystem's partition
+/// (`part_start`: the partition's first sector), from `filefrag` (not viopath's
+/// layouts): `(start, end)` pairs.
+pub fn file_disk_sectors(file: &Path, part_start: u64) -> Vec<(u64, u64)> {
+    let out = run("filefrag", &["-e", "-b512", file.to_str().unwrap()]);
+    out.lines()
+        .filter_map(|l| {
+            // " 0:        0..     127:     206848..    206975:    128:  ..."
+            let cols: Vec<&str> = l.split(':').map(str::trim).collect();
+            if cols.len() < 4 || cols[0].parse::<u64>().is_err() {
+                return None;
+            }
+            let (s, e) = cols[2].split_once("..")?;
+            let (s, e): (u64, u64) = (s.trim().parse().ok()?, e.trim().parse().ok()?);
+            Some((part_start + s, part_start + e + 1))
+        })
+        .collect()
+}

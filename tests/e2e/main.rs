@@ -10,6 +10,7 @@ mod common;
 mod vm;
 
 mod attach_e2e;
+mod cache_e2e;
 mod cli;
 mod compare_cli;
 mod guest_ext4;

@@ -434,7 +434,8 @@ fn read_trim(p: &str) -> String {
 mod tests {
     #[test]
     fn hz_from_a_kernel_config() {
-        let cfg = "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_HZ_PERIODIC=n\n";
+        let cfg =
+            "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_HZ_PERIODIC=n\n";
         assert_eq!(super::config_hz(cfg), Some(250));
         assert_eq!(super::config_hz("CONFIG_HZ_1000=y\n"), None);
         assert_eq!(super::config_hz("CONFIG_HZ=zero\n"), None);

@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use viopath_probes::chunks::OpenFile;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use viopath_layouts::host::DevId;
 use viopath_probes::abi;
+use viopath_probes::chunks::OpenFile;
 use viopath_probes::trace::TraceWriter;
 
 /// What the loop works on.

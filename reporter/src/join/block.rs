@@ -7,7 +7,7 @@ use super::row::{Op, Sink, flags};
 use super::slab::Ref;
 use super::slab::Slab;
 use super::state::{
-    Api, BioEntry, BioOwner, Fill, Hio, Join, PluggedBio, REQ_OP_READ, REQ_OP_WRITE, RECENT_FILLS,
+    Api, BioEntry, BioOwner, Fill, Hio, Join, PluggedBio, RECENT_FILLS, REQ_OP_READ, REQ_OP_WRITE,
     ReadAhead, Req, dev_bytes, min0,
 };
 use crate::layout::Layout;
@@ -210,7 +210,12 @@ impl<S: Sink> Join<'_, S> {
             return;
         };
         let end = sector.saturating_add(sectors);
-        if x.job && op == REQ_OP_WRITE && layout.occupied(dev, sector, end) {
+        // Counted where it enters the stack: a loop device's worker writes it again below.
+        if x.job
+            && op == REQ_OP_WRITE
+            && layout.is_top_device(dev)
+            && layout.occupied(dev, sector, end)
+        {
             x.synced_bytes = x.synced_bytes.saturating_add(sectors * 512);
             return;
         }

@@ -139,7 +139,9 @@ impl<S: Sink> Join<'_, S> {
                         };
                         if buffered {
                             root.flags |= match root.op {
-                                Op::Read if ahead_hit => flags::PAGE_CACHE_HIT | flags::READAHEAD_HIT,
+                                Op::Read if ahead_hit => {
+                                    flags::PAGE_CACHE_HIT | flags::READAHEAD_HIT
+                                }
                                 Op::Read if hit => flags::PAGE_CACHE_HIT,
                                 Op::Read => flags::PAGE_CACHE_MISS,
                                 Op::Write => flags::PAGE_CACHE_WRITE,
@@ -206,9 +208,9 @@ impl<S: Sink> Join<'_, S> {
             if f.done > to {
                 continue;
             }
-            let overlaps = ranges
-                .iter()
-                .any(|r| r.bottom && r.dev == f.dev && r.start_sector < f.end && f.start < r.end_sector);
+            let overlaps = ranges.iter().any(|r| {
+                r.bottom && r.dev == f.dev && r.start_sector < f.end && f.start < r.end_sector
+            });
             if overlaps {
                 let issued = f.issued.max(from);
                 found = Some(match found {

@@ -170,9 +170,7 @@ impl<S: Sink> Join<'_, S> {
             hio.sync = range.is_none();
         }
         // A write's own sync is more of its host part, not another piece of its data.
-        if synced
-            && let Some(x) = root.and_then(|r| self.roots.get_mut(r))
-        {
+        if synced && let Some(x) = root.and_then(|r| self.roots.get_mut(r)) {
             x.data_hios = x.data_hios.saturating_sub(1);
             if x.data_hios <= 1 {
                 x.flags &= !flags::SPLIT;

@@ -149,7 +149,7 @@ pub mod reasons {
         ),
         (
             NO_DEVICE_IO,
-            "direct host IO with no block request seen on the bottom device",
+            "no block request of its host IO seen on the bottom device",
         ),
         (
             CUT_AT_START,
