@@ -197,11 +197,19 @@ fn reads_as_mincore_says(cache: &str, aio: &str) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let trace = dir.path().join("reads.trace");
     drop_caches();
+    let disk = dev_of(&s.st.loopdev);
+    let filter = format!("dev == {}", (disk.0 << 20) | disk.1);
+    let oracle = Ftrace::start(
+        "viopath-reads",
+        &[("block/block_bio_queue", Some(&*filter))],
+    );
     let mut was_resident = Vec::new();
     record_interactive(&s, cache, aio, &trace, &cmds, |i| {
         let (o, l) = plan[i];
         was_resident.push(resident(&s.img, host_offset(&map, o), l));
     });
+    let bios = oracle.stop();
+    let extents = file_extents(&s.img, PART_START);
     let (_, rows, _) = join_rows(&trace);
     let reads: Vec<&IoRow> = rows.iter().filter(|r| r.op == Op::Read).collect();
     assert_eq!(reads.len(), plan.len(), "{rows:#?}");
@@ -239,6 +247,33 @@ fn reads_as_mincore_says(cache: &str, aio: &str) {
                 "read {i}: no device time {r:?}"
             );
             assert_eq!(r.bottom_dev, bottom, "read {i}: {r:?}");
+            // The kernel read the sectors (where filefrag places them) of its pages not
+            // in the cache while it ran.
+            let first = host_offset(&map, o) / PAGE;
+            let want: Vec<(u64, u64)> = was_resident[i]
+                .iter()
+                .enumerate()
+                .filter(|&(_, &res)| !res)
+                .flat_map(|(j, _)| disk_sectors_of(&extents, (first + j as u64) * PAGE, PAGE))
+                .collect();
+            let (from, to) = (r.b[Boundary::Submitted], r.b[Boundary::HostDone]);
+            let read: Vec<(u64, u64)> = bios
+                .iter()
+                .filter(|e| e.ts + 1000 >= from && e.ts <= to)
+                .filter_map(|e| ftrace_bio(&e.fields))
+                .filter(|(rwbs, _, _)| rwbs.contains('R'))
+                .map(|(_, s, n)| (s, s + n))
+                .collect();
+            for &(a, b) in &want {
+                let covered: u64 = read
+                    .iter()
+                    .map(|&(s, e)| e.min(b).saturating_sub(s.max(a)))
+                    .sum();
+                assert!(
+                    covered >= b - a,
+                    "read {i} {o}+{l}: sectors {a}..{b} not read during it: {read:?}"
+                );
+            }
         }
         asked.extend(pages);
     }
@@ -299,10 +334,7 @@ fn written(ev: &[FtraceEvent], disk: (u32, u32), sectors: &[(u64, u64)], s: &Syn
         .filter(|e| e.ts >= s.enter && e.ts <= s.exit)
         .filter(|e| e.fields.starts_with(&format!("{dev} ")))
         .filter_map(|e| {
-            let w: Vec<&str> = e.fields.split_whitespace().collect();
-            let plus = w.iter().position(|x| *x == "+")?;
-            let (rwbs, sector, n): (&str, u64, u64) =
-                (w[1], w[plus - 1].parse().ok()?, w[plus + 1].parse().ok()?);
+            let (rwbs, sector, n) = ftrace_bio(&e.fields)?;
             (rwbs.contains('W')
                 && n > 0
                 && sectors.iter().any(|&(a, b)| sector < b && a < sector + n))
@@ -745,4 +777,75 @@ fn guest_writeback_is_exact() {
     );
     let t = viopath_reporter::reader::Trace::open(&run.trace).unwrap();
     assert_eq!(t.header.kernel_hz, Some(kernel_hz() as u32));
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Buffered writes left dirty and written back by the kernel for another process (a
+/// `sync` run by the test while qemu-io waits for its next command): the summary
+/// reports that writeback for the image's disk, with the volume the kernel's own
+/// `block_bio_queue` saw written to the image's sectors, no less than what was written.
+#[test]
+fn kernel_writeback_is_reported_by_disk() {
+    let Some(s) = stack(true) else { return };
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let trace = dir.path().join("wb.trace");
+    drop_caches();
+    let disk = dev_of(&s.st.loopdev);
+    let filter = format!("dev == {}", (disk.0 << 20) | disk.1);
+    let oracle = Ftrace::start("viopath-wb", &[("block/block_bio_queue", Some(&*filter))]);
+    let mut cmds: Vec<String> = (0..4)
+        .map(|i| format!("write -P 3 {} 1M", (16 << 20) + (i << 20)))
+        .collect();
+    cmds.push("read 0 4k".into());
+    let last = cmds.len() - 1;
+    let mut window = (0, 0);
+    record_interactive(&s, "writeback", "threads", &trace, &cmds, |i| {
+        if i == last {
+            window.0 = monotonic_ns();
+            sh("sync");
+            window.1 = monotonic_ns();
+        }
+    });
+    let ev = oracle.stop();
+    let sectors = file_disk_sectors(&s.img, PART_START);
+    let want: u64 = ev
+        .iter()
+        .filter(|e| e.ts >= window.0 && e.ts <= window.1)
+        .filter_map(|e| ftrace_bio(&e.fields))
+        .filter(|(rwbs, sector, n)| {
+            rwbs.contains('W')
+                && *n > 0
+                && sectors.iter().any(|&(a, b)| *sector < b && a < sector + n)
+        })
+        .map(|(_, _, n)| n * 512)
+        .sum();
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["report", "-q", "--format", "json"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let wb = &j["summary"]["page_cache"]["writeback"];
+    eprintln!("kernel writeback: {wb}; the kernel wrote {want} bytes of the image");
+    assert_eq!(wb.as_array().map(Vec::len), Some(1), "{wb}");
+    assert_eq!(wb[0]["disk"], 0, "{wb}");
+    assert_eq!(wb[0]["bytes"].as_u64(), Some(want), "{wb}");
+    assert!(want >= 4 << 20, "less written back than written: {want}");
+    let (_, rows, _) = join_rows(&trace);
+    let writes: Vec<&IoRow> = rows.iter().filter(|r| r.op == Op::Write).collect();
+    assert_eq!(writes.len(), 4);
+    assert!(
+        writes
+            .iter()
+            .all(|r| r.flags & flags::PAGE_CACHE_WRITE != 0 && r.partial == 0)
+    );
 }

@@ -426,9 +426,12 @@ impl Ftrace {
         if !root.join("instances").is_dir() {
             sh("mount -t tracefs nodev /sys/kernel/tracing");
         }
+        // Unique per test: tests of one binary run side by side.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = root
             .join("instances")
-            .join(format!("{name}-{}", std::process::id()));
+            .join(format!("{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap();
         let t = Ftrace { dir };
@@ -500,8 +503,8 @@ fn parse_ftrace_line(l: &str) -> Option<FtraceEvent> {
     })
 }
 
-/// A `block_rq_issue` line's (rwbs, sector, sectors).
-pub fn ftrace_rq(fields: &str) -> Option<(String, u64, u64)> {
+/// A `block_bio_queue` or `block_rq_issue` line's (rwbs, sector, sectors).
+pub fn ftrace_bio(fields: &str) -> Option<(String, u64, u64)> {
     let w: Vec<&str> = fields.split_whitespace().collect();
     let plus = w.iter().position(|x| *x == "+")?;
     Some((
@@ -511,10 +514,10 @@ pub fn ftrace_rq(fields: &str) -> Option<(String, u64, u64)> {
     ))
 }
 
-/// The sectors of `file` on the whole disk under its filesystem's partition
-/// (`part_start`: the partition's first sector), from `filefrag` (not viopath's
-/// layouts): `(start, end)` pairs.
-pub fn file_disk_sectors(file: &Path, part_start: u64) -> Vec<(u64, u64)> {
+/// The extents of `file` from `filefrag` (not viopath's layouts), in 512-byte sectors
+/// on the whole disk under its filesystem's partition (`part_start`: the partition's
+/// first sector): `(file sector, disk sector, sectors)`.
+pub fn file_extents(file: &Path, part_start: u64) -> Vec<(u64, u64, u64)> {
     let out = run("filefrag", &["-e", "-b512", file.to_str().unwrap()]);
     out.lines()
         .filter_map(|l| {
@@ -523,9 +526,32 @@ pub fn file_disk_sectors(file: &Path, part_start: u64) -> Vec<(u64, u64)> {
             if cols.len() < 4 || cols[0].parse::<u64>().is_err() {
                 return None;
             }
+            let (lo, _) = cols[1].split_once("..")?;
             let (s, e) = cols[2].split_once("..")?;
-            let (s, e): (u64, u64) = (s.trim().parse().ok()?, e.trim().parse().ok()?);
-            Some((part_start + s, part_start + e + 1))
+            let (lo, s, e): (u64, u64, u64) = (
+                lo.trim().parse().ok()?,
+                s.trim().parse().ok()?,
+                e.trim().parse().ok()?,
+            );
+            Some((lo, part_start + s, e + 1 - s))
         })
+        .collect()
+}
+
+/// The disk sectors of `file` (see [`file_extents`]): `(start, end)` pairs.
+pub fn file_disk_sectors(file: &Path, part_start: u64) -> Vec<(u64, u64)> {
+    file_extents(file, part_start)
+        .into_iter()
+        .map(|(_, d, n)| (d, d + n))
+        .collect()
+}
+
+/// The disk sectors holding bytes `[off, off + len)` of a file with `extents`.
+pub fn disk_sectors_of(extents: &[(u64, u64, u64)], off: u64, len: u64) -> Vec<(u64, u64)> {
+    let (lo, hi) = (off / 512, (off + len).div_ceil(512));
+    extents
+        .iter()
+        .filter(|&&(f, _, n)| f < hi && lo < f + n)
+        .map(|&(f, d, n)| (d + lo.max(f) - f, d + hi.min(f + n) - f))
         .collect()
 }
