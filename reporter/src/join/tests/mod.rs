@@ -2,6 +2,7 @@
 //! share are here.
 
 mod block;
+mod cache;
 mod finish;
 mod host;
 mod qemu;

@@ -1,0 +1,264 @@
+//! Host IO through the page cache: hits, misses (their own bios, or another's fill of
+//! their pages), readahead, buffered writes and the dirty-page throttle.
+
+use super::*;
+
+/// One image file (inode 11) on /dev/sda at byte 1 GiB.
+fn one_file() -> Layout {
+    Layout::from_json(&serde_json::json!({
+        "images": [{"path": "/vm/a.qcow2", "file_hosts": [
+            {"file": "/vm/a.qcow2", "len": 1u64 << 30, "ino": 11, "host": [
+                {"offset": 0, "len": 1u64 << 30, "hops": [
+                    {"hop": "file", "path": "/vm/a.qcow2", "offset": 0, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/sda", "dev": "8:0", "byte": 1u64 << 30, "via": "filesystem"}
+                ]}]}]}],
+        "devices": []
+    }))
+}
+
+/// The sector of file byte `off`.
+fn sector(off: u64) -> u64 {
+    ((1 << 30) + off) / 512
+}
+
+fn sda() -> u64 {
+    u64::from(kernel_dev(8, 0)) << 32
+}
+
+fn cfg() -> JoinConfig {
+    JoinConfig {
+        dio_probe: true,
+        tick_ns: 4_000_000,
+        ..JoinConfig::default()
+    }
+}
+
+/// qemu-io's request `n` (thread 5) of `len` bytes at file offset `off` (a raw image:
+/// guest and file offsets are the same), its pread or pwrite run by worker `tid`
+/// from `t0 + 5_000` to `t0 + exit`; `inside` adds what the kernel does in between.
+#[allow(clippy::too_many_arguments)]
+fn request<S: Sink>(
+    j: &mut Join<S>,
+    n: u64,
+    write: bool,
+    tid: u32,
+    t0: u64,
+    (off, len): (u64, u64),
+    exit: u64,
+    inside: impl FnOnce(&mut Join<S>),
+) {
+    let q = |ts: u64, tid: u32, sub: u8, a: [u64; 4]| sub_ev(ts, tid, EventKind::Qemu, sub, a);
+    let (blk, aio, sc) = if write {
+        (q::BLK_AIO_PWRITEV, q::AIO_WRITE, 2)
+    } else {
+        (q::BLK_AIO_PREADV, q::AIO_READ, 1)
+    };
+    let (ctx, qiov, aiocb) = (
+        0x5555_0000 + n * 0x100,
+        0x5555_1000 + n * 0x100,
+        0x7f00_0000 + n,
+    );
+    j.event(&q(t0, 5, blk, [ctx, off, len, 0xb1]));
+    let bdrv = if write {
+        q::BDRV_CO_PWRITEV_PART
+    } else {
+        q::BDRV_CO_PREADV_PART
+    };
+    j.event(&q(t0 + 1_000, 5, bdrv, [qiov, off, len, 0xc1]));
+    j.event(&q(t0 + 2_000, 5, q::RAW_CO_PRW, [qiov, off, len, aio]));
+    j.event(&q(
+        t0 + 3_000,
+        5,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [aiocb, off, len, aio],
+    ));
+    j.event(&q(
+        t0 + 4_000,
+        tid,
+        q::HANDLE_AIOCB_RW,
+        [aiocb, off, len, aio],
+    ));
+    j.event(&sub_ev(
+        t0 + 5_000,
+        tid,
+        EventKind::SysEnter,
+        sc,
+        [3, off, len, 0],
+    ));
+    inside(j);
+    j.event(&sub_ev(
+        t0 + exit,
+        tid,
+        EventKind::SysExit,
+        sc,
+        [len, 0, 0, 0],
+    ));
+}
+
+/// A read bio of `bytes` at file offset `off` queued by `tid` at `ts`, its request
+/// issued 1 µs later and done at `done`.
+fn fill<S: Sink>(j: &mut Join<S>, tid: u32, ts: u64, n: u64, off: u64, bytes: u64, done: u64) {
+    block_request(
+        j,
+        ts,
+        tid,
+        0xb000 + n,
+        0x7000 + n,
+        sector(off),
+        sda() | bytes,
+    );
+    j.event(&ev(
+        done,
+        0,
+        EventKind::RqComplete,
+        [0x7000 + n, sector(off), sda() | bytes, bytes],
+    ));
+}
+
+#[test]
+fn a_read_waiting_for_its_bios_misses_and_one_without_hits() {
+    let layout = one_file();
+    let mut j = Join::new(&layout, Rows::default(), cfg());
+    // A miss: its syscall reads 64 KiB (4 asked, 60 read ahead) and waits for it.
+    request(&mut j, 0, false, 9, 10_000, (0x10000, 4096), 90_000, |j| {
+        fill(j, 9, 16_000, 0, 0x10000, 65536, 80_000);
+    });
+    // The same pages again: a hit. Then pages the readahead brought: a readahead hit,
+    // which sets off more readahead it does not wait for.
+    request(
+        &mut j,
+        1,
+        false,
+        9,
+        200_000,
+        (0x10000, 4096),
+        20_000,
+        |_| {},
+    );
+    request(&mut j, 2, false, 9, 300_000, (0x18000, 4096), 20_000, |j| {
+        block_request(
+            j,
+            306_000,
+            9,
+            0xb002,
+            0x7002,
+            sector(0x20000),
+            sda() | 131072,
+        );
+    });
+    j.event(&ev(
+        500_000,
+        0,
+        EventKind::RqComplete,
+        [0x7002, sector(0x20000), sda() | 131072, 131072],
+    ));
+    let (Rows(rows), _) = j.finish();
+    let f = |i: usize| rows[i].flags;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.partial == 0), "{rows:?}");
+    assert_eq!(
+        f(0) & (flags::PAGE_CACHE_MISS | flags::PAGE_CACHE_HIT),
+        flags::PAGE_CACHE_MISS
+    );
+    assert_eq!(rows[0].readahead_bytes, 61440);
+    assert_eq!(rows[0].b[crate::layers::Boundary::DeviceDone], 80_000);
+    assert_eq!(
+        f(1) & (flags::PAGE_CACHE_HIT | flags::READAHEAD_HIT),
+        flags::PAGE_CACHE_HIT
+    );
+    assert_eq!(
+        f(2) & (flags::PAGE_CACHE_HIT | flags::READAHEAD_HIT),
+        flags::PAGE_CACHE_HIT | flags::READAHEAD_HIT
+    );
+    assert_eq!(rows[2].readahead_bytes, 131072, "what it set off");
+    // A hit's host time is the copy: no block layers.
+    for r in &rows[1..] {
+        let b = r.b.as_array();
+        assert_eq!((b[3], b[4], b[5]), (0, 0, 0), "{r:?}");
+    }
+}
+
+#[test]
+fn a_read_of_pages_another_is_filling_waits_for_that_fill() {
+    let layout = one_file();
+    let mut j = Join::new(&layout, Rows::default(), cfg());
+    // Worker 9's read fills 64 KiB until 80 µs; worker 10 reads inside it meanwhile
+    // and queues nothing: it waited on the locked pages.
+    request(&mut j, 0, false, 9, 10_000, (0x10000, 4096), 90_000, |j| {
+        j.event(&ev(
+            16_000,
+            9,
+            EventKind::BioQueue,
+            [0xb000, sector(0x10000), sda() | 65536, 0],
+        ));
+        j.event(&ev(
+            16_100,
+            9,
+            EventKind::RqInsert,
+            [0x7000, sector(0x10000), sda() | 65536, 0xb000],
+        ));
+        j.event(&ev(
+            16_200,
+            9,
+            EventKind::RqIssue,
+            [0x7000, sector(0x10000), sda() | 65536, 0xb000],
+        ));
+        request(j, 1, false, 10, 20_000, (0x14000, 8192), 70_000, |j| {
+            j.event(&ev(
+                80_000,
+                0,
+                EventKind::RqComplete,
+                [0x7000, sector(0x10000), sda() | 65536, 65536],
+            ));
+        });
+    });
+    let (Rows(rows), _) = j.finish();
+    let waiter = rows.iter().find(|r| r.bytes == 8192).unwrap();
+    assert_eq!(waiter.partial, 0, "{waiter:?}");
+    assert!(waiter.flags & flags::PAGE_CACHE_MISS != 0, "{waiter:?}");
+    let b = waiter.b.as_array();
+    // Its device time runs from its own start (the fill was issued before) to the
+    // fill's end.
+    assert_eq!((b[4], b[5]), (25_000, 80_000), "{waiter:?}");
+}
+
+#[test]
+fn a_buffered_write_ends_in_the_cache_with_its_dirty_throttle() {
+    let layout = one_file();
+    let mut j = Join::new(&layout, Rows::default(), cfg());
+    request(
+        &mut j,
+        0,
+        true,
+        9,
+        10_000,
+        (0x10000, 65536),
+        50_000_000,
+        |j| {
+            j.event(&ev(20_000, 9, EventKind::DirtyThrottle, [3, 10, 32, 0]));
+            j.event(&ev(12_100_000, 9, EventKind::DirtyThrottle, [2, 10, 16, 3]));
+        },
+    );
+    let (Rows(rows), _) = j.finish();
+    let r = &rows[0];
+    assert_eq!(r.partial, 0, "{r:?}");
+    assert_eq!(
+        r.flags & (flags::PAGE_CACHE_WRITE | flags::DIRTY_THROTTLED),
+        flags::PAGE_CACHE_WRITE | flags::DIRTY_THROTTLED
+    );
+    assert_eq!(r.dirty_wait_ns, 5 * 4_000_000);
+}
+
+#[test]
+fn without_the_direct_io_probe_no_host_io_is_taken_for_buffered() {
+    let layout = one_file();
+    let cfg = JoinConfig {
+        dio_probe: false,
+        ..cfg()
+    };
+    let mut j = Join::new(&layout, Rows::default(), cfg);
+    request(&mut j, 0, false, 9, 10_000, (0x10000, 4096), 20_000, |_| {});
+    let (Rows(rows), _) = j.finish();
+    assert_eq!(rows[0].partial, reasons::NO_DEVICE_IO, "{:?}", rows[0]);
+    assert_eq!(rows[0].flags & flags::PAGE_CACHE_HIT, 0);
+}
