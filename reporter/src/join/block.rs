@@ -8,7 +8,7 @@ use super::slab::Ref;
 use super::slab::Slab;
 use super::state::{
     Api, BioEntry, BioOwner, Fill, Hio, Join, PluggedBio, RECENT_FILLS, REQ_OP_READ, REQ_OP_WRITE,
-    ReadAhead, Req, dev_bytes, min0,
+    Req, dev_bytes, min0,
 };
 use crate::layout::Layout;
 use smallvec::{SmallVec, smallvec};
@@ -219,7 +219,14 @@ impl<S: Sink> Join<'_, S> {
             x.synced_bytes = x.synced_bytes.saturating_add(sectors * 512);
             return;
         }
-        if op != REQ_OP_READ || x.direct || x.job || !dio_probe {
+        // Readahead is of image data: a filesystem's own metadata reads (extent blocks)
+        // the read waits for are its, but are not readahead.
+        if op != REQ_OP_READ
+            || x.direct
+            || x.job
+            || !dio_probe
+            || !layout.occupied(dev, sector, end)
+        {
             return;
         }
         // The part outside its own range on this device is readahead.
@@ -231,14 +238,7 @@ impl<S: Sink> Join<'_, S> {
         let mut ahead = |start: DeviceSector, stop: DeviceSector| {
             if stop > start {
                 x.ra_bytes = x.ra_bytes.saturating_add((stop.0 - start.0) * 512);
-                if self.readahead.len() >= RECENT_FILLS {
-                    self.readahead.pop_front();
-                }
-                self.readahead.push_back(ReadAhead {
-                    dev,
-                    start,
-                    end: stop,
-                });
+                self.readahead.add(dev, start, stop);
             }
         };
         match own {

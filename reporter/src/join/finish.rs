@@ -93,11 +93,16 @@ impl<S: Sink> Join<'_, S> {
         // cache: bios it queued (asynchronous readahead it set off) were not waited for.
         let cache_hit = buffered && hio.done_any == 0 && waited.is_none();
         let ahead_hit = cache_hit
-            && self.readahead.iter().any(|a| {
-                hio.ranges
-                    .iter()
-                    .any(|r| r.dev == a.dev && r.start_sector < a.end && a.start < r.end_sector)
-            });
+            && hio
+                .ranges
+                .iter()
+                .any(|r| self.readahead.overlaps(r.dev, r.start_sector, r.end_sector));
+        if buffered {
+            // Asked for now: a later hit on these pages is not the readahead's.
+            for r in &hio.ranges {
+                self.readahead.asked(r.dev, r.start_sector, r.end_sector);
+            }
+        }
         let tick_ns = self.cfg.tick_ns;
         let root = hio
             .root

@@ -105,7 +105,7 @@ impl<'l, S: Sink> Join<'l, S> {
             preflush: Vec::new(),
             syncing: Vec::new(),
             fills: VecDeque::new(),
-            readahead: VecDeque::new(),
+            readahead: state::ReadAheads::default(),
             throttled: VecDeque::new(),
             user_data: Map::default(),
             kiocb: Map::default(),

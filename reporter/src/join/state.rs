@@ -223,16 +223,69 @@ pub(super) struct Fill {
     pub(super) done: u64,
 }
 
-/// Sectors a buffered read's readahead brought in beyond what it asked for: a later
-/// page-cache hit on them is a readahead hit.
-#[derive(Clone, Copy)]
-pub(super) struct ReadAhead {
-    pub(super) dev: u32,
-    pub(super) start: DeviceSector,
-    pub(super) end: DeviceSector,
+/// Sectors buffered reads' readahead brought in beyond what they asked for, and no
+/// read has asked for since: a page-cache hit on them is a readahead hit. Disjoint
+/// ranges by (device, first sector), so a lookup is one step of the tree; past
+/// [`READAHEAD_RANGES`] of them the oldest knowledge is dropped whole (a bound on
+/// memory: a hit on readahead that old is then not told apart).
+#[derive(Default)]
+pub(super) struct ReadAheads {
+    ranges: std::collections::BTreeMap<(u32, DeviceSector), DeviceSector>,
 }
 
-/// Fills and readahead ranges kept: the most recent this many.
+pub(super) const READAHEAD_RANGES: usize = 65_536;
+
+impl ReadAheads {
+    /// Sectors `[start, end)` of `dev` were read ahead.
+    pub(super) fn add(&mut self, dev: u32, mut start: DeviceSector, mut end: DeviceSector) {
+        if let Some((&(d, s), &e)) = self.ranges.range(..=(dev, start)).next_back()
+            && d == dev
+            && e >= start
+        {
+            self.ranges.remove(&(d, s));
+            start = s;
+            end = end.max(e);
+        }
+        while let Some((&(d, s), &e)) = self.ranges.range((dev, start)..=(dev, end)).next() {
+            self.ranges.remove(&(d, s));
+            end = end.max(e);
+        }
+        if self.ranges.len() >= READAHEAD_RANGES {
+            self.ranges.clear();
+        }
+        self.ranges.insert((dev, start), end);
+    }
+
+    /// Whether any of `[start, end)` of `dev` was read ahead and not asked for since.
+    pub(super) fn overlaps(&self, dev: u32, start: DeviceSector, end: DeviceSector) -> bool {
+        self.ranges
+            .range(..(dev, end))
+            .next_back()
+            .is_some_and(|(&(d, _), &e)| d == dev && e > start)
+    }
+
+    /// A read asked for `[start, end)` of `dev`: no longer readahead.
+    pub(super) fn asked(&mut self, dev: u32, start: DeviceSector, end: DeviceSector) {
+        let hit: Vec<(DeviceSector, DeviceSector)> = self
+            .ranges
+            .range(..(dev, end))
+            .rev()
+            .take_while(|&(&(d, _), &e)| d == dev && e > start)
+            .map(|(&(_, s), &e)| (s, e))
+            .collect();
+        for (s, e) in hit {
+            self.ranges.remove(&(dev, s));
+            if s < start {
+                self.ranges.insert((dev, s), start);
+            }
+            if e > end {
+                self.ranges.insert((dev, end), e);
+            }
+        }
+    }
+}
+
+/// Fills kept: the most recent this many.
 pub(super) const RECENT_FILLS: usize = 4096;
 
 /// A bio that merged into a request not seen yet: one still on the submitting task's
@@ -530,8 +583,8 @@ pub struct Join<'l, S: Sink> {
     pub(super) syncing: Vec<(u32, Ref)>,
     /// Recent page-cache fills on bottom devices, oldest first (see [`Fill`]).
     pub(super) fills: VecDeque<Fill>,
-    /// Recent readahead beyond what buffered reads asked, oldest first.
-    pub(super) readahead: VecDeque<ReadAhead>,
+    /// Readahead beyond what buffered reads asked.
+    pub(super) readahead: ReadAheads,
     pub(super) user_data: Map<u64, Ref>,
     pub(super) kiocb: Map<u64, Ref>,
     pub(super) bios: Map<u64, BioEntry>,

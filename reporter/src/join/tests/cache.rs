@@ -262,3 +262,25 @@ fn without_the_direct_io_probe_no_host_io_is_taken_for_buffered() {
     assert_eq!(rows[0].partial, reasons::NO_DEVICE_IO, "{:?}", rows[0]);
     assert_eq!(rows[0].flags & flags::PAGE_CACHE_HIT, 0);
 }
+
+#[test]
+fn readahead_ranges_merge_and_give_way_to_reads() {
+    use viopath_layouts::DeviceSector as S;
+    let mut ra = ReadAheads::default();
+    ra.add(1, S(100), S(200));
+    ra.add(1, S(200), S(300)); // touching: one range
+    ra.add(1, S(150), S(250)); // inside
+    ra.add(2, S(100), S(200)); // another device
+    assert!(ra.overlaps(1, S(299), S(400)));
+    assert!(!ra.overlaps(1, S(300), S(400)));
+    assert!(!ra.overlaps(1, S(0), S(100)));
+    // A read of the middle: what is left either side is still readahead.
+    ra.asked(1, S(140), S(160));
+    assert!(!ra.overlaps(1, S(140), S(160)));
+    assert!(ra.overlaps(1, S(100), S(141)));
+    assert!(ra.overlaps(1, S(159), S(170)));
+    assert!(ra.overlaps(2, S(199), S(250)));
+    ra.asked(1, S(0), S(1000));
+    assert!(!ra.overlaps(1, S(0), S(1000)));
+    assert!(ra.overlaps(2, S(100), S(101)));
+}
