@@ -370,6 +370,7 @@ pub mod qemu_probe {
     pub const QEMU_IO_AIO_WRITE_DONE: u8 = 20;
     pub const BDRV_CO_PDISCARD: u8 = 21;
     pub const THROTTLE_INTERCEPT: u8 = 22;
+    pub const BLK_AIO_FLUSH: u8 = 23;
     /// `raw_co_prw`'s type argument (QEMU_AIO_*).
     pub const AIO_READ: u64 = 1;
     pub const AIO_WRITE: u64 = 2;

@@ -571,6 +571,13 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         layouts: one!([A::reg(5), A::reg(1), A::deref64(2, QIOV_SIZE), A::reg(0)]),
     },
     QemuProbe {
+        id: q::BLK_AIO_FLUSH,
+        symbol: "blk_aio_flush",
+        layer: Layer::QemuBlock,
+        records: "flush from a device model: opaque (VirtIOBlockReq), BlockBackend",
+        layouts: one!([A::reg(2), A::NONE, A::NONE, A::reg(0)]),
+    },
+    QemuProbe {
         id: q::BLK_CO_PREADV_PART,
         symbol: "blk_co_preadv_part",
         layer: Layer::QemuBlock,

@@ -211,7 +211,7 @@ impl<S: Sink> Join<'_, S> {
         };
         let end = sector.saturating_add(sectors);
         // Counted where it enters the stack: a loop device's worker writes it again below.
-        if x.job
+        if x.sync
             && op == REQ_OP_WRITE
             && layout.is_top_device(dev)
             && layout.occupied(dev, sector, end)

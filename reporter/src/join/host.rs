@@ -48,9 +48,10 @@ impl<S: Sink> Join<'_, S> {
 
     /// The guest request a host job without data (flush, discard) made on `tid` serves:
     /// QEMU's block layer has no probe for these, so it is the earliest virtio request
-    /// of that thread still in flight that has no block IO and no such job yet.
-    /// virtio-blk submits the reads and writes popped before a flush first, so by then
-    /// they have their block IO.
+    /// of that thread still in flight that has no block IO and no such job yet, the one
+    /// `blk_aio_flush` named first: virtio-blk submits the writes popped before a
+    /// flush first, but a read popped before it in the same batch may get its block IO
+    /// only after the flush's job.
     ///
     /// Where no virtio layer was traced, a job with a range (`range`: the job's file
     /// offset and length) belongs to a QEMU block request writing zeroes made on the
@@ -87,8 +88,15 @@ impl<S: Sink> Join<'_, S> {
                         }
                     }
             })
-            // A job with a range goes first to the request known to write zeroes.
-            .min_by_key(|(_, x)| (!(x.nodata && range.is_some()), x.id))
+            // A job with a range goes first to the request known to write zeroes, one
+            // without to the request known to flush (`blk_aio_flush` said so).
+            .min_by_key(|(_, x)| {
+                let known = match range {
+                    Some(_) => x.nodata,
+                    None => x.op == Op::Flush,
+                };
+                (!known, x.id)
+            })
             .map(|(r, _)| r)
     }
 

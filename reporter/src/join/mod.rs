@@ -68,6 +68,7 @@ mod code {
     pub const QCOW2_CO_PWRITEV_PART: u16 = qemu(q::QCOW2_CO_PWRITEV_PART);
     pub const BDRV_CO_PDISCARD: u16 = qemu(q::BDRV_CO_PDISCARD);
     pub const THROTTLE_INTERCEPT: u16 = qemu(q::THROTTLE_INTERCEPT);
+    pub const BLK_AIO_FLUSH: u16 = qemu(q::BLK_AIO_FLUSH);
     pub const QCOW2_CACHE_GET: u16 = qemu(q::QCOW2_CACHE_GET);
     pub const RAW_CO_PRW: u16 = qemu(q::RAW_CO_PRW);
     pub const THREAD_POOL_SUBMIT_AIO: u16 = qemu(q::THREAD_POOL_SUBMIT_AIO);
@@ -180,6 +181,7 @@ impl<'l, S: Sink> Join<'l, S> {
             | code::QCOW2_CO_PWRITEV_PART => self.qemu_block(e),
             code::BDRV_CO_PDISCARD => self.bdrv_co_pdiscard(e),
             code::THROTTLE_INTERCEPT => self.throttle_intercept(e),
+            code::BLK_AIO_FLUSH => self.blk_aio_flush(e),
             code::QCOW2_CACHE_GET => self.qcow2_cache_get(e),
             code::RAW_CO_PRW => self.raw_co_prw(e),
             code::THREAD_POOL_SUBMIT_AIO => self.thread_pool_submit_aio(e),

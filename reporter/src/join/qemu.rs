@@ -33,6 +33,19 @@ impl<S: Sink> Join<'_, S> {
         self.threads.at(e.tid, e.ts).last_parsed = Some(r);
     }
 
+    /// `blk_aio_flush` of a virtio request: a flush, known before its completion says
+    /// so. virtio-blk hands a flush to the block layer as it pops it, before the reads
+    /// popped ahead of it in the same batch (it sends only pending writes first), so
+    /// the flush job that follows is this request's, not theirs (see `job_root`).
+    #[inline(never)]
+    pub(super) fn blk_aio_flush(&mut self, e: &RawEvent) {
+        if let Some(&r) = self.virtio.get(&e.a[0])
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            root.op = Op::Flush;
+        }
+    }
+
     /// `blk_aio_preadv`/`blk_aio_pwritev`: the block request of a virtio request, or,
     /// with no virtio request at that pointer, a request of QEMU's own caller (qemu-io),
     /// keyed by its opaque pointer until its completion callback.

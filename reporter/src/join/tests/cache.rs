@@ -284,3 +284,40 @@ fn readahead_ranges_merge_and_give_way_to_reads() {
     assert!(!ra.overlaps(1, S(0), S(1000)));
     assert!(ra.overlaps(2, S(100), S(101)));
 }
+
+/// virtio-blk pops a read and then a flush in one batch; it hands the flush to the
+/// block layer at once (only pending writes go first), so the flush's job comes
+/// before the read's block IO. `blk_aio_flush` names the flush: the job is its.
+#[test]
+fn a_flush_job_made_before_an_earlier_reads_block_io_is_the_flushs() {
+    let layout = Layout::default();
+    let cfg = JoinConfig {
+        flush_syscalls: true,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let q = |ts, tid, sub, a| sub_ev(ts, tid, EventKind::Qemu, sub, a);
+    j.event(&q(1_000, 1, q::VIRTIO_HANDLE_REQUEST, [0xa1, 0, 0, 0]));
+    j.event(&q(1_100, 1, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+    j.event(&q(1_200, 1, q::BLK_AIO_FLUSH, [0xf1, 0, 0, 0xbb]));
+    j.event(&q(
+        1_300,
+        1,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe2, 0, 0, 8 << 32 | q::AIO_FLUSH],
+    ));
+    j.event(&q(1_400, 1, q::BLK_AIO_PREADV, [0xa1, 4096, 4096, 0xbb]));
+    j.event(&sub_ev(2_000, 3, EventKind::SysEnter, 11, [8, 0, 0, 0]));
+    j.event(&sub_ev(9_000, 3, EventKind::SysExit, 11, [0, 0, 0, 0]));
+    j.event(&q(9_500, 1, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+    j.event(&q(9_600, 1, q::VIRTIO_REQ_COMPLETE, [0xa1, 8, 0, 4096]));
+    let (All(rows, _), _) = j.finish();
+    let flush = rows.iter().find(|r| r.op == Op::Flush).unwrap();
+    let read = rows.iter().find(|r| r.op == Op::Read).unwrap();
+    assert_eq!(flush.host_ios, 1, "{flush:?}");
+    assert_eq!(flush.b[crate::layers::Boundary::HostDone], 9_000);
+    assert_eq!(
+        read.host_ios, 0,
+        "the flush's job is not the read's: {read:?}"
+    );
+}
