@@ -503,22 +503,26 @@ impl Layout {
         r.get(i).is_some_and(|&(s, _)| s < end)
     }
 
-    /// The VM disk whose files hold sector `sector` of `dev`; `None` if none does, or
-    /// if files of several disks do (a shared backing file).
-    pub fn disk_at(&self, dev: u32, sector: DeviceSector) -> Option<u16> {
+    /// The VM disk whose files hold sectors `[start, end)` of `dev`; `None` if none
+    /// does, or if files of several disks do (a shared backing file, or an IO across
+    /// two disks' files).
+    pub fn disk_at(&self, dev: u32, start: DeviceSector, end: DeviceSector) -> Option<u16> {
         let r = self.disk_ranges.get(&dev)?;
-        // Ranges sorted by start: those starting at or before the sector, nearest first.
-        let upto = r.partition_point(|&(s, _, _)| s <= sector.0);
+        // Ranges sorted by start: those starting before the end, nearest first.
+        let upto = r.partition_point(|&(s, _, _)| s < end.0);
         let mut found = None;
-        // Files do not share blocks, so only the nearest ranges can hold it (a file
-        // shared by two disks' chains appears once per disk, side by side).
-        for &(_, e, d) in r[..upto].iter().rev().take(8) {
-            if e > sector.0 {
-                match found {
-                    None => found = Some(d),
-                    Some(f) if f != d => return None,
-                    Some(_) => {}
-                }
+        // Files do not share blocks, so ranges reaching into the IO lie just before
+        // its end (a file shared by two disks' chains appears once per disk; a
+        // partition's ranges are there twice, in its own and its disk's sectors): a
+        // few hundred are looked at (an IO over more extents names those ones' disk).
+        for &(_, e, d) in r[..upto].iter().rev().take(256) {
+            if e <= start.0 {
+                continue;
+            }
+            match found {
+                None => found = Some(d),
+                Some(f) if f != d => return None,
+                Some(_) => {}
             }
         }
         found

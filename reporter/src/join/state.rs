@@ -840,7 +840,11 @@ impl<S: Sink> Join<'_, S> {
             (true, _) => OtherClass::ImageWriteback,
         };
         let disk = if image {
-            self.layout.disk_at(dev, sector)
+            self.layout.disk_at(
+                dev,
+                sector,
+                sector.saturating_add(bytes.div_ceil(512).max(1)),
+            )
         } else {
             None
         };
