@@ -68,6 +68,48 @@ fn drop_caches() {
     sh("sync && echo 3 > /proc/sys/vm/drop_caches");
 }
 
+/// `viopath record -o TRACE -- qemu-io -f qcow2 OPTS -c CMD... IMAGE`'s arguments.
+fn record_args(s: &Setup, trace: &Path, opts: &[&str], cmds: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "record".into(),
+        "-o".into(),
+        trace.display().to_string(),
+        "--".into(),
+    ];
+    args.extend([s.qemu_io.display().to_string(), "-f".into(), "qcow2".into()]);
+    args.extend(opts.iter().map(|o| o.to_string()));
+    for c in cmds {
+        args.extend(["-c".into(), c.clone()]);
+    }
+    args.push(s.img.display().to_string());
+    args
+}
+
+/// `viopath report --format json` of a trace.
+fn report_json(trace: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["report", "-q", "--format", "json"])
+        .arg(trace)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// [`record_args`] recorded, holding the recording lock.
+fn record(s: &Setup, trace: &Path, opts: &[&str], cmds: &[String]) {
+    let out = viopath_recording(&record_args(s, trace, opts, cmds));
+    assert!(
+        out.status.success(),
+        "{opts:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Where guest bytes `[off, off + len)` are in the image file, from `qemu-img map`.
 fn host_offset(map: &[Value], off: u64) -> u64 {
     let e = map
@@ -382,8 +424,7 @@ fn writethrough_writes_include_their_sync_and_what_it_wrote() {
             ("syscalls/sys_exit_fdatasync", None),
         ],
     );
-    let mut cmd = vec![s.qemu_io.display().to_string(), "-f".into(), "qcow2".into()];
-    for (i, (o, l)) in [
+    let cmds: Vec<String> = [
         (0u64, 65536u64),
         (1 << 20, 4096),
         (9 << 20, 65536),
@@ -391,23 +432,9 @@ fn writethrough_writes_include_their_sync_and_what_it_wrote() {
     ]
     .iter()
     .enumerate()
-    {
-        cmd.extend(["-c".into(), format!("write -P {} {o} {l}", i + 1)]);
-    }
-    cmd.push(s.img.display().to_string());
-    let mut args = vec![
-        "record".into(),
-        "-o".into(),
-        trace.display().to_string(),
-        "--".into(),
-    ];
-    args.extend(cmd);
-    let out = viopath_recording(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .map(|(i, (o, l))| format!("write -P {} {o} {l}", i + 1))
+    .collect();
+    record(&s, &trace, &[], &cmds);
     let ev = oracle.stop();
     let sectors = file_disk_sectors(&s.img, PART_START);
     let syncs = syncs(&ev);
@@ -443,26 +470,10 @@ fn dirty_throttle_pauses_are_the_kernels() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let trace = dir.path().join("dirty.trace");
     let oracle = Ftrace::start("viopath-dirty", &[("writeback/balance_dirty_pages", None)]);
-    let mut args: Vec<String> = vec![
-        "record".into(),
-        "-o".into(),
-        trace.display().to_string(),
-        "--".into(),
-    ];
-    args.extend([
-        s.qemu_io.display().to_string(),
-        "-f".into(),
-        "qcow2".into(),
-        "-t".into(),
-        "writeback".into(),
-    ]);
-    for i in 0..40u64 {
-        args.extend([
-            "-c".into(),
-            format!("write -P 9 {} 1M", (8 << 20) + i * (1 << 20)),
-        ]);
-    }
-    args.push(s.img.display().to_string());
+    let cmds: Vec<String> = (0..40u64)
+        .map(|i| format!("write -P 9 {} 1M", (8 << 20) + i * (1 << 20)))
+        .collect();
+    let args = record_args(&s, &trace, &["-t", "writeback"], &cmds);
     // The machine's limits are lowered only while this test records: the lock keeps
     // every other recording out meanwhile.
     let one = one_recorder();
@@ -535,22 +546,7 @@ impl Drop for Restore {
 
 /// One qemu-io run in `cache` mode with `aio`: writes, reads, a flush.
 fn record_mode(s: &Setup, cache: &str, aio: &str, trace: &Path) {
-    let mut args: Vec<String> = vec![
-        "record".into(),
-        "-o".into(),
-        trace.display().to_string(),
-        "--".into(),
-    ];
-    args.extend([
-        s.qemu_io.display().to_string(),
-        "-f".into(),
-        "qcow2".into(),
-        "-t".into(),
-        cache.into(),
-        "-i".into(),
-        aio.into(),
-    ]);
-    for c in [
+    let cmds: Vec<String> = [
         "read 0 64k",
         "read 0 64k",
         "read 64k 64k",
@@ -561,17 +557,11 @@ fn record_mode(s: &Setup, cache: &str, aio: &str, trace: &Path) {
         "aio_write -P 9 20M 64k",
         "aio_read 1M 64k",
         "aio_flush",
-    ] {
-        args.extend(["-c".into(), c.into()]);
-    }
-    args.push(s.img.display().to_string());
+    ]
+    .map(String::from)
+    .to_vec();
     drop_caches();
-    let out = viopath_recording(&args);
-    assert!(
-        out.status.success(),
-        "{cache}/{aio}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    record(s, trace, &["-t", cache, "-i", aio], &cmds);
 }
 
 /// Every cache mode QEMU offers, with the thread pool, io_uring, and linux-aio where
@@ -612,12 +602,7 @@ fn every_cache_mode_gives_complete_rows() {
                     assert!(r.b[Boundary::DeviceDone] > 0, "{what}: {r:?}");
                 }
             }
-            let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
-                .args(["report", "-q", "--format", "json"])
-                .arg(&trace)
-                .output()
-                .unwrap();
-            let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let j = report_json(&trace);
             let m = &j["summary"]["cache_modes"][0];
             assert_eq!(m["mode"], cache, "{what}: {m}");
             assert_eq!(m["from"], "command line", "{what}: {m}");
@@ -666,38 +651,20 @@ fn a_loop_device_without_direct_io_gives_complete_rows() {
     );
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let trace = dir.path().join("loop.trace");
-    let mut args: Vec<String> = vec![
-        "record".into(),
-        "-o".into(),
-        trace.display().to_string(),
-        "--".into(),
-    ];
-    args.extend([
-        s.qemu_io.display().to_string(),
-        "-f".into(),
-        "qcow2".into(),
-        "-t".into(),
-        "none".into(),
-    ]);
     let mut rng = Lcg(42);
     let n = 300;
-    for i in 0..n {
-        let off = rng.below(120) * 65536 + rng.below(16) * 4096;
-        let cmd = if i % 3 == 0 {
-            format!("write -P {} {off} 4k", i % 250)
-        } else {
-            format!("read {off} 4k")
-        };
-        args.extend(["-c".into(), cmd]);
-    }
-    args.push(s.img.display().to_string());
+    let cmds: Vec<String> = (0..n)
+        .map(|i| {
+            let off = rng.below(120) * 65536 + rng.below(16) * 4096;
+            if i % 3 == 0 {
+                format!("write -P {} {off} 4k", i % 250)
+            } else {
+                format!("read {off} 4k")
+            }
+        })
+        .collect();
     drop_caches();
-    let out = viopath_recording(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    record(&s, &trace, &["-t", "none"], &cmds);
     let (_, rows, _) = join_rows(&trace);
     let data: Vec<&IoRow> = rows.iter().filter(|r| r.op.moves_data()).collect();
     assert_eq!(data.len(), n as usize);
@@ -772,12 +739,7 @@ fn guest_writeback_is_exact() {
     assert!(wrote > 0 && cached > 0 && hits > 0 && misses > 0);
     // The summary names the mode from QEMU's command line, and the kernel's open flags
     // (QEMU lived long enough for the recorder to look) agree.
-    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
-        .args(["report", "-q", "--format", "json"])
-        .arg(&run.trace)
-        .output()
-        .unwrap();
-    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = report_json(&run.trace);
     let m = &j["summary"]["cache_modes"][0];
     assert_eq!(
         (&m["mode"], &m["from"], &m["opened_direct"]),
@@ -841,12 +803,7 @@ fn kernel_writeback_is_reported_by_disk() {
         })
         .map(|(_, _, n)| n * 512)
         .sum();
-    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
-        .args(["report", "-q", "--format", "json"])
-        .arg(&trace)
-        .output()
-        .unwrap();
-    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = report_json(&trace);
     let wb = &j["summary"]["page_cache"]["writeback"];
     eprintln!("kernel writeback: {wb}; the kernel wrote {want} bytes of the image");
     assert_eq!(wb.as_array().map(Vec::len), Some(1), "{wb}");
