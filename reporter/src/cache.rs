@@ -83,6 +83,12 @@ pub struct DiskCache {
 }
 
 impl DiskCache {
+    /// Whether the image was opened with O_DIRECT: the kernel's word when it was seen
+    /// open, else the command line's; `None` when neither says.
+    pub fn direct(&self) -> Option<bool> {
+        self.opened_direct.or(self.mode.map(CacheMode::direct))
+    }
+
     /// One line for the summary: the mode, where it came from, and the kernel's word
     /// when it contradicts it.
     pub fn describe(&self) -> String {
@@ -408,6 +414,23 @@ mod tests {
                 ("/i/f.raw".to_owned(), CacheMode::Writeback),
             ]
         );
+    }
+
+    #[test]
+    fn the_kernels_open_flags_say_direct_before_the_command_line() {
+        let c = |mode, opened_direct| DiskCache {
+            disk: "/dev/vg/lv".into(),
+            mode,
+            from: "command line".into(),
+            opened_direct,
+        };
+        assert_eq!(
+            c(Some(CacheMode::Writeback), Some(true)).direct(),
+            Some(true)
+        );
+        assert_eq!(c(Some(CacheMode::None), None).direct(), Some(true));
+        assert_eq!(c(Some(CacheMode::Unsafe), None).direct(), Some(false));
+        assert_eq!(c(None, None).direct(), None);
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout
 
 /// How rows end, from which probes the trace's header says were attached.
 pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::JoinConfig {
+    let caches = crate::cache::disk_caches(&trace.header, trace.end.as_ref(), layout);
+    let all_direct = !caches.is_empty() && caches.iter().all(|c| c.direct() == Some(true));
     join::JoinConfig {
         await_msi: trace.header.attached("kvm_msi_set_irq"),
         expect_qcow2: layout.has_qcow2()
@@ -167,8 +169,10 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
         aio_fsync: trace.header.attached("workqueue_execute_start")
             && trace.header.attached("workqueue_execute_end"),
         falloc_syscalls: trace.header.attached("sys_enter_fallocate"),
-        dio_probe: trace.header.attached("iomap_dio_rw_begin"),
-        synced_writes: crate::cache::disk_caches(&trace.header, trace.end.as_ref(), layout)
+        // Block devices given to QEMU as disks do direct IO without iomap: where every
+        // disk is known to be opened O_DIRECT, no host IO is buffered.
+        dio_probe: trace.header.attached("iomap_dio_rw_begin") && !all_direct,
+        synced_writes: caches
             .iter()
             .any(|c| c.mode.is_some_and(|m| m.syncs_writes())),
         tick_ns: trace
