@@ -79,6 +79,11 @@ pub struct VmShape {
     pub paused: bool,
     /// The disks' cache mode (`none` when unset: the image opened with O_DIRECT).
     pub cache: Option<&'static str>,
+    /// The disks' image format (`qcow2` when unset).
+    pub format: Option<&'static str>,
+    /// Spread each disk's queues over this many iothreads of its own
+    /// (`iothread-vq-mapping`, QEMU 9.0 on); 0: not.
+    pub vq_iothreads: u32,
 }
 
 /// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
@@ -198,12 +203,34 @@ fn boot_args(
     }
     for (i, disk) in disks.iter().enumerate() {
         let mut drive = format!(
-            "file={},if=none,id=d{i},format=qcow2,cache={},aio={aio},discard=unmap",
+            "file={},if=none,id=d{i},format={},cache={},aio={aio},discard=unmap",
             disk.display(),
+            shape.format.unwrap_or("qcow2"),
             shape.cache.unwrap_or("none")
         );
         if let Some(n) = shape.iops_limit {
             drive.push_str(&format!(",throttling.iops-total={n}"));
+        }
+        if shape.vq_iothreads > 0 {
+            // The mapping is a list: only the JSON form of -device takes it.
+            let mapping: Vec<String> = (0..shape.vq_iothreads)
+                .map(|k| {
+                    args.extend(["-object".to_owned(), format!("iothread,id=io{i}q{k}")]);
+                    format!("{{\"iothread\":\"io{i}q{k}\"}}")
+                })
+                .collect();
+            let queues = if shape.queues > 0 {
+                shape.queues
+            } else {
+                2 * shape.vq_iothreads
+            };
+            let device = format!(
+                "{{\"driver\":\"virtio-blk-pci\",\"drive\":\"d{i}\",\"id\":\"vd{i}\",\
+                 \"num-queues\":{queues},\"iothread-vq-mapping\":[{}]}}",
+                mapping.join(",")
+            );
+            args.extend(["-drive".to_owned(), drive, "-device".to_owned(), device]);
+            continue;
         }
         let mut device = format!("virtio-blk-pci,drive=d{i},id=vd{i}");
         if shape.queues > 0 {

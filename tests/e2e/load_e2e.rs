@@ -89,6 +89,10 @@ pub struct Mode {
     pub ops: u32,
     /// The disk's cache mode.
     pub cache: &'static str,
+    /// The disk's image format.
+    pub format: &'static str,
+    /// Its queues spread over this many iothreads (`iothread-vq-mapping`); 0: not.
+    pub vq_iothreads: u32,
 }
 
 impl Mode {
@@ -101,6 +105,8 @@ impl Mode {
             iops_limit: None,
             ops: 900,
             cache: "none",
+            format: "qcow2",
+            vq_iothreads: 0,
         }
     }
 }
@@ -310,7 +316,7 @@ pub fn run_load_attaching(
         true,
         &dir.path().join("mnt"),
     );
-    let disk = host.mnt.join("guest.qcow2");
+    let disk = host.mnt.join(format!("guest.{}", mode.format));
     let work = dir.path().join("disk");
     std::fs::create_dir_all(&work).unwrap();
     sh(&format!(
@@ -318,9 +324,10 @@ pub fn run_load_attaching(
          truncate -s 160M raw.img && printf 'label: gpt\\nstart=2048, size=300000, type=linux\\n' | sfdisk -q raw.img && \
          truncate -s $((300000 * 512)) p1.img && mkfs.ext4 -q -F -b 4096 -d src p1.img && \
          dd if=p1.img of=raw.img bs=1M seek=1 conv=notrunc status=none && \
-         qemu-img convert -O qcow2 raw.img {1} && rm -f raw.img p1.img",
+         qemu-img convert -O {2} raw.img {1} && rm -f raw.img p1.img",
         work.display(),
-        disk.display()
+        disk.display(),
+        mode.format
     ));
     if mode.cache != "none" {
         // Through the host page cache: it starts without the image just written.
@@ -335,6 +342,8 @@ pub fn run_load_attaching(
         qmp: Some(qmp.clone()),
         paused: true,
         cache: Some(mode.cache),
+        format: Some(mode.format),
+        vq_iothreads: mode.vq_iothreads,
     };
     let workload = WORKLOAD.replace("$OPS", &mode.ops.to_string());
     let qemu_args = crate::vm::qemu_args_shaped(
@@ -827,7 +836,7 @@ pub fn qemu_hits_per_request(trace: &Path, rows: &[IoRow]) -> f64 {
 /// allocating write).
 const MAX_HITS_PER_REQUEST: f64 = 16.0;
 
-fn load_test(mode: Mode, name: &str) -> Option<Vec<IoRow>> {
+pub fn load_test(mode: Mode, name: &str) -> Option<Vec<IoRow>> {
     let (qemu, assets) = prerequisites()?;
     // A completion no BPF program ran for, on this sandbox's kernel, is lost without
     // a count (docs/layers.md, "Lost completions"): such a run is made again, saying

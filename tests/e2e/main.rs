@@ -22,4 +22,5 @@ mod qcow2_map;
 mod record_e2e;
 mod report_cli;
 mod report_e2e;
+mod shapes_e2e;
 mod vm_e2e;
