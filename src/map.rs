@@ -315,6 +315,7 @@ fn hop_rows(seg: &HostSegment, rows: &mut Vec<[String; 3]>) {
             } => {
                 let via = match via {
                     Via::Filesystem => "filesystem extent (FIEMAP)",
+                    Via::Node => "the device itself (QEMU opened its node)",
                     Via::Partition => "partition",
                     Via::DmLinear => "dm linear",
                     Via::DmStriped => "dm striped",

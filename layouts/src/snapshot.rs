@@ -182,7 +182,10 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Snapshot {
             .map(|cf| {
                 use std::os::unix::fs::MetadataExt;
                 let md = std::fs::metadata(&cf.path).ok();
-                let len = md.as_ref().map_or(0, |m| m.len());
+                // A block device's size: its metadata says 0.
+                let len = std::fs::File::open(&cf.path)
+                    .and_then(|f| crate::source::file_len(&f))
+                    .unwrap_or(0);
                 // The inode number names the file to the kernel's direct-IO and
                 // filesystem probes, which carry it: the join keeps a host IO to the
                 // sectors of the file it went to.

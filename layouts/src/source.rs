@@ -27,12 +27,24 @@ pub struct FileSource {
 impl FileSource {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let len = file_len(&file)?;
         Ok(Self { file, len })
     }
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+}
+
+/// A file's length; a block device's size (its metadata says 0).
+pub fn file_len(file: &File) -> io::Result<u64> {
+    let md = file.metadata()?;
+    if std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type()) {
+        use std::io::Seek;
+        let mut f = file;
+        f.seek(io::SeekFrom::End(0))
+    } else {
+        Ok(md.len())
     }
 }
 

@@ -97,13 +97,21 @@ pub fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-/// Regular files a process has open (its images, among others).
+/// Whether `p` can be a disk: a regular file, or a block device (a `host_device`
+/// disk: an LVM volume, a partition, a loop device).
+pub fn disk_like(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() || m.file_type().is_block_device())
+}
+
+/// Regular files and block devices a process has open (its images, among others).
 pub fn open_files(pid: u32) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|p| p.is_absolute() && p.metadata().is_ok_and(|m| m.is_file()))
+        .filter(|p| p.is_absolute() && disk_like(p))
         .collect();
     v.sort();
     v.dedup();
@@ -122,7 +130,7 @@ pub fn open_modes(pid: u32) -> Vec<OpenFile> {
         .filter_map(|e| {
             let e = e.ok()?;
             let path = std::fs::read_link(e.path()).ok()?;
-            if !path.is_absolute() || !path.metadata().is_ok_and(|m| m.is_file()) {
+            if !path.is_absolute() || !disk_like(&path) {
                 return None;
             }
             let info =
@@ -191,7 +199,7 @@ pub fn files_in_args(args: &[String]) -> Vec<PathBuf> {
             // `file=X`, `file.filename=X`, `drive-file=X`, or a bare path.
             let val = part.rsplit_once('=').map_or(part, |(_, v)| v);
             let p = Path::new(val);
-            if p.metadata().is_ok_and(|m| m.is_file()) {
+            if disk_like(p) {
                 v.push(p.canonicalize().unwrap_or_else(|_| p.to_owned()));
             }
         }

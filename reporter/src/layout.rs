@@ -191,6 +191,8 @@ pub struct Layout {
     buffered_loops: HashSet<u32>,
     /// Devices holding an image file's filesystem: the top of its stack.
     tops: HashSet<u32>,
+    /// Block devices given to QEMU as disks themselves (`host_device`).
+    nodes: HashSet<u32>,
     pub device_names: HashMap<u32, String>,
     /// L2 table coverage: guest bytes one L2 table maps (from the map, when known).
     pub skipped: usize,
@@ -305,6 +307,9 @@ impl Layout {
                         let dev = dev_of(*dev);
                         if !device.is_empty() {
                             l.device_names.entry(dev).or_insert_with(|| device.clone());
+                        }
+                        if matches!(h, Hop::Device { via: Via::Node, .. }) {
+                            l.nodes.insert(dev);
                         }
                         let alias_byte = match s.hops.get(i + 1) {
                             Some(Hop::Device {
@@ -560,6 +565,12 @@ impl Layout {
     /// every device when the layout knows none.
     pub fn is_top_device(&self, dev: u32) -> bool {
         self.tops.is_empty() || self.tops.contains(&dev)
+    }
+
+    /// Whether `dev` is a block device QEMU was given as a disk (no filesystem on it
+    /// between: its flush bios are the image's own).
+    pub fn is_image_node(&self, dev: u32) -> bool {
+        self.nodes.contains(&dev)
     }
 
     /// Whether `dev` is a loop device whose IO goes through its backing file's page

@@ -93,6 +93,9 @@ pub struct Mode {
     pub format: &'static str,
     /// Its queues spread over this many iothreads (`iothread-vq-mapping`); 0: not.
     pub vq_iothreads: u32,
+    /// The disk is the host partition itself (a raw `host_device`), not an image file
+    /// on a filesystem there.
+    pub host_device: bool,
 }
 
 impl Mode {
@@ -107,6 +110,7 @@ impl Mode {
             cache: "none",
             format: "qcow2",
             vq_iothreads: 0,
+            host_device: false,
         }
     }
 }
@@ -329,6 +333,20 @@ pub fn run_load_attaching(
         disk.display(),
         mode.format
     ));
+    let disk = if mode.host_device {
+        // The raw disk written onto the partition, its filesystem gone.
+        sh(&format!(
+            "mv {1} {3}/guest.raw && umount {0} && \
+             dd if={3}/guest.raw of={2} bs=1M oflag=direct status=none && rm -f {3}/guest.raw",
+            host.mnt.display(),
+            disk.display(),
+            host.part,
+            work.display()
+        ));
+        PathBuf::from(&host.part)
+    } else {
+        disk
+    };
     if mode.cache != "none" {
         // Through the host page cache: it starts without the image just written.
         sh("sync && echo 3 > /proc/sys/vm/drop_caches");

@@ -71,3 +71,31 @@ fn load_raw_io_uring_is_exact() {
         "load-raw-io_uring",
     );
 }
+
+/// A raw host block device as the disk (`host_device`: a partition of a loop device,
+/// no filesystem between), with linux-aio: its direct IO has no iomap events, so its
+/// bios and their completions are the host IO.
+#[test]
+fn load_host_device_native_is_exact() {
+    load_test(
+        Mode {
+            format: "raw",
+            host_device: true,
+            ..Mode::plain("native")
+        },
+        "load-host-device-native",
+    );
+}
+
+/// The same with io_uring.
+#[test]
+fn load_host_device_io_uring_is_exact() {
+    load_test(
+        Mode {
+            format: "raw",
+            host_device: true,
+            ..Mode::plain("io_uring")
+        },
+        "load-host-device-io_uring",
+    );
+}

@@ -329,6 +329,9 @@ fn dmsetup_table(name: &str, id: DevId) -> Result<Vec<DmTarget>, HostError> {
 pub enum Via {
     /// The filesystem holding the file above is on this device (FIEMAP).
     Filesystem,
+    /// The "file" above is this device's own node: QEMU was given the block device
+    /// itself (a `host_device` disk), so its offsets are the device's bytes.
+    Node,
     Partition,
     DmLinear,
     DmStriped,
@@ -538,6 +541,27 @@ impl HostResolver {
     ) -> Result<(), HostError> {
         if depth > MAX_STACK_DEPTH {
             return Err(HostError::TooDeep);
+        }
+        // A block device given as the file (a raw `host_device` disk, a loop device
+        // backed by a device): its bytes are the device's, with no filesystem between.
+        if let Ok(md) = std::fs::metadata(path)
+            && std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type())
+        {
+            let mut h = hops;
+            h.push(Hop::File {
+                path: path.to_owned(),
+                offset: HostFileOffset(off),
+                state: ExtentState::Mapped,
+            });
+            return self.dev_range(
+                DevId::from_dev_t(md.rdev()),
+                off,
+                len,
+                h,
+                out,
+                depth + 1,
+                Via::Node,
+            );
         }
         let fm = self.file_map(path)?;
         let end = off + len;

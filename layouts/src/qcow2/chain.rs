@@ -352,7 +352,7 @@ impl Chain {
         let host_holes = if looks_metadata_preallocated(&image).unwrap_or(false) {
             let path = &self.files[data_file].path;
             let f = std::fs::File::open(path).map_err(|e| Qcow2Error::io(path, e))?;
-            let len = f.metadata().map_err(|e| Qcow2Error::io(path, e))?.len();
+            let len = crate::source::file_len(&f).map_err(|e| Qcow2Error::io(path, e))?;
             Some(raw_runs(&f, len).map_err(|e| Qcow2Error::io(path, e))?)
         } else {
             None

@@ -113,7 +113,13 @@ pub(super) fn devices_for(files: &[PathBuf]) -> BTreeSet<DevId> {
     for f in files {
         use std::os::unix::fs::MetadataExt;
         if let Ok(md) = std::fs::metadata(f) {
-            let dev = DevId::from_dev_t(md.dev());
+            // A block device given as a disk is itself under the image; a file, the
+            // device its filesystem is on.
+            let dev = if std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type()) {
+                DevId::from_dev_t(md.rdev())
+            } else {
+                DevId::from_dev_t(md.dev())
+            };
             if dev.major != 0 {
                 devices_below(&mut topo, dev, &mut out);
             }

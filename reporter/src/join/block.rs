@@ -98,6 +98,14 @@ impl<S: Sink> Join<'_, S> {
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
                 })
                 .or_else(|| {
+                    // A block device given as a disk has no filesystem fsync event: its
+                    // flush bio, where no thread's context claims it, is the first
+                    // flush handed to the kernel (io_uring runs it in a worker).
+                    (bytes == 0 && self.layout.is_image_node(dev))
+                        .then(|| self.block_device_flush())
+                        .flatten()
+                })
+                .or_else(|| {
                     // A read the thread's buffered read queued beyond its range: the
                     // kernel's readahead, issued in that read's syscall.
                     (e.sub == REQ_OP_READ)
@@ -166,6 +174,21 @@ impl<S: Sink> Join<'_, S> {
                 },
             );
         }
+    }
+
+    /// The first flush handed to the kernel not yet begun: it begins now.
+    fn block_device_flush(&mut self) -> Option<Ref> {
+        let i = self.sync_wait.iter().position(|&h| {
+            self.hios
+                .get(h)
+                .is_some_and(|x| x.submit != 0 && !x.fs_begun)
+        })?;
+        let h = self.sync_wait.remove(i)?;
+        if let Some(x) = self.hios.get_mut(h) {
+            x.fs_begun = true;
+            x.node_flush = true;
+        }
+        Some(h)
     }
 
     /// The buffered read thread `tid` is running (a thread-pool worker's syscall, or
@@ -512,8 +535,14 @@ impl<S: Sink> Join<'_, S> {
                 }
                 x.open_rqs = x.open_rqs.saturating_sub(1);
                 // linux-aio: the kernel's completion runs in IRQ context, outside the
-                // traced process, so the last block completion is the host's.
-                if x.open_rqs == 0 && x.api == Api::Native && x.has_kiocb {
+                // traced process, so the last block completion is the host's. A block
+                // device given as the disk does direct IO without iomap (no kiocb
+                // event): its bios say it began. (A flush ends with its fsync, unless
+                // no filesystem event shows it: a block device's.)
+                if x.open_rqs == 0
+                    && x.api == Api::Native
+                    && (x.has_kiocb || (x.bios > 0 && (!x.job || x.node_flush)))
+                {
                     finished.push(h);
                 }
             }

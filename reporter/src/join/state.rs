@@ -61,6 +61,9 @@ pub(super) struct Hio {
     pub(super) job: bool,
     /// A flush job: the fsync it runs writes back dirty pages, whose bios are its own.
     pub(super) sync: bool,
+    /// A flush of a block device given as a disk, begun by its flush bio (no
+    /// filesystem event): with linux-aio it ends with its device's flush request.
+    pub(super) node_flush: bool,
     /// The kernel began a direct IO for it (iomap): its data bypasses the page cache.
     pub(super) direct: bool,
     /// Bytes its buffered read's readahead brought in beyond its own range.
@@ -752,6 +755,7 @@ impl<S: Sink> Join<'_, S> {
             fd: 0,
             job: false,
             sync: false,
+            node_flush: false,
             direct: false,
             ra_bytes: 0,
             synced_bytes: 0,
