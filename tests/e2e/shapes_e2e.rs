@@ -99,3 +99,17 @@ fn load_host_device_io_uring_is_exact() {
         "load-host-device-io_uring",
     );
 }
+
+/// The same with the thread pool: its workers' `preadv`/`pwritev` and `fdatasync` on
+/// the device node.
+#[test]
+fn load_host_device_threads_is_exact() {
+    load_test(
+        Mode {
+            format: "raw",
+            host_device: true,
+            ..Mode::plain("threads")
+        },
+        "load-host-device-threads",
+    );
+}
