@@ -193,6 +193,9 @@ pub struct Layout {
     tops: HashSet<u32>,
     /// Block devices given to QEMU as disks themselves (`host_device`).
     nodes: HashSet<u32>,
+    /// Devices with a device below them other than their own disk (a loop device's
+    /// backing file's, device-mapper's): IO there goes on below as new bios.
+    new_bios_below: HashSet<u32>,
     pub device_names: HashMap<u32, String>,
     /// L2 table coverage: guest bytes one L2 table maps (from the map, when known).
     pub skipped: usize,
@@ -338,6 +341,15 @@ impl Layout {
                     for (i, upper) in hops.iter().enumerate() {
                         for lower in &hops[i + 1..] {
                             l.below.insert((upper.dev, lower.dev));
+                        }
+                    }
+                    // A partition's next hop is its disk, reached by remapping the same
+                    // bio; any other hop below is reached by new bios.
+                    for (i, upper) in hops.iter().enumerate() {
+                        let via_partition = upper.alias_byte.is_some();
+                        let skip = 1 + usize::from(via_partition);
+                        if hops.len() > i + skip {
+                            l.new_bios_below.insert(upper.dev);
                         }
                     }
                     for h in &hops {
@@ -565,6 +577,11 @@ impl Layout {
     /// every device when the layout knows none.
     pub fn is_top_device(&self, dev: u32) -> bool {
         self.tops.is_empty() || self.tops.contains(&dev)
+    }
+
+    /// Whether IO on `dev` goes on below as new bios (see the field).
+    pub fn new_bios_below(&self, dev: u32) -> bool {
+        self.new_bios_below.contains(&dev)
     }
 
     /// Whether `dev` is a block device QEMU was given as a disk (no filesystem on it

@@ -77,10 +77,14 @@ impl<S: Sink> Join<'_, S> {
         // A sync job's thread (a worker's fdatasync, a loop worker's fsync of its
         // backing file) writes back dirty pages: its bios are the job's even where a
         // buffered write in flight covers the same blocks.
-        let sync_job = self
-            .threads
-            .get(e.tid)
-            .and_then(|t| t.worker.or(t.loop_sync))
+        let sync_job = known
+            .is_none()
+            .then(|| {
+                self.threads
+                    .get(e.tid)
+                    .and_then(|t| t.worker.or(t.loop_sync))
+            })
+            .flatten()
             .filter(|&h| self.hios.get(h).is_some_and(|x| x.sync));
         let by_address = known
             .is_none()
@@ -138,7 +142,9 @@ impl<S: Sink> Join<'_, S> {
             && let BioOwner::Hio(h) = owner
         {
             self.note_bio_bytes(h, e.sub, dev, sector, sectors);
-            if e.sub == REQ_OP_WRITE && sync_job == Some(h) {
+            // Only where a device below makes bios of its own (a loop device's worker,
+            // device-mapper's clones): a partition's are the same bio, remapped.
+            if e.sub == REQ_OP_WRITE && sync_job == Some(h) && self.layout.new_bios_below(dev) {
                 self.sync_writes_below(h, dev, sector, sectors);
             }
         }
@@ -547,7 +553,12 @@ impl<S: Sink> Join<'_, S> {
                 }
             }
         }
-        if fill && r.op == REQ_OP_READ && self.layout.is_bottom_device(r.dev) == Some(true) {
+        // Fills are looked for only where host IO can be buffered.
+        if self.cfg.dio_probe
+            && fill
+            && r.op == REQ_OP_READ
+            && self.layout.is_bottom_device(r.dev) == Some(true)
+        {
             if self.fills.len() >= RECENT_FILLS {
                 self.fills.pop_front();
             }
