@@ -155,10 +155,11 @@ fn same_file(a: &str, b: &str) -> bool {
     let canon = |p: &str| Path::new(p).canonicalize().ok();
     match (canon(a), canon(b)) {
         (Some(x), Some(y)) => x == y,
-        // Offline, the files may be gone: the same name is the best there is.
+        // Offline, the files may be gone: one path the other's tail (a command line's
+        // relative path), not merely the same file name in two directories.
         _ => {
-            Path::new(a).file_name().is_some()
-                && Path::new(a).file_name() == Path::new(b).file_name()
+            let (a, b) = (Path::new(a), Path::new(b));
+            a.file_name().is_some() && (a.ends_with(b) || b.ends_with(a))
         }
     }
 }
@@ -414,6 +415,16 @@ mod tests {
                 ("/i/f.raw".to_owned(), CacheMode::Writeback),
             ]
         );
+    }
+
+    #[test]
+    fn offline_a_relative_path_names_its_file_but_a_namesake_elsewhere_does_not() {
+        assert!(same_file("vm.qcow2", "/nonexistent/vm/vm.qcow2"));
+        assert!(same_file("vm/vm.qcow2", "/nonexistent/vm/vm.qcow2"));
+        assert!(!same_file(
+            "/nonexistent/a/vm.qcow2",
+            "/nonexistent/b/vm.qcow2"
+        ));
     }
 
     #[test]
