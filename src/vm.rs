@@ -84,6 +84,11 @@ pub struct VmShape {
     /// Spread each disk's queues over this many iothreads of its own
     /// (`iothread-vq-mapping`, QEMU 9.0 on); 0: not.
     pub vq_iothreads: u32,
+    /// Give the disks to the guest as SCSI disks (`scsi-hd`) on one virtio-scsi
+    /// controller, disk *i* as LUN *i* of target 0 (/dev/sda, /dev/sdb, ... in the
+    /// guest), rather than each as a virtio-blk device. `queues` and `iothread` then
+    /// shape the controller.
+    pub scsi: bool,
 }
 
 /// [`qemu_args`] with several disks: `disks[0]` is /dev/vda, the next /dev/vdb, ...
@@ -201,6 +206,17 @@ fn boot_args(
     if shape.paused {
         args.push("-S".to_owned());
     }
+    if shape.scsi {
+        let mut controller = "virtio-scsi-pci,id=scsi0".to_owned();
+        if shape.queues > 0 {
+            controller.push_str(&format!(",num_queues={}", shape.queues));
+        }
+        if shape.iothread {
+            args.extend(["-object".to_owned(), "iothread,id=ioscsi".to_owned()]);
+            controller.push_str(",iothread=ioscsi");
+        }
+        args.extend(["-device".to_owned(), controller]);
+    }
     for (i, disk) in disks.iter().enumerate() {
         let mut drive = format!(
             "file={},if=none,id=d{i},format={},cache={},aio={aio},discard=unmap",
@@ -229,6 +245,11 @@ fn boot_args(
                  \"num-queues\":{queues},\"iothread-vq-mapping\":[{}]}}",
                 mapping.join(",")
             );
+            args.extend(["-drive".to_owned(), drive, "-device".to_owned(), device]);
+            continue;
+        }
+        if shape.scsi {
+            let device = format!("scsi-hd,bus=scsi0.0,scsi-id=0,lun={i},drive=d{i},id=sd{i}");
             args.extend(["-drive".to_owned(), drive, "-device".to_owned(), device]);
             continue;
         }

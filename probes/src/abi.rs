@@ -371,6 +371,11 @@ pub mod qemu_probe {
     pub const BDRV_CO_PDISCARD: u8 = 21;
     pub const THROTTLE_INTERCEPT: u8 = 22;
     pub const BLK_AIO_FLUSH: u8 = 23;
+    /// `scsi_req_enqueue`: a SCSI command handed to its device (virtio-scsi's parse).
+    pub const SCSI_REQ_ENQUEUE: u8 = 24;
+    /// `virtio_scsi_complete_cmd_req`: a virtio-scsi command's response pushed to the
+    /// guest (a3: its controller).
+    pub const VIRTIO_SCSI_COMPLETE: u8 = 25;
     /// `raw_co_prw`'s type argument (QEMU_AIO_*).
     pub const AIO_READ: u64 = 1;
     pub const AIO_WRITE: u64 = 2;

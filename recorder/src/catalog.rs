@@ -508,6 +508,19 @@ const VBR_OUT: u16 = 0x88;
 // its size as the guest asked (qiov.size, taken before virtio-blk merges requests: the
 // first request's qiov then holds the merged total, and is emptied before it completes).
 const VBR_ACCT_BYTES: u16 = 0xd8;
+// SCSIRequest (10.0, which added its AioContext before them): after its header fields,
+// the parsed command `cmd` at 64 { u8 buf[16]; int len; size_t xfer; u64 lba; mode }.
+const SREQ_CDB: u16 = 64;
+const SREQ_XFER: u16 = 88;
+const SREQ_LBA: u16 = 96;
+// VirtIOSCSIReq (10.0): its controller (VirtIOSCSI), its SCSIRequest, the response to
+// the guest (`resp.cmd` { le32 sense_len; le32 resid; le16 status_qualifier;
+// u8 status; u8 response }) and the request the guest wrote (`req.cmd`
+// { u8 lun[8]; ... }).
+const VSR_DEV: u16 = 56;
+const VSR_SREQ: u16 = 176;
+const VSR_RESP_STATUS: u16 = 196 + 8;
+const VSR_REQ_LUN: u16 = 212;
 
 macro_rules! one {
     ($a:expr) => {
@@ -576,6 +589,36 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         layer: Layer::QemuBlock,
         records: "flush from a device model: opaque (VirtIOBlockReq), BlockBackend",
         layouts: one!([A::reg(2), A::NONE, A::NONE, A::reg(0)]),
+    },
+    QemuProbe {
+        id: q::SCSI_REQ_ENQUEUE,
+        symbol: "scsi_req_enqueue",
+        layer: Layer::Virtio,
+        records: "SCSI command handed to its device (virtio-scsi submits what it parsed): SCSIRequest, LBA, transfer bytes, the CDB's first 8 bytes",
+        layouts: &[(
+            Versions::Exactly(10, 0),
+            [
+                A::reg(0),
+                A::deref64(0, SREQ_LBA),
+                A::deref64(0, SREQ_XFER),
+                A::deref64(0, SREQ_CDB),
+            ],
+        )],
+    },
+    QemuProbe {
+        id: q::VIRTIO_SCSI_COMPLETE,
+        symbol: "virtio_scsi_complete_cmd_req",
+        layer: Layer::Virtio,
+        records: "virtio-scsi response pushed to the guest: SCSIRequest, the guest's 8-byte LUN, status (qualifier | status << 16 | response << 24), the controller (VirtIOSCSI)",
+        layouts: &[(
+            Versions::Exactly(10, 0),
+            [
+                A::deref64(0, VSR_SREQ),
+                A::deref64(0, VSR_REQ_LUN),
+                A::deref32(0, VSR_RESP_STATUS),
+                A::deref64(0, VSR_DEV),
+            ],
+        )],
     },
     QemuProbe {
         id: q::BLK_CO_PREADV_PART,

@@ -148,7 +148,9 @@ pub fn disk_caches(header: &Header, end: Option<&End>, layout: &Layout) -> Vec<D
         .collect()
 }
 
-fn same_file(a: &str, b: &str) -> bool {
+/// Whether two paths name one file (offline, where the files may be gone: one the
+/// other's tail).
+pub(crate) fn same_file(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
@@ -213,7 +215,7 @@ pub fn from_command(cmd: &[String]) -> Parsed {
 }
 
 /// One `key=value,...` option of a system emulator, or its JSON form.
-fn keyval(v: &str) -> HashMap<String, String> {
+pub(crate) fn keyval(v: &str) -> HashMap<String, String> {
     if v.trim_start().starts_with('{')
         && let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(v)
     {

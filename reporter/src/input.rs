@@ -132,6 +132,17 @@ fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, Layout
 
 /// The layout the join uses: from images (when given) or the trace's snapshot.
 pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout, LayoutSource) {
+    let (mut layout, source) = load_layout_of_images(trace, images);
+    if let Some(cmd) = &trace.header.target.command {
+        layout.name_scsi_disks(cmd);
+    }
+    (layout, source)
+}
+
+fn load_layout_of_images(
+    trace: &reader::Trace,
+    images: &[PathBuf],
+) -> (layout::Layout, LayoutSource) {
     if !images.is_empty() {
         let devices: BTreeSet<DevId> = trace
             .header

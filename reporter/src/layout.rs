@@ -168,6 +168,11 @@ pub struct Disk {
     pub path: String,
     /// What the guest keeps where on it; empty when the snapshot has no walk of it.
     pub guest: GuestMap,
+    /// Its SCSI address, when QEMU's command line gives it to the guest as a SCSI
+    /// disk (see [`Layout::name_scsi_disks`]).
+    pub scsi: Option<crate::devices::ScsiAddr>,
+    /// How reports name it: its path, with its SCSI address if it has one.
+    pub name: String,
 }
 
 #[derive(Debug, Default)]
@@ -277,13 +282,16 @@ impl Layout {
                 l.skipped += guest.add(g);
             }
             let path = img.path.to_string_lossy();
+            let path = if path.is_empty() {
+                "?".to_owned()
+            } else {
+                path.into_owned()
+            };
             l.disks.push(Disk {
-                path: if path.is_empty() {
-                    "?".into()
-                } else {
-                    path.into_owned()
-                },
+                name: path.clone(),
+                path,
                 guest,
+                scsi: None,
             });
             // Of each file's reverse map the join needs only whether it has L2 tables
             // (qcow2 metadata IO is then expected).
@@ -434,9 +442,32 @@ impl Layout {
         self.disks.iter().any(|d| !d.guest.is_empty())
     }
 
-    /// A disk's name for reports: its top image's path.
+    /// A disk's name for reports: its top image's path, and for a SCSI disk its
+    /// address (`scsi C:T:L`).
     pub fn disk_name(&self, disk: u16) -> &str {
-        self.disks.get(disk as usize).map_or("?", |d| &d.path)
+        self.disks.get(disk as usize).map_or("?", |d| &d.name)
+    }
+
+    /// Gives the disks the SCSI addresses QEMU's command line `cmd` gives them.
+    pub fn name_scsi_disks(&mut self, cmd: &[String]) {
+        let paths: Vec<&str> = self.disks.iter().map(|d| d.path.as_str()).collect();
+        let addrs = crate::devices::scsi_addrs(cmd, &paths);
+        for (d, a) in self.disks.iter_mut().zip(addrs) {
+            d.scsi = a;
+            d.name = match a {
+                Some(a) => format!("{} (scsi {}:{}:{})", d.path, a.channel, a.target, a.lun),
+                None => d.path.clone(),
+            };
+        }
+    }
+
+    /// The disk at a virtio-scsi target and LUN (virtio-scsi has one channel, 0).
+    pub fn scsi_disk(&self, target: u32, lun: u32) -> Option<u16> {
+        let i = self.disks.iter().position(|d| {
+            d.scsi
+                .is_some_and(|a| a.channel == 0 && a.target == target && a.lun == lun)
+        })?;
+        u16::try_from(i).ok()
     }
 
     pub fn is_empty(&self) -> bool {

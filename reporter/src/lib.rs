@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod compare;
+pub mod devices;
 pub mod hist;
 pub mod html;
 mod input;

@@ -38,12 +38,15 @@ const FILE_MIB: u64 = 16;
 /// a guest flush). Before the streams, one timed allocating write: the first since
 /// QEMU opened the image (qcow2 then looks for a free cluster from the image's start).
 const WORKLOAD: &str = r#"#!/bin/sh
+$DISKS
+echo "viopath-drive 0 $(cat /sys/block/$DEV/dev)"
 T=/sys/kernel/tracing
 mount -t tracefs nodev $T || exit 1
 echo 8192 > $T/buffer_size_kb
-echo "viopath-stat0 $(cat /sys/block/vda/stat)"
+echo "viopath-stat0 $(cat /sys/block/$DEV/stat)"
+$EXTRA_STAT0
 echo 1 > $T/events/block/block_rq_complete/enable
-mount -t ext4 /dev/vda1 /mnt || exit 1
+mount -t ext4 /dev/${DEV}1 /mnt || exit 1
 fallocate -l 16M /mnt/data/alloc.bin && sync
 echo 1 > $T/events/block/block_rq_issue/enable
 dd if=/dev/zero of=/mnt/data/alloc.bin bs=65536 seek=100 count=1 oflag=direct conv=notrunc 2>/dev/null
@@ -66,16 +69,48 @@ stream() {
         j=$(( j + 1 ))
     done
 }
+$EXTRA_STREAM
 for s in 1 2 3 4; do stream $s $OPS & done
 wait
+$TRIM
 umount /mnt
 echo 0 > $T/events/block/block_rq_complete/enable
 sed -n 's/^.* \([0-9]*\.[0-9]*\): block_rq_\([a-z]*\): \([0-9]*,[0-9]*\) \([A-Z]*\) \([0-9]* \)\{0,1\}([^)]*) \([0-9]*\) + \([0-9]*\).*/viopath-rq \2 \1 \3 \4 \6 \7/p' $T/trace
 echo "viopath-lost $(cat $T/per_cpu/cpu*/stats | awk '/^overrun/{o+=$2}END{print o+0}')"
-echo "viopath-stat1 $(cat /sys/block/vda/stat)"
+echo "viopath-stat1 $(cat /sys/block/$DEV/stat)"
+$EXTRA_STAT1
 echo viopath-load-done
 sleep 600
 "#;
+
+/// The guest's names of its disks, `DEV` the load's and `XDEV` the second: SCSI disks
+/// by their LUN, as the kernel probes them in no fixed order.
+const SCSI_DISKS: &str = r#"lun() {
+    for i in $(seq 100); do
+        ls /sys/bus/scsi/devices/*:0:0:$1/block >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    ls /sys/bus/scsi/devices/*:0:0:$1/block
+}
+DEV=$(lun 0)
+[ "$NLUNS" = 2 ] && XDEV=$(lun 1) && echo "viopath-drive 1 $(cat /sys/block/$XDEV/dev)""#;
+
+/// The load's stream on a second disk (an empty 64 MiB LUN, no filesystem, `XDEV`):
+/// O_DIRECT reads and writes of 4–64 KiB and discards, in the background.
+const SECOND_DISK_STREAM: &str = r#"xstream() {
+    j=0
+    while [ $j -lt $1 ]; do
+        bs=$(( (RANDOM % 16 + 1) * 4096 ))
+        blk=$(( RANDOM % (67108864 / bs) ))
+        case $(( RANDOM % 4 )) in
+            0) dd if=/dev/zero of=/dev/$XDEV bs=$bs seek=$blk count=1 oflag=direct conv=notrunc 2>/dev/null ;;
+            1) blkdiscard -o $(( blk * bs )) -l $bs /dev/$XDEV ;;
+            *) dd if=/dev/$XDEV of=/dev/null bs=$bs skip=$blk count=1 iflag=direct 2>/dev/null ;;
+        esac || echo "viopath-fail x"
+        j=$(( j + 1 ))
+    done
+}
+xstream $(( $OPS / 3 )) &"#;
 
 /// One shape of the load run.
 #[derive(Debug, Clone)]
@@ -96,6 +131,11 @@ pub struct Mode {
     /// The disk is the host partition itself (a raw `host_device`), not an image file
     /// on a filesystem there.
     pub host_device: bool,
+    /// 0: the disk is a virtio-blk device (/dev/vda). 1 or 2: SCSI disks on a
+    /// virtio-scsi controller, the load's as LUN 0, and with 2 an empty LUN 1 with a
+    /// stream of its own (the guest names them sda and sdb in no fixed order); the
+    /// load's filesystem is then also trimmed (the guest's discards).
+    pub scsi_luns: u32,
 }
 
 impl Mode {
@@ -111,6 +151,7 @@ impl Mode {
             format: "qcow2",
             vq_iothreads: 0,
             host_device: false,
+            scsi_luns: 0,
         }
     }
 }
@@ -270,6 +311,8 @@ pub struct LoadRun {
     pub bottom: u32,
     /// The guest's disk image, and the loop device under the filesystem holding it.
     pub disk: PathBuf,
+    /// Every disk of the guest, in its order (`disk` first).
+    pub disks: Vec<PathBuf>,
     pub loopdev: String,
     _dir: tempfile::TempDir,
 }
@@ -347,6 +390,16 @@ pub fn run_load_attaching(
     } else {
         disk
     };
+    let mut disks = vec![disk.clone()];
+    if mode.scsi_luns > 1 {
+        let lun1 = host.mnt.join(format!("lun1.{}", mode.format));
+        sh(&format!(
+            "qemu-img create -q -f {} {} 64M",
+            mode.format,
+            lun1.display()
+        ));
+        disks.push(lun1);
+    }
     if mode.cache != "none" {
         // Through the host page cache: it starts without the image just written.
         sh("sync && echo 3 > /proc/sys/vm/drop_caches");
@@ -362,17 +415,48 @@ pub fn run_load_attaching(
         cache: Some(mode.cache),
         format: Some(mode.format),
         vq_iothreads: mode.vq_iothreads,
+        scsi: mode.scsi_luns > 0,
     };
-    let workload = WORKLOAD.replace("$OPS", &mode.ops.to_string());
-    let qemu_args = crate::vm::qemu_args_shaped(
-        assets,
-        &[disk.as_path()],
-        mode.aio,
-        &shape,
-        &workload,
-        dir.path(),
-    )
-    .unwrap();
+    let two = mode.scsi_luns > 1;
+    let workload = WORKLOAD
+        .replace(
+            "$DISKS",
+            &if mode.scsi_luns > 0 {
+                SCSI_DISKS.replace("$NLUNS", &mode.scsi_luns.to_string())
+            } else {
+                "DEV=vda".to_owned()
+            },
+        )
+        .replace(
+            "$EXTRA_STAT0",
+            if two {
+                r#"echo "viopath-xstat0 $(cat /sys/block/$XDEV/stat)""#
+            } else {
+                ""
+            },
+        )
+        .replace(
+            "$EXTRA_STAT1",
+            if two {
+                r#"echo "viopath-xstat1 $(cat /sys/block/$XDEV/stat)""#
+            } else {
+                ""
+            },
+        )
+        .replace("$EXTRA_STREAM", if two { SECOND_DISK_STREAM } else { "" })
+        .replace(
+            "$TRIM",
+            if mode.scsi_luns > 0 {
+                "fstrim /mnt"
+            } else {
+                ""
+            },
+        )
+        .replace("$OPS", &mode.ops.to_string());
+    let disk_paths: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
+    let qemu_args =
+        crate::vm::qemu_args_shaped(assets, &disk_paths, mode.aio, &shape, &workload, dir.path())
+            .unwrap();
     let trace = dir.path().join("load.trace");
     let _one = one_recorder();
     let mut cmd = match record_args {
@@ -415,7 +499,14 @@ pub fn run_load_attaching(
     let mut q = Qmp::connect(&qmp);
     q.cmd(
         "block-latency-histogram-set",
-        json!({"id": "/machine/peripheral/vd0/virtio-backend", "boundaries": HIST_NS}),
+        json!({
+            "id": if mode.scsi_luns > 0 {
+                "/machine/peripheral/sd0"
+            } else {
+                "/machine/peripheral/vd0/virtio-backend"
+            },
+            "boundaries": HIST_NS
+        }),
     );
     q.cmd("cont", json!({}));
     let mut serial = String::new();
@@ -490,6 +581,7 @@ pub fn run_load_attaching(
         loopdev: host.loopdev.clone(),
         _host: host,
         disk,
+        disks,
         trace,
         serial,
         stderr,
@@ -564,12 +656,30 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
     );
 
     let rqs = guest_rqs(&run.serial);
+    let drive = drive_of(&t, run);
+    // The guest's disks by their first minor number, as it printed them.
+    let drives: BTreeMap<u32, usize> = run
+        .serial
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l
+                .trim()
+                .strip_prefix("viopath-drive ")?
+                .split_whitespace()
+                .collect();
+            let minor = f.get(1)?.split_once(':')?.1.parse().ok()?;
+            Some((minor, f.first()?.parse().ok()?))
+        })
+        .collect();
+    let guest_drive = |minor: u32| drives.get(&(minor / 16 * 16)).copied();
     // A write or read traced with no sectors left is the end of a flush sequence (the
     // block layer ends the guest's request after its post-flush), not a request of
     // the device's.
     let guest: Vec<&GuestRq> = rqs
         .iter()
-        .filter(|r| !r.issue && r.minor < 16 && (r.sectors > 0 || r.op() == Op::Flush))
+        .filter(|r| {
+            !r.issue && guest_drive(r.minor).is_some() && (r.sectors > 0 || r.op() == Op::Flush)
+        })
         .collect();
     assert!(guest.len() > 500, "only {} guest requests", guest.len());
     let overrun = run
@@ -581,35 +691,65 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
     // The guest's own count agrees with its trace: reads and flushes one for one.
     // (Not writes: stat counts a write with a flush sequence once when it ends, while
     // the trace has its data request and its end separately.)
-    let before = stat_requests(&run.serial, "viopath-stat0 ");
-    let traced = |op: Op| guest.iter().filter(|r| r.op() == op).count() as u64;
+    let before = stat_requests(&run.serial, "viopath-stat0 ")
+        + if run.disks.len() > 1 {
+            stat_requests(&run.serial, "viopath-xstat0 ")
+        } else {
+            0
+        };
     let (s0, s1) = (
         stat(&run.serial, "viopath-stat0 "),
         stat(&run.serial, "viopath-stat1 "),
     );
+    let on = |d: usize, op: Op| {
+        guest
+            .iter()
+            .filter(|r| guest_drive(r.minor) == Some(d) && r.op() == op)
+            .count() as u64
+    };
+    let main = |op: Op| on(0, op);
     assert_eq!(
         s1[0] - s0[0],
-        traced(Op::Read),
+        main(Op::Read),
         "reads: stat and trace disagree"
     );
     assert_eq!(
         s1[15] - s0[15],
-        traced(Op::Flush),
+        main(Op::Flush),
         "flushes: stat and trace disagree"
     );
+    if run.disks.len() > 1 {
+        let (x0, x1) = (
+            stat(&run.serial, "viopath-xstat0 "),
+            stat(&run.serial, "viopath-xstat1 "),
+        );
+        let second = |op: Op| on(1, op);
+        assert_eq!(x1[0] - x0[0], second(Op::Read), "second disk's reads");
+        assert_eq!(
+            x1[11] - x0[11],
+            second(Op::Discard),
+            "second disk's discards"
+        );
+    }
+    // Requests of a device model's own (a SCSI disk's INQUIRY, READ CAPACITY, ...)
+    // are no block requests of the guest's disk: its stat and trace have none.
     let virtio: Vec<&IoRow> = rows
         .iter()
-        .filter(|r| r.source == Source::Virtio && r.op != Op::GetId)
+        .filter(|r| r.source == Source::Virtio && !matches!(r.op, Op::GetId | Op::Command))
         .collect();
-    // One row per guest request: the guest's traced ones by (op, offset, bytes), and
-    // as many more as it completed before its tracing started.
-    let mut want: BTreeMap<(Op, Option<u64>, u64), i64> = BTreeMap::new();
+    // One row per guest request: the guest's traced ones by (disk, op, offset, bytes),
+    // and as many more as it completed before its tracing started.
+    type Key = (Option<usize>, Op, Option<u64>, u64);
+    let mut want: BTreeMap<Key, i64> = BTreeMap::new();
     for r in &guest {
-        *want.entry(r.key()).or_default() += 1;
+        let (op, off, len) = r.key();
+        *want
+            .entry((guest_drive(r.minor), op, off, len))
+            .or_default() += 1;
     }
-    let mut got: BTreeMap<(Op, Option<u64>, u64), i64> = BTreeMap::new();
+    let mut got: BTreeMap<Key, i64> = BTreeMap::new();
     for r in &virtio {
-        *got.entry((r.op, r.offset.map(|o| o.0), r.bytes))
+        *got.entry((drive(r.disk), r.op, r.offset.map(|o| o.0), r.bytes))
             .or_default() += 1;
     }
     let mut unmatched = Vec::new();
@@ -630,11 +770,11 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
     // record, before the guest's kernel starts: a request no kernel counter sees.
     let firmware = extra
         .iter()
-        .filter(|(k, _)| *k == (Op::Read, Some(0), 512))
+        .filter(|(k, _)| (k.1, k.2, k.3) == (Op::Read, Some(0), 512))
         .map(|e| e.1)
         .sum::<i64>();
     check(
-        firmware <= 1,
+        firmware <= run.disks.len() as i64,
         format!("{firmware} firmware reads of sector 0"),
     );
     let n_extra: i64 = extra.iter().map(|e| e.1).sum::<i64>() - firmware;
@@ -695,8 +835,12 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
             format!("layers do not add up: {r:?}"),
         );
         // Zeros from the filesystem, and what a page cache took, reach no device.
-        let zeros =
-            r.flags & (flags::FS_ZEROS | flags::PAGE_CACHE_HIT | flags::PAGE_CACHE_WRITE) != 0;
+        let zeros = r.flags
+            & (flags::FS_ZEROS
+                | flags::QCOW2_ZEROS
+                | flags::PAGE_CACHE_HIT
+                | flags::PAGE_CACHE_WRITE)
+            != 0;
         if r.op.moves_data() && r.merged_into.is_none() && r.bottom_dev != run.bottom && !zeros {
             not_bottom += 1;
             example = format!("{r:?}");
@@ -753,6 +897,20 @@ pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
     (rows, rqs)
 }
 
+/// Which of the run's disks a row's layout disk is (by its file's name).
+fn drive_of(t: &Trace, run: &LoadRun) -> impl Fn(Option<u16>) -> Option<usize> + use<> {
+    let (layout, _) = viopath_reporter::load_layout(t, &[]);
+    let names: Vec<Option<usize>> = (0..layout.disks.len())
+        .map(|d| {
+            let name = Path::new(&layout.disks[d].path).file_name()?.to_owned();
+            run.disks
+                .iter()
+                .position(|p| p.file_name() == Some(name.as_os_str()))
+        })
+        .collect();
+    move |d| names.get(usize::from(d?)).copied().flatten()
+}
+
 /// QEMU's own accounting of the guest's disk (`query-blockstats`, virtio-blk's
 /// `block_acct_*` from request parsed to completion pushed) against the rows: the same
 /// requests per op, the same bytes, the same mean latency (within 2%), and the same
@@ -765,7 +923,15 @@ pub fn check_blockstats(run: &LoadRun, rows: &[IoRow], name: &str) {
         "{name}: no query-blockstats: {}",
         run.blockstats
     );
-    let virtio: Vec<&IoRow> = rows.iter().filter(|r| r.source == Source::Virtio).collect();
+    // The first disk's (QEMU's `d0`), the only one in most runs.
+    let t = Trace::open(&run.trace).unwrap();
+    let drive = drive_of(&t, run);
+    let virtio: Vec<&IoRow> = rows
+        .iter()
+        .filter(|r| {
+            r.source == Source::Virtio && (run.disks.len() == 1 || drive(r.disk) == Some(0))
+        })
+        .collect();
     let mut bad = Vec::new();
     for (op, key) in [(Op::Read, "rd"), (Op::Write, "wr"), (Op::Flush, "flush")] {
         let mine: Vec<u64> = virtio
@@ -855,6 +1021,11 @@ pub fn qemu_hits_per_request(trace: &Path, rows: &[IoRow]) -> f64 {
 const MAX_HITS_PER_REQUEST: f64 = 16.0;
 
 pub fn load_test(mode: Mode, name: &str) -> Option<Vec<IoRow>> {
+    load_test_run(mode, name).map(|(rows, _)| rows)
+}
+
+/// [`load_test`], keeping the run for more checks.
+pub fn load_test_run(mode: Mode, name: &str) -> Option<(Vec<IoRow>, LoadRun)> {
     let (qemu, assets) = prerequisites()?;
     // A completion no BPF program ran for, on this sandbox's kernel, is lost without
     // a count (docs/layers.md, "Lost completions"): such a run is made again, saying
@@ -883,7 +1054,7 @@ pub fn load_test(mode: Mode, name: &str) -> Option<Vec<IoRow>> {
         hits < MAX_HITS_PER_REQUEST,
         "{name}: {hits:.1} QEMU probe hits per request"
     );
-    Some(rows)
+    Some((rows, run))
 }
 
 /// aio=threads, and the probes' cost: the guest's first allocating write (qcow2 then

@@ -3,7 +3,9 @@
 //! `query-blockstats`. Every guest request must be one complete row down to the bottom
 //! disk, layers adding up, no event lost.
 
-use crate::load_e2e::{Mode, check_blockstats, check_exact, load_test, prerequisites, run_load};
+use crate::load_e2e::{
+    Mode, check_blockstats, check_exact, load_test, load_test_run, prerequisites, run_load,
+};
 use std::collections::BTreeSet;
 use viopath_probes::abi::{EventKind, qemu_probe as q};
 use viopath_reporter::reader::Trace;
@@ -112,4 +114,59 @@ fn load_host_device_threads_is_exact() {
         },
         "load-host-device-threads",
     );
+}
+
+/// virtio-scsi with one SCSI disk (`scsi-hd`, LUN 0) on QEMU's main loop: the same
+/// load, its filesystem trimmed at the end (UNMAP), every command one row.
+#[test]
+fn load_virtio_scsi_is_exact() {
+    load_test(
+        Mode {
+            scsi_luns: 1,
+            ..Mode::plain("threads")
+        },
+        "load-virtio-scsi",
+    );
+}
+
+/// virtio-scsi with two LUNs on one controller served by an iothread (two queues, two
+/// vCPUs), linux-aio: the load on LUN 0, reads, writes and discards of LUN 1 at the
+/// same time; each row on its own disk.
+///
+/// `report --by disk` names each disk with its SCSI address.
+#[test]
+fn load_virtio_scsi_two_luns_on_an_iothread_is_exact() {
+    let Some((rows, run)) = load_test_run(
+        Mode {
+            scsi_luns: 2,
+            iothread: true,
+            queues: 2,
+            cpus: 2,
+            ..Mode::plain("native")
+        },
+        "load-virtio-scsi-2-luns",
+    ) else {
+        return;
+    };
+    let per_disk = |d: u16| rows.iter().filter(|r| r.disk == Some(d)).count();
+    assert!(per_disk(0) > 0 && per_disk(1) > 0, "{} rows", rows.len());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["report", "--by", "disk"])
+        .arg(&run.trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (disk, lun) in run.disks.iter().zip(["0:0:0", "0:0:1"]) {
+        let name = disk.file_name().unwrap().to_string_lossy();
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&*name) && l.contains(&format!("(scsi {lun})"))),
+            "{name} as LUN {lun}:\n{text}"
+        );
+    }
 }

@@ -1,13 +1,13 @@
 #!/bin/sh
 # Builds what a test guest boots: a Debian cloud kernel (bzImage) and a busybox-static
-# initramfs that loads the virtio-blk driver, runs a workload script given base64-encoded
-# on the kernel command line (viopath.run=...; or /workload.sh from an appended cpio
-# archive), and powers off. Also
-# the SeaBIOS and QEMU option ROMs the QEMU from tests/qemu/build.sh boots with (that
+# initramfs that loads the virtio-blk and virtio-scsi drivers (and SCSI disk support),
+# runs a workload script given base64-encoded on the kernel command line
+# (viopath.run=...; or /workload.sh from an appended cpio archive), and powers off.
+# Also the SeaBIOS and QEMU option ROMs the QEMU from tests/qemu/build.sh boots with (that
 # build installs no firmware blobs).
 #
 # Cached by kernel version: prints the directory and does nothing else when it exists.
-#   tests/vm/guest.sh    -> /var/cache/viopath/guest-6.1.0-56-cloud-amd64-v2
+#   tests/vm/guest.sh    -> /var/cache/viopath/guest-6.1.0-57-cloud-amd64-v3
 # Files: vmlinuz, initramfs.cpio.gz, firmware/ (pass to qemu-system as -L).
 # VIOPATH_CACHE overrides the cache directory. Needs root (apt-get download) and
 # about 30 MB of downloads.
@@ -25,7 +25,7 @@ if [ -z "$kver" ]; then
 fi
 [ -n "$kver" ] || { log "no linux-image-cloud-amd64 in the apt sources"; exit 1; }
 # Bump when the initramfs changes, so caches are rebuilt.
-layout=2
+layout=3
 out=$cache/guest-$kver-v$layout
 if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/firmware/bios-256k.bin" ]; then
     echo "$out"
@@ -55,7 +55,8 @@ cp root/bin/busybox $ird/bin/busybox
 mods=root/lib/modules/$kver/kernel/drivers
 # The order matters: each needs the ones before it.
 for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_modern_dev \
-         virtio/virtio_pci_legacy_dev virtio/virtio_pci block/virtio_blk; do
+         virtio/virtio_pci_legacy_dev virtio/virtio_pci block/virtio_blk \
+         scsi/scsi_common scsi/scsi_mod scsi/sd_mod scsi/virtio_scsi; do
     f=$(ls "$mods/$m.ko"* | head -n 1)
     case $f in
         *.xz) xz -dc "$f" > "$ird/lib/modules/$(basename "$m").ko" ;;
@@ -68,10 +69,12 @@ cat > $ird/init <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
+         scsi_common scsi_mod sd_mod virtio_scsi; do
     insmod /lib/modules/$m.ko || echo "viopath-guest: insmod $m failed"
 done
-for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+# SCSI disks appear once their bus scan is done, asynchronously.
+for i in $(seq 100); do [ -b /dev/vda ] || [ -b /dev/sda ] && break; sleep 0.1; done
 mdev -s
 echo "viopath-guest: up $(cat /proc/uptime)"
 # The workload comes base64-encoded on the kernel command line (viopath.run=...), so

@@ -31,7 +31,7 @@ pub(super) fn op_color(op: &str) -> &'static str {
         "flush" => "#2ca02c",
         "discard" => "#9467bd",
         "write_zeroes" => "#8c564b",
-        "get_id" => "#17becf",
+        "get_id" | "scsi_command" => "#17becf",
         _ => "#7f7f7f",
     }
 }

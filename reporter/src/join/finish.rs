@@ -234,8 +234,12 @@ impl<S: Sink> Join<'_, S> {
             return;
         };
         let qiovs = std::mem::take(&mut root.qiovs);
-        let (open_hios, virtio_req, aio_opaque) =
-            (root.open_hios, root.virtio_req, root.aio_opaque);
+        let (open_hios, virtio_req, aio_opaque, scsi_dma) = (
+            root.open_hios,
+            root.virtio_req,
+            root.aio_opaque,
+            root.scsi_dma,
+        );
         // Its host IOs that never completed (events lost) must not claim later bios.
         if open_hios > 0 {
             let open: SmallVec<[Ref; 4]> = self
@@ -277,6 +281,9 @@ impl<S: Sink> Join<'_, S> {
         if aio_opaque != 0 && self.aio_opaque.get(&aio_opaque) == Some(&r) {
             self.aio_opaque.remove(&aio_opaque);
         }
+        if scsi_dma != 0 && self.scsi_dma.get(&scsi_dma) == Some(&r) {
+            self.scsi_dma.remove(&scsi_dma);
+        }
         let root = self.roots.get(r).expect("looked up above");
         if self.cfg.expect_qcow2 && root.source == Source::QemuBlock && !root.qcow2 {
             // QEMU reading or writing the image file itself (open, header, flush).
@@ -304,13 +311,15 @@ impl<S: Sink> Join<'_, S> {
             b[Boundary::QemuDone] = root.last;
         }
         let mut partial = root.partial | reason;
-        // Flush, GET_ID, discard carry no data the host reads or writes: they need no
-        // host IO to be complete (QEMU may answer them itself, or the trace lacks the
-        // fsync / fallocate probes). `Other` is also what a trace without request
-        // types gives, so it still expects host IO.
+        let mut zeros = 0;
+        // Flush, GET_ID, discard and SCSI commands without disk data carry no data
+        // the host reads or writes: they need no host IO to be complete (QEMU may
+        // answer them itself, or the trace lacks the fsync / fallocate probes).
+        // `Other` is also what a trace without request types gives, so it still
+        // expects host IO.
         let no_data = matches!(
             root.op,
-            Op::Flush | Op::GetId | Op::Discard | Op::WriteZeroes
+            Op::Flush | Op::GetId | Op::Discard | Op::WriteZeroes | Op::Command
         );
         // Cut by the recording's start or stop: what it lacks is for that reason
         // alone.
@@ -319,7 +328,10 @@ impl<S: Sink> Join<'_, S> {
         } else if reason == reasons::CUT_AT_END {
             partial = reasons::CUT_AT_END;
         } else if root.flags & flags::VIRTIO_MERGED == 0 && !no_data {
-            if root.data_hios == 0 {
+            if root.data_hios == 0 && root.qcow2 && root.op == Op::Read && root.open_hios == 0 {
+                // qcow2 went through its tables and found nothing to read.
+                zeros = flags::QCOW2_ZEROS;
+            } else if root.data_hios == 0 {
                 partial |= reasons::NO_HOST_IO;
             } else if root.b[Boundary::Dispatched] == 0
                 && root.b[Boundary::DeviceDone] == 0
@@ -340,6 +352,16 @@ impl<S: Sink> Join<'_, S> {
         if root.source == Source::Virtio && root.b[Boundary::Completed] == 0 && !cut {
             partial |= reasons::NO_COMPLETION;
         }
+        // A SCSI LUN is one disk: its commands that reached no image file are the
+        // disk its others did, or the one the command line put at its address.
+        let lun = (root.scsi_ctrl, root.scsi_addr);
+        let lun_disk = || {
+            self.lun_disks
+                .iter()
+                .find(|x| (x.0, x.1) == lun)
+                .map(|x| x.2)
+                .or_else(|| self.layout.scsi_disk((lun.1 >> 16) & 0xff, lun.1 & 0x3fff))
+        };
         let disk = if self.layout.disks.len() == 1 {
             Some(0)
         } else {
@@ -348,8 +370,12 @@ impl<S: Sink> Join<'_, S> {
                     if root.bdrv_child != 0 {
                         self.child_disks.insert(root.bdrv_child, d);
                     }
+                    if lun.1 != 0 && !self.lun_disks.iter().any(|x| (x.0, x.1) == lun) {
+                        self.lun_disks.push((lun.0, lun.1, d));
+                    }
                     Some(d)
                 }
+                None if lun.1 != 0 => lun_disk(),
                 // Host IO naming no single disk (none, or a shared backing file's
                 // only): its drive's, as the drive's earlier requests showed.
                 None if root.bdrv_child != 0 => self.child_disks.get(&root.bdrv_child).copied(),
@@ -374,7 +400,7 @@ impl<S: Sink> Join<'_, S> {
             requests: root.requests,
             bottom_dev: root.bottom_dev,
             disk,
-            flags: root.flags,
+            flags: root.flags | zeros,
             partial,
             merged_into: root.merged_into,
         };

@@ -73,7 +73,13 @@ impl<S: Sink> Join<'_, S> {
                     && match x.source {
                         // No block IO yet (a range from a request without data
                         // is not block IO).
-                        Source::Virtio => x.offset.is_none() || x.nodata,
+                        // (A SCSI read or write has no range until its DMA, but
+                        // its data is its only host IO.)
+                        Source::Virtio => {
+                            (x.offset.is_none()
+                                && !matches!(x.op, Op::Read | Op::Write | Op::Command))
+                                || x.nodata
+                        }
                         Source::QemuBlock => {
                             x.nodata
                                 && range.is_some_and(|(off, len)| {

@@ -4,7 +4,8 @@
 //! not the trace length.
 //!
 //! How events find their request (docs/layers.md has the full rules):
-//! - inside QEMU by pointers: the VirtIOBlockReq, then the QEMUIOVector every block
+//! - inside QEMU by pointers: the VirtIOBlockReq (virtio-scsi: the SCSIRequest, and
+//!   the DMA request moving its data), then the QEMUIOVector every block
 //!   layer of one request shares, the thread-pool job, io_uring user_data; qcow2
 //!   metadata reads by the L2 cache lookup that precedes them on the same thread;
 //! - host syscalls by the thread-pool worker's thread id, or by offset and length;
@@ -17,10 +18,10 @@
 //! Every key is removed when its request ends, so a reused pointer starts fresh.
 //!
 //! The files follow docs/layers.md's sections, one owner each: `qemu` (QEMU's
-//! probes), `host` (syscalls, io_uring, linux-aio, direct IO, fsync), `block` (bios
+//! probes), `scsi` (virtio-scsi's), `host` (syscalls, io_uring, linux-aio, direct IO, fsync), `block` (bios
 //! and requests), `finish` (every way a request ends, and the rows), over `state`
 //! (the shared records and the [`Join`] itself), `row` (what comes out) and `slab`.
-//! Calls run one way: qemu → host → finish → state, block → finish; this file only
+//! Calls run one way: scsi → qemu → host → finish → state, block → finish; this file only
 //! dispatches.
 
 mod block;
@@ -28,6 +29,7 @@ mod finish;
 mod host;
 mod qemu;
 mod row;
+mod scsi;
 mod slab;
 mod state;
 #[cfg(test)]
@@ -77,6 +79,8 @@ mod code {
     pub const LURING_CO_SUBMIT: u16 = qemu(q::LURING_CO_SUBMIT);
     pub const QEMU_IO_AIO_READ_DONE: u16 = qemu(q::QEMU_IO_AIO_READ_DONE);
     pub const QEMU_IO_AIO_WRITE_DONE: u16 = qemu(q::QEMU_IO_AIO_WRITE_DONE);
+    pub const SCSI_REQ_ENQUEUE: u16 = qemu(q::SCSI_REQ_ENQUEUE);
+    pub const VIRTIO_SCSI_COMPLETE: u16 = qemu(q::VIRTIO_SCSI_COMPLETE);
 }
 
 impl<'l, S: Sink> Join<'l, S> {
@@ -93,6 +97,8 @@ impl<'l, S: Sink> Join<'l, S> {
             inflight_at: Vec::new(),
             virtio: Map::default(),
             aio_opaque: Map::default(),
+            scsi_dma: Map::default(),
+            lun_disks: Vec::new(),
             qiov: Map::default(),
             file_children: Map::default(),
             aiocb: Map::default(),
@@ -189,6 +195,8 @@ impl<'l, S: Sink> Join<'l, S> {
             code::LAIO_CO_SUBMIT => self.laio_co_submit(e),
             code::LURING_CO_SUBMIT => self.luring_co_submit(e),
             code::QEMU_IO_AIO_READ_DONE | code::QEMU_IO_AIO_WRITE_DONE => self.qemu_io_aio_done(e),
+            code::SCSI_REQ_ENQUEUE => self.scsi_req_enqueue(e),
+            code::VIRTIO_SCSI_COMPLETE => self.virtio_scsi_complete(e),
             // A probe this join does not use (a newer recorder's): ignored, as before
             // the probes shared this table, not counted as an unknown event.
             code::QEMU..=code::QEMU_LAST => {}

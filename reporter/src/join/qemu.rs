@@ -1,4 +1,5 @@
-//! QEMU's side of a request: virtio-blk, the block layer, qcow2 and file-posix probes.
+//! QEMU's side of a request: virtio-blk, the block layer, qcow2 and file-posix probes
+//! (virtio-scsi's own two are in `scsi`).
 //! A guest request is made here and found again by its pointers (the VirtIOBlockReq,
 //! the QEMUIOVector every block layer of one request shares); its host IOs are made
 //! through [`super::host`].
@@ -52,8 +53,13 @@ impl<S: Sink> Join<'_, S> {
     #[inline(never)]
     pub(super) fn blk_aio(&mut self, e: &RawEvent, op: Op) {
         let [a0, a1, a2, a3] = e.a;
-        let r = match self.virtio.get(&a0) {
-            Some(&r) => r,
+        let r = match self
+            .virtio
+            .get(&a0)
+            .copied()
+            .or_else(|| self.scsi_dma_request(e, op))
+        {
+            Some(r) => r,
             None => {
                 if let Some(old) = self.aio_opaque.remove(&a0) {
                     self.finish_root(old, 0);
@@ -70,6 +76,30 @@ impl<S: Sink> Join<'_, S> {
         };
         self.set_io(r, op, GuestOffset(a1), a2);
         self.threads.at(e.tid, e.ts).pending_co = Some(r);
+    }
+
+    /// The virtio-scsi command whose data a `blk_aio_*` call moves: the one whose DMA
+    /// request (its opaque) was seen before, or the command this thread just handed
+    /// its device, if it is of that direction and has no data request yet.
+    fn scsi_dma_request(&mut self, e: &RawEvent, op: Op) -> Option<super::slab::Ref> {
+        let dma = e.a[0];
+        if let Some(&r) = self.scsi_dma.get(&dma) {
+            if self.roots.get(r).is_some_and(|x| !x.completed) {
+                return Some(r);
+            }
+            // Freed with its command, and now another's.
+            self.scsi_dma.remove(&dma);
+        }
+        let req = self.threads.get(e.tid)?.scsi_pending?;
+        let r = *self.virtio.get(&req)?;
+        let root = self.roots.get_mut(r)?;
+        if root.completed || root.op != op || root.offset.is_some() {
+            return None;
+        }
+        root.scsi_dma = dma;
+        self.scsi_dma.insert(dma, r);
+        self.threads.at(e.tid, e.ts).scsi_pending = None;
+        Some(r)
     }
 
     /// `throttle_group_co_io_limits_intercept`: the request this thread's coroutine
@@ -268,13 +298,6 @@ impl<S: Sink> Join<'_, S> {
         root.last = e.ts;
         root.completed = true;
         root.virtio_req = 0;
-        let open_meta = root.open_hios > 0;
-        if open_meta {
-            self.release_open_meta(r);
-        }
-        let Some(root) = self.roots.get_mut(r) else {
-            return;
-        };
         // The request header the guest wrote: type and sector; and the data
         // size. Zero in traces from recorders that did not read them.
         let vop = Op::from_virtio(a2 as u32);
@@ -314,15 +337,33 @@ impl<S: Sink> Join<'_, S> {
             root.flags |= flags::VIRTIO_MERGED;
             root.merged_into = Some(id);
         }
+        self.answered(r);
+    }
+
+    /// A guest request answered (its completion in the guest's ring): its row now, or
+    /// once its interrupt comes where that is probed. Metadata IO given to it that
+    /// still runs was another coroutine's.
+    pub(super) fn answered(&mut self, r: Ref) {
+        if self.roots.get(r).is_some_and(|x| x.open_hios > 0) {
+            self.release_open_meta(r);
+        }
         if self.cfg.await_msi {
             // QEMU has freed the request: its next one may reuse the request
             // and its qiov at once, before this one's interrupt (under TCG
             // there is none: it waits for the sweep).
+            let Some(root) = self.roots.get_mut(r) else {
+                return;
+            };
             let qiovs = std::mem::take(&mut root.qiovs);
+            let dma = std::mem::take(&mut root.scsi_dma);
             for qv in &qiovs {
                 if self.qiov.get(qv).and_then(|b| b.root()) == Some(r) {
                     self.qiov.remove(qv);
                 }
+            }
+            // So is a virtio-scsi command's DMA request.
+            if dma != 0 && self.scsi_dma.get(&dma) == Some(&r) {
+                self.scsi_dma.remove(&dma);
             }
             self.msi_wait.push(r);
         } else {

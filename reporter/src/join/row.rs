@@ -19,10 +19,13 @@ pub enum Op {
     WriteZeroes,
     /// virtio-blk GET_ID: answered by QEMU without IO.
     GetId,
+    /// A SCSI command that moves no disk data (INQUIRY, TEST UNIT READY, READ
+    /// CAPACITY, MODE SENSE, ...): QEMU's SCSI emulation answers it without IO.
+    Command,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Read,
         Op::Write,
         Op::Other,
@@ -30,6 +33,7 @@ impl Op {
         Op::Discard,
         Op::WriteZeroes,
         Op::GetId,
+        Op::Command,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Op {
             Op::Discard => "discard",
             Op::WriteZeroes => "write_zeroes",
             Op::GetId => "get_id",
+            Op::Command => "scsi_command",
         }
     }
 
@@ -55,6 +60,25 @@ impl Op {
             11 => Op::Discard,
             13 => Op::WriteZeroes,
             _ => Op::Other,
+        }
+    }
+
+    /// From a SCSI command descriptor block's first bytes (`cdb[0]` the low byte): the
+    /// opcodes (SBC-4) a disk's data or cache goes through; every other command is
+    /// QEMU's to answer.
+    pub fn from_scsi(cdb: u64) -> Op {
+        match cdb & 0xff {
+            // READ (6), (10), (12), (16)
+            0x08 | 0x28 | 0xa8 | 0x88 => Op::Read,
+            // WRITE (6), (10), (12), (16); WRITE AND VERIFY (10), (12), (16)
+            0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => Op::Write,
+            // SYNCHRONIZE CACHE (10), (16)
+            0x35 | 0x91 => Op::Flush,
+            // UNMAP
+            0x42 => Op::Discard,
+            // WRITE SAME (10), (16): what Linux sends for a write of zeroes.
+            0x41 | 0x93 => Op::WriteZeroes,
+            _ => Op::Command,
         }
     }
 
@@ -106,8 +130,11 @@ pub mod flags {
     pub const LOOP_PAGE_CACHE: u16 = 1024;
     /// Its buffered write slept in the kernel's dirty-page throttle.
     pub const DIRTY_THROTTLED: u16 = 2048;
+    /// A read qcow2 answered from its tables alone: every cluster it covers is
+    /// unallocated (in the whole backing chain) or reads as zeros, so no host IO.
+    pub const QCOW2_ZEROS: u16 = 4096;
     /// The names the report prints, in bit order.
-    pub const NAMES: [(u16, &str); 12] = [
+    pub const NAMES: [(u16, &str); 13] = [
         (SPLIT, "split"),
         (MERGED, "merged"),
         (VIRTIO_MERGED, "virtio_merged"),
@@ -120,6 +147,7 @@ pub mod flags {
         (SYNCED, "synced"),
         (LOOP_PAGE_CACHE, "loop_page_cache"),
         (DIRTY_THROTTLED, "dirty_throttled"),
+        (QCOW2_ZEROS, "qcow2_zeros"),
     ];
 }
 

@@ -90,6 +90,13 @@ pub(super) struct Root {
     pub(super) top_child: u64,
     pub(super) virtio_req: u64,
     pub(super) aio_opaque: u64,
+    /// The DMA request (DMAAIOCB) a virtio-scsi command's data moves by: the opaque
+    /// of its `blk_aio_*` calls.
+    pub(super) scsi_dma: u64,
+    /// A virtio-scsi command's target and LUN (`scsi::scsi_addr`), 0: none, and its
+    /// controller (the VirtIOSCSI device).
+    pub(super) scsi_addr: u32,
+    pub(super) scsi_ctrl: u64,
     /// Inline: a request has one to a few, and a heap allocation per request shows
     /// in the join's profile.
     pub(super) qiovs: SmallVec<[u64; 4]>,
@@ -317,6 +324,10 @@ pub(super) struct ThreadCtx {
     pub(super) qcow2: Option<Ref>,
     /// The virtio request this thread parsed last: its handler runs until the next.
     pub(super) last_parsed: Option<Ref>,
+    /// The SCSI command with data this thread just handed its device, by its
+    /// SCSIRequest (a key gone when it ends, unlike a slab slot): its DMA's first
+    /// `blk_aio_*` follows on this thread, before the next command.
+    pub(super) scsi_pending: Option<u64>,
     /// An L2/refcount cache lookup (owner, table offset): a read of that table follows.
     /// Only in traces of recorders that probed `qcow2_cache_get`.
     pub(super) meta: Option<(Option<Ref>, HostFileOffset)>,
@@ -549,8 +560,16 @@ pub struct Join<'l, S: Sink> {
     /// looked up by address for every bio, and visiting each host IO for it showed.
     /// Kept in step with `hios` by `forget_hio`.
     pub(super) inflight_at: Vec<InflightRange>,
+    /// Guest requests by their device model's request: the VirtIOBlockReq, or a
+    /// virtio-scsi command's SCSIRequest.
     pub(super) virtio: Map<u64, Ref>,
     pub(super) aio_opaque: Map<u64, Ref>,
+    /// virtio-scsi commands by the DMA request their data moves by (see `scsi`).
+    pub(super) scsi_dma: Map<u64, Ref>,
+    /// The disk each SCSI LUN (controller, target and LUN) was seen to be, for its
+    /// commands that reach no host file (a command QEMU answers alone, a read of
+    /// clusters not allocated). A VM has a few.
+    pub(super) lun_disks: Vec<(u64, u32, u16)>,
     pub(super) qiov: Map<u64, QiovBind>,
     /// What each thread is in the middle of (see `ThreadCtx`).
     pub(super) threads: Threads,
@@ -660,6 +679,9 @@ impl<S: Sink> Join<'_, S> {
             top_child: 0,
             virtio_req: 0,
             aio_opaque: 0,
+            scsi_dma: 0,
+            scsi_addr: 0,
+            scsi_ctrl: 0,
             qiovs: SmallVec::new(),
             b,
             open_hios: 0,

@@ -6,6 +6,7 @@ mod cache;
 mod finish;
 mod host;
 mod qemu;
+mod scsi;
 mod state;
 
 use super::row::*;
