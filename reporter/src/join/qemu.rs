@@ -594,7 +594,11 @@ impl<S: Sink> Join<'_, S> {
             let x = self.roots.get(r)?;
             (x.nodata && !x.completed && x.top_child != 0 && x.top_child != child).then_some(r)
         };
-        let serving = || request.then(|| self.job_root(e.tid, None)).flatten();
+        let serving = || {
+            request
+                .then(|| self.nodata_request(e.tid, row_op))
+                .flatten()
+        };
         let r = match above.or_else(nested).or_else(serving) {
             Some(r) => r,
             None => {
@@ -654,6 +658,28 @@ impl<S: Sink> Join<'_, S> {
         if is_bdrv {
             t.last_bdrv = Some((QiovBind::Root(r), off, bytes));
         }
+    }
+
+    /// The guest request a discard's or write of zeroes' first block call on `tid` is
+    /// for: the earliest in flight there with no block call yet whose operation is that
+    /// one or not yet known (virtio-blk says it at completion; a flush announced by
+    /// `blk_aio_flush`, or a SCSI command's other opcode, is not it).
+    fn nodata_request(&self, tid: u32, op: Op) -> Option<Ref> {
+        self.active
+            .iter()
+            .filter_map(|&r| self.roots.get(r).map(|x| (r, x)))
+            .filter(|(_, x)| {
+                x.tid == tid
+                    && x.source == Source::Virtio
+                    && !x.completed
+                    && !x.host_job
+                    && !x.nodata
+                    && x.data_hios == 0
+                    && x.offset.is_none()
+                    && (x.op == op || x.op == Op::Other)
+            })
+            .min_by_key(|(_, x)| (x.op != op, x.id))
+            .map(|(r, _)| r)
     }
 
     /// A qiov not seen before: a metadata read after an L2 cache lookup, the block
