@@ -376,6 +376,10 @@ pub mod qemu_probe {
     /// `virtio_scsi_complete_cmd_req`: a virtio-scsi command's response pushed to the
     /// guest (a3: its controller).
     pub const VIRTIO_SCSI_COMPLETE: u8 = 25;
+    /// `blk_aio_pdiscard`, `blk_aio_pwrite_zeroes`: a device model's discard or write
+    /// of zeroes (opaque, offset, bytes, BlockBackend).
+    pub const BLK_AIO_PDISCARD: u8 = 26;
+    pub const BLK_AIO_PWRITE_ZEROES: u8 = 27;
     /// `raw_co_prw`'s type argument (QEMU_AIO_*).
     pub const AIO_READ: u64 = 1;
     pub const AIO_WRITE: u64 = 2;

@@ -591,6 +591,20 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
         layouts: one!([A::reg(2), A::NONE, A::NONE, A::reg(0)]),
     },
     QemuProbe {
+        id: q::BLK_AIO_PDISCARD,
+        symbol: "blk_aio_pdiscard",
+        layer: Layer::QemuBlock,
+        records: "discard from a device model: opaque (VirtIOBlockReq), offset, bytes, BlockBackend",
+        layouts: one!([A::reg(4), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
+        id: q::BLK_AIO_PWRITE_ZEROES,
+        symbol: "blk_aio_pwrite_zeroes",
+        layer: Layer::QemuBlock,
+        records: "write of zeroes from a device model: opaque (VirtIOBlockReq), offset, bytes, BlockBackend",
+        layouts: one!([A::reg(5), A::reg(1), A::reg(2), A::reg(0)]),
+    },
+    QemuProbe {
         id: q::SCSI_REQ_ENQUEUE,
         symbol: "scsi_req_enqueue",
         layer: Layer::Virtio,

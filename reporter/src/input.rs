@@ -4,7 +4,7 @@
 //! Perfetto writer all start here.
 
 use crate::{join, layout, reader};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use viopath_layouts::host::DevId;
 use viopath_layouts::snapshot::Snapshot;
@@ -95,13 +95,54 @@ pub struct LayoutSource {
 pub fn layers_missing(header: &Header) -> Vec<String> {
     let mut attached = BTreeSet::new();
     let mut all = BTreeSet::new();
+    // QEMU functions the binary has (or should have) but that could not be probed: no
+    // symbol table (a stripped distribution build), an unknown argument layout. Not
+    // those the program lacks altogether (qemu-io has no virtio-blk).
+    let mut without: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for p in &header.probes {
         all.insert(p.layer.as_str());
         if p.attached {
             attached.insert(p.layer.as_str());
+        } else if p.attach == "uprobe"
+            && !p
+                .note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("not in this QEMU build"))
+        {
+            without
+                .entry(p.layer.as_str())
+                .or_default()
+                .push(match qemu_probe_gives(&p.name) {
+                    Some(g) => format!("{} ({g})", p.name),
+                    None => p.name.clone(),
+                });
         }
     }
-    all.difference(&attached).map(|l| l.to_string()).collect()
+    let mut out: Vec<String> = all.difference(&attached).map(|l| l.to_string()).collect();
+    for (layer, probes) in without {
+        if attached.contains(layer) {
+            out.push(format!("{layer} without {}", probes.join(", ")));
+        }
+    }
+    out
+}
+
+/// What a QEMU probe gives the rows (a boundary, or what the join finds by it), for the
+/// summary's "layers missing" when it was not attached.
+fn qemu_probe_gives(symbol: &str) -> Option<&'static str> {
+    Some(match symbol {
+        "virtio_blk_handle_request" => "parsed: rows start at the block layer",
+        "virtio_blk_submit_multireq" => "virtio-blk's batches",
+        "virtio_blk_rw_complete" => "qemu_done",
+        "scsi_req_enqueue" => "virtio-scsi's parsed",
+        "virtio_scsi_complete_cmd_req" => "virtio-scsi's completed",
+        "qcow2_co_preadv_part" | "qcow2_co_pwritev_part" => {
+            "qcow2's metadata IO per request, QEMU's own IO told apart"
+        }
+        "raw_co_prw" => "file-posix's requests: found from their submissions",
+        "handle_aiocb_rw" => "the worker running a job: found by offset and length",
+        _ => return None,
+    })
 }
 
 fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, LayoutSource) {
@@ -180,6 +221,8 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
         aio_fsync: trace.header.attached("workqueue_execute_start")
             && trace.header.attached("workqueue_execute_end"),
         falloc_syscalls: trace.header.attached("sys_enter_fallocate"),
+        virtio_from_block: trace.header.attached("virtio_blk_req_complete")
+            && !trace.header.attached("virtio_blk_handle_request"),
         // Block devices given to QEMU as disks do direct IO without iomap: where every
         // disk is known to be opened O_DIRECT, no host IO is buffered.
         dio_probe: trace.header.attached("iomap_dio_rw_begin") && !all_direct,
@@ -191,5 +234,52 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
             .kernel_hz
             .filter(|&hz| hz > 0)
             .map_or(0, |hz| 1_000_000_000 / u64::from(hz)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use viopath_probes::chunks::{Header, ProbeStatus};
+
+    fn probe(name: &str, layer: &str, attached: bool, note: Option<&str>) -> ProbeStatus {
+        ProbeStatus {
+            name: name.into(),
+            layer: layer.into(),
+            attach: "uprobe".into(),
+            attached,
+            note: note.map(String::from),
+        }
+    }
+
+    /// A stripped QEMU: layers with no probe at all, then layers missing some, with
+    /// what those would have given; a function the program does not have is no loss.
+    #[test]
+    fn layers_missing_names_what_unattached_functions_would_give() {
+        let no_symtab =
+            Some("/usr/bin/qemu-system-x86_64 has no .symtab, only its exported symbols");
+        let header = Header {
+            probes: vec![
+                probe("virtio_blk_handle_request", "virtio", false, no_symtab),
+                probe("virtio_blk_req_complete", "virtio", true, None),
+                probe("virtio_blk_rw_complete", "virtio", false, no_symtab),
+                probe("qcow2_co_preadv_part", "qcow2", false, no_symtab),
+                probe("blk_aio_preadv", "qemu-block", true, None),
+                probe(
+                    "aio_read_done",
+                    "qemu-block",
+                    false,
+                    Some("not in this QEMU build"),
+                ),
+            ],
+            ..Header::default()
+        };
+        assert_eq!(
+            super::layers_missing(&header),
+            [
+                "qcow2",
+                "virtio without virtio_blk_handle_request (parsed: rows start at the block \
+                 layer), virtio_blk_rw_complete (qemu_done)",
+            ]
+        );
     }
 }

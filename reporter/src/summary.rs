@@ -269,6 +269,9 @@ pub fn cut_note(s: &Summary) -> Option<String> {
 pub fn layers_missing_note(s: &Summary) -> String {
     let traced = if s.layers_missing.is_empty() {
         "none".to_owned()
+    } else if s.layers_missing.iter().any(|l| l.contains(" without ")) {
+        // Each layer with what it lacks on a line of its own.
+        s.layers_missing.join(",\n")
     } else {
         s.layers_missing.join(", ")
     };

@@ -54,6 +54,7 @@ fn join(path: &std::path::Path) -> (Rows, usize, u64) {
         dio_probe: false,
         tick_ns: 0,
         synced_writes: false,
+        virtio_from_block: false,
     };
     let mut j = Join::new(&layout, Rows::default(), cfg);
     let mut ev = trace.events();

@@ -13,6 +13,7 @@ mod attach_e2e;
 mod cache_e2e;
 mod cli;
 mod compare_cli;
+mod distro_e2e;
 mod guest_ext4;
 mod host_stack;
 mod html;

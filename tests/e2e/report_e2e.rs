@@ -324,6 +324,7 @@ fn join_rows(t: &Trace, layout: &viopath_reporter::layout::Layout) -> (Vec<IoRow
         dio_probe: t.header.attached("iomap_dio_rw_begin"),
         tick_ns: 0,
         synced_writes: false,
+        virtio_from_block: false,
     };
     let mut j = Join::new(layout, Rows::default(), cfg);
     for e in t.events() {

@@ -20,16 +20,7 @@ fi
 log() { echo "build-qemu: $*" >&2; }
 
 # Debian's archive serves the source and a newer meson in bookworm-backports.
-src_list=/etc/apt/sources.list.d/viopath-backports.sources
-if [ ! -f "$src_list" ]; then
-    cat > "$src_list" <<'SRC'
-Types: deb deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-fi
+sh "$(dirname "$0")/backports.sh"
 log "installing build dependencies"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports meson >/dev/null

@@ -185,7 +185,7 @@ pub(super) fn attach_all(
                     "not in this QEMU build".to_owned()
                 } else {
                     format!(
-                        "{} has no symbol table ({}): install its debug symbols (e.g. the -dbgsym package, found by build-id {}) or use a build with symbols",
+                        "{} has no .symtab, only its exported symbols ({}), and this function is not exported: install its debug symbols (e.g. the -dbgsym package, found by build-id {}) or use a build with symbols",
                         syms.binary.display(),
                         syms.sources.join(", "),
                         syms.build_id.as_deref().unwrap_or("?")

@@ -285,7 +285,11 @@ impl<S: Sink> Join<'_, S> {
             self.scsi_dma.remove(&scsi_dma);
         }
         let root = self.roots.get(r).expect("looked up above");
-        if self.cfg.expect_qcow2 && root.source == Source::QemuBlock && !root.qcow2 {
+        // A block request no guest request made, in a trace whose guest requests are
+        // made from the block layer (a stripped QEMU): QEMU's own.
+        if root.source == Source::QemuBlock
+            && ((self.cfg.expect_qcow2 && !root.qcow2) || self.cfg.virtio_from_block)
+        {
             // QEMU reading or writing the image file itself (open, header, flush).
             let end = root.b.latest();
             self.stats.other_ios += 1;

@@ -241,11 +241,19 @@ impl<S: Sink> Join<'_, S> {
                 let h = match self.threads.get(e.tid).and_then(|t| t.worker) {
                     Some(h) => h,
                     None => {
-                        // No thread-pool probe: find the file IO by offset and length.
+                        // No probe said which job this worker runs (a stripped QEMU has
+                        // no `handle_aiocb_rw`): find the file IO by offset and length,
+                        // or for a vectored call (whose count is of iovecs) by offset
+                        // and descriptor.
+                        let vectored = e.sub >= 3;
                         let found = self.earliest_in_flight(|x| {
                             x.submit == 0
                                 && x.offset == HostFileOffset(e.a[1])
-                                && x.bytes == e.a[2]
+                                && if vectored {
+                                    x.fd == e.a[0]
+                                } else {
+                                    x.bytes == e.a[2]
+                                }
                                 && matches!(x.api, Api::Unknown | Api::Threads)
                         });
                         let h = found.unwrap_or_else(|| {

@@ -18,10 +18,11 @@
 //! Every key is removed when its request ends, so a reused pointer starts fresh.
 //!
 //! The files follow docs/layers.md's sections, one owner each: `qemu` (QEMU's
-//! probes), `scsi` (virtio-scsi's), `host` (syscalls, io_uring, linux-aio, direct IO, fsync), `block` (bios
+//! probes), `scsi` (virtio-scsi's), `stripped` (virtio-blk from exported functions
+//! alone), `host` (syscalls, io_uring, linux-aio, direct IO, fsync), `block` (bios
 //! and requests), `finish` (every way a request ends, and the rows), over `state`
 //! (the shared records and the [`Join`] itself), `row` (what comes out) and `slab`.
-//! Calls run one way: scsi → qemu → host → finish → state, block → finish; this file only
+//! Calls run one way: scsi → qemu → stripped/host → finish → state, block → finish; this file only
 //! dispatches.
 
 mod block;
@@ -32,6 +33,7 @@ mod row;
 mod scsi;
 mod slab;
 mod state;
+mod stripped;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +83,8 @@ mod code {
     pub const QEMU_IO_AIO_WRITE_DONE: u16 = qemu(q::QEMU_IO_AIO_WRITE_DONE);
     pub const SCSI_REQ_ENQUEUE: u16 = qemu(q::SCSI_REQ_ENQUEUE);
     pub const VIRTIO_SCSI_COMPLETE: u16 = qemu(q::VIRTIO_SCSI_COMPLETE);
+    pub const BLK_AIO_PDISCARD: u16 = qemu(q::BLK_AIO_PDISCARD);
+    pub const BLK_AIO_PWRITE_ZEROES: u16 = qemu(q::BLK_AIO_PWRITE_ZEROES);
 }
 
 impl<'l, S: Sink> Join<'l, S> {
@@ -197,6 +201,8 @@ impl<'l, S: Sink> Join<'l, S> {
             code::QEMU_IO_AIO_READ_DONE | code::QEMU_IO_AIO_WRITE_DONE => self.qemu_io_aio_done(e),
             code::SCSI_REQ_ENQUEUE => self.scsi_req_enqueue(e),
             code::VIRTIO_SCSI_COMPLETE => self.virtio_scsi_complete(e),
+            code::BLK_AIO_PDISCARD => self.blk_aio_nodata(e, Op::Discard),
+            code::BLK_AIO_PWRITE_ZEROES => self.blk_aio_nodata(e, Op::WriteZeroes),
             // A probe this join does not use (a newer recorder's): ignored, as before
             // the probes shared this table, not counted as an unknown event.
             code::QEMU..=code::QEMU_LAST => {}

@@ -40,10 +40,16 @@ impl<S: Sink> Join<'_, S> {
     /// the flush job that follows is this request's, not theirs (see `job_root`).
     #[inline(never)]
     pub(super) fn blk_aio_flush(&mut self, e: &RawEvent) {
-        if let Some(&r) = self.virtio.get(&e.a[0])
-            && let Some(root) = self.roots.get_mut(r)
-        {
-            root.op = Op::Flush;
+        match self.virtio.get(&e.a[0]) {
+            Some(&r) => {
+                if let Some(root) = self.roots.get_mut(r) {
+                    root.op = Op::Flush;
+                }
+            }
+            None if self.cfg.virtio_from_block => {
+                self.virtio_from_block(e, e.a[0], Op::Flush);
+            }
+            None => {}
         }
     }
 
@@ -60,6 +66,7 @@ impl<S: Sink> Join<'_, S> {
             .or_else(|| self.scsi_dma_request(e, op))
         {
             Some(r) => r,
+            None if self.cfg.virtio_from_block => self.virtio_from_block(e, a0, op),
             None => {
                 if let Some(old) = self.aio_opaque.remove(&a0) {
                     self.finish_root(old, 0);
@@ -287,7 +294,9 @@ impl<S: Sink> Join<'_, S> {
     pub(super) fn virtio_req_complete(&mut self, e: &RawEvent) {
         let [a0, a1, a2, a3] = e.a;
         let Some(r) = self.virtio.remove(&a0) else {
-            self.virtio_cut_at_start(e);
+            if !(self.cfg.virtio_from_block && self.virtio_answered_unseen(e)) {
+                self.virtio_cut_at_start(e);
+            }
             return;
         };
         let batch = self.threads.get(e.tid).and_then(|t| t.completion_batch);
@@ -303,6 +312,17 @@ impl<S: Sink> Join<'_, S> {
         let vop = Op::from_virtio(a2 as u32);
         let known_type = a1 != 0 || a2 != 0 || a3 != 0;
         let had_block = root.offset.is_some();
+        if self.cfg.virtio_from_block
+            && let Some(at) = root.offset
+        {
+            // Requests merged into its block request complete next (see `stripped`).
+            let (op, len, snapshot) = (root.op, root.bytes, (root.id, root.b, e.ts, root.disks));
+            self.note_batch_range(e.tid, e.ts, op, at, len);
+            self.threads.at(e.tid, e.ts).completion_batch = Some(snapshot);
+        }
+        let Some(root) = self.roots.get_mut(r) else {
+            return;
+        };
         // The guest's own range: the block request of the first of several requests
         // virtio-blk merged carries all of theirs, and each merged one is a row of its
         // own. (Recorders before the request's own size read the qiov's, emptied by

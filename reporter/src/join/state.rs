@@ -359,6 +359,10 @@ pub(super) struct ThreadCtx {
     pub(super) loop_sync: Option<Ref>,
     /// The last virtio request completed here: (id, boundaries, time).
     pub(super) completion_batch: Option<(u64, Boundaries, u64, Option<DiskSet>)>,
+    /// That request's block range and operation, where it was made from the block
+    /// layer (see `JoinConfig::virtio_from_block`): requests virtio-blk merged into it
+    /// complete right after it, inside that range.
+    pub(super) batch_range: Option<(Op, GuestOffset, u64)>,
     /// Trace time of the last event that changed this context.
     pub(super) seen: u64,
 }
@@ -541,6 +545,11 @@ pub struct JoinConfig {
     /// is followed into its kernel worker on any filesystem, begun and ended by the
     /// work item (ext4's own fsync events, inside it, still mark the fsync's end).
     pub aio_fsync: bool,
+    /// virtio-blk's completion probe was attached but not its parse
+    /// (`virtio_blk_handle_request`, a static function a stripped QEMU does not
+    /// export): a guest request is made where the block layer first names its
+    /// VirtIOBlockReq (`blk_aio_*`), and QEMU's other block requests are its own.
+    pub virtio_from_block: bool,
     /// The fallocate probes were attached: a thread-pool discard or write-zeroes job
     /// ends at its worker's fallocate return. Without them (older traces) those
     /// requests are QEMU's alone.

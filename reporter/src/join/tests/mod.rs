@@ -8,6 +8,7 @@ mod host;
 mod qemu;
 mod scsi;
 mod state;
+mod stripped;
 
 use super::row::*;
 use super::slab::Ref;
