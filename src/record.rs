@@ -15,6 +15,10 @@ pub struct RecordArgs {
     /// Trace this running QEMU process
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Trace the QEMU of this running libvirt domain (its pid and disks from libvirt's
+    /// runtime state in /run/libvirt/qemu)
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
     /// Trace file to write (mode 0600)
     #[arg(short, long, default_value = "viopath.trace")]
     pub output: PathBuf,
@@ -60,13 +64,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
-    let target = match (args.pid, args.command.is_empty()) {
-        (Some(pid), true) => Target::Pid(pid),
-        (None, false) => Target::Command(args.command.clone()),
-        (Some(_), false) => bail!("give either --pid or a command after --, not both"),
-        (None, true) => bail!(
-            "nothing to trace: give --pid PID or a command after -- (e.g. viopath record -- qemu-io ...)"
+    let target = match (args.pid, &args.domain, args.command.is_empty()) {
+        (Some(pid), None, true) => Target::Pid(pid),
+        (None, Some(name), true) => Target::Domain(name.clone()),
+        (None, None, false) => Target::Command(args.command.clone()),
+        (None, None, true) => bail!(
+            "nothing to trace: give --pid PID, --domain NAME or a command after -- (e.g. viopath record -- qemu-io ...)"
         ),
+        _ => bail!("give one of --pid, --domain or a command after --"),
     };
     let opts = RecordOptions {
         target,

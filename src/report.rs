@@ -219,6 +219,9 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
     let s = &r.summary;
     writeln!(w, "viopath report: {}", trace.display())?;
     let mut b = Builder::default();
+    if let Some(d) = &s.domain {
+        b.push_record(["libvirt domain".to_owned(), d.clone()]);
+    }
     b.push_record([
         "IOs".to_owned(),
         format!(

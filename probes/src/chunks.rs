@@ -83,6 +83,30 @@ pub struct TargetInfo {
     /// The command line: the one the recorder started, or the running process's.
     #[serde(deserialize_with = "lenient")]
     pub command: Option<Vec<String>>,
+    /// The libvirt domain the process runs (`record --domain`).
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
+}
+
+/// A libvirt domain, from its live XML: its name and its disks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Domain {
+    pub name: String,
+    #[serde(deserialize_with = "lenient_list")]
+    pub disks: Vec<DomainDisk>,
+}
+
+/// One `<disk>` of a domain: its source (file or block device) and the name and bus
+/// the guest sees it by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DomainDisk {
+    pub source: String,
+    /// `<target dev=...>`: vda, sdb, ...
+    pub target: String,
+    /// `<target bus=...>`: virtio, scsi, sata, ...
+    pub bus: String,
 }
 
 /// A regular file the traced process had open, and how: the kernel's own account of
@@ -280,6 +304,14 @@ mod tests {
             target: TargetInfo {
                 pid: Some(7),
                 command: Some(vec!["qemu-io".into()]),
+                domain: Some(Domain {
+                    name: "vm1".into(),
+                    disks: vec![DomainDisk {
+                        source: "/vm/a.qcow2".into(),
+                        target: "vda".into(),
+                        bus: "virtio".into(),
+                    }],
+                }),
             },
             probes: vec![ProbeStatus {
                 name: "x".into(),

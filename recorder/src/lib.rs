@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod elf;
+pub mod libvirt;
 pub mod qemu;
 pub mod record;
 

@@ -176,6 +176,19 @@ const NOT_DISKS: &[&str] = &[
     "-pidfile",
     "-readconfig",
     "-append",
+    // Character devices, monitors, objects and networks name files and sockets that
+    // are no disks (a console log, a secret, a script).
+    "-chardev",
+    "-serial",
+    "-parallel",
+    "-monitor",
+    "-qmp",
+    "-mon",
+    "-trace",
+    "-object",
+    "-netdev",
+    "-nic",
+    "-smbios",
 ];
 
 /// Files a QEMU command line names: bare paths and `file=`/`filename=` values, except
@@ -195,6 +208,13 @@ pub fn files_in_args(args: &[String]) -> Vec<PathBuf> {
             skip = true;
             continue;
         }
+        // A JSON option (-blockdev, -device, as libvirt writes them): its `filename`s.
+        if a.trim_start().starts_with('{') {
+            if let Ok(j) = serde_json::from_str::<serde_json::Value>(a) {
+                json_filenames(&j, &mut v);
+            }
+            continue;
+        }
         for part in a.split(',') {
             // `file=X`, `file.filename=X`, `drive-file=X`, or a bare path.
             let val = part.rsplit_once('=').map_or(part, |(_, v)| v);
@@ -207,6 +227,34 @@ pub fn files_in_args(args: &[String]) -> Vec<PathBuf> {
     v.sort();
     v.dedup();
     v
+}
+
+fn json_filenames(j: &serde_json::Value, out: &mut Vec<PathBuf>) {
+    match j {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                match v {
+                    serde_json::Value::String(s) if k == "filename" && disk_like(Path::new(s)) => {
+                        let p = Path::new(s);
+                        out.push(p.canonicalize().unwrap_or_else(|_| p.to_owned()));
+                    }
+                    _ => json_filenames(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| json_filenames(v, out)),
+        _ => {}
+    }
+}
+
+/// Of the files a process has open, its images: those its command line names when it
+/// names any (the rest are its pid file, logs, consoles), else all (block devices
+/// added at run time by QMP, unnamed on the command line).
+pub fn images_among(open: Vec<PathBuf>, named: &[PathBuf]) -> Vec<PathBuf> {
+    if named.is_empty() {
+        return open;
+    }
+    open.into_iter().filter(|f| named.contains(f)).collect()
 }
 
 impl From<&QemuInfo> for viopath_probes::chunks::QemuBinary {
@@ -259,6 +307,44 @@ mod tests {
             version_text(b"\0the QEMU Project developers", Path::new("x")),
             None
         );
+    }
+
+    /// libvirt's command line: the image named only in a JSON -blockdev; the pid file,
+    /// console log and a secret's file are no images, and an open file the line does
+    /// not name is not taken for one.
+    #[test]
+    fn images_from_a_libvirt_command_line() {
+        let dir = std::env::temp_dir().join(format!("viopath-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = |n: &str| {
+            let p = dir.join(n);
+            std::fs::write(&p, b"x").unwrap();
+            p.canonicalize().unwrap()
+        };
+        let (img, pid, log, key) = (f("vm.qcow2"), f("vm.pid"), f("console.log"), f("key"));
+        let args: Vec<String> = [
+            "-pidfile".to_owned(),
+            pid.display().to_string(),
+            "-object".to_owned(),
+            format!(
+                "{{\"qom-type\":\"secret\",\"id\":\"s0\",\"file\":\"{}\"}}",
+                key.display()
+            ),
+            "-blockdev".to_owned(),
+            format!(
+                "{{\"driver\":\"file\",\"filename\":\"{}\",\"node-name\":\"libvirt-1-storage\"}}",
+                img.display()
+            ),
+            "-chardev".to_owned(),
+            format!("file,id=charserial0,path={}", log.display()),
+        ]
+        .to_vec();
+        let named = files_in_args(&args);
+        assert_eq!(named, std::slice::from_ref(&img));
+        let open = vec![img.clone(), log.clone(), pid.clone()];
+        assert_eq!(images_among(open.clone(), &named), [img]);
+        assert_eq!(images_among(open.clone(), &[]), open);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The static read agrees with what the program prints when run.

@@ -174,9 +174,11 @@ fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, Layout
 /// The layout the join uses: from images (when given) or the trace's snapshot.
 pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout, LayoutSource) {
     let (mut layout, source) = load_layout_of_images(trace, images);
-    if let Some(cmd) = &trace.header.target.command {
-        layout.name_scsi_disks(cmd);
-    }
+    let target = &trace.header.target;
+    layout.name_disks(
+        target.command.as_deref().unwrap_or_default(),
+        target.domain.as_ref(),
+    );
     (layout, source)
 }
 

@@ -13,6 +13,7 @@ use viopath_layouts::qcow2::Content;
 use viopath_layouts::snapshot::{GuestSnapshot, Snapshot};
 use viopath_layouts::{DeviceSector, GuestOffset, HostFileOffset};
 use viopath_probes::abi::kernel_dev;
+use viopath_probes::chunks::Domain;
 
 /// The pieces of one host IO on every device of its stack: a partition and its disk,
 /// or a dm device and what it maps to, so usually two; inline to spare the join an
@@ -448,15 +449,26 @@ impl Layout {
         self.disks.get(disk as usize).map_or("?", |d| &d.name)
     }
 
-    /// Gives the disks the SCSI addresses QEMU's command line `cmd` gives them.
-    pub fn name_scsi_disks(&mut self, cmd: &[String]) {
+    /// Names the disks as the guest knows them: the SCSI addresses QEMU's command line
+    /// `cmd` gives them, and the target names (vda, sdb) of the libvirt `domain` they
+    /// belong to.
+    pub fn name_disks(&mut self, cmd: &[String], domain: Option<&Domain>) {
         let paths: Vec<&str> = self.disks.iter().map(|d| d.path.as_str()).collect();
         let addrs = crate::devices::scsi_addrs(cmd, &paths);
         for (d, a) in self.disks.iter_mut().zip(addrs) {
             d.scsi = a;
-            d.name = match a {
-                Some(a) => format!("{} (scsi {}:{}:{})", d.path, a.channel, a.target, a.lun),
-                None => d.path.clone(),
+            let target = domain.and_then(|dom| {
+                dom.disks
+                    .iter()
+                    .find(|x| !x.target.is_empty() && crate::cache::same_file(&x.source, &d.path))
+                    .map(|x| x.target.clone())
+            });
+            let scsi = a.map(|a| format!("scsi {}:{}:{}", a.channel, a.target, a.lun));
+            let parts: Vec<String> = target.into_iter().chain(scsi).collect();
+            d.name = if parts.is_empty() {
+                d.path.clone()
+            } else {
+                format!("{} ({})", d.path, parts.join(", "))
             };
         }
     }

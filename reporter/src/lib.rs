@@ -255,6 +255,10 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         damage,
         trace_entries_skipped: trace.info.json_entries_skipped + layout_skipped as u64,
         layers_missing: layers_missing(&trace.header),
+        domain: trace.header.target.domain.as_ref().map(|d| {
+            let pid = trace.header.target.pid.map(|p| format!(" (pid {p})"));
+            format!("{}{}", d.name, pid.unwrap_or_default())
+        }),
         cache_modes: cache::disk_caches(&trace.header, trace.end.as_ref(), &layout),
         exact_quantiles: true,
         ..report::Summary::default()

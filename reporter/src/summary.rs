@@ -27,6 +27,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "is_zero")]
     pub trace_entries_skipped: u64,
     pub layers_missing: Vec<String>,
+    /// The libvirt domain recorded (`record --domain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// Boundaries of layers that were traced but that no complete IO has, each with
     /// the layer it bounds (e.g. `notify (virtio_front)`: no KVM doorbell event, as
     /// under TCG): those layers' time is in the next layer's.

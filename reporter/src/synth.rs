@@ -775,6 +775,7 @@ fn header() -> Header {
         target: TargetInfo {
             pid: Some(1),
             command: None,
+            domain: None,
         },
         probes: vec![
             probe("kvm_fast_mmio", "kvm"),

@@ -75,7 +75,7 @@ wait
 $TRIM
 umount /mnt
 echo 0 > $T/events/block/block_rq_complete/enable
-sed -n 's/^.* \([0-9]*\.[0-9]*\): block_rq_\([a-z]*\): \([0-9]*,[0-9]*\) \([A-Z]*\) \([0-9]* \)\{0,1\}([^)]*) \([0-9]*\) + \([0-9]*\).*/viopath-rq \2 \1 \3 \4 \6 \7/p' $T/trace
+$RQ_DUMP
 echo "viopath-lost $(cat $T/per_cpu/cpu*/stats | awk '/^overrun/{o+=$2}END{print o+0}')"
 echo "viopath-stat1 $(cat /sys/block/$DEV/stat)"
 $EXTRA_STAT1
@@ -113,6 +113,10 @@ const SECOND_DISK_STREAM: &str = r#"xstream() {
     done
 }
 xstream $(( $OPS / 3 )) &"#;
+
+/// Prints the guest's traced block requests from its tracefs (`$T`), one
+/// `viopath-rq` line each, for [`guest_rqs`].
+pub const GUEST_RQ_DUMP: &str = r#"sed -n 's/^.* \([0-9]*\.[0-9]*\): block_rq_\([a-z]*\): \([0-9]*,[0-9]*\) \([A-Z]*\) \([0-9]* \)\{0,1\}([^)]*) \([0-9]*\) + \([0-9]*\).*/viopath-rq \2 \1 \3 \4 \6 \7/p' $T/trace"#;
 
 /// One shape of the load run.
 #[derive(Debug, Clone)]
@@ -225,7 +229,7 @@ fn stat(serial: &str, which: &str) -> Vec<u64> {
 }
 
 /// /sys/block/vda/stat's completed requests: reads, writes, discards, flushes.
-fn stat_requests(serial: &str, which: &str) -> u64 {
+pub fn stat_requests(serial: &str, which: &str) -> u64 {
     let f = stat(serial, which);
     f[0] + f[4] + f[11] + f[15]
 }
@@ -454,7 +458,8 @@ pub fn run_load_attaching(
                 ""
             },
         )
-        .replace("$OPS", &mode.ops.to_string());
+        .replace("$OPS", &mode.ops.to_string())
+        .replace("$RQ_DUMP", GUEST_RQ_DUMP);
     let disk_paths: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
     let qemu_args =
         crate::vm::qemu_args_shaped(assets, &disk_paths, mode.aio, &shape, &workload, dir.path())

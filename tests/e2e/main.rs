@@ -17,6 +17,7 @@ mod distro_e2e;
 mod guest_ext4;
 mod host_stack;
 mod html;
+mod libvirt_e2e;
 mod load_e2e;
 mod perfetto;
 mod qcow2_map;

@@ -50,6 +50,8 @@ pub enum RecordError {
     NoBtf,
     #[error("no process {0}")]
     PidNotFound(u32),
+    #[error(transparent)]
+    Domain(#[from] crate::libvirt::DomainError),
     #[error("process {pid} runs {exe}, which does not look like QEMU ({version})")]
     NotQemu {
         pid: u32,
@@ -83,6 +85,8 @@ pub enum RecordError {
 pub enum Target {
     /// A running QEMU.
     Pid(u32),
+    /// The QEMU of a running libvirt domain, by its name.
+    Domain(String),
     /// Start this command and trace it from its first instruction.
     Command(Vec<String>),
 }
@@ -146,7 +150,12 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         c.release();
     }
     log(&format!(
-        "recording pid {} into {} (Ctrl-C stops)",
+        "recording {}pid {} into {} (Ctrl-C stops)",
+        traced
+            .domain
+            .as_ref()
+            .map(|d| format!("libvirt domain {}, ", d.name))
+            .unwrap_or_default(),
         traced.pid,
         opts.output.display()
     ));
@@ -164,6 +173,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
             window: &mut window,
             child: traced.child.as_mut(),
             files: &mut traced.files,
+            named: &traced.named,
             open_files: &mut open_files,
             devices: &mut devices,
         },
@@ -285,6 +295,7 @@ fn header(
         target: TargetInfo {
             pid: Some(traced.pid),
             command: (!traced.command.is_empty()).then(|| traced.command.clone()),
+            domain: traced.domain.clone(),
         },
         qemu: traced.qemu.as_ref().map(QemuBinary::from),
         symbols: traced.symbols.as_ref().map(SymbolSource::from),

@@ -29,6 +29,8 @@ pub(super) struct Running<'a, W: io::Write> {
     pub(super) window: &'a mut Window,
     pub(super) child: Option<&'a mut GatedChild>,
     pub(super) files: &'a mut Vec<PathBuf>,
+    /// The image files its command line names (see `qemu::images_among`).
+    pub(super) named: &'a [PathBuf],
     /// The regular files open and their flags, as last seen.
     pub(super) open_files: &'a mut Vec<OpenFile>,
     pub(super) devices: &'a mut BTreeSet<DevId>,
@@ -50,6 +52,7 @@ pub(super) fn run<W: io::Write>(
         window,
         mut child,
         files,
+        named,
         open_files,
         devices,
     } = r;
@@ -87,7 +90,7 @@ pub(super) fn run<W: io::Write>(
                     }
                     if last_scan.elapsed() > Duration::from_millis(500) {
                         last_scan = Instant::now();
-                        rescan(pid, bpf, files, devices);
+                        rescan(pid, bpf, files, named, devices);
                         note_open_files(pid, open_files);
                     }
                 }
@@ -115,8 +118,14 @@ pub(super) fn note_open_files(pid: u32, seen: &mut Vec<OpenFile>) {
 
 /// Files the process opened since the last look (a disk hot-plugged, a backing file
 /// opened late): their devices join the kernel's filter.
-fn rescan(pid: u32, bpf: &mut Ebpf, files: &mut Vec<PathBuf>, devices: &mut BTreeSet<DevId>) {
-    let now = qemu::open_files(pid);
+fn rescan(
+    pid: u32,
+    bpf: &mut Ebpf,
+    files: &mut Vec<PathBuf>,
+    named: &[PathBuf],
+    devices: &mut BTreeSet<DevId>,
+) {
+    let now = qemu::images_among(qemu::open_files(pid), named);
     let new: Vec<PathBuf> = now.into_iter().filter(|f| !files.contains(f)).collect();
     if new.is_empty() {
         return;

@@ -58,6 +58,9 @@ pub fn report_page(
             s.ios, s.complete_ios, s.partial_ios
         ),
     );
+    if let Some(d) = &s.domain {
+        kv("libvirt domain", d.clone());
+    }
     kv("duration", format!("{:.3} s", s.duration_ns as f64 / 1e9));
     kv("IOPS", format!("{:.0}", s.iops));
     kv("bytes", human_bytes(s.bytes));

@@ -213,7 +213,7 @@ fn a_read_of_unallocated_clusters_is_complete_on_its_luns_disk() {
     ]
     .map(String::from)
     .to_vec();
-    layout.name_scsi_disks(&cmd);
+    layout.name_disks(&cmd, None);
     assert_eq!(layout.disk_name(1), "/vm/b.qcow2 (scsi 0:0:1)");
     let mut j = Join::new(&layout, All::default(), JoinConfig::default());
     let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
