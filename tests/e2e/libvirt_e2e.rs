@@ -1,44 +1,20 @@
 //! libvirt (issue 34): a real libvirtd from Debian's packages (tests/libvirt/setup.sh)
 //! runs the test guest as a TCG domain with our QEMU build as its `<emulator>`, defined
 //! and started with `virsh`; `viopath record --domain NAME` finds its QEMU and disks
-//! from libvirt's runtime state. The guest's own block trace is the oracle: one complete
-//! row per request, and the report names the domain and the disk's target (vda).
+//! from libvirt's runtime state. The guest runs the load tests' load, and their checks
+//! hold (the guest's own block trace and stat are the oracle: one complete row per
+//! request, down to the bottom disk, no event lost); the report names the domain and
+//! the disk's target (vda).
 //!
 //! Needs root, libvirt (CI installs it), our QEMU and the test guest; skipped, saying
 //! so, otherwise.
 
 use crate::common::*;
-use crate::load_e2e::{GUEST_RQ_DUMP, guest_rqs, join_rows, prerequisites, stat_requests};
-use std::collections::BTreeMap;
+use crate::load_e2e::{LoadRun, Mode, check_exact, guest_disks, load_workload, prerequisites};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use viopath_reporter::join::{Op, Source};
 use viopath_reporter::reader::Trace;
-
-/// O_DIRECT reads and writes of the raw disk, every write made durable (a guest flush),
-/// traced by the guest's block layer.
-const WORKLOAD: &str = r#"#!/bin/sh
-T=/sys/kernel/tracing
-mount -t tracefs nodev $T || exit 1
-echo 4096 > $T/buffer_size_kb
-echo "viopath-stat0 $(cat /sys/block/vda/stat)"
-echo 1 > $T/events/block/block_rq_complete/enable
-j=0
-while [ $j -lt 150 ]; do
-    bs=$(( (RANDOM % 16 + 1) * 4096 ))
-    blk=$(( RANDOM % (33554432 / bs) ))
-    if [ $(( RANDOM % 2 )) = 0 ]; then
-        dd if=/dev/zero of=/dev/vda bs=$bs seek=$blk count=1 oflag=direct conv=notrunc,fsync 2>/dev/null
-    else
-        dd if=/dev/vda of=/dev/null bs=$bs skip=$blk count=1 iflag=direct 2>/dev/null
-    fi || echo "viopath-fail $j"
-    j=$(( j + 1 ))
-done
-echo 0 > $T/events/block/block_rq_complete/enable
-$RQ_DUMP
-echo viopath-load-done
-"#;
 
 fn virsh(args: &[&str]) -> std::process::Output {
     Command::new("virsh")
@@ -102,22 +78,13 @@ fn record_a_libvirt_domain_by_name() {
     );
 
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let host = mount_partitioned_loop(
-        &dir.path().join("host.img"),
-        "200M",
-        "label: gpt\\nstart=2048, size=380000\\n",
-        1,
-        true,
-        &dir.path().join("mnt"),
-    );
-    let disk = host.mnt.join("vm.qcow2");
-    sh(&format!(
-        "qemu-img create -q -f qcow2 {} 64M",
-        disk.display()
-    ));
+    // The load tests' guest and load: a qcow2 with an ext4 of four files, on ext4 on a
+    // partition of a loop device; four streams of O_DIRECT reads and writes and fsyncs.
+    let mode = Mode::plain("threads");
+    let (host, disks) = guest_disks(dir.path(), &mode);
+    let disk = disks[0].clone();
     // The guest's initramfs with the workload, as the other VM tests boot it.
-    let workload = WORKLOAD.replace("$RQ_DUMP", GUEST_RQ_DUMP);
-    crate::vm::qemu_args(&assets, &disk, "threads", &workload, dir.path()).unwrap();
+    crate::vm::qemu_args(&assets, &disk, "threads", &load_workload(&mode), dir.path()).unwrap();
     let initrd = dir.path().join("initramfs-workload.cpio");
     let console = dir.path().join("console.log");
     let name = format!("viopath-e2e-{}", std::process::id());
@@ -211,7 +178,25 @@ fn record_a_libvirt_domain_by_name() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The guest powers off after its workload: QEMU exits and the recording ends.
+    // Once the guest's load is done (it then idles), the domain is stopped: QEMU exits
+    // and the recording ends with it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("viopath-load-done")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's load did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = virsh(&["destroy", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
     log.push_str(&rest);
@@ -238,53 +223,9 @@ fn record_a_libvirt_domain_by_name() {
         ),
         (disk.as_path(), "vda")
     );
-    // One complete row per guest request.
-    let (_, rows, _) = join_rows(&trace);
-    let guest: Vec<_> = guest_rqs(&serial)
-        .into_iter()
-        .filter(|r| !r.issue && (r.sectors > 0 || r.key().0 == Op::Flush))
-        .collect();
-    let mut want: BTreeMap<(Op, Option<u64>, u64), i64> = BTreeMap::new();
-    for r in &guest {
-        *want.entry(r.key()).or_default() += 1;
-    }
-    let virtio: Vec<_> = rows
-        .iter()
-        .filter(|r| r.source == Source::Virtio && r.op != Op::GetId)
-        .collect();
-    let mut got: BTreeMap<(Op, Option<u64>, u64), i64> = BTreeMap::new();
-    for r in &virtio {
-        *got.entry((r.op, r.offset.map(|o| o.0), r.bytes))
-            .or_default() += 1;
-    }
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|(k, n)| got.get(*k).copied().unwrap_or(0) < **n)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "guest requests without a row: {missing:?}"
-    );
-    let before = stat_requests(&serial, "viopath-stat0 ") as usize;
-    // Beyond the traced ones: those before the guest's tracing began (its partition
-    // scan), and SeaBIOS's read of the boot sector.
-    let extra = virtio.len() - guest.len();
-    assert!(
-        (before..=before + 1).contains(&extra),
-        "{extra} rows beyond the guest's {} traced requests ({before} before)",
-        guest.len()
-    );
-    let partial: Vec<_> = virtio.iter().filter(|r| r.partial != 0).collect();
-    assert!(
-        partial.is_empty(),
-        "{} partial, e.g. {:?}",
-        partial.len(),
-        partial.first()
-    );
-    assert!(
-        guest.iter().any(|r| r.key().0 == Op::Flush),
-        "no guest flush"
-    );
+    // One complete row per guest request, down to the bottom disk, nothing lost.
+    let run = LoadRun::of(dir, host, disks, trace.clone(), serial, log);
+    check_exact(&run, "libvirt-domain");
 
     // The report names the domain and the disk as the guest sees it.
     let out = Command::new(viopath)
@@ -299,5 +240,6 @@ fn record_a_libvirt_domain_by_name() {
             .any(|l| l.contains("libvirt domain") && l.contains(&format!("{name} (pid "))),
         "{text}"
     );
-    assert!(text.contains("vm.qcow2 (vda)"), "{text}");
+    let file = run.disk.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(text.contains(&format!("{file} (vda)")), "{text}");
 }

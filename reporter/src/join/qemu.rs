@@ -21,17 +21,7 @@ impl<S: Sink> Join<'_, S> {
         if let Some(old) = self.virtio.remove(&req) {
             self.finish_root(old, reasons::KEY_REUSED);
         }
-        let r = self.new_root(e, Source::Virtio);
-        let notify = self.last_notify;
-        if let Some(root) = self.roots.get_mut(r) {
-            root.virtio_req = req;
-            // Requests popped by one handler run share the doorbell before them.
-            if notify != 0 && notify <= e.ts && e.ts - notify < 10_000_000 {
-                root.b[Boundary::Notify] = notify;
-            }
-        }
-        self.virtio.insert(req, r);
-        self.threads.at(e.tid, e.ts).last_parsed = Some(r);
+        self.new_guest_request(e, req, Op::Other);
     }
 
     /// `blk_aio_flush` of a virtio request: a flush, known before its completion says

@@ -34,26 +34,16 @@ impl<S: Sink> Join<'_, S> {
         if let Some(old) = self.virtio.remove(&req) {
             self.finish_root(old, reasons::KEY_REUSED);
         }
-        let r = self.new_root(e, Source::Virtio);
         let op = Op::from_scsi(cdb);
-        let notify = self.last_notify;
-        if let Some(root) = self.roots.get_mut(r) {
-            root.virtio_req = req;
-            root.op = op;
-            if op.moves_data() {
-                // The guest's size until its DMA says where (a command whose data
-                // never moves keeps no place on the disk).
-                root.bytes = xfer;
-            }
-            // Commands popped by one handler run share the doorbell before them.
-            if notify != 0 && notify <= e.ts && e.ts - notify < 10_000_000 {
-                root.b[Boundary::Notify] = notify;
-            }
+        let r = self.new_guest_request(e, req, op);
+        if op.moves_data()
+            && let Some(root) = self.roots.get_mut(r)
+        {
+            // The guest's size until its DMA says where (a command whose data never
+            // moves keeps no place on the disk).
+            root.bytes = xfer;
         }
-        self.virtio.insert(req, r);
-        let t = self.threads.at(e.tid, e.ts);
-        t.last_parsed = Some(r);
-        t.scsi_pending = op.moves_data().then_some(req);
+        self.threads.at(e.tid, e.ts).scsi_pending = op.moves_data().then_some(req);
     }
 
     /// `virtio_scsi_complete_cmd_req`: a command's response pushed to the guest's ring.

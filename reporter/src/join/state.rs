@@ -724,6 +724,25 @@ impl<S: Sink> Join<'_, S> {
         r
     }
 
+    /// A new guest request at `e`, keyed by its device model's request `key` (the
+    /// VirtIOBlockReq, a SCSIRequest) until it is answered; the handler run that made it
+    /// goes on on this thread.
+    pub(super) fn new_guest_request(&mut self, e: &RawEvent, key: u64, op: Op) -> Ref {
+        let r = self.new_root(e, Source::Virtio);
+        let notify = self.last_notify;
+        if let Some(root) = self.roots.get_mut(r) {
+            root.virtio_req = key;
+            root.op = op;
+            // Requests popped by one handler run share the doorbell before them.
+            if notify != 0 && notify <= e.ts && e.ts - notify < 10_000_000 {
+                root.b[Boundary::Notify] = notify;
+            }
+        }
+        self.virtio.insert(key, r);
+        self.threads.at(e.tid, e.ts).last_parsed = Some(r);
+        r
+    }
+
     pub(super) fn set_io(&mut self, r: Ref, op: Op, offset: GuestOffset, bytes: u64) {
         if let Some(root) = self.roots.get_mut(r)
             && root.offset.is_none()

@@ -23,18 +23,7 @@ impl<S: Sink> Join<'_, S> {
     /// A guest request first seen in the block layer (`virtio_from_block`): keyed by
     /// its VirtIOBlockReq, as a parsed one is.
     pub(super) fn virtio_from_block(&mut self, e: &RawEvent, req: u64, op: Op) -> Ref {
-        let r = self.new_root(e, Source::Virtio);
-        let notify = self.last_notify;
-        if let Some(root) = self.roots.get_mut(r) {
-            root.virtio_req = req;
-            root.op = op;
-            if notify != 0 && notify <= e.ts && e.ts - notify < 10_000_000 {
-                root.b[Boundary::Notify] = notify;
-            }
-        }
-        self.virtio.insert(req, r);
-        self.threads.at(e.tid, e.ts).last_parsed = Some(r);
-        r
+        self.new_guest_request(e, req, op)
     }
 
     /// `blk_aio_pdiscard`, `blk_aio_pwrite_zeroes`: a device model's request without
