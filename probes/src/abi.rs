@@ -377,7 +377,8 @@ pub mod qemu_probe {
     /// guest (a3: its controller).
     pub const VIRTIO_SCSI_COMPLETE: u8 = 25;
     /// `blk_aio_pdiscard`, `blk_aio_pwrite_zeroes`: a device model's discard or write
-    /// of zeroes (opaque, offset, bytes, BlockBackend).
+    /// of zeroes (opaque, offset, bytes, the opaque's first word: scsi-disk's callback
+    /// data starts with its request).
     pub const BLK_AIO_PDISCARD: u8 = 26;
     pub const BLK_AIO_PWRITE_ZEROES: u8 = 27;
     /// `raw_co_prw`'s type argument (QEMU_AIO_*).

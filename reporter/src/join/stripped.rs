@@ -10,7 +10,7 @@
 
 use super::row::{Op, Sink, Source, flags};
 use super::slab::Ref;
-use super::state::Join;
+use super::state::{Join, QiovBind};
 use crate::layers::Boundary;
 use viopath_layouts::GuestOffset;
 use viopath_probes::abi::RawEvent;
@@ -27,23 +27,30 @@ impl<S: Sink> Join<'_, S> {
     }
 
     /// `blk_aio_pdiscard`, `blk_aio_pwrite_zeroes`: a device model's request without
-    /// data. Its operation, known before its completion says so (so that its first
-    /// block call finds it); from a stripped QEMU, the request itself.
+    /// data, named by its opaque (virtio-blk's VirtIOBlockReq) or by the first word of
+    /// it (scsi-disk's callback data, which starts with its SCSIRequest); from a
+    /// stripped QEMU, the request itself. Its operation is known before its completion
+    /// says so, and its first block call, which follows in the coroutine this call
+    /// enters on this thread at the same range, is its.
     #[inline(never)]
     pub(super) fn blk_aio_nodata(&mut self, e: &RawEvent, op: Op) {
-        let req = e.a[0];
-        match self.virtio.get(&req) {
-            Some(&r) => {
-                if let Some(root) = self.roots.get_mut(r)
-                    && root.op == Op::Other
-                {
-                    root.op = op;
-                }
+        let [opaque, off, bytes, first_word] = e.a;
+        let r = match self
+            .virtio
+            .get(&opaque)
+            .or_else(|| self.virtio.get(&first_word))
+        {
+            Some(&r) => r,
+            None if self.cfg.virtio_from_block => self.virtio_from_block(e, opaque, op),
+            None => return,
+        };
+        if let Some(root) = self.roots.get_mut(r)
+            && !root.completed
+        {
+            if root.op == Op::Other {
+                root.op = op;
             }
-            None if self.cfg.virtio_from_block => {
-                self.virtio_from_block(e, req, op);
-            }
-            None => {}
+            self.threads.at(e.tid, e.ts).last_bdrv = Some((QiovBind::Root(r), off, bytes));
         }
     }
 

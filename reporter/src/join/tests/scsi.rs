@@ -238,3 +238,51 @@ fn a_read_of_unallocated_clusters_is_complete_on_its_luns_disk() {
         "{r:?}"
     );
 }
+
+/// Two UNMAPs handed over on one thread, the first still waiting for its discard:
+/// scsi-disk's `blk_aio_pdiscard` names the command by its callback data's first word,
+/// so the discard that follows is the second's, not the earliest waiting one's.
+#[test]
+fn an_unmap_gets_the_discard_its_callback_data_names() {
+    let layout = Layout::default();
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    let lun = lun_field(0, 0);
+    j.event(&q(1_000, q::SCSI_REQ_ENQUEUE, [0x5a01, 0, 24, 0x42]));
+    j.event(&q(1_100, q::SCSI_REQ_ENQUEUE, [0x5a02, 0, 24, 0x42]));
+    j.event(&q(
+        1_200,
+        q::BLK_AIO_PDISCARD,
+        [0xcb02, 0x9_0000, 0x1_0000, 0x5a02],
+    ));
+    j.event(&q(
+        1_210,
+        q::BDRV_CO_PDISCARD,
+        [0, 0x9_0000, 0x1_0000, 0xc1],
+    ));
+    j.event(&q(1_300, q::VIRTIO_SCSI_COMPLETE, [0x5a02, lun, 0, 0x5c51]));
+    j.event(&q(
+        2_000,
+        q::BLK_AIO_PDISCARD,
+        [0xcb01, 0x4_0000, 0x1_0000, 0x5a01],
+    ));
+    j.event(&q(
+        2_010,
+        q::BDRV_CO_PDISCARD,
+        [0, 0x4_0000, 0x1_0000, 0xc1],
+    ));
+    j.event(&q(2_100, q::VIRTIO_SCSI_COMPLETE, [0x5a01, lun, 0, 0x5c51]));
+    let (All(mut rows, _), _) = j.finish();
+    rows.sort_by_key(|r| r.id);
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.op, r.offset.map(|o| o.0), r.bytes, r.partial))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Op::Discard, Some(0x4_0000), 0x1_0000, 0),
+            (Op::Discard, Some(0x9_0000), 0x1_0000, 0),
+        ]
+    );
+}
