@@ -381,6 +381,9 @@ pub mod qemu_probe {
     /// data starts with its request).
     pub const BLK_AIO_PDISCARD: u8 = 26;
     pub const BLK_AIO_PWRITE_ZEROES: u8 = 27;
+    /// `scsi_req_complete`: a SCSI command's status set (exported where
+    /// `virtio_scsi_complete_cmd_req` is not; attached only then).
+    pub const SCSI_REQ_COMPLETE: u8 = 28;
     /// `raw_co_prw`'s type argument (QEMU_AIO_*).
     pub const AIO_READ: u64 = 1;
     pub const AIO_WRITE: u64 = 2;

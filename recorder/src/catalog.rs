@@ -510,6 +510,8 @@ const VBR_OUT: u16 = 0x88;
 const VBR_ACCT_BYTES: u16 = 0xd8;
 // SCSIRequest (10.0, which added its AioContext before them): after its header fields,
 // the parsed command `cmd` at 64 { u8 buf[16]; int len; size_t xfer; u64 lba; mode }.
+const SREQ_DEV: u16 = 8;
+const SREQ_LUN: u16 = 40;
 const SREQ_CDB: u16 = 64;
 const SREQ_XFER: u16 = 88;
 const SREQ_LBA: u16 = 96;
@@ -631,6 +633,21 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
                 A::deref64(0, VSR_REQ_LUN),
                 A::deref32(0, VSR_RESP_STATUS),
                 A::deref64(0, VSR_DEV),
+            ],
+        )],
+    },
+    QemuProbe {
+        id: q::SCSI_REQ_COMPLETE,
+        symbol: "scsi_req_complete",
+        layer: Layer::Virtio,
+        records: "SCSI command completed by its device (where virtio-scsi's completion cannot be probed): SCSIRequest, LUN, status, SCSIDevice",
+        layouts: &[(
+            Versions::Exactly(10, 0),
+            [
+                A::reg(0),
+                A::deref32(0, SREQ_LUN),
+                A::reg(1),
+                A::deref64(0, SREQ_DEV),
             ],
         )],
     },
@@ -808,6 +825,11 @@ pub const QEMU_PROBES: &[QemuProbe] = &[
     },
 ];
 
+/// Probes attached only where another is not (`(fallback, primary)`): a stripped QEMU
+/// exports the first, a build with symbols has the second, which says more.
+pub const QEMU_FALLBACKS: &[(&str, &str)] =
+    &[("scsi_req_complete", "virtio_scsi_complete_cmd_req")];
+
 impl QemuProbe {
     /// The argument layout for QEMU `major.minor`, if known.
     pub fn layout_for(&self, version: Option<(u32, u32)>) -> Option<[Arg; 4]> {
@@ -862,6 +884,11 @@ mod tests {
             .find(|p| p.symbol == "blk_co_preadv_part")
             .unwrap();
         assert!(blk.layout_for(None).is_some());
+        // A fallback comes after its primary (attach decides by what came first).
+        let at = |s: &str| QEMU_PROBES.iter().position(|p| p.symbol == s).unwrap();
+        for (fallback, primary) in QEMU_FALLBACKS {
+            assert!(at(primary) < at(fallback), "{fallback} before {primary}");
+        }
         // Every kernel program exists in the compiled object.
         let obj = viopath_probes::object();
         for p in KERNEL_PROBES {

@@ -88,3 +88,32 @@ fn debians_stripped_qemu_gives_complete_rows() {
         run.stderr
     );
 }
+
+/// The same QEMU with the disk on virtio-scsi (Proxmox's default): its commands from
+/// the exported `scsi_req_enqueue` and `scsi_req_complete` (virtio-scsi's own
+/// completion is static), their data, flushes and the trim's discards as with symbols.
+#[test]
+fn debians_stripped_qemu_with_virtio_scsi_gives_complete_rows() {
+    let Some((_, assets)) = prerequisites() else {
+        return;
+    };
+    let Some(qemu) = debian_qemu() else {
+        eprintln!(
+            "SKIPPED: no Debian qemu-system-x86 10.0 at /usr/bin (CI installs it from bookworm-backports)"
+        );
+        return;
+    };
+    let mode = Mode {
+        scsi_luns: 1,
+        ..Mode::plain("threads")
+    };
+    let run = run_load(&qemu, &assets, &mode, Some(&[]));
+    let (rows, _) = check_exact(&run, "load-debian-qemu-scsi");
+    check_blockstats_from(&run, &rows, "load-debian-qemu-scsi", 50_000);
+    let t = Trace::open(&run.trace).unwrap();
+    assert!(
+        t.header.attached("scsi_req_complete"),
+        "{:?}",
+        t.header.probes
+    );
+}

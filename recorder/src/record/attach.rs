@@ -3,7 +3,7 @@
 //! with a one-line reason when it cannot.
 
 use super::RecordError;
-use crate::catalog::{KERNEL_PROBES, KernelAttach, Layer, QEMU_PROBES};
+use crate::catalog::{KERNEL_PROBES, KernelAttach, Layer, QEMU_FALLBACKS, QEMU_PROBES};
 use crate::elf::{Missing, Symbols};
 use crate::qemu::QemuInfo;
 use aya::maps::Array;
@@ -156,6 +156,15 @@ pub(super) fn attach_all(
     let mut load_error: Option<String> = None;
     for p in QEMU_PROBES {
         if !wanted(filter, p.layer, &[p.symbol]) {
+            continue;
+        }
+        // A fallback whose primary attached is not needed (its primary comes first in
+        // the catalog).
+        if let Some((_, primary)) = QEMU_FALLBACKS.iter().find(|(f, _)| *f == p.symbol)
+            && attempts
+                .iter()
+                .any(|a| a.status.name == *primary && a.status.attached)
+        {
             continue;
         }
         qemu_names.insert(p.id, p.symbol);

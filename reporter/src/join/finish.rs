@@ -364,7 +364,11 @@ impl<S: Sink> Join<'_, S> {
                 .iter()
                 .find(|x| (x.0, x.1) == lun)
                 .map(|x| x.2)
-                .or_else(|| self.layout.scsi_disk((lun.1 >> 16) & 0xff, lun.1 & 0x3fff))
+                .or_else(|| {
+                    (lun.1 & super::scsi::NO_TARGET == 0)
+                        .then(|| self.layout.scsi_disk((lun.1 >> 16) & 0xff, lun.1 & 0x3fff))
+                        .flatten()
+                })
         };
         let disk = if self.layout.disks.len() == 1 {
             Some(0)

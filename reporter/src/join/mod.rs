@@ -85,6 +85,7 @@ mod code {
     pub const VIRTIO_SCSI_COMPLETE: u16 = qemu(q::VIRTIO_SCSI_COMPLETE);
     pub const BLK_AIO_PDISCARD: u16 = qemu(q::BLK_AIO_PDISCARD);
     pub const BLK_AIO_PWRITE_ZEROES: u16 = qemu(q::BLK_AIO_PWRITE_ZEROES);
+    pub const SCSI_REQ_COMPLETE: u16 = qemu(q::SCSI_REQ_COMPLETE);
 }
 
 impl<'l, S: Sink> Join<'l, S> {
@@ -201,6 +202,7 @@ impl<'l, S: Sink> Join<'l, S> {
             code::QEMU_IO_AIO_READ_DONE | code::QEMU_IO_AIO_WRITE_DONE => self.qemu_io_aio_done(e),
             code::SCSI_REQ_ENQUEUE => self.scsi_req_enqueue(e),
             code::VIRTIO_SCSI_COMPLETE => self.virtio_scsi_complete(e),
+            code::SCSI_REQ_COMPLETE => self.scsi_req_complete(e),
             code::BLK_AIO_PDISCARD => self.blk_aio_nodata(e, Op::Discard),
             code::BLK_AIO_PWRITE_ZEROES => self.blk_aio_nodata(e, Op::WriteZeroes),
             // A probe this join does not use (a newer recorder's): ignored, as before

@@ -14,6 +14,9 @@ use super::state::Join;
 use crate::layers::Boundary;
 use viopath_probes::abi::RawEvent;
 
+/// In a packed address: the target is not known (see `scsi_req_complete`).
+pub(super) const NO_TARGET: u32 = 1 << 30;
+
 /// A SCSI target and LUN, packed as requests keep them: the top bit set (0 is none),
 /// the target in bits 16..24, the LUN in the low 14 bits.
 pub(super) fn scsi_addr(lun_field: u64) -> u32 {
@@ -52,10 +55,22 @@ impl<S: Sink> Join<'_, S> {
     #[inline(never)]
     pub(super) fn virtio_scsi_complete(&mut self, e: &RawEvent) {
         let [req, lun, _status, controller] = e.a;
-        if req == 0 {
-            return;
+        if req != 0 {
+            self.scsi_answered(e, req, scsi_addr(lun), controller);
         }
-        let addr = scsi_addr(lun);
+    }
+
+    /// `scsi_req_complete`, where virtio-scsi's completion cannot be probed (a
+    /// stripped QEMU): the command's status set, virtio-scsi's response pushed right
+    /// after. Its LUN is known by its SCSIDevice and number, not its target.
+    #[inline(never)]
+    pub(super) fn scsi_req_complete(&mut self, e: &RawEvent) {
+        let [req, lun, _status, device] = e.a;
+        let addr = (1 << 31) | NO_TARGET | (lun as u32 & 0x3fff);
+        self.scsi_answered(e, req, addr, device);
+    }
+
+    fn scsi_answered(&mut self, e: &RawEvent, req: u64, addr: u32, controller: u64) {
         let Some(r) = self.virtio.remove(&req) else {
             // In flight when the recording started: nothing of it but its end (its
             // opcode was in the command, not seen).

@@ -286,3 +286,41 @@ fn an_unmap_gets_the_discard_its_callback_data_names() {
         ]
     );
 }
+
+/// A stripped QEMU: the command ends at `scsi_req_complete`, which names its LUN by
+/// number and SCSIDevice, not target; a command of that device that reaches no image
+/// takes the disk its others did.
+#[test]
+fn scsi_req_complete_ends_a_command_where_virtio_scsi_cannot_be_probed() {
+    let layout = two_disks();
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let done = |ts, sreq| {
+        sub_ev(
+            ts,
+            1,
+            EventKind::Qemu,
+            q::SCSI_REQ_COMPLETE,
+            [sreq, 1, 0, 0x5d01],
+        )
+    };
+    scsi_read(&mut j, 1_000, 1, 0x5a01, 0xda01);
+    complete_read(&mut j, 2_000, 1);
+    j.event(&done(2_100, 0x5a01));
+    j.event(&sub_ev(
+        3_000,
+        1,
+        EventKind::Qemu,
+        q::SCSI_REQ_ENQUEUE,
+        [0x5a02, 0, 96, 0x12],
+    ));
+    j.event(&done(3_050, 0x5a02));
+    let (All(mut rows, _), _) = j.finish();
+    rows.sort_by_key(|r| r.id);
+    let got: Vec<_> = rows.iter().map(|r| (r.op, r.partial, r.disk)).collect();
+    assert_eq!(
+        got,
+        [(Op::Read, 0, Some(1)), (Op::Command, 0, Some(1))],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0].b.as_array()[8], 2_100);
+}
