@@ -18,6 +18,7 @@ mod guest_ext4;
 mod host_stack;
 mod html;
 mod libvirt_e2e;
+mod load_checks;
 mod load_e2e;
 mod perfetto;
 mod qcow2_map;
