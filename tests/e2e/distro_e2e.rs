@@ -9,7 +9,8 @@
 //! bookworm-backports) and the test guest; skipped, saying so, otherwise.
 
 use crate::load_e2e::{
-    Mode, check_blockstats_from, check_exact, prerequisites, qemu_hits_per_request, run_load,
+    Mode, check_blockstats_from, check_exact, prerequisites, qemu_hits_per_request, recorded_run,
+    run_load,
 };
 use std::path::{Path, PathBuf};
 use viopath_reporter::join::{Op, Source, flags};
@@ -42,7 +43,10 @@ fn debians_stripped_qemu_gives_complete_rows() {
         );
         return;
     };
-    let run = run_load(&qemu, &assets, &Mode::plain("threads"), Some(&[]));
+    let mode = Mode::plain("threads");
+    let run = recorded_run("load-debian-qemu", || {
+        run_load(&qemu, &assets, &mode, Some(&[]))
+    });
     let (rows, rqs) = check_exact(&run, "load-debian-qemu");
     // Its rows start at the block layer, QEMU's accounting at virtio-blk's pop (tens
     // of µs before under TCG).
@@ -107,7 +111,9 @@ fn debians_stripped_qemu_with_virtio_scsi_gives_complete_rows() {
         scsi_luns: 1,
         ..Mode::plain("threads")
     };
-    let run = run_load(&qemu, &assets, &mode, Some(&[]));
+    let run = recorded_run("load-debian-qemu-scsi", || {
+        run_load(&qemu, &assets, &mode, Some(&[]))
+    });
     let (rows, _) = check_exact(&run, "load-debian-qemu-scsi");
     check_blockstats_from(&run, &rows, "load-debian-qemu-scsi", 50_000);
     let t = Trace::open(&run.trace).unwrap();

@@ -10,7 +10,9 @@
 //! so, otherwise.
 
 use crate::common::*;
-use crate::load_e2e::{LoadRun, Mode, check_exact, guest_disks, load_workload, prerequisites};
+use crate::load_e2e::{
+    LoadRun, Mode, check_exact, guest_disks, load_workload, prerequisites, recorded_run,
+};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -77,6 +79,50 @@ fn record_a_libvirt_domain_by_name() {
         "{err}"
     );
 
+    let name = format!("viopath-e2e-{}", std::process::id());
+    let run = recorded_run("libvirt-domain", || record_domain(&qemu, &assets, &name));
+    // The trace says which domain and disk.
+    let t = Trace::open(&run.trace).unwrap();
+    let dom = t
+        .header
+        .target
+        .domain
+        .clone()
+        .expect("the domain in the header");
+    assert_eq!(dom.name, name);
+    assert_eq!(dom.disks.len(), 1, "{dom:?}");
+    assert_eq!(
+        (
+            Path::new(&dom.disks[0].source),
+            dom.disks[0].target.as_str()
+        ),
+        (run.disk.as_path(), "vda")
+    );
+    // One complete row per guest request, down to the bottom disk, nothing lost.
+    // One complete row per guest request, down to the bottom disk, nothing lost.
+    check_exact(&run, "libvirt-domain");
+
+    // The report names the domain and the disk as the guest sees it.
+    let out = Command::new(viopath)
+        .args(["report", "--by", "disk"])
+        .arg(&run.trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("libvirt domain") && l.contains(&format!("{name} (pid "))),
+        "{text}"
+    );
+    let file = run.disk.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(text.contains(&format!("{file} (vda)")), "{text}");
+}
+
+/// Defines and starts the domain `name` paused, records it with `--domain` while it
+/// runs the load, and stops it when the load is done.
+fn record_domain(qemu: &Path, assets: &crate::vm::GuestAssets, name: &str) -> LoadRun {
+    let viopath = env!("CARGO_BIN_EXE_viopath");
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     // The load tests' guest and load: a qcow2 with an ext4 of four files, on ext4 on a
     // partition of a loop device; four streams of O_DIRECT reads and writes and fsyncs.
@@ -84,10 +130,9 @@ fn record_a_libvirt_domain_by_name() {
     let (host, disks) = guest_disks(dir.path(), &mode);
     let disk = disks[0].clone();
     // The guest's initramfs with the workload, as the other VM tests boot it.
-    crate::vm::qemu_args(&assets, &disk, "threads", &load_workload(&mode), dir.path()).unwrap();
+    crate::vm::qemu_args(assets, &disk, "threads", &load_workload(&mode), dir.path()).unwrap();
     let initrd = dir.path().join("initramfs-workload.cpio");
     let console = dir.path().join("console.log");
-    let name = format!("viopath-e2e-{}", std::process::id());
     let xml = format!(
         r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
@@ -132,10 +177,10 @@ fn record_a_libvirt_domain_by_name() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _defined = Defined(name.clone());
+    let _defined = Defined(name.to_owned());
     // Defined but not running: said so.
     let out = Command::new(viopath)
-        .args(["record", "--domain", &name, "-o", "/dev/null"])
+        .args(["record", "--domain", name, "-o", "/dev/null"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -145,7 +190,7 @@ fn record_a_libvirt_domain_by_name() {
     );
 
     // Started paused; recorded from before its first instruction runs.
-    let out = virsh(&["start", "--paused", &name]);
+    let out = virsh(&["start", "--paused", name]);
     assert!(
         out.status.success(),
         "{}",
@@ -154,7 +199,7 @@ fn record_a_libvirt_domain_by_name() {
     let trace = dir.path().join("vm.trace");
     let _one = one_recorder();
     let mut rec = Command::new(viopath)
-        .args(["record", "--domain", &name, "--duration", "300s", "-o"])
+        .args(["record", "--domain", name, "--duration", "300s", "-o"])
         .arg(&trace)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -172,7 +217,7 @@ fn record_a_libvirt_domain_by_name() {
             break;
         }
     }
-    let out = virsh(&["resume", &name]);
+    let out = virsh(&["resume", name]);
     assert!(
         out.status.success(),
         "{}",
@@ -191,7 +236,7 @@ fn record_a_libvirt_domain_by_name() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    let out = virsh(&["destroy", &name]);
+    let out = virsh(&["destroy", name]);
     assert!(
         out.status.success(),
         "{}",
@@ -206,40 +251,5 @@ fn record_a_libvirt_domain_by_name() {
     assert!(serial.contains("viopath-load-done"), "{serial}\n{log}");
     assert!(!serial.contains("viopath-fail"), "{serial}");
 
-    // The trace says which domain and disk.
-    let t = Trace::open(&trace).unwrap();
-    let dom = t
-        .header
-        .target
-        .domain
-        .clone()
-        .expect("the domain in the header");
-    assert_eq!(dom.name, name);
-    assert_eq!(dom.disks.len(), 1, "{dom:?}");
-    assert_eq!(
-        (
-            Path::new(&dom.disks[0].source),
-            dom.disks[0].target.as_str()
-        ),
-        (disk.as_path(), "vda")
-    );
-    // One complete row per guest request, down to the bottom disk, nothing lost.
-    let run = LoadRun::of(dir, host, disks, trace.clone(), serial, log);
-    check_exact(&run, "libvirt-domain");
-
-    // The report names the domain and the disk as the guest sees it.
-    let out = Command::new(viopath)
-        .args(["report", "--by", "disk"])
-        .arg(&trace)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.lines()
-            .any(|l| l.contains("libvirt domain") && l.contains(&format!("{name} (pid "))),
-        "{text}"
-    );
-    let file = run.disk.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(text.contains(&format!("{file} (vda)")), "{text}");
+    LoadRun::of(dir, host, disks, trace, serial, log)
 }

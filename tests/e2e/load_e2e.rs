@@ -587,10 +587,24 @@ pub fn load_test(mode: Mode, name: &str) -> Option<Vec<IoRow>> {
 /// [`load_test`], keeping the run for more checks.
 pub fn load_test_run(mode: Mode, name: &str) -> Option<(Vec<IoRow>, LoadRun)> {
     let (qemu, assets) = prerequisites()?;
-    // A completion no BPF program ran for, on this sandbox's kernel, is lost without
-    // a count (docs/layers.md, "Lost completions"): such a run is made again, saying
-    // so, at most twice. A loss the kernel or the rings counted fails at once.
-    let mut run = run_load(&qemu, &assets, &mode, Some(&[]));
+    let run = recorded_run(name, || run_load(&qemu, &assets, &mode, Some(&[])));
+    let (rows, _) = check_exact(&run, name);
+    check_blockstats(&run, &rows, name);
+    let hits = qemu_hits_per_request(&run.trace, &rows);
+    eprintln!("{name}: {hits:.1} QEMU probe hits per guest request");
+    assert!(
+        hits < MAX_HITS_PER_REQUEST,
+        "{name}: {hits:.1} QEMU probe hits per request"
+    );
+    Some((rows, run))
+}
+
+/// A recorded run made by `make`, again (at most twice) while a block completion is
+/// missing that no count says was lost: on this sandbox's kernel a completion no BPF
+/// program ran for is lost without a count (docs/layers.md, "Lost completions"). A loss
+/// the kernel or the rings counted is kept for the checks to fail on.
+pub fn recorded_run(name: &str, mut make: impl FnMut() -> LoadRun) -> LoadRun {
+    let mut run = make();
     for attempt in 2..=3 {
         let t = Trace::open(&run.trace).unwrap();
         let counted = t.losses.as_ref().map_or(0, |l| l.total);
@@ -604,17 +618,9 @@ pub fn load_test_run(mode: Mode, name: &str) -> Option<(Vec<IoRow>, LoadRun)> {
             missing.len(),
             keep(&run, name)
         );
-        run = run_load(&qemu, &assets, &mode, Some(&[]));
+        run = make();
     }
-    let (rows, _) = check_exact(&run, name);
-    check_blockstats(&run, &rows, name);
-    let hits = qemu_hits_per_request(&run.trace, &rows);
-    eprintln!("{name}: {hits:.1} QEMU probe hits per guest request");
-    assert!(
-        hits < MAX_HITS_PER_REQUEST,
-        "{name}: {hits:.1} QEMU probe hits per request"
-    );
-    Some((rows, run))
+    run
 }
 
 /// aio=threads, and the probes' cost: the guest's first allocating write (qcow2 then
