@@ -708,6 +708,11 @@ fn debug_rows_around() {
                 if let Some(h) = fh.host.first() {
                     eprintln!("HOPS {} {:?}", fh.file.display(), h.hops);
                 }
+                if std::env::var("VIOPATH_DEBUG_HOSTS").is_ok() {
+                    for h in &fh.host {
+                        eprintln!("HOST {:?}", h);
+                    }
+                }
             }
         }
     }

@@ -141,11 +141,12 @@ impl<S: Sink> Join<'_, S> {
         if known.is_none()
             && let BioOwner::Hio(h) = owner
         {
-            self.note_bio_bytes(h, e.sub, dev, sector, sectors);
+            let ahead = self.note_bio_bytes(h, e.sub, dev, sector, sectors);
             // Only where a device below makes bios of its own (a loop device's worker,
             // device-mapper's clones): a partition's are the same bio, remapped.
-            if e.sub == REQ_OP_WRITE && sync_job == Some(h) && self.layout.new_bios_below(dev) {
-                self.sync_writes_below(h, dev, sector, sectors);
+            let own_below = (e.sub == REQ_OP_WRITE && sync_job == Some(h)) || ahead;
+            if own_below && self.layout.new_bios_below(dev) {
+                self.owns_below(h, dev, sector, sectors);
             }
         }
         if let BioOwner::Hio(h) = owner
@@ -213,10 +214,11 @@ impl<S: Sink> Join<'_, S> {
         (read && !x.direct && !x.job).then_some(h)
     }
 
-    /// A sync's write at `dev`/`sector` goes on below through the stack (a loop device's
-    /// worker writes it to its backing file): the sync owns those ranges too, so the
+    /// A sync's write or a read's readahead at `dev`/`sector`, outside the host IO's
+    /// own range, goes on below through the stack (a loop device's worker writes it to,
+    /// or reads it from, its backing file): the host IO owns those ranges too, so the
     /// bios below are found by address like a direct IO's.
-    fn sync_writes_below(&mut self, h: Ref, dev: u32, sector: DeviceSector, sectors: u64) {
+    fn owns_below(&mut self, h: Ref, dev: u32, sector: DeviceSector, sectors: u64) {
         let mut below = crate::layout::DevRanges::new();
         self.layout.stack_ranges(dev, sector, sectors, &mut below);
         if below.is_empty() {
@@ -231,12 +233,19 @@ impl<S: Sink> Join<'_, S> {
     }
 
     /// A bio of `h` queued (first, not moving down): what a sync wrote of image data,
-    /// what a buffered read read ahead beyond its range.
-    fn note_bio_bytes(&mut self, h: Ref, op: u8, dev: u32, sector: DeviceSector, sectors: u64) {
+    /// what a buffered read read ahead beyond its range. Whether it read ahead.
+    fn note_bio_bytes(
+        &mut self,
+        h: Ref,
+        op: u8,
+        dev: u32,
+        sector: DeviceSector,
+        sectors: u64,
+    ) -> bool {
         let layout = self.layout;
         let dio_probe = self.cfg.dio_probe;
         let Some(x) = self.hios.get_mut(h) else {
-            return;
+            return false;
         };
         let end = sector.saturating_add(sectors);
         // Counted where it enters the stack: a loop device's worker writes it again below.
@@ -246,7 +255,7 @@ impl<S: Sink> Join<'_, S> {
             && layout.occupied(dev, sector, end)
         {
             x.synced_bytes = x.synced_bytes.saturating_add(sectors * 512);
-            return;
+            return false;
         }
         // Readahead is of image data: a filesystem's own metadata reads (extent blocks)
         // the read waits for are its, but are not readahead.
@@ -256,7 +265,7 @@ impl<S: Sink> Join<'_, S> {
             || !dio_probe
             || !layout.occupied(dev, sector, end)
         {
-            return;
+            return false;
         }
         // The part outside its own range on this device is readahead.
         let own = x
@@ -264,10 +273,12 @@ impl<S: Sink> Join<'_, S> {
             .iter()
             .find(|r| r.dev == dev && r.start_sector < end && sector < r.end_sector)
             .map(|r| (r.start_sector, r.end_sector));
+        let mut read_ahead = false;
         let mut ahead = |start: DeviceSector, stop: DeviceSector| {
             if stop > start {
                 x.ra_bytes = x.ra_bytes.saturating_add((stop.0 - start.0) * 512);
                 self.readahead.add(dev, start, stop);
+                read_ahead = true;
             }
         };
         match own {
@@ -277,6 +288,7 @@ impl<S: Sink> Join<'_, S> {
             }
             None => ahead(sector, end),
         }
+        read_ahead
     }
 
     #[inline(never)]

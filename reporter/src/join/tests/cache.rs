@@ -321,3 +321,76 @@ fn a_flush_job_made_before_an_earlier_reads_block_io_is_the_flushs() {
         "the flush's job is not the read's: {read:?}"
     );
 }
+
+/// A buffered read of an image on ext4 on a partition of a loop device whose only bio
+/// is readahead beyond its own pages (they were being read, or were read, already) and
+/// which waits for it. The loop's worker reads that bio's blocks from its backing file
+/// on the disk below: that read is the row's device time, found by the readahead's
+/// address below the loop device, not the read's own.
+#[test]
+fn readahead_beyond_a_read_is_followed_below_a_loop_device() {
+    let (part, lo, vda) = (kernel_dev(259, 0), kernel_dev(7, 0), kernel_dev(254, 0));
+    let layout = Layout::from_json(&serde_json::json!({
+        "images": [{"path": "/vm/a.qcow2", "file_hosts": [
+            {"file": "/vm/a.qcow2", "len": 1u64 << 30, "ino": 11, "host": [
+                {"offset": 0, "len": 1u64 << 30, "hops": [
+                    {"hop": "file", "path": "/vm/a.qcow2", "offset": 0, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/loop0p1", "dev": "259:0", "byte": 1u64 << 20, "via": "filesystem"},
+                    {"hop": "device", "device": "/dev/loop0", "dev": "7:0", "byte": 2u64 << 20, "via": "partition"},
+                    {"hop": "file", "path": "/t/host.img", "offset": 2u64 << 20, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/vda", "dev": "254:0", "byte": 9u64 << 30, "via": "filesystem"}
+                ]}]}]}],
+        "devices": []
+    }));
+    let mut j = Join::new(&layout, Rows::default(), cfg());
+    let d = |dev: u32, bytes: u64| u64::from(dev) << 32 | bytes;
+    let (off, ahead) = (0x93_f000u64, 0x94_3000u64);
+    let (part_sector, loop_sector, vda_sector) = (
+        ((1 << 20) + ahead) / 512,
+        ((2 << 20) + ahead) / 512,
+        ((9 << 30) + ahead) / 512,
+    );
+    request(&mut j, 0, false, 9, 10_000, (off, 16384), 90_000, |j| {
+        j.event(&ev(
+            16_000,
+            9,
+            EventKind::BioRemap,
+            [0xb1, loop_sector, d(part, u64::from(part)), part_sector],
+        ));
+        j.event(&ev(
+            16_100,
+            9,
+            EventKind::BioQueue,
+            [0xb1, loop_sector, d(part, 20480), 0],
+        ));
+        j.event(&ev(
+            16_200,
+            9,
+            EventKind::RqIssue,
+            [0x71, loop_sector, d(lo, 20480), 0xb1],
+        ));
+        // The loop's worker (thread 7) reads the backing file's blocks.
+        block_request(j, 30_000, 7, 0xb2, 0x72, vda_sector, d(vda, 20480));
+        j.event(&ev(
+            70_000,
+            0,
+            EventKind::RqComplete,
+            [0x72, vda_sector, d(vda, 20480), 20480],
+        ));
+        j.event(&ev(
+            75_000,
+            0,
+            EventKind::RqComplete,
+            [0x71, loop_sector, d(lo, 20480), 20480],
+        ));
+    });
+    let (Rows(rows), _) = j.finish();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r.partial, 0, "{r:?}");
+    assert_eq!(r.bottom_dev, vda, "{r:?}");
+    assert_eq!(r.readahead_bytes, 20480, "{r:?}");
+    let b = r.b.as_array();
+    // Dispatched: the vda request issued; device done: it completed.
+    assert_eq!((b[4], b[5]), (30_200, 70_000), "{r:?}");
+}
