@@ -12,9 +12,16 @@ use viopath_reporter::units::human;
 
 #[derive(Args, Debug)]
 pub struct RecordArgs {
-    /// Trace this running QEMU process
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// Trace this running QEMU process; repeat it for several (of one QEMU binary)
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Trace every running QEMU system emulator (found by its binary, not its name) and
+    /// those started while recording, of one binary
+    #[arg(long, conflicts_with_all = ["pid", "domain"])]
+    pub all: bool,
+    /// With --all: the QEMU binary to probe, when no VM runs yet
+    #[arg(long, value_name = "BINARY", requires = "all")]
+    pub qemu: Option<PathBuf>,
     /// Trace the QEMU of this running libvirt domain (its pid and disks from libvirt's
     /// runtime state in /run/libvirt/qemu)
     #[arg(long, value_name = "NAME")]
@@ -64,14 +71,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
-    let target = match (args.pid, &args.domain, args.command.is_empty()) {
-        (Some(pid), None, true) => Target::Pid(pid),
-        (None, Some(name), true) => Target::Domain(name.clone()),
-        (None, None, false) => Target::Command(args.command.clone()),
-        (None, None, true) => bail!(
-            "nothing to trace: give --pid PID, --domain NAME or a command after -- (e.g. viopath record -- qemu-io ...)"
+    let pids = (!args.pid.is_empty()).then_some(&args.pid);
+    let target = match (pids, &args.domain, args.all, args.command.is_empty()) {
+        (Some(pids), None, false, true) => Target::Pids(pids.clone()),
+        (None, Some(name), false, true) => Target::Domain(name.clone()),
+        (None, None, true, true) => Target::All,
+        (None, None, false, false) => Target::Command(args.command.clone()),
+        (None, None, false, true) => bail!(
+            "nothing to trace: give --pid PID, --all, --domain NAME or a command after -- (e.g. viopath record -- qemu-io ...)"
         ),
-        _ => bail!("give one of --pid, --domain or a command after --"),
+        _ => bail!("give one of --pid, --all, --domain or a command after --"),
     };
     let opts = RecordOptions {
         target,
@@ -79,6 +88,7 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         duration: args.duration,
         probes: args.probes.clone(),
         bpf_stats: args.bpf_stats,
+        qemu: args.qemu.clone(),
     };
     let summary = viopath_recorder::record(&opts, &mut |line| eprintln!("viopath: {line}"))?;
     if args.json {
@@ -94,6 +104,47 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         human(summary.bytes),
         summary.output.display()
     )?;
+    if summary.vms.len() > 1 || !summary.vms_skipped.is_empty() {
+        let mut b = Builder::default();
+        b.push_record(["VM", "pid", "images", "traced"]);
+        for v in &summary.vms {
+            let from = v.traced_from_ns;
+            let start = summary
+                .vms
+                .iter()
+                .map(|x| x.traced_from_ns)
+                .min()
+                .unwrap_or(from);
+            let traced = match (&v.ended, v.traced_until_ns) {
+                (Some(why), Some(until)) => format!(
+                    "{:.1}–{:.1} s ({why})",
+                    from.saturating_sub(start) as f64 / 1e9,
+                    until.saturating_sub(start) as f64 / 1e9
+                ),
+                _ if from > start => {
+                    format!("from {:.1} s", from.saturating_sub(start) as f64 / 1e9)
+                }
+                _ => "throughout".to_owned(),
+            };
+            b.push_record([
+                v.name.clone(),
+                v.pid.to_string(),
+                v.images.len().to_string(),
+                traced,
+            ]);
+        }
+        for s in &summary.vms_skipped {
+            b.push_record([
+                "not traced".to_owned(),
+                s.pid.to_string(),
+                String::new(),
+                s.why.clone(),
+            ]);
+        }
+        let mut t = b.build();
+        t.with(Style::sharp());
+        writeln!(out, "{t}")?;
+    }
     if let Some(code) = summary.child_exit {
         writeln!(out, "traced command exited with status {code}")?;
     }

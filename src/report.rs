@@ -41,6 +41,8 @@ pub enum By {
     Device,
     /// The VM's disk (image chain) the IO was for
     Disk,
+    /// The VM (QEMU process): its libvirt domain, QEMU's -name, else its pid
+    Vm,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +101,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
             By::Size => GroupBy::Size,
             By::Device => GroupBy::Device,
             By::Disk => GroupBy::Disk,
+            By::Vm => GroupBy::Vm,
         })
         .collect();
     let export = match args.format {
@@ -221,6 +224,19 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
     let mut b = Builder::default();
     if let Some(d) = &s.domain {
         b.push_record(["libvirt domain".to_owned(), d.clone()]);
+    }
+    for (i, v) in s.vms.iter().enumerate() {
+        let key = if i == 0 { "VMs" } else { "" };
+        b.push_record([key.to_owned(), v.clone()]);
+    }
+    if s.events_of_unknown_threads > 0 {
+        b.push_record([
+            "unattributed".to_owned(),
+            format!(
+                "{} events of threads no VM was known to have (joined as the first VM's)",
+                s.events_of_unknown_threads
+            ),
+        ]);
     }
     b.push_record([
         "IOs".to_owned(),

@@ -16,6 +16,12 @@ struct work_struct;
 
 #define PAI __attribute__((preserve_access_index))
 
+/* pid is the thread's id, tgid its process's. */
+struct task_struct {
+	int pid;
+	int tgid;
+} PAI;
+
 struct block_device {
 	dev_t bd_dev;
 } PAI;

@@ -17,7 +17,8 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* Set by the recorder before loading. */
+/* Set by the recorder before loading: the one process traced, or 0 for the processes
+ * in the tgids map (several VMs, or VMs found while recording). */
 const volatile __u32 target_tgid = 0;
 const volatile __u32 filter_devices = 1;
 /* Wake the reader only when this much is waiting (it also polls on a timer). */
@@ -57,6 +58,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } devices SEC(".maps");
+
+/* The traced processes (tgid → the recorder's index of that VM) when target_tgid is
+ * 0; the recorder adds and removes them while recording. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VP_MAX_PROCESSES);
+	__type(key, __u32);
+	__type(value, __u32);
+} tgids SEC(".maps");
 
 /* io_uring contexts the traced process submitted to. */
 struct {
@@ -133,9 +143,17 @@ struct {
 	__type(value, struct vp_uspec);
 } uspecs SEC(".maps");
 
+static __always_inline int tgid_traced(__u32 tgid)
+{
+	/* One process: a compare, not a map lookup, on every syscall of the host. */
+	if (target_tgid)
+		return tgid == target_tgid;
+	return bpf_map_lookup_elem(&tgids, &tgid) != 0;
+}
+
 static __always_inline int traced(void)
 {
-	return (bpf_get_current_pid_tgid() >> 32) == target_tgid;
+	return tgid_traced(bpf_get_current_pid_tgid() >> 32);
 }
 
 static __always_inline int device_wanted(__u32 dev)
@@ -705,6 +723,19 @@ int dirty_throttle(struct balance_dirty_pages_ctx *ctx)
 	if (traced())
 		emit(VP_DIRTY_THROTTLE, 0, (__u64)ctx->pause, ctx->period, ctx->dirtied,
 		     ctx->paused);
+	return 0;
+}
+
+/* ---- threads of the traced processes ---- */
+
+/* A thread started (fork's tracepoint fires for threads too, in the parent): events
+ * carry thread ids, and this says whose. A child process is not traced. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(thread_start, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 tgid = child->tgid;
+	if (tgid == (__u32)parent->tgid && tgid_traced(tgid))
+		emit(VP_THREAD, 0, (__u32)child->pid, tgid, 0, 0);
 	return 0;
 }
 

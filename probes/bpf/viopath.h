@@ -59,6 +59,10 @@ enum vp_type {
 	 * over the dirty limits): a0 pause (jiffies, signed), a1 period (jiffies), a2 pages
 	 * it dirtied since its last pause, a3 jiffies it already paused in this call. */
 	VP_DIRTY_THROTTLE = 33,
+	/* A thread of a traced process started: a0 its thread id, a1 the process id. With
+	 * the trace's list of each process's threads at its start, it says which process
+	 * (VM) an event's thread id belongs to. */
+	VP_THREAD = 34,
 };
 
 enum vp_syscall {
@@ -104,6 +108,9 @@ struct vp_uspec {
 
 /* Ring buffers events are spread over, by CPU number modulo this. */
 #define VP_RING_SHARDS 4
+
+/* Processes one recording traces at most (the tgids map). */
+#define VP_MAX_PROCESSES 256
 
 #define VP_MAX_USPECS 64
 #define VP_MAX_TYPES 64

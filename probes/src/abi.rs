@@ -6,6 +6,8 @@ use serde::Serialize;
 
 pub const ABI_VERSION: u32 = 1;
 pub const MAX_USPECS: u32 = 64;
+/// `VP_MAX_PROCESSES`: the processes (VMs) one recording traces at most.
+pub const MAX_PROCESSES: u32 = 256;
 pub const MAX_TYPES: u32 = 64;
 /// Ring buffers the events are spread over, by CPU number modulo this; their maps are
 /// `events0` … `events3`.
@@ -91,10 +93,11 @@ pub enum EventKind {
     FsSync = 30,
     Qemu = 32,
     DirtyThrottle = 33,
+    Thread = 34,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::BioQueue,
         EventKind::BioRemap,
         EventKind::BioSplit,
@@ -120,6 +123,7 @@ impl EventKind {
         EventKind::FsSync,
         EventKind::Qemu,
         EventKind::DirtyThrottle,
+        EventKind::Thread,
     ];
 
     pub fn from_u8(v: u8) -> Option<EventKind> {
@@ -153,6 +157,7 @@ impl EventKind {
             EventKind::FsSync => "fs_sync",
             EventKind::Qemu => "qemu",
             EventKind::DirtyThrottle => "dirty_throttle",
+            EventKind::Thread => "thread",
         }
     }
 }
@@ -302,6 +307,7 @@ mod tests {
         let get = |n: &str| *c.get(n).unwrap_or_else(|| panic!("{n} not in viopath.h"));
         assert_eq!(get("VP_ABI_VERSION"), ABI_VERSION as u64);
         assert_eq!(get("VP_MAX_USPECS"), MAX_USPECS as u64);
+        assert_eq!(get("VP_MAX_PROCESSES"), MAX_PROCESSES as u64);
         assert_eq!(get("VP_MAX_TYPES"), MAX_TYPES as u64);
         assert_eq!(get("VP_RING_SHARDS"), RING_SHARDS as u64);
         for k in EventKind::ALL {

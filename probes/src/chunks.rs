@@ -253,6 +253,89 @@ pub struct End {
     /// shorter than that may have none).
     #[serde(deserialize_with = "lenient_list")]
     pub open_files: Vec<OpenFile>,
+    /// Every process traced, the first the header's target (`open_files` above is
+    /// its). Empty in traces recorded before several could be.
+    #[serde(
+        deserialize_with = "lenient_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub vms: Vec<VmInfo>,
+    #[serde(
+        deserialize_with = "lenient_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub vms_skipped: Vec<VmSkipped>,
+}
+
+/// One QEMU process (VM) a recording traced. The first is the header's target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmInfo {
+    #[serde(deserialize_with = "lenient")]
+    pub pid: u32,
+    /// What the report calls it (`--by vm`): its libvirt domain, QEMU's `-name`, else
+    /// "pid N".
+    #[serde(deserialize_with = "lenient")]
+    pub name: String,
+    #[serde(deserialize_with = "lenient_list")]
+    pub command: Vec<String>,
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
+    /// Its image files (its disks' chains' top files, as it named them).
+    #[serde(deserialize_with = "lenient_list")]
+    pub images: Vec<PathBuf>,
+    /// Its regular files and their open flags, as last seen.
+    #[serde(deserialize_with = "lenient_list")]
+    pub open_files: Vec<OpenFile>,
+    /// Its threads when its tracing began and as seen since; the `thread` events name
+    /// the ones started in between.
+    #[serde(deserialize_with = "lenient_list")]
+    pub threads: Vec<u32>,
+    /// When its tracing began (CLOCK_MONOTONIC ns): the recording's start, or when
+    /// `--all` found it.
+    #[serde(deserialize_with = "lenient")]
+    pub traced_from_ns: u64,
+    /// When its tracing ended, if before the recording's end, and why.
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub traced_until_ns: Option<u64>,
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// QEMU's `-name NAME` or `-name guest=NAME,...` (also `--name`, `-name=...`).
+pub fn qemu_name(command: &[String]) -> Option<String> {
+    let mut it = command.iter().skip(1);
+    while let Some(a) = it.next() {
+        let value = match a.as_str() {
+            "-name" | "--name" => it.next().cloned(),
+            _ => a
+                .strip_prefix("-name=")
+                .or_else(|| a.strip_prefix("--name="))
+                .map(str::to_owned),
+        };
+        let Some(v) = value else { continue };
+        // QEMU's option syntax: the first part without a key is `guest`; ",," is a
+        // comma inside a value.
+        let v = v.replace(",,", "\0");
+        let name = v.split(',').find_map(|part| match part.split_once('=') {
+            Some(("guest", n)) => Some(n.to_owned()),
+            Some(_) => None,
+            None => Some(part.to_owned()),
+        });
+        if let Some(n) = name.map(|n| n.replace("\0", ",")).filter(|n| !n.is_empty()) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// A QEMU process the recording saw but did not trace, and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmSkipped {
+    pub pid: u32,
+    pub exe: String,
+    pub why: String,
 }
 
 #[cfg(test)]

@@ -271,6 +271,12 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         records: "a traced thread's buffered write paused by the dirty-page throttle: pause and period (jiffies), pages dirtied",
     },
     tp_btf(
+        "thread_start",
+        "sched_process_fork",
+        Layer::Syscall,
+        "a thread of a traced process started: thread id, process id (which VM an event's thread is)",
+    ),
+    tp_btf(
         "bio_queue",
         "block_bio_queue",
         Layer::Block,

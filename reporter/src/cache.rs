@@ -118,26 +118,37 @@ impl DiskCache {
 
 /// The cache mode of every disk of the layout.
 pub fn disk_caches(header: &Header, end: Option<&End>, layout: &Layout) -> Vec<DiskCache> {
+    // Each disk's VM's command line and open files (a trace of several VMs lists them).
+    let vms = end.map_or(&[][..], |e| &e.vms[..]);
     let cmd = header.target.command.clone().unwrap_or_default();
-    let parsed = from_command(&cmd);
+    let parsed_one = from_command(&cmd);
+    let parsed_vms: Vec<Parsed> = vms.iter().map(|v| from_command(&v.command)).collect();
     layout
         .disks
         .iter()
         .map(|d| {
             let same = |p: &str| same_file(p, &d.path);
-            let (mode, from) = match &parsed {
+            let vm = vms.get(usize::from(d.vm)).filter(|_| vms.len() > 1);
+            let parsed = match vm {
+                Some(_) => &parsed_vms[usize::from(d.vm)],
+                None => &parsed_one,
+            };
+            let open_files = match (vm, end) {
+                (Some(v), _) => &v.open_files[..],
+                (None, Some(e)) => &e.open_files[..],
+                (None, None) => &[][..],
+            };
+            let (mode, from) = match parsed {
                 Parsed::All(m, from) => (*m, from.clone()),
                 Parsed::Drives(drives) => match drives.iter().find(|(f, _)| same(f)) {
                     Some((_, m)) => (Some(*m), "command line".to_owned()),
                     None => (None, String::new()),
                 },
             };
-            let opened_direct = end.and_then(|e| {
-                e.open_files
-                    .iter()
-                    .find(|f| same(&f.path.to_string_lossy()))
-                    .map(|f| f.direct)
-            });
+            let opened_direct = open_files
+                .iter()
+                .find(|f| same(&f.path.to_string_lossy()))
+                .map(|f| f.direct);
             DiskCache {
                 disk: d.path.clone(),
                 mode,

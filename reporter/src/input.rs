@@ -174,12 +174,94 @@ fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, Layout
 /// The layout the join uses: from images (when given) or the trace's snapshot.
 pub fn load_layout(trace: &reader::Trace, images: &[PathBuf]) -> (layout::Layout, LayoutSource) {
     let (mut layout, source) = load_layout_of_images(trace, images);
-    let target = &trace.header.target;
-    layout.name_disks(
-        target.command.as_deref().unwrap_or_default(),
-        target.domain.as_ref(),
-    );
+    let vms = trace.end.as_ref().map_or(&[][..], |e| &e.vms[..]);
+    if vms.len() > 1 {
+        // Each disk is the VM's whose images hold its file.
+        for d in &mut layout.disks {
+            let of = vms.iter().position(|v| {
+                v.images
+                    .iter()
+                    .any(|p| crate::cache::same_file(&p.to_string_lossy(), &d.path))
+            });
+            d.vm = of.map_or(0, |i| i as u16);
+        }
+        for (i, v) in vms.iter().enumerate() {
+            layout.name_disks_of(i as u16, &v.command, v.domain.as_ref());
+        }
+        layout.vms = vms
+            .iter()
+            .map(|v| layout::VmSpec {
+                pid: v.pid,
+                threads: v.threads.clone(),
+                traced_from_ns: v.traced_from_ns,
+                traced_until_ns: v.traced_until_ns,
+            })
+            .collect();
+    } else {
+        let target = &trace.header.target;
+        layout.name_disks(
+            target.command.as_deref().unwrap_or_default(),
+            target.domain.as_ref(),
+        );
+    }
+    layout.vm_names = vm_names(trace);
     (layout, source)
+}
+
+/// The summary's line per VM of a recording of several: its name and pid, and when
+/// its tracing began or ended if not with the recording's (seconds from the start);
+/// then each QEMU process not traced, and why. Empty for a recording of one.
+pub fn vm_lines(trace: &reader::Trace) -> Vec<String> {
+    let Some(end) = trace.end.as_ref() else {
+        return Vec::new();
+    };
+    if end.vms.len() < 2 && end.vms_skipped.is_empty() {
+        return Vec::new();
+    }
+    let start = trace.header.monotonic_ns_at_start.unwrap_or(0);
+    let at = |ns: u64| format!("{:.1} s", ns.saturating_sub(start) as f64 / 1e9);
+    let mut lines: Vec<String> = end
+        .vms
+        .iter()
+        .map(|v| {
+            let mut l = format!("{} (pid {})", v.name, v.pid);
+            if v.traced_from_ns > start + 100_000_000 {
+                l += &format!(", traced from {}", at(v.traced_from_ns));
+            }
+            if let (Some(t), Some(why)) = (v.traced_until_ns, &v.ended) {
+                l += &format!(", until {} ({why})", at(t));
+            }
+            l
+        })
+        .collect();
+    lines.extend(
+        end.vms_skipped
+            .iter()
+            .map(|s| format!("not traced: pid {} ({}): {}", s.pid, s.exe, s.why)),
+    );
+    lines
+}
+
+/// What the report calls each of the trace's VMs (`--by vm`), by VM number: its
+/// libvirt domain, QEMU's `-name`, else its pid.
+pub fn vm_names(trace: &reader::Trace) -> Vec<String> {
+    let vms = trace.end.as_ref().map_or(&[][..], |e| &e.vms[..]);
+    if !vms.is_empty() {
+        return vms.iter().map(|v| v.name.clone()).collect();
+    }
+    let t = &trace.header.target;
+    let name = t
+        .domain
+        .as_ref()
+        .map(|d| d.name.clone())
+        .or_else(|| {
+            t.command
+                .as_deref()
+                .and_then(viopath_probes::chunks::qemu_name)
+        })
+        .or_else(|| t.pid.map(|p| format!("pid {p}")))
+        .unwrap_or_else(|| "VM".to_owned());
+    vec![name]
 }
 
 fn load_layout_of_images(

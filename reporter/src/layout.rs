@@ -174,12 +174,29 @@ pub struct Disk {
     pub scsi: Option<crate::devices::ScsiAddr>,
     /// How reports name it: its path, with its SCSI address if it has one.
     pub name: String,
+    /// The VM it is a disk of (the trace's VM number; 0 in a trace of one).
+    pub vm: u16,
+}
+
+/// One VM of a trace of several, as the join needs it (see `join::vms`).
+#[derive(Debug, Clone, Default)]
+pub struct VmSpec {
+    pub pid: u32,
+    /// Its threads known from the recorder's looks.
+    pub threads: Vec<u32>,
+    pub traced_from_ns: u64,
+    /// When its tracing ended before the recording's (its process exited).
+    pub traced_until_ns: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 pub struct Layout {
-    /// The VM's disks, in snapshot order; row `disk` fields index it.
+    /// The VMs' disks, in snapshot order; row `disk` fields index it.
     pub disks: Vec<Disk>,
+    /// The trace's VMs when it has several (empty for one): which VM each event is of.
+    pub vms: Vec<VmSpec>,
+    /// What reports call each VM, by VM number (see `input::vm_names`).
+    pub vm_names: Vec<String>,
     files: Vec<ImageFile>,
     /// Every device range any image file occupies, for classifying IO no request claims.
     occupied: HashMap<u32, Vec<(u64, u64)>>,
@@ -293,6 +310,7 @@ impl Layout {
                 path,
                 guest,
                 scsi: None,
+                vm: 0,
             });
             // Of each file's reverse map the join needs only whether it has L2 tables
             // (qcow2 metadata IO is then expected).
@@ -405,6 +423,22 @@ impl Layout {
         l
     }
 
+    /// What reports call VM `vm`.
+    pub fn vm_name(&self, vm: u16) -> &str {
+        self.vm_names
+            .get(usize::from(vm))
+            .map_or("-", String::as_str)
+    }
+
+    /// VM `vm`'s disk, if it has exactly one.
+    pub fn only_disk_of(&self, vm: u16) -> Option<u16> {
+        let mut of = self.disks.iter().enumerate().filter(|(_, d)| d.vm == vm);
+        match (of.next(), of.next()) {
+            (Some((i, _)), None) => u16::try_from(i).ok(),
+            _ => None,
+        }
+    }
+
     /// The one disk of `set`, if it names exactly one.
     pub fn one_disk(set: DiskSet) -> Option<u16> {
         (set.count_ones() == 1).then(|| set.trailing_zeros() as u16)
@@ -453,9 +487,21 @@ impl Layout {
     /// `cmd` gives them, and the target names (vda, sdb) of the libvirt `domain` they
     /// belong to.
     pub fn name_disks(&mut self, cmd: &[String], domain: Option<&Domain>) {
-        let paths: Vec<&str> = self.disks.iter().map(|d| d.path.as_str()).collect();
+        self.name_disks_of(0, cmd, domain);
+    }
+
+    /// Name VM `vm`'s disks (see [`Layout::name_disks`]) from its command line and
+    /// domain.
+    pub fn name_disks_of(&mut self, vm: u16, cmd: &[String], domain: Option<&Domain>) {
+        let paths: Vec<&str> = self
+            .disks
+            .iter()
+            .filter(|d| d.vm == vm)
+            .map(|d| d.path.as_str())
+            .collect();
         let addrs = crate::devices::scsi_addrs(cmd, &paths);
-        for (d, a) in self.disks.iter_mut().zip(addrs) {
+        let of_vm = self.disks.iter_mut().filter(|d| d.vm == vm);
+        for (d, a) in of_vm.zip(addrs) {
             d.scsi = a;
             let target = domain.and_then(|dom| {
                 dom.disks
@@ -473,11 +519,12 @@ impl Layout {
         }
     }
 
-    /// The disk at a virtio-scsi target and LUN (virtio-scsi has one channel, 0).
-    pub fn scsi_disk(&self, target: u32, lun: u32) -> Option<u16> {
+    /// VM `vm`'s disk at a virtio-scsi target and LUN (virtio-scsi has one channel, 0).
+    pub fn scsi_disk(&self, vm: u16, target: u32, lun: u32) -> Option<u16> {
         let i = self.disks.iter().position(|d| {
-            d.scsi
-                .is_some_and(|a| a.channel == 0 && a.target == target && a.lun == lun)
+            d.vm == vm
+                && d.scsi
+                    .is_some_and(|a| a.channel == 0 && a.target == target && a.lun == lun)
         })?;
         u16::try_from(i).ok()
     }
@@ -490,10 +537,16 @@ impl Layout {
     /// QEMU's probes do not say which file a file IO goes to. The kernel's do (see
     /// [`Layout::dev_ranges_of_inode`]); until then an IO's ranges include other
     /// files' at the same offset, which a bio of another IO in flight there can match.
-    pub fn dev_ranges(&self, offset: HostFileOffset, len: u64, out: &mut DevRanges) {
-        for f in &self.files {
+    /// In a trace of several VMs, only VM `vm`'s files: a QEMU does IO to its own.
+    pub fn dev_ranges(&self, vm: u16, offset: HostFileOffset, len: u64, out: &mut DevRanges) {
+        for f in self.files.iter().filter(|f| self.file_of_vm(f, vm)) {
             push_ranges(&f.segs, offset, len, out);
         }
+    }
+
+    /// Whether file `f` is VM `vm`'s (every file is in a trace of one VM).
+    fn file_of_vm(&self, f: &ImageFile, vm: u16) -> bool {
+        self.vms.is_empty() || self.disks.get(f.disk).is_some_and(|d| d.vm == vm)
     }
 
     /// Device ranges of bytes `[offset, offset + len)` of the image file with inode
@@ -502,6 +555,7 @@ impl Layout {
     /// is no image).
     pub fn dev_ranges_of_inode(
         &self,
+        vm: u16,
         ino: u64,
         offset: HostFileOffset,
         len: u64,
@@ -509,8 +563,12 @@ impl Layout {
     ) -> Option<DiskSet> {
         let mut found = None;
         // Inode numbers are unique per filesystem only: files on two filesystems may
-        // share one, and then both are kept.
-        for f in self.files.iter().filter(|f| f.ino == Some(ino)) {
+        // share one, and then both are kept (unless they are two VMs' images).
+        for f in self
+            .files
+            .iter()
+            .filter(|f| f.ino == Some(ino) && self.file_of_vm(f, vm))
+        {
             let disks = found.get_or_insert_with(|| {
                 out.clear();
                 0

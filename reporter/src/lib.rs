@@ -260,6 +260,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
             format!("{}{}", d.name, pid.unwrap_or_default())
         }),
         cache_modes: cache::disk_caches(&trace.header, trace.end.as_ref(), &layout),
+        vms: input::vm_lines(&trace),
         exact_quantiles: true,
         ..report::Summary::default()
     };

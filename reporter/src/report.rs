@@ -31,11 +31,14 @@ pub enum GroupBy {
     Device,
     /// The VM's disk (image chain) the IO was for.
     Disk,
+    /// The VM (QEMU process) the IO was of.
+    Vm,
 }
 
-/// A row's disk as a group key: its index + 1, 0 when unknown.
-fn disk_key(disk: Option<u16>) -> u32 {
-    disk.map_or(0, |d| u32::from(d) + 1)
+/// A row's VM and disk as one group key: the VM above bit 16, the disk's index + 1
+/// below (0 when unknown). A disk is one VM's, so grouping by disk also is by VM.
+fn disk_key(vm: u16, disk: Option<u16>) -> u32 {
+    u32::from(vm) << 16 | disk.map_or(0, |d| u32::from(d) + 1)
 }
 
 /// Per-IO export formats.
@@ -106,6 +109,12 @@ fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
         "device".into(),
         rows.iter()
             .map(|r| (r.bottom_dev != 0).then(|| layout.device_name(r.bottom_dev)))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "vm".into(),
+        rows.iter()
+            .map(|r| layout.vm_name(r.vm))
             .collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
@@ -518,7 +527,12 @@ impl Sink for Collector<'_> {
         let size = row.bytes.max(1).next_power_of_two().trailing_zeros();
         let key = project(
             &self.by,
-            (row.op as u32, size, row.bottom_dev, disk_key(row.disk)),
+            (
+                row.op as u32,
+                size,
+                row.bottom_dev,
+                disk_key(row.vm, row.disk),
+            ),
         );
         self.complete += 1;
         if let Some(f) = &mut self.folded {
@@ -668,6 +682,7 @@ impl Collector<'_> {
         summary.requests_completion_lost = stats.requests_lost;
         summary.cut_at_start = stats.cut_at_start;
         summary.cut_at_end = stats.cut_at_end;
+        summary.events_of_unknown_threads = stats.events_of_unknown_threads;
 
         let by = std::mem::take(&mut self.by);
         let latency = if let Some(f) = self.folded.take() {
@@ -738,7 +753,7 @@ fn project(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> FoldKey {
         part(GroupBy::Op, op),
         part(GroupBy::Size, size),
         part(GroupBy::Device, dev),
-        part(GroupBy::Disk, disk),
+        part(GroupBy::Disk, disk) | part(GroupBy::Vm, disk & !0xffff),
     )
 }
 
@@ -749,7 +764,8 @@ fn key_in_order(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> Vec<u32> {
             GroupBy::Op => op,
             GroupBy::Size => size,
             GroupBy::Device => dev,
-            GroupBy::Disk => disk,
+            GroupBy::Disk => disk & 0xffff,
+            GroupBy::Vm => disk >> 16,
         })
         .collect()
 }
@@ -888,10 +904,14 @@ fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String
             ),
             GroupBy::Disk => (
                 "disk".to_owned(),
-                match disk.checked_sub(1) {
+                match (disk & 0xffff).checked_sub(1) {
                     Some(d) => layout.disk_name(d as u16).to_owned(),
                     None => "-".to_owned(),
                 },
+            ),
+            GroupBy::Vm => (
+                "vm".to_owned(),
+                layout.vm_name((disk >> 16) as u16).to_owned(),
             ),
         })
         .collect()

@@ -30,6 +30,14 @@ pub struct Summary {
     /// The libvirt domain recorded (`record --domain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The VMs of a recording of several, each with when its tracing began or ended
+    /// if not with the recording's; and the QEMU processes it did not trace, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<String>,
+    /// Events of the traced processes whose thread no VM was known to have (joined
+    /// as the first VM's).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub events_of_unknown_threads: u64,
     /// Boundaries of layers that were traced but that no complete IO has, each with
     /// the layer it bounds (e.g. `notify (virtio_front)`: no KVM doorbell event, as
     /// under TCG): those layers' time is in the next layer's.

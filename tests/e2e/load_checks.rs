@@ -108,7 +108,17 @@ pub fn keep(run: &LoadRun, name: &str) -> String {
 
 /// The checks every recorded load run must pass.
 pub fn check_exact(run: &LoadRun, name: &str) -> (Vec<IoRow>, Vec<GuestRq>) {
-    let (t, rows, stats) = join_rows(&run.trace);
+    let (t, mut rows, stats) = join_rows(&run.trace);
+    // One VM of several: its rows alone (the trace's VM number is its place in the
+    // list of VMs).
+    if let Some(pid) = run.vm_pid {
+        let vms = t.end.as_ref().map(|e| e.vms.clone()).unwrap_or_default();
+        let vm = vms
+            .iter()
+            .position(|v| v.pid == pid)
+            .unwrap_or_else(|| panic!("{name}: pid {pid} not among the VMs {vms:?}"));
+        rows.retain(|r| usize::from(r.vm) == vm);
+    }
     // Every check is made and all that fail are said at once.
     let mut bad: Vec<String> = Vec::new();
     let mut check = |ok: bool, what: String| {

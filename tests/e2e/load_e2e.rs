@@ -165,7 +165,7 @@ impl Mode {
 }
 
 /// A child process group killed when dropped, so a failed check leaves no VM running.
-struct Reaped(std::process::Child);
+pub struct Reaped(pub std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -178,13 +178,13 @@ impl Drop for Reaped {
 }
 
 /// A minimal QMP client: one command at a time, events skipped.
-struct Qmp {
-    out: UnixStream,
+pub struct Qmp {
+    pub out: UnixStream,
     lines: BufReader<UnixStream>,
 }
 
 impl Qmp {
-    fn connect(path: &Path) -> Qmp {
+    pub fn connect(path: &Path) -> Qmp {
         let deadline = Instant::now() + Duration::from_secs(30);
         let s = loop {
             match UnixStream::connect(path) {
@@ -204,7 +204,7 @@ impl Qmp {
         q
     }
 
-    fn cmd(&mut self, name: &str, args: Value) -> Value {
+    pub fn cmd(&mut self, name: &str, args: Value) -> Value {
         let msg = json!({"execute": name, "arguments": args});
         writeln!(self.out, "{msg}").unwrap();
         loop {
@@ -250,6 +250,8 @@ pub struct LoadRun {
     /// Every disk of the guest, in its order (`disk` first).
     pub disks: Vec<PathBuf>,
     pub loopdev: String,
+    /// In a recording of several VMs, this guest's QEMU (its rows are checked alone).
+    pub vm_pid: Option<u32>,
     _dir: tempfile::TempDir,
 }
 
@@ -553,6 +555,7 @@ impl LoadRun {
             stderr,
             blockstats: Value::Null,
             bottom,
+            vm_pid: None,
             _dir: dir,
         }
     }
@@ -702,6 +705,22 @@ fn debug_rows_around() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300_000);
     let (t, rows, _) = join_rows(Path::new(&trace));
+    if let Ok(q) = std::env::var("VIOPATH_DEBUG_RANGES") {
+        let v: Vec<u64> = q
+            .split(',')
+            .map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        let (layout, _) = viopath_reporter::load_layout(&t, &[]);
+        let mut out = viopath_reporter::layout::DevRanges::new();
+        let disks = layout.dev_ranges_of_inode(
+            0,
+            v[0],
+            viopath_layouts::HostFileOffset(v[1]),
+            v[2],
+            &mut out,
+        );
+        eprintln!("RANGES {disks:?} {out:?}");
+    }
     if let Some(snap) = &t.layout {
         for img in &snap.images {
             for fh in &img.file_hosts {

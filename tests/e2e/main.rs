@@ -20,6 +20,7 @@ mod html;
 mod libvirt_e2e;
 mod load_checks;
 mod load_e2e;
+mod multi_vm_e2e;
 mod perfetto;
 mod qcow2_map;
 mod record_e2e;

@@ -72,6 +72,8 @@ pub(super) struct Attached {
     pub(super) attempts: Vec<Attempt>,
     /// QEMU probe id → symbol, for the summary.
     pub(super) qemu_names: BTreeMap<u8, &'static str>,
+    /// What a QEMU found later gets attached.
+    pub(super) qemu: QemuPlan,
 }
 
 /// A kernel function's address from /proc/kallsyms (None where it is missing or hidden:
@@ -91,7 +93,7 @@ pub fn kernel_symbol(name: &str) -> Option<u64> {
 pub(super) fn attach_all(
     bpf: &mut Ebpf,
     btf: &Btf,
-    pid: u32,
+    pids: &[u32],
     qemu: &QemuInfo,
     syms: Option<&Symbols>,
     filter: &Option<Vec<String>>,
@@ -148,109 +150,18 @@ pub(super) fn attach_all(
         attempts.push(Attempt::new(p.layer, event, kind, result));
     }
 
-    // QEMU: one generic program, attached once per function with its spec index as cookie.
-    let mut specs: Vec<(u32, Uspec)> = Vec::new();
-    let mut qemu_names = BTreeMap::new();
-    let version = qemu.version.map(|(a, b, _)| (a, b));
-    let mut loaded = false;
-    let mut load_error: Option<String> = None;
-    for p in QEMU_PROBES {
-        if !wanted(filter, p.layer, &[p.symbol]) {
-            continue;
+    // QEMU: one generic program, attached once per function and process with its spec
+    // index as cookie.
+    let plan = plan_qemu(bpf, qemu, syms, filter, &mut attempts)?;
+    for (i, result) in attach_qemu(bpf, &plan, &qemu.binary, pids)
+        .into_iter()
+        .enumerate()
+    {
+        if let Err(why) = result {
+            let a = &mut attempts[plan.points[i].attempt];
+            a.status.attached = false;
+            a.status.note = Some(why);
         }
-        // A fallback whose primary attached is not needed (its primary comes first in
-        // the catalog).
-        if let Some((_, primary)) = QEMU_FALLBACKS.iter().find(|(f, _)| *f == p.symbol)
-            && attempts
-                .iter()
-                .any(|a| a.status.name == *primary && a.status.attached)
-        {
-            continue;
-        }
-        qemu_names.insert(p.id, p.symbol);
-        let skipped = |why: String| Attempt::new(p.layer, p.symbol, "uprobe", Err(why));
-        let Some(layout) = p.layout_for(version) else {
-            attempts.push(skipped(match &qemu.version {
-                Some((a, b, c)) => format!(
-                    "argument layout unknown for QEMU {a}.{b}.{c} (known: {})",
-                    p.known_versions()
-                ),
-                None => format!(
-                    "QEMU version unknown ('{}'); layouts known for {}",
-                    qemu.version_line,
-                    p.known_versions()
-                ),
-            }));
-            continue;
-        };
-        let Some(syms) = syms else {
-            attempts.push(skipped("no QEMU binary to attach to".into()));
-            continue;
-        };
-        let offset = match syms.file_offset(p.symbol) {
-            Ok(o) => o,
-            Err(Missing::NotFound) => {
-                let why = if syms.full {
-                    "not in this QEMU build".to_owned()
-                } else {
-                    format!(
-                        "{} has no .symtab, only its exported symbols ({}), and this function is not exported: install its debug symbols (e.g. the -dbgsym package, found by build-id {}) or use a build with symbols",
-                        syms.binary.display(),
-                        syms.sources.join(", "),
-                        syms.build_id.as_deref().unwrap_or("?")
-                    )
-                };
-                attempts.push(skipped(why));
-                continue;
-            }
-            Err(Missing::Ambiguous(n)) => {
-                attempts.push(skipped(format!("{n} functions share this name")));
-                continue;
-            }
-        };
-        let index = specs.len() as u32;
-        specs.push((
-            index,
-            Uspec {
-                probe: p.id as u32,
-                pad: 0,
-                arg: layout,
-            },
-        ));
-        if let Some(err) = &load_error {
-            attempts.push(skipped(err.clone()));
-            continue;
-        }
-        let result: Result<(), String> = (|| {
-            let prog: &mut UProbe = bpf
-                .program_mut("qemu_entry")
-                .ok_or("no qemu_entry program")?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
-            if !loaded {
-                if let Err(e) = prog.load() {
-                    let short = short_load_error(&e.to_string());
-                    load_error = Some(short.clone());
-                    return Err(short);
-                }
-                loaded = true;
-            }
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(index as u64),
-            };
-            let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
-            prog.attach(point, &qemu.binary, scope)
-                .map_err(|e| format!("attach: {e}"))?;
-            Ok(())
-        })();
-        attempts.push(Attempt::new(p.layer, p.symbol, "uprobe", result));
-    }
-    let mut map: Array<_, UspecValue> = Array::try_from(bpf.map_mut("uspecs").expect("uspecs map"))
-        .map_err(|e| RecordError::Load(Box::new(e)))?;
-    for (i, s) in &specs {
-        map.set(*i, UspecValue(s.to_bytes()), 0)
-            .map_err(|e| RecordError::Load(Box::new(e)))?;
     }
     if let Some(list) = filter {
         for a in &attempts {
@@ -266,8 +177,168 @@ pub(super) fn attach_all(
     }
     Ok(Attached {
         attempts,
-        qemu_names,
+        qemu_names: plan.names.clone(),
+        qemu: plan,
     })
+}
+
+/// One QEMU function to attach in every traced process: where, and its spec's index
+/// (the uprobe's cookie).
+pub(super) struct QemuPoint {
+    offset: u64,
+    cookie: u32,
+    /// Its entry in the attempts.
+    attempt: usize,
+}
+
+/// The QEMU functions to attach, worked out once from the binary: a process found
+/// later gets the same.
+pub(super) struct QemuPlan {
+    pub(super) points: Vec<QemuPoint>,
+    /// QEMU probe id → symbol, for the summary.
+    names: BTreeMap<u8, &'static str>,
+}
+
+/// Which QEMU functions can be probed in `qemu` and with which argument specs (written
+/// into the `uspecs` map); an attempt each, attached unless a process refuses it. The
+/// uprobe program is loaded here, once.
+fn plan_qemu(
+    bpf: &mut Ebpf,
+    qemu: &QemuInfo,
+    syms: Option<&Symbols>,
+    filter: &Option<Vec<String>>,
+    attempts: &mut Vec<Attempt>,
+) -> Result<QemuPlan, RecordError> {
+    let mut specs: Vec<(u32, Uspec)> = Vec::new();
+    let mut plan = QemuPlan {
+        points: Vec::new(),
+        names: BTreeMap::new(),
+    };
+    let version = qemu.version.map(|(a, b, _)| (a, b));
+    let mut loaded = false;
+    let mut load_error: Option<String> = None;
+    for p in QEMU_PROBES {
+        if !wanted(filter, p.layer, &[p.symbol]) {
+            continue;
+        }
+        // A fallback whose primary can attach is not needed (its primary comes first
+        // in the catalog).
+        if let Some((_, primary)) = QEMU_FALLBACKS.iter().find(|(f, _)| *f == p.symbol)
+            && attempts
+                .iter()
+                .any(|a| a.status.name == *primary && a.status.attached)
+        {
+            continue;
+        }
+        plan.names.insert(p.id, p.symbol);
+        let mut skipped = |why: String| {
+            attempts.push(Attempt::new(p.layer, p.symbol, "uprobe", Err(why)));
+        };
+        let Some(layout) = p.layout_for(version) else {
+            skipped(match &qemu.version {
+                Some((a, b, c)) => format!(
+                    "argument layout unknown for QEMU {a}.{b}.{c} (known: {})",
+                    p.known_versions()
+                ),
+                None => format!(
+                    "QEMU version unknown ('{}'); layouts known for {}",
+                    qemu.version_line,
+                    p.known_versions()
+                ),
+            });
+            continue;
+        };
+        let Some(syms) = syms else {
+            skipped("no QEMU binary to attach to".into());
+            continue;
+        };
+        let offset = match syms.file_offset(p.symbol) {
+            Ok(o) => o,
+            Err(Missing::NotFound) => {
+                skipped(if syms.full {
+                    "not in this QEMU build".to_owned()
+                } else {
+                    format!(
+                        "{} has no .symtab, only its exported symbols ({}), and this function is not exported: install its debug symbols (e.g. the -dbgsym package, found by build-id {}) or use a build with symbols",
+                        syms.binary.display(),
+                        syms.sources.join(", "),
+                        syms.build_id.as_deref().unwrap_or("?")
+                    )
+                });
+                continue;
+            }
+            Err(Missing::Ambiguous(n)) => {
+                skipped(format!("{n} functions share this name"));
+                continue;
+            }
+        };
+        let index = specs.len() as u32;
+        specs.push((
+            index,
+            Uspec {
+                probe: p.id as u32,
+                pad: 0,
+                arg: layout,
+            },
+        ));
+        if !loaded && load_error.is_none() {
+            let prog: Result<&mut UProbe, String> = bpf
+                .program_mut("qemu_entry")
+                .ok_or_else(|| "no qemu_entry program".to_owned())
+                .and_then(|p| p.try_into().map_err(|e| format!("{e}")));
+            match prog.and_then(|p| p.load().map_err(|e| short_load_error(&e.to_string()))) {
+                Ok(()) => loaded = true,
+                Err(e) => load_error = Some(e),
+            }
+        }
+        if let Some(err) = &load_error {
+            skipped(err.clone());
+            continue;
+        }
+        plan.points.push(QemuPoint {
+            offset,
+            cookie: index,
+            attempt: attempts.len(),
+        });
+        attempts.push(Attempt::new(p.layer, p.symbol, "uprobe", Ok(())));
+    }
+    let mut map: Array<_, UspecValue> = Array::try_from(bpf.map_mut("uspecs").expect("uspecs map"))
+        .map_err(|e| RecordError::Load(Box::new(e)))?;
+    for (i, s) in &specs {
+        map.set(*i, UspecValue(s.to_bytes()), 0)
+            .map_err(|e| RecordError::Load(Box::new(e)))?;
+    }
+    Ok(plan)
+}
+
+/// Attach the plan's functions in each of `pids` (uprobes scoped to one process, so a
+/// QEMU not traced pays nothing); per function, the first refusal.
+pub(super) fn attach_qemu(
+    bpf: &mut Ebpf,
+    plan: &QemuPlan,
+    binary: &Path,
+    pids: &[u32],
+) -> Vec<Result<(), String>> {
+    plan.points
+        .iter()
+        .map(|pt| {
+            let prog: &mut UProbe = bpf
+                .program_mut("qemu_entry")
+                .ok_or("no qemu_entry program")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            for &pid in pids {
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(pt.offset),
+                    cookie: Some(u64::from(pt.cookie)),
+                };
+                let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
+                prog.attach(point, binary, scope)
+                    .map_err(|e| format!("attach to pid {pid}: {e}"))?;
+            }
+            Ok(())
+        })
+        .collect()
 }
 
 fn attach_function(

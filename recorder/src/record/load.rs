@@ -37,7 +37,8 @@ fn load_error(e: impl std::error::Error + Send + Sync + 'static) -> RecordError 
     RecordError::Load(Box::new(e))
 }
 
-/// Load the object for process `pid`.
+/// Load the object for process `pid`, or with 0 for the processes [`trace_process`]
+/// names.
 pub(super) fn load(pid: u32) -> Result<Loaded, RecordError> {
     let btf = Btf::from_sys_fs().map_err(|e| load_error(BtfUnreadable(e)))?;
     let aio_fsync_work = super::attach::kernel_symbol("aio_fsync_work").unwrap_or(0);
@@ -80,6 +81,24 @@ pub(super) fn trace_devices<'a>(
             .map_err(load_error)?;
     }
     Ok(())
+}
+
+/// Trace process `pid` (the recording's VM number `index`) from now on.
+pub(super) fn trace_process(bpf: &mut Ebpf, pid: u32, index: u32) -> Result<(), RecordError> {
+    let map = bpf
+        .map_mut("tgids")
+        .ok_or_else(|| RecordError::Load("no map tgids".into()))?;
+    let mut map: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(map).map_err(load_error)?;
+    map.insert(pid, index, 0).map_err(load_error)
+}
+
+/// Stop tracing process `pid` (it exited: its pid may be reused by another).
+pub(super) fn untrace_process(bpf: &mut Ebpf, pid: u32) {
+    if let Some(m) = bpf.map_mut("tgids")
+        && let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(m)
+    {
+        let _ = m.remove(&pid);
+    }
 }
 
 /// The ring buffer shards, taken out of the object to be drained.

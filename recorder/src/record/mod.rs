@@ -50,6 +50,18 @@ pub enum RecordError {
     NoBtf,
     #[error("no process {0}")]
     PidNotFound(u32),
+    #[error(
+        "process {pid} runs {exe}, another QEMU binary than the first process's ({first}): one recording traces one binary; record them separately"
+    )]
+    OtherBinary {
+        pid: u32,
+        exe: String,
+        first: String,
+    },
+    #[error(
+        "--all: no QEMU system emulator is running, so which binary to probe is not known; start a VM first, or name the binary with --qemu"
+    )]
+    NoQemuRunning,
     #[error(transparent)]
     Domain(#[from] crate::libvirt::DomainError),
     #[error("process {pid} runs {exe}, which does not look like QEMU ({version})")]
@@ -83,8 +95,10 @@ pub enum RecordError {
 /// What to trace.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A running QEMU.
-    Pid(u32),
+    /// Running QEMUs (of one binary).
+    Pids(Vec<u32>),
+    /// Every QEMU system emulator of one binary, also those started while recording.
+    All,
     /// The QEMU of a running libvirt domain, by its name.
     Domain(String),
     /// Start this command and trace it from its first instruction.
@@ -101,17 +115,29 @@ pub struct RecordOptions {
     /// Turn on the kernel's BPF run-time statistics while recording and report what
     /// each program cost (they are also reported when `kernel.bpf_stats_enabled` is on).
     pub bpf_stats: bool,
+    /// With [`Target::All`]: the QEMU binary to probe (default: the running QEMUs').
+    pub qemu: Option<PathBuf>,
 }
 
-/// Record until the duration passes, the target exits, or SIGINT/SIGTERM arrives.
+/// Record until the duration passes, the targets exit, or SIGINT/SIGTERM arrives.
 pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary, RecordError> {
     let mut output = preflight::check(opts)?;
-    let mut traced = target::resolve(&opts.target)?;
+    let mut traced = target::resolve(&opts.target, opts.qemu.as_deref())?;
+    for s in &traced.skipped {
+        log(&format!("not tracing pid {} ({}): {}", s.pid, s.exe, s.why));
+    }
     // Held until the end: statistics stay on while this fd is open.
     let _stats = opts.bpf_stats.then(|| stats::enable(log)).flatten();
-    let mut loaded = load::load(traced.pid)?;
-    let mut devices = target::devices_for(&traced.files);
+    let mut loaded = load::load(traced.single().unwrap_or(0))?;
+    let all_files: Vec<PathBuf> = traced.vms.iter().flat_map(|v| v.files.clone()).collect();
+    let mut devices = target::devices_for(&all_files);
     load::trace_devices(&mut loaded.bpf, &devices)?;
+    let pids = traced.pids();
+    if traced.single().is_none() {
+        for (i, pid) in pids.iter().enumerate() {
+            load::trace_process(&mut loaded.bpf, *pid, i as u32)?;
+        }
+    }
     let unknown_qemu = QemuInfo {
         binary: PathBuf::new(),
         version_line: String::new(),
@@ -120,7 +146,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let attached = attach::attach_all(
         &mut loaded.bpf,
         &loaded.btf,
-        traced.pid,
+        &pids,
         traced.qemu.as_ref().unwrap_or(&unknown_qemu),
         traced.symbols.as_ref(),
         &opts.probes,
@@ -129,6 +155,10 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let missing_layers = say_what_attached(&attached, log)?;
 
     let mono0 = now_ns(libc::CLOCK_MONOTONIC);
+    for vm in &mut traced.vms {
+        vm.traced_from_ns = mono0;
+        vm.note_threads();
+    }
     let header = header(&traced, &attached, &devices, mono0);
     let mut writer =
         TraceWriter::create(&opts.output, &header).map_err(|source| RecordError::Output {
@@ -146,36 +176,43 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         end: u64::MAX,
         outside: 0,
     };
-    if let Some(c) = traced.child.as_mut() {
+    if let Some(c) = traced.vms.first_mut().and_then(|v| v.child.as_mut()) {
         c.release();
     }
+    let what: Vec<String> = traced
+        .vms
+        .iter()
+        .map(|v| match &v.domain {
+            Some(d) => format!("libvirt domain {}, pid {}", d.name, v.pid),
+            None => format!("pid {}", v.pid),
+        })
+        .collect();
     log(&format!(
-        "recording {}pid {} into {} (Ctrl-C stops)",
-        traced
-            .domain
-            .as_ref()
-            .map(|d| format!("libvirt domain {}, ", d.name))
-            .unwrap_or_default(),
-        traced.pid,
+        "recording {}{} into {} (Ctrl-C stops)",
+        what.join("; "),
+        if traced.all {
+            " and QEMUs started from now on"
+        } else {
+            ""
+        },
         opts.output.display()
     ));
     let started = Instant::now();
     let mut counts = vec![0u64; 256 * 256];
-    let mut open_files = Vec::new();
-    run::note_open_files(traced.pid, &mut open_files);
+    for vm in &mut traced.vms {
+        run::note_open_files(vm.pid, &mut vm.open_files);
+    }
     let stop_reason = run::run(
         run::Running {
-            pid: traced.pid,
             bpf: &mut loaded.bpf,
             rings: &mut rings,
             writer: &mut writer,
             counts: &mut counts,
             window: &mut window,
-            child: traced.child.as_mut(),
-            files: &mut traced.files,
-            named: &traced.named,
-            open_files: &mut open_files,
+            traced: &mut traced,
+            qemu: &attached.qemu,
             devices: &mut devices,
+            log,
         },
         ready,
         opts.duration,
@@ -191,7 +228,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     rings::drain(&mut rings, &mut writer, &mut counts, &mut window)?;
     let duration = started.elapsed();
     let mut child_exit = None;
-    if let Some(c) = traced.child.as_mut() {
+    if let Some(c) = traced.vms.first_mut().and_then(|v| v.child.as_mut()) {
         if c.child.try_wait()?.is_none() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.child.id() as i32, libc::SIGTERM) };
@@ -212,14 +249,23 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         child_exit,
         qemu: header.qemu,
         events_outside_window: window.outside,
-        open_files,
+        open_files: traced
+            .vms
+            .first()
+            .map(|v| v.open_files.clone())
+            .unwrap_or_default(),
+        vms: traced.vms.iter().map(target::Vm::info).collect(),
+        vms_skipped: traced.skipped.clone(),
         ..Default::default()
     };
     count_events(&mut summary, &counts, &attached.qemu_names);
     let losses = count_losses(&mut summary, &lost, missed, recovered);
     writer.json_chunk(ChunkKind::Losses, &losses)?;
     log("taking the layout snapshot (qcow2 maps, extents, block topology)");
-    let snap = snapshot::take(&traced.files, &devices);
+    let mut files: Vec<PathBuf> = traced.vms.iter().flat_map(|v| v.files.clone()).collect();
+    files.sort();
+    files.dedup();
+    let snap = snapshot::take(&files, &devices);
     writer.json_chunk(ChunkKind::Layout, &snap)?;
     summary.bytes = writer.bytes_written;
     writer.finish(&summary)?;
@@ -292,11 +338,15 @@ fn header(
         monotonic_ns_at_start: Some(mono0),
         realtime_ns_at_start: Some(real0),
         realtime_offset_ns: real0 as i64 - mono0 as i64,
-        target: TargetInfo {
-            pid: Some(traced.pid),
-            command: (!traced.command.is_empty()).then(|| traced.command.clone()),
-            domain: traced.domain.clone(),
-        },
+        target: traced
+            .vms
+            .first()
+            .map(|v| TargetInfo {
+                pid: Some(v.pid),
+                command: (!v.command.is_empty()).then(|| v.command.clone()),
+                domain: v.domain.clone(),
+            })
+            .unwrap_or_default(),
         qemu: traced.qemu.as_ref().map(QemuBinary::from),
         symbols: traced.symbols.as_ref().map(SymbolSource::from),
         probes: attached.attempts.iter().map(|a| a.status.clone()).collect(),

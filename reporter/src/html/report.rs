@@ -61,6 +61,9 @@ pub fn report_page(
     if let Some(d) = &s.domain {
         kv("libvirt domain", d.clone());
     }
+    if !s.vms.is_empty() {
+        kv("VMs", s.vms.join("; "));
+    }
     kv("duration", format!("{:.3} s", s.duration_ns as f64 / 1e9));
     kv("IOPS", format!("{:.0}", s.iops));
     kv("bytes", human_bytes(s.bytes));

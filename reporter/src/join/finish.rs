@@ -52,6 +52,16 @@ impl<S: Sink> Join<'_, S> {
 
     pub(super) fn msi(&mut self, ts: u64) {
         let mut wait = std::mem::take(&mut self.msi_wait);
+        if self.vms.many {
+            // Another VM's interrupt answers none of these.
+            let vm = self.cur_vm;
+            let roots = &self.roots;
+            let (mine, others): (Vec<Ref>, Vec<Ref>) = wait
+                .drain(..)
+                .partition(|&r| roots.get(r).is_none_or(|x| x.vm == vm));
+            wait = mine;
+            self.msi_wait = others;
+        }
         for r in wait.drain(..) {
             if let Some(root) = self.roots.get_mut(r) {
                 root.b[Boundary::Interrupt] = ts;
@@ -366,12 +376,15 @@ impl<S: Sink> Join<'_, S> {
                 .map(|x| x.2)
                 .or_else(|| {
                     (lun.1 & super::scsi::NO_TARGET == 0)
-                        .then(|| self.layout.scsi_disk((lun.1 >> 16) & 0xff, lun.1 & 0x3fff))
+                        .then(|| {
+                            self.layout
+                                .scsi_disk(root.vm, (lun.1 >> 16) & 0xff, lun.1 & 0x3fff)
+                        })
                         .flatten()
                 })
         };
-        let disk = if self.layout.disks.len() == 1 {
-            Some(0)
+        let disk = if let Some(d) = self.layout.only_disk_of(root.vm) {
+            Some(d)
         } else {
             match root.disks.and_then(Layout::one_disk) {
                 Some(d) => {
@@ -392,6 +405,7 @@ impl<S: Sink> Join<'_, S> {
         };
         let row = IoRow {
             id: root.id,
+            vm: root.vm,
             op: root.op,
             offset: root.offset,
             bytes: root.bytes,
@@ -531,27 +545,7 @@ impl<S: Sink> Join<'_, S> {
                 self.hio_done(h, done);
             }
         }
-        for r in std::mem::take(&mut self.msi_wait) {
-            self.finish_root(r, 0);
-        }
-        let mut rest: Vec<(u64, Ref)> = self
-            .active
-            .iter()
-            .filter_map(|&r| self.roots.get(r).map(|x| (x.id, r)))
-            .collect();
-        rest.sort_unstable_by_key(|x| x.0);
-        for (_, r) in rest {
-            // Still in flight at the end of the trace (one whose completion was lost
-            // would have gone stale long before): the recording stopped first.
-            let reason = match self.roots.get(r) {
-                Some(x) if x.source == Source::Virtio && !x.completed => {
-                    self.stats.cut_at_end += 1;
-                    reasons::CUT_AT_END
-                }
-                _ => 0,
-            };
-            self.finish_root(r, reason);
-        }
+        self.cut_in_flight(None);
         let others: Vec<u32> = self.other_ids.keys().copied().collect();
         for id in others {
             if let Some(&r) = self.other_ids.get(&id)
@@ -562,5 +556,38 @@ impl<S: Sink> Join<'_, S> {
             }
         }
         (self.sink, self.stats)
+    }
+
+    /// The recording's end (`None`), or VM `vm`'s process exiting: every request still
+    /// in flight (of that VM) is finished. One whose completion was lost would have gone
+    /// stale long before: the recording stopped first.
+    pub(super) fn cut_in_flight(&mut self, vm: Option<u16>) {
+        let of_vm = |x: &super::state::Root| vm.is_none_or(|v| x.vm == v);
+        let waiting: Vec<Ref> = self
+            .msi_wait
+            .iter()
+            .copied()
+            .filter(|&r| self.roots.get(r).is_some_and(of_vm))
+            .collect();
+        self.msi_wait.retain(|r| !waiting.contains(r));
+        for r in waiting {
+            self.finish_root(r, 0);
+        }
+        let mut rest: Vec<(u64, Ref)> = self
+            .active
+            .iter()
+            .filter_map(|&r| self.roots.get(r).filter(|x| of_vm(x)).map(|x| (x.id, r)))
+            .collect();
+        rest.sort_unstable_by_key(|x| x.0);
+        for (_, r) in rest {
+            let reason = match self.roots.get(r) {
+                Some(x) if x.source == Source::Virtio && !x.completed => {
+                    self.stats.cut_at_end += 1;
+                    reasons::CUT_AT_END
+                }
+                _ => 0,
+            };
+            self.finish_root(r, reason);
+        }
     }
 }

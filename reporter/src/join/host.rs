@@ -508,8 +508,14 @@ impl<S: Sink> Join<'_, S> {
     }
 
     pub(super) fn uring_submit(&mut self, e: &RawEvent) {
+        // This VM's submissions in order (the others' wait for their own rings).
+        let vm = self.cur_vm;
         let h = loop {
-            match self.uring_wait.pop_front() {
+            let mine = self
+                .uring_wait
+                .iter()
+                .position(|&h| self.hios.get(h).is_none_or(|x| x.vm == vm));
+            match mine.and_then(|i| self.uring_wait.remove(i)) {
                 Some(h) if self.hios.get(h).is_some() => break h,
                 Some(_) => continue,
                 None => {
@@ -584,7 +590,7 @@ impl<S: Sink> Join<'_, S> {
             if hio.ranges.is_empty() && hio.bytes == 0 {
                 hio.offset = pos;
                 hio.bytes = count;
-                self.layout.dev_ranges(pos, count, &mut hio.ranges);
+                self.layout.dev_ranges(hio.vm, pos, count, &mut hio.ranges);
                 self.index_ranges(h);
             }
         }
@@ -597,7 +603,7 @@ impl<S: Sink> Join<'_, S> {
             let mut ranges = DevRanges::new();
             if let Some(disks) =
                 self.layout
-                    .dev_ranges_of_inode(ino, hio.offset, hio.bytes, &mut ranges)
+                    .dev_ranges_of_inode(hio.vm, ino, hio.offset, hio.bytes, &mut ranges)
             {
                 hio.disks = disks;
                 if hio.fd != 0 {

@@ -36,6 +36,7 @@ mod state;
 mod stripped;
 #[cfg(test)]
 mod tests;
+mod vms;
 
 pub use row::{
     IoRow, Op, OtherClass, OtherIo, Sink, Source, flag_names, flags, reason_names, reasons,
@@ -128,7 +129,9 @@ impl<'l, S: Sink> Join<'l, S> {
             other_ids: Map::default(),
             next_other: 0,
             msi_wait: Vec::new(),
-            last_notify: 0,
+            last_notify: vec![0; layout.vms.len().max(1)],
+            vms: vms::Vms::new(&layout.vms),
+            cur_vm: 0,
             next_id: 0,
             now: 0,
             next_sweep: 0,
@@ -146,6 +149,21 @@ impl<'l, S: Sink> Join<'l, S> {
         if self.now >= self.next_sweep {
             self.sweep_now();
         }
+        if self.vms.many {
+            // A VM whose process exited: what it had in flight is cut by its end.
+            while let Some(vm) = self.vms.ended_before(e.ts) {
+                self.cut_in_flight(Some(vm));
+            }
+            let (vm, tagged) = self.vms.tag(e);
+            self.cur_vm = vm;
+            self.stats.events_of_unknown_threads = self.vms.unattributed;
+            self.dispatch(&tagged);
+        } else {
+            self.dispatch(e);
+        }
+    }
+
+    fn dispatch(&mut self, e: &RawEvent) {
         const QEMU: u8 = EventKind::Qemu as u8;
         const SYS_ENTER: u16 = EventKind::SysEnter as u16;
         const SYS_EXIT: u16 = EventKind::SysExit as u16;
@@ -171,6 +189,7 @@ impl<'l, S: Sink> Join<'l, S> {
         const DM_ENDIO: u16 = EventKind::DmEndio as u16;
         const FS_SYNC: u16 = EventKind::FsSync as u16;
         const DIRTY_THROTTLE: u16 = EventKind::DirtyThrottle as u16;
+        const THREAD: u16 = EventKind::Thread as u16;
         // QEMU's probe is dispatched in the same jump table as the event kind (see
         // `code`); each handler is out of line, so this saves no registers of its own.
         let code = if e.kind == QEMU {
@@ -222,12 +241,16 @@ impl<'l, S: Sink> Join<'l, S> {
             URING_COMPLETE => self.uring_complete(e),
             DIO_BEGIN | FS_ENTER => self.dio_begin(e),
             DIO_COMPLETE => self.dio_complete(e),
-            KVM_MMIO => self.last_notify = e.ts,
+            KVM_MMIO => {
+                if let Some(n) = self.last_notify.get_mut(usize::from(self.cur_vm)) {
+                    *n = e.ts;
+                }
+            }
             KVM_MSI => self.msi(e.ts),
             DIO_MAP => self.dio_map(e),
             FS_SYNC => self.fs_sync(e),
             DIRTY_THROTTLE => self.dirty_throttle(e),
-            FS_EXIT | DM_SUBMIT | DM_ENDIO => {}
+            FS_EXIT | DM_SUBMIT | DM_ENDIO | THREAD => {}
             _ => self.stats.unknown_events += 1,
         }
     }

@@ -437,6 +437,7 @@ impl<S: Sink> Join<'_, S> {
             .filter(|&r| {
                 self.roots.get(r).is_some_and(|x| {
                     x.source == Source::QemuBlock
+                        && x.vm == self.cur_vm
                         && x.aio_opaque == 0
                         && !x.completed
                         && vop.moves_data()

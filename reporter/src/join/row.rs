@@ -195,6 +195,8 @@ pub mod reasons {
 pub struct IoRow {
     /// Order of arrival.
     pub id: u64,
+    /// The VM it is of: the trace's VM number (0 in a trace of one).
+    pub vm: u16,
     pub op: Op,
     /// Guest offset (bytes), when a layer that knows it was traced.
     pub offset: Option<GuestOffset>,
@@ -236,6 +238,7 @@ impl IoRow {
     pub(crate) fn example() -> IoRow {
         IoRow {
             id: 0,
+            vm: 0,
             op: Op::Read,
             offset: Some(GuestOffset(0)),
             bytes: 4096,

@@ -31,6 +31,8 @@ pub(super) enum Api {
 
 pub(super) struct Hio {
     pub(super) root: Option<Ref>,
+    /// The VM it is of (its request's, or the process's that made it; see `vms`).
+    pub(super) vm: u16,
     pub(super) kind: HioKind,
     pub(super) api: Api,
     /// Where in its file (the image file, or a backing or data file of its chain).
@@ -81,6 +83,8 @@ pub(super) struct Hio {
 
 pub(super) struct Root {
     pub(super) id: u64,
+    /// The VM whose process made it (see `vms`).
+    pub(super) vm: u16,
     pub(super) op: Op,
     /// Where on the guest's disk, once a layer that knows it was traced.
     pub(super) offset: Option<GuestOffset>,
@@ -509,6 +513,9 @@ pub struct JoinStats {
     /// and when it stopped (their end not traced): reported as partial rows.
     pub cut_at_start: u64,
     pub cut_at_end: u64,
+    /// Events of the traced processes whose thread no VM of the trace was known to
+    /// have (a trace of several VMs): joined as the first VM's.
+    pub events_of_unknown_threads: u64,
 }
 
 /// What the trace's header says about the probes, which changes how rows end.
@@ -625,7 +632,11 @@ pub struct Join<'l, S: Sink> {
     pub(super) other_ids: Map<u32, Ref>,
     pub(super) next_other: u32,
     pub(super) msi_wait: Vec<Ref>,
-    pub(super) last_notify: u64,
+    /// Per VM, its guest's last doorbell write.
+    pub(super) last_notify: Vec<u64>,
+    pub(super) vms: super::vms::Vms,
+    /// The VM of the event being joined (0 for block-layer events; see `vms`).
+    pub(super) cur_vm: u16,
     pub(super) next_id: u64,
     pub(super) now: u64,
     pub(super) next_sweep: u64,
@@ -680,6 +691,7 @@ impl<S: Sink> Join<'_, S> {
         b[Boundary::Parsed] = e.ts;
         let r = self.roots.insert(Root {
             id,
+            vm: self.cur_vm,
             op: Op::Other,
             offset: None,
             bytes: 0,
@@ -729,7 +741,11 @@ impl<S: Sink> Join<'_, S> {
     /// goes on on this thread.
     pub(super) fn new_guest_request(&mut self, e: &RawEvent, key: u64, op: Op) -> Ref {
         let r = self.new_root(e, Source::Virtio);
-        let notify = self.last_notify;
+        let notify = self
+            .last_notify
+            .get(usize::from(self.cur_vm))
+            .copied()
+            .unwrap_or(0);
         if let Some(root) = self.roots.get_mut(r) {
             root.virtio_req = key;
             root.op = op;
@@ -768,9 +784,11 @@ impl<S: Sink> Join<'_, S> {
         bytes: u64,
         ts: u64,
     ) -> Ref {
+        let mut vm = self.cur_vm;
         if let Some(r) = root
             && let Some(root) = self.roots.get_mut(r)
         {
+            vm = root.vm;
             root.open_hios += 1;
             root.last = ts;
             if kind == HioKind::Data {
@@ -782,6 +800,7 @@ impl<S: Sink> Join<'_, S> {
         }
         let h = self.hios.insert(Hio {
             root,
+            vm,
             kind,
             api: Api::Unknown,
             offset: off,
@@ -818,7 +837,7 @@ impl<S: Sink> Join<'_, S> {
         if bytes > 0
             && let Some(x) = self.hios.get_mut(h)
         {
-            self.layout.dev_ranges(off, bytes, &mut x.ranges);
+            self.layout.dev_ranges(x.vm, off, bytes, &mut x.ranges);
         }
         self.inflight.push(h);
         self.index_ranges(h);
@@ -855,10 +874,11 @@ impl<S: Sink> Join<'_, S> {
     /// own order is shuffled by removals; QEMU's thread pool, linux-aio and io_uring
     /// take requests in the order QEMU made them.
     pub(super) fn earliest_in_flight(&self, pick: impl Fn(&Hio) -> bool) -> Option<Ref> {
+        // Asked for a process's own event: another VM's IO is never it.
         self.inflight
             .iter()
             .filter_map(|&h| self.hios.get(h).map(|x| (h, x)))
-            .filter(|(_, x)| pick(x))
+            .filter(|(_, x)| x.vm == self.cur_vm && pick(x))
             .min_by_key(|(_, x)| x.created)
             .map(|(h, _)| h)
     }

@@ -58,7 +58,7 @@ fn a_bio_covered_by_two_host_ios_goes_to_the_one_queueing_it() {
     let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
     let (pos, len) = (0x20_0000, 4096);
     let mut ranges = DevRanges::new();
-    layout.dev_ranges(HostFileOffset(pos), len, &mut ranges);
+    layout.dev_ranges(0, HostFileOffset(pos), len, &mut ranges);
     let bottom = ranges.iter().find(|r| r.bottom).expect("bottom range");
     let dev_bytes = (u64::from(bottom.dev) << 32) | len;
     j.event(&ev(1_000, 7, EventKind::DioBegin, [0x71, pos, len, 12]));

@@ -12,7 +12,7 @@ fn a_host_io_keeps_to_the_sectors_of_the_file_the_kernel_names() {
         let mut j = Join::new(&layout, Others::default(), JoinConfig::default());
         let (pos, len) = (0x20_0000, 4096);
         let mut both = DevRanges::new();
-        layout.dev_ranges(HostFileOffset(pos), len, &mut both);
+        layout.dev_ranges(0, HostFileOffset(pos), len, &mut both);
         // Per file: the partition, the partition at the disk's sector numbers (as
         // its bios are traced), the disk.
         assert_eq!(both.len(), 6, "{both:?}");

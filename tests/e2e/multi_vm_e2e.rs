@@ -1,0 +1,343 @@
+//! Several VMs in one recording: `record --pid A --pid B`, and `record --all`, which
+//! also picks up a VM started after the recording began. Each guest runs the load
+//! tests' workload on disks of its own and its rows, told apart by VM, are checked
+//! against its own block trace and stat and its QEMU's accounting, exactly as one
+//! VM's are. The VM that finishes first exits while the other goes on being recorded.
+
+use crate::common::*;
+use crate::load_checks::check_blockstats_from;
+use crate::load_e2e::{
+    HIST_NS, LoadRun, Mode, Qmp, Reaped, check_exact, guest_disks, load_workload, prerequisites,
+};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+use viopath_reporter::reader::Trace;
+
+/// How long a guest's console or the recorder may stay silent.
+const QUIET: Duration = Duration::from_secs(900);
+
+/// Lines a child prints, read on a thread of their own.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A test guest with the load on disks of its own, started paused (`-S`).
+struct Guest {
+    name: String,
+    child: Reaped,
+    qmp: Qmp,
+    console: Receiver<String>,
+    serial: String,
+    blockstats: Value,
+    dir: tempfile::TempDir,
+    host: MountedLoop,
+    disks: Vec<PathBuf>,
+}
+
+impl Guest {
+    fn start(qemu: &Path, assets: &crate::vm::GuestAssets, mode: &Mode, name: &str) -> Guest {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (host, disks) = guest_disks(dir.path(), mode);
+        let qmp_path = dir.path().join("qmp.sock");
+        let shape = crate::vm::VmShape {
+            cpus: mode.cpus,
+            qmp: Some(qmp_path.clone()),
+            paused: true,
+            cache: Some(mode.cache),
+            format: Some(mode.format),
+            ..Default::default()
+        };
+        let disk_paths: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
+        let mut args = crate::vm::qemu_args_shaped(
+            assets,
+            &disk_paths,
+            mode.aio,
+            &shape,
+            &load_workload(mode),
+            dir.path(),
+        )
+        .unwrap();
+        args.extend(["-name".to_owned(), format!("guest={name},debug-threads=on")]);
+        let mut child = Command::new(qemu)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let console = lines_of(child.stdout.take().unwrap());
+        let mut qmp = Qmp::connect(&qmp_path);
+        qmp.cmd(
+            "block-latency-histogram-set",
+            json!({"id": "/machine/peripheral/vd0/virtio-backend", "boundaries": HIST_NS}),
+        );
+        Guest {
+            name: name.to_owned(),
+            child: Reaped(child),
+            qmp,
+            console,
+            serial: String::new(),
+            blockstats: Value::Null,
+            dir,
+            host,
+            disks,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn go(&mut self) {
+        self.qmp.cmd("cont", json!({}));
+    }
+
+    /// Reads the console until the load is done, takes QEMU's accounting, quits.
+    fn finish(&mut self) {
+        loop {
+            let line = match self.console.recv_timeout(QUIET) {
+                Ok(l) => l,
+                // QEMU quit: its console ended.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("{}: console: {e}\n{}", self.name, self.serial),
+            };
+            self.serial.push_str(&line);
+            self.serial.push('\n');
+            if line.trim() == "viopath-load-done" {
+                let stats = self.qmp.cmd("query-blockstats", json!({}));
+                self.blockstats = stats
+                    .as_array()
+                    .and_then(|a| a.iter().find(|d| d["device"] == "d0"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let _ = writeln!(self.qmp.out, "{}", json!({"execute": "quit"}));
+            }
+            if line.contains("workload exit") {
+                break;
+            }
+        }
+        let status = self.child.0.wait().unwrap();
+        assert!(status.success(), "{}: QEMU {status}", self.name);
+        assert!(
+            self.serial.contains("viopath-load-done") && !self.serial.contains("viopath-fail"),
+            "{}: the workload failed:\n{}",
+            self.name,
+            self.serial
+        );
+    }
+
+    /// The run as the load tests' checks take it: this VM's rows of the shared trace.
+    fn into_run(self, trace: &Path, stderr: &str) -> LoadRun {
+        let pid = self.pid();
+        let mut run = LoadRun::of(
+            self.dir,
+            self.host,
+            self.disks,
+            trace.to_owned(),
+            self.serial,
+            stderr.to_owned(),
+        );
+        run.blockstats = self.blockstats;
+        run.vm_pid = Some(pid);
+        run
+    }
+}
+
+/// `viopath record ARGS -o trace`, its stderr read as it comes.
+struct Recorder {
+    child: Reaped,
+    said: Receiver<String>,
+    stderr: String,
+}
+
+impl Recorder {
+    fn start(args: &[String], trace: &Path) -> Recorder {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_viopath"))
+            .arg("record")
+            .args(args)
+            .arg("-o")
+            .arg(trace)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let said = lines_of(child.stderr.take().unwrap());
+        let mut r = Recorder {
+            child: Reaped(child),
+            said,
+            stderr: String::new(),
+        };
+        r.wait_for("recording ");
+        r
+    }
+
+    /// Reads the recorder's stderr up to a line containing `what`.
+    fn wait_for(&mut self, what: &str) -> String {
+        loop {
+            let line = self
+                .said
+                .recv_timeout(QUIET)
+                .unwrap_or_else(|e| panic!("recorder: no '{what}' ({e}):\n{}", self.stderr));
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for it to end (after SIGINT when `interrupt`); its summary.
+    fn stop(mut self, interrupt: bool) -> (String, String) {
+        if interrupt {
+            // SAFETY: kill(2) on the recorder this test started.
+            unsafe { libc::kill(self.child.0.id() as i32, libc::SIGINT) };
+        }
+        let mut out = String::new();
+        let mut stdout = self.child.0.stdout.take().unwrap();
+        std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+        let status = self.child.0.wait().unwrap();
+        while let Ok(l) = self.said.recv_timeout(Duration::from_secs(5)) {
+            self.stderr.push_str(&l);
+            self.stderr.push('\n');
+        }
+        assert!(status.success(), "record: {status}\n{}", self.stderr);
+        (out, self.stderr)
+    }
+}
+
+fn load(ops: u32) -> Mode {
+    Mode {
+        ops,
+        ..Mode::plain("threads")
+    }
+}
+
+/// Two TCG guests on this machine's two CPUs: a QEMU is preempted between pushing a
+/// completion (where a row ends) and its own accounting of it more often than with
+/// one, so QEMU's mean may run this much longer (one such wait of a few ms moves a
+/// few hundred requests' mean by tens of µs).
+const PREEMPTED_NS: u64 = 50_000;
+
+/// Each VM's rows are its own guest's requests, exactly, and QEMU's accounting of
+/// them; the report names both VMs.
+fn check_each(runs: &[(LoadRun, &str)]) {
+    for (run, name) in runs {
+        let (rows, _) = check_exact(run, name);
+        check_blockstats_from(run, &rows, name, PREEMPTED_NS);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["report", "--by", "vm,op"])
+        .arg(&runs[0].0.trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for (_, name) in runs {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(name) && l.contains("write")),
+            "{name} not in the report's groups:\n{text}"
+        );
+    }
+}
+
+/// Two VMs recorded with `--pid A --pid B`; B's load is shorter, so B's QEMU exits
+/// while A's is still recorded, and the recording stops when A's exits too.
+#[test]
+fn two_vms_recorded_at_once_each_row_of_its_own_vm() {
+    let Some((qemu, assets)) = prerequisites() else {
+        return;
+    };
+    let _one = one_recorder();
+    let mut a = Guest::start(&qemu, &assets, &load(500), "vm-a");
+    let mut b = Guest::start(&qemu, &assets, &load(120), "vm-b");
+    let trace = a.dir.path().join("two.trace");
+    let rec = Recorder::start(
+        &[
+            "--pid".into(),
+            a.pid().to_string(),
+            "--pid".into(),
+            b.pid().to_string(),
+        ],
+        &trace,
+    );
+    a.go();
+    b.go();
+    b.finish();
+    a.finish();
+    let (out, stderr) = rec.stop(false);
+    assert!(out.contains("every traced process exited"), "{out}");
+    assert!(out.contains("vm-a") && out.contains("vm-b"), "{out}");
+    let t = Trace::open(&trace).unwrap();
+    let vms = t.end.clone().unwrap().vms;
+    assert_eq!(
+        vms.iter()
+            .map(|v| (v.pid, v.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(a.pid(), "vm-a"), (b.pid(), "vm-b")]
+    );
+    // B's tracing ended with its process, before A's.
+    let (ua, ub) = (vms[0].traced_until_ns, vms[1].traced_until_ns);
+    assert!(ub.is_some() && ua.is_some() && ub < ua, "{vms:?}");
+    let runs = [
+        (a.into_run(&trace, &stderr), "vm-a"),
+        (b.into_run(&trace, &stderr), "vm-b"),
+    ];
+    check_each(&runs);
+}
+
+/// `--all` traces the QEMU running when it starts and one started after: that VM is
+/// picked up before it runs (it waits paused until the recorder says so), and its rows
+/// are as exact as the first's.
+#[test]
+fn all_picks_up_a_vm_started_while_recording() {
+    let Some((qemu, assets)) = prerequisites() else {
+        return;
+    };
+    let _one = one_recorder();
+    let mut a = Guest::start(&qemu, &assets, &load(300), "vm-first");
+    let trace = a.dir.path().join("all.trace");
+    let mut rec = Recorder::start(&["--all".into()], &trace);
+    a.go();
+    let mut b = Guest::start(&qemu, &assets, &load(200), "vm-later");
+    let line = rec.wait_for(&format!("(pid {})", b.pid()));
+    assert!(
+        line.contains("vm-later") && line.contains("after"),
+        "{line}"
+    );
+    b.go();
+    b.finish();
+    a.finish();
+    let (out, stderr) = rec.stop(true);
+    assert!(out.contains("interrupted"), "{out}");
+    let t = Trace::open(&trace).unwrap();
+    let vms = t.end.clone().unwrap().vms;
+    let start = t.header.monotonic_ns_at_start.unwrap();
+    let later = vms
+        .iter()
+        .find(|v| v.pid == b.pid())
+        .unwrap_or_else(|| panic!("{vms:?}"));
+    assert!(later.traced_from_ns > start, "{later:?}");
+    let runs = [
+        (a.into_run(&trace, &stderr), "vm-first"),
+        (b.into_run(&trace, &stderr), "vm-later"),
+    ];
+    check_each(&runs);
+}
