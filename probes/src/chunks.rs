@@ -378,6 +378,30 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_is_named_by_qemus_name_option() {
+        let cmd = |args: &[&str]| -> Vec<String> {
+            std::iter::once("qemu-system-x86_64")
+                .chain(args.iter().copied())
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(qemu_name(&cmd(&["-name", "web1"])).as_deref(), Some("web1"));
+        assert_eq!(
+            qemu_name(&cmd(&["-m", "1G", "-name", "guest=db,debug-threads=on"])).as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            qemu_name(&cmd(&["-name", "debug-threads=on,guest=a,,b"])).as_deref(),
+            Some("a,b")
+        );
+        assert_eq!(qemu_name(&cmd(&["--name=x"])).as_deref(), Some("x"));
+        assert_eq!(qemu_name(&cmd(&["-name", "debug-threads=on"])), None);
+        assert_eq!(qemu_name(&cmd(&["-m", "1G"])), None);
+        // The program's own name is not an option.
+        assert_eq!(qemu_name(&["-name".to_owned()]), None);
+    }
+
+    #[test]
     fn a_header_written_is_read_back_the_same() {
         let h = Header {
             format: Some(1),

@@ -341,3 +341,65 @@ fn all_picks_up_a_vm_started_while_recording() {
     ];
     check_each(&runs);
 }
+
+/// A QEMU that waits forever with no machine: a process to point the recorder at.
+fn idle_qemu(binary: &Path) -> Reaped {
+    Reaped(
+        Command::new(binary)
+            .args(["-machine", "none", "-display", "none", "-S", "-nodefaults"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Bad targets are refused before anything is recorded, each with what is wrong: a
+/// pid that does not exist among several, QEMUs of two binaries (one recording
+/// probes one binary), `--all` with `--pid`.
+#[test]
+fn bad_sets_of_vms_are_refused_with_why() {
+    let Some((qemu, _)) = prerequisites() else {
+        return;
+    };
+    let record = |args: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+            .arg("record")
+            .args(args)
+            .args(["-o", "/var/tmp/viopath-refused.trace"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!Path::new("/var/tmp/viopath-refused.trace").exists());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let ours = idle_qemu(&qemu);
+    let pid = ours.0.id().to_string();
+    let err = record(&[
+        "--pid".into(),
+        pid.clone(),
+        "--pid".into(),
+        "999999999".into(),
+    ]);
+    assert!(err.contains("no process 999999999"), "{err}");
+    let err = record(&["--all".into(), "--pid".into(), pid.clone()]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let debian = Path::new("/usr/bin/qemu-system-x86_64");
+    if debian.exists() {
+        let other = idle_qemu(debian);
+        let err = record(&[
+            "--pid".into(),
+            pid,
+            "--pid".into(),
+            other.0.id().to_string(),
+        ]);
+        assert!(
+            err.contains("another QEMU binary") && err.contains("record them separately"),
+            "{err}"
+        );
+    } else {
+        eprintln!("two binaries: SKIPPED (no Debian QEMU; tests/qemu/debian.sh, CI has it)");
+    }
+}

@@ -9,6 +9,7 @@ mod qemu;
 mod scsi;
 mod state;
 mod stripped;
+mod vms;
 
 use super::row::*;
 use super::slab::Ref;
