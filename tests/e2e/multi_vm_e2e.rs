@@ -5,7 +5,7 @@
 //! VM's are. The VM that finishes first exits while the other goes on being recorded.
 
 use crate::common::*;
-use crate::load_checks::check_blockstats_from;
+use crate::load_checks::{check_blockstats_from, keep};
 use crate::load_e2e::{
     HIST_NS, LoadRun, Mode, Qmp, Reaped, check_exact, guest_disks, load_workload, prerequisites,
 };
@@ -258,6 +258,32 @@ fn check_each(runs: &[(LoadRun, &str)]) {
     }
 }
 
+/// The recording made again (up to three times) when the sandbox's kernel ran no
+/// program for a block completion and counted nothing lost, as the load tests'
+/// (`load_e2e::recorded_run`).
+fn recorded_again(
+    name: &str,
+    mut make: impl FnMut() -> Vec<(LoadRun, &'static str)>,
+) -> Vec<(LoadRun, &'static str)> {
+    let mut runs = make();
+    for attempt in 2..=3 {
+        let t = Trace::open(&runs[0].0.trace).unwrap();
+        let counted = t.losses.as_ref().map_or(0, |l| l.total);
+        let missing = completions_missing(&t);
+        if missing.is_empty() || counted > 0 {
+            break;
+        }
+        eprintln!(
+            "{name}: {} block completions missing, none counted lost: {missing:?} ({}); \
+             recording again, attempt {attempt}",
+            missing.len(),
+            keep(&runs[0].0, name)
+        );
+        runs = make();
+    }
+    runs
+}
+
 /// Two VMs recorded with `--pid A --pid B`; B's load is shorter, so B's QEMU exits
 /// while A's is still recorded, and the recording stops when A's exits too.
 #[test]
@@ -265,9 +291,15 @@ fn two_vms_recorded_at_once_each_row_of_its_own_vm() {
     let Some((qemu, assets)) = prerequisites() else {
         return;
     };
+    let runs = recorded_again("two-vms", || two_vms(&qemu, &assets));
+    check_each(&runs);
+}
+
+fn two_vms(qemu: &Path, assets: &crate::vm::GuestAssets) -> Vec<(LoadRun, &'static str)> {
+    let (qemu, assets) = (qemu, assets);
     let _one = one_recorder();
-    let mut a = Guest::start(&qemu, &assets, &load(500), "vm-a");
-    let mut b = Guest::start(&qemu, &assets, &load(120), "vm-b");
+    let mut a = Guest::start(qemu, assets, &load(500), "vm-a");
+    let mut b = Guest::start(qemu, assets, &load(120), "vm-b");
     let trace = a.dir.path().join("two.trace");
     let rec = Recorder::start(
         &[
@@ -296,11 +328,10 @@ fn two_vms_recorded_at_once_each_row_of_its_own_vm() {
     // B's tracing ended with its process, before A's.
     let (ua, ub) = (vms[0].traced_until_ns, vms[1].traced_until_ns);
     assert!(ub.is_some() && ua.is_some() && ub < ua, "{vms:?}");
-    let runs = [
+    vec![
         (a.into_run(&trace, &stderr), "vm-a"),
         (b.into_run(&trace, &stderr), "vm-b"),
-    ];
-    check_each(&runs);
+    ]
 }
 
 /// `--all` traces the QEMU running when it starts and one started after: that VM is
@@ -311,12 +342,18 @@ fn all_picks_up_a_vm_started_while_recording() {
     let Some((qemu, assets)) = prerequisites() else {
         return;
     };
+    let runs = recorded_again("all-vms", || all_vms(&qemu, &assets));
+    check_each(&runs);
+}
+
+fn all_vms(qemu: &Path, assets: &crate::vm::GuestAssets) -> Vec<(LoadRun, &'static str)> {
+    let (qemu, assets) = (qemu, assets);
     let _one = one_recorder();
-    let mut a = Guest::start(&qemu, &assets, &load(300), "vm-first");
+    let mut a = Guest::start(qemu, assets, &load(300), "vm-first");
     let trace = a.dir.path().join("all.trace");
     let mut rec = Recorder::start(&["--all".into()], &trace);
     a.go();
-    let mut b = Guest::start(&qemu, &assets, &load(200), "vm-later");
+    let mut b = Guest::start(qemu, assets, &load(200), "vm-later");
     let line = rec.wait_for(&format!("(pid {})", b.pid()));
     assert!(
         line.contains("vm-later") && line.contains("after"),
@@ -335,11 +372,10 @@ fn all_picks_up_a_vm_started_while_recording() {
         .find(|v| v.pid == b.pid())
         .unwrap_or_else(|| panic!("{vms:?}"));
     assert!(later.traced_from_ns > start, "{later:?}");
-    let runs = [
+    vec![
         (a.into_run(&trace, &stderr), "vm-first"),
         (b.into_run(&trace, &stderr), "vm-later"),
-    ];
-    check_each(&runs);
+    ]
 }
 
 /// A QEMU that waits forever with no machine: a process to point the recorder at.

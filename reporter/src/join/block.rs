@@ -144,9 +144,9 @@ impl<S: Sink> Join<'_, S> {
             let ahead = self.note_bio_bytes(h, e.sub, dev, sector, sectors);
             // Only where a device below makes bios of its own (a loop device's worker,
             // device-mapper's clones): a partition's are the same bio, remapped.
-            let own_below = (e.sub == REQ_OP_WRITE && sync_job == Some(h)) || ahead;
-            if own_below && self.layout.new_bios_below(dev) {
-                self.owns_below(h, dev, sector, sectors);
+            let synced = e.sub == REQ_OP_WRITE && sync_job == Some(h);
+            if (synced || ahead) && self.layout.new_bios_below(dev) {
+                self.owns_below(h, dev, sector, sectors, synced);
             }
         }
         if let BioOwner::Hio(h) = owner
@@ -218,9 +218,15 @@ impl<S: Sink> Join<'_, S> {
     /// own range, goes on below through the stack (a loop device's worker writes it to,
     /// or reads it from, its backing file): the host IO owns those ranges too, so the
     /// bios below are found by address like a direct IO's.
-    fn owns_below(&mut self, h: Ref, dev: u32, sector: DeviceSector, sectors: u64) {
+    ///
+    /// Readahead's own device (`with_dev` false) stays out: those sectors are still
+    /// readahead, not the read's, for the next read that finds them in the cache.
+    fn owns_below(&mut self, h: Ref, dev: u32, sector: DeviceSector, sectors: u64, with_dev: bool) {
         let mut below = crate::layout::DevRanges::new();
         self.layout.stack_ranges(dev, sector, sectors, &mut below);
+        if !with_dev {
+            below.retain(|r| r.dev != dev);
+        }
         if below.is_empty() {
             return;
         }
