@@ -105,16 +105,44 @@ pub fn disk_like(p: &Path) -> bool {
         .is_ok_and(|m| m.is_file() || m.file_type().is_block_device())
 }
 
+/// A file a process has open, and whether some descriptor of it reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OpenPath {
+    pub path: PathBuf,
+    pub read_write: bool,
+}
+
 /// Regular files and block devices a process has open (its images, among others).
-pub fn open_files(pid: u32) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+pub fn open_files(pid: u32) -> Vec<OpenPath> {
+    const O_ACCMODE: u64 = 3;
+    const O_RDWR: u64 = 2;
+    let mut v: Vec<OpenPath> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|p| p.is_absolute() && disk_like(p))
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let path = std::fs::read_link(e.path()).ok()?;
+            if !path.is_absolute() || !disk_like(&path) {
+                return None;
+            }
+            let flags =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_str()?))
+                    .ok()
+                    .and_then(|info| {
+                        info.lines()
+                            .find_map(|l| l.strip_prefix("flags:"))
+                            .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())
+                    })
+                    .unwrap_or(0);
+            Some(OpenPath {
+                path,
+                read_write: flags & O_ACCMODE == O_RDWR,
+            })
+        })
         .collect();
-    v.sort();
-    v.dedup();
+    // Read-write first: a file open both ways counts as read-write.
+    v.sort_by(|a, b| a.path.cmp(&b.path).then(b.read_write.cmp(&a.read_write)));
+    v.dedup_by(|b, a| a.path == b.path);
     v
 }
 
@@ -247,14 +275,27 @@ fn json_filenames(j: &serde_json::Value, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Of the files a process has open, its images: those its command line names when it
-/// names any (the rest are its pid file, logs, consoles), else all (block devices
-/// added at run time by QMP, unnamed on the command line).
-pub fn images_among(open: Vec<PathBuf>, named: &[PathBuf]) -> Vec<PathBuf> {
+/// Of the files a process has open, its images. When its command line names none (its
+/// disks all added at run time by QMP), every one. Otherwise those it names, and of the
+/// others those open read-write or holding a qcow2 header: a disk hot-plugged by QMP.
+/// Its pid file, logs and consoles are opened to write only, its kernel, initrd and
+/// firmware to read only, and none of them is qcow2.
+pub fn images_among(open: Vec<OpenPath>, named: &[PathBuf]) -> Vec<PathBuf> {
     if named.is_empty() {
-        return open;
+        return open.into_iter().map(|f| f.path).collect();
     }
-    open.into_iter().filter(|f| named.contains(f)).collect()
+    open.into_iter()
+        .filter(|f| named.contains(&f.path) || f.read_write || is_qcow2(&f.path))
+        .map(|f| f.path)
+        .collect()
+}
+
+/// Whether the file starts with qcow2's magic.
+fn is_qcow2(p: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
 }
 
 impl From<&QemuInfo> for viopath_probes::chunks::QemuBinary {
@@ -341,9 +382,27 @@ mod tests {
         .to_vec();
         let named = files_in_args(&args);
         assert_eq!(named, std::slice::from_ref(&img));
-        let open = vec![img.clone(), log.clone(), pid.clone()];
-        assert_eq!(images_among(open.clone(), &named), [img]);
-        assert_eq!(images_among(open.clone(), &[]), open);
+        let open_as = |p: &PathBuf, read_write: bool| OpenPath {
+            path: p.clone(),
+            read_write,
+        };
+        let open = vec![
+            open_as(&img, true),
+            open_as(&log, false),
+            open_as(&pid, false),
+        ];
+        assert_eq!(images_among(open.clone(), &named), [img.clone()]);
+        assert_eq!(
+            images_among(open.clone(), &[]),
+            [img.clone(), log.clone(), pid.clone()]
+        );
+        // Disks hot-plugged by QMP: one opened read-write, a qcow2 opened read-only.
+        let (raw, ro) = (dir.join("hot.raw"), dir.join("hot-ro.qcow2"));
+        std::fs::write(&raw, [0u8; 512]).unwrap();
+        std::fs::write(&ro, b"QFI\xfb\0\0\0\x03").unwrap();
+        let mut open = open;
+        open.extend([open_as(&raw, true), open_as(&ro, false)]);
+        assert_eq!(images_among(open, &named), [img, raw, ro]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -439,3 +439,64 @@ fn bad_sets_of_vms_are_refused_with_why() {
         eprintln!("two binaries: SKIPPED (no Debian QEMU; tests/qemu/debian.sh, CI has it)");
     }
 }
+
+/// A disk hot-plugged by QMP while recording (a QEMU whose command line names another
+/// disk) is taken up as one of its images: its file in the VM's images and the layout.
+#[test]
+fn a_disk_hot_plugged_while_recording_is_an_image() {
+    let Some((qemu, _)) = prerequisites() else {
+        return;
+    };
+    let _one = one_recorder();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (named, hot) = (dir.path().join("named.raw"), dir.path().join("hot.qcow2"));
+    sh(&format!(
+        "truncate -s 64M {} && qemu-img create -q -f qcow2 {} 64M",
+        named.display(),
+        hot.display()
+    ));
+    let sock = dir.path().join("qmp.sock");
+    let vm = Reaped(
+        Command::new(&qemu)
+            .args(["-machine", "none", "-display", "none", "-nodefaults", "-S"])
+            .arg("-blockdev")
+            .arg(format!(
+                "driver=file,filename={},node-name=named",
+                named.display()
+            ))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let mut qmp = Qmp::connect(&sock);
+    let trace = dir.path().join("hot.trace");
+    let rec = Recorder::start(&["--pid".into(), vm.0.id().to_string()], &trace);
+    qmp.cmd(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "hot",
+               "file": {"driver": "file", "filename": hot.to_str().unwrap()}}),
+    );
+    // The recorder looks at the process's files every half second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = writeln!(qmp.out, "{}", json!({"execute": "quit"}));
+    // Not reaped here: the recorder takes a zombie for an exited process.
+    let (_, stderr) = rec.stop(false);
+    drop(vm);
+    let t = Trace::open(&trace).unwrap();
+    let images = &t.end.clone().unwrap().vms[0].images;
+    assert!(
+        images.contains(&named) && images.contains(&hot),
+        "{images:?}\n{stderr}"
+    );
+    let snap = t.layout.clone().unwrap();
+    assert!(
+        snap.images.iter().any(|i| i.path == hot),
+        "{:?}",
+        snap.images.iter().map(|i| &i.path).collect::<Vec<_>>()
+    );
+}

@@ -121,8 +121,7 @@ fn note_exits(
                 .child
                 .try_wait()?
                 .map(|st| format!("command exited ({st})")),
-            None => (!Path::new(&format!("/proc/{}", vm.pid)).exists())
-                .then(|| format!("process {} exited", vm.pid)),
+            None => gone(vm.pid).then(|| format!("process {} exited", vm.pid)),
         };
         if let Some(why) = why {
             if !single {
@@ -142,6 +141,20 @@ fn note_exits(
         }),
         _ => None,
     })
+}
+
+/// Whether process `pid` has exited: no longer there, or a zombie its parent has not
+/// reaped yet (it runs nothing more).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold
+        // spaces and parentheses itself.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => !Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }
 
 /// `--all`: QEMUs started since the last look are traced from now on (those of another
@@ -241,4 +254,23 @@ fn rescan(vm: &mut Vm, bpf: &mut Ebpf, devices: &mut BTreeSet<DevId>) {
         }
     }
     devices.extend(devs);
+}
+
+#[cfg(test)]
+mod tests {
+    /// A process that exited is gone as soon as it is a zombie, before its parent
+    /// reaps it; a running one is not.
+    #[test]
+    fn an_exited_process_is_gone_before_it_is_reaped() {
+        assert!(!super::gone(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !super::gone(pid) {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} never gone");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(super::gone(pid));
+    }
 }
