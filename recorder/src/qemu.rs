@@ -391,7 +391,7 @@ mod tests {
             open_as(&log, false),
             open_as(&pid, false),
         ];
-        assert_eq!(images_among(open.clone(), &named), [img.clone()]);
+        assert_eq!(images_among(open.clone(), &named), std::slice::from_ref(&img));
         assert_eq!(
             images_among(open.clone(), &[]),
             [img.clone(), log.clone(), pid.clone()]
