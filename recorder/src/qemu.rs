@@ -112,11 +112,10 @@ pub struct OpenPath {
     pub read_write: bool,
 }
 
-/// Regular files and block devices a process has open (its images, among others).
-pub fn open_files(pid: u32) -> Vec<OpenPath> {
-    const O_ACCMODE: u64 = 3;
-    const O_RDWR: u64 = 2;
-    let mut v: Vec<OpenPath> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// Every descriptor of a process open on a regular file or block device: its path and
+/// open flags (from /proc/PID/fdinfo; `None` where they could not be read).
+fn open_descriptors(pid: u32) -> Vec<(PathBuf, Option<u64>)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .filter_map(|e| {
@@ -132,12 +131,21 @@ pub fn open_files(pid: u32) -> Vec<OpenPath> {
                         info.lines()
                             .find_map(|l| l.strip_prefix("flags:"))
                             .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())
-                    })
-                    .unwrap_or(0);
-            Some(OpenPath {
-                path,
-                read_write: flags & O_ACCMODE == O_RDWR,
-            })
+                    });
+            Some((path, flags))
+        })
+        .collect()
+}
+
+/// Regular files and block devices a process has open (its images, among others).
+pub fn open_files(pid: u32) -> Vec<OpenPath> {
+    const O_ACCMODE: u64 = 3;
+    const O_RDWR: u64 = 2;
+    let mut v: Vec<OpenPath> = open_descriptors(pid)
+        .into_iter()
+        .map(|(path, flags)| OpenPath {
+            path,
+            read_write: flags.is_some_and(|f| f & O_ACCMODE == O_RDWR),
         })
         .collect();
     // Read-write first: a file open both ways counts as read-write.
@@ -146,28 +154,15 @@ pub fn open_files(pid: u32) -> Vec<OpenPath> {
     v
 }
 
-/// The regular files a process has open, with their open flags (from
-/// /proc/PID/fdinfo): whether QEMU opened an image with O_DIRECT is the kernel's own
-/// account of its cache mode.
+/// The regular files a process has open, with their open flags: whether QEMU opened an
+/// image with O_DIRECT is the kernel's own account of its cache mode.
 pub fn open_modes(pid: u32) -> Vec<OpenFile> {
     const O_DSYNC: u64 = 0o10000;
     const O_DIRECT: u64 = 0o40000;
-    let mut v: Vec<OpenFile> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let mut v: Vec<OpenFile> = open_descriptors(pid)
         .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let path = std::fs::read_link(e.path()).ok()?;
-            if !path.is_absolute() || !disk_like(&path) {
-                return None;
-            }
-            let info =
-                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_str()?))
-                    .ok()?;
-            let flags = info
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())?;
+        .filter_map(|(path, flags)| {
+            let flags = flags?;
             Some(OpenFile {
                 path,
                 direct: flags & O_DIRECT != 0,
@@ -391,7 +386,10 @@ mod tests {
             open_as(&log, false),
             open_as(&pid, false),
         ];
-        assert_eq!(images_among(open.clone(), &named), std::slice::from_ref(&img));
+        assert_eq!(
+            images_among(open.clone(), &named),
+            std::slice::from_ref(&img)
+        );
         assert_eq!(
             images_among(open.clone(), &[]),
             [img.clone(), log.clone(), pid.clone()]
