@@ -45,8 +45,8 @@ pub struct CompareArgs {
     /// Confidence level of the intervals
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    /// Bootstrap resamples
-    #[arg(long, default_value_t = 1000)]
+    /// Bootstrap resamples (at least 100)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..))]
     pub resamples: u32,
     /// Show every statistic, not only those that changed beyond noise
     #[arg(long)]
@@ -81,10 +81,7 @@ fn load_side(paths: &[PathBuf]) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for p in paths {
         let bar = Bar::new(&format!("reading {}", p.display()));
-        runs.extend(
-            compare::load(p, Some(&bar.progress()))
-                .with_context(|| format!("reading {}", p.display()))?,
-        );
+        runs.extend(compare::load(p, Some(&bar.progress()))?);
     }
     Ok(runs)
 }
@@ -110,7 +107,7 @@ pub fn run(args: &CompareArgs, out: &mut dyn Write) -> Result<()> {
     let base = load_side(&args.base)?;
     let new = load_side(&args.new)?;
     let opts = CompareOptions {
-        resamples: args.resamples.max(100),
+        resamples: args.resamples,
         confidence: args.confidence,
         ..CompareOptions::default()
     };

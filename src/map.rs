@@ -68,8 +68,7 @@ pub fn run(args: &MapArgs, out: &mut dyn Write) -> Result<()> {
         host: !args.no_host,
         dm_tables,
     };
-    let mut stack = Stack::open(&args.image, &opts)
-        .with_context(|| format!("cannot map {}", args.image.display()))?;
+    let mut stack = Stack::open(&args.image, &opts)?;
     for w in &stack.chain.warnings {
         eprintln!("viopath: warning: {w}");
     }
@@ -197,11 +196,12 @@ fn print_map(stack: &mut Stack, json_out: bool, out: &mut dyn Write) -> Result<(
                 match stack.host_segments(file, HostFileOffset(off), e.length) {
                     Some(Ok(s)) => Some(s),
                     Some(Err(err)) => {
+                        let err = viopath_layouts::error_text(&err);
                         eprintln!(
                             "viopath: warning: no device sectors for {}: {err}",
                             stack.chain.files[file].path.display()
                         );
-                        failed.insert(file, err.to_string());
+                        failed.insert(file, err);
                         None
                     }
                     None => None,

@@ -67,6 +67,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("'{s}' must be positive"));
     }
+    // Attaching the probes alone takes longer than this; a recording is not meant to
+    // outlive a year.
+    if secs < 0.01 {
+        return Err(format!("'{s}' is too short: at least 10ms"));
+    }
+    if secs > 366.0 * 86_400.0 {
+        return Err(format!(
+            "'{s}' is too long: at most a year (or no --duration: until Ctrl-C)"
+        ));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -91,9 +101,22 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         qemu: args.qemu.clone(),
     };
     let summary = viopath_recorder::record(&opts, &mut |line| eprintln!("viopath: {line}"))?;
+    // The command failed on its own (not stopped by the recorder at the end): so does
+    // the recording's command line, as a shell's `time CMD` would.
+    let failed = summary.stop_reason.starts_with("command exited") && summary.child_exit != Some(0);
+    let check = |summary: &viopath_recorder::Summary| -> Result<()> {
+        if failed {
+            bail!(
+                "the traced command failed ({}); its recording is in {}",
+                summary.stop_reason,
+                summary.output.display()
+            );
+        }
+        Ok(())
+    };
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
-        return Ok(());
+        return check(&summary);
     }
     writeln!(
         out,
@@ -238,5 +261,5 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
             summary.missing_layers.join(", ")
         )?;
     }
-    Ok(())
+    check(&summary)
 }

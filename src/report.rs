@@ -132,8 +132,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         progress: Some(bar.progress()),
         ..opts
     };
-    let (report, source) = viopath_reporter::analyze(&args.trace, &opts)
-        .with_context(|| format!("reporting on {}", args.trace.display()))?;
+    let (report, source) = viopath_reporter::analyze(&args.trace, &opts)?;
     drop(bar);
     if let Some(path) = &args.html {
         let page = viopath_reporter::html::report_page(

@@ -24,3 +24,16 @@ pub mod source;
 pub mod stack;
 
 pub use addr::{DeviceSector, GuestLba, GuestOffset, HostFileOffset, SECTOR_SIZE};
+
+/// An error and its causes as one line ("cannot read X: No such file or directory"):
+/// errors here keep their cause as their source, so their own text leaves it out.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -122,7 +122,7 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Snapshot {
     for f in files {
         match Chain::open(f) {
             Ok(c) => chains.push((f, c)),
-            Err(e) => errors.push(format!("{}: {e}", f.display())),
+            Err(e) => errors.push(crate::error_text(&e)),
         }
     }
     // Each image is one of the VM's disks: a file below another chain's top (its
@@ -160,7 +160,7 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Snapshot {
                     row.filename = Some(path.clone());
                     match resolver.resolve(path, HostFileOffset(off), e.length) {
                         Ok(segs) => row.host = Some(segs),
-                        Err(err) => row.host_error = Some(err.to_string()),
+                        Err(err) => row.host_error = Some(crate::error_text(&err)),
                     }
                 }
                 row
@@ -192,7 +192,7 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Snapshot {
                 let ino = md.as_ref().map(|m| m.ino());
                 let (host, host_error) = match resolver.resolve(&cf.path, HostFileOffset(0), len) {
                     Ok(segs) => (segs, None),
-                    Err(err) => (Vec::new(), Some(err.to_string())),
+                    Err(err) => (Vec::new(), Some(crate::error_text(&err))),
                 };
                 FileHost {
                     file: cf.path.clone(),
@@ -214,7 +214,7 @@ pub fn take(files: &[PathBuf], devices: &BTreeSet<DevId>) -> Snapshot {
             }),
             Ok(_) => None,
             Err(e) => Some(GuestSnapshot {
-                error: Some(e.to_string()),
+                error: Some(crate::error_text(&e)),
                 ..GuestSnapshot::default()
             }),
         };

@@ -99,7 +99,7 @@ impl Stack {
         let (guest, guest_error) = if opts.guest {
             match GuestLayout::read(&chain) {
                 Ok(g) => (Some(g), None),
-                Err(e) => (None, Some(e.to_string())),
+                Err(e) => (None, Some(crate::error_text(&e))),
             }
         } else {
             (None, None)
@@ -175,7 +175,7 @@ impl Stack {
             if let (Some(f), Some(ho), Some(hl)) = (l.file, host_offset, host_len) {
                 match self.host_segments(f, ho, hl) {
                     Some(Ok(segs)) => piece.host = segs,
-                    Some(Err(e)) => piece.host_error = Some(e.to_string()),
+                    Some(Err(e)) => piece.host_error = Some(crate::error_text(&e)),
                     None => {}
                 }
             }

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 pub enum CompareError {
     #[error(transparent)]
     Read(#[from] crate::reader::ReadError),
-    #[error("{path}: {source}")]
+    #[error(
+        "{path}: not a viopath trace, nor a per-IO .csv or .parquet export (viopath report --format csv|parquet)"
+    )]
     Table { path: PathBuf, source: PolarsError },
     #[error("{path}: not a per-IO export of viopath: {why}")]
     NotAnExport { path: PathBuf, why: String },
@@ -507,7 +509,11 @@ impl std::str::FromStr for Threshold {
         if !pct.starts_with(['+', '-']) {
             return Err(bad());
         }
-        let v: f64 = pct.parse().map_err(|_| bad())?;
+        let v: f64 = pct
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite())
+            .ok_or_else(bad)?;
         Ok(Threshold {
             layer: layer.map(str::to_owned),
             metric,

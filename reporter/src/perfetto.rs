@@ -31,7 +31,7 @@ const PID_KERNEL: u32 = 4;
 pub enum PerfettoError {
     #[error(transparent)]
     Read(#[from] crate::reader::ReadError),
-    #[error("writing the timeline: {0}")]
+    #[error("writing the timeline")]
     Io(#[from] std::io::Error),
 }
 

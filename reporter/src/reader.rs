@@ -39,6 +39,8 @@ pub enum ReadError {
     },
     #[error("{path}: not a viopath trace (no VIOPATH magic)")]
     NotATrace { path: PathBuf },
+    #[error("{path} is a directory, not a trace file")]
+    Directory { path: PathBuf },
     #[error("{path}: no header chunk: {why}")]
     NoHeader { path: PathBuf, why: String },
     #[error("{path}: trace format {found} (this viopath reads format 1, event ABI 1)")]
@@ -132,6 +134,11 @@ impl Trace {
             source,
         };
         let f = File::open(path).map_err(io)?;
+        if f.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(ReadError::Directory {
+                path: path.to_owned(),
+            });
+        }
         // SAFETY: the map is read-only and private; a trace being appended to while we
         // read only ever grows, and everything read is bounds-checked.
         let map = unsafe { Mmap::map(&f) }.map_err(io)?;

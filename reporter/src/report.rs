@@ -16,9 +16,9 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("aggregation: {0}")]
+    #[error("aggregation")]
     Polars(#[from] PolarsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

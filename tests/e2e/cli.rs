@@ -395,3 +395,107 @@ fn quiet_silences_notes_but_not_output() {
     );
     assert_eq!(loud.stdout, quiet.stdout);
 }
+
+/// Bad paths give one message per cause, naming the path once: a directory given as a
+/// trace, a file that is missing, a text file where a trace or export was expected.
+#[test]
+fn bad_paths_are_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello\n").unwrap();
+    let (d, t) = (dir.path().to_str().unwrap(), text.to_str().unwrap());
+    for (args, want) in [
+        (
+            vec!["report", d],
+            format!("{d} is a directory, not a trace file"),
+        ),
+        (
+            vec!["report", "/nonexistent.trace"],
+            "cannot read /nonexistent.trace: No such file or directory (os error 2)".into(),
+        ),
+        (
+            vec!["map", "/nonexistent.qcow2"],
+            "cannot read /nonexistent.qcow2: No such file or directory (os error 2)".into(),
+        ),
+        (
+            vec!["compare", t, "--vs", t],
+            format!("{t}: not a viopath trace, nor a per-IO .csv or .parquet export"),
+        ),
+    ] {
+        let o = viopath(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: expected '{want}' in: {err}");
+        // Once: no cause or path repeated.
+        assert_eq!(err.matches(args[1]).count(), 1, "{args:?}: {err}");
+        assert_eq!(
+            err.matches("(os error").count(),
+            err.contains("os error") as usize,
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// Options that cannot mean anything are refused with why, before any work: durations
+/// that overflow or are shorter than attaching takes, a bootstrap of fewer than 100
+/// resamples, a threshold that is not a number.
+#[test]
+fn impossible_options_are_refused() {
+    for (args, want) in [
+        (
+            vec![
+                "record",
+                "--duration",
+                "99999999999999999999999",
+                "--pid",
+                "1",
+            ],
+            "too long",
+        ),
+        (
+            vec!["record", "--duration", "1ns", "--pid", "1"],
+            "unknown unit",
+        ),
+        (
+            vec!["record", "--duration", "0.001ms", "--pid", "1"],
+            "too short",
+        ),
+        (
+            vec!["compare", "a.trace", "--vs", "b.trace", "--resamples", "1"],
+            "100",
+        ),
+        (
+            vec!["compare", "a.trace", "--vs", "b.trace", "--resamples", "0"],
+            "100",
+        ),
+        (
+            vec![
+                "compare",
+                "a.trace",
+                "--vs",
+                "b.trace",
+                "--fail-on",
+                "p99:+nan%",
+            ],
+            "p99:+nan%",
+        ),
+        (
+            vec![
+                "compare",
+                "a.trace",
+                "--vs",
+                "b.trace",
+                "--fail-on",
+                "p99:+inf%",
+            ],
+            "p99:+inf%",
+        ),
+    ] {
+        let o = viopath(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(err.contains(want), "{args:?}: expected '{want}' in: {err}");
+    }
+}

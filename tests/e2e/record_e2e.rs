@@ -912,6 +912,14 @@ fn clear_errors() {
         assert!(!o.status.success() && e.contains("needs root"), "{e}");
     }
     assert!(err(&["record", "--pid", "999999999"]).contains("no process 999999999"));
+    // PID 1 exists: whatever else, it is not "no process". Where its executable
+    // cannot be read (this sandbox), that is what is said.
+    let e = err(&["record", "--pid", "1"]);
+    assert!(
+        e.contains("cannot read which program process 1 runs")
+            || e.contains("does not look like QEMU"),
+        "{e}"
+    );
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let e = err(&["record", "--pid", &sleeper.id().to_string()]);
     let _ = sleeper.kill();
@@ -927,5 +935,45 @@ fn clear_errors() {
     assert!(
         err(&["record", "--probes", "bogus", "--", "true"])
             .contains("unknown probe or layer 'bogus'")
+    );
+}
+
+/// A command that fails under `record --` fails the recording's command line too (as
+/// `time CMD` would), after keeping what was recorded.
+#[test]
+fn a_failing_command_fails_its_recording() {
+    if can_record().is_none() {
+        return;
+    }
+    let _one = one_recorder();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let trace = dir.path().join("fails.trace");
+    let o = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args([
+            "record",
+            "-o",
+            trace.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the traced command failed") && err.contains("exit status: 3"),
+        "{err}"
+    );
+    assert!(
+        viopath_reporter::reader::Trace::open(&trace).is_ok(),
+        "the recording was not kept"
+    );
+    // A command that is no QEMU: its QEMU probes are skipped for that reason, with no
+    // advice to install debug symbols for it.
+    assert!(
+        err.contains("is not QEMU") && !err.contains("debug symbols"),
+        "{err}"
     );
 }

@@ -14,7 +14,7 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -27,7 +27,7 @@ const MAX_STACK_DEPTH: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

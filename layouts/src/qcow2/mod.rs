@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Qcow2Error {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

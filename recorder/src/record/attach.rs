@@ -234,6 +234,15 @@ fn plan_qemu(
         let mut skipped = |why: String| {
             attempts.push(Attempt::new(p.layer, p.symbol, "uprobe", Err(why)));
         };
+        // A command that is no QEMU (`record -- sh ...`): nothing of QEMU's to probe,
+        // and no debug symbols would change that.
+        if syms.is_some() && !qemu.is_qemu() {
+            skipped(format!(
+                "{} is not QEMU (no QEMU version text in it)",
+                qemu.binary.display()
+            ));
+            continue;
+        }
         let Some(layout) = p.layout_for(version) else {
             skipped(match &qemu.version {
                 Some((a, b, c)) => format!(

@@ -51,6 +51,14 @@ pub enum RecordError {
     #[error("no process {0}")]
     PidNotFound(u32),
     #[error(
+        "cannot read which program process {pid} runs (/proc/{pid}/exe; a kernel thread runs none)"
+    )]
+    ExeUnreadable {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "process {pid} runs {exe}, another QEMU binary than the first process's ({first}): one recording traces one binary; record them separately"
     )]
     OtherBinary {
@@ -70,9 +78,9 @@ pub enum RecordError {
         exe: String,
         version: String,
     },
-    #[error("cannot run {cmd}: {source}")]
+    #[error("cannot run {cmd}")]
     Spawn { cmd: String, source: io::Error },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Output { path: PathBuf, source: io::Error },
     #[error(
         "--probes: unknown probe or layer '{0}' (layers: kvm, virtio, qemu-block, qcow2, file-posix, syscall, io_uring, filesystem, block; or a probe name from the catalog)"

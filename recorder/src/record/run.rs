@@ -186,7 +186,7 @@ fn pick_up(
         let new: Vec<DevId> = devs.difference(devices).copied().collect();
         let mut enrolled = trace_devices(bpf, &new)
             .and_then(|()| trace_process(bpf, pid, index))
-            .map_err(|e| e.to_string());
+            .map_err(|e| viopath_layouts::error_text(&e));
         if enrolled.is_ok() {
             let refused: Vec<String> = attach_qemu(bpf, plan, &exe, &[pid])
                 .into_iter()

@@ -172,7 +172,7 @@ pub(super) fn resolve(target: &Target, qemu_binary: Option<&Path>) -> Result<Tra
                     Err(e) => skipped.push(VmSkipped {
                         pid,
                         exe: exe.display().to_string(),
-                        why: e.to_string(),
+                        why: viopath_layouts::error_text(&e),
                     }),
                 }
             }
@@ -269,14 +269,19 @@ pub(super) fn found(pid: u32, exe: &Path, binary_id: Option<(u64, u64)>) -> Resu
     running(pid).map(|(_, vm)| vm).map_err(|e| VmSkipped {
         pid,
         exe: exe.display().to_string(),
-        why: e.to_string(),
+        why: viopath_layouts::error_text(&e),
     })
 }
 
 /// A running QEMU's binary, files and command line.
 fn running(pid: u32) -> Result<(PathBuf, Vm), RecordError> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map_err(|_| RecordError::PidNotFound(pid))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            RecordError::ExeUnreadable { pid, source }
+        } else {
+            RecordError::PidNotFound(pid)
+        }
+    })?;
     let info = QemuInfo::probe(&exe);
     if !info.is_qemu() {
         return Err(RecordError::NotQemu {
