@@ -15,7 +15,7 @@ use viopath_layouts::host::{Hop, HostSegment, Via};
 use viopath_layouts::qcow2::{Chain, Content, FileRole, LocatedKind, MapEntry};
 use viopath_layouts::stack::{HostLookup, Stack, StackOptions, Translation};
 use viopath_layouts::{GuestOffset, HostFileOffset, SECTOR_SIZE};
-use viopath_reporter::units::human;
+use viopath_reporter::units::{human, human_bytes};
 
 #[derive(Args, Debug)]
 pub struct MapArgs {
@@ -261,7 +261,7 @@ fn print_map(stack: &mut Stack, json_out: bool, out: &mut dyn Write) -> Result<(
         out,
         "{} extents, {} of guest data",
         entries.len(),
-        human(data)
+        human_bytes(data)
     )?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 use viopath_recorder::{RecordOptions, Target};
-use viopath_reporter::units::human;
+use viopath_reporter::units::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct RecordArgs {
@@ -39,6 +39,9 @@ pub struct RecordArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// List every probe tried, attached or not (default: a line per layer)
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Measure what each eBPF program costs per run (turns on the kernel's BPF
     /// statistics while recording, which itself adds a little per run)
     #[arg(long)]
@@ -99,6 +102,7 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         probes: args.probes.clone(),
         bpf_stats: args.bpf_stats,
         qemu: args.qemu.clone(),
+        verbose: args.verbose,
     };
     let summary = viopath_recorder::record(&opts, &mut |line| eprintln!("viopath: {line}"))?;
     // The command failed on its own (not stopped by the recorder at the end): so does
@@ -120,12 +124,14 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
     }
     writeln!(
         out,
-        "recorded {} events in {:.2} s ({}), {} written to {}",
+        "recorded {} events in {:.2} s ({}), {} written to {}\n\
+         detaching the probes took {:.2} s more (not in the recording)",
         summary.events,
         summary.duration_s,
         summary.stop_reason,
-        human(summary.bytes),
-        summary.output.display()
+        human_bytes(summary.bytes),
+        summary.output.display(),
+        summary.detach_s
     )?;
     if summary.vms.len() > 1 || !summary.vms_skipped.is_empty() {
         let mut b = Builder::default();

@@ -11,7 +11,7 @@ use tabled::settings::Style;
 use viopath_reporter::join::{flag_names, reason_names};
 use viopath_reporter::layers::LAYER_NAMES;
 use viopath_reporter::report::{Report, write_json};
-use viopath_reporter::units::{self, human};
+use viopath_reporter::units::{self, human_bytes};
 use viopath_reporter::{ExportFormat, GroupBy, LayoutSource, Options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,6 +43,19 @@ pub enum By {
     Disk,
     /// The VM (QEMU process): its libvirt domain, QEMU's -name, else its pid
     Vm,
+}
+
+impl By {
+    /// Its column in the latency table.
+    fn name(&self) -> &'static str {
+        match self {
+            By::Op => "op",
+            By::Size => "size",
+            By::Device => "device",
+            By::Disk => "disk",
+            By::Vm => "vm",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -155,7 +168,10 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         _ => out,
     };
     match args.format {
-        Format::Table => table(&report, &source, &args.trace, w)?,
+        Format::Table => {
+            let order: Vec<&str> = args.by.iter().map(By::name).collect();
+            table(&report, &source, &args.trace, &order, w)?
+        }
         Format::Json => write_json(&report, w)?,
         Format::Perfetto => unreachable!("written before the report"),
         Format::Csv | Format::Parquet => {
@@ -217,7 +233,13 @@ fn short_path(p: &str) -> String {
         .map_or_else(|| p.to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
-fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> Result<()> {
+fn table(
+    r: &Report,
+    source: &LayoutSource,
+    trace: &Path,
+    order: &[&str],
+    w: &mut dyn Write,
+) -> Result<()> {
     let s = &r.summary;
     writeln!(w, "viopath report: {}", trace.display())?;
     let mut b = Builder::default();
@@ -249,13 +271,10 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
         format!("{:.3} s", s.duration_ns as f64 / 1e9),
     ]);
     b.push_record(["IOPS".to_owned(), format!("{:.0}", s.iops)]);
-    b.push_record(["bytes".to_owned(), human(s.bytes)]);
+    b.push_record(["bytes".to_owned(), human_bytes(s.bytes)]);
     b.push_record([
         "events".to_owned(),
-        format!(
-            "{} read, {} lost in the kernel, {} unread (damage), {} out of order",
-            s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
-        ),
+        viopath_reporter::summary::events_note(s),
     ]);
     if let Some(c) = viopath_reporter::report::cut_note(s) {
         b.push_record(["recording window".to_owned(), c]);
@@ -328,11 +347,13 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
             "\nLatency by layer (µs; complete IOs; share = layer time / end-to-end time)"
         )?;
         let mut b = Builder::default();
-        let keys: Vec<String> = r
+        // The group columns in the order `--by` gave them.
+        let mut keys: Vec<String> = r
             .latency
             .first()
             .map(|l| l.group.keys().cloned().collect())
             .unwrap_or_default();
+        keys.sort_by_key(|k| order.iter().position(|o| o == k).unwrap_or(usize::MAX));
         let mut head = keys.clone();
         head.extend(
             [
@@ -442,7 +463,7 @@ fn table(r: &Report, source: &LayoutSource, trace: &Path, w: &mut dyn Write) -> 
             b.push_record([
                 o.what.to_owned(),
                 o.agg.count.to_string(),
-                human(o.agg.bytes),
+                human_bytes(o.agg.bytes),
                 us(o.agg.total_ns),
                 us(o.agg.max_ns),
             ]);

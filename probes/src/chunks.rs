@@ -218,7 +218,10 @@ pub struct ProgramCost {
 #[serde(default)]
 pub struct End {
     pub output: PathBuf,
+    /// The recorded window: from the header's start to the stop.
     pub duration_s: f64,
+    /// How long detaching the probes took after the stop (not in the window).
+    pub detach_s: f64,
     pub stop_reason: String,
     pub events: u64,
     pub bytes: u64,

@@ -171,6 +171,14 @@ pub enum TraceError {
     BadMagic,
     #[error("chunk at byte {offset}: {problem}")]
     BadChunk { offset: u64, problem: String },
+    /// A JSON chunk whose payload fails its checksum, in a file whose framing holds:
+    /// the chunks after it are still read.
+    #[error("{kind:?} chunk at byte {offset}: {problem}")]
+    DamagedChunk {
+        offset: u64,
+        kind: ChunkKind,
+        problem: String,
+    },
 }
 
 /// One chunk, borrowed from the file's bytes.
@@ -350,7 +358,18 @@ impl<'a> Iterator for Chunks<'a> {
         let crc = u32_at(12);
         let deferred = self.defer_events && kind == ChunkKind::Events;
         if !deferred && crc32fast::hash(payload) != crc {
-            return bad("checksum mismatch".into());
+            if kind == ChunkKind::Events {
+                return bad("checksum mismatch".into());
+            }
+            // Its header holds (magic, known kind, a length within the file): the
+            // next chunk is where it says.
+            self.pos += CHUNK_HEADER_SIZE + len;
+            self.done = false;
+            return Some(Err(TraceError::DamagedChunk {
+                offset,
+                kind,
+                problem: "checksum mismatch".into(),
+            }));
         }
         if kind == ChunkKind::Events && !len.is_multiple_of(FILE_EVENT_SIZE) {
             return bad(format!(

@@ -408,6 +408,11 @@ impl Layout {
         for r in l.disk_ranges.values_mut() {
             r.sort_unstable();
         }
+        // A stack that stops at a loop device over a hole of its backing file (blocks
+        // not written yet when the snapshot was taken) does not make that device a
+        // bottom: other stacks go on below it, and its flushes are not the disk's.
+        let below = &l.below;
+        l.bottoms.retain(|d| !below.iter().any(|&(u, _)| u == *d));
         for r in l.occupied.values_mut() {
             r.sort_unstable();
             // Merge overlapping or touching ranges for binary search.
@@ -595,7 +600,10 @@ impl Layout {
     }
 
     /// Whether `dev` is at the bottom of an image file's stack: `None` when the layout
-    /// knows no devices.
+    /// knows no devices. Not a device with another below it in some stack: a stack
+    /// that stops at a loop device over a hole of its backing file (blocks not written
+    /// yet when the snapshot was taken) does not make the loop device a bottom, where
+    /// its flushes would be taken for the disk's.
     pub fn is_bottom_device(&self, dev: u32) -> Option<bool> {
         (!self.bottoms.is_empty()).then(|| self.bottoms.contains(&dev))
     }

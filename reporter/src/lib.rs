@@ -251,6 +251,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
             None => 0,
         },
         events_late: late,
+        events_impossible: events.impossible(),
         trace_complete: trace.info.complete,
         damage,
         trace_entries_skipped: trace.info.json_entries_skipped + layout_skipped as u64,

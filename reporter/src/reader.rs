@@ -47,6 +47,22 @@ pub enum ReadError {
     Version { path: PathBuf, found: String },
 }
 
+/// What a JSON chunk that failed its checksum costs the report.
+fn damaged_chunk_text(kind: ChunkKind, problem: &str) -> String {
+    let costs = match kind {
+        ChunkKind::Layout => {
+            "no layout snapshot: block IO is joined only where the submitting thread shows it (--image rebuilds it)"
+        }
+        ChunkKind::End => {
+            "no recording summary: the VMs, open files and cache modes it listed are unknown"
+        }
+        ChunkKind::Losses => "what the kernel lost while recording is unknown",
+        ChunkKind::Header => "a header chunk is unreadable",
+        ChunkKind::Events => "events are unreadable",
+    };
+    format!("the {kind:?} chunk is damaged ({problem}): {costs}")
+}
+
 /// Where and why reading stopped before the end of the file.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Damage {
@@ -286,6 +302,21 @@ impl Trace {
                     damage = Some((offset as usize, problem));
                     break;
                 }
+                // A damaged JSON chunk costs what it held, not the events after it.
+                Err(TraceError::DamagedChunk {
+                    offset,
+                    kind,
+                    problem,
+                }) => {
+                    if self.info.damage.is_none() {
+                        self.info.damage = Some(Damage {
+                            offset,
+                            problem: damaged_chunk_text(kind, &problem),
+                            bytes_unread: 0,
+                        });
+                    }
+                    continue;
+                }
                 Err(TraceError::BadMagic) => unreachable!("checked when opened"),
             };
             if first && c.kind != ChunkKind::Header {
@@ -308,7 +339,7 @@ impl Trace {
                     damage = Some((offset as usize, problem));
                     break;
                 }
-                Err(TraceError::BadMagic) => unreachable!(),
+                Err(e) => unreachable!("json() gives BadChunk only: {e}"),
             };
             match c.kind {
                 ChunkKind::Header if !self.has_header && !v.is_null() => {
@@ -354,8 +385,31 @@ impl Trace {
             merge: Merger::default(),
             damage: None,
             events_read: 0,
+            window: self.window(),
+            impossible: 0,
             ahead: None,
         }
+    }
+
+    /// The timestamps this recording's events can have: from its start (the header's)
+    /// to its end (the End chunk's duration after it), a second of slack either side
+    /// for the clocks read around them. Unbounded where the trace does not say.
+    pub fn window(&self) -> (u64, u64) {
+        const SLACK_NS: u64 = 1_000_000_000;
+        let Some(start) = self.header.monotonic_ns_at_start.filter(|&s| s > 0) else {
+            return (0, u64::MAX);
+        };
+        let end = self
+            .end
+            .as_ref()
+            .map(|e| e.duration_s)
+            .filter(|d| d.is_finite() && *d >= 0.0 && *d < 1e9)
+            .map_or(u64::MAX, |d| {
+                start
+                    .saturating_add((d * 1e9) as u64)
+                    .saturating_add(SLACK_NS)
+            });
+        (start.saturating_sub(SLACK_NS), end)
     }
 }
 
@@ -378,6 +432,10 @@ pub struct Events<'a> {
     merge: Merger,
     damage: Option<Damage>,
     events_read: u64,
+    /// Timestamps an event of this recording can have (see [`Trace::window`]); events
+    /// outside are impossible (a writer's or a file's fault), counted and left out.
+    window: (u64, u64),
+    impossible: u64,
     /// Told how far the decoding is, if a [`Trace::read_ahead`] keeps ahead of it.
     ahead: Option<std::sync::Arc<ReadAhead>>,
 }
@@ -521,6 +579,11 @@ impl Events<'_> {
         self.merge.late
     }
 
+    /// Events left out because their timestamp lies outside the recording.
+    pub fn impossible(&self) -> u64 {
+        self.impossible
+    }
+
     pub fn events_read(&self) -> u64 {
         self.events_read
     }
@@ -564,6 +627,22 @@ impl Events<'_> {
                 Err(e) => {
                     let (offset, problem) = match e {
                         TraceError::BadChunk { offset, problem } => (offset, problem),
+                        // A JSON chunk among the events (one the tail did not take):
+                        // said, and the events after it are still read.
+                        TraceError::DamagedChunk {
+                            offset,
+                            kind,
+                            problem,
+                        } => {
+                            if self.damage.is_none() {
+                                self.damage = Some(Damage {
+                                    offset,
+                                    problem: damaged_chunk_text(kind, &problem),
+                                    bytes_unread: 0,
+                                });
+                            }
+                            continue;
+                        }
                         TraceError::BadMagic => (0, e.to_string()),
                     };
                     self.damage = Some(Damage {
@@ -603,12 +682,18 @@ impl Events<'_> {
             return false;
         }
         // Only what the order needs is read here; the rest when the event is handed out.
+        let (from, to) = self.window;
         for (i, r) in payload.chunks_exact(FILE_EVENT_SIZE).enumerate() {
             let delta = i32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            let ts = c.base.wrapping_add_signed(delta as i64);
+            if ts < from || ts > to {
+                self.impossible += 1;
+                continue;
+            }
             self.merge.push(
                 u16::from_le_bytes([r[10], r[11]]),
                 EventAt {
-                    ts: c.base.wrapping_add_signed(delta as i64),
+                    ts,
                     at: c.offset + i * FILE_EVENT_SIZE,
                 },
             );

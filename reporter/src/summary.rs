@@ -20,6 +20,10 @@ pub struct Summary {
     pub events_lost_in_kernel: u64,
     pub events_unread: u64,
     pub events_late: u64,
+    /// Events whose timestamp lies outside the recording (impossible: a damaged or
+    /// foreign file), left out of the join.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub events_impossible: u64,
     pub trace_complete: bool,
     pub damage: Option<crate::reader::Damage>,
     /// Fields and entries of the trace's JSON chunks and layout snapshot left out
@@ -63,6 +67,21 @@ pub struct Summary {
     /// Quantiles are exact (false: more than [`crate::report::EXACT_IOS`] complete IOs, so they come
     /// from log buckets, within 0.4%).
     pub exact_quantiles: bool,
+}
+
+/// The events row: how many were read, lost, left unread, out of order, impossible.
+pub fn events_note(s: &Summary) -> String {
+    let mut t = format!(
+        "{} read, {} lost in the kernel, {} unread (damage), {} out of order",
+        s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
+    );
+    if s.events_impossible > 0 {
+        t += &format!(
+            ", {} with timestamps outside the recording (damage, left out)",
+            s.events_impossible
+        );
+    }
+    t
 }
 
 /// Waits in QEMU's IO throttling, over the IOs that had one.

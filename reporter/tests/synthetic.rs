@@ -486,3 +486,113 @@ fn malformed_json_entries_are_skipped_and_counted() {
     assert_eq!(report.summary.trace_entries_skipped, 5);
     assert_eq!(report.summary.layers_missing, Vec::<String>::new());
 }
+
+/// Events whose checksums are right but whose timestamps lie far outside the recording
+/// (a chunk base of 1.2e18 ns) are counted as damage and left out: they neither join
+/// nor stretch the report's duration to billions of seconds.
+#[test]
+fn events_outside_the_recording_are_damage_not_data() {
+    use serde_json::json;
+    use viopath_probes::abi::{EventKind, RawEvent};
+    use viopath_probes::trace::TraceWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd-times.trace");
+    let start = 10_000_000_000u64;
+    let mut w = TraceWriter::create(
+        &path,
+        &json!({"format": 1, "abi": 1, "monotonic_ns_at_start": start}),
+    )
+    .unwrap();
+    let ev = |ts: u64| RawEvent {
+        ts,
+        tid: 7,
+        kind: EventKind::RqIssue as u8,
+        sub: 0,
+        cpu: 0,
+        a: [0x10, 8, 8 << 32 | 4096, 0],
+    };
+    for i in 0..10 {
+        w.push(&ev(start + 100_000_000 + i * 1000)).unwrap();
+    }
+    // Its own chunk (too far for the first's base): a checksum-valid chunk.
+    w.flush_events().unwrap();
+    w.push(&ev(start + 1_200_000_000_000_000_000)).unwrap();
+    w.push(&ev(start + 1_200_000_000_000_000_100)).unwrap();
+    w.flush_events().unwrap();
+    w.push(&ev(1)).unwrap();
+    w.finish(&json!({"stop_reason": "test", "duration_s": 1.0}))
+        .unwrap();
+
+    let t = Trace::open(&path).unwrap();
+    let mut events = t.events();
+    let n = events.by_ref().count();
+    assert_eq!((n, events.impossible()), (10, 3));
+    let (report, _) = analyze(&path, &Options::default()).unwrap();
+    assert_eq!(report.summary.events_impossible, 3);
+    assert!(
+        report.summary.duration_ns < 2_000_000_000,
+        "{:?}",
+        report.summary.duration_ns
+    );
+}
+
+/// A damaged Layout or End chunk (its checksum fails) costs what it held, not the
+/// events: every event is read, none is counted unread, and the damage names the chunk
+/// and what is missing without it.
+#[test]
+fn a_damaged_json_chunk_costs_what_it_held_not_events() {
+    use serde_json::json;
+    use viopath_probes::abi::{EventKind, RawEvent};
+    use viopath_probes::trace::{ChunkKind, TraceWriter};
+    let dir = tempfile::tempdir().unwrap();
+    for (which, marker, want) in [
+        (
+            "layout",
+            "/vm/damaged-layout.qcow2",
+            "Layout chunk is damaged",
+        ),
+        ("end", "a damaged end", "End chunk is damaged"),
+    ] {
+        let path = dir.path().join(format!("{which}.trace"));
+        let mut w = TraceWriter::create(&path, &json!({"format": 1, "abi": 1})).unwrap();
+        for i in 0..100u64 {
+            w.push(&RawEvent {
+                ts: 1_000 + i,
+                tid: 7,
+                kind: EventKind::RqIssue as u8,
+                sub: 0,
+                cpu: 0,
+                a: [0x10 + i, 8, 8 << 32 | 4096, 0],
+            })
+            .unwrap();
+        }
+        w.json_chunk(ChunkKind::Losses, &json!({"total": 0}))
+            .unwrap();
+        w.json_chunk(
+            ChunkKind::Layout,
+            &json!({"images": [{"path": "/vm/damaged-layout.qcow2"}], "devices": []}),
+        )
+        .unwrap();
+        w.finish(&json!({"stop_reason": "a damaged end"})).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(marker.len())
+            .position(|x| x == marker.as_bytes())
+            .unwrap();
+        bytes[at + 1] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let t = Trace::open(&path).unwrap();
+        let mut events = t.events();
+        assert_eq!(events.by_ref().count(), 100, "{which}");
+        let (report, _) = analyze(&path, &Options::default()).unwrap();
+        let s = &report.summary;
+        assert_eq!(s.events, 100, "{which}");
+        assert_eq!(s.events_unread, 0, "{which}: {:?}", s.damage);
+        let damage = s
+            .damage
+            .as_ref()
+            .unwrap_or_else(|| panic!("{which}: no damage said"));
+        assert!(damage.problem.contains(want), "{which}: {damage:?}");
+    }
+}

@@ -499,3 +499,19 @@ fn impossible_options_are_refused() {
         assert!(err.contains(want), "{args:?}: expected '{want}' in: {err}");
     }
 }
+
+/// `--help` wraps to fit a terminal (clap's wrap_help): no line of any command's help
+/// is wider than 120 columns.
+#[test]
+fn help_fits_a_terminal() {
+    for cmd in ["map", "record", "report", "compare", "demo"] {
+        let help = ok(&[cmd, "--help"]);
+        for l in help.lines() {
+            assert!(
+                l.chars().count() <= 120,
+                "viopath {cmd} --help: {} columns: {l}",
+                l.chars().count()
+            );
+        }
+    }
+}

@@ -977,3 +977,54 @@ fn a_failing_command_fails_its_recording() {
         "{err}"
     );
 }
+
+/// `--duration 1s` records one second: the summary's duration is the recorded window,
+/// and detaching the probes (seconds here) is reported apart.
+#[test]
+fn the_duration_is_the_recorded_window() {
+    if can_record().is_none() {
+        return;
+    }
+    let _one = one_recorder();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let trace = dir.path().join("window.trace");
+    let o = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["record", "--json", "--duration", "1s", "-o"])
+        .arg(&trace)
+        .args(["--", "sleep", "30"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = s["duration_s"].as_f64().unwrap();
+    assert!((1.0..1.2).contains(&d), "duration {d}: {s}");
+    assert!(s["detach_s"].as_f64().unwrap() > 0.0, "{s}");
+    assert_eq!(s["stop_reason"], "duration reached");
+    // What attached: a line per layer, fitting 120 columns (each reason for skipping
+    // is said once, on its own line); `-v` lists every probe.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("viopath: block ") && l.contains(" probes attached")),
+        "{err}"
+    );
+    for l in err.lines().filter(|l| !l.starts_with("viopath:   [")) {
+        assert!(
+            l.chars().count() <= 120,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    assert!(!err.contains("viopath: attached "), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["record", "-v", "--duration", "100ms", "-o"])
+        .arg(&trace)
+        .args(["--", "sleep", "30"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("viopath: attached block       tp_btf     block_rq_issue"),
+        "{err}"
+    );
+}

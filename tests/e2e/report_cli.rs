@@ -84,6 +84,35 @@ fn table_json_parquet_and_grouping() {
         "{text}"
     );
     assert!(text.contains("│ 4K "), "size groups: {text}");
+    // One unit style: totals in KiB/MiB/GiB with a decimal, as every other size.
+    let bytes_row = text
+        .lines()
+        .find(|l| l.starts_with("│ bytes "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let value = bytes_row.split('│').nth(2).unwrap().trim();
+    assert!(
+        value.ends_with(" B") && !value.contains('.')
+            || [" KiB", " MiB", " GiB"].iter().any(|u| value.ends_with(u)) && value.contains('.'),
+        "{bytes_row}"
+    );
+    // The group columns come in the order asked for.
+    let header = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("│ layer ") && l.contains("│ count"))
+            .map(|l| {
+                l.split('│')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .take(3)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(header(&text), ["op", "size", "layer"], "{text}");
+    let out = viopath(&["report", &trace, "--by", "size,device,op"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(header(&text)[..3], ["size", "device", "op"], "{text}");
 
     let out = viopath(&["report", &trace, "--format", "json", "--by", "device"]);
     assert!(out.status.success());

@@ -125,6 +125,8 @@ pub struct RecordOptions {
     pub bpf_stats: bool,
     /// With [`Target::All`]: the QEMU binary to probe (default: the running QEMUs').
     pub qemu: Option<PathBuf>,
+    /// Say what attached a line per probe, not per layer.
+    pub verbose: bool,
 }
 
 /// Record until the duration passes, the targets exit, or SIGINT/SIGTERM arrives.
@@ -160,7 +162,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         &opts.probes,
         loaded.aio_fsync_work,
     )?;
-    let missing_layers = say_what_attached(&attached, log)?;
+    let missing_layers = say_what_attached(&attached, opts.verbose, log)?;
 
     let mono0 = now_ns(libc::CLOCK_MONOTONIC);
     for vm in &mut traced.vms {
@@ -205,7 +207,6 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         },
         opts.output.display()
     ));
-    let started = Instant::now();
     let mut counts = vec![0u64; 256 * 256];
     for vm in &mut traced.vms {
         run::note_open_files(vm.pid, &mut vm.open_files);
@@ -232,9 +233,12 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let missed = stats::recursion_misses(&loaded.bpf);
     let recovered = stats::recovered(&loaded.bpf);
     let bpf_cost = stats::program_costs(&loaded.bpf);
+    let detaching = Instant::now();
     drop(loaded);
+    let detach = detaching.elapsed();
     rings::drain(&mut rings, &mut writer, &mut counts, &mut window)?;
-    let duration = started.elapsed();
+    // The recorded window: from the header's start to the stop, not the detaching.
+    let duration = Duration::from_nanos(window.end.saturating_sub(window.start));
     let mut child_exit = None;
     if let Some(c) = traced.vms.first_mut().and_then(|v| v.child.as_mut()) {
         if c.child.try_wait()?.is_none() {
@@ -247,6 +251,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let mut summary = Summary {
         output: opts.output.clone(),
         duration_s: duration.as_secs_f64(),
+        detach_s: detach.as_secs_f64(),
         stop_reason,
         // What the header said of the probes and the binary; the devices may have
         // grown since (files opened while recording).
@@ -283,26 +288,76 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     Ok(summary)
 }
 
-/// One line per probe tried; the layers none of them covers. Nothing attached at all
-/// is an error.
+/// What attached: a line per layer, each reason for skipping once (`verbose`: a line
+/// per probe tried); the layers none of them covers. Nothing attached at all is an
+/// error.
 fn say_what_attached(
     attached: &attach::Attached,
+    verbose: bool,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<String>, RecordError> {
-    for a in &attached.attempts {
-        let s = &a.status;
-        let mark = if s.attached { "attached" } else { "skipped " };
-        let note = s
-            .note
-            .as_deref()
-            .map(|n| format!(": {n}"))
-            .unwrap_or_default();
-        log(&format!(
-            "{mark} {:<11} {:<10} {}{note}",
-            a.layer.name(),
-            s.attach,
-            s.name
-        ));
+    if verbose {
+        for a in &attached.attempts {
+            let s = &a.status;
+            let mark = if s.attached { "attached" } else { "skipped " };
+            let note = s
+                .note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default();
+            log(&format!(
+                "{mark} {:<11} {:<10} {}{note}",
+                a.layer.name(),
+                s.attach,
+                s.name
+            ));
+        }
+    } else {
+        let mut reasons: Vec<&str> = Vec::new();
+        for layer in Layer::ALL {
+            let of: Vec<&attach::Attempt> = attached
+                .attempts
+                .iter()
+                .filter(|a| a.layer == layer)
+                .collect();
+            if of.is_empty() {
+                continue;
+            }
+            let on = of.iter().filter(|a| a.status.attached).count();
+            let mut line = format!("{:<11} {on} of {} probes attached", layer.name(), of.len());
+            let skipped: Vec<String> = of
+                .iter()
+                .filter(|a| !a.status.attached)
+                .map(|a| {
+                    let why = a.status.note.as_deref().unwrap_or("not attached");
+                    let n = match reasons.iter().position(|r| *r == why) {
+                        Some(i) => i,
+                        None => {
+                            reasons.push(why);
+                            reasons.len() - 1
+                        }
+                    };
+                    format!("{} [{}]", a.status.name, n + 1)
+                })
+                .collect();
+            if !skipped.is_empty() {
+                line += "; skipped:";
+            }
+            // Wrapped to fit 120 columns with the "viopath: " before each line.
+            for (i, name) in skipped.iter().enumerate() {
+                let sep = if i + 1 < skipped.len() { "," } else { "" };
+                if line.len() + 1 + name.len() + sep.len() > 110 {
+                    log(&line);
+                    line = " ".repeat(12);
+                }
+                line += &format!(" {name}{sep}");
+            }
+            log(&line);
+        }
+        for (i, r) in reasons.iter().enumerate() {
+            log(&format!("  [{}] {r}", i + 1));
+        }
+        log("(record -v lists every probe)");
     }
     if !attached.attempts.iter().any(|a| a.status.attached) {
         return Err(RecordError::NothingAttached);

@@ -67,13 +67,7 @@ pub fn report_page(
     kv("duration", format!("{:.3} s", s.duration_ns as f64 / 1e9));
     kv("IOPS", format!("{:.0}", s.iops));
     kv("bytes", human_bytes(s.bytes));
-    kv(
-        "events",
-        format!(
-            "{} read, {} lost in the kernel, {} unread (damage), {} out of order",
-            s.events, s.events_lost_in_kernel, s.events_unread, s.events_late
-        ),
-    );
+    kv("events", crate::summary::events_note(s));
     if let Some(c) = crate::report::cut_note(s) {
         kv("recording window", c);
     }

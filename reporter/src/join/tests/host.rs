@@ -823,3 +823,34 @@ fn a_flush_through_a_loop_device_reaches_the_disk_below() {
     assert_eq!((b[4], b[5]), (3_300, 7_900), "{flush:?}");
     assert_eq!(flush.partial, 0, "{flush:?}");
 }
+
+/// A loop device's stack that stops at a hole of its backing file (blocks not written
+/// when the snapshot was taken) does not make the loop device a bottom device: other
+/// pieces of the same file go on below it to the disk, which is the flushes' bottom.
+#[test]
+fn a_stack_stopping_at_a_hole_below_a_loop_device_is_no_bottom() {
+    let layout = Layout::from_json(&serde_json::json!({
+        "images": [{
+            "path": "/m/g.qcow2",
+            "file_hosts": [{
+                "file": "/m/g.qcow2", "len": 2u64 << 20, "ino": 12,
+                "host": [
+                    {"offset": 0, "len": 1u64 << 20, "hops": [
+                        {"hop": "file", "path": "/m/g.qcow2", "offset": 0, "state": "mapped"},
+                        {"hop": "device", "device": "/dev/loop0", "dev": "7:0", "byte": 1u64 << 20, "via": "filesystem"},
+                        {"hop": "file", "path": "/t/host.img", "offset": 1u64 << 20, "state": "mapped"},
+                        {"hop": "device", "device": "/dev/vda", "dev": "254:0", "byte": 9u64 << 30, "via": "filesystem"}
+                    ]},
+                    {"offset": 1u64 << 20, "len": 1u64 << 20, "hops": [
+                        {"hop": "file", "path": "/m/g.qcow2", "offset": 1u64 << 20, "state": "unwritten"},
+                        {"hop": "device", "device": "/dev/loop0", "dev": "7:0", "byte": 2u64 << 20, "via": "filesystem"},
+                        {"hop": "file", "path": "/t/host.img", "offset": 2u64 << 20, "state": "hole"}
+                    ]}
+                ]
+            }]
+        }],
+        "devices": []
+    }));
+    assert_eq!(layout.is_bottom_device(kernel_dev(7, 0)), Some(false));
+    assert_eq!(layout.is_bottom_device(kernel_dev(254, 0)), Some(true));
+}
