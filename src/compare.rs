@@ -81,7 +81,14 @@ fn load_side(paths: &[PathBuf]) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for p in paths {
         let bar = Bar::new(&format!("reading {}", p.display()));
-        runs.extend(compare::load(p, Some(&bar.progress()))?);
+        let loaded = compare::load(p, Some(&bar.progress()))?;
+        drop(bar);
+        for r in &loaded {
+            for w in &r.warnings {
+                eprintln!("viopath: warning: {}: {w}", r.name);
+            }
+        }
+        runs.extend(loaded);
     }
     Ok(runs)
 }

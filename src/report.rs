@@ -157,6 +157,18 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
         note!("viopath: HTML report in {}", path.display());
     }
+    // The table says what is wrong with the input; the other outputs warn on stderr.
+    if args.format != Format::Table {
+        let s = &report.summary;
+        for w in viopath_reporter::summary::input_warnings(
+            s.damage.as_ref(),
+            s.events_lost_in_kernel,
+            s.events_impossible,
+            s.trace_complete,
+        ) {
+            eprintln!("viopath: warning: {}: {w}", args.trace.display());
+        }
+    }
     let mut file;
     let w: &mut dyn Write = match (&args.output, args.format) {
         (Some(p), Format::Table | Format::Json) => {

@@ -94,6 +94,8 @@ fn stats(buckets: &[Weighted]) -> Option<[f64; 5]> {
 pub struct Run {
     /// Where it came from (a trace, an export, a file in a partitioned directory).
     pub name: String,
+    /// What was wrong with it as input (a trace's damage, losses), to warn of.
+    pub warnings: Vec<String>,
     /// Complete IOs.
     pub ios: u64,
     /// (op, layer, latencies); layer `e2e` is the end-to-end time. A handful of
@@ -168,8 +170,14 @@ pub fn run_from_trace(
         ..Run::default()
     });
     let mut join = crate::join::Join::new(&layout, sink, cfg);
-    crate::input::for_each_event(&trace, progress, |e| join.event(e));
-    let (sink, _) = join.finish();
+    let events = crate::input::for_each_event(&trace, progress, |e| join.event(e));
+    let (mut sink, _) = join.finish();
+    sink.0.warnings = crate::summary::input_warnings(
+        events.damage().or(trace.info.damage.as_ref()),
+        trace.info.events_lost_in_kernel,
+        events.impossible(),
+        trace.info.complete,
+    );
     Ok(sink.0)
 }
 

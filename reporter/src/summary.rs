@@ -69,6 +69,38 @@ pub struct Summary {
     pub exact_quantiles: bool,
 }
 
+/// What is wrong with a trace as input, a line each (none when nothing is): what
+/// `report`'s summary table says, for the outputs that have no such table (exports,
+/// `compare`) to warn of on stderr.
+pub fn input_warnings(
+    damage: Option<&crate::reader::Damage>,
+    lost_in_kernel: u64,
+    impossible: u64,
+    complete: bool,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(d) = damage {
+        w.push(format!(
+            "damaged at byte {}: {} ({} bytes unread)",
+            d.offset, d.problem, d.bytes_unread
+        ));
+    }
+    if lost_in_kernel > 0 {
+        w.push(format!(
+            "{lost_in_kernel} events were lost in the kernel while recording"
+        ));
+    }
+    if impossible > 0 {
+        w.push(format!(
+            "{impossible} events with timestamps outside the recording were left out"
+        ));
+    }
+    if !complete {
+        w.push("the recording did not end properly (no End chunk): interrupted?".into());
+    }
+    w
+}
+
 /// The events row: how many were read, lost, left unread, out of order, impossible.
 pub fn events_note(s: &Summary) -> String {
     let mut t = format!(

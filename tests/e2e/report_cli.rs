@@ -273,3 +273,41 @@ fn malformed_chunk_entries_are_reported_as_skipped() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["summary"]["trace_entries_skipped"], 2, "{v}");
 }
+
+/// A damaged trace (cut short: its end and part of its events gone) is said to be
+/// damaged on stderr by every output without a summary table of its own: the CSV and
+/// Parquet exports, the JSON, and `compare`.
+#[test]
+fn exports_and_compare_warn_of_a_damaged_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, _) = make(dir.path());
+    let bytes = std::fs::read(&trace).unwrap();
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let cut = cut.to_str().unwrap();
+    let csv = dir.path().join("x.csv");
+    for args in [
+        vec![
+            "report",
+            cut,
+            "--format",
+            "csv",
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+        vec!["report", cut, "--format", "json"],
+        vec!["compare", cut, "--vs", &trace],
+    ] {
+        let o = viopath(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("viopath: warning: {cut}: damaged at byte"))
+                && err.contains("did not end properly"),
+            "{args:?}: {err}"
+        );
+    }
+    // An intact trace: no warning.
+    let o = viopath(&["report", &trace, "--format", "json"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+}
