@@ -248,10 +248,16 @@ fn tables(
     if changes.is_empty() {
         writeln!(w, "\nNo (op, layer) has complete IOs on both sides.")?;
     } else if shown.is_empty() {
+        // Only statistics with enough IOs on both sides were tested at all.
+        let too_few = changes.len() - tested;
+        let untested = if too_few > 0 {
+            format!("; {too_few} had too few IOs to test")
+        } else {
+            String::new()
+        };
         writeln!(
             w,
-            "\nNo change beyond noise in any of {} statistics (--all shows them).",
-            changes.len()
+            "\nNo change beyond noise in the {tested} statistics tested{untested} (--all shows them)."
         )?;
     }
     for metric in METRICS {

@@ -141,6 +141,21 @@ fn a_slower_device_is_found_and_fails_the_threshold() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("No change beyond noise"), "{text}");
+    // It counts the statistics actually tested, as the line about chance does (those
+    // with too few IOs on a side are not tested, and said apart).
+    let tested = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(" statistics tested: ")
+                .map(|(n, _)| n.to_owned())
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        text.contains(&format!(
+            "No change beyond noise in the {tested} statistics tested"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
