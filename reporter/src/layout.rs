@@ -412,7 +412,8 @@ impl Layout {
         // not written yet when the snapshot was taken) does not make that device a
         // bottom: other stacks go on below it, and its flushes are not the disk's.
         let below = &l.below;
-        l.bottoms.retain(|d| !below.iter().any(|&(u, _)| u == *d));
+        l.bottoms
+            .retain(|d| !below.iter().any(|&(u, lower)| u == *d && lower != *d));
         for r in l.occupied.values_mut() {
             r.sort_unstable();
             // Merge overlapping or touching ranges for binary search.
