@@ -212,6 +212,8 @@ pub struct Layout {
     disk_ranges: HashMap<u32, Vec<(u64, u64, u16)>>,
     /// Loop devices whose IO goes through their backing file's page cache.
     buffered_loops: HashSet<u32>,
+    /// Every loop device (direct IO or not).
+    loops: HashSet<u32>,
     /// Devices holding an image file's filesystem: the top of its stack.
     tops: HashSet<u32>,
     /// Block devices given to QEMU as disks themselves (`host_device`).
@@ -283,12 +285,11 @@ impl Layout {
         let mut l = Layout::default();
         for d in &snap.devices {
             l.device_names.insert(dev_of(d.id), d.name.clone());
-            if let DeviceKind::Loop {
-                direct_io: Some(false),
-                ..
-            } = d.kind
-            {
-                l.buffered_loops.insert(dev_of(d.id));
+            if let DeviceKind::Loop { direct_io, .. } = d.kind {
+                l.loops.insert(dev_of(d.id));
+                if direct_io == Some(false) {
+                    l.buffered_loops.insert(dev_of(d.id));
+                }
             }
         }
         for img in &snap.images {
@@ -704,6 +705,11 @@ impl Layout {
     /// cache (not direct IO).
     pub fn is_buffered_loop(&self, dev: u32) -> bool {
         self.buffered_loops.contains(&dev)
+    }
+
+    /// Whether `dev` is a loop device.
+    pub fn is_loop(&self, dev: u32) -> bool {
+        self.loops.contains(&dev)
     }
 
     pub fn device_name(&self, dev: u32) -> String {

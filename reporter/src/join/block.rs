@@ -58,6 +58,15 @@ impl<S: Sink> Join<'_, S> {
         }
     }
 
+    /// Whether a request of `hio` on `dev`, a device above the bottom, may be as low as
+    /// it goes: a loop device's backing page cache takes its IO whole, and a flush
+    /// (blocks not known) ends on a loop device whose worker's sync of the backing file
+    /// sends nothing below (its filesystem's journal thread flushes the disk, or no
+    /// flush is needed). Used only where nothing below is found.
+    fn stops_at_loop(hio: &Hio, layout: &Layout, dev: u32) -> bool {
+        layout.is_buffered_loop(dev) || (hio.ranges.is_empty() && layout.is_loop(dev))
+    }
+
     pub(super) fn bio_queue(&mut self, e: &RawEvent) {
         let [bio, sector, a2, opf] = e.a;
         let sector = DeviceSector(sector);
@@ -499,7 +508,7 @@ impl<S: Sink> Join<'_, S> {
                     // one its requests go to.
                     None => x.bottom_dev = r.dev,
                     Some(false) => {
-                        if layout.is_buffered_loop(r.dev) {
+                        if Self::stops_at_loop(x, layout, r.dev) {
                             x.loop_issue = min0(x.loop_issue, ts);
                         }
                     }
@@ -552,7 +561,7 @@ impl<S: Sink> Join<'_, S> {
                 x.done_any = x.done_any.max(e.ts);
                 match Self::is_bottom(x, self.layout, r.dev) {
                     Some(true) => x.done_bottom = x.done_bottom.max(e.ts),
-                    Some(false) if self.layout.is_buffered_loop(r.dev) => {
+                    Some(false) if Self::stops_at_loop(x, self.layout, r.dev) => {
                         x.loop_done = x.loop_done.max(e.ts)
                     }
                     _ => {}

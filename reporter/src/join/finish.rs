@@ -145,9 +145,14 @@ impl<S: Sink> Join<'_, S> {
                         } else if let Some(w) = waited {
                             w
                         } else if hio.loop_done != 0 {
-                            // The loop device's backing page cache took it: the loop
-                            // device is as low as it went.
-                            root.flags |= flags::LOOP_PAGE_CACHE;
+                            // The loop device is as low as it went: its backing page
+                            // cache took it, or (a flush) its worker's sync of the
+                            // backing file sent nothing below.
+                            root.flags |= if hio.bytes == 0 && hio.ranges.is_empty() {
+                                flags::LOOP_FLUSH
+                            } else {
+                                flags::LOOP_PAGE_CACHE
+                            };
                             (hio.loop_issue, hio.loop_done)
                         } else {
                             (0, 0)

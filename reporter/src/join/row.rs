@@ -133,8 +133,13 @@ pub mod flags {
     /// A read qcow2 answered from its tables alone: every cluster it covers is
     /// unallocated (in the whole backing chain) or reads as zeros, so no host IO.
     pub const QCOW2_ZEROS: u16 = 4096;
+    /// A flush that went no lower than a loop device: the loop's worker synced the
+    /// backing file without a request of its own to the disk below (that filesystem's
+    /// journal thread flushed the disk, or nothing needed it). The loop device's
+    /// flush request is its device time.
+    pub const LOOP_FLUSH: u16 = 8192;
     /// The names the report prints, in bit order.
-    pub const NAMES: [(u16, &str); 13] = [
+    pub const NAMES: [(u16, &str); 14] = [
         (SPLIT, "split"),
         (MERGED, "merged"),
         (VIRTIO_MERGED, "virtio_merged"),
@@ -148,6 +153,7 @@ pub mod flags {
         (LOOP_PAGE_CACHE, "loop_page_cache"),
         (DIRTY_THROTTLED, "dirty_throttled"),
         (QCOW2_ZEROS, "qcow2_zeros"),
+        (LOOP_FLUSH, "loop_flush"),
     ];
 }
 

@@ -824,6 +824,120 @@ fn a_flush_through_a_loop_device_reaches_the_disk_below() {
     assert_eq!(flush.partial, 0, "{flush:?}");
 }
 
+/// A guest flush whose fdatasync (linux-aio: the kernel worker's), on ext4 on a
+/// partition of a direct-IO loop device, sends its own flush bio. The loop's worker
+/// syncs the backing file without a request to the disk below (its filesystem's
+/// journal commit was under way and flushed the disk from the journal thread). The
+/// loop device's flush request is as low as it went: its device time, flagged.
+#[test]
+fn a_flush_that_stops_at_a_loop_device_takes_its_request_as_device_time() {
+    let (part, lo, vda) = (kernel_dev(259, 0), kernel_dev(7, 0), kernel_dev(254, 0));
+    let layout = Layout::from_json(&serde_json::json!({
+        "images": [{
+            "path": "/m/g.qcow2",
+            "file_hosts": [{
+                "file": "/m/g.qcow2", "len": 1u64 << 30, "ino": 12,
+                "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
+                    {"hop": "file", "path": "/m/g.qcow2", "offset": 0, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/loop0p1", "dev": "259:0", "byte": 1u64 << 20, "via": "filesystem"},
+                    {"hop": "device", "device": "/dev/loop0", "dev": "7:0", "byte": 2u64 << 20, "via": "partition"},
+                    {"hop": "file", "path": "/t/host.img", "offset": 2u64 << 20, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/vda", "dev": "254:0", "byte": 9u64 << 30, "via": "filesystem"}
+                ]}]
+            }]
+        }],
+        "devices": [
+            {"id": "7:0", "name": "loop0", "kind": {"kind": "loop", "backing_file": "/t/host.img",
+                "offset": 0, "sizelimit": 0, "direct_io": true}},
+            {"id": "254:0", "name": "vda", "kind": {"kind": "disk"}}
+        ]
+    }));
+    assert!(layout.is_loop(lo) && !layout.is_buffered_loop(lo));
+    let cfg = JoinConfig {
+        flush_syscalls: true,
+        fs_sync: true,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let d = |dev: u32| u64::from(dev) << 32;
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    const PREFLUSH: u64 = 1 << 18;
+    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
+    j.event(&q(
+        1_100,
+        q::THREAD_POOL_SUBMIT_AIO,
+        [0xe1, 0, 0, 9 << 32 | q::AIO_FLUSH],
+    ));
+    j.event(&sub_ev(1_200, 3, EventKind::SysEnter, 11, [9, 0, 0, 0]));
+    j.event(&sub_ev(
+        1_300,
+        3,
+        EventKind::FsSync,
+        0,
+        [12, u64::from(part), 1, 0],
+    ));
+    // The fsync's own empty flush bio on the partition, remapped to the loop device,
+    // where the block layer issues a flush request for it.
+    j.event(&ev(
+        2_000,
+        3,
+        EventKind::BioRemap,
+        [0xb1, 0, d(part) | u64::from(part), 0],
+    ));
+    j.event(&ev(
+        2_010,
+        3,
+        EventKind::BioQueue,
+        [0xb1, 0, d(part), PREFLUSH | 1],
+    ));
+    j.event(&sub_ev(
+        2_100,
+        6,
+        EventKind::RqIssue,
+        2,
+        [0x72, u64::MAX, d(lo), 0],
+    ));
+    // The loop worker's fsync of the backing file: no bio, no vda request.
+    j.event(&sub_ev(
+        2_200,
+        7,
+        EventKind::FsSync,
+        0,
+        [99, u64::from(vda), 0, 0],
+    ));
+    j.event(&sub_ev(
+        4_000,
+        7,
+        EventKind::FsSync,
+        1,
+        [99, u64::from(vda), 0, 0],
+    ));
+    j.event(&sub_ev(
+        4_100,
+        0,
+        EventKind::RqComplete,
+        2,
+        [0x72, u64::MAX, d(lo), 0],
+    ));
+    j.event(&sub_ev(
+        4_500,
+        3,
+        EventKind::FsSync,
+        1,
+        [12, u64::from(part), 0, 0],
+    ));
+    j.event(&sub_ev(4_600, 3, EventKind::SysExit, 11, [0, 0, 0, 0]));
+    j.event(&q(4_700, q::VIRTIO_REQ_COMPLETE, [0xf1, 0, 4, 0]));
+    let (all, _) = j.finish();
+    let flush = row_of(&all.0, Op::Flush);
+    let b = flush.b.as_array();
+    assert_eq!(flush.requests, 1, "{flush:?}");
+    assert_eq!((b[4], b[5]), (2_100, 4_100), "{flush:?}");
+    assert_ne!(flush.flags & flags::LOOP_FLUSH, 0, "{flush:?}");
+    assert_eq!(flush.flags & flags::LOOP_PAGE_CACHE, 0, "{flush:?}");
+    assert_eq!(flush.partial, 0, "{flush:?}");
+}
+
 /// A loop device's stack that stops at a hole of its backing file (blocks not written
 /// when the snapshot was taken) does not make the loop device a bottom device: other
 /// pieces of the same file go on below it to the disk, which is the flushes' bottom.
