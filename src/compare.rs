@@ -224,7 +224,11 @@ fn tables(
     if md {
         writeln!(w, "### {head}\n\n{}.", method(opts))?;
     } else {
-        writeln!(w, "{head}\n{}.", method(opts))?;
+        writeln!(
+            w,
+            "{head}\n{}",
+            crate::ui::prose(&format!("{}.", method(opts)))
+        )?;
         writeln!(
             w,
             "~ : the interval contains 0 (no change beyond noise); latencies in µs."
@@ -297,12 +301,13 @@ fn tables(
                 format!("{}/{}", c.n_base, c.n_new),
             ]);
         }
-        let mut t = b.build();
-        if md {
+        let t = if md {
+            let mut t = b.build();
             t.with(Style::markdown());
+            t
         } else {
-            t.with(Style::sharp());
-        }
+            crate::ui::table(b)
+        };
         writeln!(w, "{t}")?;
     }
     if !broken.is_empty() {

@@ -27,6 +27,10 @@ struct Cli {
     /// No progress bars or notes on stderr (errors still go there)
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Tables as wide as their contents (default: fitted to 120 columns, the widest
+    /// columns wrapped)
+    #[arg(long, global = true)]
+    wide: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -50,6 +54,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ui::set_quiet(cli.quiet);
+    ui::set_wide(cli.wide);
     let mut out = io::stdout().lock();
     let result = match cli.cmd {
         Cmd::Map(args) => map::run(&args, &mut out),

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use tabled::builder::Builder;
-use tabled::settings::Style;
 use viopath_layouts::guest::{GuestOwner, Owner};
 use viopath_layouts::host::{Hop, HostSegment, Via};
 use viopath_layouts::qcow2::{Chain, Content, FileRole, LocatedKind, MapEntry};
@@ -253,8 +252,7 @@ fn print_map(stack: &mut Stack, json_out: bool, out: &mut dyn Write) -> Result<(
             segs.as_deref().map(bottom_cells).unwrap_or_default(),
         ]);
     }
-    let mut t = b.build();
-    t.with(Style::sharp());
+    let t = crate::ui::table(b);
     writeln!(out, "{t}")?;
     let data: u64 = entries.iter().filter(|e| e.data).map(|e| e.length).sum();
     writeln!(
@@ -431,8 +429,7 @@ fn print_translation(
     for r in rows {
         b.push_record(r);
     }
-    let mut tab = b.build();
-    tab.with(Style::sharp());
+    let tab = crate::ui::table(b);
     writeln!(out, "{tab}")?;
     Ok(())
 }
@@ -477,8 +474,7 @@ fn print_lookup(l: &HostLookup, json_out: bool, out: &mut dyn Write) -> Result<(
             l.guest_owner.as_ref().map(owner_text).unwrap_or_default(),
         ]);
     }
-    let mut t = b.build();
-    t.with(Style::sharp());
+    let t = crate::ui::table(b);
     writeln!(out, "{t}")?;
     Ok(())
 }

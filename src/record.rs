@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 use tabled::builder::Builder;
-use tabled::settings::Style;
 use viopath_recorder::{RecordOptions, Target};
 use viopath_reporter::units::human_bytes;
 
@@ -170,8 +169,7 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
                 s.why.clone(),
             ]);
         }
-        let mut t = b.build();
-        t.with(Style::sharp());
+        let t = crate::ui::table(b);
         writeln!(out, "{t}")?;
     }
     if let Some(code) = summary.child_exit {
@@ -210,8 +208,7 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
                 .to_string(),
         ]);
     }
-    let mut t = b.build();
-    t.with(Style::sharp());
+    let t = crate::ui::table(b);
     writeln!(out, "{t}")?;
     if summary.lost > 0 {
         let per_cpu: Vec<String> = summary
@@ -219,12 +216,12 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
             .iter()
             .map(|(c, n)| format!("cpu{c}: {n}"))
             .collect();
-        writeln!(
-            out,
+        let text = format!(
             "LOST {} events (ring buffer full): {}",
             summary.lost,
             per_cpu.join(", ")
-        )?;
+        );
+        writeln!(out, "{}", crate::ui::prose(&text))?;
     }
     if summary.missed > 0 {
         let per_prog: Vec<String> = summary
@@ -232,12 +229,12 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
             .iter()
             .map(|(p, n)| format!("{p}: {n}"))
             .collect();
-        writeln!(
-            out,
+        let text = format!(
             "MISSED up to {} events (the probe fired in an interrupt while its own program ran on that CPU; the kernel skips such runs): {}",
             summary.missed,
             per_prog.join(", ")
-        )?;
+        );
+        writeln!(out, "{}", crate::ui::prose(&text))?;
     }
     if summary.lost == 0 && summary.missed == 0 {
         writeln!(out, "no events lost")?;
@@ -253,11 +250,10 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
                 format!("{:.1}", c.run_time_ns as f64 / 1e6),
             ]);
         }
-        let mut t = b.build();
-        t.with(Style::sharp());
+        let t = crate::ui::table(b);
         writeln!(
             out,
-            "cost of the eBPF programs (kernel BPF statistics; a uprobe's trap into the kernel comes on top):\n{t}"
+            "cost of the eBPF programs (kernel BPF statistics; a uprobe's trap comes on top):\n{t}"
         )?;
     }
     if !summary.missing_layers.is_empty() {

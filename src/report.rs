@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tabled::builder::Builder;
-use tabled::settings::Style;
 use viopath_reporter::join::{flag_names, reason_names};
 use viopath_reporter::layers::LAYER_NAMES;
 use viopath_reporter::report::{Report, write_json};
@@ -351,7 +350,7 @@ fn table(
     if !s.exact_quantiles {
         b.push_record(["quantiles".to_owned(), quantile_note()]);
     }
-    writeln!(w, "{}", b.build().with(Style::sharp()))?;
+    writeln!(w, "{}", crate::ui::table(b))?;
 
     if !r.latency.is_empty() {
         writeln!(
@@ -393,7 +392,7 @@ fn table(
             ]);
             b.push_record(row);
         }
-        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+        writeln!(w, "{}", crate::ui::table(b))?;
     }
 
     if !r.slowest.is_empty() {
@@ -410,13 +409,9 @@ fn table(
         if files {
             head.push("guest file");
         }
-        head.extend(["e2e", "layers", "device", "flags"]);
+        head.extend(["e2e", "device", "flags"]);
         b.push_record(head);
         for x in &r.slowest {
-            let layers: Vec<String> = LAYER_NAMES
-                .iter()
-                .filter_map(|n| x.layers.get(n).map(|v| format!("{n} {}", us(*v))))
-                .collect();
             let mut row = vec![
                 x.row.id.to_string(),
                 x.row.op.name().to_owned(),
@@ -436,13 +431,33 @@ fn table(
             }
             row.extend([
                 us(x.e2e_ns),
-                layers.join(", "),
                 x.device.clone().unwrap_or("-".into()),
-                flag_names(x.row.flags),
+                flag_names(x.row.flags).replace(", ", " "),
             ]);
             b.push_record(row);
         }
-        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+        writeln!(w, "{}", crate::ui::table(b))?;
+        // Their layers in a table of their own, a column per layer any of them has
+        // (named on two lines, at the underscore), so both fit a terminal.
+        let present: Vec<&str> = LAYER_NAMES
+            .iter()
+            .copied()
+            .filter(|n| r.slowest.iter().any(|x| x.layers.contains_key(*n)))
+            .collect();
+        let mut b = Builder::default();
+        let mut head = vec!["id".to_owned()];
+        head.extend(present.iter().map(|n| n.replacen('_', "\n", 1)));
+        b.push_record(head);
+        for x in &r.slowest {
+            let mut row = vec![x.row.id.to_string()];
+            row.extend(
+                present
+                    .iter()
+                    .map(|n| x.layers.get(*n).map_or("-".into(), |v| us(*v))),
+            );
+            b.push_record(row);
+        }
+        writeln!(w, "their time by layer (µs):\n{}", crate::ui::table(b))?;
     }
 
     if !r.partial.is_empty() {
@@ -452,7 +467,7 @@ fn table(
         for (why, n) in &r.partial {
             b.push_record([why.clone(), n.to_string()]);
         }
-        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+        writeln!(w, "{}", crate::ui::table(b))?;
         let mut b = Builder::default();
         b.push_record(["id", "op", "offset", "bytes", "reason"]);
         for x in r.partial_examples.iter().take(5) {
@@ -464,7 +479,7 @@ fn table(
                 reason_names(x.partial),
             ]);
         }
-        writeln!(w, "examples:\n{}", b.build().with(Style::sharp()))?;
+        writeln!(w, "examples:\n{}", crate::ui::table(b))?;
     }
 
     if !r.other_io.is_empty() {
@@ -480,7 +495,7 @@ fn table(
                 us(o.agg.max_ns),
             ]);
         }
-        writeln!(w, "{}", b.build().with(Style::sharp()))?;
+        writeln!(w, "{}", crate::ui::table(b))?;
     }
     Ok(())
 }

@@ -85,6 +85,7 @@ fn map_json_is_qemu_img_map_plus_host_sectors() {
         table.contains("unallocated") && table.contains("data") && table.contains("base.qcow2"),
         "{table}"
     );
+    assert!(crate::common::widest_line(&table) <= 120, "{table}");
 }
 
 #[test]

@@ -555,3 +555,9 @@ pub fn disk_sectors_of(extents: &[(u64, u64, u64)], off: u64, len: u64) -> Vec<(
         .map(|&(f, d, n)| (d + lo.max(f) - f, d + hi.min(f + n) - f))
         .collect()
 }
+
+/// The widest line of a command's output, in characters: every table and line fits
+/// 120 columns unless `--wide`.
+pub fn widest_line(text: &str) -> usize {
+    text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+}

@@ -126,6 +126,7 @@ fn a_slower_device_is_found_and_fails_the_threshold() {
     assert!(text.contains("slower"), "{text}");
     assert!(text.contains("FAIL: read device p50"), "{text}");
     assert!(text.contains("bootstrap"), "{text}");
+    assert!(crate::common::widest_line(&text) <= 120, "{text}");
 
     // Same distribution on both sides: nothing beyond noise, exit 0.
     let out = viopath(&[

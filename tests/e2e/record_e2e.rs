@@ -1027,4 +1027,8 @@ fn the_duration_is_the_recorded_window() {
         err.contains("viopath: attached block       tp_btf     block_rq_issue"),
         "{err}"
     );
+    // The summary's tables (probes, eBPF costs) fit a terminal too.
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("│ probe "), "{text}");
+    assert!(crate::common::widest_line(&text) <= 120, "{text}");
 }

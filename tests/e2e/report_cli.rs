@@ -311,3 +311,88 @@ fn exports_and_compare_warn_of_a_damaged_trace() {
     let o = viopath(&["report", &trace, "--format", "json"]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
 }
+
+/// Every table fits 120 columns by default, whatever the groups, the number of slowest
+/// IOs or the partial ones; the slowest IOs' layer times, in a table of their own, are
+/// the synthetic trace's true ones.
+#[test]
+fn the_report_fits_a_terminal_and_its_slowest_ios_keep_their_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("lossy.trace");
+    let mut truths = Vec::new();
+    let cfg = SynthConfig {
+        ios: 2000,
+        lose_every: 7,
+        ..SynthConfig::default()
+    };
+    let f = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
+    generate(&cfg, f, |t| truths.push(t)).unwrap();
+    let trace = p.display().to_string();
+    let widest = crate::common::widest_line;
+    for args in [
+        vec!["report", &trace],
+        vec!["report", &trace, "--top", "40", "--by", "op,size,device"],
+        vec!["report", &trace, "--by", "device,size,op", "--top", "0"],
+    ] {
+        let out = viopath(&args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            widest(&text) <= 120,
+            "{args:?}: {} columns\n{text}",
+            widest(&text)
+        );
+    }
+    let out = viopath(&["report", &trace, "--top", "5"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cells = |l: &str| -> Vec<String> {
+        l.split('│')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    // id → guest offset, from the slowest IOs' table.
+    let slowest = text
+        .split("Slowest 5 IOs")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    let (first, layers) = slowest.split_once("their time by layer").unwrap();
+    let offset_of: HashMap<String, u64> = first
+        .lines()
+        .map(cells)
+        .filter(|c| c.len() > 3 && c[0].parse::<u64>().is_ok())
+        .map(|c| (c[0].clone(), c[2].parse().unwrap()))
+        .collect();
+    assert_eq!(offset_of.len(), 5, "{text}");
+    let mut lines = layers.lines().skip_while(|l| !l.starts_with('│'));
+    // The header is on two lines: the layer names split at their first underscore.
+    let (h1, h2) = (cells(lines.next().unwrap()), lines.next().unwrap());
+    let mut names: Vec<String> = h1.clone();
+    let mut rest = h2.split('│').map(str::trim).skip(1);
+    for n in names.iter_mut() {
+        let second = rest.next().unwrap_or("");
+        if !second.is_empty() {
+            *n = format!("{n}_{second}");
+        }
+    }
+    let mut checked = 0;
+    for l in lines.filter(|l| l.starts_with('│')) {
+        let c = cells(l);
+        let Some(&off) = offset_of.get(&c[0]) else {
+            continue;
+        };
+        let t = truths.iter().find(|t| t.offset == off).unwrap();
+        let (truth, _) = split(&t.b);
+        for (name, value) in names.iter().zip(&c).skip(1) {
+            let i = viopath_reporter::layers::LAYER_NAMES
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("no layer {name}: {text}"));
+            let want = truth[i].map_or("-".to_owned(), |ns| format!("{:.1}", ns as f64 / 1e3));
+            assert_eq!(value, &want, "IO at {off}, layer {name}: {text}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "{text}");
+}

@@ -607,9 +607,10 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
         }
     }
 
-    // The CLI over the same trace: the table names guest files.
+    // The CLI over the same trace: the table names guest files (`--wide`: cells not
+    // wrapped, to find them whole).
     let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
-        .args(["report", trace.to_str().unwrap(), "--top", "1000"])
+        .args(["report", trace.to_str().unwrap(), "--top", "1000", "--wide"])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
