@@ -152,6 +152,7 @@ fn report_args(trace: &Path, html: Option<PathBuf>) -> ReportArgs {
         host: None,
         run: None,
         html,
+        filter: Default::default(),
     }
 }
 

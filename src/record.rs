@@ -51,35 +51,16 @@ pub struct RecordArgs {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
-    };
-    if !(secs > 0.0 && secs.is_finite()) {
+    let ns = crate::units::parse_time(s)?;
+    if ns == 0 {
         return Err(format!("'{s}' must be positive"));
     }
     // Attaching the probes alone takes longer than this; a recording is not meant to
-    // outlive a year.
-    if secs < 0.01 {
+    // outlive a year (parse_time's limit).
+    if ns < 10_000_000 {
         return Err(format!("'{s}' is too short: at least 10ms"));
     }
-    if secs > 366.0 * 86_400.0 {
-        return Err(format!(
-            "'{s}' is too long: at most a year (or no --duration: until Ctrl-C)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Duration::from_nanos(ns))
 }
 
 pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {

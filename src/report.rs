@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tabled::builder::Builder;
-use viopath_reporter::join::{flag_names, reason_names};
+use viopath_reporter::filter::Filter;
+use viopath_reporter::join::{Op, flag_names, reason_names};
 use viopath_reporter::layers::LAYER_NAMES;
 use viopath_reporter::report::{Report, write_json};
 use viopath_reporter::units::{self, human_bytes};
@@ -42,6 +43,10 @@ pub enum By {
     Disk,
     /// The VM (QEMU process): its libvirt domain, QEMU's -name, else its pid
     Vm,
+    /// The guest file at the IO's offset (or the filesystem's own structure: its
+    /// journal, inode tables), from the layout's map of the guest's filesystems; "-"
+    /// where none is known (no map, a flush, unallocated space)
+    File,
 }
 
 impl By {
@@ -53,6 +58,73 @@ impl By {
             By::Device => "device",
             By::Disk => "disk",
             By::Vm => "vm",
+            By::File => "file",
+        }
+    }
+}
+
+/// A guest op, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OpName {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    #[value(name = "write_zeroes")]
+    WriteZeroes,
+    #[value(name = "get_id")]
+    GetId,
+    /// A SCSI command that moves no disk data
+    #[value(name = "scsi_command")]
+    ScsiCommand,
+    Other,
+}
+
+impl OpName {
+    fn op(self) -> Op {
+        match self {
+            OpName::Read => Op::Read,
+            OpName::Write => Op::Write,
+            OpName::Flush => Op::Flush,
+            OpName::Discard => Op::Discard,
+            OpName::WriteZeroes => Op::WriteZeroes,
+            OpName::GetId => Op::GetId,
+            OpName::ScsiCommand => Op::Command,
+            OpName::Other => Op::Other,
+        }
+    }
+}
+
+/// Which IOs to keep: for the report, its exports and its HTML page.
+#[derive(Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Only these ops, comma-separated
+    #[arg(long, value_enum, value_delimiter = ',', help_heading = "Filters")]
+    pub op: Vec<OpName>,
+    /// Only this VM disk: its image's path or file name, or its guest name (vda, a SCSI
+    /// address) as `--by disk` shows it; repeat for several
+    #[arg(long, help_heading = "Filters")]
+    pub disk: Vec<String>,
+    /// Only IOs whose end-to-end latency is at least this (250us, 1.5ms, 2s); partial
+    /// IOs, whose latency is not known, are left out
+    #[arg(long, value_name = "TIME", value_parser = crate::units::parse_time, help_heading = "Filters")]
+    pub min_latency: Option<u64>,
+    /// Only IOs that began at least this long after the recording started
+    #[arg(long, value_name = "TIME", value_parser = crate::units::parse_time, help_heading = "Filters")]
+    pub from: Option<u64>,
+    /// Only IOs that began less than this long after the recording started
+    #[arg(long, value_name = "TIME", value_parser = crate::units::parse_time, help_heading = "Filters")]
+    pub to: Option<u64>,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            ops: self.op.iter().map(|o| o.op()).collect(),
+            disks: self.disk.clone(),
+            min_latency_ns: self.min_latency,
+            from_ns: self.from,
+            to_ns: self.to,
         }
     }
 }
@@ -89,6 +161,8 @@ pub struct ReportArgs {
     /// breakdown, latency histograms, the slowest IOs, IOPS and latency over time)
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// A duration in the tables' µs columns.
@@ -97,7 +171,13 @@ fn us(ns: u64) -> String {
 }
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
+    let filter = args.filter.filter();
     if args.format == Format::Perfetto {
+        if !filter.is_empty() {
+            bail!(
+                "--op, --disk, --min-latency, --from and --to apply to the report, its CSV and Parquet exports and its HTML page; the Perfetto timeline shows the whole trace"
+            );
+        }
         if args.html.is_some() {
             bail!(
                 "--html and --format perfetto each read the whole trace: run `viopath report` once for each"
@@ -114,6 +194,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
             By::Device => GroupBy::Device,
             By::Disk => GroupBy::Disk,
             By::Vm => GroupBy::Vm,
+            By::File => GroupBy::File,
         })
         .collect();
     let export = match args.format {
@@ -138,6 +219,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
         },
         progress: None,
         pictures: args.html.is_some(),
+        filter,
     };
     let bar = Bar::new("joining");
     let opts = Options {
@@ -267,6 +349,15 @@ fn table(
             format!(
                 "{} events of threads no VM was known to have (joined as the first VM's)",
                 s.events_of_unknown_threads
+            ),
+        ]);
+    }
+    if let Some(f) = &s.filtered {
+        b.push_record([
+            "filter".to_owned(),
+            format!(
+                "{}: {} IOs kept, {} left out (IO no guest request caused: by time and disk only)",
+                f.filter, f.kept, f.left_out
             ),
         ]);
     }

@@ -484,6 +484,38 @@ impl Layout {
         self.disks.iter().any(|d| !d.guest.is_empty())
     }
 
+    /// The disks `name` names: by their top image's path or file name, by their name
+    /// in reports, or by a part of that name in brackets (the guest's `vda`, a SCSI
+    /// address `0:0:1` or `scsi 0:0:1`).
+    pub fn disks_named(&self, name: &str) -> Vec<u16> {
+        let name = name.trim();
+        let names = |d: &Disk| -> bool {
+            let file = Path::new(&d.path).file_name().map(|f| f.to_string_lossy());
+            let inside = d
+                .name
+                .rsplit_once(" (")
+                .and_then(|(_, r)| r.strip_suffix(')'))
+                .unwrap_or("");
+            d.path == name
+                || d.name == name
+                || file.is_some_and(|f| f == name)
+                || inside.split(", ").any(|part| {
+                    part == name || part.strip_prefix("scsi ").is_some_and(|a| a == name)
+                })
+        };
+        self.disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| names(d))
+            .filter_map(|(i, _)| u16::try_from(i).ok())
+            .collect()
+    }
+
+    /// Every disk's name for reports.
+    pub fn disk_names(&self) -> Vec<&str> {
+        self.disks.iter().map(|d| d.name.as_str()).collect()
+    }
+
     /// A disk's name for reports: its top image's path, and for a SCSI disk its
     /// address (`scsi C:T:L`).
     pub fn disk_name(&self, disk: u16) -> &str {

@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod compare;
 pub mod devices;
+pub mod filter;
 pub mod hist;
 pub mod html;
 mod input;
@@ -40,6 +41,8 @@ pub enum Error {
     Read(#[from] reader::ReadError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    #[error(transparent)]
+    Filter(#[from] filter::FilterError),
 }
 
 /// What the join emits, in order.
@@ -107,6 +110,8 @@ pub struct Options {
     pub progress: Option<Progress>,
     /// Also collect what the HTML report draws ([`pictures::Pictures`]).
     pub pictures: bool,
+    /// Only the IOs this keeps go into the report, the export and the pictures.
+    pub filter: filter::Filter,
 }
 
 /// Hive-style partition keys of a Parquet export into a fleet directory:
@@ -185,6 +190,7 @@ impl Default for Options {
             partition: Partition::default(),
             progress: None,
             pictures: false,
+            filter: filter::Filter::default(),
         }
     }
 }
@@ -212,30 +218,40 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         collector.export_to(&p, *f)?;
         exported_to = Some(p);
     }
+    let mut filter = opts.filter.resolve(
+        &layout,
+        trace.header.monotonic_ns_at_start.filter(|&s| s > 0),
+    )?;
     let cfg = join_config(&trace, &layout);
     // The collector (columns, histograms, export) runs on a thread of its own: the join
     // sets the pace, and this takes about an eighth of its work away.
-    let (events, collector, stats) = std::thread::scope(|scope| {
+    let (events, collector, stats, filter) = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Joined>>(8);
+        let layout = &layout;
         let collecting = scope.spawn(move || {
             let mut collector = collector;
             for batch in rx {
                 for j in &batch {
                     match j {
-                        Joined::Io(row) => join::Sink::io(&mut collector, row),
-                        Joined::Other(o) => join::Sink::other(&mut collector, o),
+                        Joined::Io(row) if filter.keep(row, layout) => {
+                            join::Sink::io(&mut collector, row)
+                        }
+                        Joined::Other(o) if filter.keep_other(o) => {
+                            join::Sink::other(&mut collector, o)
+                        }
+                        _ => {}
                     }
                 }
             }
-            collector
+            (collector, filter)
         });
-        let mut join = join::Join::new(&layout, Handoff::new(tx), cfg);
+        let mut join = join::Join::new(layout, Handoff::new(tx), cfg);
         let events = for_each_event(&trace, opts.progress.as_ref(), |e| join.event(e));
         let (mut handoff, stats) = join.finish();
         handoff.flush();
         drop(handoff);
-        let collector = collecting.join().expect("the collector does not panic");
-        (events, collector, stats)
+        let (collector, filter) = collecting.join().expect("the collector does not panic");
+        (events, collector, stats, filter)
     });
     let damage = events
         .damage()
@@ -263,6 +279,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<(Report, LayoutSource), Er
         cache_modes: cache::disk_caches(&trace.header, trace.end.as_ref(), &layout),
         vms: input::vm_lines(&trace),
         exact_quantiles: true,
+        filtered: filter.filtered(),
         ..report::Summary::default()
     };
     let mut report = collector.report(&stats, summary)?;

@@ -33,6 +33,9 @@ pub enum GroupBy {
     Disk,
     /// The VM (QEMU process) the IO was of.
     Vm,
+    /// The guest file (or filesystem structure: journal, inode table) at the IO's
+    /// guest offset, from the layout's map of the guest's filesystems.
+    File,
 }
 
 /// A row's VM and disk as one group key: the VM above bit 16, the disk's index + 1
@@ -223,8 +226,8 @@ pub struct Collector<'l> {
     top_n: usize,
     /// What the latency table is grouped by.
     by: Vec<GroupBy>,
-    /// The complete IOs' columns, one set per group: per (op, size class, device, disk)
-    /// with the parts not in `by` left 0.
+    /// The complete IOs' columns, one set per group: per (op, size class, device, disk,
+    /// guest file) with the parts not in `by` left 0.
     groups: Vec<(FoldKey, GroupCols)>,
     /// Where each key is in `groups`, once there are too many to search.
     group_index: std::collections::HashMap<FoldKey, usize>,
@@ -251,6 +254,9 @@ pub struct Collector<'l> {
     /// Complete IOs kept as exact columns; beyond, everything is folded into `folded`.
     exact_cap: usize,
     folded: Option<Folded>,
+    /// Guest files' names in the order first seen (`--by file`), and their indices.
+    files: Vec<String>,
+    file_index: std::collections::HashMap<String, u32>,
 }
 
 /// The exact columns of the complete IOs of one group of the latency table, one entry
@@ -273,9 +279,10 @@ const GROUPS_SCANNED: usize = 16;
 /// exact) and memory stops growing with the trace.
 pub const EXACT_IOS: usize = 4_000_000;
 
-/// A group of the latency table: (op, size class, device, disk), the parts it is not
-/// grouped by 0 ([`project`]).
-type FoldKey = (u32, u32, u32, u32);
+/// A group of the latency table: (op, size class, device, disk, guest file), the parts
+/// it is not grouped by 0 ([`project`]). A guest file is its index + 1 in
+/// `Collector::files` (0: none known).
+type FoldKey = (u32, u32, u32, u32, u32);
 
 /// Each group's latencies, folded: per column (end-to-end, then the layers) a histogram
 /// and the maximum.
@@ -360,6 +367,8 @@ impl<'l> Collector<'l> {
             pictures: None,
             exact_cap: EXACT_IOS,
             folded: None,
+            files: Vec::new(),
+            file_index: std::collections::HashMap::new(),
         }
     }
 
@@ -381,6 +390,24 @@ impl<'l> Collector<'l> {
         self.group_index = Default::default();
         self.exact = 0;
         self.folded = Some(f);
+    }
+
+    /// The guest file at `row`'s offset, as an index + 1 into `files` (0: none known).
+    fn file_of(&mut self, row: &IoRow) -> u32 {
+        let Some(name) = row
+            .offset
+            .and_then(|o| self.layout.guest_name(row.disk, o))
+            .map(|g| g.what)
+        else {
+            return 0;
+        };
+        if let Some(&i) = self.file_index.get(name) {
+            return i;
+        }
+        self.files.push(name.to_owned());
+        let i = self.files.len() as u32;
+        self.file_index.insert(name.to_owned(), i);
+        i
     }
 
     /// The columns of `key`'s group, made if new.
@@ -525,6 +552,11 @@ impl Sink for Collector<'_> {
         }
         let (layers, e2e) = split(&row.b);
         let size = row.bytes.max(1).next_power_of_two().trailing_zeros();
+        let file = if self.by.contains(&GroupBy::File) {
+            self.file_of(row)
+        } else {
+            0
+        };
         let key = project(
             &self.by,
             (
@@ -532,6 +564,7 @@ impl Sink for Collector<'_> {
                 size,
                 row.bottom_dev,
                 disk_key(row.vm, row.disk),
+                file,
             ),
         );
         self.complete += 1;
@@ -685,12 +718,16 @@ impl Collector<'_> {
         summary.events_of_unknown_threads = stats.events_of_unknown_threads;
 
         let by = std::mem::take(&mut self.by);
+        let names = Names {
+            layout: self.layout,
+            files: &self.files,
+        };
         let latency = if let Some(f) = self.folded.take() {
-            aggregate_folded(f, &by, self.layout)
+            aggregate_folded(f, &by, &names)
         } else if n == 0 {
             Vec::new()
         } else {
-            aggregate(std::mem::take(&mut self.groups), n, &by, self.layout)?
+            aggregate(std::mem::take(&mut self.groups), n, &by, &names)?
         };
         let mut slowest: Vec<SlowIo> = self
             .slowest
@@ -746,19 +783,21 @@ impl Collector<'_> {
 
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
 
-/// The group of an IO's (op, size class, device, disk): the parts not in `by` left 0.
-fn project(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> FoldKey {
+/// The group of an IO's (op, size class, device, disk, file): the parts not in `by`
+/// left 0.
+fn project(by: &[GroupBy], (op, size, dev, disk, file): FoldKey) -> FoldKey {
     let part = |g: GroupBy, v: u32| if by.contains(&g) { v } else { 0 };
     (
         part(GroupBy::Op, op),
         part(GroupBy::Size, size),
         part(GroupBy::Device, dev),
         part(GroupBy::Disk, disk) | part(GroupBy::Vm, disk & !0xffff),
+        part(GroupBy::File, file),
     )
 }
 
 /// A group's key as the latency table orders it: the parts asked for, in that order.
-fn key_in_order(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> Vec<u32> {
+fn key_in_order(by: &[GroupBy], (op, size, dev, disk, file): FoldKey) -> Vec<u32> {
     by.iter()
         .map(|g| match g {
             GroupBy::Op => op,
@@ -766,8 +805,16 @@ fn key_in_order(by: &[GroupBy], (op, size, dev, disk): FoldKey) -> Vec<u32> {
             GroupBy::Device => dev,
             GroupBy::Disk => disk & 0xffff,
             GroupBy::Vm => disk >> 16,
+            GroupBy::File => file,
         })
         .collect()
+}
+
+/// What the latency table's group columns are named from.
+struct Names<'a> {
+    layout: &'a Layout,
+    /// Guest files by index - 1 (see [`FoldKey`]).
+    files: &'a [String],
 }
 
 /// The latency table from the groups' exact columns (`n` IOs in all): polars' lazy
@@ -778,7 +825,7 @@ fn aggregate(
     mut groups: Vec<(FoldKey, GroupCols)>,
     n: usize,
     by: &[GroupBy],
-    layout: &Layout,
+    names_of: &Names<'_>,
 ) -> Result<Vec<LayerStat>, ReportError> {
     // One group per key asked for (the collector made them so): `g` is its place in
     // the table's order.
@@ -850,14 +897,14 @@ fn aggregate(
     };
     for i in 0..out.height() {
         let key = if by.is_empty() {
-            (0, 0, 0, 0)
+            (0, 0, 0, 0, 0)
         } else {
             let g = get_u64("g", i) as usize;
             *named.get(g).ok_or_else(|| {
                 PolarsError::ComputeError(format!("group {g} of {}", named.len()).into())
             })?
         };
-        let group = group_names(by, key, layout);
+        let group = group_names(by, key, names_of);
         let e2e_sum = get_u64("e2e:sum", i).max(1) as f64;
         for name in &names {
             let count = get_u64(&format!("{name}:count"), i);
@@ -881,9 +928,10 @@ fn aggregate(
     Ok(stats)
 }
 
-/// The latency table's group columns for a (op, size, device, disk) key.
-fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String, String> {
-    let (op, size, dev, disk) = key;
+/// The latency table's group columns for a (op, size, device, disk, file) key.
+fn group_names(by: &[GroupBy], key: FoldKey, names: &Names<'_>) -> BTreeMap<String, String> {
+    let (op, size, dev, disk, file) = key;
+    let layout = names.layout;
     by.iter()
         .map(|g| match g {
             GroupBy::Op => {
@@ -913,20 +961,26 @@ fn group_names(by: &[GroupBy], key: FoldKey, layout: &Layout) -> BTreeMap<String
                 "vm".to_owned(),
                 layout.vm_name((disk >> 16) as u16).to_owned(),
             ),
+            GroupBy::File => (
+                "file".to_owned(),
+                file.checked_sub(1)
+                    .and_then(|f| names.files.get(f as usize))
+                    .map_or_else(|| "-".to_owned(), Clone::clone),
+            ),
         })
         .collect()
 }
 
 /// The latency table from folded histograms: groups merged to the keys asked for, in
 /// the same order and with the same columns as the exact path.
-fn aggregate_folded(f: Folded, by: &[GroupBy], layout: &Layout) -> Vec<LayerStat> {
+fn aggregate_folded(f: Folded, by: &[GroupBy], names: &Names<'_>) -> Vec<LayerStat> {
     // Folded by the keys asked for already; in the exact path's order.
     let mut groups: Vec<(FoldKey, Vec<(crate::compare::Hist, u64)>)> =
         f.groups.into_iter().collect();
     groups.sort_by_cached_key(|(k, _)| key_in_order(by, *k));
     let mut stats = Vec::new();
     for (key, cols) in groups {
-        let group = group_names(by, key, layout);
+        let group = group_names(by, key, names);
         let e2e_sum = cols[0].0.sum().max(1.0);
         for (i, (h, max)) in cols.iter().enumerate() {
             if h.n == 0 {

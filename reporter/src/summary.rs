@@ -67,6 +67,10 @@ pub struct Summary {
     /// Quantiles are exact (false: more than [`crate::report::EXACT_IOS`] complete IOs, so they come
     /// from log buckets, within 0.4%).
     pub exact_quantiles: bool,
+    /// What `--op`, `--disk`, `--min-latency` and `--from/--to` kept: everything else
+    /// (counts, tables, export) is of the IOs kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<crate::filter::Filtered>,
 }
 
 /// What is wrong with a trace as input, a line each (none when nothing is): what

@@ -174,6 +174,8 @@ struct Gen<W: Write> {
     stats: SynthStats,
     cycle: u64,
     pending: Vec<RawEvent>,
+    /// The latest timestamp of any event: the recording's end.
+    last_ts: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -210,6 +212,7 @@ const HORIZON_NS: u64 = 50_000_000;
 impl<W: Write> Gen<W> {
     fn ev(&mut self, ts: u64, tid: u32, cpu: u16, kind: EventKind, sub: u8, a: [u64; 4]) {
         self.seq += 1;
+        self.last_ts = self.last_ts.max(ts);
         let e = RawEvent {
             ts,
             tid,
@@ -510,6 +513,10 @@ impl<W: Write> Gen<W> {
 }
 
 /// Write a synthetic trace to `out`; `truth` gets each IO's true story.
+/// When the synthetic recording began (CLOCK_MONOTONIC): its first IO comes just
+/// after.
+pub const START_NS: u64 = 1_000_000_000;
+
 pub fn generate<W: Write>(
     cfg: &SynthConfig,
     out: W,
@@ -534,11 +541,12 @@ pub fn generate<W: Write>(
         stats: SynthStats::default(),
         cycle: 0,
         pending: Vec::new(),
+        last_ts: 0,
     };
     let every = |n: u64, i: u64| n != 0 && i % n == n - 1;
     let mean_latency = 150_000u64;
     let gap = mean_latency / cfg.queue_depth.max(1) as u64;
-    let mut t = 1_000_000_000u64;
+    let mut t = START_NS;
     let mut last_parse = 0u64;
     let mut i = 0u64;
     while i < cfg.ios {
@@ -753,6 +761,7 @@ pub fn generate<W: Write>(
     let w = g.out.finish(&End {
         stop_reason: "synthetic".into(),
         events: stats.events,
+        duration_s: g.last_ts.saturating_sub(START_NS) as f64 / 1e9,
         ..End::default()
     })?;
     Ok((w, stats))
@@ -790,6 +799,7 @@ fn header() -> Header {
             probe("block_bio_queue", "block"),
         ],
         devices: vec!["8:1".into(), "8:0".into()],
+        monotonic_ns_at_start: Some(START_NS),
         ..Header::default()
     }
 }

@@ -456,6 +456,10 @@ fn impossible_options_are_refused() {
         ),
         (
             vec!["record", "--duration", "1ns", "--pid", "1"],
+            "too short",
+        ),
+        (
+            vec!["record", "--duration", "1d", "--pid", "1"],
             "unknown unit",
         ),
         (

@@ -396,3 +396,106 @@ fn the_report_fits_a_terminal_and_its_slowest_ios_keep_their_layers() {
     }
     assert_eq!(checked, 5, "{text}");
 }
+
+/// `--op`, `--min-latency`, `--from/--to` and `--disk` keep the IOs the synthetic
+/// trace's own truths say they should, in the export and the table, and the summary
+/// says what was kept; impossible filters are refused with why.
+#[test]
+fn filters_keep_what_the_truth_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, truths) = make(dir.path());
+    let start = viopath_reporter::synth::START_NS;
+    let began = |t: &Truth| t.b.as_array().iter().copied().find(|&x| x != 0).unwrap();
+    let e2e = |t: &Truth| split(&t.b).1;
+    let csv_rows = |extra: &[&str]| -> Vec<String> {
+        let csv = dir.path().join("f.csv");
+        let mut args = vec![
+            "report",
+            &trace,
+            "--format",
+            "csv",
+            "-o",
+            csv.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = viopath(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&csv).unwrap();
+        text.lines().skip(1).map(str::to_owned).collect()
+    };
+    let cases: Vec<(Vec<&str>, usize)> = vec![
+        (
+            vec!["--op", "read"],
+            truths.iter().filter(|t| !t.write).count(),
+        ),
+        (vec!["--op", "write,read"], truths.len()),
+        (
+            vec!["--min-latency", "300us"],
+            truths.iter().filter(|t| e2e(t) >= 300_000).count(),
+        ),
+        (
+            vec!["--from", "10ms", "--to", "0.02s"],
+            truths
+                .iter()
+                .filter(|t| (start + 10_000_000..start + 20_000_000).contains(&began(t)))
+                .count(),
+        ),
+        (
+            vec!["--op", "write", "--from", "30ms"],
+            truths
+                .iter()
+                .filter(|t| t.write && began(t) >= start + 30_000_000)
+                .count(),
+        ),
+        (vec!["--disk", "disk.qcow2"], truths.len()),
+        (vec!["--disk", "/synthetic/disk.qcow2"], truths.len()),
+    ];
+    for (args, want) in &cases {
+        assert!(*want > 0 && *want <= truths.len(), "{args:?}: {want}");
+        assert_eq!(csv_rows(args).len(), *want, "{args:?}");
+    }
+    // The table says what it kept, and counts only those.
+    let out = viopath(&["report", &trace, "--op", "read", "--min-latency", "300us"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kept = truths
+        .iter()
+        .filter(|t| !t.write && e2e(t) >= 300_000)
+        .count();
+    assert!(
+        text.contains(&format!(
+            "{kept} IOs kept, {} left out",
+            truths.len() - kept
+        )),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("│ IOs ") && l.contains(&format!("│ {kept} ({kept} complete"))),
+        "{text}"
+    );
+    assert!(!text.contains("│ write "), "{text}");
+    // Refused, with why.
+    for (args, want) in [
+        (vec!["--disk", "sdb"], "no disk named 'sdb'"),
+        (vec!["--from", "2s", "--to", "1s"], "before it begins"),
+        (vec!["--op", "reads"], "invalid value"),
+        (vec!["--min-latency", "3 parsecs"], "unknown unit"),
+        (
+            vec!["--format", "perfetto", "--op", "read"],
+            "Perfetto timeline shows the whole trace",
+        ),
+    ] {
+        let mut a = vec!["report", trace.as_str()];
+        a.extend_from_slice(&args);
+        let out = viopath(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+}

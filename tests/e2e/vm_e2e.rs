@@ -636,5 +636,55 @@ fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
             assert!(table.contains(d), "no group for {d}: {table}");
         }
     }
+    // Grouped by guest file: each file the guest's script read or wrote with O_DIRECT
+    // (one request per dd block, at debugfs's address) has a group for that op with at
+    // least that many IOs, and the groups add up to every complete IO.
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["report", trace.to_str().unwrap(), "--by", "file,op"])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e2e_count = |file: &str, op: &str| -> u64 {
+        j["latency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["layer"] == "e2e" && l["group"]["op"] == op)
+            .filter(|l| file.is_empty() || l["group"]["file"] == file)
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum()
+    };
+    for op in ops.iter().filter(|o| o.direct) {
+        let name = if op.write { "write" } else { "read" };
+        let direct = ops
+            .iter()
+            .filter(|o| o.direct && o.write == op.write && o.path == op.path)
+            .count() as u64;
+        assert!(
+            e2e_count(&op.path, name) >= direct,
+            "{} {name}: {} IOs grouped, the guest did {direct} direct",
+            op.path,
+            e2e_count(&op.path, name)
+        );
+    }
+    let all: u64 = [
+        "read",
+        "write",
+        "flush",
+        "discard",
+        "write_zeroes",
+        "get_id",
+        "other",
+    ]
+    .iter()
+    .map(|op| e2e_count("", op))
+    .sum();
+    assert_eq!(all, j["summary"]["complete_ios"].as_u64().unwrap());
     true
 }
