@@ -228,6 +228,18 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     };
     let (report, source) = viopath_reporter::analyze(&args.trace, &opts)?;
     drop(bar);
+    // Said on every output, even quiet: rows that do not join for this reason would
+    // otherwise be blamed on the trace.
+    if !source.mismatch.is_empty() {
+        eprintln!(
+            "viopath: warning: {}",
+            crate::ui::prose(&format!(
+                "the layout from --image does not match the one recorded in {}: {}. IO below QEMU is followed by these files' inodes and sectors, so its rows will be partial; without --image the trace's own layout is used",
+                args.trace.display(),
+                source.mismatch.join("; ")
+            ))
+        );
+    }
     if let Some(path) = &args.html {
         let page = viopath_reporter::html::report_page(
             &report,
@@ -305,13 +317,21 @@ fn quantile_note() -> String {
 
 fn layout_note(source: &LayoutSource) -> String {
     format!(
-        "from {} ({} image files){}",
+        "from {} ({} image files){}{}",
         source.from,
         source.files,
         if source.errors.is_empty() {
             String::new()
         } else {
             format!("; {}", source.errors.join("; "))
+        },
+        if source.mismatch.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; DOES NOT MATCH THE RECORDING: {}",
+                source.mismatch.join("; ")
+            )
         }
     )
 }

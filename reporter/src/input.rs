@@ -6,7 +6,7 @@
 use crate::{join, layout, reader};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use viopath_layouts::host::DevId;
+use viopath_layouts::host::{DevId, Hop};
 use viopath_layouts::snapshot::Snapshot;
 use viopath_probes::chunks::Header;
 
@@ -89,6 +89,10 @@ pub struct LayoutSource {
     pub from: &'static str,
     pub files: usize,
     pub errors: Vec<String>,
+    /// Where a layout taken from images now differs from the trace's own snapshot (an
+    /// image moved, copied or rewritten since): the join follows IO by these files'
+    /// inodes and sectors, so rows below QEMU would not join. Said on every output.
+    pub mismatch: Vec<String>,
 }
 
 /// Layers the recording did not trace, from the header's probe list.
@@ -167,6 +171,7 @@ fn from_snapshot(snap: &Snapshot, from: &'static str) -> (layout::Layout, Layout
             from,
             files,
             errors,
+            mismatch: Vec::new(),
         },
     )
 }
@@ -276,7 +281,11 @@ fn load_layout_of_images(
             .filter_map(|d| d.parse().ok())
             .collect();
         let snap = viopath_layouts::snapshot::take(images, &devices);
-        return from_snapshot(&snap, "images");
+        let (layout, mut source) = from_snapshot(&snap, "images");
+        if let Some(recorded) = &trace.layout {
+            source.mismatch = layout_mismatch(recorded, &snap);
+        }
+        return (layout, source);
     }
     match &trace.layout {
         Some(v) => from_snapshot(v, "trace"),
@@ -286,9 +295,71 @@ fn load_layout_of_images(
                 from: "none",
                 files: 0,
                 errors: vec!["the trace has no layout snapshot (recording interrupted?) and no --image was given: block IO is joined only where the submitting thread shows it".into()],
+                mismatch: Vec::new(),
             },
         ),
     }
+}
+
+/// How the image files of a layout taken `now` differ from the `recorded` one, a line
+/// each: a file the recording did not have, another inode, or other extents below it
+/// (moved, copied, defragmented or rewritten since). Files are matched by path, else by
+/// file name (images copied elsewhere for offline analysis).
+pub fn layout_mismatch(recorded: &Snapshot, now: &Snapshot) -> Vec<String> {
+    use viopath_layouts::snapshot::FileHost;
+    let then: Vec<&FileHost> = recorded.images.iter().flat_map(|i| &i.file_hosts).collect();
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_owned());
+    // Where each piece of the file lies on its bottom device (its byte there: what a
+    // snapshot read back is sure to have).
+    type Place = (u64, u64, Option<(DevId, u64)>);
+    let places = |f: &FileHost| -> Vec<Place> {
+        f.host
+            .iter()
+            .map(|s| {
+                let bottom = s.hops.iter().rev().find_map(|h| match h {
+                    Hop::Device { dev, byte, .. } => Some((*dev, *byte)),
+                    Hop::File { .. } => None,
+                });
+                (s.offset.0, s.len, bottom)
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for f in now.images.iter().flat_map(|i| &i.file_hosts) {
+        if !seen.insert(f.file.clone()) {
+            continue;
+        }
+        let shown = f.file.display();
+        let Some(r) = then
+            .iter()
+            .find(|r| r.file == f.file)
+            .or_else(|| then.iter().find(|r| name(&r.file) == name(&f.file)))
+        else {
+            out.push(format!("{shown} is not among the recording's image files"));
+            continue;
+        };
+        match (r.ino, f.ino) {
+            (Some(a), Some(b)) if a != b => {
+                out.push(format!(
+                    "{shown} is inode {b} now, {a} when recorded (moved or copied since?)"
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        if r.len != f.len {
+            out.push(format!(
+                "{shown} is {} bytes now, {} when recorded",
+                f.len, r.len
+            ));
+        } else if places(r) != places(f) {
+            out.push(format!(
+                "{shown} lies elsewhere on its device now than when recorded (rewritten or defragmented since?)"
+            ));
+        }
+    }
+    out
 }
 
 /// How rows end, from which probes the trace's header says were attached.
@@ -323,6 +394,7 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
 
 #[cfg(test)]
 mod tests {
+    use super::{Snapshot, layout_mismatch};
     use viopath_probes::chunks::{Header, ProbeStatus};
 
     fn probe(name: &str, layer: &str, attached: bool, note: Option<&str>) -> ProbeStatus {
@@ -365,5 +437,38 @@ mod tests {
                  layer), virtio_blk_rw_complete (qemu_done)",
             ]
         );
+    }
+
+    fn snap(file: &str, ino: u64, byte: u64) -> Snapshot {
+        serde_json::from_value(serde_json::json!({
+            "images": [{"path": file, "file_hosts": [{
+                "file": file, "len": 1u64 << 20, "ino": ino,
+                "host": [{"offset": 0, "len": 1u64 << 20, "hops": [
+                    {"hop": "file", "path": file, "offset": 0, "state": "mapped"},
+                    {"hop": "device", "device": "/dev/vda", "dev": "254:0", "byte": byte, "via": "filesystem"}
+                ]}]
+            }]}],
+            "devices": []
+        }))
+        .unwrap()
+    }
+
+    /// The same file in the same place matches, wherever its copy is named from; another
+    /// inode, other blocks or a file the recording lacked do not.
+    #[test]
+    fn a_layout_taken_now_is_checked_against_the_recorded_one() {
+        let recorded = snap("/vm/disk.qcow2", 12, 1 << 30);
+        assert!(layout_mismatch(&recorded, &snap("/vm/disk.qcow2", 12, 1 << 30)).is_empty());
+        assert!(layout_mismatch(&recorded, &snap("/elsewhere/disk.qcow2", 12, 1 << 30)).is_empty());
+        let moved = layout_mismatch(&recorded, &snap("/elsewhere/disk.qcow2", 99, 1 << 30));
+        assert_eq!(moved.len(), 1);
+        assert!(
+            moved[0].contains("inode 99 now, 12 when recorded"),
+            "{moved:?}"
+        );
+        let rewritten = layout_mismatch(&recorded, &snap("/vm/disk.qcow2", 12, 2 << 30));
+        assert!(rewritten[0].contains("lies elsewhere"), "{rewritten:?}");
+        let other = layout_mismatch(&recorded, &snap("/vm/other.qcow2", 13, 1 << 30));
+        assert!(other[0].contains("not among the recording's"), "{other:?}");
     }
 }

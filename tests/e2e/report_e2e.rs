@@ -257,14 +257,37 @@ fn check(aio: &str) -> Vec<Gap> {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        std::fs::read_to_string(out_path).unwrap()
+        (
+            std::fs::read_to_string(out_path).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
-    let from_trace = csv(&[], "a.csv");
-    let from_image = csv(&["--image", img.to_str().unwrap()], "b.csv");
+    let (from_trace, _) = csv(&[], "a.csv");
+    let (from_image, err) = csv(&["--image", img.to_str().unwrap()], "b.csv");
     assert_eq!(from_trace.lines().count(), reqs.len() + 1);
     assert_eq!(
         from_trace, from_image,
         "{aio}: layout from the image differs"
+    );
+    assert!(!err.contains("does not match"), "{err}");
+    // The image copied elsewhere (another inode, other blocks: `stat` and `filefrag`
+    // are the oracle): the layout taken from the copy is said not to match.
+    let copy_dir = dir.path().join("moved");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    let copy = copy_dir.join(img.file_name().unwrap());
+    std::fs::copy(&img, &copy).unwrap();
+    let ino =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    assert_ne!(ino(&img), ino(&copy));
+    let (_, err) = csv(&["--image", copy.to_str().unwrap()], "c.csv");
+    assert!(
+        err.contains("does not match the one recorded")
+            && err.contains(&format!(
+                "is inode {} now, {} when recorded",
+                ino(&copy),
+                ino(&img)
+            )),
+        "{aio}: {err}"
     );
     gaps
 }

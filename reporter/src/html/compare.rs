@@ -129,6 +129,29 @@ pub(super) fn forest(op: &str, changes: &[&Change]) -> String {
                 x(ch.delta),
                 esc(&tip)
             );
+            // Beyond the scale: the point sits on the edge, so it says its true value
+            // (and which way it goes on), on the middle's side of the point.
+            let true_lr = (1.0 + ch.delta).log2().abs();
+            if true_lr.is_nan() || true_lr > span {
+                let label = ratio_label(1.0 + ch.delta);
+                if ch.delta > 0.0 {
+                    c.text(
+                        x(ch.delta) - 8.0,
+                        y + 3.5,
+                        "end",
+                        "clamped",
+                        &format!("{label} ▸"),
+                    );
+                } else {
+                    c.text(
+                        x(ch.delta) + 8.0,
+                        y + 3.5,
+                        "start",
+                        "clamped",
+                        &format!("◂ {label}"),
+                    );
+                }
+            }
         }
     }
     c.finish()
@@ -284,4 +307,44 @@ pub fn compare_page(p: &ComparePage) -> String {
     }
     b.push_str("</table>");
     page("viopath compare", &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(layer: &str, delta: f64) -> Change {
+        Change {
+            op: "read".into(),
+            layer: layer.into(),
+            metric: "p50",
+            base_ns: 100_000.0,
+            new_ns: 100_000.0 * (1.0 + delta),
+            delta,
+            ci: Some((delta * 0.9, delta * 1.1)),
+            n_base: 1000,
+            n_new: 1000,
+            verdict: if delta > 0.0 {
+                Verdict::Slower
+            } else {
+                Verdict::Faster
+            },
+        }
+    }
+
+    /// A change beyond the plot's scale sits on its edge and says its true value; one
+    /// within it says nothing more.
+    #[test]
+    fn a_clamped_point_is_labelled_with_its_true_value() {
+        let cs = [
+            change("qemu", 200.0),
+            change("device", -0.99),
+            change("host_fs", 0.2),
+        ];
+        let refs: Vec<&Change> = cs.iter().collect();
+        let svg = forest("read", &refs);
+        assert!(svg.contains(">×201.0 ▸</text>"), "{svg}");
+        assert!(svg.contains(">◂ -99%</text>"), "{svg}");
+        assert_eq!(svg.matches("class=\"clamped\"").count(), 2, "{svg}");
+    }
 }

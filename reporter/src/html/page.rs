@@ -33,7 +33,7 @@ table.kv td:first-child{text-align:left;font-weight:600;background:#fafafa}table
 figure{margin:8px 0}
 .legend{font-size:12px;margin:4px 0 2px}.legend span{margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:11px;height:11px;margin-right:4px;vertical-align:-1px;border-radius:2px}
-svg text{font-family:inherit}svg .tick{font-size:10px;fill:#555}svg .lbl{font-size:11px;fill:#333}svg .ttl{font-size:12px;font-weight:600;fill:#222}
+svg text{font-family:inherit}svg .tick{font-size:10px;fill:#555}svg .lbl{font-size:11px;fill:#333}svg .ttl{font-size:12px;font-weight:600;fill:#222}svg .clamped{font-size:10px;font-weight:600;fill:#222;paint-order:stroke;stroke:#fff;stroke-width:3px}
 .slower{color:#c62828;font-weight:600}.faster{color:#2e7d32;font-weight:600}.same{color:#777}
 "#;
 
