@@ -270,17 +270,64 @@ fn json_filenames(j: &serde_json::Value, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Of the files a process has open, its images. When its command line names none (its
-/// disks all added at run time by QMP), every one. Otherwise those it names, and of the
-/// others those open read-write or holding a qcow2 header: a disk hot-plugged by QMP.
-/// Its pid file, logs and consoles are opened to write only, its kernel, initrd and
-/// firmware to read only, and none of them is qcow2.
-pub fn images_among(open: Vec<OpenPath>, named: &[PathBuf]) -> Vec<PathBuf> {
-    if named.is_empty() {
-        return open.into_iter().map(|f| f.path).collect();
+/// Files the values of [`NOT_DISKS`] options name (a memory backend's file, a serial
+/// log, a pid file): never images, however they are open.
+pub fn files_not_disks(args: &[String]) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for w in args.windows(2) {
+        let (opt, val) = (&w[0], &w[1]);
+        if !NOT_DISKS
+            .iter()
+            .any(|o| opt == o || opt.strip_prefix('-') == Some(o))
+        {
+            continue;
+        }
+        if val.trim_start().starts_with('{') {
+            if let Ok(j) = serde_json::from_str::<serde_json::Value>(val) {
+                json_paths(&j, &mut v);
+            }
+            continue;
+        }
+        for part in val.split(',') {
+            let p = Path::new(part.rsplit_once('=').map_or(part, |(_, v)| v));
+            if disk_like(p) {
+                v.push(p.canonicalize().unwrap_or_else(|_| p.to_owned()));
+            }
+        }
     }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Every string of a JSON option that names an existing file.
+fn json_paths(j: &serde_json::Value, out: &mut Vec<PathBuf>) {
+    match j {
+        serde_json::Value::String(s) if disk_like(Path::new(s)) => {
+            let p = Path::new(s);
+            out.push(p.canonicalize().unwrap_or_else(|_| p.to_owned()));
+        }
+        serde_json::Value::Object(o) => o.values().for_each(|v| json_paths(v, out)),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| json_paths(v, out)),
+        _ => {}
+    }
+}
+
+/// Of the files a process with command line `args` (after the program) has open, its
+/// images: those the line names as files, and of the others those open read-write or
+/// holding a qcow2 header (a disk added by QMP, hot-plugged or all of them), except
+/// what the line names as no disk (a memory backend's file is open read-write). Its
+/// stdout and stderr logs, serial logs and pid file are open to write only, its kernel,
+/// initrd and firmware to read only, and none of them is qcow2. (A raw disk QMP adds
+/// read-only is not found this way: name it on the command line.)
+pub fn images_among(open: Vec<OpenPath>, args: &[String]) -> Vec<PathBuf> {
+    let named = files_in_args(args);
+    let not_disks = files_not_disks(args);
     open.into_iter()
-        .filter(|f| named.contains(&f.path) || f.read_write || is_qcow2(&f.path))
+        .filter(|f| {
+            named.contains(&f.path)
+                || (!not_disks.contains(&f.path) && (f.read_write || is_qcow2(&f.path)))
+        })
         .map(|f| f.path)
         .collect()
 }
@@ -387,20 +434,34 @@ mod tests {
             open_as(&pid, false),
         ];
         assert_eq!(
-            images_among(open.clone(), &named),
+            images_among(open.clone(), &args),
             std::slice::from_ref(&img)
         );
-        assert_eq!(
-            images_among(open.clone(), &[]),
-            [img.clone(), log.clone(), pid.clone()]
-        );
+        // A command line naming no disk (all added by QMP): still not the log or the
+        // pid file, open to write only.
+        assert_eq!(images_among(open.clone(), &[]), std::slice::from_ref(&img));
         // Disks hot-plugged by QMP: one opened read-write, a qcow2 opened read-only.
         let (raw, ro) = (dir.join("hot.raw"), dir.join("hot-ro.qcow2"));
         std::fs::write(&raw, [0u8; 512]).unwrap();
         std::fs::write(&ro, b"QFI\xfb\0\0\0\x03").unwrap();
         let mut open = open;
         open.extend([open_as(&raw, true), open_as(&ro, false)]);
-        assert_eq!(images_among(open, &named), [img, raw, ro]);
+        assert_eq!(
+            images_among(open.clone(), &args),
+            [img.clone(), raw.clone(), ro.clone()]
+        );
+        // A memory backend's file is open read-write, and named as no disk.
+        let mem = f("guest-ram");
+        let mut with_mem = args.clone();
+        with_mem.extend([
+            "-object".to_owned(),
+            format!(
+                "memory-backend-file,id=ram0,size=1M,mem-path={}",
+                mem.display()
+            ),
+        ]);
+        open.push(open_as(&mem, true));
+        assert_eq!(images_among(open, &with_mem), [img, raw, ro]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

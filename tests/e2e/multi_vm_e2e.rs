@@ -440,41 +440,58 @@ fn bad_sets_of_vms_are_refused_with_why() {
     }
 }
 
-/// A disk hot-plugged by QMP while recording (a QEMU whose command line names another
-/// disk) is taken up as one of its images: its file in the VM's images and the layout.
+/// A disk hot-plugged by QMP while recording is taken up as one of its images: its file
+/// in the VM's images and the layout. Its other open files are not images: stdout and
+/// stderr logs, a serial log, the pid file, a memory backend's file (open read-write).
+/// Once with a command line naming another disk, once with one naming none.
 #[test]
 fn a_disk_hot_plugged_while_recording_is_an_image() {
     let Some((qemu, _)) = prerequisites() else {
         return;
     };
     let _one = one_recorder();
+    for name_a_disk in [true, false] {
+        hot_plugged(&qemu, name_a_disk);
+    }
+}
+
+fn hot_plugged(qemu: &std::path::Path, name_a_disk: bool) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let (named, hot) = (dir.path().join("named.raw"), dir.path().join("hot.qcow2"));
+    let at = |n: &str| dir.path().join(n);
+    let (named, hot) = (at("named.raw"), at("hot.qcow2"));
     sh(&format!(
-        "truncate -s 64M {} && qemu-img create -q -f qcow2 {} 64M",
+        "truncate -s 64M {} && qemu-img create -q -f qcow2 {} 64M && truncate -s 1M {}",
         named.display(),
-        hot.display()
+        hot.display(),
+        at("ram").display()
     ));
-    let sock = dir.path().join("qmp.sock");
-    let vm = Reaped(
-        Command::new(&qemu)
-            .args(["-machine", "none", "-display", "none", "-nodefaults", "-S"])
-            .arg("-blockdev")
-            .arg(format!(
-                "driver=file,filename={},node-name=named",
-                named.display()
-            ))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap(),
-    );
+    let sock = at("qmp.sock");
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-machine", "none", "-display", "none", "-nodefaults", "-S"]);
+    if name_a_disk {
+        cmd.arg("-blockdev").arg(format!(
+            "driver=file,filename={},node-name=named",
+            named.display()
+        ));
+    }
+    cmd.arg("-pidfile")
+        .arg(at("qemu.pid"))
+        .arg("-chardev")
+        .arg(format!("file,id=log,path={}", at("serial.log").display()))
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-file,id=ram0,size=1M,share=on,mem-path={}",
+            at("ram").display()
+        ))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(at("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(at("stderr.log")).unwrap())
+        .process_group(0);
+    let vm = Reaped(cmd.spawn().unwrap());
     let mut qmp = Qmp::connect(&sock);
-    let trace = dir.path().join("hot.trace");
+    let trace = at("hot.trace");
     let rec = Recorder::start(&["--pid".into(), vm.0.id().to_string()], &trace);
     qmp.cmd(
         "blockdev-add",
@@ -483,20 +500,32 @@ fn a_disk_hot_plugged_while_recording_is_an_image() {
     );
     // The recorder looks at the process's files every half second.
     std::thread::sleep(Duration::from_millis(1500));
+    // The oracle for what QEMU holds open: its own /proc fd table.
+    let open: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{}/fd", vm.0.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .collect();
+    for f in ["ram", "serial.log", "stdout.log", "hot.qcow2"] {
+        assert!(
+            open.contains(&at(f)),
+            "QEMU does not hold {f} open: {open:?}"
+        );
+    }
     let _ = writeln!(qmp.out, "{}", json!({"execute": "quit"}));
     // Not reaped here: the recorder takes a zombie for an exited process.
     let (_, stderr) = rec.stop(false);
     drop(vm);
     let t = Trace::open(&trace).unwrap();
-    let images = &t.end.clone().unwrap().vms[0].images;
-    assert!(
-        images.contains(&named) && images.contains(&hot),
-        "{images:?}\n{stderr}"
-    );
+    let mut images = t.end.clone().unwrap().vms[0].images.clone();
+    images.sort();
+    let want = if name_a_disk {
+        vec![hot.clone(), named.clone()]
+    } else {
+        vec![hot.clone()]
+    };
+    assert_eq!(images, want, "named a disk: {name_a_disk}\n{stderr}");
     let snap = t.layout.clone().unwrap();
-    assert!(
-        snap.images.iter().any(|i| i.path == hot),
-        "{:?}",
-        snap.images.iter().map(|i| &i.path).collect::<Vec<_>>()
-    );
+    let mut paths: Vec<_> = snap.images.iter().map(|i| i.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, want, "named a disk: {name_a_disk}");
 }

@@ -18,8 +18,6 @@ pub(super) struct Vm {
     pub(super) pid: u32,
     /// Its files (images among them), rescanned while recording.
     pub(super) files: Vec<PathBuf>,
-    /// The image files its command line names.
-    pub(super) named: Vec<PathBuf>,
     /// Its command line: the command started, or the running process's.
     pub(super) command: Vec<String>,
     /// The command started, held until every probe is attached.
@@ -36,11 +34,9 @@ pub(super) struct Vm {
 
 impl Vm {
     fn new(pid: u32, files: Vec<PathBuf>, command: Vec<String>) -> Vm {
-        let named = qemu::files_in_args(&command[1.min(command.len())..]);
         Vm {
             pid,
             files,
-            named,
             command,
             child: None,
             domain: None,
@@ -295,8 +291,9 @@ fn running(pid: u32) -> Result<(PathBuf, Vm), RecordError> {
         .map(str::to_owned)
         .collect();
     // Not the program itself.
-    let named = qemu::files_in_args(&cmdline[1.min(cmdline.len())..]);
-    let mut files = qemu::images_among(qemu::open_files(pid), &named);
+    let args = &cmdline[1.min(cmdline.len())..];
+    let named = qemu::files_in_args(args);
+    let mut files = qemu::images_among(qemu::open_files(pid), args);
     files.extend(named);
     files.sort();
     files.dedup();
