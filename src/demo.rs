@@ -5,8 +5,11 @@
 //! the binary (a qcow2 overlay on a base image: GPT, ext4), lets it read and write a
 //! known file, records it with `viopath record` and prints `viopath report`. As root
 //! with only `qemu-io` (no qemu-system or no guest), qemu-io does the guest's reads and
-//! writes on the same image instead. Elsewhere it replays a trace this harness recorded
-//! (`fixtures/demo/vm.trace`) and says so. It always says which of the three it did.
+//! writes on the same image instead. Either QEMU is a build of ours with symbols where
+//! one is cached, else the distribution's (on PATH): then the demo says which layers
+//! its stripped binary cannot give and how to get them. Only where nothing can record
+//! (no root, no QEMU, the recorder failing) does it replay a trace this harness
+//! recorded (`fixtures/demo/vm.trace`), and says why. It always says which it did.
 
 use crate::report::{self, By, Format, ReportArgs};
 use crate::vm::{GuestAssets, qemu_args};
@@ -59,6 +62,12 @@ enum Live {
     QemuIo(PathBuf, String),
 }
 
+/// A QEMU program: a build of ours with symbols (`$VIOPATH_QEMU_PREFIX`, or the newest
+/// in the cache), else the distribution's on PATH.
+fn find_qemu(name: &str) -> Option<PathBuf> {
+    qemu_bin(name).or_else(|| viopath_recorder::qemu::which(name))
+}
+
 /// What this machine can record, or why it cannot record at all.
 fn live_setup() -> std::result::Result<Live, String> {
     let euid = std::fs::read_to_string("/proc/self/status")
@@ -71,19 +80,19 @@ fn live_setup() -> std::result::Result<Live, String> {
     if euid.as_deref() != Some("0") {
         return Err("recording needs root (BPF)".into());
     }
-    let no_vm = match (qemu_bin("qemu-system-x86_64"), GuestAssets::find()) {
+    let no_vm = match (find_qemu("qemu-system-x86_64"), GuestAssets::find()) {
         (Some(qemu), Some(assets)) if std::env::var_os("VIOPATH_DEMO_NO_VM").is_none() => {
             return Ok(Live::Vm(qemu, assets));
         }
-        (None, _) => {
-            "no qemu-system-x86_64 with symbols (set VIOPATH_QEMU_PREFIX, or run tests/qemu/build.sh)"
-        }
-        (_, None) => "no test guest kernel and initramfs (run tests/vm/guest.sh)",
+        (None, _) => "no qemu-system-x86_64",
+        (_, None) => "no test guest kernel and initramfs (tests/vm/guest.sh makes them)",
         _ => "VIOPATH_DEMO_NO_VM is set",
     };
-    match qemu_bin("qemu-io") {
+    match find_qemu("qemu-io") {
         Some(q) => Ok(Live::QemuIo(q, no_vm.to_owned())),
-        None => Err(format!("{no_vm}; and no qemu-io with symbols either")),
+        None => Err(format!(
+            "{no_vm}; and no qemu-io either (Debian and Ubuntu: apt install qemu-utils)"
+        )),
     }
 }
 
@@ -132,8 +141,16 @@ fn qemu_io_commands(overlay: &Path) -> std::result::Result<Vec<String>, String> 
                 if n == 0 {
                     return Err(format!("{TABLE} has no data at {at}"));
                 }
-                let verb = if write { "write -P 0x5a" } else { "read" };
+                // Asynchronous, one at a time (the flush waits for it): the interface
+                // QEMU's devices use, whose exported entry points a stripped QEMU
+                // still has.
+                let verb = if write {
+                    "aio_write -P 0x5a"
+                } else {
+                    "aio_read"
+                };
                 cmds.push(format!("{verb} {} {n}", loc.offset.0));
+                cmds.push("aio_flush".to_owned());
                 at += n;
             }
         }
@@ -156,12 +173,50 @@ fn report_args(trace: &Path, html: Option<PathBuf>) -> ReportArgs {
     }
 }
 
-/// Record the guest (or qemu-io); on failure, the reason (the recorder's last words).
-fn record(dir: &Path, live: &Live, out: &mut dyn Write) -> Result<PathBuf, String> {
+/// The demo's disk: the base image and its overlay, written into `dir`.
+fn write_images(dir: &Path) -> Result<()> {
     for (name, bytes) in [("base.qcow2", BASE), ("overlay.qcow2", OVERLAY)] {
         let p = dir.join(name);
-        std::fs::write(&p, bytes).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
     }
+    Ok(())
+}
+
+/// The QEMU functions the recording could not probe for want of symbols, by layer,
+/// each with what it would have given ("qcow2: qcow2_co_preadv_part (...)"). Functions
+/// this QEMU does not have at all are not missing: a stripped binary cannot tell them
+/// from those it has without symbols, so a program with no devices (`devices` false:
+/// qemu-io) is not said to lack the virtio layer.
+fn qemu_layers_missing(trace: &Path, devices: bool) -> Vec<String> {
+    let Ok(t) = viopath_reporter::reader::Trace::open(trace) else {
+        return Vec::new();
+    };
+    let mut by_layer: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for p in &t.header.probes {
+        let unprobed = (p.attach == "uprobe" || p.attach == "usdt")
+            && !p.attached
+            && (devices || p.layer != "virtio")
+            && !p
+                .note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("not in this QEMU build"));
+        if unprobed {
+            by_layer.entry(p.layer.as_str()).or_default().push(
+                match viopath_reporter::qemu_probe_gives(&p.name) {
+                    Some(g) => format!("{} ({g})", p.name),
+                    None => p.name.clone(),
+                },
+            );
+        }
+    }
+    by_layer
+        .into_iter()
+        .map(|(layer, fns)| format!("{layer}: {}", fns.join(", ")))
+        .collect()
+}
+
+/// Record the guest (or qemu-io); on failure, the reason (the recorder's last words).
+fn record(dir: &Path, live: &Live, out: &mut dyn Write) -> Result<PathBuf, String> {
     let overlay = dir.join("overlay.qcow2");
     let trace = dir.join("demo.trace");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -215,6 +270,27 @@ fn record(dir: &Path, live: &Live, out: &mut dyn Write) -> Result<PathBuf, Strin
             .unwrap_or("the guest did not finish its workload");
         return Err(format!("recording failed: {last}"));
     }
+    let qemu = match live {
+        Live::Vm(q, _) | Live::QemuIo(q, _) => q,
+    };
+    let missing = qemu_layers_missing(&trace, matches!(live, Live::Vm(..)));
+    if !missing.is_empty() {
+        let version = viopath_recorder::qemu::QemuInfo::probe(qemu).version_line;
+        let _ = writeln!(
+            out,
+            "{}\n",
+            crate::ui::prose(&format!(
+                "This QEMU ({}{}) has no symbols for some of its functions, so the recording lacks: {}. To get them: install its debug symbols (Debian and Ubuntu: the matching -dbgsym packages from the debug archive; Fedora and RHEL: debuginfo-install), or build QEMU with symbols (tests/qemu/build.sh does, into /var/cache/viopath; or set VIOPATH_QEMU_PREFIX to a build's prefix), and run the demo again.",
+                qemu.display(),
+                if version.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {version}")
+                },
+                missing.join("; ")
+            ))
+        );
+    }
     Ok(trace)
 }
 
@@ -249,17 +325,23 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
     } else {
         live_setup()
     };
+    // The images the demo promises in --dir, whether it records or replays.
+    write_images(&dir)?;
     let recorded = match &live {
         Ok(l) => record(&dir, l, out),
         Err(why) => Err(why.clone()),
     };
     let trace = match recorded {
         Ok(t) => {
-            let what = match live {
-                Ok(Live::Vm(..)) => "the VM",
-                _ => "qemu-io",
+            let (what, qemu) = match &live {
+                Ok(Live::Vm(q, _)) => ("the VM", q.display().to_string()),
+                Ok(Live::QemuIo(q, _)) => ("qemu-io", q.display().to_string()),
+                Err(_) => unreachable!("recorded only where live"),
             };
-            writeln!(out, "Recorded a live run of {what} on this machine.\n")?;
+            writeln!(
+                out,
+                "Recorded a live run of {what} ({qemu}) on this machine.\n"
+            )?;
             t
         }
         Err(why) => {

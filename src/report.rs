@@ -346,6 +346,23 @@ fn short_path(p: &str) -> String {
         .map_or_else(|| p.to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
+/// A disk's name in the latency table: its image's file name and how the guest knows
+/// it (`vm.qcow2 (vda)`), so that group columns stay narrow; JSON and the exports keep
+/// the whole path.
+fn disk_label(name: &str) -> String {
+    let (path, rest) = match name.rsplit_once(" (") {
+        Some((p, r)) if r.ends_with(')') => (p, Some(r)),
+        _ => (name, None),
+    };
+    let file = Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_owned(), |n| n.to_string_lossy().into_owned());
+    match rest {
+        Some(r) => format!("{file} ({r}"),
+        None => file,
+    }
+}
+
 fn table(
     r: &Report,
     source: &LayoutSource,
@@ -485,7 +502,13 @@ fn table(
         );
         b.push_record(head);
         for l in &r.latency {
-            let mut row: Vec<String> = keys.iter().map(|k| l.group[k].clone()).collect();
+            let mut row: Vec<String> = keys
+                .iter()
+                .map(|k| match k.as_str() {
+                    "disk" => disk_label(&l.group[k]),
+                    _ => l.group[k].clone(),
+                })
+                .collect();
             row.extend([
                 if l.layer == "e2e" {
                     "end-to-end".to_owned()

@@ -264,6 +264,10 @@ mod tests {
             other.to_str().unwrap(),
         );
         if !img(&["create", "-q", "-f", "qcow2", b, "16M"]) {
+            assert!(
+                std::env::var_os("VIOPATH_NO_SKIP").is_none(),
+                "would be skipped (VIOPATH_NO_SKIP): SKIPPED: no qemu-img"
+            );
             eprintln!("SKIPPED: no qemu-img");
             return;
         }

@@ -214,6 +214,10 @@ mod tests {
     fn distro_qemu_exports_block_functions() {
         let qemu_io = Path::new("/usr/bin/qemu-io");
         if !qemu_io.exists() {
+            assert!(
+                std::env::var_os("VIOPATH_NO_SKIP").is_none(),
+                "would be skipped (VIOPATH_NO_SKIP): SKIPPED: /usr/bin/qemu-io (qemu-utils) is not installed"
+            );
             eprintln!("SKIPPED: /usr/bin/qemu-io (qemu-utils) is not installed");
             return;
         }

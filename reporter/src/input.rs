@@ -133,7 +133,7 @@ pub fn layers_missing(header: &Header) -> Vec<String> {
 
 /// What a QEMU probe gives the rows (a boundary, or what the join finds by it), for the
 /// summary's "layers missing" when it was not attached.
-fn qemu_probe_gives(symbol: &str) -> Option<&'static str> {
+pub fn qemu_probe_gives(symbol: &str) -> Option<&'static str> {
     Some(match symbol {
         "virtio_blk_handle_request" => "parsed: rows start at the block layer",
         "virtio_blk_submit_multireq" => "virtio-blk's batches",
@@ -371,6 +371,10 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
         expect_qcow2: layout.has_qcow2()
             && (trace.header.attached("qcow2_co_preadv_part")
                 || trace.header.attached("qcow2_co_pwritev_part")),
+        qcow2_unprobed: layout.has_qcow2()
+            && !trace.header.attached("qcow2_co_preadv_part")
+            && !trace.header.attached("qcow2_co_pwritev_part")
+            && trace.header.attached("bdrv_co_preadv_part"),
         flush_syscalls: trace.header.attached("sys_enter_fdatasync"),
         fs_sync: trace.header.attached("ext4_sync_file_enter"),
         aio_fsync: trace.header.attached("workqueue_execute_start")

@@ -32,7 +32,10 @@ pub mod units;
 use std::path::{Path, PathBuf};
 use viopath_probes::chunks::Header;
 
-pub use input::{LayoutSource, Progress, for_each_event, join_config, layers_missing, load_layout};
+pub use input::{
+    LayoutSource, Progress, for_each_event, join_config, layers_missing, load_layout,
+    qemu_probe_gives,
+};
 pub use report::{ExportFormat, GroupBy, Report};
 
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,7 @@ fn join(path: &std::path::Path) -> (Rows, usize, u64) {
     let cfg = JoinConfig {
         await_msi: true,
         expect_qcow2: layout.has_qcow2(),
+        qcow2_unprobed: false,
         flush_syscalls: true,
         fs_sync: false,
         aio_fsync: false,

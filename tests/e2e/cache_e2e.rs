@@ -32,7 +32,7 @@ struct Setup {
 /// filesystem) on a GPT partition of a loop device, its first 8 MiB written.
 fn stack(loop_direct_io: bool) -> Option<Setup> {
     if !is_root() {
-        eprintln!("SKIPPED: needs root");
+        crate::common::skipped("needs root");
         return None;
     }
     can_record()?;

@@ -252,6 +252,119 @@ fn demo_replays_the_shipped_trace_and_names_guest_files() {
     );
 }
 
+/// On a host with root and the distribution's QEMU but no build of ours and no test
+/// guest, the demo records live with the distribution's qemu-io (not a replay), says
+/// which layers its stripped binary cannot give and how to get them, and `--dir` holds
+/// the images it promises. The IO count is the workload's own: 16 + 7 + 8 requests.
+#[test]
+fn demo_records_live_with_the_distributions_qemu() {
+    if !is_root() {
+        crate::common::skipped("needs root (BPF)");
+        return;
+    }
+    let Some(distro) = ["/usr/bin/qemu-io", "/usr/local/bin/qemu-io"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+    else {
+        crate::common::skipped("no distribution qemu-io (apt install qemu-utils; CI has it)");
+        return;
+    };
+    let _one = crate::common::one_recorder();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viopath"))
+        .args(["demo", "--dir", dir.path().to_str().unwrap()])
+        .env_remove("VIOPATH_QEMU_PREFIX")
+        .env_remove("VIOPATH_GUEST_DIR")
+        .env("VIOPATH_CACHE", empty.path())
+        .env("PATH", distro.parent().unwrap())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "Recorded a live run of qemu-io ({})",
+            distro.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("replaying"), "{text}");
+    // Every one of the workload's 31 requests (16 + 7 + 8, as the guest's dd calls) is a
+    // row naming the file; without qcow2's functions an allocating write's data can go
+    // unjoined (its row partial), and QEMU's reads of the backing file's header at open
+    // stay rows of their own (no request), so only these are counted.
+    let csv = dir.path().join("ios.csv");
+    ok(&[
+        "report",
+        dir.path().join("demo.trace").to_str().unwrap(),
+        "--format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    let text_csv = std::fs::read_to_string(&csv).unwrap();
+    let table: Vec<&str> = text_csv
+        .lines()
+        .filter(|l| l.contains(",/var/lib/db/table,"))
+        .collect();
+    assert_eq!(table.len(), 31, "{text_csv}");
+    let head: Vec<&str> = text_csv.lines().next().unwrap().split(',').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
+    let (op, partial) = (col("op"), col("partial"));
+    for l in &table {
+        let f: Vec<&str> = l.split(',').collect();
+        // Reads allocate nothing: every one is complete.
+        assert!(
+            f[op] == "write" || f[partial].trim_matches('"').is_empty(),
+            "{l}"
+        );
+    }
+    // What the stripped binary lacks (its .symtab: `readelf -S` is the oracle), and how
+    // to get it.
+    let sections = crate::common::run("readelf", &["-S", distro.to_str().unwrap()]);
+    assert!(!sections.contains(".symtab"), "{distro:?} has symbols");
+    let said = text.replace("\n  ", " ");
+    assert!(
+        said.contains("has no symbols for some of its functions"),
+        "{text}"
+    );
+    assert!(said.contains("qcow2_co_preadv_part"), "{text}");
+    assert!(
+        said.contains("debug symbols") && said.contains("tests/qemu/build.sh"),
+        "{text}"
+    );
+    for f in ["base.qcow2", "overlay.qcow2", "demo.trace"] {
+        assert!(dir.path().join(f).is_file(), "no {f} in --dir");
+    }
+}
+
+/// `--replay --dir` still writes the images the demo's text promises.
+#[test]
+fn demo_replay_writes_its_images_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&["demo", "--replay", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.contains("The trace and images stay in"), "{out}");
+    for f in ["base.qcow2", "overlay.qcow2", "demo.trace"] {
+        assert!(dir.path().join(f).is_file(), "no {f} in --dir");
+    }
+    // The images are the demo's disk: qemu-img reads the chain.
+    let info = crate::common::run(
+        "qemu-img",
+        &[
+            "info",
+            "--backing-chain",
+            dir.path().join("overlay.qcow2").to_str().unwrap(),
+        ],
+    );
+    assert!(info.contains("base.qcow2"), "{info}");
+}
+
 #[test]
 fn demo_records_a_live_vm_where_it_can() {
     let root = std::fs::read_to_string("/proc/self/status")
@@ -265,7 +378,7 @@ fn demo_records_a_live_vm_where_it_can() {
         })
         .unwrap_or(false);
     if !root || !guest {
-        eprintln!("SKIPPED: needs root and the guest from tests/vm/guest.sh (CI has both)");
+        crate::common::skipped("needs root and the guest from tests/vm/guest.sh (CI has both)");
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -293,11 +406,11 @@ fn demo_records_a_live_vm_where_it_can() {
 #[test]
 fn demo_records_qemu_io_when_there_is_no_vm() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root (BPF)");
+        crate::common::skipped("needs root (BPF)");
         return;
     }
     let Some(qemu_io) = qemu_bin("qemu-io") else {
-        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+        crate::common::skipped("no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return;
     };
     let prefix = qemu_io.parent().unwrap().parent().unwrap();

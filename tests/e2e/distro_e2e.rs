@@ -38,8 +38,8 @@ fn debians_stripped_qemu_gives_complete_rows() {
         return;
     };
     let Some(qemu) = debian_qemu() else {
-        eprintln!(
-            "SKIPPED: no Debian qemu-system-x86 10.0 at /usr/bin (CI installs it from bookworm-backports)"
+        crate::common::skipped(
+            "no Debian qemu-system-x86 10.0 at /usr/bin (CI installs it from bookworm-backports)",
         );
         return;
     };
@@ -102,8 +102,8 @@ fn debians_stripped_qemu_with_virtio_scsi_gives_complete_rows() {
         return;
     };
     let Some(qemu) = debian_qemu() else {
-        eprintln!(
-            "SKIPPED: no Debian qemu-system-x86 10.0 at /usr/bin (CI installs it from bookworm-backports)"
+        crate::common::skipped(
+            "no Debian qemu-system-x86 10.0 at /usr/bin (CI installs it from bookworm-backports)",
         );
         return;
     };

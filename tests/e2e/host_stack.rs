@@ -104,7 +104,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn partitioned_loop_device_down_to_the_bottom_disk() {
     if !is_root() || !have("sfdisk") {
-        eprintln!("SKIPPED: needs root and sfdisk (fdisk package) to make a loop device");
+        crate::common::skipped("needs root and sfdisk (fdisk package) to make a loop device");
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -228,7 +228,7 @@ fn partitioned_loop_device_down_to_the_bottom_disk() {
 #[test]
 fn loop_device_with_an_offset() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to make a loop device");
+        crate::common::skipped("needs root to make a loop device");
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();

@@ -61,8 +61,8 @@ impl Browser {
         let chromium = find(&["/usr/lib/chromium/chromium", "/usr/bin/chromium"]);
         let driver = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]);
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
-            eprintln!(
-                "skipped: needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+            crate::common::skipped(
+                "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
             );
             return None;
         };
@@ -345,8 +345,10 @@ fn pixels_of(px: &[[u8; 4]], c: [u8; 3]) -> usize {
     px.iter().filter(|p| near(**p, c)).count()
 }
 
-/// The page loads nothing, logs nothing, and every chart shows each of its colours.
-fn check_renders(b: &Browser, page: &Path, min_charts: usize) {
+/// The page loads nothing, logs nothing, and every chart shows each of its colours;
+/// every chart's title is above it, and every histogram panel's y axis is labelled
+/// and on the scale the other panels use. Returns the charts.
+fn check_renders(b: &Browser, page: &Path, min_charts: usize) -> Vec<Shot> {
     // To look at the pages when a chart changes: VIOPATH_HTML_SHOTS=DIR keeps them.
     if let Some(dir) = std::env::var_os("VIOPATH_HTML_SHOTS") {
         std::fs::copy(page, Path::new(&dir).join(page.file_name().unwrap())).unwrap();
@@ -384,6 +386,56 @@ fn check_renders(b: &Browser, page: &Path, min_charts: usize) {
             assert!(n >= 8, "{label}: colour {c:?} in only {n} pixels");
         }
     }
+    // Titles above their charts: a figure's caption ends before its chart begins, and
+    // a chart's own title before the first thing it plots.
+    let order = b.eval(
+        "const out = [];
+         for (const f of document.querySelectorAll('figure')) {
+           const c = f.querySelector('figcaption'), g = f.querySelector('svg');
+           if (c && g) out.push([c.textContent, c.getBoundingClientRect().bottom, g.getBoundingClientRect().top]);
+         }
+         for (const g of document.querySelectorAll('svg.chart')) {
+           const t = g.querySelector('text.ttl');
+           const marks = [...g.querySelectorAll('rect, circle, polyline')].map(e => e.getBBox().y);
+           if (t && marks.length) out.push([t.textContent, t.getBBox().y + t.getBBox().height, Math.min(...marks)]);
+         }
+         return out;",
+    );
+    for o in order.as_array().unwrap() {
+        let (what, bottom, top) = (&o[0], o[1].as_f64().unwrap(), o[2].as_f64().unwrap());
+        assert!(
+            bottom <= top + 0.5,
+            "the title {what} ends at {bottom}, below its chart's top {top}"
+        );
+    }
+    // Histogram panels: a labelled y axis, and the same top tick in every panel.
+    let panels = b.eval(
+        "return [...document.querySelectorAll('figure[data-layer] svg')].map(g => {
+           const l = g.querySelector('text.ylabel');
+           const y = [...g.querySelectorAll('text.tick')]
+             .filter(t => t.getAttribute('text-anchor') === 'end' && !t.classList.contains('ylabel'));
+           return [l ? l.textContent : '', y.length ? y.map(t => t.textContent) : []];
+         });",
+    );
+    let panels = panels.as_array().unwrap();
+    assert!(!panels.is_empty(), "no histogram panels");
+    let first = &panels[0][1];
+    for p in panels {
+        assert!(
+            ["IOs", "share of IOs"].contains(&p[0].as_str().unwrap()),
+            "a panel's y axis is not labelled: {p}"
+        );
+        assert_eq!(&p[1], first, "panels on different y scales");
+    }
+    charts
+}
+
+/// Colour distance (Euclidean, in RGB).
+fn distance(a: [u8; 3], b: [u8; 3]) -> f64 {
+    (0..3)
+        .map(|i| (f64::from(a[i]) - f64::from(b[i])).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The fields of a CSV line ("" quotes a field; no newlines inside fields here).
@@ -442,7 +494,33 @@ fn the_report_page_renders_and_draws_every_io() {
         csv.to_str().unwrap(),
     ]);
     // breakdown + e2e histogram + a histogram per layer + waterfall + IOPS + latency
-    check_renders(&browser, &page, 6);
+    let charts = check_renders(&browser, &page, 6);
+    // Ops (the histograms' series) are drawn in colours far from every layer's (the
+    // breakdown's bars), and from each other.
+    let layer_colors = &charts
+        .iter()
+        .find(|c| c.label == "mean time per IO in each layer")
+        .expect("the breakdown chart")
+        .colors;
+    let mut op_colors: Vec<[u8; 3]> = charts
+        .iter()
+        .filter(|c| c.label.starts_with("histogram"))
+        .flat_map(|c| c.colors.clone())
+        .collect();
+    op_colors.sort_unstable();
+    op_colors.dedup();
+    assert!(op_colors.len() >= 3, "{op_colors:?}");
+    for o in &op_colors {
+        for l in layer_colors {
+            assert!(
+                distance(*o, *l) > 80.0,
+                "op colour {o:?} near layer colour {l:?}"
+            );
+        }
+        for p in op_colors.iter().filter(|p| *p != o) {
+            assert!(distance(*o, *p) > 80.0, "op colours {o:?} and {p:?}");
+        }
+    }
 
     let rows = csv_rows(&csv);
     let complete: Vec<&HashMap<String, String>> =

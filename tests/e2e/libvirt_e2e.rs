@@ -40,7 +40,7 @@ impl Drop for Defined {
 /// libvirtd running and configured for this machine, or why the test is skipped.
 fn libvirt() -> Option<()> {
     if Command::new("virsh").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: no libvirt (tests/libvirt/setup.sh install; CI does)");
+        crate::common::skipped("no libvirt (tests/libvirt/setup.sh install; CI does)");
         return None;
     }
     let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt/setup.sh");

@@ -258,15 +258,15 @@ pub struct LoadRun {
 /// Everything the run needs, or why the test is skipped.
 pub fn prerequisites() -> Option<(PathBuf, crate::vm::GuestAssets)> {
     if !is_root() {
-        eprintln!("SKIPPED: needs root (BPF, loop devices)");
+        crate::common::skipped("needs root (BPF, loop devices)");
         return None;
     }
     let Some(qemu) = qemu_bin("qemu-system-x86_64") else {
-        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+        crate::common::skipped("no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return None;
     };
     let Some(assets) = crate::vm_e2e::guest_assets() else {
-        eprintln!("SKIPPED: no guest kernel and initramfs; run tests/vm/guest.sh (CI does)");
+        crate::common::skipped("no guest kernel and initramfs; run tests/vm/guest.sh (CI does)");
         return None;
     };
     Some((qemu, assets))

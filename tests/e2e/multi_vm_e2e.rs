@@ -436,7 +436,7 @@ fn bad_sets_of_vms_are_refused_with_why() {
             "{err}"
         );
     } else {
-        eprintln!("two binaries: SKIPPED (no Debian QEMU; tests/qemu/debian.sh, CI has it)");
+        crate::common::skipped("two binaries: no Debian QEMU; tests/qemu/debian.sh, CI has it");
     }
 }
 

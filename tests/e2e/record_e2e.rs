@@ -603,7 +603,7 @@ fn records_every_layer_with_aio_threads_native_and_io_uring() {
 fn a_linux_aio_flush_on_xfs_is_seen_in_its_kernel_worker() {
     let Some(prefix) = can_record() else { return };
     if Command::new("mkfs.xfs").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: no mkfs.xfs (xfsprogs; CI installs it)");
+        crate::common::skipped("no mkfs.xfs (xfsprogs; CI installs it)");
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -703,7 +703,7 @@ fn a_linux_aio_flush_on_xfs_is_seen_in_its_kernel_worker() {
 #[test]
 fn stripped_distro_qemu_io_gives_the_dynsym_layers() {
     if !is_root() || !Path::new("/usr/bin/qemu-io").exists() {
-        eprintln!("SKIPPED: needs root and Debian's qemu-io (qemu-utils)");
+        crate::common::skipped("needs root and Debian's qemu-io (qemu-utils)");
         return;
     }
     check_aio_mode(Path::new("/usr/bin/qemu-io"), "native", false);
@@ -889,7 +889,7 @@ fn clear_errors() {
     assert!(err(&["record", "--duration", "3x", "--", "true"]).contains("unknown unit"));
     if !is_root() {
         assert!(err(&["record", "--", "true"]).contains("needs root"));
-        eprintln!("SKIPPED: the rest needs root");
+        crate::common::skipped("the rest needs root");
         return;
     }
     if have("setpriv") {

@@ -73,7 +73,7 @@ struct Gap {
 /// qemu-io's own time of it.
 fn check(aio: &str) -> Vec<Gap> {
     let Some(qemu_io_path) = qemu_bin("qemu-io") else {
-        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+        crate::common::skipped("no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return Vec::new();
     };
     let dir = KeepOnFailure(Some(tempfile::tempdir_in("/var/tmp").unwrap()));
@@ -297,7 +297,7 @@ fn check(aio: &str) -> Vec<Gap> {
 #[test]
 fn joins_qemu_io_requests_down_to_the_bottom_disk() {
     if !is_root() {
-        eprintln!("SKIPPED: recording needs root");
+        crate::common::skipped("recording needs root");
         return;
     }
     let mut gaps = Vec::new();
@@ -340,6 +340,7 @@ fn join_rows(t: &Trace, layout: &viopath_reporter::layout::Layout) -> (Vec<IoRow
     let cfg = JoinConfig {
         await_msi: false,
         expect_qcow2: layout.has_qcow2(),
+        qcow2_unprobed: false,
         flush_syscalls: true,
         fs_sync: true,
         aio_fsync: true,
@@ -514,7 +515,7 @@ fn record_with_fallocs(
 ) -> Option<(Vec<IoRow>, Vec<OtherIo>, Vec<Falloc>)> {
     let tracing = std::path::Path::new("/sys/kernel/tracing");
     if !tracing.join("events/syscalls/sys_enter_fallocate").exists() {
-        eprintln!("SKIPPED: this kernel has no syscall tracepoints in ftrace");
+        crate::common::skipped("this kernel has no syscall tracepoints in ftrace");
         return None;
     }
     // Its own instance: tests run side by side.

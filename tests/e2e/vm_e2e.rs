@@ -237,15 +237,15 @@ fn run_guest(backing: bool, aio: &str) {
 
 fn run_guest_once(backing: bool, aio: &str, last: bool) -> bool {
     if !is_root() {
-        eprintln!("SKIPPED: needs root (BPF, loop devices)");
+        crate::common::skipped("needs root (BPF, loop devices)");
         return true;
     }
     let Some(qemu) = qemu_bin("qemu-system-x86_64") else {
-        eprintln!("SKIPPED: no QEMU with symbols; run tests/qemu/build.sh (CI does)");
+        crate::common::skipped("no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return true;
     };
     let Some(assets) = guest_assets() else {
-        eprintln!("SKIPPED: no guest kernel and initramfs; run tests/vm/guest.sh (CI does)");
+        crate::common::skipped("no guest kernel and initramfs; run tests/vm/guest.sh (CI does)");
         return true;
     };
     let _one = one_recorder();

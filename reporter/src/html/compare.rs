@@ -249,15 +249,16 @@ pub fn compare_page(p: &ComparePage) -> String {
         );
     }
 
-    b.push_str("<h2 id=\"distributions\">Distributions</h2><p class=\"note\">Share of complete IOs per latency bucket (quarter octaves, log time axis shared by all panels): base above the axis, new below it, every run of a side together.</p>");
+    b.push_str("<h2 id=\"distributions\">Distributions</h2><p class=\"note\">Share of complete IOs per latency bucket (quarter octaves): base above the axis, new below it, every run of a side together. The log time axis and the share axis are the same in every panel.</p>");
     b.push_str(&legend(&[("base", BASE_COLOR), ("new", NEW_COLOR)]));
     let all: Vec<&Run> = p.base.iter().chain(p.new.iter()).collect();
     let range = range_of(
         all.iter()
             .flat_map(|r| r.keys().filter_map(|(o, l)| r.get(o, l))),
     );
+    // Every panel first: they share one y scale.
+    let mut panels: Vec<(&str, &str, Vec<Series>)> = Vec::new();
     for op in &ops {
-        let _ = write!(b, "<h3>{}</h3><div class=\"grid\">", esc(op));
         for layer in layers_of(&all) {
             let mut series = Vec::new();
             for (name, color, runs) in [("base", BASE_COLOR, p.base), ("new", NEW_COLOR, p.new)] {
@@ -270,16 +271,23 @@ pub fn compare_page(p: &ComparePage) -> String {
                     });
                 }
             }
-            if series.is_empty() {
-                continue;
+            if !series.is_empty() {
+                panels.push((op.as_str(), layer, series));
             }
+        }
+    }
+    let top = y_max(panels.iter().map(|(_, _, s)| s.as_slice()));
+    for op in &ops {
+        let _ = write!(b, "<h3>{}</h3><div class=\"grid\">", esc(op));
+        for (_, layer, series) in panels.iter().filter(|(o, _, _)| o == op) {
             let _ = write!(
                 b,
                 "<figure data-layer=\"{layer}\">{}</figure>",
                 hist_panel(
                     &format!("{op} · {}", layer_title(layer)),
                     range,
-                    &series,
+                    top,
+                    series,
                     Panel::Mirrored
                 )
             );

@@ -288,32 +288,39 @@ pub(super) fn histograms(run: &Run) -> String {
     let layers = layers_of(&[run]);
     let range = range_of(run.keys().filter_map(|(o, l)| run.get(o, l)));
     let mut s = String::from(
-        "<h2 id=\"histograms\">Latency histograms</h2><p class=\"note\">Complete IOs per latency bucket (a quarter octave each, log time axis shared by all panels); the ops side by side in each bucket.</p>",
+        "<h2 id=\"histograms\">Latency histograms</h2><p class=\"note\">Complete IOs per latency bucket (a quarter octave each): the log time axis and the IO axis are the same in every panel, so bars compare across them; the ops side by side in each bucket.</p>",
     );
     let items: Vec<(&str, &str)> = ops.iter().map(|o| (o.as_str(), op_color(o))).collect();
     s.push_str(&legend(&items));
     s.push_str("<div class=\"grid\">");
-    for layer in layers {
-        let series: Vec<_> = ops
-            .iter()
-            .filter_map(|op| {
-                let h = run.get(op, layer)?;
-                let bins = quarter_octaves(h)
-                    .into_iter()
-                    .map(|(b, c)| (b, c as f64))
-                    .collect();
-                Some(Series {
-                    name: op.clone(),
-                    color: op_color(op),
-                    bins,
-                    n: h.n,
+    let panels: Vec<(&str, Vec<Series>)> = layers
+        .iter()
+        .map(|&layer| {
+            let series = ops
+                .iter()
+                .filter_map(|op| {
+                    let h = run.get(op, layer)?;
+                    let bins = quarter_octaves(h)
+                        .into_iter()
+                        .map(|(b, c)| (b, c as f64))
+                        .collect();
+                    Some(Series {
+                        name: op.clone(),
+                        color: op_color(op),
+                        bins,
+                        n: h.n,
+                    })
                 })
-            })
-            .collect();
+                .collect();
+            (layer, series)
+        })
+        .collect();
+    let top = y_max(panels.iter().map(|(_, s)| s.as_slice()));
+    for (layer, series) in &panels {
         let _ = write!(
             s,
             "<figure data-layer=\"{layer}\">{}</figure>",
-            hist_panel(layer_title(layer), range, &series, Panel::Grouped)
+            hist_panel(layer_title(layer), range, top, series, Panel::Grouped)
         );
     }
     s.push_str("</div>");
@@ -582,7 +589,7 @@ pub(super) fn over_time(tl: &Timeline) -> String {
     let lat_svg = c.finish();
     let items: Vec<(&str, &str)> = series.iter().map(|(o, _)| (*o, op_color(o))).collect();
     format!(
-        "<h2 id=\"time\">Over time</h2><p class=\"note\">Complete IOs by completion time in {} slots. Latency: end-to-end mean (dashed) and p99 (solid, from quarter-octave buckets: ±9%), log scale.</p>{}<figure>{iops_svg}<figcaption>IOPS</figcaption></figure><figure>{lat_svg}<figcaption>end-to-end latency</figcaption></figure>",
+        "<h2 id=\"time\">Over time</h2><p class=\"note\">Complete IOs by completion time in {} slots. Latency: end-to-end mean (dashed) and p99 (solid, from quarter-octave buckets: ±9%), log scale.</p>{}<figure><figcaption>IOPS</figcaption>{iops_svg}</figure><figure><figcaption>end-to-end latency</figcaption>{lat_svg}</figure>",
         fmt_ns(width as f64),
         legend(&items)
     )

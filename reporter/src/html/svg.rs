@@ -24,15 +24,17 @@ pub(super) const SAME_COLOR: &str = "#8c8c8c";
 pub(super) const AXIS: &str = "#666666";
 pub(super) const GRID: &str = "#e4e4e4";
 
+/// Op colours: dark and saturated, where the layers' are mid-tones, so that an op is
+/// never taken for a layer (each is far from every layer colour and from the others).
 pub(super) fn op_color(op: &str) -> &'static str {
     match op {
-        "read" => "#1f77b4",
-        "write" => "#d62728",
-        "flush" => "#2ca02c",
-        "discard" => "#9467bd",
-        "write_zeroes" => "#8c564b",
-        "get_id" | "scsi_command" => "#17becf",
-        _ => "#7f7f7f",
+        "read" => "#000080",
+        "write" => "#8b0000",
+        "flush" => "#006400",
+        "discard" => "#9400d3",
+        "write_zeroes" => "#808000",
+        "get_id" | "scsi_command" => "#00ced1",
+        _ => "#000000",
     }
 }
 
@@ -71,6 +73,15 @@ impl Chart {
         let _ = write!(
             self.body,
             r#"<text x="{x:.1}" y="{y:.1}" text-anchor="{anchor}" class="{class}">{}</text>"#,
+            esc(s)
+        );
+    }
+
+    /// A y axis's label, read upwards along it, its middle at (x, y).
+    pub(super) fn y_label(&mut self, x: f64, y: f64, s: &str) {
+        let _ = write!(
+            self.body,
+            r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" class="tick ylabel" transform="rotate(-90 {x:.1} {y:.1})">{}</text>"#,
             esc(s)
         );
     }
@@ -206,10 +217,19 @@ pub(super) struct Series {
     pub(super) n: u64,
 }
 
-/// One histogram panel on a log time axis shared by the panels of a grid.
+/// The largest bar of any of these panels' series: their shared y scale.
+pub(super) fn y_max<'a>(panels: impl Iterator<Item = &'a [Series]>) -> f64 {
+    panels
+        .flat_map(|p| p.iter().flat_map(|s| s.bins.iter().map(|x| x.1)))
+        .fold(0.0, f64::max)
+}
+
+/// One histogram panel on a log time axis and a y scale (up to `y_top`) shared by the
+/// panels of a grid, so that bars compare across panels.
 pub(super) fn hist_panel(
     title: &str,
     axis_range: (f64, f64),
+    y_top: f64,
     series: &[Series],
     mode: Panel,
 ) -> String {
@@ -221,15 +241,19 @@ pub(super) fn hist_panel(
             170.0
         },
     );
-    let (l, r, t, b) = (44.0, 18.0, 22.0, 30.0);
+    let (l, r, t, b) = (56.0, 18.0, 22.0, 30.0);
     let mut c = Chart::new(w, h, &format!("histogram: {title}"));
     let ax = LogAxis::decades(axis_range.0, axis_range.1, l, w - r);
     c.text(l, 14.0, "start", "ttl", title);
-    let ymax = series
-        .iter()
-        .flat_map(|s| s.bins.iter().map(|x| x.1))
-        .fold(0.0, f64::max);
-    let ticks = nice_ticks(ymax);
+    c.y_label(
+        12.0,
+        (t + h - b) / 2.0,
+        match mode {
+            Panel::Grouped => "IOs",
+            Panel::Mirrored => "share of IOs",
+        },
+    );
+    let ticks = nice_ticks(y_top);
     let top = ticks.last().copied().unwrap_or(1.0).max(1e-12);
     // Bars grow from `base_y`, up (sign -1) or down (+1), `room` pixels at most.
     let (base_y, room) = match mode {

@@ -302,8 +302,16 @@ impl<S: Sink> Join<'_, S> {
         let root = self.roots.get(r).expect("looked up above");
         // A block request no guest request made, in a trace whose guest requests are
         // made from the block layer (a stripped QEMU): QEMU's own.
+        // Without qcow2's probes, one whose first call was on a node known by now as an
+        // image file (qcow2's tables went to it) is QEMU's own too: reading the header
+        // and tables at open.
+        let on_file_node = self.cfg.qcow2_unprobed
+            && super::state::level(root.top_probe) == 3
+            && self.file_children.contains_key(&root.top_child);
         if root.source == Source::QemuBlock
-            && ((self.cfg.expect_qcow2 && !root.qcow2) || self.cfg.virtio_from_block)
+            && ((self.cfg.expect_qcow2 && !root.qcow2)
+                || self.cfg.virtio_from_block
+                || on_file_node)
         {
             // QEMU reading or writing the image file itself (open, header, flush).
             let end = root.b.latest();

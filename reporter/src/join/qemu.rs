@@ -512,8 +512,9 @@ impl<S: Sink> Join<'_, S> {
                 } else {
                     let root = self.roots.get_mut(r).expect("checked");
                     root.last = e.ts;
+                    let first_node = is_bdrv && root.bdrv_child == 0;
                     root.note_bdrv_child(e.sub, child);
-                    if is_qcow2 {
+                    if is_qcow2 || (self.cfg.qcow2_unprobed && first_node) {
                         root.qcow2 = true;
                         self.threads.at(e.tid, e.ts).qcow2 = Some(r);
                     } else if root.qcow2 && is_bdrv {
@@ -704,6 +705,7 @@ impl<S: Sink> Join<'_, S> {
         is_qcow2: bool,
     ) -> QiovBind {
         let [_, off, bytes, child] = e.a;
+        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
         // Only while the request that looked the table up is going on: a table it found
         // in the cache is written back later, maybe by a flush after the request was
         // answered, and that write is not its.
@@ -749,12 +751,13 @@ impl<S: Sink> Join<'_, S> {
                 root.throttle_ns = e.ts.saturating_sub(root.throttle_at);
                 self.throttled.retain(|&x| x != r);
             }
+            let first_node = is_bdrv && root.bdrv_child == 0;
             root.note_bdrv_child(e.sub, child);
             if root.top_probe == 0 || root.aio_opaque != 0 {
                 root.top_probe = e.sub;
                 root.top_child = child;
             }
-            if is_qcow2 {
+            if is_qcow2 || (self.cfg.qcow2_unprobed && first_node) {
                 root.qcow2 = true;
                 self.threads.at(e.tid, e.ts).qcow2 = Some(r);
             }
@@ -765,7 +768,6 @@ impl<S: Sink> Join<'_, S> {
         // an L2 or refcount table read on a cache miss, or a table written back. Found
         // without a probe on the cache lookup, which runs per table entry looked up
         // (thousands of times for one allocating write when the refcounts are scanned).
-        let is_bdrv = matches!(e.sub, q::BDRV_CO_PREADV_PART | q::BDRV_CO_PWRITEV_PART);
         if is_bdrv
             && let Some(r) = self.threads.get(e.tid).and_then(|t| t.qcow2)
             && let Some(x) = self.roots.get(r)

@@ -528,6 +528,12 @@ pub struct JoinConfig {
     /// that never reaches qcow2 is QEMU's own file IO (image open, header updates),
     /// not a guest IO.
     pub expect_qcow2: bool,
+    /// The images are qcow2 but qcow2's own functions could not be probed (a stripped
+    /// QEMU): the block layer's calls on a request's nodes stand in for them. A
+    /// request's first call on a node below its top is its qcow2 node, and a fresh
+    /// buffer this thread then reads or writes on another node while the request goes
+    /// on is qcow2's own IO for it (tables, copy-on-write), not a request of its own.
+    pub qcow2_unprobed: bool,
     /// The fdatasync/fsync probes were attached: a thread-pool flush job ends at its
     /// worker's fdatasync return. Without them (older traces) a flush is QEMU's
     /// alone, as its job would never be seen to end.
