@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use tabled::builder::Builder;
 use viopath_reporter::filter::Filter;
 use viopath_reporter::join::{Op, flag_names, reason_names};
-use viopath_reporter::layers::LAYER_NAMES;
 use viopath_reporter::report::{Report, write_json};
 use viopath_reporter::units::{self, human_bytes};
 use viopath_reporter::{ExportFormat, GroupBy, LayoutSource, Options};
@@ -573,9 +572,7 @@ fn table(
         writeln!(w, "{}", crate::ui::table(b))?;
         // Their layers in a table of their own, a column per layer any of them has
         // (named on two lines, at the underscore), so both fit a terminal.
-        let present: Vec<&str> = LAYER_NAMES
-            .iter()
-            .copied()
+        let present: Vec<&str> = viopath_reporter::layers::path_layers()
             .filter(|n| r.slowest.iter().any(|x| x.layers.contains_key(*n)))
             .collect();
         let mut b = Builder::default();

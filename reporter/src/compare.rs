@@ -233,9 +233,19 @@ pub fn run_from_export(path: &Path) -> Result<Run, CompareError> {
     let op = col_str("op")?;
     let partial = col_str("partial")?;
     let e2e = col_u64("e2e_ns")?;
+    // A layer added after an export was written (blk_throttle) is absent from it: none
+    // of its IOs has that layer.
     let layers: Vec<Vec<Option<u64>>> = LAYER_NAMES
         .iter()
-        .map(|l| col_u64(&format!("{l}_ns")))
+        .enumerate()
+        .map(|(i, l)| {
+            let name = format!("{l}_ns");
+            if i >= ORIGINAL_LAYERS && df.column(&name).is_err() {
+                Ok(vec![None; df.height()])
+            } else {
+                col_u64(&name)
+            }
+        })
         .collect::<Result<_, _>>()?;
     let mut run = Run {
         name: path.display().to_string(),
@@ -369,13 +379,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Layers every export has had a column for; those after them may be missing from
+/// older ones.
+const ORIGINAL_LAYERS: usize = 9;
+
 /// Compare every (op, layer) present on both sides.
 pub fn compare(base: &[Run], new: &[Run], opts: &CompareOptions) -> Vec<Change> {
+    // End-to-end first, then the layers along the path.
     let rank = |l: &str| {
         if l == E2E {
             0
         } else {
-            1 + LAYER_NAMES.iter().position(|x| *x == l).unwrap_or(NL)
+            1 + crate::layers::path_layers()
+                .position(|x| x == l)
+                .unwrap_or(NL)
         }
     };
     let mut keys: Vec<(String, &'static str)> = base

@@ -1,14 +1,20 @@
 //! Layer boundaries and the per-layer split of an IO's time (docs/layers.md defines
 //! each boundary, like btt's Q/G/I/D/C).
 //!
-//! An IO's time is cut at the boundaries it has, in this fixed order; the time from one
-//! present boundary to the next present one belongs to the layer that starts at the
-//! first. So layer times always sum exactly to the end-to-end time, and a layer that
-//! was not traced hands its time to the layer above it rather than losing it.
+//! An IO's time is cut at the boundaries it has, in path order ([`PATH`]); the time
+//! from one present boundary to the next present one belongs to the layer that starts
+//! at the first. So layer times always sum exactly to the end-to-end time, and a layer
+//! that was not traced hands its time to the layer above it rather than losing it.
+//!
+//! Invariant: boundaries and layers keep their positions (array indices, export
+//! columns) once given. One added later takes the next position, not its place in the
+//! path: `Boundary::Entered` (position 10) lies between `Submitted` and `Queued`, and
+//! the layer it starts, `blk_throttle` (position 9), between `host_fs` and
+//! `block_queue`. Code that shows layers in path order goes by [`LAYER_PATH`].
 
 use serde::Serialize;
 
-/// Boundaries, in path order.
+/// Boundaries, by position (path order is [`PATH`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Boundary {
@@ -18,7 +24,9 @@ pub enum Boundary {
     Parsed = 1,
     /// The first host IO carrying its data entered the kernel.
     Submitted = 2,
-    /// The first bio of that IO was queued (top block device).
+    /// The first bio of that IO was queued (top block device), after block-cgroup
+    /// throttling held it (blk-throttle: cgroup v1's blkio.throttle.*, cgroup v2's
+    /// io.max).
     Queued = 3,
     /// The first request was issued to the bottom device (btt's D).
     Dispatched = 4,
@@ -32,10 +40,38 @@ pub enum Boundary {
     Completed = 8,
     /// KVM injected the interrupt.
     Interrupt = 9,
+    /// The first bio of the IO was first seen in the block layer: remapped from its
+    /// partition to the disk, on the submitting thread, before block-cgroup throttling
+    /// (only bios submitted to a partition show it; in the path, between `Submitted`
+    /// and `Queued`).
+    Entered = 10,
 }
 
-pub const NB: usize = 10;
+pub const NB: usize = 11;
 pub const NL: usize = NB - 1;
+
+/// The boundaries in path order.
+pub const PATH: [Boundary; NB] = [
+    Boundary::Notify,
+    Boundary::Parsed,
+    Boundary::Submitted,
+    Boundary::Entered,
+    Boundary::Queued,
+    Boundary::Dispatched,
+    Boundary::DeviceDone,
+    Boundary::HostDone,
+    Boundary::QemuDone,
+    Boundary::Completed,
+    Boundary::Interrupt,
+];
+
+/// The layers (positions in [`LAYER_NAMES`]) in path order.
+pub const LAYER_PATH: [usize; NL] = [0, 1, 2, 9, 3, 4, 5, 6, 7, 8];
+
+/// The layers' names in path order.
+pub fn path_layers() -> impl Iterator<Item = &'static str> + Clone {
+    LAYER_PATH.iter().map(|&i| LAYER_NAMES[i])
+}
 
 pub const BOUNDARY_NAMES: [&str; NB] = [
     "notify",
@@ -48,6 +84,7 @@ pub const BOUNDARY_NAMES: [&str; NB] = [
     "qemu_done",
     "completed",
     "interrupt",
+    "entered",
 ];
 
 /// Layer `i` runs from boundary `i` to the next boundary present.
@@ -61,22 +98,24 @@ pub const LAYER_NAMES: [&str; NL] = [
     "qemu_completion",
     "virtio_completion",
     "irq",
+    "blk_throttle",
 ];
 
 pub const LAYER_HELP: [&str; NL] = [
     "doorbell → request parsed by virtio-blk",
     "QEMU block layer and format driver (qcow2, its metadata reads) → host IO submitted",
-    "syscall / io_uring / AIO, VFS and filesystem → first bio queued",
+    "syscall / io_uring / AIO, VFS and filesystem → first bio seen in the block layer",
     "remaps, stacked devices (loop, dm), scheduler → issued to the bottom device",
     "bottom device: issue → last completion",
     "completion back up the block stack and filesystem → host IO completed",
     "QEMU completion (thread pool / AIO reaping, coroutine, qcow2 updates)",
     "virtio-blk completion → pushed to the guest",
     "→ interrupt injected into the guest",
+    "bio seen in the block layer (partition remap) → queued: block-cgroup throttling",
 ];
 
 impl Boundary {
-    /// Every boundary, in path order.
+    /// Every boundary, by position.
     pub const ALL: [Boundary; NB] = [
         Boundary::Notify,
         Boundary::Parsed,
@@ -88,10 +127,30 @@ impl Boundary {
         Boundary::QemuDone,
         Boundary::Completed,
         Boundary::Interrupt,
+        Boundary::Entered,
     ];
 
     pub fn name(self) -> &'static str {
         BOUNDARY_NAMES[self as usize]
+    }
+
+    /// The layer (position in [`LAYER_NAMES`]) this boundary starts; the last one,
+    /// `Interrupt`, starts none.
+    pub const fn starts(self) -> Option<usize> {
+        match self {
+            Boundary::Interrupt => None,
+            Boundary::Entered => Some(9),
+            b => Some(b as usize),
+        }
+    }
+
+    /// The layer this boundary bounds, for saying which one a missing boundary costs:
+    /// the one it starts, or (the last) the one it ends.
+    pub const fn layer(self) -> usize {
+        match self.starts() {
+            Some(l) => l,
+            None => 8,
+        }
     }
 }
 
@@ -107,12 +166,12 @@ impl Boundaries {
         Boundaries([0; NB])
     }
 
-    /// The timestamps in path order (`Boundary::ALL`'s).
+    /// The timestamps by position (`Boundary::ALL`'s).
     pub fn as_array(&self) -> &[u64; NB] {
         &self.0
     }
 
-    /// The timestamps in path order.
+    /// The timestamps by position.
     pub fn iter(&self) -> std::slice::Iter<'_, u64> {
         self.0.iter()
     }
@@ -122,11 +181,13 @@ impl Boundaries {
         self.iter().copied().max().unwrap_or(0)
     }
 
-    /// Take `from`'s boundaries `first..=last`, e.g. the path of the request another
-    /// one was merged into.
+    /// Take `from`'s boundaries `first..=last` in path order, e.g. the path of the
+    /// request another one was merged into.
     pub fn copy_span(&mut self, from: &Boundaries, first: Boundary, last: Boundary) {
-        let span = first as usize..=last as usize;
-        self.0[span.clone()].copy_from_slice(&from.0[span]);
+        let at = |b: Boundary| PATH.iter().position(|&x| x == b).unwrap_or(0);
+        for &b in &PATH[at(first)..=at(last)] {
+            self[b] = from[b];
+        }
     }
 }
 
@@ -156,9 +217,10 @@ impl std::ops::IndexMut<Boundary> for Boundaries {
 /// so no layer is negative and the sum stays exact.
 pub fn split(b: &Boundaries) -> ([Option<u64>; NL], u64) {
     let mut out = [None; NL];
-    let mut prev: Option<(usize, u64)> = None;
+    let mut prev: Option<(Boundary, u64)> = None;
     let mut first = None;
-    for (i, &t) in b.iter().enumerate() {
+    for &at in &PATH {
+        let t = b[at];
         if t == 0 {
             continue;
         }
@@ -166,12 +228,14 @@ pub fn split(b: &Boundaries) -> ([Option<u64>; NL], u64) {
             Some((_, p)) => t.max(p),
             None => t,
         };
-        if let Some((pi, p)) = prev {
-            out[pi] = Some(t - p);
+        if let Some((pb, p)) = prev {
+            if let Some(l) = pb.starts() {
+                out[l] = Some(t - p);
+            }
         } else {
             first = Some(t);
         }
-        prev = Some((i, t));
+        prev = Some((at, t));
     }
     let e2e = match (first, prev) {
         (Some(f), Some((_, l))) => l - f,
@@ -203,5 +267,38 @@ mod tests {
         let (l, e2e) = split(&b);
         assert_eq!(l[2], Some(0));
         assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
+    }
+
+    /// `Entered`, at the end of the array, cuts the path between `Submitted` and
+    /// `Queued`: host_fs ends there and blk_throttle runs to the queue.
+    #[test]
+    fn the_throttle_layer_lies_between_host_fs_and_the_queue() {
+        let mut b = Boundaries::new();
+        b[Boundary::Parsed] = 100;
+        b[Boundary::Submitted] = 150;
+        b[Boundary::Entered] = 170;
+        b[Boundary::Queued] = 5_170;
+        b[Boundary::Dispatched] = 5_180;
+        b[Boundary::DeviceDone] = 5_400;
+        b[Boundary::HostDone] = 5_420;
+        let (l, e2e) = split(&b);
+        assert_eq!(e2e, 5_320);
+        let by_name = |n: &str| l[LAYER_NAMES.iter().position(|x| *x == n).unwrap()];
+        assert_eq!(by_name("host_fs"), Some(20));
+        assert_eq!(by_name("blk_throttle"), Some(5_000));
+        assert_eq!(by_name("block_queue"), Some(10));
+        assert_eq!(by_name("device"), Some(220));
+        assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
+        // In path order, the layers are named as LAYER_PATH orders them.
+        let path: Vec<&str> = LAYER_PATH.iter().map(|&i| LAYER_NAMES[i]).collect();
+        assert_eq!(&path[2..5], ["host_fs", "blk_throttle", "block_queue"]);
+        for b in PATH {
+            if let Some(l) = b.starts() {
+                assert_eq!(
+                    LAYER_PATH.iter().position(|&x| x == l),
+                    PATH.iter().position(|&x| x == b)
+                );
+            }
+        }
     }
 }

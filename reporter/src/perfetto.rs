@@ -133,8 +133,8 @@ impl Sink for IoSink<'_, '_> {
             "pid": PID_IOS, "tid": PID_IOS, "ts": ts0, "args": args}));
         // Children tile the IO: each layer from its boundary to the next present one.
         let mut t = start;
-        for (i, l) in layers.iter().enumerate() {
-            let Some(d) = l else { continue };
+        for &i in &crate::layers::LAYER_PATH {
+            let Some(d) = layers[i] else { continue };
             let (a, b) = (self.out.ts(t), self.out.ts(t + d));
             let layer = LAYER_NAMES[i];
             self.out

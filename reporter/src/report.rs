@@ -701,13 +701,16 @@ impl Collector<'_> {
         summary.throttled = self.throttle;
         summary.page_cache = std::mem::take(&mut self.page_cache);
         if self.complete > 0 {
-            summary.boundaries_missing = Boundary::ALL
+            // `entered` is only there for bios submitted to a partition: its absence
+            // is no layer missing (host_fs then holds any throttling; docs/layers.md).
+            summary.boundaries_missing = crate::layers::PATH
                 .iter()
+                .filter(|&&b| b != Boundary::Entered)
                 .filter(|&&b| self.boundaries_seen & (1 << b as usize) == 0)
                 .map(|&b| {
                     // A boundary starts the layer of its index; the last one ends the
                     // last layer.
-                    let layer = LAYER_NAMES[(b as usize).min(LAYER_NAMES.len() - 1)];
+                    let layer = LAYER_NAMES[b.layer()];
                     format!("{} ({layer})", b.name())
                 })
                 .collect();
@@ -855,8 +858,9 @@ fn aggregate(
         cols.push(u64_chunks(name, chunks.into_iter()));
     }
     let df = DataFrame::new(n, cols)?;
+    // The table's order: end-to-end, then the layers along the path.
     let mut names: Vec<&str> = vec!["e2e"];
-    names.extend(LAYER_NAMES.iter());
+    names.extend(crate::layers::path_layers());
     let mut aggs = Vec::new();
     for name in &names {
         let c = || col(*name);
@@ -982,7 +986,10 @@ fn aggregate_folded(f: Folded, by: &[GroupBy], names: &Names<'_>) -> Vec<LayerSt
     for (key, cols) in groups {
         let group = group_names(by, key, names);
         let e2e_sum = cols[0].0.sum().max(1.0);
-        for (i, (h, max)) in cols.iter().enumerate() {
+        // End-to-end, then the layers along the path (column 1 + position).
+        let order = std::iter::once(0).chain(crate::layers::LAYER_PATH.iter().map(|&l| l + 1));
+        for i in order {
+            let (h, max) = &cols[i];
             if h.n == 0 {
                 continue;
             }

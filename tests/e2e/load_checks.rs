@@ -405,6 +405,13 @@ pub fn check_blockstats(run: &LoadRun, rows: &[IoRow], name: &str) {
     check_blockstats_from(run, rows, name, 0);
 }
 
+/// How much later than ours QEMU's clock may stop for one request: after the
+/// completion is pushed, QEMU notifies the guest before its accounting ends, and an
+/// iothread preempted there (two cores, TCG vCPUs) makes that tens of µs. One run had
+/// all six of its flushes that QEMU answered at once (28–54 µs by the rows) 50–70 µs
+/// longer by QEMU's clock, which put them in QEMU's second bucket.
+const NOTIFIED_NS: f64 = 80_000.0;
+
 /// [`check_blockstats`] for rows that start up to `late_ns` after QEMU's clock does (a
 /// stripped QEMU: rows start at the block layer, QEMU's accounting at virtio-blk's
 /// pop): QEMU's times may run that much longer.
@@ -473,14 +480,15 @@ pub fn check_blockstats_from(run: &LoadRun, rows: &[IoRow], name: &str, late_ns:
         // (an interrupt injected: tens of µs under TCG now and then), ours as it is
         // pushed: its times run a little longer, and requests that close to a bucket
         // edge may fall on the other side. Each of QEMU's cumulative counts must lie
-        // between ours at the edge moved 2% + 20 µs either way, give or take 3.
+        // between ours at the edge moved 2% + 20 µs up, or 2% + NOTIFIED_NS down (QEMU's
+        // clock only ever runs longer), give or take 3.
         let qemu_bins: Vec<u64> = bins.iter().map(|b| b.as_u64().unwrap()).collect();
         let mut cum = 0;
         for (i, &edge) in HIST_NS.iter().enumerate() {
             cum += qemu_bins[i];
             let below = |e: f64| mine.iter().filter(|&&ns| (ns as f64) < e).count() as u64;
             let (lo, hi) = (
-                below(edge as f64 * 0.98 - 20_000.0 - late),
+                below(edge as f64 * 0.98 - NOTIFIED_NS - late),
                 below(edge as f64 * 1.02 + 20_000.0),
             );
             // And a few requests either way: a flush QEMU answers at once takes tens
@@ -494,7 +502,12 @@ pub fn check_blockstats_from(run: &LoadRun, rows: &[IoRow], name: &str, late_ns:
             }
         }
     }
-    assert!(bad.is_empty(), "{name}: {}", bad.join("; "));
+    assert!(
+        bad.is_empty(),
+        "{name}: {} ({})",
+        bad.join("; "),
+        keep(run, name)
+    );
 }
 
 /// QEMU probe hits per guest request: what the probes cost QEMU, bounded however the

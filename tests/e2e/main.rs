@@ -27,4 +27,5 @@ mod record_e2e;
 mod report_cli;
 mod report_e2e;
 mod shapes_e2e;
+mod throttle_e2e;
 mod vm_e2e;

@@ -4,7 +4,6 @@
 use super::page::{esc, page};
 use super::svg::*;
 use crate::compare::{Change, E2E, METRICS, Run, Verdict};
-use crate::layers::LAYER_NAMES;
 use crate::units::{fmt_ns, pct};
 use std::fmt::Write as _;
 
@@ -50,7 +49,7 @@ pub(super) fn verdict_word(v: Verdict) -> (&'static str, &'static str) {
 /// its interval around zero.
 pub(super) fn forest(op: &str, changes: &[&Change]) -> String {
     let layers: Vec<&str> = std::iter::once(E2E)
-        .chain(LAYER_NAMES)
+        .chain(crate::layers::path_layers())
         .filter(|l| changes.iter().any(|c| c.layer == *l))
         .collect();
     let (l, row, top) = (140.0, 22.0, 34.0);

@@ -16,18 +16,23 @@ use std::fmt::Write as _;
 /// IO passed, cut as [`split`] cuts them.
 pub(super) fn segments(b: &Boundaries) -> Vec<(usize, u64, u64)> {
     let mut out = Vec::new();
-    let mut prev: Option<(usize, u64)> = None;
+    let mut prev: Option<(crate::layers::Boundary, u64)> = None;
     let mut first = 0;
-    for (i, &t) in b.iter().enumerate() {
+    for &at in &crate::layers::PATH {
+        let t = b[at];
         if t == 0 {
             continue;
         }
         let t = prev.map_or(t, |(_, p)| t.max(p));
         match prev {
-            Some((pi, p)) => out.push((pi, p - first, t - p)),
+            Some((pb, p)) => {
+                if let Some(l) = pb.starts() {
+                    out.push((l, p - first, t - p));
+                }
+            }
             None => first = t,
         }
-        prev = Some((i, t));
+        prev = Some((at, t));
     }
     out
 }
@@ -237,8 +242,9 @@ pub(super) fn breakdown(report: &Report) -> String {
         .iter()
         .flat_map(|g| g.layers.iter().map(|x| x.0))
         .collect();
-    let items: Vec<(&str, &str)> = used
+    let items: Vec<(&str, &str)> = crate::layers::LAYER_PATH
         .iter()
+        .filter(|i| used.contains(*i))
         .map(|&i| (LAYER_NAMES[i], LAYER_COLORS[i]))
         .collect();
     format!(
@@ -431,8 +437,9 @@ pub(super) fn waterfall(report: &Report) -> String {
         );
         c.body.push_str("</g>");
     }
-    let items: Vec<(&str, &str)> = used
+    let items: Vec<(&str, &str)> = crate::layers::LAYER_PATH
         .iter()
+        .filter(|i| used.contains(*i))
         .map(|&i| (LAYER_NAMES[i], LAYER_COLORS[i]))
         .collect();
     format!(
@@ -638,7 +645,8 @@ pub(super) fn layer_glossary() -> String {
     let mut s = String::from(
         "<h2 id=\"layers\">Layers</h2><p class=\"note\">An IO's time is cut at the boundaries it has; a layer that was not traced hands its time to the one above (docs/layers.md).</p><table>",
     );
-    for (i, name) in LAYER_NAMES.iter().enumerate() {
+    for i in crate::layers::LAYER_PATH {
+        let name = LAYER_NAMES[i];
         let _ = write!(
             s,
             "<tr><td class=\"l\"><i style=\"display:inline-block;width:9px;height:9px;background:{};margin-right:5px\"></i>{name}</td><td class=\"l\">{}</td></tr>",

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 /// Layer colours, in LAYER_NAMES order (colour-blind-safe Tableau 10).
 pub(super) const LAYER_COLORS: [&str; NL] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-    "#9c755f",
+    "#9c755f", "#bab0ac",
 ];
 pub(super) const E2E_COLOR: &str = "#3b3b3b";
 pub(super) const BASE_COLOR: &str = "#4e79a7";
@@ -374,7 +374,7 @@ pub(super) fn ops_of(runs: &[&Run]) -> Vec<String> {
 pub(super) fn layers_of(runs: &[&Run]) -> Vec<&'static str> {
     let present: BTreeSet<&str> = runs.iter().flat_map(|r| r.keys().map(|k| k.1)).collect();
     std::iter::once(E2E)
-        .chain(LAYER_NAMES)
+        .chain(crate::layers::path_layers())
         .filter(|l| present.contains(l))
         .collect()
 }

@@ -83,21 +83,26 @@ impl<S: Sink> Join<'_, S> {
             _ => None,
         };
         let sectors = bytes.div_ceil(512);
+        // Seen before, remapped from its partition on the thread that submitted it:
+        // block-cgroup throttling may have held it since, and a kworker queues it now.
+        // It is that thread's all the same.
+        let entered = if known.is_none() {
+            self.entered.remove(&bio)
+        } else {
+            None
+        };
+        let tid = entered.map_or(e.tid, |(_, t)| t);
         // A sync job's thread (a worker's fdatasync, a loop worker's fsync of its
         // backing file) writes back dirty pages: its bios are the job's even where a
         // buffered write in flight covers the same blocks.
         let sync_job = known
             .is_none()
-            .then(|| {
-                self.threads
-                    .get(e.tid)
-                    .and_then(|t| t.worker.or(t.loop_sync))
-            })
+            .then(|| self.threads.get(tid).and_then(|t| t.worker.or(t.loop_sync)))
             .flatten()
             .filter(|&h| self.hios.get(h).is_some_and(|x| x.sync));
         let by_address = known
             .is_none()
-            .then(|| sync_job.or_else(|| self.owner_by_address(e.tid, dev, sector, sectors)))
+            .then(|| sync_job.or_else(|| self.owner_by_address(tid, dev, sector, sectors)))
             .flatten();
         let owner = match known {
             Some(o) => Some(o),
@@ -106,7 +111,7 @@ impl<S: Sink> Join<'_, S> {
                     // Submitted synchronously by the thread doing a traced direct IO or
                     // syscall whose blocks are not known (a flush, an empty layout).
                     self.threads
-                        .get(e.tid)
+                        .get(tid)
                         .and_then(|t| t.dio.or(t.worker).or(t.loop_sync))
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
                 })
@@ -122,7 +127,7 @@ impl<S: Sink> Join<'_, S> {
                     // A read the thread's buffered read queued beyond its range: the
                     // kernel's readahead, issued in that read's syscall.
                     (e.sub == REQ_OP_READ)
-                        .then(|| self.buffered_read_of(e.tid))
+                        .then(|| self.buffered_read_of(tid))
                         .flatten()
                 })
                 .or_else(|| {
@@ -162,6 +167,9 @@ impl<S: Sink> Join<'_, S> {
             && let Some(hio) = self.hios.get_mut(h)
         {
             hio.first_q = min0(hio.first_q, e.ts);
+            if let Some((at, _)) = entered {
+                hio.first_seen = min0(hio.first_seen, at);
+            }
             hio.bios += 1;
             // Once per bio (not again where it is queued after a remap): its disk's
             // flush requests will carry it. A flush bio (no data) or a write flushing
@@ -321,9 +329,33 @@ impl<S: Sink> Join<'_, S> {
             // left by the old one (merged, its end never seen) is over.
             Some(_) => {
                 self.bios.remove(&e.a[0]);
+                self.note_entered(e);
             }
-            None => {}
+            None => self.note_entered(e),
         }
+    }
+
+    /// A bio remapped from its partition before it was queued: its first sighting in
+    /// the block layer, on the submitting thread, before block-cgroup throttling
+    /// (`Boundary::Entered`). Kept until it is queued; a bio never queued (an error)
+    /// leaves its entry, so old entries go once there are many.
+    fn note_entered(&mut self, e: &RawEvent) {
+        const KEEP: usize = 1 << 16;
+        // Only a partition's remap to its disk's sectors (the bio stays the partition's:
+        // both devices the event names are the partition): device-mapper remaps its
+        // own clones, queued on its device first, after the throttle there.
+        let (old_dev, new_dev) = (e.a[2] as u32, (e.a[2] >> 32) as u32);
+        if old_dev != new_dev || self.layout.whole_disk(old_dev) == old_dev {
+            return;
+        }
+        if self.entered.len() >= KEEP {
+            let horizon = e.ts.saturating_sub(super::state::STALE_NS);
+            self.entered.retain(|_, (ts, _)| *ts >= horizon);
+            if self.entered.len() >= KEEP {
+                self.entered.clear();
+            }
+        }
+        self.entered.insert(e.a[0], (e.ts, e.tid));
     }
 
     #[inline(never)]

@@ -133,6 +133,7 @@ impl<S: Sink> Join<'_, S> {
                         let hit = cache_hit && root.op == Op::Read;
                         if !hit {
                             b[Boundary::Queued] = min0(b[Boundary::Queued], hio.first_q);
+                            b[Boundary::Entered] = min0(b[Boundary::Entered], hio.first_seen);
                         }
                         let (issue, done) = if hit {
                             (0, 0)

@@ -123,6 +123,7 @@ impl<'l, S: Sink> Join<'l, S> {
             user_data: Map::default(),
             kiocb: Map::default(),
             bios: Map::default(),
+            entered: Map::default(),
             reqs: Map::default(),
             plugged: Vec::new(),
             others: Slab::new(),

@@ -41,6 +41,9 @@ pub(super) struct Hio {
     pub(super) created: u64,
     pub(super) submit: u64,
     pub(super) first_q: u64,
+    /// When its first bio was first seen in the block layer (its partition remap),
+    /// before block-cgroup throttling; 0 if not seen before it was queued.
+    pub(super) first_seen: u64,
     pub(super) issue_any: u64,
     pub(super) done_any: u64,
     pub(super) issue_bottom: u64,
@@ -632,6 +635,8 @@ pub struct Join<'l, S: Sink> {
     pub(super) user_data: Map<u64, Ref>,
     pub(super) kiocb: Map<u64, Ref>,
     pub(super) bios: Map<u64, BioEntry>,
+    /// Bios remapped from their partition and not yet queued: (when, by whom).
+    pub(super) entered: Map<u64, (u64, u32)>,
     pub(super) reqs: Map<u64, Req>,
     pub(super) plugged: Vec<PluggedBio>,
     pub(super) others: Slab<OtherState>,
@@ -814,6 +819,7 @@ impl<S: Sink> Join<'_, S> {
             created: ts,
             submit: 0,
             first_q: 0,
+            first_seen: 0,
             issue_any: 0,
             done_any: 0,
             issue_bottom: 0,
