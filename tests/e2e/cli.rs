@@ -299,15 +299,7 @@ fn demo_records_live_with_the_distributions_qemu() {
     // row naming the file; without qcow2's functions an allocating write's data can go
     // unjoined (its row partial), and QEMU's reads of the backing file's header at open
     // stay rows of their own (no request), so only these are counted.
-    let csv = dir.path().join("ios.csv");
-    ok(&[
-        "report",
-        dir.path().join("demo.trace").to_str().unwrap(),
-        "--format",
-        "csv",
-        "-o",
-        csv.to_str().unwrap(),
-    ]);
+    let csv = demo_export(dir.path());
     let text_csv = std::fs::read_to_string(&csv).unwrap();
     let table: Vec<&str> = text_csv
         .lines()
@@ -342,6 +334,20 @@ fn demo_records_live_with_the_distributions_qemu() {
     for f in ["base.qcow2", "overlay.qcow2", "demo.trace"] {
         assert!(dir.path().join(f).is_file(), "no {f} in --dir");
     }
+}
+
+/// The demo trace in `dir` exported as CSV (`dir/ios.csv`): its path.
+fn demo_export(dir: &Path) -> PathBuf {
+    let csv = dir.join("ios.csv");
+    ok(&[
+        "report",
+        dir.join("demo.trace").to_str().unwrap(),
+        "--format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    csv
 }
 
 /// `--replay --dir` still writes the images the demo's text promises.
@@ -431,15 +437,7 @@ fn demo_records_qemu_io_when_there_is_no_vm() {
     // 16 + 7 + 8 requests, as the guest's dd calls (no extent boundary splits them).
     assert!(text.contains("│ 31 (31 complete, 0 partial)"), "{text}");
 
-    let csv = dir.path().join("ios.csv");
-    ok(&[
-        "report",
-        dir.path().join("demo.trace").to_str().unwrap(),
-        "--format",
-        "csv",
-        "-o",
-        csv.to_str().unwrap(),
-    ]);
+    let csv = demo_export(dir.path());
     let raw = dir.path().join("disk.raw");
     let part = dir.path().join("p1.img");
     run(

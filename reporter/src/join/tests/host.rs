@@ -679,15 +679,10 @@ fn an_io_uring_write_run_again_by_an_io_wq_worker_stays_one_host_io() {
     }
 }
 
-/// A guest flush whose fdatasync, on ext4 on a partition of a loop device, waits for
-/// the journal's commit: the journal thread writes it with a cache flush before and
-/// write-through (the loop device has no FUA: a flush after too). Each loop flush
-/// request is carried out by the loop's worker as an fsync of the backing file, which
-/// flushes the disk below. The flush row's device time is those disk flushes.
-#[test]
-fn a_flush_through_a_loop_device_reaches_the_disk_below() {
-    let (part, lo, vda) = (kernel_dev(259, 0), kernel_dev(7, 0), kernel_dev(254, 0));
-    let layout = Layout::from_json(&serde_json::json!({
+/// An image on ext4 on the first partition of loop0 (259:0 of 7:0), whose backing file
+/// is on vda, with these block devices described.
+fn loop_partition_layout(devices: serde_json::Value) -> Layout {
+    Layout::from_json(&serde_json::json!({
         "images": [{
             "path": "/m/g.qcow2",
             "file_hosts": [{
@@ -701,17 +696,30 @@ fn a_flush_through_a_loop_device_reaches_the_disk_below() {
                 ]}]
             }]
         }],
-        "devices": []
-    }));
+        "devices": devices
+    }))
+}
+
+/// A join of that layout that has seen a guest flush's job begin its fdatasync of the
+/// image on the partition `part` (thread 3); with its device-field and QEMU-event
+/// helpers.
+#[allow(clippy::type_complexity)]
+fn flush_on_the_partition(
+    layout: &Layout,
+    part: u32,
+) -> (
+    Join<'_, All>,
+    fn(u32) -> u64,
+    fn(u64, u8, [u64; 4]) -> RawEvent,
+) {
     let cfg = JoinConfig {
         flush_syscalls: true,
         fs_sync: true,
         ..JoinConfig::default()
     };
-    let mut j = Join::new(&layout, All::default(), cfg);
-    let d = |dev: u32| u64::from(dev) << 32;
-    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
-    const PREFLUSH_FUA_WRITE: u64 = 1 << 18 | 1 << 17 | 1;
+    let mut j = Join::new(layout, All::default(), cfg);
+    let d: fn(u32) -> u64 = |dev| u64::from(dev) << 32;
+    let q: fn(u64, u8, [u64; 4]) -> RawEvent = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
     j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
     j.event(&q(
         1_100,
@@ -726,6 +734,20 @@ fn a_flush_through_a_loop_device_reaches_the_disk_below() {
         0,
         [12, u64::from(part), 1, 0],
     ));
+    (j, d, q)
+}
+
+/// A guest flush whose fdatasync, on ext4 on a partition of a loop device, waits for
+/// the journal's commit: the journal thread writes it with a cache flush before and
+/// write-through (the loop device has no FUA: a flush after too). Each loop flush
+/// request is carried out by the loop's worker as an fsync of the backing file, which
+/// flushes the disk below. The flush row's device time is those disk flushes.
+#[test]
+fn a_flush_through_a_loop_device_reaches_the_disk_below() {
+    let (part, lo, vda) = (kernel_dev(259, 0), kernel_dev(7, 0), kernel_dev(254, 0));
+    let layout = loop_partition_layout(serde_json::json!([]));
+    let (mut j, d, q) = flush_on_the_partition(&layout, part);
+    const PREFLUSH_FUA_WRITE: u64 = 1 << 18 | 1 << 17 | 1;
     // The journal's commit block, by its thread: partition remap, then queued.
     j.event(&ev(
         2_000,
@@ -832,50 +854,14 @@ fn a_flush_through_a_loop_device_reaches_the_disk_below() {
 #[test]
 fn a_flush_that_stops_at_a_loop_device_takes_its_request_as_device_time() {
     let (part, lo, vda) = (kernel_dev(259, 0), kernel_dev(7, 0), kernel_dev(254, 0));
-    let layout = Layout::from_json(&serde_json::json!({
-        "images": [{
-            "path": "/m/g.qcow2",
-            "file_hosts": [{
-                "file": "/m/g.qcow2", "len": 1u64 << 30, "ino": 12,
-                "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
-                    {"hop": "file", "path": "/m/g.qcow2", "offset": 0, "state": "mapped"},
-                    {"hop": "device", "device": "/dev/loop0p1", "dev": "259:0", "byte": 1u64 << 20, "via": "filesystem"},
-                    {"hop": "device", "device": "/dev/loop0", "dev": "7:0", "byte": 2u64 << 20, "via": "partition"},
-                    {"hop": "file", "path": "/t/host.img", "offset": 2u64 << 20, "state": "mapped"},
-                    {"hop": "device", "device": "/dev/vda", "dev": "254:0", "byte": 9u64 << 30, "via": "filesystem"}
-                ]}]
-            }]
-        }],
-        "devices": [
-            {"id": "7:0", "name": "loop0", "kind": {"kind": "loop", "backing_file": "/t/host.img",
-                "offset": 0, "sizelimit": 0, "direct_io": true}},
-            {"id": "254:0", "name": "vda", "kind": {"kind": "disk"}}
-        ]
-    }));
+    let layout = loop_partition_layout(serde_json::json!([
+        {"id": "7:0", "name": "loop0", "kind": {"kind": "loop", "backing_file": "/t/host.img",
+            "offset": 0, "sizelimit": 0, "direct_io": true}},
+        {"id": "254:0", "name": "vda", "kind": {"kind": "disk"}}
+    ]));
     assert!(layout.is_loop(lo) && !layout.is_buffered_loop(lo));
-    let cfg = JoinConfig {
-        flush_syscalls: true,
-        fs_sync: true,
-        ..JoinConfig::default()
-    };
-    let mut j = Join::new(&layout, All::default(), cfg);
-    let d = |dev: u32| u64::from(dev) << 32;
-    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    let (mut j, d, q) = flush_on_the_partition(&layout, part);
     const PREFLUSH: u64 = 1 << 18;
-    j.event(&q(1_000, q::VIRTIO_HANDLE_REQUEST, [0xf1, 0, 0, 0]));
-    j.event(&q(
-        1_100,
-        q::THREAD_POOL_SUBMIT_AIO,
-        [0xe1, 0, 0, 9 << 32 | q::AIO_FLUSH],
-    ));
-    j.event(&sub_ev(1_200, 3, EventKind::SysEnter, 11, [9, 0, 0, 0]));
-    j.event(&sub_ev(
-        1_300,
-        3,
-        EventKind::FsSync,
-        0,
-        [12, u64::from(part), 1, 0],
-    ));
     // The fsync's own empty flush bio on the partition, remapped to the loop device,
     // where the block layer issues a flush request for it.
     j.event(&ev(
