@@ -470,8 +470,12 @@ fn dirty_throttle_pauses_are_the_kernels() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let trace = dir.path().join("dirty.trace");
     let oracle = Ftrace::start("viopath-dirty", &[("writeback/balance_dirty_pages", None)]);
-    let cmds: Vec<String> = (0..40u64)
-        .map(|i| format!("write -P 9 {} 1M", (8 << 20) + i * (1 << 20)))
+    // Each write twice the dirty limit set below, so that no write can be copied into
+    // the cache without waiting for writeback, however fast the disk writes back: with
+    // 1 MiB writes (half the limit) a fast writeback kept a whole run under it.
+    const WRITES: u64 = 10;
+    let cmds: Vec<String> = (0..WRITES)
+        .map(|i| format!("write -P 9 {} 4M", (8 << 20) + i * (4 << 20)))
         .collect();
     let args = record_args(&s, &trace, &["-t", "writeback"], &cmds);
     // The machine's limits are lowered only while this test records: the lock keeps
@@ -526,7 +530,7 @@ fn dirty_throttle_pauses_are_the_kernels() {
         );
         throttled += u32::from(r.dirty_wait_ns > 0);
     }
-    eprintln!("{throttled} of 40 writes paused by the dirty-page throttle");
+    eprintln!("{throttled} of {WRITES} writes paused by the dirty-page throttle");
     assert!(
         throttled > 0,
         "no write was throttled: the limits did not bite"

@@ -40,6 +40,10 @@ fn a_blk_throttle_wait_is_its_own_layer() {
         skipped("no QEMU with symbols; run tests/qemu/build.sh (CI does)");
         return;
     };
+    // Held from the start: making this test's file system writes enough to the host's
+    // disks to change how the kernel shares out its dirty-page limit, which the
+    // dirty-throttle test (cache_e2e) lowers while it records under this lock.
+    let _one = one_recorder();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let st = mount_partitioned_loop(
         &dir.path().join("disk.img"),
@@ -74,7 +78,6 @@ fn a_blk_throttle_wait_is_its_own_layer() {
         cmd += &format!(" -c 'read {} {LEN}'", i * LEN);
     }
     cmd += &format!(" {}", img.display());
-    let _one = one_recorder();
     let ft = Ftrace::start(
         "throttle",
         &[
