@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod compare;
 pub mod devices;
+pub mod export;
 pub mod filter;
 pub mod hist;
 pub mod html;

@@ -1,17 +1,17 @@
 //! From joined rows to the report: the per-layer latency table (polars: lazy group-by
 //! and quantiles over one compact row per IO), the slowest IOs, the partial ones and the
-//! IO no guest request caused; and the per-IO export (CSV or Parquet, streamed in
-//! batches so an export never holds the whole trace).
+//! IO no guest request caused; the per-IO export is [`crate::export`]'s.
 
-use crate::join::{IoRow, JoinStats, Op, OtherClass, OtherIo, Sink, flag_names, reason_names};
+pub use crate::export::ExportFormat;
+use crate::export::Exporter;
+use crate::join::{IoRow, JoinStats, Op, OtherClass, OtherIo, Sink, reason_names};
 use crate::layers::{Boundary, LAYER_NAMES, NL, split};
 use crate::layout::Layout;
 pub use crate::summary::{Summary, Throttling, cut_note, layers_missing_note};
 use polars::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +44,6 @@ fn disk_key(vm: u16, disk: Option<u16>) -> u32 {
     u32::from(vm) << 16 | disk.map_or(0, |d| u32::from(d) + 1)
 }
 
-/// Per-IO export formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
-    Csv,
-    Parquet,
-}
-
 /// A size class label: the power of two at or above `bytes` ("4K", "64K", "1M").
 pub fn size_class(bytes: u64) -> String {
     let p = bytes.max(1).next_power_of_two();
@@ -60,163 +53,6 @@ pub fn size_class(bytes: u64) -> String {
         p if p >= 1 << 10 => format!("{}K", p >> 10),
         p => format!("{p}B"),
     }
-}
-
-const BATCH: usize = 1 << 16;
-
-/// Streams rows to a CSV or Parquet file.
-struct Exporter {
-    rows: Vec<IoRow>,
-    writer: ExportWriter,
-    error: Option<PolarsError>,
-}
-
-type Out = BufWriter<Box<dyn Write + Send>>;
-
-enum ExportWriter {
-    Csv(polars::io::csv::write::BatchedWriter<Out>),
-    Parquet(Box<polars::io::parquet::write::BatchedWriter<Out>>),
-}
-
-fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {
-    let n = rows.len();
-    let mut cols: Vec<Column> = Vec::with_capacity(16 + 2 * NL);
-    cols.push(Column::new(
-        "id".into(),
-        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "op".into(),
-        rows.iter().map(|r| r.op.name()).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "offset".into(),
-        rows.iter()
-            .map(|r| r.offset.map(|o| o.0))
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "bytes".into(),
-        rows.iter().map(|r| r.bytes).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "source".into(),
-        rows.iter()
-            .map(|r| match r.source {
-                crate::join::Source::Virtio => "virtio",
-                crate::join::Source::QemuBlock => "qemu_block",
-            })
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "device".into(),
-        rows.iter()
-            .map(|r| (r.bottom_dev != 0).then(|| layout.device_name(r.bottom_dev)))
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "vm".into(),
-        rows.iter()
-            .map(|r| layout.vm_name(r.vm))
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "disk".into(),
-        rows.iter()
-            .map(|r| r.disk.map(|d| layout.disk_name(d)))
-            .collect::<Vec<_>>(),
-    ));
-    // The guest file (or filesystem structure) at the IO's first byte.
-    let names: Vec<Option<crate::layout::GuestName>> = rows
-        .iter()
-        .map(|r| r.offset.and_then(|o| layout.guest_name(r.disk, o)))
-        .collect();
-    cols.push(Column::new(
-        "guest_file".into(),
-        names
-            .iter()
-            .map(|g| g.as_ref().map(|g| g.what))
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "guest_file_offset".into(),
-        names
-            .iter()
-            .map(|g| g.as_ref().and_then(|g| g.file_offset))
-            .collect::<Vec<_>>(),
-    ));
-    let mut e2e = Vec::with_capacity(n);
-    let mut layers: Vec<Vec<Option<u64>>> = (0..NL).map(|_| Vec::with_capacity(n)).collect();
-    for r in rows {
-        let (l, t) = split(&r.b);
-        e2e.push(t);
-        for (i, v) in l.iter().enumerate() {
-            layers[i].push(*v);
-        }
-    }
-    cols.push(Column::new("e2e_ns".into(), e2e));
-    for (i, v) in layers.into_iter().enumerate() {
-        cols.push(Column::new(format!("{}_ns", LAYER_NAMES[i]).into(), v));
-    }
-    for b in Boundary::ALL {
-        cols.push(Column::new(
-            format!("t_{}", b.name()).into(),
-            rows.iter()
-                .map(|r| (r.b[b] != 0).then_some(r.b[b]))
-                .collect::<Vec<_>>(),
-        ));
-    }
-    cols.push(Column::new(
-        "host_ios".into(),
-        rows.iter().map(|r| r.host_ios).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "meta_ios".into(),
-        rows.iter().map(|r| r.meta_ios).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "meta_ns".into(),
-        rows.iter().map(|r| r.meta_ns).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "throttle_ns".into(),
-        rows.iter().map(|r| r.throttle_ns).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "readahead_bytes".into(),
-        rows.iter().map(|r| r.readahead_bytes).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "synced_bytes".into(),
-        rows.iter().map(|r| r.synced_bytes).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "dirty_wait_ns".into(),
-        rows.iter().map(|r| r.dirty_wait_ns).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "bios".into(),
-        rows.iter().map(|r| r.bios).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "requests".into(),
-        rows.iter().map(|r| r.requests).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "flags".into(),
-        rows.iter().map(|r| flag_names(r.flags)).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "partial".into(),
-        rows.iter()
-            .map(|r| reason_names(r.partial))
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "merged_into".into(),
-        rows.iter().map(|r| r.merged_into).collect::<Vec<_>>(),
-    ));
-    DataFrame::new(n, cols)
 }
 
 /// Collects joined rows: compact columns for the aggregation, the N slowest, the
@@ -447,59 +283,16 @@ impl<'l> Collector<'l> {
 
     /// Also write every row to `path` (`-`: standard output).
     pub fn export_to(&mut self, path: &Path, format: ExportFormat) -> Result<(), ReportError> {
-        let w: Box<dyn Write + Send> = if path == Path::new("-") {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(File::create(path)?)
-        };
-        let f = BufWriter::with_capacity(1 << 20, w);
-        let schema = export_frame(&[], self.layout)?.schema().as_ref().clone();
-        let writer = match format {
-            ExportFormat::Csv => ExportWriter::Csv(CsvWriter::new(f).batched(&schema)?),
-            ExportFormat::Parquet => {
-                ExportWriter::Parquet(Box::new(ParquetWriter::new(f).batched(&schema)?))
-            }
-        };
-        self.exporter = Some(Exporter {
-            rows: Vec::with_capacity(BATCH),
-            writer,
-            error: None,
-        });
+        self.exporter = Some(Exporter::create(path, format, self.layout)?);
         Ok(())
-    }
-
-    fn flush_export(&mut self) {
-        let layout = self.layout;
-        if let Some(x) = &mut self.exporter
-            && !x.rows.is_empty()
-            && x.error.is_none()
-        {
-            let r = export_frame(&x.rows, layout).and_then(|df| match &mut x.writer {
-                ExportWriter::Csv(w) => w.write_batch(&df),
-                ExportWriter::Parquet(w) => w.write_batch(&df),
-            });
-            if let Err(e) = r {
-                x.error = Some(e);
-            }
-            x.rows.clear();
-        }
     }
 
     /// Finish the export, if any.
     pub fn finish_export(&mut self) -> Result<(), ReportError> {
-        self.flush_export();
-        if let Some(mut x) = self.exporter.take() {
-            if let Some(e) = x.error {
-                return Err(e.into());
-            }
-            match &mut x.writer {
-                ExportWriter::Csv(w) => w.finish()?,
-                ExportWriter::Parquet(w) => {
-                    w.finish()?;
-                }
-            }
+        match self.exporter.take() {
+            Some(x) => x.finish(self.layout),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -532,10 +325,7 @@ impl Sink for Collector<'_> {
             }
         }
         if let Some(x) = &mut self.exporter {
-            x.rows.push(row.clone());
-            if x.rows.len() >= BATCH {
-                self.flush_export();
-            }
+            x.push(row, self.layout);
         }
         if row.partial != 0 {
             *self
@@ -1179,7 +969,7 @@ mod tests {
             }
         }
         // The per-IO export names the disk and the file of that disk.
-        let df = export_frame(&rows[..3], &layout).unwrap();
+        let df = crate::export::export_frame(&rows[..3], &layout).unwrap();
         let strs = |c: &str| -> Vec<Option<String>> {
             let col = df.column(c).unwrap();
             (0..col.len())
