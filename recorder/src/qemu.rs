@@ -313,20 +313,35 @@ fn json_paths(j: &serde_json::Value, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Of the files a process with command line `args` (after the program) has open, its
-/// images: those the line names as files, and of the others those open read-write or
-/// holding a qcow2 header (a disk added by QMP, hot-plugged or all of them), except
-/// what the line names as no disk (a memory backend's file is open read-write). Its
-/// stdout and stderr logs, serial logs and pid file are open to write only, its kernel,
-/// initrd and firmware to read only, and none of them is qcow2. (A raw disk QMP adds
-/// read-only is not found this way: name it on the command line.)
-pub fn images_among(open: Vec<OpenPath>, args: &[String]) -> Vec<PathBuf> {
-    let named = files_in_args(args);
-    let not_disks = files_not_disks(args);
+/// The files a QEMU command line (after the program) names: as disks, and as no disk
+/// (the values of [`NOT_DISKS`] options). Read once per process: each is a stat.
+#[derive(Debug, Clone, Default)]
+pub struct ArgFiles {
+    pub disks: Vec<PathBuf>,
+    pub not_disks: Vec<PathBuf>,
+}
+
+impl ArgFiles {
+    pub fn of(args: &[String]) -> ArgFiles {
+        ArgFiles {
+            disks: files_in_args(args),
+            not_disks: files_not_disks(args),
+        }
+    }
+}
+
+/// Of the files a process has open, its images: those its command line names as files
+/// (`named`), and of the others those open read-write or holding a qcow2 header (a disk
+/// added by QMP, hot-plugged or all of them), except what the line names as no disk
+/// (a memory backend's file is open read-write). Its stdout and stderr logs, serial
+/// logs and pid file are open to write only, its kernel, initrd and firmware to read
+/// only, and none of them is qcow2. (A raw disk QMP adds read-only is not found this
+/// way: name it on the command line.)
+pub fn images_among(open: Vec<OpenPath>, named: &ArgFiles) -> Vec<PathBuf> {
     open.into_iter()
         .filter(|f| {
-            named.contains(&f.path)
-                || (!not_disks.contains(&f.path) && (f.read_write || is_qcow2(&f.path)))
+            named.disks.contains(&f.path)
+                || (!named.not_disks.contains(&f.path) && (f.read_write || is_qcow2(&f.path)))
         })
         .map(|f| f.path)
         .collect()
@@ -434,12 +449,15 @@ mod tests {
             open_as(&pid, false),
         ];
         assert_eq!(
-            images_among(open.clone(), &args),
+            images_among(open.clone(), &ArgFiles::of(&args)),
             std::slice::from_ref(&img)
         );
         // A command line naming no disk (all added by QMP): still not the log or the
         // pid file, open to write only.
-        assert_eq!(images_among(open.clone(), &[]), std::slice::from_ref(&img));
+        assert_eq!(
+            images_among(open.clone(), &ArgFiles::default()),
+            std::slice::from_ref(&img)
+        );
         // Disks hot-plugged by QMP: one opened read-write, a qcow2 opened read-only.
         let (raw, ro) = (dir.join("hot.raw"), dir.join("hot-ro.qcow2"));
         std::fs::write(&raw, [0u8; 512]).unwrap();
@@ -447,7 +465,7 @@ mod tests {
         let mut open = open;
         open.extend([open_as(&raw, true), open_as(&ro, false)]);
         assert_eq!(
-            images_among(open.clone(), &args),
+            images_among(open.clone(), &ArgFiles::of(&args)),
             [img.clone(), raw.clone(), ro.clone()]
         );
         // A memory backend's file is open read-write, and named as no disk.
@@ -461,7 +479,7 @@ mod tests {
             ),
         ]);
         open.push(open_as(&mem, true));
-        assert_eq!(images_among(open, &with_mem), [img, raw, ro]);
+        assert_eq!(images_among(open, &ArgFiles::of(&with_mem)), [img, raw, ro]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -239,10 +239,7 @@ pub(super) fn note_open_files(pid: u32, seen: &mut Vec<OpenFile>) {
 /// Files the process opened since the last look (a disk hot-plugged, a backing file
 /// opened late): their devices join the kernel's filter.
 fn rescan(vm: &mut Vm, bpf: &mut Ebpf, devices: &mut BTreeSet<DevId>) {
-    let now = qemu::images_among(
-        qemu::open_files(vm.pid),
-        &vm.command[1.min(vm.command.len())..],
-    );
+    let now = qemu::images_among(qemu::open_files(vm.pid), &vm.named);
     let new: Vec<PathBuf> = now.into_iter().filter(|f| !vm.files.contains(f)).collect();
     if new.is_empty() {
         return;

@@ -18,6 +18,8 @@ pub(super) struct Vm {
     pub(super) pid: u32,
     /// Its files (images among them), rescanned while recording.
     pub(super) files: Vec<PathBuf>,
+    /// The files its command line names, as disks or not.
+    pub(super) named: qemu::ArgFiles,
     /// Its command line: the command started, or the running process's.
     pub(super) command: Vec<String>,
     /// The command started, held until every probe is attached.
@@ -37,6 +39,7 @@ impl Vm {
         Vm {
             pid,
             files,
+            named: qemu::ArgFiles::of(&command[1.min(command.len())..]),
             command,
             child: None,
             domain: None,
@@ -291,10 +294,9 @@ fn running(pid: u32) -> Result<(PathBuf, Vm), RecordError> {
         .map(str::to_owned)
         .collect();
     // Not the program itself.
-    let args = &cmdline[1.min(cmdline.len())..];
-    let named = qemu::files_in_args(args);
-    let mut files = qemu::images_among(qemu::open_files(pid), args);
-    files.extend(named);
+    let named = qemu::ArgFiles::of(&cmdline[1.min(cmdline.len())..]);
+    let mut files = qemu::images_among(qemu::open_files(pid), &named);
+    files.extend(named.disks);
     files.sort();
     files.dedup();
     Ok((exe, Vm::new(pid, files, cmdline)))
