@@ -571,3 +571,16 @@ pub fn skipped(why: &str) {
     }
     eprintln!("SKIPPED: {why}");
 }
+
+/// A qcow2's home: ext4 on GPT partition 1 of a 160 MiB loop device with direct IO (in
+/// `dir`), so the loop device's own IO reaches the host's disk while we record.
+pub fn make_stack(dir: &Path) -> MountedLoop {
+    mount_partitioned_loop(
+        &dir.join("disk.img"),
+        "160M",
+        "label: gpt\\nstart=2048, size=300000\\n",
+        1,
+        true,
+        &dir.join("mnt"),
+    )
+}

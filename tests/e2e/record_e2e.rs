@@ -16,19 +16,6 @@ use viopath_layouts::{GuestOffset, HostFileOffset};
 use viopath_probes::abi::{EventKind, RawEvent, kernel_dev};
 use viopath_probes::trace::{ChunkKind, chunks};
 
-/// A qcow2's home: ext4 on GPT partition 1 of a loop device with direct IO, so the loop
-/// device's own IO reaches the host's disk while we record.
-fn make_stack(dir: &Path) -> MountedLoop {
-    mount_partitioned_loop(
-        &dir.join("disk.img"),
-        "160M",
-        "label: gpt\\nstart=2048, size=300000\\n",
-        1,
-        true,
-        &dir.join("mnt"),
-    )
-}
-
 struct Trace {
     header: Value,
     events: Vec<RawEvent>,

@@ -78,14 +78,7 @@ fn check(aio: &str) -> Vec<Gap> {
     };
     let dir = KeepOnFailure(Some(tempfile::tempdir_in("/var/tmp").unwrap()));
     let dir = &dir;
-    let st = mount_partitioned_loop(
-        &dir.path().join("disk.img"),
-        "160M",
-        "label: gpt\\nstart=2048, size=300000\\n",
-        1,
-        true,
-        &dir.path().join("mnt"),
-    );
+    let st = make_stack(dir.path());
     let img = create(&st.mnt, "vm.qcow2", "cluster_size=65536", "64M");
     // Allocate first, untraced, so the traced requests are plain data IO.
     qemu_io(&img, &[&format!("write -P 7 0 {}", REPEAT * REPEAT_STRIDE)]);

@@ -45,14 +45,7 @@ fn a_blk_throttle_wait_is_its_own_layer() {
     // dirty-throttle test (cache_e2e) lowers while it records under this lock.
     let _one = one_recorder();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let st = mount_partitioned_loop(
-        &dir.path().join("disk.img"),
-        "160M",
-        "label: gpt\\nstart=2048, size=300000\\n",
-        1,
-        true,
-        &dir.path().join("mnt"),
-    );
+    let st = make_stack(dir.path());
     let img = create(&st.mnt, "t.qcow2", "cluster_size=65536", "16M");
     qemu_io(&img, &[&format!("write -P 7 0 {}", READS * LEN)]);
     // The limit is set on the disk (blk-throttle keys on the whole disk's queue), for a
