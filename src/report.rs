@@ -227,6 +227,18 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write) -> Result<()> {
     };
     let (report, source) = viopath_reporter::analyze(&args.trace, &opts)?;
     drop(bar);
+    // Grouped by guest file where no IO could be named: one group "-", said why.
+    if args.by.contains(&By::File)
+        && !report.latency.is_empty()
+        && report
+            .latency
+            .iter()
+            .all(|l| l.group.get("file").is_some_and(|f| f == "-"))
+    {
+        eprintln!(
+            "viopath: warning: --by file: no IO could be named by a guest file (the layout has no map of the guest's filesystems, or the IOs had no guest offset)"
+        );
+    }
     // Said on every output, even quiet: rows that do not join for this reason would
     // otherwise be blamed on the trace.
     if !source.mismatch.is_empty() {

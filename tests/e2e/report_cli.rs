@@ -478,6 +478,13 @@ fn filters_keep_what_the_truth_says() {
         "{text}"
     );
     assert!(!text.contains("│ write "), "{text}");
+    // The synthetic trace has no guest filesystem map: grouping by file says so.
+    let out = viopath(&["report", &trace, "--by", "file"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("no IO could be named by a guest file"),
+        "{err}"
+    );
     // Refused, with why.
     for (args, want) in [
         (vec!["--disk", "sdb"], "no disk named 'sdb'"),
