@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 use tabled::builder::Builder;
-use viopath_recorder::{RecordOptions, Target};
+use viopath_recorder::{KernelAttachMode, RecordOptions, Target};
 use viopath_reporter::units::human_bytes;
 
 #[derive(Args, Debug)]
@@ -45,9 +45,21 @@ pub struct RecordArgs {
     /// statistics while recording, which itself adds a little per run)
     #[arg(long)]
     pub bpf_stats: bool,
+    /// How probes on kernel functions (ext4 file IO, device-mapper) attach: fentry/fexit,
+    /// else kprobes where the kernel refuses fentry (auto); only fentry; only kprobes
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub kernel_attach: KernelAttachArg,
     /// Command to start and trace from its first instruction (after --)
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// `--kernel-attach`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelAttachArg {
+    Auto,
+    Fentry,
+    Kprobe,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -83,6 +95,11 @@ pub fn run(args: &RecordArgs, out: &mut dyn Write) -> Result<()> {
         bpf_stats: args.bpf_stats,
         qemu: args.qemu.clone(),
         verbose: args.verbose,
+        kernel_attach: match args.kernel_attach {
+            KernelAttachArg::Auto => KernelAttachMode::Auto,
+            KernelAttachArg::Fentry => KernelAttachMode::Fentry,
+            KernelAttachArg::Kprobe => KernelAttachMode::Kprobe,
+        },
     };
     let summary = viopath_recorder::record(&opts, &mut |line| eprintln!("viopath: {line}"))?;
     // The command failed on its own (not stopped by the recorder at the end): so does

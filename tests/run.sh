@@ -3,7 +3,7 @@
 # as root) it installs what the whole suite needs: the oracles (qemu-img, qemu-io,
 # debugfs, filefrag, mkfs, sfdisk, losetup), Chromium and chromedriver for the HTML
 # pages, the eBPF toolchain for the probe freshness check, a QEMU built with symbols,
-# the distribution's QEMU, libvirt and the test guest (the builds cached by version in
+# the distribution's QEMU, libvirt, the test guest and the lab (the builds cached by version in
 # /var/cache/viopath, so a second run reuses them). Then it runs every test with
 # VIOPATH_NO_SKIP=1: a test that would skip for want of something fails instead.
 # Arguments go to `cargo test` (a test name, `-- --nocapture`). Plain `cargo test
@@ -46,6 +46,11 @@ sh tests/libvirt/setup.sh install
 VIOPATH_GUEST_DIR=$(bash tests/vm/guest.sh)
 export VIOPATH_GUEST_DIR
 echo "guest for tests: $VIOPATH_GUEST_DIR"
+# The lab (tests/lab, docs/lab.md): Debian's 6.1 and 6.12 kernels as small hypervisor
+# hosts, each cached by kernel version.
+for suite in bookworm bookworm-backports; do
+    echo "lab for tests: $(bash tests/lab/build.sh "$suite" "$VIOPATH_QEMU_PREFIX")"
+done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing || true
 # Loop-device tests need the loop driver's control node.
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true

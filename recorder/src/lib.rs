@@ -9,4 +9,4 @@ pub mod libvirt;
 pub mod qemu;
 pub mod record;
 
-pub use record::{RecordError, RecordOptions, Summary, Target, record};
+pub use record::{KernelAttachMode, RecordError, RecordOptions, Summary, Target, record};

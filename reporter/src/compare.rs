@@ -19,7 +19,8 @@ use crate::hist::{Bucket, Weighted};
 use crate::join::{IoRow, OtherIo, Sink};
 use crate::layers::{LAYER_NAMES, NL, split};
 use crate::rng::Rng;
-use polars::prelude::*;
+use polars_core::prelude::*;
+use polars_io::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,8 @@ use crate::join::{IoRow, flag_names, reason_names};
 use crate::layers::{Boundary, LAYER_NAMES, NL, split};
 use crate::layout::Layout;
 use crate::report::ReportError;
-use polars::prelude::*;
+use polars_core::prelude::*;
+use polars_io::prelude::*;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -30,8 +31,8 @@ pub(crate) struct Exporter {
 type Out = BufWriter<Box<dyn Write + Send>>;
 
 enum ExportWriter {
-    Csv(polars::io::csv::write::BatchedWriter<Out>),
-    Parquet(Box<polars::io::parquet::write::BatchedWriter<Out>>),
+    Csv(polars_io::csv::write::BatchedWriter<Out>),
+    Parquet(Box<polars_io::parquet::write::BatchedWriter<Out>>),
 }
 
 pub(crate) fn export_frame(rows: &[IoRow], layout: &Layout) -> PolarsResult<DataFrame> {

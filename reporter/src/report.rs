@@ -1,5 +1,5 @@
-//! From joined rows to the report: the per-layer latency table (polars: lazy group-by
-//! and quantiles over one compact row per IO), the slowest IOs, the partial ones and the
+//! From joined rows to the report: the per-layer latency table (polars: aggregations
+//! and quantiles over one compact row per IO, a column per group and layer), the slowest IOs, the partial ones and the
 //! IO no guest request caused; the per-IO export is [`crate::export`]'s.
 
 pub use crate::export::ExportFormat;
@@ -8,7 +8,7 @@ use crate::join::{IoRow, JoinStats, Op, OtherClass, OtherIo, Sink, reason_names}
 use crate::layers::{Boundary, LAYER_NAMES, NL, split};
 use crate::layout::Layout;
 pub use crate::summary::{Summary, Throttling, cut_note, layers_missing_note};
-use polars::prelude::*;
+use polars_core::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::io::Write;
@@ -448,21 +448,6 @@ pub struct Report {
     pub pictures: Option<crate::pictures::Pictures>,
 }
 
-/// One group's values of a column, and which are there (`None`: all).
-type Chunk = (Vec<u64>, Option<Vec<bool>>);
-
-/// One column of the groups' values, a chunk per group, without copying them.
-fn u64_chunks(name: &str, chunks: impl Iterator<Item = Chunk>) -> Column {
-    UInt64Chunked::from_chunk_iter(
-        name.into(),
-        chunks.map(|(v, valid)| {
-            polars_arrow::array::PrimitiveArray::from_vec(v)
-                .with_validity(valid.map(|v| polars_arrow_bitmap(&v)))
-        }),
-    )
-    .into_column()
-}
-
 fn polars_arrow_bitmap(v: &[bool]) -> polars_arrow::bitmap::Bitmap {
     polars_arrow::bitmap::Bitmap::from_iter(v.iter().copied())
 }
@@ -520,7 +505,7 @@ impl Collector<'_> {
         } else if n == 0 {
             Vec::new()
         } else {
-            aggregate(std::mem::take(&mut self.groups), n, &by, &names)?
+            aggregate(std::mem::take(&mut self.groups), &by, &names)?
         };
         let mut slowest: Vec<SlowIo> = self
             .slowest
@@ -610,116 +595,95 @@ struct Names<'a> {
     files: &'a [String],
 }
 
-/// The latency table from the groups' exact columns (`n` IOs in all): polars' lazy
-/// group-by over one key column `g`. The groups are laid out, a chunk each, in the order
-/// of their keys as asked for, and the column says it is sorted, so that polars takes
-/// each group as a slice.
+/// The latency table from the groups' exact columns: per group, end-to-end and every
+/// layer along the path, polars' aggregations over the column (count of the IOs that
+/// have the layer, mean, sum, max, and nearest-rank quantiles). The groups are already
+/// apart (the collector made one per key asked for), so each column is aggregated as it
+/// is, without a group-by; the groups run side by side on polars' thread pool.
 fn aggregate(
     mut groups: Vec<(FoldKey, GroupCols)>,
-    n: usize,
     by: &[GroupBy],
     names_of: &Names<'_>,
 ) -> Result<Vec<LayerStat>, ReportError> {
-    // One group per key asked for (the collector made them so): `g` is its place in
-    // the table's order.
+    use rayon::prelude::*;
     groups.sort_by_cached_key(|(k, _)| key_in_order(by, *k));
-    let named: Vec<FoldKey> = groups.iter().map(|(k, _)| *k).collect();
-    let mut g = UInt32Chunked::from_chunk_iter(
-        "g".into(),
-        groups.iter().enumerate().map(|(i, (_, c))| {
-            polars_arrow::array::PrimitiveArray::from_vec(vec![i as u32; c.e2e.len()])
-        }),
-    );
-    g.set_sorted_flag(polars::series::IsSorted::Ascending);
-    let mut cols = vec![g.into_column()];
-    let mut e2e = Vec::with_capacity(groups.len());
-    let mut layer: [Vec<Chunk>; NL] = Default::default();
-    for (_, c) in groups {
-        e2e.push((c.e2e, None));
-        for (i, (v, valid)) in c.layer.into_iter().zip(c.layer_valid).enumerate() {
-            // No validity at all when every value is there: polars then takes its
-            // null-free paths (a quantile need not drop nulls first).
-            let valid = (!valid.iter().all(|&x| x)).then_some(valid);
-            layer[i].push((v, valid));
-        }
-    }
-    cols.push(u64_chunks("e2e", e2e.into_iter()));
-    for (name, chunks) in LAYER_NAMES.iter().zip(layer) {
-        cols.push(u64_chunks(name, chunks.into_iter()));
-    }
-    let df = DataFrame::new(n, cols)?;
     // The table's order: end-to-end, then the layers along the path.
     let mut names: Vec<&str> = vec!["e2e"];
     names.extend(crate::layers::path_layers());
-    let mut aggs = Vec::new();
-    for name in &names {
-        let c = || col(*name);
-        aggs.push(c().count().alias(format!("{name}:count")));
-        aggs.push(c().mean().alias(format!("{name}:mean")));
-        aggs.push(c().sum().alias(format!("{name}:sum")));
-        aggs.push(c().max().alias(format!("{name}:max")));
-        for (q, v) in QUANTILES {
-            aggs.push(
-                c().quantile(lit(v), QuantileMethod::Nearest)
-                    .cast(DataType::UInt64)
-                    .alias(format!("{name}:{q}")),
-            );
-        }
-    }
-    let lf = df.lazy();
-    let out = if by.is_empty() {
-        lf.select(aggs).collect()?
-    } else {
-        lf.group_by([col("g")])
-            .agg(aggs)
-            .sort(["g"], SortMultipleOptions::default())
-            .collect()?
-    };
+    let column_of = |name: &str| -> Option<usize> { LAYER_NAMES.iter().position(|n| *n == name) };
+    let per_group: Vec<PolarsResult<Vec<LayerStat>>> =
+        polars_core::runtime::THREAD_POOL.install(|| {
+            groups
+                .into_par_iter()
+                .map(|(key, c)| {
+                    let group = if by.is_empty() {
+                        BTreeMap::new()
+                    } else {
+                        group_names(by, key, names_of)
+                    };
+                    let GroupCols {
+                        e2e,
+                        layer,
+                        layer_valid,
+                    } = c;
+                    let e2e = column("e2e", e2e, None);
+                    let e2e_sum = e2e.sum().unwrap_or(0).max(1) as f64;
+                    let mut layer = layer.map(Some);
+                    let mut valid = layer_valid.map(Some);
+                    let mut out = Vec::new();
+                    for name in &names {
+                        let ca = match column_of(name) {
+                            None => e2e.clone(),
+                            Some(i) => {
+                                let v = layer[i].take().unwrap_or_default();
+                                let ok = valid[i].take().unwrap_or_default();
+                                // No validity at all when every value is there: polars then
+                                // takes its null-free paths.
+                                let ok = (!ok.iter().all(|&x| x)).then_some(ok);
+                                column(name, v, ok)
+                            }
+                        };
+                        let count = (ca.len() - ca.null_count()) as u64;
+                        if count == 0 {
+                            continue;
+                        }
+                        let q = |q: f64| -> PolarsResult<u64> {
+                            Ok(ca.quantile(q, QuantileMethod::Nearest)?.unwrap_or(0.0) as u64)
+                        };
+                        let [p50, p90, p99, p999] = QUANTILES.map(|(_, v)| v);
+                        out.push(LayerStat {
+                            group: group.clone(),
+                            layer: (*name).to_owned(),
+                            count,
+                            mean_ns: ca.mean().unwrap_or(0.0),
+                            p50_ns: q(p50)?,
+                            p90_ns: q(p90)?,
+                            p99_ns: q(p99)?,
+                            p999_ns: q(p999)?,
+                            max_ns: ca.max().unwrap_or(0),
+                            share: ca.sum().unwrap_or(0) as f64 / e2e_sum,
+                        });
+                    }
+                    Ok(out)
+                })
+                .collect()
+        });
     let mut stats = Vec::new();
-    let get_u64 = |c: &str, i: usize| -> u64 {
-        out.column(c)
-            .ok()
-            .and_then(|s| s.cast(&DataType::UInt64).ok())
-            .and_then(|s| s.get(i).ok().and_then(|v| v.extract::<u64>()))
-            .unwrap_or(0)
-    };
-    let get_f64 = |c: &str, i: usize| -> f64 {
-        out.column(c)
-            .ok()
-            .and_then(|s| s.get(i).ok().and_then(|v| v.extract::<f64>()))
-            .unwrap_or(0.0)
-    };
-    for i in 0..out.height() {
-        let key = if by.is_empty() {
-            (0, 0, 0, 0, 0)
-        } else {
-            let g = get_u64("g", i) as usize;
-            *named.get(g).ok_or_else(|| {
-                PolarsError::ComputeError(format!("group {g} of {}", named.len()).into())
-            })?
-        };
-        let group = group_names(by, key, names_of);
-        let e2e_sum = get_u64("e2e:sum", i).max(1) as f64;
-        for name in &names {
-            let count = get_u64(&format!("{name}:count"), i);
-            if count == 0 {
-                continue;
-            }
-            stats.push(LayerStat {
-                group: group.clone(),
-                layer: (*name).to_owned(),
-                count,
-                mean_ns: get_f64(&format!("{name}:mean"), i),
-                p50_ns: get_u64(&format!("{name}:p50"), i),
-                p90_ns: get_u64(&format!("{name}:p90"), i),
-                p99_ns: get_u64(&format!("{name}:p99"), i),
-                p999_ns: get_u64(&format!("{name}:p999"), i),
-                max_ns: get_u64(&format!("{name}:max"), i),
-                share: get_u64(&format!("{name}:sum"), i) as f64 / e2e_sum,
-            });
-        }
+    for g in per_group {
+        stats.extend(g?);
     }
     Ok(stats)
+}
+
+/// One group's values of a column as a polars array, without copying them.
+fn column(name: &str, v: Vec<u64>, valid: Option<Vec<bool>>) -> UInt64Chunked {
+    UInt64Chunked::from_chunk_iter(
+        name.into(),
+        std::iter::once(
+            polars_arrow::array::PrimitiveArray::from_vec(v)
+                .with_validity(valid.map(|v| polars_arrow_bitmap(&v))),
+        ),
+    )
 }
 
 /// The latency table's group columns for a (op, size, device, disk, file) key.

@@ -2,9 +2,13 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use viopath_layouts::host::DevId;
 use viopath_layouts::snapshot::Snapshot;
+use viopath_probes::abi::{EventKind, RawEvent, kernel_dev};
+use viopath_probes::trace::{ChunkKind, chunks};
 
 /// Run a command, panic with its output if it fails, return stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
@@ -312,8 +316,49 @@ pub struct Pid1Away {
     saved: Vec<(i32, libc::cpu_set_t)>,
 }
 
+/// The CPUs PID 1's threads had before a [`Pid1Away`] narrowed them, a line per thread
+/// (`tid cpu,cpu,...`), kept until they are given back: a test run killed before then
+/// (a timeout, ^C) would otherwise leave PID 1, and every process it starts after (a
+/// shell, a build), on fewer CPUs for good. The next [`Pid1Away`] gives them back first.
+const PID1_SAVED: &str = "/var/tmp/viopath-pid1-cpus";
+
+fn cpus_of(set: &libc::cpu_set_t) -> Vec<usize> {
+    // SAFETY: CPU_ISSET only reads the set.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+        .collect()
+}
+
+/// Give PID 1's threads back the CPUs a killed run left in [`PID1_SAVED`].
+fn restore_pid1_left_over() {
+    let Ok(text) = std::fs::read_to_string(PID1_SAVED) else {
+        return;
+    };
+    for line in text.lines() {
+        let Some((tid, cpus)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(tid) = tid.parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: cpu_set_t is plain data; the calls read and write only it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for c in cpus.split(',').filter_map(|c| c.parse::<usize>().ok()) {
+                libc::CPU_SET(c, &mut set);
+            }
+            if libc::CPU_COUNT(&set) > 0 {
+                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+    }
+    std::fs::remove_file(PID1_SAVED).ok();
+}
+
 impl Pid1Away {
     fn new() -> Pid1Away {
+        // Held under the machine lock: no other run is narrowing PID 1 now.
+        restore_pid1_left_over();
         let mut away = Pid1Away { saved: Vec::new() };
         let Ok(softirqs) = std::fs::read_to_string("/proc/softirqs") else {
             return away;
@@ -353,12 +398,28 @@ impl Pid1Away {
                 if libc::CPU_COUNT(&new) == 0 {
                     continue;
                 }
-                if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &new) == 0 {
-                    away.saved.push((tid, old));
+                away.saved.push((tid, old));
+                away.journal();
+                if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &new) != 0 {
+                    away.saved.pop();
                 }
             }
         }
+        away.journal();
         away
+    }
+
+    /// Write what is to be given back to [`PID1_SAVED`] before changing anything.
+    fn journal(&self) {
+        let text: String = self
+            .saved
+            .iter()
+            .map(|(tid, old)| {
+                let cpus: Vec<String> = cpus_of(old).iter().map(|c| c.to_string()).collect();
+                format!("{tid} {}\n", cpus.join(","))
+            })
+            .collect();
+        std::fs::write(PID1_SAVED, text).ok();
     }
 }
 
@@ -370,6 +431,7 @@ impl Drop for Pid1Away {
                 libc::sched_setaffinity(*tid, std::mem::size_of::<libc::cpu_set_t>(), old);
             }
         }
+        std::fs::remove_file(PID1_SAVED).ok();
     }
 }
 
@@ -518,7 +580,14 @@ pub fn ftrace_bio(fields: &str) -> Option<(String, u64, u64)> {
 /// on the whole disk under its filesystem's partition (`part_start`: the partition's
 /// first sector): `(file sector, disk sector, sectors)`.
 pub fn file_extents(file: &Path, part_start: u64) -> Vec<(u64, u64, u64)> {
-    let out = run("filefrag", &["-e", "-b512", file.to_str().unwrap()]);
+    parse_filefrag(
+        &run("filefrag", &["-e", "-b512", file.to_str().unwrap()]),
+        part_start,
+    )
+}
+
+/// The extents in `filefrag -e -b512` output, as [`file_extents`] gives them.
+pub fn parse_filefrag(out: &str, part_start: u64) -> Vec<(u64, u64, u64)> {
     out.lines()
         .filter_map(|l| {
             // " 0:        0..     127:     206848..    206975:    128:  ..."
@@ -583,4 +652,86 @@ pub fn make_stack(dir: &Path) -> MountedLoop {
         true,
         &dir.join("mnt"),
     )
+}
+
+/// A trace's chunks, read raw (the recorder's events as written, before any join).
+pub struct Trace {
+    pub header: Value,
+    pub events: Vec<RawEvent>,
+    pub layout: Value,
+    pub end: Value,
+    pub losses: Value,
+}
+
+pub fn read_trace(path: &Path) -> Trace {
+    let bytes = std::fs::read(path).unwrap();
+    let mut t = Trace {
+        header: Value::Null,
+        events: Vec::new(),
+        layout: Value::Null,
+        end: Value::Null,
+        losses: Value::Null,
+    };
+    for c in chunks(&bytes).unwrap() {
+        let c = c.unwrap_or_else(|e| panic!("trace damaged: {e}"));
+        match c.kind {
+            ChunkKind::Header => t.header = c.json().unwrap(),
+            ChunkKind::Events => t.events.extend(c.events()),
+            ChunkKind::Layout => t.layout = c.json().unwrap(),
+            ChunkKind::End => t.end = c.json().unwrap(),
+            ChunkKind::Losses => t.losses = c.json().unwrap(),
+        }
+    }
+    t
+}
+
+/// Do the block events of `kinds` on `dev` cover sectors [start, start + n)?
+pub fn covered(t: &Trace, dev: DevId, kinds: &[EventKind], start: u64, n: u64) -> bool {
+    let kdev = kernel_dev(dev.major, dev.minor) as u64;
+    let mut ranges: Vec<(u64, u64)> = t
+        .events
+        .iter()
+        .filter(|e| kinds.iter().any(|k| *k as u8 == e.kind) && e.a[2] >> 32 == kdev)
+        .map(|e| (e.a[1], e.a[1] + ((e.a[2] & 0xffff_ffff) / 512)))
+        .collect();
+    ranges.sort();
+    let mut pos = start;
+    for (s, e) in ranges {
+        if s <= pos && e > pos {
+            pos = e;
+        }
+        if pos >= start + n {
+            return true;
+        }
+    }
+    pos >= start + n
+}
+
+/// The fields of a CSV line ("" quotes a field; no newlines inside fields here).
+pub fn csv_fields(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Per-IO CSV rows as maps.
+pub fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let head = csv_fields(lines.next().unwrap());
+    lines
+        .map(|l| head.iter().cloned().zip(csv_fields(l)).collect())
+        .collect()
 }

@@ -9,6 +9,7 @@
 //! layer, the slowest IOs) and the synthetic generator's ground truth (a change between
 //! two runs).
 
+use crate::common::csv_rows;
 use base64::Engine;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -436,35 +437,6 @@ fn distance(a: [u8; 3], b: [u8; 3]) -> f64 {
         .map(|i| (f64::from(a[i]) - f64::from(b[i])).powi(2))
         .sum::<f64>()
         .sqrt()
-}
-
-/// The fields of a CSV line ("" quotes a field; no newlines inside fields here).
-fn csv_fields(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
-/// Per-IO CSV rows as maps.
-fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let head = csv_fields(lines.next().unwrap());
-    lines
-        .map(|l| head.iter().cloned().zip(csv_fields(l)).collect())
-        .collect()
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod distro_e2e;
 mod guest_ext4;
 mod host_stack;
 mod html;
+mod lab_e2e;
 mod libvirt_e2e;
 mod load_checks;
 mod load_e2e;

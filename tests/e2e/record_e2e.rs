@@ -14,37 +14,6 @@ use viopath_layouts::host::{DevId, Hop, HostResolver, Topology};
 use viopath_layouts::qcow2::{Chain, LocatedKind};
 use viopath_layouts::{GuestOffset, HostFileOffset};
 use viopath_probes::abi::{EventKind, RawEvent, kernel_dev};
-use viopath_probes::trace::{ChunkKind, chunks};
-
-struct Trace {
-    header: Value,
-    events: Vec<RawEvent>,
-    layout: Value,
-    end: Value,
-    losses: Value,
-}
-
-fn read_trace(path: &Path) -> Trace {
-    let bytes = std::fs::read(path).unwrap();
-    let mut t = Trace {
-        header: Value::Null,
-        events: Vec::new(),
-        layout: Value::Null,
-        end: Value::Null,
-        losses: Value::Null,
-    };
-    for c in chunks(&bytes).unwrap() {
-        let c = c.unwrap_or_else(|e| panic!("trace damaged: {e}"));
-        match c.kind {
-            ChunkKind::Header => t.header = c.json().unwrap(),
-            ChunkKind::Events => t.events.extend(c.events()),
-            ChunkKind::Layout => t.layout = c.json().unwrap(),
-            ChunkKind::End => t.end = c.json().unwrap(),
-            ChunkKind::Losses => t.losses = c.json().unwrap(),
-        }
-    }
-    t
-}
 
 const BDRV_READ: u8 = 9;
 const BDRV_WRITE: u8 = 10;
@@ -66,28 +35,6 @@ fn has_qemu(t: &Trace, probe: u8, off: u64, len: u64) -> bool {
     qemu(t, probe)
         .iter()
         .any(|e| e.a[1] == off && e.a[2] == len)
-}
-
-/// Do the block events of `kinds` on `dev` cover sectors [start, start + n)?
-fn covered(t: &Trace, dev: DevId, kinds: &[EventKind], start: u64, n: u64) -> bool {
-    let kdev = kernel_dev(dev.major, dev.minor) as u64;
-    let mut ranges: Vec<(u64, u64)> = t
-        .events
-        .iter()
-        .filter(|e| kinds.iter().any(|k| *k as u8 == e.kind) && e.a[2] >> 32 == kdev)
-        .map(|e| (e.a[1], e.a[1] + ((e.a[2] & 0xffff_ffff) / 512)))
-        .collect();
-    ranges.sort();
-    let mut pos = start;
-    for (s, e) in ranges {
-        if s <= pos && e > pos {
-            pos = e;
-        }
-        if pos >= start + n {
-            return true;
-        }
-    }
-    pos >= start + n
 }
 
 struct Req {

@@ -2,7 +2,7 @@
 //! kprobe twins) and QEMU's functions (one generic uprobe, a spec per function), each
 //! with a one-line reason when it cannot.
 
-use super::RecordError;
+use super::{KernelAttachMode, RecordError};
 use crate::catalog::{KERNEL_PROBES, KernelAttach, Layer, QEMU_FALLBACKS, QEMU_PROBES};
 use crate::elf::{Missing, Symbols};
 use crate::qemu::QemuInfo;
@@ -90,6 +90,8 @@ pub fn kernel_symbol(name: &str) -> Option<u64> {
     })
 }
 
+// The loaded object, its BTF and the targets, and the three choices of what to attach.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn attach_all(
     bpf: &mut Ebpf,
     btf: &Btf,
@@ -98,6 +100,7 @@ pub(super) fn attach_all(
     syms: Option<&Symbols>,
     filter: &Option<Vec<String>>,
     aio_fsync_work: u64,
+    mode: KernelAttachMode,
 ) -> Result<Attached, RecordError> {
     let mut attempts = Vec::new();
     for p in KERNEL_PROBES {
@@ -121,12 +124,27 @@ pub(super) fn attach_all(
                 exit,
                 fallback,
                 ..
-            } => attach_function(bpf, btf, p.program, function, exit).or_else(|first| {
+            } => {
                 let fb = if exit { "kretprobe" } else { "kprobe" };
-                attach_kprobe(bpf, fallback, function)
-                    .map(|()| kind = fb)
-                    .map_err(|second| format!("{kind}: {first}; {fb} fallback: {second}"))
-            }),
+                match mode {
+                    KernelAttachMode::Auto => attach_function(bpf, btf, p.program, function, exit)
+                        .or_else(|first| {
+                            attach_kprobe(bpf, fallback, function)
+                                .map(|()| kind = fb)
+                                .map_err(|second| {
+                                    format!("{kind}: {first}; {fb} fallback: {second}")
+                                })
+                        }),
+                    KernelAttachMode::Fentry => {
+                        attach_function(bpf, btf, p.program, function, exit)
+                            .map_err(|e| format!("{e} (--kernel-attach fentry: no {fb} fallback)"))
+                    }
+                    KernelAttachMode::Kprobe => {
+                        kind = fb;
+                        attach_kprobe(bpf, fallback, function)
+                    }
+                }
+            }
             _ => (|| {
                 let prog = bpf.program_mut(p.program).ok_or("not in the eBPF object")?;
                 match p.attach {

@@ -127,6 +127,22 @@ pub struct RecordOptions {
     pub qemu: Option<PathBuf>,
     /// Say what attached a line per probe, not per layer.
     pub verbose: bool,
+    /// How the kernel-function probes attach.
+    pub kernel_attach: KernelAttachMode,
+}
+
+/// How the probes on kernel functions (ext4's file IO, device-mapper) attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KernelAttachMode {
+    /// fentry/fexit (a trampoline: cheapest), else kprobe/kretprobe where the kernel
+    /// refuses fentry.
+    #[default]
+    Auto,
+    /// fentry/fexit only: a kernel that refuses them gets none.
+    Fentry,
+    /// kprobe/kretprobe only (breakpoints): for kernels whose fentry is broken, or to
+    /// compare the two.
+    Kprobe,
 }
 
 /// Record until the duration passes, the targets exit, or SIGINT/SIGTERM arrives.
@@ -161,6 +177,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         traced.symbols.as_ref(),
         &opts.probes,
         loaded.aio_fsync_work,
+        opts.kernel_attach,
     )?;
     let missing_layers = say_what_attached(&attached, opts.verbose, log)?;
 

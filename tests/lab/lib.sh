@@ -1,0 +1,83 @@
+# Sourced by every lab script (bash, inside the lab). The harness sets QEMU_PREFIX and
+# VIOPATH before it; each stack writes its trace and the independent views of its
+# layout (dmsetup, filefrag, qemu-img map, sysfs) to /share/STACK.
+set -euo pipefail
+log() { echo "lab[$(cut -d' ' -f1 /proc/uptime)]: $*"; }
+
+# The lab's disks, partitioned alike: GPT, partitions 1..4 of 448 MiB each from 1 MiB.
+partition() {
+    local d
+    for d in "$@"; do
+        printf 'label: gpt\nstart=2048, size=917504\nsize=917504\nsize=917504\nsize=917504\n' |
+            sfdisk -q "$d"
+    done
+    mdev -s
+}
+
+# The /dev/mapper nodes of new dm devices: with no udev in the lab, nobody else makes
+# them.
+dm_nodes() {
+    dmsetup mknodes
+    mdev -s
+}
+
+# stack NAME: a stack's results go to /share/NAME ($out).
+stack() {
+    out=/share/$1
+    mkdir -p "$out"
+    log "stack $1"
+}
+
+# workload IMAGE FORMAT AIO [RECORD OPTIONS...]: `viopath record -- qemu-io` with a known
+# list of requests, written to $out/requests (op, offset, bytes): 8 writes of 64 KiB
+# in flight together, then 8 reads of them in flight together.
+workload() {
+    local img=$1 fmt=$2 aio=$3
+    shift 3
+    local cmds=() i off
+    : > "$out/requests"
+    for i in 0 1 2 3 4 5 6 7; do
+        off=$((i * 1048576 + i * 12288))
+        cmds+=(-c "aio_write -q -P $((i + 1)) $off 65536")
+        echo "write $off 65536" >> "$out/requests"
+    done
+    # aio_flush waits for the requests in flight; it sends no flush. (qemu-io's own
+    # `flush` goes through blk_flush, which no probe sees as a request: guests' flushes
+    # come through blk_aio_flush and are tested with guests.)
+    cmds+=(-c aio_flush)
+    for i in 7 6 5 4 3 2 1 0; do
+        off=$((i * 1048576 + i * 12288))
+        cmds+=(-c "aio_read -q -P $((i + 1)) $off 65536")
+        echo "read $off 65536" >> "$out/requests"
+    done
+    cmds+=(-c aio_flush)
+    "$VIOPATH" record -q --json -o "$out/trace" "$@" -- \
+        "$QEMU_PREFIX/bin/qemu-io" -f "$fmt" -t none --aio "$aio" "${cmds[@]}" "$img" \
+        > "$out/record.json" 2> "$out/record.err" || { cat "$out/record.err"; return 1; }
+}
+
+# oracles IMAGE: what the image's bytes are on the devices, from the tools that own
+# each layer, for the test to compute the expected sectors from.
+oracles() {
+    local img=$1 b
+    qemu_img=$QEMU_PREFIX/bin/qemu-img
+    "$qemu_img" map --output=json "$img" > "$out/map.json"
+    filefrag -e -b512 "$img" > "$out/filefrag"
+    # The filesystem's device number, as the kernel gives it (mountinfo's 3rd field).
+    awk -v m="$(df -P "$img" | awk 'NR==2{print $6}')" '$5 == m {print $3}' /proc/self/mountinfo \
+        > "$out/fs-dev"
+    # name, major:minor, and for a partition its first sector and its disk.
+    for b in /sys/class/block/*; do
+        # NVMe's per-controller paths (nvme0c0n1) are hidden and have no number.
+        [ -f "$b/dev" ] || continue
+        if [ -f "$b/partition" ]; then
+            echo "$(basename "$b") $(cat "$b/dev") $(cat "$b/start") $(basename "$(dirname "$(readlink -f "$b")")")"
+        else
+            echo "$(basename "$b") $(cat "$b/dev") - -"
+        fi
+    done > "$out/blocks"
+    dmsetup table > "$out/dmsetup-table" 2>/dev/null || true
+    dmsetup info -c --noheadings -o name,major,minor --separator ' ' > "$out/dmsetup-info" 2>/dev/null || true
+    lvs --segments --noheadings --units s -o lv_name,segtype,stripes,stripe_size,seg_start,seg_size,devices \
+        > "$out/lvs" 2>/dev/null || true
+}
