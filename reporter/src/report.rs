@@ -1,6 +1,7 @@
-//! From joined rows to the report: the per-layer latency table (polars: aggregations
-//! and quantiles over one compact row per IO, a column per group and layer), the slowest IOs, the partial ones and the
-//! IO no guest request caused; the per-IO export is [`crate::export`]'s.
+//! From joined rows to the report: the per-layer latency table (polars' aggregations
+//! and quantiles over one compact row per IO, a column per group and layer), the
+//! slowest IOs, the partial ones and the IO no guest request caused; the per-IO export
+//! is [`crate::export`]'s.
 
 pub use crate::export::ExportFormat;
 use crate::export::Exporter;

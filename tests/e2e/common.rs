@@ -381,6 +381,9 @@ impl Pid1Away {
         let Ok(tasks) = std::fs::read_dir("/proc/1/task") else {
             return away;
         };
+        // Every thread's CPUs without the busiest, known before any is changed, so the
+        // journal is written once, ahead of all the changes.
+        let mut plan = Vec::new();
         for t in tasks.flatten() {
             let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
@@ -395,17 +398,19 @@ impl Pid1Away {
                 }
                 let mut new = old;
                 libc::CPU_CLR(busiest, &mut new);
-                if libc::CPU_COUNT(&new) == 0 {
-                    continue;
-                }
-                away.saved.push((tid, old));
-                away.journal();
-                if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &new) != 0 {
-                    away.saved.pop();
+                if libc::CPU_COUNT(&new) > 0 {
+                    plan.push((tid, old, new));
                 }
             }
         }
+        away.saved = plan.iter().map(|&(tid, old, _)| (tid, old)).collect();
         away.journal();
+        for (tid, _, new) in &plan {
+            // SAFETY: as above. A thread that has ended meanwhile is given back nothing.
+            unsafe {
+                libc::sched_setaffinity(*tid, std::mem::size_of::<libc::cpu_set_t>(), new);
+            }
+        }
         away
     }
 

@@ -34,23 +34,19 @@ stack() {
 workload() {
     local img=$1 fmt=$2 aio=$3
     shift 3
-    local cmds=() i off
+    local cmds=() op i off
     : > "$out/requests"
-    for i in 0 1 2 3 4 5 6 7; do
-        off=$((i * 1048576 + i * 12288))
-        cmds+=(-c "aio_write -q -P $((i + 1)) $off 65536")
-        echo "write $off 65536" >> "$out/requests"
+    for op in write read; do
+        for i in 0 1 2 3 4 5 6 7; do
+            off=$((i * 1048576 + i * 12288))
+            cmds+=(-c "aio_$op -q -P $((i + 1)) $off 65536")
+            echo "$op $off 65536" >> "$out/requests"
+        done
+        # aio_flush waits for the requests in flight; it sends no flush. (qemu-io's own
+        # `flush` goes through blk_flush, which no probe sees as a request: guests'
+        # flushes come through blk_aio_flush and are tested with guests.)
+        cmds+=(-c aio_flush)
     done
-    # aio_flush waits for the requests in flight; it sends no flush. (qemu-io's own
-    # `flush` goes through blk_flush, which no probe sees as a request: guests' flushes
-    # come through blk_aio_flush and are tested with guests.)
-    cmds+=(-c aio_flush)
-    for i in 7 6 5 4 3 2 1 0; do
-        off=$((i * 1048576 + i * 12288))
-        cmds+=(-c "aio_read -q -P $((i + 1)) $off 65536")
-        echo "read $off 65536" >> "$out/requests"
-    done
-    cmds+=(-c aio_flush)
     "$VIOPATH" record -q --json -o "$out/trace" "$@" -- \
         "$QEMU_PREFIX/bin/qemu-io" -f "$fmt" -t none --aio "$aio" "${cmds[@]}" "$img" \
         > "$out/record.json" 2> "$out/record.err" || { cat "$out/record.err"; return 1; }
