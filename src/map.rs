@@ -317,6 +317,8 @@ fn hop_rows(seg: &HostSegment, rows: &mut Vec<[String; 3]>) {
                     Via::Partition => "partition",
                     Via::DmLinear => "dm linear",
                     Via::DmStriped => "dm striped",
+                    Via::DmCrypt => "dm crypt",
+                    Via::MdMirror => "md raid1 member",
                 };
                 [
                     "host device".into(),

@@ -20,7 +20,8 @@ fi
 # (command -> Debian package).
 missing=()
 for pair in qemu-img:qemu-utils qemu-io:qemu-utils debugfs:e2fsprogs filefrag:e2fsprogs \
-            mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs sfdisk:fdisk losetup:mount partx:util-linux \
+            mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sfdisk:fdisk losetup:mount \
+            partx:util-linux \
             readelf:binutils chromium:chromium chromedriver:chromium-driver; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done

@@ -24,6 +24,7 @@ struct task_struct {
 
 struct block_device {
 	dev_t bd_dev;
+	struct gendisk *bd_disk;
 } PAI;
 
 struct bvec_iter {

@@ -263,8 +263,25 @@ SEC("tp_btf/block_bio_remap")
 int BPF_PROG(bio_remap, struct bio *bio, dev_t old_dev, sector_t old_sector)
 {
 	__u32 dev = bio_dev(bio);
-	if (!device_wanted(dev) && !device_wanted(old_dev))
-		return 0;
+	int from_wanted = device_wanted(old_dev);
+	if (!device_wanted(dev)) {
+		if (!from_wanted)
+			return 0;
+		/*
+		 * A bio moving down from a device under the images to one the recorder did
+		 * not know: a device with no number in sysfs (an NVMe multipath head's
+		 * hidden path disk), or stacked later. Its requests are this bio's: the
+		 * filter follows it there.
+		 */
+		__u8 one = 1;
+		bpf_map_update_elem(&devices, &dev, &one, BPF_NOEXIST);
+		/* Its requests are its disk's, if it is a partition. */
+		struct gendisk *disk = bio->bi_bdev->bd_disk;
+		if (disk) {
+			__u32 whole = ((__u32)disk->major << 20) | (__u32)disk->first_minor;
+			bpf_map_update_elem(&devices, &whole, &one, BPF_NOEXIST);
+		}
+	}
 	emit(VP_BIO_REMAP, bio->bi_opf & 0xff, (__u64)bio,
 	     bio->bi_iter.bi_sector, ((__u64)dev << 32) | old_dev, old_sector);
 	return 0;
@@ -438,27 +455,67 @@ SYSCALL_EXIT(fallocate, VP_SC_FALLOCATE)
 
 /* ---- io_uring ---- */
 
+/* An SQE submitted: the ring is remembered, so that only its completions are kept. */
+static __always_inline void uring_submitted(__u64 ring, __u64 req, __u64 user_data, __u8 opcode)
+{
+	__u8 one = 1;
+	bpf_map_update_elem(&rings, &ring, &one, BPF_ANY);
+	emit(VP_URING_SUBMIT, opcode, user_data, req, ring, opcode);
+}
+
 SEC("tp_btf/io_uring_submit_req")
 int BPF_PROG(uring_submit, struct io_kiocb *req)
 {
-	if (!traced())
-		return 0;
-	__u64 ring = (__u64)req->ctx;
-	__u8 one = 1;
-	bpf_map_update_elem(&rings, &ring, &one, BPF_ANY);
-	emit(VP_URING_SUBMIT, req->opcode, req->cqe.user_data,
-	     (__u64)req, ring, req->opcode);
+	if (traced())
+		uring_submitted((__u64)req->ctx, (__u64)req, req->cqe.user_data, req->opcode);
 	return 0;
+}
+
+/* The same tracepoint under its name before 6.4, with the request as its argument. */
+SEC("tp_btf/io_uring_submit_sqe")
+int BPF_PROG(uring_submit_sqe, struct io_kiocb *req)
+{
+	if (traced())
+		uring_submitted((__u64)req->ctx, (__u64)req, req->cqe.user_data, req->opcode);
+	return 0;
+}
+
+/*
+ * Before the request was its argument (5.19 to 6.0): (ctx, req, user_data, opcode, ...)
+ * as plain values. The recorder tries it only after the typed program above, which the
+ * verifier refuses there (a void pointer cannot be followed), and only from 5.19 on
+ * (5.15 passed opcode before user_data).
+ */
+SEC("tp_btf/io_uring_submit_sqe")
+int BPF_PROG(uring_submit_sqe_args, void *ring, void *req, __u64 user_data, __u8 opcode)
+{
+	if (traced())
+		uring_submitted((__u64)ring, (__u64)req, user_data, opcode);
+	return 0;
+}
+
+static __always_inline void uring_completed(__u64 ring, __u64 req, __u64 user_data, __s64 res)
+{
+	if (bpf_map_lookup_elem(&rings, &ring))
+		emit(VP_URING_COMPLETE, 0, user_data, req, ring, (__u64)res);
 }
 
 SEC("tp_btf/io_uring_complete")
 int BPF_PROG(uring_complete, struct io_ring_ctx *ring, void *req, struct io_uring_cqe *cqe)
 {
-	__u64 c = (__u64)ring;
-	if (!bpf_map_lookup_elem(&rings, &c))
-		return 0;
-	emit(VP_URING_COMPLETE, 0, cqe->user_data, (__u64)req, c,
-	     (__u64)(__s64)cqe->res);
+	uring_completed((__u64)ring, (__u64)req, cqe->user_data, cqe->res);
+	return 0;
+}
+
+/*
+ * Before the CQE was its argument (5.19 to 6.13): (ctx, req, user_data, res, cflags,
+ * extra1, extra2) as plain values. Tried after the typed program (refused there: the
+ * third argument is no pointer), from 5.19 on (5.15 had no request argument).
+ */
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(uring_complete_args, void *ring, void *req, __u64 user_data, int res)
+{
+	uring_completed((__u64)ring, (__u64)req, user_data, res);
 	return 0;
 }
 
@@ -609,6 +666,10 @@ static __always_inline void dm_bio(__u8 type, struct bio *bio)
 
 static __always_inline void fs_sync(__u8 sub, struct inode *inode, __s64 arg)
 {
+	/* A module tracepoint's pointer arguments may be null to the verifier (checked as
+	 * trusted-or-null), and so may what is read through them. */
+	if (!inode)
+		return;
 	__u32 dev = inode->i_sb->s_dev;
 	if (traced() || (filter_devices && device_wanted(dev)))
 		emit(VP_FS_SYNC, sub, inode->i_ino, dev, (__u64)arg, 0);
@@ -617,6 +678,8 @@ static __always_inline void fs_sync(__u8 sub, struct inode *inode, __s64 arg)
 SEC("tp_btf/ext4_sync_file_enter")
 int BPF_PROG(sync_enter, struct file *file, int datasync)
 {
+	if (!file)
+		return 0;
 	fs_sync(0, file->f_inode, datasync);
 	return 0;
 }

@@ -68,8 +68,12 @@ impl Layer {
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KernelAttach {
-    /// BTF-typed tracepoint (typed pointers, safe in IRQ context).
-    TpBtf { event: &'static str },
+    /// BTF-typed tracepoint (typed pointers, safe in IRQ context); where the kernel
+    /// refuses it (another name, other arguments), each of `older` in turn.
+    TpBtf {
+        event: &'static str,
+        older: &'static [OlderTracepoint],
+    },
     /// Classic tracepoint.
     Tracepoint {
         category: &'static str,
@@ -90,10 +94,22 @@ impl KernelAttach {
     /// The name a probe is listed and selected by.
     pub fn event(&self) -> &'static str {
         match *self {
-            KernelAttach::TpBtf { event } | KernelAttach::Tracepoint { event, .. } => event,
+            KernelAttach::TpBtf { event, .. } | KernelAttach::Tracepoint { event, .. } => event,
             KernelAttach::Function { name, .. } => name,
         }
     }
+}
+
+/// A tracepoint as older kernels have it, read by a program of its own: the same
+/// events, under another name or with other arguments.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OlderTracepoint {
+    pub program: &'static str,
+    pub event: &'static str,
+    /// The first kernel (major, minor) whose arguments the program reads: BTF cannot
+    /// tell plain integer arguments apart, so an older kernel, whose arguments came in
+    /// another order, is not given it.
+    pub since: (u32, u32),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,10 +127,20 @@ const fn tp_btf(
     layer: Layer,
     records: &'static str,
 ) -> KernelProbe {
+    tp_btf_or_older(program, event, &[], layer, records)
+}
+
+const fn tp_btf_or_older(
+    program: &'static str,
+    event: &'static str,
+    older: &'static [OlderTracepoint],
+    layer: Layer,
+    records: &'static str,
+) -> KernelProbe {
     KernelProbe {
         program,
         layer,
-        attach: KernelAttach::TpBtf { event },
+        attach: KernelAttach::TpBtf { event, older },
         records,
     }
 }
@@ -436,15 +462,35 @@ pub const KERNEL_PROBES: &[KernelProbe] = &[
         "fallocate: fd, offset, length, mode (QEMU's discard and write zeroes of an image)",
     ),
     syscall("exit_fallocate", "sys_exit_fallocate", "fallocate return"),
-    tp_btf(
+    tp_btf_or_older(
         "uring_submit",
         "io_uring_submit_req",
+        &[
+            // Its name before 6.4, with the request as argument (6.1).
+            OlderTracepoint {
+                program: "uring_submit_sqe",
+                event: "io_uring_submit_sqe",
+                since: (5, 19),
+            },
+            // Before that (5.19, 6.0): ring, request, user_data, opcode.
+            OlderTracepoint {
+                program: "uring_submit_sqe_args",
+                event: "io_uring_submit_sqe",
+                since: (5, 19),
+            },
+        ],
         Layer::IoUring,
         "io_uring SQE submitted: user_data, opcode, ring",
     ),
-    tp_btf(
+    tp_btf_or_older(
         "uring_complete",
         "io_uring_complete",
+        // Before the CQE was its argument (5.19 to 6.13): ring, request, user_data, result.
+        &[OlderTracepoint {
+            program: "uring_complete_args",
+            event: "io_uring_complete",
+            since: (5, 19),
+        }],
         Layer::IoUring,
         "io_uring CQE posted: user_data, result",
     ),
@@ -897,12 +943,14 @@ mod tests {
         }
         // Every kernel program exists in the compiled object.
         let obj = viopath_probes::object();
-        for p in KERNEL_PROBES {
+        let older = KERNEL_PROBES.iter().flat_map(|p| match p.attach {
+            KernelAttach::TpBtf { older, .. } => older.iter().map(|o| o.program).collect(),
+            _ => Vec::new(),
+        });
+        for program in KERNEL_PROBES.iter().map(|p| p.program).chain(older) {
             assert!(
-                obj.windows(p.program.len())
-                    .any(|w| w == p.program.as_bytes()),
-                "{} not in the object",
-                p.program
+                obj.windows(program.len()).any(|w| w == program.as_bytes()),
+                "{program} not in the object"
             );
         }
     }

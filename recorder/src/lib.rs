@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod elf;
 pub mod libvirt;
+pub mod module_btf;
 pub mod qemu;
 pub mod record;
 

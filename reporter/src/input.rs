@@ -380,6 +380,8 @@ pub fn join_config(trace: &reader::Trace, layout: &layout::Layout) -> join::Join
         aio_fsync: trace.header.attached("workqueue_execute_start")
             && trace.header.attached("workqueue_execute_end"),
         falloc_syscalls: trace.header.attached("sys_enter_fallocate"),
+        caller_callbacks: trace.header.attached("aio_read_done")
+            && trace.header.attached("aio_write_done"),
         virtio_from_block: trace.header.attached("virtio_blk_req_complete")
             && !trace.header.attached("virtio_blk_handle_request"),
         // Block devices given to QEMU as disks do direct IO without iomap: where every

@@ -10,7 +10,9 @@
 //! columns) once given. One added later takes the next position, not its place in the
 //! path: `Boundary::Entered` (position 10) lies between `Submitted` and `Queued`, and
 //! the layer it starts, `blk_throttle` (position 9), between `host_fs` and
-//! `block_queue`. Code that shows layers in path order goes by [`LAYER_PATH`].
+//! `block_queue`; `FsEntered` and `BottomQueued` (11, 12) start `filesystem` and
+//! `bottom_queue` (10, 11). Code that shows layers in path order goes by
+//! [`LAYER_PATH`].
 
 use serde::Serialize;
 
@@ -45,9 +47,18 @@ pub enum Boundary {
     /// (only bios submitted to a partition show it; in the path, between `Submitted`
     /// and `Queued`).
     Entered = 10,
+    /// The host IO entered the filesystem's own read or write (ext4's
+    /// `ext4_file_{read,write}_iter`, by fentry or kprobe where the kernel allows):
+    /// what comes before it is the syscall's and the VFS's (between `Submitted` and
+    /// `Entered`).
+    FsEntered = 11,
+    /// The first bio of the IO was queued on its bottom device, having come down
+    /// through stacked devices (dm, md, loop) from the one it was first queued on
+    /// (only IOs through stacked devices show it; between `Queued` and `Dispatched`).
+    BottomQueued = 12,
 }
 
-pub const NB: usize = 11;
+pub const NB: usize = 13;
 pub const NL: usize = NB - 1;
 
 /// The boundaries in path order.
@@ -55,8 +66,10 @@ pub const PATH: [Boundary; NB] = [
     Boundary::Notify,
     Boundary::Parsed,
     Boundary::Submitted,
+    Boundary::FsEntered,
     Boundary::Entered,
     Boundary::Queued,
+    Boundary::BottomQueued,
     Boundary::Dispatched,
     Boundary::DeviceDone,
     Boundary::HostDone,
@@ -66,7 +79,7 @@ pub const PATH: [Boundary; NB] = [
 ];
 
 /// The layers (positions in [`LAYER_NAMES`]) in path order.
-pub const LAYER_PATH: [usize; NL] = [0, 1, 2, 9, 3, 4, 5, 6, 7, 8];
+pub const LAYER_PATH: [usize; NL] = [0, 1, 2, 10, 9, 3, 11, 4, 5, 6, 7, 8];
 
 /// The layers' names in path order.
 pub fn path_layers() -> impl Iterator<Item = &'static str> + Clone {
@@ -85,6 +98,8 @@ pub const BOUNDARY_NAMES: [&str; NB] = [
     "completed",
     "interrupt",
     "entered",
+    "fs_entered",
+    "bottom_queued",
 ];
 
 /// Layer `i` runs from boundary `i` to the next boundary present.
@@ -99,19 +114,23 @@ pub const LAYER_NAMES: [&str; NL] = [
     "virtio_completion",
     "irq",
     "blk_throttle",
+    "filesystem",
+    "bottom_queue",
 ];
 
 pub const LAYER_HELP: [&str; NL] = [
     "doorbell → request parsed by virtio-blk",
     "QEMU block layer and format driver (qcow2, its metadata reads) → host IO submitted",
-    "syscall / io_uring / AIO, VFS and filesystem → first bio seen in the block layer",
-    "remaps, stacked devices (loop, dm), scheduler → issued to the bottom device",
+    "syscall / io_uring / AIO, VFS and filesystem → first bio seen in the block layer (with filesystem: → the filesystem's entry)",
+    "remaps, stacked devices (loop, dm, md), scheduler → issued to the bottom device (with bottom_queue: → queued on the bottom device)",
     "bottom device: issue → last completion",
     "completion back up the block stack and filesystem → host IO completed",
     "QEMU completion (thread pool / AIO reaping, coroutine, qcow2 updates)",
     "virtio-blk completion → pushed to the guest",
     "→ interrupt injected into the guest",
     "bio seen in the block layer (partition remap) → queued: block-cgroup throttling",
+    "the filesystem's own read/write (its entry, by fentry or kprobe) → first bio seen in the block layer",
+    "queued on the bottom device, below stacked devices → issued to it: its plug and scheduler",
 ];
 
 impl Boundary {
@@ -128,6 +147,8 @@ impl Boundary {
         Boundary::Completed,
         Boundary::Interrupt,
         Boundary::Entered,
+        Boundary::FsEntered,
+        Boundary::BottomQueued,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +161,8 @@ impl Boundary {
         match self {
             Boundary::Interrupt => None,
             Boundary::Entered => Some(9),
+            Boundary::FsEntered => Some(10),
+            Boundary::BottomQueued => Some(11),
             b => Some(b as usize),
         }
     }
@@ -248,6 +271,28 @@ pub fn split(b: &Boundaries) -> ([Option<u64>; NL], u64) {
 mod tests {
     use super::*;
 
+    /// The function probes' boundary cuts host_fs at the filesystem's entry, and the
+    /// bottom device's queue cuts block_queue below stacked devices.
+    #[test]
+    fn filesystem_and_bottom_queue_split_their_layers() {
+        let mut b = Boundaries::new();
+        b[Boundary::Submitted] = 100;
+        b[Boundary::FsEntered] = 130;
+        b[Boundary::Queued] = 500;
+        b[Boundary::BottomQueued] = 900;
+        b[Boundary::Dispatched] = 950;
+        b[Boundary::DeviceDone] = 1_950;
+        let (l, e2e) = split(&b);
+        let by_name = |n: &str| l[LAYER_NAMES.iter().position(|x| *x == n).unwrap()];
+        assert_eq!(by_name("host_fs"), Some(30));
+        assert_eq!(by_name("filesystem"), Some(370));
+        assert_eq!(by_name("block_queue"), Some(400));
+        assert_eq!(by_name("bottom_queue"), Some(50));
+        assert_eq!(by_name("device"), Some(1_000));
+        assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
+        assert_eq!(LAYER_HELP.len(), LAYER_NAMES.len());
+    }
+
     #[test]
     fn layers_sum_to_end_to_end_and_missing_layers_go_to_the_one_above() {
         let mut b = Boundaries::new();
@@ -291,7 +336,16 @@ mod tests {
         assert_eq!(l.iter().flatten().sum::<u64>(), e2e);
         // In path order, the layers are named as LAYER_PATH orders them.
         let path: Vec<&str> = LAYER_PATH.iter().map(|&i| LAYER_NAMES[i]).collect();
-        assert_eq!(&path[2..5], ["host_fs", "blk_throttle", "block_queue"]);
+        assert_eq!(
+            &path[2..7],
+            [
+                "host_fs",
+                "filesystem",
+                "blk_throttle",
+                "block_queue",
+                "bottom_queue"
+            ]
+        );
         for b in PATH {
             if let Some(l) = b.starts() {
                 assert_eq!(

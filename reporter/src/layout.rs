@@ -216,6 +216,9 @@ pub struct Layout {
     loops: HashSet<u32>,
     /// Devices holding an image file's filesystem: the top of its stack.
     tops: HashSet<u32>,
+    /// Bottoms of some stack that are no disk: device-mapper or md devices whose
+    /// mapping the snapshot does not have, where the chain stopped.
+    stops: HashSet<u32>,
     /// Block devices given to QEMU as disks themselves (`host_device`).
     nodes: HashSet<u32>,
     /// Devices with a device below them other than their own disk (a loop device's
@@ -283,8 +286,18 @@ impl Layout {
     /// Build from a layout snapshot.
     pub fn from_snapshot(snap: &Snapshot) -> Layout {
         let mut l = Layout::default();
+        // Devices whose mapping the snapshot does not have: a chain ending there stops.
+        let mut unmapped = HashSet::new();
         for d in &snap.devices {
             l.device_names.insert(dev_of(d.id), d.name.clone());
+            if matches!(
+                d.kind,
+                DeviceKind::DeviceMapper { .. }
+                    | DeviceKind::Md { .. }
+                    | DeviceKind::Stacked { .. }
+            ) {
+                unmapped.insert(dev_of(d.id));
+            }
             if let DeviceKind::Loop { direct_io, .. } = d.kind {
                 l.loops.insert(dev_of(d.id));
                 if direct_io == Some(false) {
@@ -362,6 +375,9 @@ impl Layout {
                     }
                     if let Some(last) = hops.last() {
                         l.bottoms.insert(last.dev);
+                        if unmapped.contains(&last.dev) {
+                            l.stops.insert(last.dev);
+                        }
                     }
                     if let Some(first) = hops.first() {
                         l.tops.insert(first.dev);
@@ -742,6 +758,22 @@ impl Layout {
     /// Whether `dev` is a loop device.
     pub fn is_loop(&self, dev: u32) -> bool {
         self.loops.contains(&dev)
+    }
+
+    /// Whether some image's chain stops at `dev`, a device whose mapping the snapshot
+    /// does not have (its IO goes on below as clones the join follows by remap).
+    pub fn stops_chain(&self, dev: u32) -> bool {
+        self.stops.contains(&dev)
+    }
+
+    /// Whether `dev` is on some image file's chain (holds part of one, by the layout).
+    pub fn on_a_chain(&self, dev: u32) -> bool {
+        self.occupied.contains_key(&dev)
+    }
+
+    /// Whether the snapshot has device `dev`.
+    pub fn knows_device(&self, dev: u32) -> bool {
+        self.device_names.contains_key(&dev)
     }
 
     pub fn device_name(&self, dev: u32) -> String {

@@ -477,11 +477,18 @@ impl Collector<'_> {
         summary.throttled = self.throttle;
         summary.page_cache = std::mem::take(&mut self.page_cache);
         if self.complete > 0 {
-            // `entered` is only there for bios submitted to a partition: its absence
-            // is no layer missing (host_fs then holds any throttling; docs/layers.md).
+            // `entered` is only there for bios submitted to a partition, `fs_entered`
+            // where the filesystem's functions can be probed, `bottom_queued` for IO
+            // through stacked devices: their absence is no layer missing (the layer
+            // above holds their time; docs/layers.md).
+            let optional = [
+                Boundary::Entered,
+                Boundary::FsEntered,
+                Boundary::BottomQueued,
+            ];
             summary.boundaries_missing = crate::layers::PATH
                 .iter()
-                .filter(|&&b| b != Boundary::Entered)
+                .filter(|&b| !optional.contains(b))
                 .filter(|&&b| self.boundaries_seen & (1 << b as usize) == 0)
                 .map(|&b| {
                     // A boundary starts the layer of its index; the last one ends the

@@ -692,11 +692,19 @@ pub fn read_trace(path: &Path) -> Trace {
 
 /// Do the block events of `kinds` on `dev` cover sectors [start, start + n)?
 pub fn covered(t: &Trace, dev: DevId, kinds: &[EventKind], start: u64, n: u64) -> bool {
-    let kdev = kernel_dev(dev.major, dev.minor) as u64;
+    covered_on(t, &[dev], kinds, start, n)
+}
+
+/// [`covered`] by the events on any of `devs` (a disk and its paths).
+pub fn covered_on(t: &Trace, devs: &[DevId], kinds: &[EventKind], start: u64, n: u64) -> bool {
+    let kdevs: Vec<u64> = devs
+        .iter()
+        .map(|d| u64::from(kernel_dev(d.major, d.minor)))
+        .collect();
     let mut ranges: Vec<(u64, u64)> = t
         .events
         .iter()
-        .filter(|e| kinds.iter().any(|k| *k as u8 == e.kind) && e.a[2] >> 32 == kdev)
+        .filter(|e| kinds.iter().any(|k| *k as u8 == e.kind) && kdevs.contains(&(e.a[2] >> 32)))
         .map(|e| (e.a[1], e.a[1] + ((e.a[2] & 0xffff_ffff) / 512)))
         .collect();
     ranges.sort();

@@ -313,7 +313,8 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
     topo.add_dm_tables(
         "vg-dm-0: 0 131072 striped 2 128 7:100 2048 7:101 0\n\
          vg-dm-1: 0 2048 linear 253:0 10000\n\
-         vg-dm-1: 2048 2048 crypt aes-xts-plain64 :64:logon:k 0 7:100 0\n",
+         vg-dm-1: 2048 1024 crypt aes-xts-plain64 :64:logon:k 0 7:100 4096 1 allow_discards\n\
+         vg-dm-1: 3072 1024 thin 253:2 1\n",
     )
     .unwrap();
     let mut r = HostResolver::new(topo);
@@ -344,7 +345,7 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
         pos += s.len;
     }
     assert_eq!(pos, 100 * 512 + (200 << 10));
-    // A crypt target is named, not silently passed through.
+    // A crypt target maps as linear, after its offset on its device.
     let segs = r
         .resolve_device(
             DevId {
@@ -355,7 +356,23 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
             4096,
         )
         .unwrap();
-    assert!(segs[0].stopped.as_deref().unwrap().contains("'crypt'"));
+    let (bottom, _, sector) = segs[0].bottom().unwrap();
+    assert_eq!((bottom, sector.0), ("/dev/loop100", 4096 + 3000 - 2048));
+    // A target that is not remapped (a thin volume: its pool's mapping) is named.
+    let segs = r
+        .resolve_device(
+            DevId {
+                major: 253,
+                minor: 1,
+            },
+            DeviceSector(3500),
+            4096,
+        )
+        .unwrap();
+    assert!(
+        segs[0].stopped.as_deref().unwrap().contains("'thin'"),
+        "{segs:?}"
+    );
     let segs = r
         .resolve_device(DevId { major: 9, minor: 0 }, DeviceSector(8), 4096)
         .unwrap();
@@ -378,5 +395,148 @@ fn device_mapper_linear_and_striped_from_dmsetup_text() {
             dev: DevId { major: 7, minor: 3 },
             offset: 16
         }
+    );
+}
+
+/// md arrays from a mock sysfs tree (no md on this machine's kernel; the lab has real
+/// ones): RAID1 maps every byte to each member in sync at its data offset (a spare holds
+/// none), other levels stop the chain there, named.
+#[test]
+fn md_raid1_maps_to_every_member_in_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let sys = root.path();
+    std::fs::create_dir_all(sys.join("dev/block")).unwrap();
+    let block = |id: &str, name: &str| {
+        let d = sys.join(format!("devices/virtual/block/{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("dev"), format!("{id}\n")).unwrap();
+        std::fs::write(d.join("size"), "1048576\n").unwrap();
+        std::fs::write(d.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
+        std::os::unix::fs::symlink(&d, sys.join(format!("dev/block/{id}"))).unwrap();
+        d
+    };
+    let members = [
+        ("7:100", "loop100", "in_sync", 2048),
+        ("7:101", "loop101", "in_sync,write_mostly", 4096),
+        ("7:102", "loop102", "spare", 2048),
+    ];
+    let dirs: Vec<PathBuf> = members.iter().map(|(id, n, _, _)| block(id, n)).collect();
+    for (id, name, level) in [("9:1", "md1", "raid1"), ("9:2", "md2", "raid5")] {
+        let md = block(id, name).join("md");
+        std::fs::create_dir_all(&md).unwrap();
+        std::fs::write(md.join("level"), format!("{level}\n")).unwrap();
+        for ((_, n, state, offset), d) in members.iter().zip(&dirs) {
+            let m = md.join(format!("dev-{n}"));
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::write(m.join("state"), format!("{state}\n")).unwrap();
+            std::fs::write(m.join("offset"), format!("{offset}\n")).unwrap();
+            std::os::unix::fs::symlink(d, m.join("block")).unwrap();
+        }
+    }
+    let mut r = HostResolver::new(Topology::with_sysfs(sys));
+    let md1 = DevId { major: 9, minor: 1 };
+    let segs = r.resolve_device(md1, DeviceSector(10), 4096).unwrap();
+    let mut bottoms: Vec<(String, u64)> = segs
+        .iter()
+        .map(|s| {
+            assert_eq!(s.len, 4096, "{s:?}");
+            let (dev, _, sector) = s.bottom().unwrap();
+            (dev.to_owned(), sector.0)
+        })
+        .collect();
+    bottoms.sort();
+    assert_eq!(
+        bottoms,
+        [
+            ("/dev/loop100".to_owned(), 2058),
+            ("/dev/loop101".to_owned(), 4106)
+        ]
+    );
+    let segs = r
+        .resolve_device(DevId { major: 9, minor: 2 }, DeviceSector(10), 4096)
+        .unwrap();
+    assert!(
+        segs[0].stopped.as_deref().unwrap().contains("md raid5"),
+        "{segs:?}"
+    );
+}
+
+/// btrfs on loop devices: FIEMAP's addresses are btrfs's logical ones, and the layout maps
+/// them through the chunk tree to each copy (data DUP: two on one device). The oracle is
+/// the device itself: the file's bytes are at every place the layout names. Striped
+/// profiles (RAID0 over two devices) stop the chain, named.
+#[test]
+fn btrfs_files_map_through_the_chunk_tree_to_every_copy() {
+    if !is_root() || !have("mkfs.btrfs") {
+        crate::common::skipped("needs root and mkfs.btrfs");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut cleanup = Cleanup(Vec::new());
+    let mut loops = Vec::new();
+    for name in ["a.img", "b.img"] {
+        let img = dir.path().join(name);
+        sh(&format!("truncate -s 300M {}", img.display()));
+        let l = run("losetup", &["--show", "-f", img.to_str().unwrap()])
+            .trim()
+            .to_owned();
+        cleanup.0.push(format!("losetup -d {l}"));
+        loops.push(l);
+    }
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let content = pattern(1 << 20, 7);
+    // Data DUP on one device: each extent twice.
+    sh(&format!("mkfs.btrfs -q -f -d dup -m dup {}", loops[0]));
+    sh(&format!("mount -t btrfs {} {}", loops[0], mnt.display()));
+    cleanup.0.push(format!("umount {}", mnt.display()));
+    let file = mnt.join("f");
+    std::fs::write(&file, &content).unwrap();
+    sh("sync");
+    let mut r = HostResolver::new(Topology::system());
+    let segs = r
+        .resolve(&file, HostFileOffset(0), content.len() as u64)
+        .unwrap();
+    let mut copies = 0u64;
+    for s in &segs {
+        assert!(s.stopped.is_none(), "{s:?}");
+        // The loop device's hop (below it, its backing file on this machine's disk).
+        let (dev, sector) = s
+            .hops
+            .iter()
+            .find_map(|h| match h {
+                Hop::Device { device, sector, .. } if *device == loops[0] => {
+                    Some((device.as_str(), *sector))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("not on {}: {s:?}", loops[0]));
+        let at = s.offset.0 as usize;
+        let got = read_device(dev, sector.0, s.len as usize).expect("a loop device is readable");
+        assert!(
+            got == content[at..at + s.len as usize],
+            "btrfs bytes {at}+{} are not at {dev} sector {}",
+            s.len,
+            sector.0
+        );
+        copies += s.len;
+    }
+    assert_eq!(copies, 2 * content.len() as u64, "DUP: every byte twice");
+    sh(&format!("umount {}", mnt.display()));
+    cleanup.0.pop();
+    // RAID0 data over two devices: not remapped, said so.
+    sh(&format!(
+        "mkfs.btrfs -q -f -d raid0 -m raid1 {} {}",
+        loops[0], loops[1]
+    ));
+    sh(&format!("mount -t btrfs {} {}", loops[0], mnt.display()));
+    cleanup.0.push(format!("umount {}", mnt.display()));
+    std::fs::write(&file, &content).unwrap();
+    sh("sync");
+    let mut r = HostResolver::new(Topology::system());
+    let segs = r.resolve(&file, HostFileOffset(0), 4096).unwrap();
+    assert!(
+        segs[0].stopped.as_deref().unwrap_or("").contains("RAID0"),
+        "{segs:?}"
     );
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use viopath_layouts::host::DevId;
-use viopath_probes::abi::EventKind;
+use viopath_probes::abi::{EventKind, kernel_dev, split_kernel_dev};
 
 /// A lab kernel's cached assets (tests/lab/build.sh).
 struct Lab {
@@ -110,42 +110,49 @@ fn boot(lab: &Lab, prefix: &Path, stacks: &[&str]) -> Boot {
         "local,path={},mount_tag=viopath,security_model=none",
         share.display()
     );
-    let mut child = Command::new("/usr/bin/qemu-system-x86_64")
-        .args([
-            "-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "3G",
-        ])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        // NVMe native multipath (Debian's default) makes nvme0n1 a bio-based head over
-        // a hidden path disk with no device number, whose requests the recorder cannot
-        // yet tie to the head (docs/lab.md): off here, so the NVMe disk is the one
-        // requests are issued on.
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 rdinit=/init nvme_core.multipath=N",
-        ])
-        .args(["-virtfs", &virtfs])
-        .args(["-drive", &drive("n0", "nvme.img")])
-        .args(["-device", "nvme,serial=lab0,drive=n0"])
-        .args(["-device", "virtio-scsi-pci,id=scsi0"])
-        .args(["-drive", &drive("s0", "scsi.img")])
-        .args(["-device", "scsi-hd,drive=s0,bus=scsi0.0"])
-        .args(["-drive", &drive("v0", "vblk.img")])
-        .args(["-device", "virtio-blk-pci,drive=v0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64");
+    let mut qemu = Command::new("/usr/bin/qemu-system-x86_64");
+    qemu.args([
+        "-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "3G",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&kernel)
+    .arg("-initrd")
+    .arg(&initrd)
+    // NVMe native multipath is on (Debian's default): nvme0n1 is a bio-based head
+    // over a hidden path disk (nvme0c0n1) that has no device number in sysfs, and
+    // requests are issued there.
+    .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+    .args(["-virtfs", &virtfs])
+    .args(["-drive", &drive("n0", "nvme.img")])
+    .args(["-device", "nvme,serial=lab0,drive=n0"])
+    .args(["-device", "virtio-scsi-pci,id=scsi0"])
+    .args(["-drive", &drive("s0", "scsi.img")])
+    .args(["-device", "scsi-hd,drive=s0,bus=scsi0.0"])
+    .args(["-drive", &drive("v0", "vblk.img")])
+    .args(["-device", "virtio-blk-pci,drive=v0"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // A test run killed mid-lab takes its lab with it: an orphaned TCG guest would hold
+    // both CPUs for minutes.
+    // SAFETY: prctl is async-signal-safe and touches only the child being made.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        qemu.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = qemu.spawn().expect("qemu-system-x86_64");
     // The console is read on its own thread so a chatty lab never blocks on a full pipe.
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -212,9 +219,21 @@ struct Views {
     extents: Vec<(u64, u64, u64)>,
     fs_dev: DevId,
     /// Block devices by number: name, and for a partition its start and disk's name.
-    blocks: HashMap<DevId, (String, Option<(u64, String)>)>,
+    blocks: Blocks,
     /// dm devices' tables by number: (start, len, target, arguments).
     dm: HashMap<DevId, Vec<DmLine>>,
+    /// NVMe multipath heads and their path disks' names, from sysfs.
+    multipath: Vec<(String, Vec<String>)>,
+    /// btrfs's chunks, where the image's filesystem is btrfs: (logical start, length,
+    /// each stripe's device and byte), from `btrfs inspect-internal dump-tree -t chunk`
+    /// and `btrfs filesystem show`.
+    btrfs: Vec<BtrfsChunk>,
+    /// Thin volumes' mappings by thin device id: (origin block, data block, blocks),
+    /// from thin_dump of the pool's metadata.
+    thin: HashMap<u64, Vec<(u64, u64, u64)>>,
+    /// md arrays by name: each member's name, the array's level and the member's data
+    /// offset (sectors), from mdadm.
+    md: HashMap<String, Vec<(String, String, u64)>>,
     record: Value,
 }
 
@@ -292,6 +311,11 @@ fn views(dir: &Path) -> Views {
             f[3..].iter().map(|s| s.to_string()).collect(),
         ));
     }
+    let btrfs = parse_btrfs_chunks(
+        &std::fs::read_to_string(dir.join("btrfs-chunks")).unwrap_or_default(),
+        &std::fs::read_to_string(dir.join("btrfs-devs")).unwrap_or_default(),
+        &blocks,
+    );
     Views {
         requests,
         map,
@@ -299,6 +323,27 @@ fn views(dir: &Path) -> Views {
         fs_dev: dev_id(&read("fs-dev")),
         blocks,
         dm,
+        btrfs,
+        thin: parse_thin_dump(&std::fs::read_to_string(dir.join("thin-dump")).unwrap_or_default()),
+        md: {
+            let mut md: HashMap<String, Vec<(String, String, u64)>> = HashMap::new();
+            for l in read("md").lines() {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                md.entry(f[0].to_owned()).or_default().push((
+                    f[2].to_owned(),
+                    f[1].to_owned(),
+                    f[3].parse().unwrap(),
+                ));
+            }
+            md
+        },
+        multipath: read("multipath")
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace().map(str::to_owned);
+                Some((f.next()?, f.collect()))
+            })
+            .collect(),
         // The summary is the JSON object the output ends with (the traced command
         // shares its standard output).
         record: {
@@ -310,12 +355,54 @@ fn views(dir: &Path) -> Views {
     }
 }
 
+/// Where sectors `[s, s + n)` of the image's filesystem are: on its device, or on btrfs
+/// (filefrag's sectors are then its logical ones), on each chunk stripe's device, each
+/// copy of a chunk as a mirror's member.
+fn fs_down(v: &Views, s: u64, n: u64, out: &mut Vec<Hop>) {
+    if v.btrfs.is_empty() {
+        return down(v, v.fs_dev, s, n, None, out);
+    }
+    let (mut x, end) = (s * 512, (s + n) * 512);
+    while x < end {
+        let (start, len, stripes) = v
+            .btrfs
+            .iter()
+            .find(|(c, l, _)| *c <= x && x < c + l)
+            .unwrap_or_else(|| panic!("btrfs logical byte {x} in no chunk"));
+        let piece = (start + len).min(end) - x;
+        let mirrored = stripes.len() > 1;
+        for (i, (dev, off)) in stripes.iter().enumerate() {
+            let leg = mirrored.then_some(i);
+            down(v, *dev, (off + x - start) / 512, piece / 512, leg, out);
+        }
+        x += piece;
+    }
+}
+
+/// A device's sectors `(dev, start, count)` and, below a mirror, its member's number.
+type Hop = (DevId, u64, u64, Option<usize>);
+
 /// Where sectors `[s, s + n)` of `dev` are, on `dev` and every device below it down to
-/// the disks, by the stack's own tables: partition starts from sysfs, dm linear and
-/// striped targets from `dmsetup table` (striped: the chunk arithmetic of dm-stripe).
-fn down(v: &Views, dev: DevId, s: u64, n: u64, out: &mut Vec<(DevId, u64, u64)>) {
-    out.push((dev, s, n));
-    if let Some(table) = v.dm.get(&dev) {
+/// the disks, by the stack's own tables: partition starts from sysfs, dm linear,
+/// striped and crypt targets from `dmsetup table` (striped: the chunk arithmetic of
+/// dm-stripe; crypt: its device and offset, after cipher, key and IV offset), md RAID1
+/// members from `mdadm --detail` and their data offsets from `mdadm --examine`. Each
+/// hop below a mirror carries its member's number.
+fn down(v: &Views, dev: DevId, s: u64, n: u64, leg: Option<usize>, out: &mut Vec<Hop>) {
+    out.push((dev, s, n, leg));
+    let name = &v.blocks[&dev].0;
+    if let Some(members) = v.md.get(name) {
+        for (i, (member, level, offset)) in members.iter().enumerate() {
+            assert_eq!(level, "raid1", "no arithmetic here for md {level}");
+            let id = v
+                .blocks
+                .iter()
+                .find(|(_, (n, _))| n == member)
+                .map(|(id, _)| *id)
+                .unwrap_or_else(|| panic!("no block device {member}"));
+            down(v, id, offset + s, n, Some(leg.unwrap_or(0) * 16 + i), out);
+        }
+    } else if let Some(table) = v.dm.get(&dev) {
         for (start, len, target, args) in table {
             let (lo, hi) = (s.max(*start), (s + n).min(start + len));
             if lo >= hi {
@@ -324,7 +411,7 @@ fn down(v: &Views, dev: DevId, s: u64, n: u64, out: &mut Vec<(DevId, u64, u64)>)
             match target.as_str() {
                 "linear" => {
                     let off: u64 = args[1].parse().unwrap();
-                    down(v, dev_id(&args[0]), off + lo - start, hi - lo, out);
+                    down(v, dev_id(&args[0]), off + lo - start, hi - lo, leg, out);
                 }
                 "striped" => {
                     let stripes: u64 = args[0].parse().unwrap();
@@ -340,10 +427,38 @@ fn down(v: &Views, dev: DevId, s: u64, n: u64, out: &mut Vec<(DevId, u64, u64)>)
                             dev_id(&args[2 + 2 * k]),
                             off + (c / stripes) * chunk + within,
                             piece,
+                            leg,
                             out,
                         );
                         x += piece;
                     }
+                }
+                "thin" => {
+                    // The pool's table names its data device and block size; the
+                    // pool's metadata, each block's place there.
+                    let pool = v.dm[&dev_id(&args[0])]
+                        .iter()
+                        .find(|l| l.2 == "thin-pool")
+                        .expect("a thin-pool table");
+                    let data = dev_id(&pool.3[1]);
+                    let bs: u64 = pool.3[2].parse().unwrap();
+                    let map = &v.thin[&args[1].parse::<u64>().unwrap()];
+                    let mut x = lo - start;
+                    while x < hi - start {
+                        let (b, within) = (x / bs, x % bs);
+                        let piece = (bs - within).min(hi - start - x);
+                        let d = map
+                            .iter()
+                            .find(|&&(o, _, n)| o <= b && b < o + n)
+                            .map(|&(o, d, _)| d + b - o)
+                            .unwrap_or_else(|| panic!("thin block {b} not provisioned"));
+                        down(v, data, d * bs + within, piece, leg, out);
+                        x += piece;
+                    }
+                }
+                "crypt" => {
+                    let off: u64 = args[4].parse().unwrap();
+                    down(v, dev_id(&args[3]), off + lo - start, hi - lo, leg, out);
                 }
                 other => panic!("no arithmetic here for dm target '{other}'"),
             }
@@ -355,13 +470,90 @@ fn down(v: &Views, dev: DevId, s: u64, n: u64, out: &mut Vec<(DevId, u64, u64)>)
             .find(|(_, (name, _))| name == disk)
             .map(|(id, _)| *id)
             .unwrap_or_else(|| panic!("no disk {disk}"));
-        down(v, disk_id, start + s, n, out);
+        down(v, disk_id, start + s, n, leg, out);
     }
 }
 
-/// Is `dev` a disk (no table, not a partition)?
+/// Block devices by number: name, and for a partition its start and disk's name.
+type Blocks = HashMap<DevId, (String, Option<(u64, String)>)>;
+
+/// A btrfs chunk: logical start, length, and each stripe's device and byte.
+type BtrfsChunk = (u64, u64, Vec<(DevId, u64)>);
+
+/// btrfs-progs' chunk tree dump: each chunk's logical start and length and its stripes,
+/// their devices named by devid through `btrfs filesystem show` (`devid path`).
+fn parse_btrfs_chunks(dump: &str, devs: &str, blocks: &Blocks) -> Vec<BtrfsChunk> {
+    let by_devid: HashMap<u64, DevId> = devs
+        .lines()
+        .filter_map(|l| {
+            let (id, path) = l.split_once(' ')?;
+            let name = path.trim().rsplit('/').next()?;
+            let dev = blocks.iter().find(|(_, (n, _))| n == name)?.0;
+            Some((id.parse().ok()?, *dev))
+        })
+        .collect();
+    let mut out: Vec<BtrfsChunk> = Vec::new();
+    for l in dump.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if l.contains("CHUNK_ITEM") {
+            let logical = l
+                .split("CHUNK_ITEM ")
+                .nth(1)
+                .and_then(|r| r.split(')').next());
+            out.push((logical.unwrap().trim().parse().unwrap(), 0, Vec::new()));
+        } else if let Some(c) = out.last_mut() {
+            if w.first() == Some(&"length") {
+                c.1 = w[1].parse().unwrap();
+            } else if w.first() == Some(&"stripe") && w.get(2) == Some(&"devid") {
+                let devid: u64 = w[3].parse().unwrap();
+                c.2.push((by_devid[&devid], w[5].parse().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// thin_dump's XML: each device's single and range mappings, as (origin block, data
+/// block, blocks).
+fn parse_thin_dump(xml: &str) -> HashMap<u64, Vec<(u64, u64, u64)>> {
+    let attr = |l: &str, name: &str| -> Option<u64> {
+        let at = l.find(&format!(" {name}=\""))? + name.len() + 3;
+        l[at..].split('"').next()?.parse().ok()
+    };
+    let mut out: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::new();
+    let mut dev = None;
+    for l in xml.lines() {
+        if l.contains("<device ") {
+            dev = attr(l, "dev_id");
+        } else if let Some(d) = dev {
+            let m = if l.contains("<single_mapping ") {
+                attr(l, "origin_block")
+                    .zip(attr(l, "data_block"))
+                    .map(|(o, b)| (o, b, 1))
+            } else if l.contains("<range_mapping ") {
+                match (
+                    attr(l, "origin_begin"),
+                    attr(l, "data_begin"),
+                    attr(l, "length"),
+                ) {
+                    (Some(o), Some(b), Some(n)) => Some((o, b, n)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(m) = m {
+                out.entry(d).or_default().push(m);
+            }
+        }
+    }
+    out
+}
+
+/// Is `dev` a disk (no table, not a partition, not an md array)?
 fn is_disk(v: &Views, dev: DevId) -> bool {
-    !v.dm.contains_key(&dev) && matches!(v.blocks.get(&dev), Some((_, None)))
+    !v.dm.contains_key(&dev)
+        && matches!(v.blocks.get(&dev), Some((name, None)) if !v.md.contains_key(name))
 }
 
 /// The host file's byte ranges holding guest bytes `[off, off + len)`.
@@ -390,9 +582,9 @@ fn remapped_from(t: &Trace, dev: DevId, sector: u64, delta: u64) -> bool {
 
 /// Check one stack: the recording lost nothing; the trace's block events cover every
 /// device's sectors the tables say each request touched; the report (made here, on
-/// another kernel) has one row per request, and with `complete`, each row complete, on
+/// another kernel) has one row per request, each complete, on
 /// the disks the tables say. Returns the bottom disks' names.
-fn check_stack(boot: &Boot, stack: &str, complete: bool) -> Vec<String> {
+fn check_stack(boot: &Boot, stack: &str) -> Vec<String> {
     let dir = boot.share.join(stack);
     let v = views(&dir);
     let trace = dir.join("trace");
@@ -414,30 +606,60 @@ fn check_stack(boot: &Boot, stack: &str, complete: bool) -> Vec<String> {
         for (h, l) in ranges {
             for (first, end) in disk_sectors_of(&v.extents, h, l) {
                 let mut hops = Vec::new();
-                down(&v, v.fs_dev, first, end - first, &mut hops);
-                for (dev, s, n) in hops {
+                fs_down(&v, first, end - first, &mut hops);
+                // Whether each hop's sectors are in the trace, and the disk it names.
+                let seen = |&(dev, s, n, _): &Hop| -> (bool, Option<String>) {
                     let (name, part) = &v.blocks[&dev];
                     if let Some((start, _)) = part {
                         // A partition's bios are remapped to its disk before they are
                         // queued: the kernel's remap events name it, with its start.
-                        assert!(
-                            remapped_from(&t, dev, s, *start),
-                            "{stack}: {op} {off}+{len}: no remap from {name} ({dev}) sector {s} by {start}"
-                        );
-                        continue;
+                        return (remapped_from(&t, dev, s, *start), None);
                     }
-                    let kinds: &[EventKind] = if is_disk(&v, dev) {
-                        if !bottoms.contains(name) {
-                            bottoms.push(name.clone());
-                        }
-                        &[EventKind::RqIssue]
+                    if is_disk(&v, dev) {
+                        let mut devs = vec![dev];
+                        devs.extend(path_disks(&t, &v, dev, name));
+                        let ok = covered_on(&t, &devs, &[EventKind::RqIssue], s, n);
+                        (ok, Some(name.clone()))
                     } else {
-                        &[EventKind::BioQueue]
-                    };
+                        (covered_on(&t, &[dev], &[EventKind::BioQueue], s, n), None)
+                    }
+                };
+                // A read of a mirror is served by one member: all of one member's hops
+                // must be there; a write goes to every member.
+                let legs: Vec<usize> = {
+                    let mut l: Vec<usize> = hops.iter().filter_map(|h| h.3).collect();
+                    l.sort();
+                    l.dedup();
+                    l
+                };
+                let leg_ok =
+                    |leg: usize| hops.iter().filter(|h| h.3 == Some(leg)).all(|h| seen(h).0);
+                let served: Vec<usize> = if op == "read" && !legs.is_empty() {
+                    let one = legs.iter().copied().find(|&l| leg_ok(l));
                     assert!(
-                        covered(&t, dev, kinds, s, n),
-                        "{stack}: {op} {off}+{len}: the trace's {kinds:?} on {name} ({dev}) do not cover sectors {s}+{n}"
+                        one.is_some(),
+                        "{stack}: {op} {off}+{len}: no mirror member has all of it: {hops:?}"
                     );
+                    one.into_iter().collect()
+                } else {
+                    legs
+                };
+                for h in hops
+                    .iter()
+                    .filter(|h| h.3.is_none_or(|l| served.contains(&l)))
+                {
+                    let (ok, disk) = seen(h);
+                    let (dev, s, n, _) = *h;
+                    assert!(
+                        ok,
+                        "{stack}: {op} {off}+{len}: the trace's block events on {} ({dev}) do not cover sectors {s}+{n}",
+                        v.blocks[&dev].0
+                    );
+                    if let Some(d) = disk
+                        && !bottoms.contains(&d)
+                    {
+                        bottoms.push(d);
+                    }
                 }
             }
         }
@@ -478,9 +700,6 @@ fn check_stack(boot: &Boot, stack: &str, complete: bool) -> Vec<String> {
         got, want,
         "{stack}: the report's rows are not qemu-io's requests"
     );
-    if !complete {
-        return bottoms;
-    }
     for r in &rows {
         assert!(
             r["partial"].is_empty(),
@@ -499,6 +718,33 @@ fn check_stack(boot: &Boot, stack: &str, complete: bool) -> Vec<String> {
         );
     }
     bottoms
+}
+
+/// An NVMe multipath head's path disks, where its requests are issued: the devices
+/// the kernel's remap events move its bios to that sysfs gives no number, checked
+/// against sysfs (`multipath`: the head has hidden path disks).
+fn path_disks(t: &Trace, v: &Views, head: DevId, name: &str) -> Vec<DevId> {
+    let k = u64::from(kernel_dev(head.major, head.minor));
+    let mut paths: Vec<DevId> = t
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::BioRemap as u8 && e.a[2] & 0xffff_ffff == k)
+        .map(|e| {
+            let (major, minor) = split_kernel_dev((e.a[2] >> 32) as u32);
+            DevId { major, minor }
+        })
+        .filter(|d| *d != head && !v.blocks.contains_key(d))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    if !paths.is_empty() {
+        assert!(
+            v.multipath.iter().any(|(h, p)| h == name && !p.is_empty()),
+            "{name}'s bios move to {paths:?}, but sysfs lists no paths of it: {:?}",
+            v.multipath
+        );
+    }
+    paths
 }
 
 /// The kernel-function probes (ext4's file IO, device-mapper's submission): each
@@ -545,27 +791,55 @@ fn not_attached(boot: &Boot, stack: &str) -> Vec<String> {
         .collect()
 }
 
-/// Both dm stacks, both attach modes, on one Debian kernel: what the recorder saw.
-/// With `complete`, also that the join made every row complete.
-fn lab_dm_stacks(suite: &str, complete: bool) {
+/// The dm and md stacks (LVM linear in both attach modes, LVM striped, dm-crypt, md
+/// RAID1, LVM thin) and btrfs on one Debian kernel: what the recorder saw, and
+/// that the join made every row complete, on the disks the tables say.
+fn lab_dm_stacks(suite: &str) {
     let Some((lab, prefix)) = lab(suite) else {
         return;
     };
-    let boot = boot(&lab, &prefix, &["lvm-linear.sh", "lvm-striped.sh"]);
+    let boot = boot(
+        &lab,
+        &prefix,
+        &[
+            "lvm-linear.sh",
+            "lvm-striped.sh",
+            "crypt.sh",
+            "md-raid1.sh",
+            "thin.sh",
+            "btrfs.sh",
+        ],
+    );
     for stack in ["lvm-linear", "lvm-linear-kprobe"] {
-        assert_eq!(check_stack(&boot, stack, complete), ["nvme0n1"], "{stack}");
+        assert_eq!(check_stack(&boot, stack), ["nvme0n1"], "{stack}");
     }
-    let mut disks = check_stack(&boot, "lvm-striped", complete);
+    let mut disks = check_stack(&boot, "lvm-striped");
     disks.sort();
     assert_eq!(disks, ["nvme0n1", "sda"], "striped over both PVs");
-    // ext4 and dm are modules in Debian's kernels, and fentry on a module's function
-    // needs that module's BTF, which the loader does not read yet: auto falls back to
-    // kprobes there (docs/lab.md).
-    check_function_probes(
-        &boot,
-        "lvm-linear",
-        &["fentry", "fexit", "kprobe", "kretprobe"],
-    );
+    assert_eq!(check_stack(&boot, "crypt"), ["sda"], "crypt");
+    let mut disks = check_stack(&boot, "md-raid1");
+    disks.sort();
+    assert_eq!(disks, ["nvme0n1", "sda"], "writes to both members");
+    assert_eq!(check_stack(&boot, "thin"), ["vda"], "thin");
+    assert_eq!(check_stack(&boot, "btrfs"), ["nvme0n1"], "btrfs");
+    // ext4 and dm_mod are modules in Debian's kernels: fentry/fexit and tp_btf on their
+    // code are loaded against the module's own BTF.
+    check_function_probes(&boot, "lvm-linear", &["fentry", "fexit"]);
+    let v = views(&boot.share.join("lvm-linear"));
+    for name in [
+        "ext4_sync_file_enter",
+        "ext4_sync_file_exit",
+        "io_uring_submit_req",
+        "io_uring_complete",
+    ] {
+        let p = v.record["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no probe {name} tried"));
+        assert_eq!(p["attached"], true, "{name} on {}: {p}", lab.release);
+    }
     check_function_probes(&boot, "lvm-linear-kprobe", &["kprobe", "kretprobe"]);
     eprintln!(
         "lab {}: not attached:\n  {}",
@@ -575,23 +849,11 @@ fn lab_dm_stacks(suite: &str, complete: bool) {
 }
 
 #[test]
-fn lab_debian_6_1_device_mapper_recorded() {
-    lab_dm_stacks("bookworm", false);
+fn lab_debian_6_1_device_mapper() {
+    lab_dm_stacks("bookworm");
 }
 
 #[test]
-fn lab_debian_6_12_device_mapper_recorded() {
-    lab_dm_stacks("bookworm-backports", false);
-}
-
-#[test]
-#[ignore = "issue 36, open: the join leaves 2 of 16 qcow2 rows on LVM linear and all 16 raw rows on LVM striped partial (docs/lab.md)"]
-fn lab_debian_6_1_device_mapper_joined() {
-    lab_dm_stacks("bookworm", true);
-}
-
-#[test]
-#[ignore = "issue 36, open: as on 6.1 (docs/lab.md)"]
-fn lab_debian_6_12_device_mapper_joined() {
-    lab_dm_stacks("bookworm-backports", true);
+fn lab_debian_6_12_device_mapper() {
+    lab_dm_stacks("bookworm-backports");
 }

@@ -342,6 +342,7 @@ fn join_rows(t: &Trace, layout: &viopath_reporter::layout::Layout) -> (Vec<IoRow
         tick_ns: 0,
         synced_writes: false,
         virtio_from_block: false,
+        caller_callbacks: t.header.attached("aio_write_done"),
     };
     let mut j = Join::new(layout, Rows::default(), cfg);
     for e in t.events() {

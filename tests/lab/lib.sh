@@ -21,6 +21,20 @@ dm_nodes() {
     mdev -s
 }
 
+# image_on DEVICE FSTYPE MOUNTPOINT FORMAT: a filesystem made on DEVICE and mounted, and
+# a 64 MiB image of FORMAT in it ($img). A raw one is written once beforehand, so the
+# workload's writes overwrite allocated blocks.
+image_on() {
+    local dev=$1 fs=$2 mnt=$3 fmt=$4
+    "mkfs.$fs" -q "$dev"
+    mkdir -p "$mnt" && mount -t "$fs" "$dev" "$mnt"
+    img=$mnt/disk.$fmt
+    "$QEMU_PREFIX/bin/qemu-img" create -q -f "$fmt" "$img" 64M
+    if [ "$fmt" = raw ]; then
+        dd if=/dev/zero of="$img" bs=1M count=64 conv=notrunc,fsync status=none
+    fi
+}
+
 # stack NAME: a stack's results go to /share/NAME ($out).
 stack() {
     out=/share/$1
@@ -62,6 +76,14 @@ oracles() {
     # The filesystem's device number, as the kernel gives it (mountinfo's 3rd field).
     awk -v m="$(df -P "$img" | awk 'NR==2{print $6}')" '$5 == m {print $3}' /proc/self/mountinfo \
         > "$out/fs-dev"
+    # btrfs: its devices (devid, path) and its chunk tree, as btrfs-progs prints them.
+    local mnt src
+    mnt=$(df -P "$img" | awk 'NR==2{print $6}')
+    if [ "$(awk -v m="$mnt" '$2 == m {print $3}' /proc/mounts)" = btrfs ]; then
+        src=$(df -P "$img" | awk 'NR==2{print $1}')
+        btrfs filesystem show "$src" | awk '/devid/ {print $2, $NF}' > "$out/btrfs-devs"
+        btrfs inspect-internal dump-tree -t chunk "$src" > "$out/btrfs-chunks"
+    fi
     # name, major:minor, and for a partition its first sector and its disk.
     for b in /sys/class/block/*; do
         # NVMe's per-controller paths (nvme0c0n1) are hidden and have no number.
@@ -72,6 +94,23 @@ oracles() {
             echo "$(basename "$b") $(cat "$b/dev") - -"
         fi
     done > "$out/blocks"
+    # NVMe multipath paths, "head path" a line: the disks with no number (hidden; 6.2 and
+    # later also say so in `hidden`), named nvme<subsystem>c<controller>n<namespace>
+    # after their head nvme<subsystem>n<namespace>.
+    for b in /sys/class/block/nvme*c*n*; do
+        [ -e "$b" ] && [ ! -f "$b/dev" ] || continue
+        p=$(basename "$b")
+        echo "$(echo "$p" | sed 's/c[0-9]*n/n/') $p"
+    done > "$out/multipath"
+    # md arrays, "array level member data-offset" a line: mdadm's own view (the
+    # members in sync from --detail, each one's data offset in sectors from --examine).
+    for m in /dev/md[0-9]*; do
+        [ -b "$m" ] || continue
+        level=$(mdadm --detail "$m" | awk -F' : ' '/Raid Level/ {print $2}')
+        for leg in $(mdadm --detail "$m" | awk '/active sync/ {print $NF}'); do
+            echo "$(basename "$m") $level $(basename "$leg") $(mdadm --examine "$leg" | awk '/Data Offset/ {print $4}')"
+        done
+    done > "$out/md"
     dmsetup table > "$out/dmsetup-table" 2>/dev/null || true
     dmsetup info -c --noheadings -o name,major,minor --separator ' ' > "$out/dmsetup-info" 2>/dev/null || true
     lvs --segments --noheadings --units s -o lv_name,segtype,stripes,stripe_size,seg_start,seg_size,devices \

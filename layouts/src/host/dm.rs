@@ -1,5 +1,5 @@
-//! device-mapper tables, as `dmsetup table` prints them, and the remapping of linear and
-//! striped targets.
+//! device-mapper tables, as `dmsetup table` prints them, and the remapping of linear,
+//! striped and crypt targets.
 
 use super::{DevId, HostError};
 use crate::addr::DeviceSector;
@@ -15,6 +15,10 @@ pub enum DmTargetKind {
         chunk_sectors: u64,
         stripes: Vec<(DevId, u64)>,
     },
+    /// `crypt <cipher> <key> <iv_offset> <dev> <offset> [<#opt> <opt>...]`: each sector
+    /// at `offset` on `dev`, as linear (its bios are encrypted copies, queued there by
+    /// dm-crypt's workers).
+    Crypt { dev: DevId, offset: u64 },
     /// Any other target: reported, not remapped.
     Other { target: String, args: String },
 }
@@ -36,7 +40,9 @@ impl DmTarget {
         let rel = sector - self.start;
         let left = self.start + self.len - sector;
         match &self.kind {
-            DmTargetKind::Linear { dev, offset } => Some((*dev, DeviceSector(offset + rel), left)),
+            DmTargetKind::Linear { dev, offset } | DmTargetKind::Crypt { dev, offset } => {
+                Some((*dev, DeviceSector(offset + rel), left))
+            }
             DmTargetKind::Striped {
                 chunk_sectors,
                 stripes,
@@ -114,6 +120,19 @@ pub fn parse_table(
                 DmTargetKind::Striped {
                     chunk_sectors: chunk,
                     stripes: v,
+                }
+            }
+            "crypt" => {
+                // The key (masked, or a keyring reference) is one word; optional
+                // parameters may follow the offset.
+                if f.len() < 8 {
+                    return Err(bad(
+                        "crypt takes '<cipher> <key> <iv_offset> <dev> <offset> [<#opt> <opt>...]'",
+                    ));
+                }
+                DmTargetKind::Crypt {
+                    dev: resolve_dev(f[6])?,
+                    offset: num(f[7])?,
                 }
             }
             other => DmTargetKind::Other {

@@ -5,6 +5,7 @@
 //! backing file (and that file's extents), device-mapper linear and striped targets remap
 //! to their underlying devices, until a device with nothing below it.
 
+pub mod btrfs;
 pub mod dm;
 pub mod fiemap;
 
@@ -37,6 +38,8 @@ pub enum HostError {
         "{path} is on {fs}, which has no single block device below it: device sectors cannot be resolved"
     )]
     NoBlockDevice { path: PathBuf, fs: String },
+    #[error("{path} is on btrfs, whose devices and chunk tree could not be read: {why}")]
+    Btrfs { path: PathBuf, why: String },
     #[error("{path}: FIEMAP on {fs}: {why}")]
     Fiemap {
         path: PathBuf,
@@ -139,10 +142,25 @@ pub enum DeviceKind {
         name: String,
         targets: Vec<DmTarget>,
     },
-    /// Built on other devices we do not remap (md RAID, bcache, ...): not the bottom.
+    /// An md array (`/sys/block/mdN/md`): its RAID level and its members in sync, each
+    /// with the sector its data starts at. RAID1 is remapped to every member (a write
+    /// goes to each, a read to one); other levels stop the chain there, named.
+    Md {
+        level: String,
+        members: Vec<MdMember>,
+    },
+    /// Built on other devices we do not remap (bcache, ...): not the bottom.
     Stacked {
         slaves: Vec<String>,
     },
+}
+
+/// One member of an md array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdMember {
+    pub dev: DevId,
+    /// Where the array's data starts on it (sysfs `md/dev-X/offset`, sectors).
+    pub data_offset: DeviceSector,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,6 +295,8 @@ impl Topology {
                 name: dm_name,
                 targets,
             }
+        } else if dir.join("md/level").exists() {
+            md_array(&dir.join("md"))?
         } else {
             let mut slaves: Vec<String> = std::fs::read_dir(dir.join("slaves"))
                 .into_iter()
@@ -297,6 +317,39 @@ impl Topology {
             size_sectors,
         })
     }
+}
+
+/// An md array from its sysfs `md` directory: the level, and each member in sync
+/// (`dev-X/state` has `in_sync`) with its data offset; a spare or a failed member holds
+/// none of the array's data.
+fn md_array(md: &Path) -> Result<DeviceKind, HostError> {
+    let level = read_trim(&md.join("level"))?;
+    let mut members = Vec::new();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(md)
+        .map_err(io_err(md))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dev-"))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        let state = read_trim(&d.join("state")).unwrap_or_default();
+        if !state.split(',').any(|s| s == "in_sync") {
+            continue;
+        }
+        let dev_file = d.join("block/dev");
+        let dev = read_trim(&dev_file)?
+            .parse()
+            .map_err(|_| HostError::Sysfs {
+                path: dev_file.clone(),
+                problem: "not a major:minor".into(),
+            })?;
+        members.push(MdMember {
+            dev,
+            data_offset: DeviceSector(read_num(&d.join("offset"))?),
+        });
+    }
+    Ok(DeviceKind::Md { level, members })
 }
 
 /// The kernel's table of a dm device, through `dmsetup` (which asks the kernel by ioctl).
@@ -335,6 +388,9 @@ pub enum Via {
     Partition,
     DmLinear,
     DmStriped,
+    DmCrypt,
+    /// One member of an md RAID1 array (each holds the same data).
+    MdMirror,
 }
 
 /// One step down the stack for one piece of a host file range.
@@ -422,9 +478,22 @@ impl HostSegment {
 #[derive(Debug)]
 pub struct FileMap {
     pub path: PathBuf,
+    /// The device its filesystem is on (btrfs: its first device).
     pub dev: DevId,
     pub fs: String,
     pub extents: Vec<FileExtent>,
+    /// On btrfs, whose FIEMAP addresses are its own logical ones: its devices and chunks.
+    pub btrfs: Option<btrfs::BtrfsMap>,
+}
+
+impl FileMap {
+    /// Every device the file's filesystem is on.
+    pub fn devices(&self) -> Vec<DevId> {
+        match &self.btrfs {
+            Some(b) => b.devices.clone(),
+            None => vec![self.dev],
+        }
+    }
 }
 
 fn fs_name(magic: i64) -> &'static str {
@@ -454,8 +523,22 @@ impl FileMap {
         } else {
             "an unknown filesystem".to_owned()
         };
-        let dev = DevId::from_dev_t(md.dev());
-        if dev.major == 0 || fs == "btrfs" || fs == "zfs" {
+        let mut dev = DevId::from_dev_t(md.dev());
+        // btrfs gives its files an anonymous device; its chunk tree says which devices
+        // hold them.
+        let btrfs = if fs == "btrfs" {
+            let map = btrfs::BtrfsMap::of(&file).map_err(|e| HostError::Btrfs {
+                path: path.to_owned(),
+                why: e.to_string(),
+            })?;
+            if let Some(&first) = map.devices.first() {
+                dev = first;
+            }
+            Some(map)
+        } else {
+            None
+        };
+        if dev.major == 0 || fs == "zfs" {
             return Err(HostError::NoBlockDevice {
                 path: path.to_owned(),
                 fs,
@@ -471,6 +554,7 @@ impl FileMap {
             dev,
             fs,
             extents,
+            btrfs,
         })
     }
 }
@@ -578,7 +662,32 @@ impl HostResolver {
             match (ext, state) {
                 (Some(e), ExtentState::Mapped | ExtentState::Unwritten) => {
                     let phys = e.physical + (pos - e.logical);
-                    self.dev_range(fm.dev, phys, n, h, out, depth + 1, Via::Filesystem)?;
+                    match &fm.btrfs {
+                        None => {
+                            self.dev_range(fm.dev, phys, n, h, out, depth + 1, Via::Filesystem)?
+                        }
+                        // A btrfs logical address: each copy's device and byte, chunk by
+                        // chunk.
+                        Some(map) => {
+                            let mut k = 0;
+                            while k < n {
+                                match map.place(phys + k, n - k) {
+                                    Ok((copies, m)) => {
+                                        for (d, b) in copies {
+                                            let hk = advance(&h, k);
+                                            let v = Via::Filesystem;
+                                            self.dev_range(d, b, m, hk, out, depth + 1, v)?;
+                                        }
+                                        k += m;
+                                    }
+                                    Err(why) => {
+                                        out.push(segment(advance(&h, k), n - k, Some(why)));
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
                 _ => out.push(segment(
                     h,
@@ -615,6 +724,28 @@ impl HostResolver {
         });
         match &d.kind {
             DeviceKind::Disk => out.push(segment(hops, len, None)),
+            DeviceKind::Md { level, members } if level == "raid1" && !members.is_empty() => {
+                // Every member holds the same data: a piece of the range on each.
+                for m in members.clone() {
+                    self.dev_range(
+                        m.dev,
+                        byte + m.data_offset.0 * SECTOR_SIZE,
+                        len,
+                        hops.clone(),
+                        out,
+                        depth + 1,
+                        Via::MdMirror,
+                    )?;
+                }
+            }
+            DeviceKind::Md { level, .. } => out.push(segment(
+                hops,
+                len,
+                Some(format!(
+                    "{} is md {level}, which is not remapped",
+                    d.dev_path()
+                )),
+            )),
             DeviceKind::Stacked { slaves } => out.push(segment(
                 hops,
                 len,
@@ -682,6 +813,7 @@ impl HostResolver {
                     let n = (contiguous * SECTOR_SIZE - within).min(end - pos);
                     let via = match t.kind {
                         DmTargetKind::Striped { .. } => Via::DmStriped,
+                        DmTargetKind::Crypt { .. } => Via::DmCrypt,
                         _ => Via::DmLinear,
                     };
                     self.dev_range(

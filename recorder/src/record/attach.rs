@@ -2,8 +2,11 @@
 //! kprobe twins) and QEMU's functions (one generic uprobe, a spec per function), each
 //! with a one-line reason when it cannot.
 
+use super::module_attach::{ModuleAttach, ModuleLink, Modules, NOT_IN_KERNEL};
 use super::{KernelAttachMode, RecordError};
-use crate::catalog::{KERNEL_PROBES, KernelAttach, Layer, QEMU_FALLBACKS, QEMU_PROBES};
+use crate::catalog::{
+    KERNEL_PROBES, KernelAttach, Layer, OlderTracepoint, QEMU_FALLBACKS, QEMU_PROBES,
+};
 use crate::elf::{Missing, Symbols};
 use crate::qemu::QemuInfo;
 use aya::maps::Array;
@@ -70,6 +73,8 @@ pub(super) fn validate_filter(filter: &Option<Vec<String>>) -> Result<(), Record
 
 pub(super) struct Attached {
     pub(super) attempts: Vec<Attempt>,
+    /// Programs on modules' code, attached outside aya (see `module_attach`).
+    pub(super) module_links: Vec<ModuleLink>,
     /// QEMU probe id → symbol, for the summary.
     pub(super) qemu_names: BTreeMap<u8, &'static str>,
     /// What a QEMU found later gets attached.
@@ -103,6 +108,8 @@ pub(super) fn attach_all(
     mode: KernelAttachMode,
 ) -> Result<Attached, RecordError> {
     let mut attempts = Vec::new();
+    let kernel = kernel_version();
+    let mut modules = Modules::default();
     for p in KERNEL_PROBES {
         let event = p.attach.event();
         let mut kind = match p.attach {
@@ -114,6 +121,8 @@ pub(super) fn attach_all(
         if !wanted(filter, p.layer, &[p.program, event]) {
             continue;
         }
+        // What an attached probe's listing says of it (the older form it took).
+        let mut attached_as: Option<String> = None;
         let result: Result<(), String> = match p.attach {
             // Without the work function's address these programs match nothing.
             _ if p.program.starts_with("aio_fsync_") && aio_fsync_work == 0 => {
@@ -126,19 +135,31 @@ pub(super) fn attach_all(
                 ..
             } => {
                 let fb = if exit { "kretprobe" } else { "kprobe" };
+                let how = if exit {
+                    ModuleAttach::Fexit
+                } else {
+                    ModuleAttach::Fentry
+                };
+                let mut fentry = |bpf: &mut Ebpf| {
+                    attach_function(bpf, btf, p.program, function, exit).or_else(|first| {
+                        // Not in vmlinux's BTF: a module's function, in its own BTF.
+                        if !first.contains("not in the kernel's BTF") {
+                            return Err(first);
+                        }
+                        modules
+                            .attach(bpf, btf, p.program, function, how)
+                            .map(|module| attached_as = Some(format!("in module {module}")))
+                            .map_err(|e| module_error(&first, e))
+                    })
+                };
                 match mode {
-                    KernelAttachMode::Auto => attach_function(bpf, btf, p.program, function, exit)
-                        .or_else(|first| {
-                            attach_kprobe(bpf, fallback, function)
-                                .map(|()| kind = fb)
-                                .map_err(|second| {
-                                    format!("{kind}: {first}; {fb} fallback: {second}")
-                                })
-                        }),
-                    KernelAttachMode::Fentry => {
-                        attach_function(bpf, btf, p.program, function, exit)
-                            .map_err(|e| format!("{e} (--kernel-attach fentry: no {fb} fallback)"))
-                    }
+                    KernelAttachMode::Auto => fentry(bpf).or_else(|first| {
+                        attach_kprobe(bpf, fallback, function)
+                            .map(|()| kind = fb)
+                            .map_err(|second| format!("{kind}: {first}; {fb} fallback: {second}"))
+                    }),
+                    KernelAttachMode::Fentry => fentry(bpf)
+                        .map_err(|e| format!("{e} (--kernel-attach fentry: no {fb} fallback)")),
                     KernelAttachMode::Kprobe => {
                         kind = fb;
                         attach_kprobe(bpf, fallback, function)
@@ -146,15 +167,23 @@ pub(super) fn attach_all(
                 }
             }
             _ => (|| {
-                let prog = bpf.program_mut(p.program).ok_or("not in the eBPF object")?;
                 match p.attach {
-                    KernelAttach::TpBtf { event } => {
-                        let prog: &mut BtfTracePoint =
-                            prog.try_into().map_err(|e| format!("{e}"))?;
-                        prog.load(event, btf).map_err(|e| format!("load: {e}"))?;
-                        prog.attach().map_err(|e| format!("attach: {e}"))?;
+                    KernelAttach::TpBtf { event, older } => {
+                        let first = match load_tp_btf(bpf, p.program, event, btf)? {
+                            // Not in vmlinux's BTF: a module's tracepoint.
+                            Err(first) if first.contains("unknown BTF type") => modules
+                                .attach(bpf, btf, p.program, event, ModuleAttach::TpBtf)
+                                .map(|module| attached_as = Some(format!("in module {module}")))
+                                .map_err(|e| module_error(&first, e)),
+                            other => other,
+                        };
+                        if let Err(first) = first {
+                            attached_as =
+                                Some(attach_older(bpf, btf, event, older, first, kernel)?);
+                        }
                     }
                     KernelAttach::Tracepoint { category, event } => {
+                        let prog = bpf.program_mut(p.program).ok_or("not in the eBPF object")?;
                         let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
                         prog.load().map_err(|e| format!("load: {e}"))?;
                         prog.attach(category, event)
@@ -165,7 +194,11 @@ pub(super) fn attach_all(
                 Ok(())
             })(),
         };
-        attempts.push(Attempt::new(p.layer, event, kind, result));
+        let mut attempt = Attempt::new(p.layer, event, kind, result);
+        if attempt.status.attached {
+            attempt.status.note = attached_as;
+        }
+        attempts.push(attempt);
     }
 
     // QEMU: one generic program, attached once per function and process with its spec
@@ -195,6 +228,7 @@ pub(super) fn attach_all(
     }
     Ok(Attached {
         attempts,
+        module_links: modules.links,
         qemu_names: plan.names.clone(),
         qemu: plan,
     })
@@ -403,6 +437,86 @@ fn function_load_error(function: &str, err: &str) -> String {
     }
 }
 
+/// Why a probe neither vmlinux's BTF nor a module's took: the module's reason alone
+/// where it says the kernel has no such function or tracepoint at all.
+fn module_error(first: &str, module: String) -> String {
+    if module.starts_with(NOT_IN_KERNEL) {
+        module
+    } else {
+        format!("{first}; in a module's BTF: {module}")
+    }
+}
+
+/// Loads and attaches a tp_btf program: `Err` for a program missing from the object,
+/// `Ok(Err(why))` for one this kernel refuses (where an older form may do).
+fn load_tp_btf(
+    bpf: &mut Ebpf,
+    program: &str,
+    event: &str,
+    btf: &Btf,
+) -> Result<Result<(), String>, String> {
+    let prog: &mut BtfTracePoint = bpf
+        .program_mut(program)
+        .ok_or("not in the eBPF object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    Ok((|| {
+        prog.load(event, btf)
+            .map_err(|e| short_load_error(&e.to_string()))?;
+        prog.attach().map_err(|e| format!("attach: {e}"))?;
+        Ok(())
+    })())
+}
+
+/// A tracepoint this kernel refused (`first`, why) tried in its older forms, in order:
+/// which one took (for the probe's listing), else why none did.
+fn attach_older(
+    bpf: &mut Ebpf,
+    btf: &Btf,
+    event: &str,
+    older: &[OlderTracepoint],
+    first: String,
+    kernel: Option<(u32, u32)>,
+) -> Result<String, String> {
+    if older.is_empty() {
+        return Err(first);
+    }
+    let mut why = vec![format!("{event}: {first}")];
+    for o in older {
+        if kernel.is_none_or(|k| k < o.since) {
+            let (a, b) = o.since;
+            why.push(format!(
+                "{} ({}): arguments as read since {a}.{b} only",
+                o.event, o.program
+            ));
+            continue;
+        }
+        match load_tp_btf(bpf, o.program, o.event, btf)? {
+            Ok(()) => {
+                return Ok(format!(
+                    "as {} ({}), this kernel's form of it",
+                    o.event, o.program
+                ));
+            }
+            Err(e) => why.push(format!("{} ({}): {e}", o.event, o.program)),
+        }
+    }
+    Err(why.join("; "))
+}
+
+/// This kernel's (major, minor), from its release string.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    parse_kernel_version(&release)
+}
+
+fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 fn attach_kprobe(bpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
     if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
         return Err("this kernel has no kprobe PMU".to_owned());
@@ -434,5 +548,33 @@ fn short_load_error(full: &str) -> String {
         format!("load: {first}")
     } else {
         format!("load: {first}: verifier: {cause}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_from_release_strings() {
+        assert_eq!(parse_kernel_version("6.1.0-57-amd64\n"), Some((6, 1)));
+        assert_eq!(parse_kernel_version("6.12.95+deb12-amd64"), Some((6, 12)));
+        assert_eq!(parse_kernel_version("5.14.0-503.el9.x86_64"), Some((5, 14)));
+        assert_eq!(parse_kernel_version("6.18"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_verifier_log_becomes_one_line() {
+        let log = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). \
+                   Verifier output: 0: R1=ctx() R10=fp0\n12: (79) r1 = *(u64 *)(r6 +0)\n\
+                   R6 invalid mem access 'scalar'\nverification time 3338 usec\nstack depth 32\n\
+                   processed 12 insns (limit 1000000)\n";
+        let short = short_load_error(log);
+        assert!(!short.contains('\n'), "{short}");
+        assert!(
+            short.ends_with("verifier: R6 invalid mem access 'scalar'"),
+            "{short}"
+        );
     }
 }

@@ -83,6 +83,24 @@ pub(super) fn trace_devices<'a>(
     Ok(())
 }
 
+/// The devices the kernel's filter holds: those given, and those it followed bios to
+/// (a device below one it watched, remapped to: a thin pool's, an NVMe path disk).
+pub(super) fn traced_devices(bpf: &Ebpf) -> Vec<DevId> {
+    let Some(map) = bpf.map("devices") else {
+        return Vec::new();
+    };
+    let Ok(map) = BpfHashMap::<_, u32, u8>::try_from(map) else {
+        return Vec::new();
+    };
+    map.keys()
+        .filter_map(|k| k.ok())
+        .map(|k| {
+            let (major, minor) = abi::split_kernel_dev(k);
+            DevId { major, minor }
+        })
+        .collect()
+}
+
 /// Trace process `pid` (the recording's VM number `index`) from now on.
 pub(super) fn trace_process(bpf: &mut Ebpf, pid: u32, index: u32) -> Result<(), RecordError> {
     let map = bpf

@@ -10,6 +10,7 @@
 mod attach;
 mod child;
 mod load;
+mod module_attach;
 mod preflight;
 mod rings;
 mod run;
@@ -169,7 +170,7 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
         version_line: String::new(),
         version: None,
     };
-    let attached = attach::attach_all(
+    let mut attached = attach::attach_all(
         &mut loaded.bpf,
         &loaded.btf,
         &pids,
@@ -250,7 +251,13 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let missed = stats::recursion_misses(&loaded.bpf);
     let recovered = stats::recovered(&loaded.bpf);
     let bpf_cost = stats::program_costs(&loaded.bpf);
+    // The snapshot names the devices the filter followed bios to, too.
+    let followed: Vec<viopath_layouts::host::DevId> = load::traced_devices(&loaded.bpf)
+        .into_iter()
+        .filter(|d| !devices.contains(d))
+        .collect();
     let detaching = Instant::now();
+    drop(std::mem::take(&mut attached.module_links));
     drop(loaded);
     let detach = detaching.elapsed();
     rings::drain(&mut rings, &mut writer, &mut counts, &mut window)?;
@@ -295,7 +302,9 @@ pub fn record(opts: &RecordOptions, log: &mut dyn FnMut(&str)) -> Result<Summary
     let mut files: Vec<PathBuf> = traced.vms.iter().flat_map(|v| v.files.clone()).collect();
     files.sort();
     files.dedup();
-    let snap = snapshot::take(&files, &devices);
+    let mut with_followed = devices.clone();
+    with_followed.extend(followed);
+    let snap = snapshot::take(&files, &with_followed);
     writer.json_chunk(ChunkKind::Layout, &snap)?;
     summary.bytes = writer.bytes_written;
     writer.finish(&summary)?;

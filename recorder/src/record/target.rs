@@ -302,8 +302,25 @@ fn running(pid: u32) -> Result<(PathBuf, Vm), RecordError> {
     Ok((exe, Vm::new(pid, files, cmdline)))
 }
 
+/// The device number of the superblock `file` is on, as the kernel's fsync events name
+/// it (`inode->i_sb->s_dev`): mountinfo's, for the mount point holding the file.
+fn superblock_dev(file: &Path) -> Option<DevId> {
+    let path = std::fs::canonicalize(file).ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (dev, mnt) = (f.get(2)?, f.get(4)?);
+            path.starts_with(mnt)
+                .then(|| (mnt.len(), dev.parse::<DevId>().ok()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .and_then(|(_, d)| d)
+}
+
 /// Every block device at or below `dev`: partitions lead to their disk, loop devices to
-/// the device of their backing file, device-mapper to its targets' devices.
+/// the device of their backing file, device-mapper to its targets' devices, md to its
+/// members.
 pub fn devices_below(topo: &mut Topology, dev: DevId, out: &mut BTreeSet<DevId>) {
     if !out.insert(dev) || out.len() > 256 {
         return;
@@ -316,13 +333,16 @@ pub fn devices_below(topo: &mut Topology, dev: DevId, out: &mut BTreeSet<DevId>)
             ..
         } => {
             if let Ok(fm) = FileMap::load(p) {
-                devices_below(topo, fm.dev, out);
+                for d in fm.devices() {
+                    devices_below(topo, d, out);
+                }
             }
         }
         DeviceKind::DeviceMapper { targets, .. } => {
             for t in targets {
                 match &t.kind {
-                    viopath_layouts::host::DmTargetKind::Linear { dev, .. } => {
+                    viopath_layouts::host::DmTargetKind::Linear { dev, .. }
+                    | viopath_layouts::host::DmTargetKind::Crypt { dev, .. } => {
                         devices_below(topo, *dev, out)
                     }
                     viopath_layouts::host::DmTargetKind::Striped { stripes, .. } => {
@@ -332,6 +352,11 @@ pub fn devices_below(topo: &mut Topology, dev: DevId, out: &mut BTreeSet<DevId>)
                     }
                     viopath_layouts::host::DmTargetKind::Other { .. } => {}
                 }
+            }
+        }
+        DeviceKind::Md { members, .. } => {
+            for m in members {
+                devices_below(topo, m.dev, out);
             }
         }
         _ => {}
@@ -354,6 +379,14 @@ pub(super) fn devices_for(files: &[PathBuf]) -> BTreeSet<DevId> {
             };
             if dev.major != 0 {
                 devices_below(&mut topo, dev, &mut out);
+            } else if let Ok(fm) = FileMap::load(f) {
+                // No device of its own (btrfs): the devices its filesystem names, and
+                // its anonymous number, which the kernel's fsync events give.
+                for d in fm.devices() {
+                    devices_below(&mut topo, d, &mut out);
+                }
+                // The superblock's number, not stat's (a btrfs subvolume's own).
+                out.extend(superblock_dev(f));
             }
         }
     }

@@ -10,10 +10,11 @@ use crate::units::{fmt_decade, fmt_ns, share};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-/// Layer colours, in LAYER_NAMES order (colour-blind-safe Tableau 10).
+/// Layer colours, in LAYER_NAMES order (colour-blind-safe Tableau 10, then two of
+/// Tableau 20's light tones for the layers added later).
 pub(super) const LAYER_COLORS: [&str; NL] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-    "#9c755f", "#bab0ac",
+    "#9c755f", "#bab0ac", "#86bcb6", "#d4a6c8",
 ];
 pub(super) const E2E_COLOR: &str = "#3b3b3b";
 pub(super) const BASE_COLOR: &str = "#4e79a7";

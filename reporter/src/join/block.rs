@@ -53,8 +53,19 @@ impl<S: Sink> Join<'_, S> {
     pub(super) fn is_bottom(hio: &Hio, layout: &Layout, dev: u32) -> Option<bool> {
         if hio.ranges.is_empty() {
             layout.is_bottom_device(dev)
+        } else if hio.ranges.iter().any(|r| r.dev == dev && r.bottom) {
+            Some(true)
         } else {
-            Some(hio.ranges.iter().any(|r| r.dev == dev && r.bottom))
+            // Its chain stops at a device the layout does not map (a thin volume): any
+            // request-based device its bios reach below that, not on its chain, is as
+            // low as it goes (the disk under a thin pool's data).
+            Some(
+                hio.ranges
+                    .iter()
+                    .any(|r| r.bottom && layout.stops_chain(r.dev))
+                    && !hio.ranges.iter().any(|r| r.dev == dev)
+                    && !layout.is_loop(dev),
+            )
         }
     }
 
@@ -78,6 +89,7 @@ impl<S: Sink> Join<'_, S> {
                 b.remapped = false;
                 b.dev = dev;
                 b.sector = sector;
+                b.sectors = u32::try_from(bytes.div_ceil(512)).unwrap_or(u32::MAX);
                 Some(b.owner)
             }
             _ => None,
@@ -114,6 +126,19 @@ impl<S: Sink> Join<'_, S> {
                         .get(tid)
                         .and_then(|t| t.dio.or(t.worker).or(t.loop_sync))
                         .filter(|&h| self.hios.get(h).is_some_and(|x| x.ranges.is_empty()))
+                })
+                .or_else(|| {
+                    // Queued by the thread inside io_submit, at blocks no IO in flight
+                    // has: the IO it submitted that the kernel began no direct IO for
+                    // (a filesystem's buffered fallback, written back in the call), its
+                    // blocks moved since (btrfs writes every rewrite elsewhere, and the
+                    // layout has where the last one went).
+                    let write = e.sub == REQ_OP_WRITE;
+                    self.threads.get(tid)?.submitted.iter().copied().find(|&h| {
+                        self.hios.get(h).is_some_and(|x| {
+                            x.api == Api::Native && !x.has_kiocb && !x.job && x.aio_write == write
+                        })
+                    })
                 })
                 .or_else(|| {
                     // A block device given as a disk has no filesystem fsync event: its
@@ -163,9 +188,26 @@ impl<S: Sink> Join<'_, S> {
                 self.owns_below(h, dev, sector, sectors, synced);
             }
         }
+        // A partition's bios are queued as the partition's (at the disk's sectors).
+        let disk = self.layout.whole_disk(dev);
+        // (By the layout's chains only: below a device whose mapping it does not have,
+        // bios go through devices it does not know, and only requests are surely on
+        // the bottom.)
+        let bottom = match owner {
+            BioOwner::Hio(h) => self.hios.get(h).is_some_and(|x| {
+                x.ranges.iter().any(|r| r.dev == disk && r.bottom)
+                    || (x.ranges.is_empty() && self.layout.is_bottom_device(disk) == Some(true))
+            }),
+            BioOwner::Other(_) => false,
+        };
         if let BioOwner::Hio(h) = owner
             && let Some(hio) = self.hios.get_mut(h)
         {
+            if hio.first_q == 0 {
+                hio.first_q_dev = disk;
+            } else if bottom && disk != hio.first_q_dev {
+                hio.bottom_q = min0(hio.bottom_q, e.ts);
+            }
             hio.first_q = min0(hio.first_q, e.ts);
             if let Some((at, _)) = entered {
                 hio.first_seen = min0(hio.first_seen, at);
@@ -195,6 +237,7 @@ impl<S: Sink> Join<'_, S> {
                     remapped: false,
                     dev,
                     sector,
+                    sectors: u32::try_from(sectors).unwrap_or(u32::MAX),
                 },
             );
         }
@@ -315,24 +358,94 @@ impl<S: Sink> Join<'_, S> {
     }
 
     #[inline(never)]
+    /// A block event with the devices of path disks replaced by their head's. A bio
+    /// moving from a bottom disk to a device the layout does not know is moving to one
+    /// of its paths: an NVMe multipath head (bio-based, no requests of its own)
+    /// resubmits each bio to the hidden disk of a path, where its request is issued.
+    pub(super) fn on_head_disk(&mut self, e: &RawEvent) -> RawEvent {
+        let mut x = *e;
+        let (hi, lo) = ((x.a[2] >> 32) as u32, x.a[2] as u32);
+        if e.kind == EventKind::BioRemap as u8
+            && hi != lo
+            && self.layout.is_bottom_device(lo) == Some(true)
+            && !self.layout.stops_chain(lo)
+            && !self.layout.knows_device(hi)
+        {
+            self.path_disks.insert(hi, lo);
+        }
+        let head = |d: u32| self.path_disks.get(&d).copied().unwrap_or(d);
+        x.a[2] = (u64::from(head(hi)) << 32) | u64::from(lo);
+        if e.kind == EventKind::BioRemap as u8 {
+            x.a[2] = (x.a[2] & !0xffff_ffff) | u64::from(head(lo));
+        }
+        x
+    }
+
     pub(super) fn bio_remap(&mut self, e: &RawEvent) {
         let old_dev = e.a[2] as u32;
         let (new_sector, old_sector) = (DeviceSector(e.a[1]), DeviceSector(e.a[3]));
         match self.bios.get_mut(&e.a[0]) {
             // Queued where it comes from (a stacked device's bio moving down), or, as
             // some kernels trace a partition's, at the sector it goes to.
-            Some(b) if b.dev == old_dev && (b.sector == old_sector || b.sector == new_sector) => {
+            // (A partition's bio is queued as the partition's, at its disk's sectors, and
+            // may move on from the disk: an NVMe head's to its path.)
+            Some(b)
+                if (b.dev == old_dev || self.layout.whole_disk(b.dev) == old_dev)
+                    && (b.sector == old_sector || b.sector == new_sector) =>
+            {
                 b.remapped = true
             }
+            // Remapped again before it was queued (a clone followed from the device
+            // above, now remapped from its partition): still moving down.
+            Some(b) if b.remapped => {}
             // A bio not queued where it comes from is a new one at a freed bio's
             // address (a partition remaps before the bio is first queued); the entry
             // left by the old one (merged, its end never seen) is over.
             Some(_) => {
                 self.bios.remove(&e.a[0]);
-                self.note_entered(e);
+                if !self.adopt_clone(e) {
+                    self.note_entered(e);
+                }
             }
-            None => self.note_entered(e),
+            None => {
+                if !self.adopt_clone(e) {
+                    self.note_entered(e);
+                }
+            }
         }
+    }
+
+    /// A new bio remapped from a device whose mapping the layout does not have (a dm
+    /// thin volume, a cache, md RAID5 or 10, or a device below one of them): a clone of
+    /// the bio in flight there that covers the sector it comes from, and its IO's. It
+    /// is queued below as that bio moving down.
+    fn adopt_clone(&mut self, e: &RawEvent) -> bool {
+        let (old_dev, new_dev) = (e.a[2] as u32, (e.a[2] >> 32) as u32);
+        // Only from where the layout's chains end or do not reach.
+        let unmapped = self.layout.stops_chain(old_dev) || !self.layout.on_a_chain(old_dev);
+        if old_dev == new_dev || !unmapped {
+            return false;
+        }
+        let old_sector = e.a[3];
+        let parent = self.bios.values().find(|b| {
+            b.dev == old_dev
+                && b.sector.0 <= old_sector
+                && old_sector < b.sector.0.saturating_add(u64::from(b.sectors.max(1)))
+        });
+        let Some(owner) = parent.map(|b| b.owner) else {
+            return false;
+        };
+        self.bios.insert(
+            e.a[0],
+            BioEntry {
+                owner,
+                remapped: true,
+                dev: old_dev,
+                sector: DeviceSector(old_sector),
+                sectors: 1,
+            },
+        );
+        true
     }
 
     /// A bio remapped from its partition before it was queued: its first sighting in

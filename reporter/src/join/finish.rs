@@ -131,9 +131,12 @@ impl<S: Sink> Join<'_, S> {
                         let b = &mut root.b;
                         b[Boundary::Submitted] = min0(b[Boundary::Submitted], submit);
                         let hit = cache_hit && root.op == Op::Read;
+                        b[Boundary::FsEntered] = min0(b[Boundary::FsEntered], hio.fs_entered);
                         if !hit {
                             b[Boundary::Queued] = min0(b[Boundary::Queued], hio.first_q);
                             b[Boundary::Entered] = min0(b[Boundary::Entered], hio.first_seen);
+                            b[Boundary::BottomQueued] =
+                                min0(b[Boundary::BottomQueued], hio.bottom_q);
                         }
                         let (issue, done) = if hit {
                             (0, 0)
@@ -462,6 +465,7 @@ impl<S: Sink> Join<'_, S> {
         let now = self.now;
         let mut done = Vec::new();
         let threads = &self.threads;
+        let callbacks = self.cfg.caller_callbacks;
         self.active.retain(|&r| {
             let Some(root) = self.roots.get(r) else {
                 return false;
@@ -470,6 +474,7 @@ impl<S: Sink> Join<'_, S> {
             // (A write of zeroes may need no host IO at all.)
             let over = root.open_hios == 0
                 && root.source == Source::QemuBlock
+                && !(callbacks && root.aio_opaque != 0)
                 && (root.data_hios + root.meta_hios > 0 || root.nodata);
             let idle = over
                 && threads

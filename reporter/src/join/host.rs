@@ -586,6 +586,9 @@ impl<S: Sink> Join<'_, S> {
             // iomap's direct IO, not the filesystem's entry (which buffered IO passes
             // too, where fentry is allowed).
             hio.direct |= e.kind == EventKind::DioBegin as u8;
+            if e.kind == EventKind::FsEnter as u8 {
+                hio.fs_entered = min0(hio.fs_entered, e.ts);
+            }
             hio.submit = min0(hio.submit, e.ts);
             if hio.ranges.is_empty() && hio.bytes == 0 {
                 hio.offset = pos;

@@ -124,6 +124,7 @@ impl<'l, S: Sink> Join<'l, S> {
             kiocb: Map::default(),
             bios: Map::default(),
             entered: Map::default(),
+            path_disks: Map::default(),
             reqs: Map::default(),
             plugged: Vec::new(),
             others: Slab::new(),
@@ -165,6 +166,16 @@ impl<'l, S: Sink> Join<'l, S> {
     }
 
     fn dispatch(&mut self, e: &RawEvent) {
+        // Block events (kinds 1 to 9) on a path disk are its head disk's.
+        let on_head;
+        let e = if e.kind == EventKind::BioRemap as u8
+            || (!self.path_disks.is_empty() && e.kind <= 9)
+        {
+            on_head = self.on_head_disk(e);
+            &on_head
+        } else {
+            e
+        };
         const QEMU: u8 = EventKind::Qemu as u8;
         const SYS_ENTER: u16 = EventKind::SysEnter as u16;
         const SYS_EXIT: u16 = EventKind::SysExit as u16;

@@ -228,6 +228,9 @@ impl<S: Sink> Join<'_, S> {
             self.file_io_for(e, HostFileOffset(a1), a2, Api::Native)
         };
         self.set_fd(h, a3 >> 32);
+        if let Some(x) = self.hios.get_mut(h) {
+            x.aio_write = a3 & 0xff == q::AIO_WRITE;
+        }
         self.threads.at(e.tid, e.ts).laio_wait.push(h);
     }
 

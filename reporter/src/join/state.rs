@@ -41,6 +41,13 @@ pub(super) struct Hio {
     pub(super) created: u64,
     pub(super) submit: u64,
     pub(super) first_q: u64,
+    /// The device its first bio was queued on.
+    pub(super) first_q_dev: u32,
+    /// When a bio of it was first queued on a bottom device other than that one: it
+    /// came down through stacked devices (dm, md, loop).
+    pub(super) bottom_q: u64,
+    /// When it entered the filesystem's own read or write (function probes).
+    pub(super) fs_entered: u64,
     /// When its first bio was first seen in the block layer (its partition remap),
     /// before block-cgroup throttling; 0 if not seen before it was queued.
     pub(super) first_seen: u64,
@@ -82,6 +89,8 @@ pub(super) struct Hio {
     /// first issued and last completed a request of it.
     pub(super) loop_issue: u64,
     pub(super) loop_done: u64,
+    /// A linux-aio write (its bios write), as QEMU submitted it.
+    pub(super) aio_write: bool,
 }
 
 pub(super) struct Root {
@@ -205,6 +214,9 @@ pub(super) struct BioEntry {
     /// Where it was last queued: a remap from there is this bio moving down.
     pub(super) dev: u32,
     pub(super) sector: DeviceSector,
+    /// Its size there (sectors, saturated): which clones below a device the layout
+    /// does not map come from it.
+    pub(super) sectors: u32,
 }
 
 pub(super) struct Req {
@@ -570,6 +582,12 @@ pub struct JoinConfig {
     /// ends at its worker's fallocate return. Without them (older traces) those
     /// requests are QEMU's alone.
     pub falloc_syscalls: bool,
+    /// qemu-io's completion callbacks (`aio_read_done`, `aio_write_done`) were
+    /// attached: a request of QEMU's caller ends at its callback, however long it
+    /// waits after its last host IO (an allocating qcow2 write waits, its tables
+    /// written, for the allocation of a write ahead of it to finish), not when its
+    /// thread has gone on without it for a while.
+    pub caller_callbacks: bool,
 }
 
 pub struct Join<'l, S: Sink> {
@@ -637,6 +655,10 @@ pub struct Join<'l, S: Sink> {
     pub(super) bios: Map<u64, BioEntry>,
     /// Bios remapped from their partition and not yet queued: (when, by whom).
     pub(super) entered: Map<u64, (u64, u32)>,
+    /// Devices the layout does not know that a bottom disk's bios moved to (an NVMe
+    /// multipath head's hidden path disks, which have no number in sysfs), and that
+    /// disk: their block events are the disk's.
+    pub(super) path_disks: Map<u32, u32>,
     pub(super) reqs: Map<u64, Req>,
     pub(super) plugged: Vec<PluggedBio>,
     pub(super) others: Slab<OtherState>,
@@ -819,6 +841,9 @@ impl<S: Sink> Join<'_, S> {
             created: ts,
             submit: 0,
             first_q: 0,
+            first_q_dev: 0,
+            bottom_q: 0,
+            fs_entered: 0,
             first_seen: 0,
             issue_any: 0,
             done_any: 0,
@@ -844,6 +869,7 @@ impl<S: Sink> Join<'_, S> {
             dirty_pauses: 0,
             loop_issue: 0,
             loop_done: 0,
+            aio_write: false,
         });
         // Its ranges made where they stay (they are most of its size).
         if bytes > 0

@@ -6,11 +6,9 @@ lvm pvcreate -qq /dev/nvme0n1p1
 lvm vgcreate -qq lablin /dev/nvme0n1p1
 lvm lvcreate -qq -y -n lin -L 256M lablin
 dm_nodes
-mkfs.ext4 -q /dev/mapper/lablin-lin
-mkdir -p /mnt/lin && mount -t ext4 /dev/mapper/lablin-lin /mnt/lin
-"$QEMU_PREFIX/bin/qemu-img" create -q -f qcow2 /mnt/lin/disk.qcow2 64M
-workload /mnt/lin/disk.qcow2 qcow2 native
-oracles /mnt/lin/disk.qcow2
+image_on /dev/mapper/lablin-lin ext4 /mnt/lin qcow2
+workload "$img" qcow2 native
+oracles "$img"
 stack lvm-linear-kprobe
 "$QEMU_PREFIX/bin/qemu-img" create -q -f qcow2 /mnt/lin/disk2.qcow2 64M
 workload /mnt/lin/disk2.qcow2 qcow2 native --kernel-attach kprobe

@@ -5,11 +5,7 @@ lvm pvcreate -qq /dev/nvme0n1p2 /dev/sda2
 lvm vgcreate -qq labstr /dev/nvme0n1p2 /dev/sda2
 lvm lvcreate -qq -y -n str -i 2 -I 64k -L 512M labstr
 dm_nodes
-mkfs.xfs -q /dev/mapper/labstr-str
-mkdir -p /mnt/str && mount -t xfs /dev/mapper/labstr-str /mnt/str
-"$QEMU_PREFIX/bin/qemu-img" create -q -f raw /mnt/str/disk.raw 64M
-# Written once beforehand, so the workload's writes overwrite allocated blocks.
-dd if=/dev/zero of=/mnt/str/disk.raw bs=1M count=64 conv=notrunc,fsync status=none
-workload /mnt/str/disk.raw raw io_uring
-oracles /mnt/str/disk.raw
+image_on /dev/mapper/labstr-str xfs /mnt/str raw
+workload "$img" raw io_uring
+oracles "$img"
 umount /mnt/str

@@ -1,4 +1,5 @@
 use super::*;
+use crate::layers::Boundary;
 
 #[test]
 fn a_request_pointer_back_after_a_lost_completion_is_a_new_request() {
@@ -205,3 +206,222 @@ fn a_remap_of_a_new_bio_at_a_stale_address_is_not_the_old_bios() {
     assert_eq!(flush.bios, 1, "{flush:?}");
     assert_eq!(flush.requests, 0, "{flush:?}");
 }
+
+/// A read through a dm device (a linear target on sdb): the filesystem's entry (function
+/// probe) and the first bio on the bottom device, below the one the read was first
+/// queued on, are boundaries of its own.
+#[test]
+fn a_read_through_dm_has_its_filesystem_entry_and_bottom_queue() {
+    let layout = Layout::from_json(&serde_json::json!({
+        "images": [{"path": "/vm/a.raw", "file_hosts": [{"file": "/vm/a.raw", "len": 1u64 << 30,
+            "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
+                {"hop": "file", "path": "/vm/a.raw", "offset": 0, "state": "mapped"},
+                {"hop": "device", "device": "/dev/dm-0", "dev": "253:0", "byte": 0, "via": "filesystem"},
+                {"hop": "device", "device": "/dev/sdb", "dev": "8:16", "byte": 1u64 << 20, "via": "dm_linear"}
+            ]}]}]}],
+        "devices": [
+            {"id": "253:0", "name": "dm-0", "kind": {"kind": "device_mapper", "name": "vg-a",
+                "targets": [{"start": 0, "len": 2097152, "type": "linear", "dev": "8:16", "offset": 2048}]}},
+            {"id": "8:16", "name": "sdb", "kind": {"kind": "disk"}}
+        ]
+    }));
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let (dm, sdb) = (
+        u64::from(kernel_dev(253, 0)) << 32,
+        u64::from(kernel_dev(8, 16)) << 32,
+    );
+    let (off, len) = (0x10000, 4096);
+    pool_job_begins(&mut j, false, off, len);
+    j.event(&ev(7_000, 9, EventKind::FsEnter, [0xa000, off, len, 11]));
+    j.event(&ev(8_000, 9, EventKind::DioBegin, [0xa000, off, len, 11]));
+    j.event(&ev(
+        9_000,
+        9,
+        EventKind::BioQueue,
+        [0xb0, off / 512, dm | len, 0],
+    ));
+    // dm's clone, on sdb at the table's offset.
+    j.event(&ev(
+        12_000,
+        9,
+        EventKind::BioQueue,
+        [0xb1, 2048 + off / 512, sdb | len, 0],
+    ));
+    j.event(&ev(
+        13_000,
+        9,
+        EventKind::RqIssue,
+        [0x70, 2048 + off / 512, sdb | len, 0xb1],
+    ));
+    j.event(&ev(
+        20_000,
+        0,
+        EventKind::RqComplete,
+        [0x70, 2048 + off / 512, sdb | len, len],
+    ));
+    j.event(&ev(
+        21_000,
+        0,
+        EventKind::BioComplete,
+        [0xb1, 2048 + off / 512, sdb | len, 0],
+    ));
+    j.event(&ev(
+        22_000,
+        0,
+        EventKind::BioComplete,
+        [0xb0, off / 512, dm | len, 0],
+    ));
+    pool_job_ends(&mut j, false, len, 23_000);
+    let (all, _) = j.finish();
+    let r = &all.0[0];
+    assert_eq!(r.partial, 0, "{r:?}");
+    let b = |x: Boundary| r.b[x];
+    assert_eq!(
+        [
+            b(Boundary::Submitted),
+            b(Boundary::FsEntered),
+            b(Boundary::Queued),
+            b(Boundary::BottomQueued),
+            b(Boundary::Dispatched)
+        ],
+        [6_000, 7_000, 9_000, 12_000, 13_000],
+        "{r:?}"
+    );
+}
+
+/// A write on a thin volume, whose mapping the layout does not have: dm-thin's clone
+/// goes to the pool, the pool's to its data volume, that one's to the disk's
+/// partition, each a remap event from the device above at the sector it came from.
+/// The clones are the write's, followed by those events; the disk's request is as low
+/// as it went (and with the devices below the thin volume unknown, `block_queue` holds
+/// the whole stack: no `bottom_queued`).
+#[test]
+fn a_write_through_a_thin_volume_is_followed_by_its_remaps() {
+    let layout = Layout::from_json(&serde_json::json!({
+        "images": [{"path": "/vm/a.raw", "file_hosts": [{"file": "/vm/a.raw", "len": 1u64 << 30,
+            "host": [{"offset": 0, "len": 1u64 << 30, "hops": [
+                {"hop": "file", "path": "/vm/a.raw", "offset": 0, "state": "mapped"},
+                {"hop": "device", "device": "/dev/dm-6", "dev": "253:6", "byte": 1u64 << 24, "via": "filesystem"}
+            ], "stopped": "dm target 'thin' of vg-thin is not remapped"}]}]}],
+        "devices": [
+            {"id": "253:6", "name": "dm-6", "kind": {"kind": "device_mapper", "name": "vg-thin",
+                "targets": [{"start": 0, "len": 2097152, "type": "other", "target": "thin", "args": "253:4 1"}]}}
+        ]
+    }));
+    assert!(layout.stops_chain(kernel_dev(253, 6)));
+    let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+    let dev = |ma, mi| u64::from(kernel_dev(ma, mi));
+    let (thin, pool, data, part, disk) = (
+        dev(253, 6),
+        dev(253, 4),
+        dev(253, 3),
+        dev(254, 1),
+        dev(254, 0),
+    );
+    let (off, len) = (0x10000, 65536);
+    let s = (1 << 24) / 512 + off / 512;
+    pool_job_begins(&mut j, true, off, len);
+    j.event(&ev(7_000, 9, EventKind::DioBegin, [0xa000, off, len, 11]));
+    let w = |ts, kind, a| sub_ev(ts, 9, kind, 1, a);
+    j.event(&w(
+        8_000,
+        EventKind::BioQueue,
+        [0xb0, s, thin << 32 | len, 0],
+    ));
+    // Clones, each remapped from the device above (new dev << 32 | old dev).
+    use EventKind::{BioQueue, BioRemap, RqComplete, RqIssue};
+    for (t, kind, a) in [
+        (9_000, BioRemap, [0xb1, 18434, pool << 32 | thin, s]),
+        (9_100, BioQueue, [0xb1, 18434, pool << 32 | len, 0]),
+        (9_200, BioRemap, [0xb2, 18434, data << 32 | pool, 18434]),
+        (9_300, BioQueue, [0xb2, 18434, data << 32 | len, 0]),
+        (9_400, BioRemap, [0xb3, 28674, part << 32 | data, 18434]),
+        (9_500, BioRemap, [0xb3, 30722, part << 32 | part, 28674]),
+        (9_600, BioQueue, [0xb3, 30722, part << 32 | len, 0]),
+        (9_700, RqIssue, [0x70, 30722, disk << 32 | len, 0xb3]),
+        (20_000, RqComplete, [0x70, 30722, disk << 32 | len, len]),
+    ] {
+        j.event(&w(t, kind, a));
+    }
+    for (t, bio, d, sec) in [
+        (20_100, 0xb3, part, 30722),
+        (20_200, 0xb2, data, 18434),
+        (20_300, 0xb1, pool, 18434),
+        (20_400, 0xb0, thin, s),
+    ] {
+        j.event(&w(t, EventKind::BioComplete, [bio, sec, d << 32 | len, 0]));
+    }
+    pool_job_ends(&mut j, true, len, 21_000);
+    let (all, _) = j.finish();
+    let r = &all.0[0];
+    assert_eq!(r.partial, 0, "{r:?}");
+    assert_eq!(
+        (r.bios, r.requests, r.bottom_dev),
+        (4, 1, disk as u32),
+        "{r:?}"
+    );
+    assert_eq!(
+        (
+            r.b[Boundary::Queued],
+            r.b[Boundary::BottomQueued],
+            r.b[Boundary::Dispatched]
+        ),
+        (8_000, 0, 9_700),
+        "{r:?}"
+    );
+}
+
+/// qemu-io's read or write of `len` bytes at `off` of a raw image through the thread
+/// pool, up to its worker's syscall (thread 9) at 6 000: the host IO the tests above
+/// follow into the kernel.
+fn pool_job_begins(j: &mut Join<'_, All>, write: bool, off: u64, len: u64) {
+    let q = |ts, sub, a| sub_ev(ts, 5, EventKind::Qemu, sub, a);
+    let (blk, bdrv, ty) = if write {
+        (q::BLK_AIO_PWRITEV, q::BDRV_CO_PWRITEV_PART, q::AIO_WRITE)
+    } else {
+        (q::BLK_AIO_PREADV, q::BDRV_CO_PREADV_PART, q::AIO_READ)
+    };
+    let (ctx, qiov, aiocb) = POOL_JOB;
+    j.event(&q(1_000, blk, [ctx, off, len, 0xb1]));
+    j.event(&q(2_000, bdrv, [qiov, off, len, 0xc1]));
+    j.event(&q(3_000, q::RAW_CO_PRW, [qiov, off, len, ty]));
+    j.event(&q(4_000, q::THREAD_POOL_SUBMIT_AIO, [aiocb, off, len, ty]));
+    let run = sub_ev(
+        5_000,
+        9,
+        EventKind::Qemu,
+        q::HANDLE_AIOCB_RW,
+        [aiocb, off, len, ty],
+    );
+    j.event(&run);
+    let sc = if write { 2 } else { 1 };
+    j.event(&sub_ev(6_000, 9, EventKind::SysEnter, sc, [3, off, len, 0]));
+}
+
+/// The end of [`pool_job_begins`]' job from `t`: its direct IO's completion, the
+/// syscall's return and qemu-io's callback.
+fn pool_job_ends(j: &mut Join<'_, All>, write: bool, len: u64, t: u64) {
+    let (sc, done) = if write {
+        (2, q::QEMU_IO_AIO_WRITE_DONE)
+    } else {
+        (1, q::QEMU_IO_AIO_READ_DONE)
+    };
+    j.event(&ev(t, 9, EventKind::DioComplete, [0xa000, len, 0, 0]));
+    j.event(&sub_ev(
+        t + 1_000,
+        9,
+        EventKind::SysExit,
+        sc,
+        [len, 0, 0, 0],
+    ));
+    j.event(&sub_ev(
+        t + 2_000,
+        5,
+        EventKind::Qemu,
+        done,
+        [POOL_JOB.0, 0, 0, 0],
+    ));
+}
+
+/// (context, qiov, aiocb) of [`pool_job_begins`].
+const POOL_JOB: (u64, u64, u64) = (0x5555_0000, 0x5555_1000, 0x7f00_2000);

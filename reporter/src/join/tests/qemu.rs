@@ -776,3 +776,135 @@ fn a_flushs_table_write_back_is_not_the_waiting_reads() {
     let flush = row_of(&all.0, Op::Flush);
     assert_eq!((flush.meta_ios, flush.host_ios), (1, 1), "{flush:?}");
 }
+
+/// A qcow2 allocating write from qemu-io (no virtio): its table IO done, it waits
+/// (under TCG, milliseconds) while the allocation of a write ahead of it finishes, and
+/// its thread goes on with other requests meanwhile; its data IO comes after. With
+/// qemu-io's completion callbacks probed, it is not over until its callback: its data
+/// is its own, not the next request's metadata.
+#[test]
+fn a_caller_request_waits_for_its_callback_past_idle() {
+    let layout = Layout::default();
+    let cfg = JoinConfig {
+        caller_callbacks: true,
+        expect_qcow2: false,
+        ..JoinConfig::default()
+    };
+    let mut j = Join::new(&layout, All::default(), cfg);
+    let dev = u64::from(kernel_dev(259, 0)) << 32;
+    let q = |ts, sub, a| sub_ev(ts, 1, EventKind::Qemu, sub, a);
+    // One host IO through linux-aio: file-posix's request, its io_submit, the direct
+    // IO and its block request, its completion.
+    let host_io = |j: &mut Join<'_, All>, t: u64, qiov: u64, off: u64, n: u64, write: bool| {
+        let (ty, op) = if write { (2, 1) } else { (1, 0) };
+        let k = |dt, kind, a| ev(t + dt, 1, kind, a);
+        j.event(&q(t, q::RAW_CO_PRW, [qiov, off, n, ty]));
+        j.event(&q(
+            t + 10,
+            q::LAIO_CO_SUBMIT,
+            [qiov, off, n, 0x4_0000_0000 | ty],
+        ));
+        j.event(&sub_ev(t + 20, 1, EventKind::SysEnter, 7, [0x1c, 0, 1, 0]));
+        j.event(&k(30, EventKind::DioBegin, [0xd000 + off, off, n, 11]));
+        let (bio, rq) = (0xb000 + off, 0x7000 + off);
+        let mut queue = sub_ev(
+            t + 40,
+            1,
+            EventKind::BioQueue,
+            op,
+            [bio, off / 512, dev | n, 0],
+        );
+        queue.sub = op;
+        j.event(&queue);
+        j.event(&sub_ev(
+            t + 50,
+            1,
+            EventKind::RqIssue,
+            op,
+            [rq, off / 512, dev | n, bio],
+        ));
+        j.event(&sub_ev(t + 60, 1, EventKind::SysExit, 7, [1, 0, 0, 0]));
+        j.event(&sub_ev(
+            t + 400,
+            0,
+            EventKind::RqComplete,
+            op,
+            [rq, off / 512, dev | n, n],
+        ));
+        j.event(&ev(
+            t + 410,
+            0,
+            EventKind::DioComplete,
+            [0xd000 + off, n, 0, 0],
+        ));
+    };
+    let (a, qa) = (0x5612_2a12_3de0, 0x5612_2a12_3de8);
+    let (b, qb) = (0x5612_2a12_0f60, 0x5612_2a12_0f68);
+    let top = 0x5612_2a12_39e0;
+    let (qcow2_node, file_node) = (0x5612_2a10_6100, 0x5612_2a12_0db0);
+    // Write A at guest 0: its refcount block read and written (metadata).
+    j.event(&q(1_000_000, q::BLK_AIO_PWRITEV, [a, 0, 65536, top]));
+    j.event(&q(
+        1_000_100,
+        q::BDRV_CO_PWRITEV_PART,
+        [qa, 0, 65536, qcow2_node],
+    ));
+    j.event(&q(1_000_200, q::QCOW2_CO_PWRITEV_PART, [qa, 0, 65536, 0]));
+    j.event(&q(
+        1_000_300,
+        q::BDRV_CO_PREADV_PART,
+        [0x7f00_0770, 0x2_0000, 65536, file_node],
+    ));
+    host_io(&mut j, 1_000_400, 0x7f00_0770, 0x2_0000, 65536, false);
+    j.event(&q(
+        1_001_000,
+        q::BDRV_CO_PWRITEV_PART,
+        [0x7f00_07e0, 0x2_0000, 65536, file_node],
+    ));
+    host_io(&mut j, 1_001_100, 0x7f00_07e0, 0x2_0000, 65536, true);
+    // Write B comes on the same thread and waits; the thread goes on for 5 ms (more
+    // than IDLE_NS) before A's allocation is done.
+    j.event(&q(
+        1_002_000,
+        q::BLK_AIO_PWRITEV,
+        [b, 0x10_3000, 65536, top],
+    ));
+    j.event(&q(
+        1_002_100,
+        q::BDRV_CO_PWRITEV_PART,
+        [qb, 0x10_3000, 65536, qcow2_node],
+    ));
+    j.event(&q(
+        1_002_200,
+        q::QCOW2_CO_PWRITEV_PART,
+        [qb, 0x10_3000, 65536, 0],
+    ));
+    for t in (3..8).map(|ms| ms * 1_000_000) {
+        j.event(&q(
+            t,
+            q::QCOW2_CACHE_GET,
+            [0x5612_2a12_4000, 0x4_0000, 0, 0],
+        ));
+    }
+    // A's data, at its new cluster, on its own buffer; then its callback.
+    j.event(&q(
+        8_000_000,
+        q::BDRV_CO_PWRITEV_PART,
+        [qa, 0x5_0000, 65536, file_node],
+    ));
+    host_io(&mut j, 8_000_100, qa, 0x5_0000, 65536, true);
+    j.event(&q(8_001_000, q::QEMU_IO_AIO_WRITE_DONE, [a, 0, 0, 0]));
+    let (all, _) = j.finish();
+    let row = all
+        .0
+        .iter()
+        .find(|r| r.offset == Some(GuestOffset(0)))
+        .expect("A's row");
+    assert_eq!(row.partial, 0, "{row:?}");
+    assert_eq!((row.host_ios, row.meta_ios), (1, 2), "{row:?}");
+    assert_eq!(
+        row.b[crate::layers::Boundary::DeviceDone],
+        8_000_500,
+        "{row:?}"
+    );
+}
