@@ -623,6 +623,36 @@ impl<S: Sink> Join<'_, S> {
         self.threads.at(e.tid, e.ts).dio = Some(h);
     }
 
+    /// The filesystem's read or write returned (fexit: with its kiocb; a kretprobe:
+    /// without, so the thread's direct IO). A linux-aio IO it did not queue (its return
+    /// is not -EIOCBQUEUED: a read of holes or past the end, with no bio; a write the
+    /// filesystem waited for; an error) is over now, where no iomap completion event
+    /// says so (kernels before iomap's tracepoints). One it queued ends with its last
+    /// block request.
+    #[inline(never)]
+    pub(super) fn fs_exit(&mut self, e: &RawEvent) {
+        const EIOCBQUEUED: i64 = -529;
+        if e.a[1] as i64 == EIOCBQUEUED {
+            return;
+        }
+        let h = if e.a[0] != 0 {
+            self.kiocb.get(&e.a[0]).copied()
+        } else {
+            self.threads.get(e.tid).and_then(|t| t.dio)
+        };
+        let Some(h) = h else { return };
+        if self
+            .hios
+            .get(h)
+            .is_some_and(|x| x.api == Api::Native && x.has_kiocb && x.open_rqs == 0)
+        {
+            if e.a[0] != 0 {
+                self.kiocb.remove(&e.a[0]);
+            }
+            self.hio_done(h, e.ts);
+        }
+    }
+
     #[inline(never)]
     pub(super) fn dio_complete(&mut self, e: &RawEvent) {
         if let Some(h) = self.kiocb.remove(&e.a[0])

@@ -262,7 +262,8 @@ impl<'l, S: Sink> Join<'l, S> {
             DIO_MAP => self.dio_map(e),
             FS_SYNC => self.fs_sync(e),
             DIRTY_THROTTLE => self.dirty_throttle(e),
-            FS_EXIT | DM_SUBMIT | DM_ENDIO | THREAD => {}
+            FS_EXIT => self.fs_exit(e),
+            DM_SUBMIT | DM_ENDIO | THREAD => {}
             _ => self.stats.unknown_events += 1,
         }
     }

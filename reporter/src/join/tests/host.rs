@@ -954,3 +954,35 @@ fn a_stack_stopping_at_a_hole_below_a_loop_device_is_no_bottom() {
     assert_eq!(layout.is_bottom_device(kernel_dev(7, 0)), Some(false));
     assert_eq!(layout.is_bottom_device(kernel_dev(254, 0)), Some(true));
 }
+
+/// A linux-aio read the filesystem finished within io_submit with no bio (holes, or
+/// past the end of the file), on a kernel without iomap's tracepoints: its end is the
+/// filesystem's return (fexit, or a kretprobe without the kiocb); a return of
+/// -EIOCBQUEUED (queued) is not.
+#[test]
+fn a_native_read_finished_in_the_call_ends_at_the_filesystems_return() {
+    let layout = Layout::default();
+    for (kiocb_at_exit, ret) in [(0xa000u64, 4096u64), (0, 4096), (0xa000, -529i64 as u64)] {
+        let mut j = Join::new(&layout, All::default(), JoinConfig::default());
+        let q = |ts, sub, a| sub_ev(ts, 5, EventKind::Qemu, sub, a);
+        let (ctx, qiov, off, len) = (0x5555_0000, 0x5555_1000, 0x10000, 4096);
+        j.event(&q(1_000, q::BLK_AIO_PREADV, [ctx, off, len, 0xb1]));
+        j.event(&q(2_000, q::BDRV_CO_PREADV_PART, [qiov, off, len, 0xc1]));
+        j.event(&q(3_000, q::RAW_CO_PRW, [qiov, off, len, q::AIO_READ]));
+        let submit = [qiov, off, len, 0x4_0000_0000 | q::AIO_READ];
+        j.event(&q(4_000, q::LAIO_CO_SUBMIT, submit));
+        j.event(&sub_ev(5_000, 5, EventKind::SysEnter, 7, [0x1c, 0, 1, 0]));
+        j.event(&ev(6_000, 5, EventKind::FsEnter, [0xa000, off, len, 11]));
+        j.event(&ev(7_000, 5, EventKind::FsExit, [kiocb_at_exit, ret, 0, 0]));
+        j.event(&sub_ev(8_000, 5, EventKind::SysExit, 7, [1, 0, 0, 0]));
+        j.event(&q(9_000, q::QEMU_IO_AIO_READ_DONE, [ctx, 0, 0, 0]));
+        let (all, _) = j.finish();
+        let r = &all.0[0];
+        if ret as i64 == -529 {
+            assert_ne!(r.partial, 0, "queued, and nothing ended it: {r:?}");
+        } else {
+            assert_eq!(r.partial, 0, "{r:?}");
+            assert_eq!(r.b[crate::layers::Boundary::HostDone], 7_000, "{r:?}");
+        }
+    }
+}
